@@ -1,0 +1,74 @@
+# celeriac build. `make` builds the worker and the example library, `make test`
+# runs every suite, `make demo` runs the main job on the embedded default.
+# Dependencies come only through pkg-config; `make deps` installs them on Debian.
+
+CC      ?= cc
+PKGS    := libpq hiredis jansson sqlite3
+BUILD   ?= build
+
+WARN    := -Wall -Wextra -Werror -Wstrict-prototypes -Wmissing-prototypes \
+           -Wold-style-definition -Wwrite-strings -Wpointer-arith -Wvla \
+           -Wformat=2 -Wshadow -fno-common
+CFLAGS  ?= -O2 -g
+CFLAGS  += -std=c11 $(WARN) -fvisibility=hidden
+CPPFLAGS += -Iinclude -Isrc -MMD -MP
+ifneq ($(SANITIZE),)
+CFLAGS  += -fsanitize=$(SANITIZE) -fno-sanitize-recover=all -fno-omit-frame-pointer -g
+LDFLAGS += -fsanitize=$(SANITIZE)
+endif
+
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+# Every module except main.c goes into a static archive the unit tests link too.
+LIB_SRC  := $(filter-out src/main.c,$(wildcard src/*.c src/*/*.c))
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
+MAIN_OBJ := $(BUILD)/src/main.o
+UNIT_SRC := $(wildcard tests/unit/test_*.c)
+UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+
+# The binary exports only the task-library API (celeriac_*) to dlopen()ed libraries.
+EXPORTS  := -Wl,--export-dynamic-symbol=celeriac_*
+
+.PHONY: all deps test unit integration demo clean fuzz bench chaos format
+all: $(BUILD)/celeriac $(BUILD)/examples/libbooks.so
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(PKG_CFLAGS) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/libceleriac.a: $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/celeriac: $(MAIN_OBJ) $(BUILD)/libceleriac.a
+	$(CC) $(LDFLAGS) $(EXPORTS) -o $@ $^ $(PKG_LIBS) -ldl -lm
+
+# A task library is built the way a user's would be: against include/celeriac.h
+# alone, -fPIC -shared, plus the database client it uses.
+$(BUILD)/examples/libbooks.so: examples/books/books.c include/celeriac.h
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 $(WARN) $(filter -fsanitize% -fno-sanitize% -fno-omit%,$(CFLAGS)) -O2 -g -fPIC -shared \
+	    -Iinclude $(shell pkg-config --cflags libpq sqlite3) -o $@ $< \
+	    $(shell pkg-config --libs libpq sqlite3)
+
+$(BUILD)/tests/test_%: tests/unit/test_%.c tests/unit/harness.h $(BUILD)/libceleriac.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(PKG_CFLAGS) $(CFLAGS) -Itests/unit -o $@ $< $(BUILD)/libceleriac.a $(PKG_LIBS) -ldl -lm
+
+deps:
+	@scripts/bootstrap.sh
+
+unit: $(UNIT_BIN)
+	@tests/run-unit.sh $(UNIT_BIN)
+
+test: deps all $(UNIT_BIN)
+	@tests/run-all.sh
+
+demo: deps all
+	@scripts/demo.sh
+
+clean:
+	rm -rf $(BUILD)
+
+-include $(LIB_OBJ:.o=.d) $(MAIN_OBJ:.o=.d)

@@ -1,0 +1,203 @@
+/* SPDX-License-Identifier: MIT
+ * celeriac.h: the only header a task library sees.
+ *
+ * A task library is a shared object loaded with `celeriac worker -A lib.so`. It
+ * exports one symbol, celeriac_library_init(), which returns a description of
+ * its tasks and hooks. The worker's master loads the library once to validate
+ * it and list the tasks (no I/O may happen at that point); every child process
+ * then runs the hooks and tasks with its own database connection.
+ *
+ * Threading: a child runs one task at a time on one thread. Every function here
+ * must be called from that thread, during the call it was given a handle in.
+ * Nothing here is async-signal-safe.
+ *
+ * Lifetime: a task must keep nothing it got from these functions past its
+ * return: not the task handle, not the connection, not memory from
+ * celeriac_alloc(). The connection in particular may be replaced between
+ * tasks (after a lost connection); ask for it again in every call.
+ *
+ * Build a library with:  cc -std=c11 -fPIC -shared -o libmine.so mine.c
+ * (plus `pkg-config --cflags --libs libpq` or `sqlite3` when it uses them).
+ */
+#ifndef CELERIAC_H
+#define CELERIAC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The ABI this header describes. A library compiled against another value is
+ * refused at load time with both numbers in the message. Raised whenever a
+ * struct below changes shape or a function changes meaning. */
+#define CELERIAC_ABI_VERSION 1
+
+#define CELERIAC_VERSION "0.1.0"
+
+/* libpq's and SQLite's handle types, declared without their headers so a
+ * library that uses only one of them need not have the other installed. */
+typedef struct pg_conn PGconn;
+typedef struct sqlite3 sqlite3;
+
+/* One running task. Opaque; valid only during the task function's call. */
+struct celeriac_task;
+/* The child process a hook runs in. Opaque; valid only during the hook's call. */
+struct celeriac_process;
+
+/* Return values of task functions and hooks. */
+enum celeriac_status {
+    CELERIAC_OK = 0,      /* the task succeeded; its result is what it set, or null */
+    CELERIAC_FAILED = -1, /* the task failed; celeriac_fail() said why */
+};
+
+/* A task function. Returns CELERIAC_OK or CELERIAC_FAILED (use
+ * `return celeriac_fail(task, ...)`). Any other value is treated as a failure
+ * with exc_type "RuntimeError". */
+typedef int (*celeriac_task_fn)(struct celeriac_task *task);
+
+/* A per-process hook. process_init returning non-zero makes the child give up
+ * with "cannot serve" (the master then stops instead of respawning it). */
+typedef int (*celeriac_process_fn)(struct celeriac_process *proc);
+
+/* Per-task options (bit flags for celeriac_task_def.flags). */
+enum celeriac_task_flags {
+    /* Acknowledge the message after the result is stored instead of when the
+     * task starts, so a child that dies mid-task leaves it for redelivery. */
+    CELERIAC_ACKS_LATE = 1 << 0,
+    /* Store no SUCCESS result (as Celery's ignore_result=True). */
+    CELERIAC_IGNORE_RESULT = 1 << 1,
+    /* Running the task twice has the same effect as running it once: when the
+     * database connection is lost mid-task, the worker reconnects and runs it
+     * again instead of failing it. */
+    CELERIAC_IDEMPOTENT = 1 << 2,
+};
+
+/* One task in a library's table. */
+struct celeriac_task_def {
+    const char *name;    /* the Celery task name, e.g. "books.get_book_info" */
+    celeriac_task_fn fn; /* called once per message */
+    unsigned flags;      /* enum celeriac_task_flags */
+};
+
+/* What celeriac_library_init() returns. Fields are only ever appended; a
+ * library sets abi_version to CELERIAC_ABI_VERSION so the host knows which
+ * fields it filled in. */
+struct celeriac_library {
+    int abi_version;                       /* always CELERIAC_ABI_VERSION */
+    const char *name;                      /* shown in the banner and logs */
+    const struct celeriac_task_def *tasks; /* array ending with a {NULL} entry */
+    /* Optional (NULL allowed). Runs in each child after fork, after its
+     * database connection is open and before the first task. */
+    celeriac_process_fn process_init;
+    /* Optional. Runs in each child on every orderly exit path, before its
+     * database connection is closed. Its return value is ignored. */
+    celeriac_process_fn process_shutdown;
+    /* Optional. Runs in a child every time its database connection has been
+     * (re)opened, before any task sees it: the place to prepare statements,
+     * which do not survive a reconnect. Non-zero marks the connection bad and
+     * the child reconnects with backoff. */
+    celeriac_process_fn db_connected;
+    /* Optional. Runs in a child just before its database connection is
+     * closed (reconnect, recycle or exit) while the handle is still valid:
+     * the place to finalize cached sqlite3_stmt objects. Return value ignored. */
+    celeriac_process_fn db_closing;
+};
+
+/* The one symbol a library exports. Called once in the master with the
+ * host's ABI version, before any fork. Must do no I/O and open nothing.
+ * Returns a pointer to static storage describing the library, or NULL to
+ * refuse loading (e.g. when host_abi is unknown to it). */
+const struct celeriac_library *celeriac_library_init(int host_abi);
+
+/* ---- Arguments ---------------------------------------------------------
+ * Celery passes positional args (a JSON array) and keyword args (a JSON
+ * object). Each accessor below looks up positional argument `index` first and,
+ * when there are not that many positional args, the keyword argument `name`
+ * (name may be NULL for positional-only). On a missing argument or a JSON type
+ * that does not fit, it records a TypeError failure on the task (as Python
+ * would raise) and returns CELERIAC_FAILED; the task should then return
+ * CELERIAC_FAILED. Strings are borrowed and live until the task returns. */
+
+/* Number of positional arguments. */
+size_t celeriac_argc(const struct celeriac_task *task);
+/* True if positional `index` or keyword `name` was given (even as null). */
+bool celeriac_has_arg(const struct celeriac_task *task, size_t index, const char *name);
+/* A JSON integer that fits in int64_t (a float with no fraction is accepted,
+ * as Python's int() of such a value would be; true/false are refused). */
+int celeriac_arg_int(struct celeriac_task *task, size_t index, const char *name, int64_t *out);
+/* A JSON number (integer or real). */
+int celeriac_arg_double(struct celeriac_task *task, size_t index, const char *name, double *out);
+/* A JSON true/false. */
+int celeriac_arg_bool(struct celeriac_task *task, size_t index, const char *name, bool *out);
+/* A JSON string, UTF-8, NUL-terminated; *len (if not NULL) gets its length. */
+int celeriac_arg_str(struct celeriac_task *task, size_t index, const char *name,
+                     const char **out, size_t *len);
+/* Any JSON value, rendered as compact JSON text (arrays and objects included). */
+int celeriac_arg_json(struct celeriac_task *task, size_t index, const char *name,
+                      const char **out);
+
+/* ---- Results -----------------------------------------------------------
+ * Setting a result replaces any earlier one. Strings are copied. */
+void celeriac_return_null(struct celeriac_task *task);
+void celeriac_return_int(struct celeriac_task *task, int64_t value);
+void celeriac_return_double(struct celeriac_task *task, double value); /* NaN/inf become null */
+void celeriac_return_bool(struct celeriac_task *task, bool value);
+/* A UTF-8 string of len bytes (len may be (size_t)-1 for NUL-terminated). */
+void celeriac_return_str(struct celeriac_task *task, const char *value, size_t len);
+/* Any JSON text, e.g. "{\"ok\": true}". Returns CELERIAC_OK, or CELERIAC_FAILED
+ * (with a TypeError recorded) when json is not valid JSON. */
+int celeriac_return_json(struct celeriac_task *task, const char *json);
+
+/* Records the task's failure as Celery stores it: exc_type (a Python exception
+ * class name such as "ValueError", "LookupError", "KeyError"; "builtins" is
+ * used as exc_module for the standard ones, "celeriac" for others) and a
+ * printf-style message. Always returns CELERIAC_FAILED. */
+int celeriac_fail(struct celeriac_task *task, const char *exc_type, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Reports a failure that came from the database. The worker inspects the
+ * connection: when it was lost, the task is re-run after reconnecting if it is
+ * CELERIAC_IDEMPOTENT, and otherwise fails with exc_type "OperationalError";
+ * when the connection is fine the failure is stored as DatabaseError with
+ * `message`. Always returns CELERIAC_FAILED. */
+int celeriac_fail_db(struct celeriac_task *task, const char *message);
+
+/* ---- Context -----------------------------------------------------------*/
+const char *celeriac_task_id(const struct celeriac_task *task);
+const char *celeriac_task_name(const struct celeriac_task *task);
+/* How many times this task id has been retried (Celery's request.retries). */
+int celeriac_task_retries(const struct celeriac_task *task);
+
+/* The process's live PostgreSQL connection, or NULL when the worker runs
+ * with SQLite or no database. Never cache it: ask in every call. Using it
+ * from another process (after a fork) is refused by the worker. */
+PGconn *celeriac_pg(struct celeriac_task *task);
+/* The process's SQLite handle (WAL mode, busy timeout set), or NULL. */
+sqlite3 *celeriac_sqlite(struct celeriac_task *task);
+
+/* Scratch memory that lives until the task returns; never NULL (the child
+ * aborts when memory runs out). Aligned for any type. */
+void *celeriac_alloc(struct celeriac_task *task, size_t size);
+
+/* Logs one line at INFO (level 20), WARNING (30) or ERROR (40) with the task
+ * id. Never pass a password. */
+void celeriac_log(struct celeriac_task *task, int level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* ---- Process hooks -----------------------------------------------------*/
+PGconn *celeriac_process_pg(struct celeriac_process *proc);
+sqlite3 *celeriac_process_sqlite(struct celeriac_process *proc);
+/* The child's index, 0 .. concurrency-1. */
+int celeriac_process_index(const struct celeriac_process *proc);
+/* A pointer the library may keep per process (set in process_init, read by
+ * tasks with celeriac_process_data); celeriac never frees it. */
+void celeriac_set_process_data(struct celeriac_process *proc, void *data);
+void *celeriac_process_data(struct celeriac_task *task);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* CELERIAC_H */

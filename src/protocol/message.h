@@ -1,0 +1,103 @@
+/* SPDX-License-Identifier: MIT
+ * message.h: Celery protocol v2 task messages in kombu's Redis envelope:
+ * decoding what arrives (hostile input) and encoding what we send. It knows
+ * the wire format only; what to do with a bad message is the caller's call,
+ * guided by the settlement each failure names.
+ */
+#ifndef CELERIAC_MESSAGE_H
+#define CELERIAC_MESSAGE_H
+
+#include <jansson.h>
+
+struct buf;
+
+/* Largest envelope accepted by default: bigger ones are rejected unread. */
+#define MESSAGE_MAX_DEFAULT (16u * 1024 * 1024)
+
+/* How the broker must settle a message that cannot run (spec §5.1). */
+enum message_settle {
+    SETTLE_NONE = 0,  /* decoded fine */
+    SETTLE_DROP,      /* envelope unusable (not JSON, no tag): nothing to ack, log and drop */
+    SETTLE_REJECT,    /* reject without requeue: unknown message, disallowed content, invalid shape */
+    SETTLE_ACK,       /* acknowledge and drop: body failed to decode */
+};
+
+/* A decoded message. Every pointer is borrowed from `envelope` or `body`,
+ * which the struct owns; message_release() frees both. */
+struct message {
+    json_t *envelope;          /* the list element as parsed */
+    json_t *body;              /* [args, kwargs, embed] after base64 + JSON decoding */
+    const char *delivery_tag;  /* properties.delivery_tag */
+    const char *exchange;      /* properties.delivery_info.exchange */
+    const char *routing_key;   /* properties.delivery_info.routing_key */
+    const char *task_name;     /* headers.task */
+    const char *task_id;       /* headers.id; may be known even when decoding fails */
+    const char *root_id;       /* headers.root_id or NULL */
+    const char *parent_id;     /* headers.parent_id or NULL */
+    const char *group;         /* headers.group or NULL */
+    json_t *args;              /* array, borrowed from body */
+    json_t *kwargs;            /* object, borrowed from body */
+    json_t *embed;             /* object or NULL (treated as all-null) */
+    int retries;               /* headers.retries, 0 when absent */
+    int priority;              /* properties.priority clamped to 0..9 */
+    double eta;                /* Unix seconds, 0 when absent */
+    double expires;            /* Unix seconds, 0 when absent */
+    double time_limit;         /* hard limit in seconds from headers.timelimit[0], 0 = none */
+    double soft_time_limit;    /* soft limit from headers.timelimit[1], 0 = none */
+    bool ignore_result;        /* headers.ignore_result */
+    bool repaired;             /* delivery_tag or delivery_info was missing and was filled in */
+};
+
+void message_init(struct message *m);
+void message_release(struct message *m);
+
+/* Step 1: parses the envelope (data, len) popped from `queue`, enough to
+ * record it as unacked: delivery tag, exchange and routing key. A missing tag
+ * or delivery_info is repaired (fresh UUID4 tag, exchange "", routing key =
+ * queue) so Python restorers never trip on it. Returns 0, or a negative code
+ * with *settle = SETTLE_DROP and the reason in e. */
+int message_decode_envelope(struct message *m, const char *data, size_t len, const char *queue,
+                            enum message_settle *settle, struct err *e);
+
+/* Step 2: validates headers and decodes the body into args, kwargs, embed.
+ * Returns 0, or a negative code with the reason in e and *settle saying how to
+ * settle; m->task_id is set whenever the headers carried one. */
+int message_decode_task(struct message *m, enum message_settle *settle, struct err *e);
+
+/* The envelope re-serialised compactly (for the unacked hash entry). */
+char *message_envelope_json(const struct message *m);
+
+/* Celery's exception dict {"exc_type", "exc_message": [message], "exc_module"}.
+ * exc_module NULL picks "builtins" for Python's built-in exception names and
+ * "celeriac" otherwise. Returns a new reference. */
+json_t *message_exception(const char *exc_type, const char *exc_module, const char *message);
+
+/* A task message as a Python client sends it (spec §7.1, §10.1). */
+struct task_send {
+    const char *name;          /* task name */
+    const char *id;            /* task id; NULL = a fresh UUID4 */
+    const char *queue;         /* routing key, "celery" when NULL */
+    json_t *args;              /* borrowed; NULL = [] */
+    json_t *kwargs;            /* borrowed; NULL = {} */
+    json_t *embed;             /* borrowed; NULL = all four keys null */
+    double eta;                /* Unix seconds or 0 */
+    double expires;            /* Unix seconds or 0 */
+    int retries;
+    int priority;
+    const char *root_id;       /* NULL = id */
+    const char *parent_id;     /* NULL = none */
+    const char *group;         /* NULL = none */
+    double time_limit;         /* 0 = none */
+    double soft_time_limit;    /* 0 = none */
+    bool ignore_result;
+};
+
+/* Appends the envelope JSON for t to out and copies the task id it used into
+ * id_out (37 bytes) when not NULL. */
+void message_encode_task(struct buf *out, const struct task_send *t, char *id_out);
+
+/* Which priority list of `queue` a message with priority p goes to / comes
+ * from: "queue" for 0..2, "queue\x06\x163" for 3..5, etc. Appends to out. */
+void message_priority_list(struct buf *out, const char *queue, int priority);
+
+#endif /* CELERIAC_MESSAGE_H */

@@ -1,0 +1,232 @@
+/* SPDX-License-Identifier: MIT
+ * url.c: parsing redis:// URLs, classifying database URLs, masking passwords.
+ */
+#include "common.h"
+#include "util/buf.h"
+#include "util/url.h"
+
+#include <ctype.h>
+#include <strings.h>
+
+static int parse_int(const char *s, size_t len, int lo, int hi, int *out)
+{
+    if (!len || len > 9)
+        return -EINVAL;
+    int v = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (!isdigit((unsigned char)s[i]))
+            return -EINVAL;
+        v = v * 10 + (s[i] - '0');
+    }
+    if (v < lo || v > hi)
+        return -EINVAL;
+    *out = v;
+    return 0;
+}
+
+/* Percent-decodes [s, s+len) into a new string; NULL on a bad escape. */
+static char *pct_decode(const char *s, size_t len)
+{
+    char *out = xmalloc(len + 1), *o = out;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] == '%') {
+            if (i + 2 >= len + 0 || !isxdigit((unsigned char)s[i + 1]) ||
+                !isxdigit((unsigned char)s[i + 2])) {
+                free(out);
+                return NULL;
+            }
+            char hex[3] = {s[i + 1], s[i + 2], 0};
+            *o++ = (char)strtol(hex, NULL, 16);
+            i += 2;
+        } else {
+            *o++ = s[i];
+        }
+    }
+    *o = '\0';
+    return out;
+}
+
+void redis_url_release(struct redis_url *u)
+{
+    free(u->host);
+    free(u->socket);
+    free(u->username);
+    free(u->password);
+    memset(u, 0, sizeof(*u));
+}
+
+static int parse_socket_url(struct redis_url *u, const char *rest, struct err *e)
+{
+    const char *q = strchr(rest, '?');
+    size_t plen = q ? (size_t)(q - rest) : strlen(rest);
+    if (!plen || rest[0] != '/')
+        return err_set(e, -EINVAL, "redis socket URL needs an absolute path");
+    u->socket = xstrndup(rest, plen);
+    if (q) {
+        const char *db = strstr(q, "db=");
+        if (!db)
+            db = strstr(q, "virtual_host=") ? strstr(q, "virtual_host=") + 10 : NULL;
+        if (db && parse_int(db + 3, strcspn(db + 3, "&"), 0, 1 << 20, &u->db))
+            return err_set(e, -EINVAL, "redis URL database is not a number");
+    }
+    return 0;
+}
+
+int redis_url_parse(struct redis_url *u, const char *s, struct err *e)
+{
+    memset(u, 0, sizeof(*u));
+    u->port = 6379;
+    if (!strncasecmp(s, "redis+socket://", 15))
+        return parse_socket_url(u, s + 15, e);
+    if (!strncasecmp(s, "unix://", 7))
+        return parse_socket_url(u, s + 7, e);
+    if (strncasecmp(s, "redis://", 8))
+        return err_set(e, -EINVAL, "unsupported broker URL scheme (want redis://)");
+    const char *p = s + 8;
+    const char *end = p + strcspn(p, "/?#");
+    const char *at = NULL;
+    for (const char *c = p; c < end; c++)
+        if (*c == '@')
+            at = c;
+    if (at) {
+        const char *colon = memchr(p, ':', (size_t)(at - p));
+        const char *uend = colon ? colon : at;
+        if (uend > p && !(u->username = pct_decode(p, (size_t)(uend - p))))
+            return err_set(e, -EINVAL, "redis URL has a bad percent escape in the user name");
+        if (colon && !(u->password = pct_decode(colon + 1, (size_t)(at - colon - 1))))
+            return err_set(e, -EINVAL, "redis URL has a bad percent escape in the password");
+        p = at + 1;
+    }
+    const char *hend = end;
+    if (*p == '[') {
+        const char *rb = memchr(p, ']', (size_t)(end - p));
+        if (!rb)
+            return err_set(e, -EINVAL, "redis URL has an unterminated IPv6 address");
+        u->host = xstrndup(p + 1, (size_t)(rb - p - 1));
+        p = rb + 1;
+        hend = p;
+    } else {
+        const char *colon = memchr(p, ':', (size_t)(end - p));
+        hend = colon ? colon : end;
+        u->host = xstrndup(p, (size_t)(hend - p));
+        p = hend;
+    }
+    if (!*u->host) {
+        free(u->host);
+        u->host = xstrdup("localhost");
+    }
+    if (p < end) {
+        if (*p != ':' || parse_int(p + 1, (size_t)(end - p - 1), 1, 65535, &u->port))
+            return err_set(e, -EINVAL, "redis URL port is not a number in 1..65535");
+    }
+    if (*end == '/' && end[1] && end[1] != '?') {
+        if (parse_int(end + 1, strcspn(end + 1, "?#"), 0, 1 << 20, &u->db))
+            return err_set(e, -EINVAL, "redis URL database '%.*s' is not a number",
+                           (int)strcspn(end + 1, "?#"), end + 1);
+    }
+    return 0;
+}
+
+int db_url_classify(const char *s, enum db_kind *kind, char **path, struct err *e)
+{
+    *kind = DB_NONE;
+    if (path)
+        *path = NULL;
+    if (!strncasecmp(s, "sqlite://", 9)) {
+        const char *p = s + 9;
+        if (!*p || !strcmp(p, "/"))
+            return err_set(e, -EINVAL, "sqlite URL names no file (want sqlite:///abs/path)");
+        if (!strcmp(p, ":memory:") || !strcmp(p, "/:memory:"))
+            return err_set(e, -EINVAL,
+                           "sqlite URL ':memory:' would give each child its own empty database");
+        *kind = DB_SQLITE;
+        if (path)
+            *path = xstrdup(p);
+        return 0;
+    }
+    if (!strncasecmp(s, "postgresql://", 13) || !strncasecmp(s, "postgres://", 11)) {
+        *kind = DB_POSTGRES;
+        return 0;
+    }
+    if (strchr(s, '=')) { /* key=value conninfo */
+        *kind = DB_POSTGRES;
+        return 0;
+    }
+    if (!*s)
+        return err_set(e, -EINVAL, "database URL is empty");
+    return err_set(e, -EINVAL,
+                   "unsupported database URL (want postgresql://, a libpq conninfo or sqlite://)");
+}
+
+/* Appends a conninfo string with the value of every password=... replaced. */
+static void mask_conninfo(struct buf *out, const char *s)
+{
+    const char *p = s;
+    while (*p) {
+        const char *hit = strcasestr(p, "password");
+        if (!hit) {
+            buf_adds(out, p);
+            return;
+        }
+        const char *q = hit + 8;
+        while (*q == ' ')
+            q++;
+        bool at_word_start = hit == s || isspace((unsigned char)hit[-1]) || hit[-1] == '?' ||
+                             hit[-1] == '&';
+        if (*q != '=' || !at_word_start) {
+            buf_add(out, p, (size_t)(q - p));
+            p = q;
+            continue;
+        }
+        q++;
+        while (*q == ' ')
+            q++;
+        buf_add(out, p, (size_t)(q - p));
+        buf_adds(out, "***");
+        if (*q == '\'') {
+            q++;
+            while (*q && *q != '\'') {
+                if (*q == '\\' && q[1])
+                    q++;
+                q++;
+            }
+            if (*q)
+                q++;
+        } else {
+            while (*q && !isspace((unsigned char)*q) && *q != '&')
+                q++;
+        }
+        p = q;
+    }
+}
+
+void url_mask(struct buf *out, const char *s)
+{
+    const char *scheme = strstr(s, "://");
+    if (!scheme) {
+        mask_conninfo(out, s);
+        return;
+    }
+    const char *auth = scheme + 3;
+    const char *end = auth + strcspn(auth, "/?#");
+    const char *at = NULL;
+    for (const char *c = auth; c < end; c++)
+        if (*c == '@')
+            at = c;
+    struct buf rest = BUF_INIT;
+    if (at) {
+        const char *colon = memchr(auth, ':', (size_t)(at - auth));
+        if (colon) {
+            buf_add(out, s, (size_t)(colon + 1 - s));
+            buf_adds(out, "***");
+            buf_add(out, at, (size_t)(end - at));
+        } else {
+            buf_add(out, s, (size_t)(end - s));
+        }
+    } else {
+        buf_add(out, s, (size_t)(end - s));
+    }
+    mask_conninfo(&rest, end); /* a URI query may carry ?password= */
+    buf_add(out, rest.data, rest.len);
+    buf_release(&rest);
+}

@@ -1,0 +1,40 @@
+/* SPDX-License-Identifier: MIT
+ * url.h: the URLs celeriac accepts (redis://, postgresql:// or libpq conninfo,
+ * sqlite://) and their password-free rendering for logs and the banner.
+ * PostgreSQL strings are only classified and masked here; libpq parses them.
+ */
+#ifndef CELERIAC_URL_H
+#define CELERIAC_URL_H
+
+struct buf;
+
+/* redis://[[user]:password@]host[:port][/db]; unix socket: redis+socket:///path[?db=N] */
+struct redis_url {
+    char *host;       /* owned; NULL for a unix socket */
+    int port;         /* 6379 by default */
+    char *socket;     /* owned; path of a unix socket, or NULL */
+    int db;           /* database index, 0 by default */
+    char *username;   /* owned or NULL */
+    char *password;   /* owned or NULL; never logged */
+};
+
+/* Parses s into u (which the caller releases with redis_url_release, also on
+ * failure). Returns 0 or -EINVAL with the reason in e. */
+int redis_url_parse(struct redis_url *u, const char *s, struct err *e);
+void redis_url_release(struct redis_url *u);
+
+enum db_kind {
+    DB_NONE,
+    DB_POSTGRES,
+    DB_SQLITE,
+};
+
+/* Decides which database a --db string names. For DB_SQLITE, *path receives
+ * the file path (caller frees). Returns 0 or -EINVAL with the reason in e. */
+int db_url_classify(const char *s, enum db_kind *kind, char **path, struct err *e);
+
+/* Appends s with any password replaced by "***": URL userinfo, "password=" in a
+ * conninfo string and "?password=" in a URI query. */
+void url_mask(struct buf *out, const char *s);
+
+#endif /* CELERIAC_URL_H */

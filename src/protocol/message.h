@@ -72,6 +72,10 @@ char *message_envelope_json(const struct message *m);
  * "celeriac" otherwise. Returns a new reference. */
 json_t *message_exception(const char *exc_type, const char *exc_module, const char *message);
 
+/* A JSON string of s; bytes that are not valid UTF-8 become '?' (task code
+ * and libpq messages are not guaranteed UTF-8). Returns a new reference. */
+json_t *message_string_lossy(const char *s);
+
 /* A task message as a Python client sends it (spec §7.1, §10.1). */
 struct task_send {
     const char *name;          /* task name */

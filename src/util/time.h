@@ -4,6 +4,8 @@
 #ifndef CELERIAC_TIME_H
 #define CELERIAC_TIME_H
 
+struct buf;
+
 /* Milliseconds on CLOCK_MONOTONIC: for intervals, timeouts and ages. */
 int64_t time_mono_ms(void);
 /* Unix time in seconds with microseconds: for unacked scores and ETAs. */

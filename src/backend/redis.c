@@ -1,0 +1,130 @@
+/* SPDX-License-Identifier: MIT
+ * backend/redis.c: storing task results in Celery's Redis layout (see redis.h).
+ */
+#include "common.h"
+#include "util/buf.h"
+#include "backend/redis.h"
+#include "util/log.h"
+#include "util/time.h"
+
+#define TASK_KEY_PREFIX "celery-task-meta-"
+
+/* KEYS[1]: result key; ARGV: meta, ttl. Celery's rule: a stored SUCCESS is
+ * never overwritten (a redelivered task must not turn it into FAILURE). Python
+ * does GET, then MULTI SETEX PUBLISH EXEC; one script is the same, atomically. */
+static const struct redis_script store_script = {
+    "local cur = redis.call('GET', KEYS[1])\n"
+    "if cur then\n"
+    "  local ok, m = pcall(cjson.decode, cur)\n"
+    "  if ok and type(m) == 'table' and m['status'] == 'SUCCESS' then return 0 end\n"
+    "end\n"
+    "if tonumber(ARGV[2]) > 0 then\n"
+    "  redis.call('SETEX', KEYS[1], ARGV[2], ARGV[1])\n"
+    "else\n"
+    "  redis.call('SET', KEYS[1], ARGV[1])\n"
+    "end\n"
+    "redis.call('PUBLISH', KEYS[1], ARGV[1])\n"
+    "return 1\n",
+};
+
+void backend_redis_init(struct backend_redis *b, const struct backend_config *cfg)
+{
+    memset(b, 0, sizeof(*b));
+    redis_link_init(&b->link, "result backend");
+    b->cfg = cfg;
+    b->scratch = xmalloc(sizeof(*b->scratch));
+    buf_init(b->scratch);
+}
+
+void backend_redis_release(struct backend_redis *b, const char *reason)
+{
+    redis_link_close(&b->link, reason);
+    if (b->scratch) {
+        buf_release(b->scratch);
+        free(b->scratch);
+        b->scratch = NULL;
+    }
+}
+
+int backend_redis_open(struct backend_redis *b, struct err *e)
+{
+    if (!b->cfg->enabled)
+        return 0;
+    return redis_link_open(&b->link, &b->cfg->url, e);
+}
+
+static void add_json(struct buf *out, json_t *v)
+{
+    char *s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+    buf_adds(out, s ? s : "null");
+    free(s);
+}
+
+static void add_string(struct buf *out, const char *s)
+{
+    json_t *v = json_string(s);
+    add_json(out, v ? v : json_null());
+    json_decref(v);
+}
+
+void result_meta_encode(struct buf *out, const struct result_meta *m)
+{
+    /* Key order as Python writes it; date_done is naive UTC like Celery 5.2. */
+    bool ready = !strcmp(m->status, "SUCCESS") || !strcmp(m->status, "FAILURE") ||
+                 !strcmp(m->status, "REVOKED");
+    buf_adds(out, "{\"status\": ");
+    add_string(out, m->status);
+    buf_adds(out, ", \"result\": ");
+    add_json(out, m->result ? m->result : json_null());
+    buf_adds(out, ", \"traceback\": ");
+    if (m->traceback)
+        add_string(out, m->traceback);
+    else
+        buf_adds(out, "null");
+    buf_adds(out, ", \"children\": [], \"date_done\": ");
+    if (ready) {
+        buf_addch(out, '"');
+        time_format_iso(out, time_now(), false);
+        buf_addch(out, '"');
+    } else {
+        buf_adds(out, "null");
+    }
+    if (m->group_id) {
+        buf_adds(out, ", \"group_id\": ");
+        add_string(out, m->group_id);
+    }
+    if (m->parent_id) {
+        buf_adds(out, ", \"parent_id\": ");
+        add_string(out, m->parent_id);
+    }
+    buf_adds(out, ", \"task_id\": ");
+    add_string(out, m->task_id);
+    buf_addch(out, '}');
+}
+
+int backend_redis_store(struct backend_redis *b, const struct result_meta *m, struct err *e)
+{
+    if (!b->cfg->enabled)
+        return 0;
+    buf_reset(b->scratch);
+    result_meta_encode(b->scratch, m);
+    struct buf key = BUF_INIT;
+    buf_addf(&key, TASK_KEY_PREFIX "%s", m->task_id);
+    char ttl[16];
+    snprintf(ttl, sizeof(ttl), "%d", b->cfg->expires_s);
+    const char *args[] = {key.data, b->scratch->data, ttl};
+    size_t lens[] = {key.len, b->scratch->len, strlen(ttl)};
+    int rc = redis_link_append_script(&b->link, &store_script, 3, args, lens, 1);
+    buf_release(&key);
+    if (rc)
+        return err_set(e, E_CONN_LOST, "result backend connection is not usable");
+    redisReply *r = redis_link_read(&b->link, e);
+    if (!r)
+        return E_CONN_LOST;
+    if (r->type == REDIS_REPLY_ERROR)
+        rc = err_set(e, E_PROTOCOL, "storing result of '%s' failed: %s", m->task_id, r->str);
+    else if (r->type == REDIS_REPLY_INTEGER && r->integer == 0)
+        log_debug("task %s already has a SUCCESS result; kept it", m->task_id);
+    freeReplyObject(r);
+    return rc;
+}

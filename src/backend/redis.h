@@ -1,0 +1,50 @@
+/* SPDX-License-Identifier: MIT
+ * backend/redis.h: Celery's Redis result backend, as Python's AsyncResult
+ * reads it: celery-task-meta-<id> written with SETEX and PUBLISHed in the same
+ * atomic step, never overwriting a stored SUCCESS. Child processes only.
+ */
+#ifndef CELERIAC_BACKEND_REDIS_H
+#define CELERIAC_BACKEND_REDIS_H
+
+#include <jansson.h>
+
+#include "util/redis_link.h"
+#include "util/url.h"
+
+struct buf;
+
+struct backend_config {
+    bool enabled;              /* false: results are not stored (no --result-backend) */
+    struct redis_url url;      /* parsed --result-backend URL */
+    int expires_s;             /* SETEX ttl; 0 = keep for ever (plain SET) */
+};
+
+struct backend_redis {
+    struct redis_link link;
+    const struct backend_config *cfg;   /* borrowed */
+    struct buf *scratch;                /* reused for meta JSON between tasks */
+};
+
+/* What a stored result says. */
+struct result_meta {
+    const char *status;        /* "SUCCESS", "FAILURE", "RETRY", "REVOKED", "STARTED" */
+    json_t *result;            /* borrowed: the value, or an exception dict */
+    const char *traceback;     /* text or NULL */
+    const char *task_id;
+    const char *parent_id;     /* NULL = omitted */
+    const char *group_id;      /* NULL = omitted */
+};
+
+void backend_redis_init(struct backend_redis *b, const struct backend_config *cfg);
+void backend_redis_release(struct backend_redis *b, const char *reason);
+/* Connects (no retry). Returns 0 or E_CONN_LOST. A disabled backend opens nothing. */
+int backend_redis_open(struct backend_redis *b, struct err *e);
+
+/* Appends the meta JSON Celery stores (spec §6.2) to out. */
+void result_meta_encode(struct buf *out, const struct result_meta *m);
+
+/* Stores m: GET-check, SETEX and PUBLISH in one atomic script. Returns 0 (also
+ * when an existing SUCCESS was kept), or E_CONN_LOST. */
+int backend_redis_store(struct backend_redis *b, const struct result_meta *m, struct err *e);
+
+#endif /* CELERIAC_BACKEND_REDIS_H */

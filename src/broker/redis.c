@@ -1,0 +1,241 @@
+/* SPDX-License-Identifier: MIT
+ * broker/redis.c: kombu-compatible consumption from Redis (see redis.h).
+ * The pop and the unacked write happen in one server-side script whenever a
+ * message is waiting, so a child killed at that instant cannot lose it; only a
+ * pop by the blocking BRPOP (idle queue) has kombu's short window.
+ */
+#include "common.h"
+#include "broker/redis.h"
+#include "protocol/message.h"
+#include "util/buf.h"
+#include "util/log.h"
+#include "util/time.h"
+
+#define UNACKED_KEY "unacked"
+#define UNACKED_INDEX_KEY "unacked_index"
+#define PRIORITY_SEP "\x06\x16"
+
+/* KEYS: unacked, unacked_index, lists...; ARGV: now, max envelope size.
+ * Pops from the first non-empty list and, when the envelope carries what
+ * kombu's restore needs, records it as unacked in the same atomic step.
+ * pcall: a hostile envelope must not abort the script after the RPOP. */
+static const struct redis_script pop_and_record = {
+    "for i = 3, #KEYS do\n"
+    "  local v = redis.call('RPOP', KEYS[i])\n"
+    "  if v then\n"
+    "    local tag = false\n"
+    "    if #v <= tonumber(ARGV[2]) then\n"
+    "      local ok, env = pcall(cjson.decode, v)\n"
+    "      if ok and type(env) == 'table' then\n"
+    "        local p = env['properties']\n"
+    "        if type(p) == 'table' and type(p['delivery_tag']) == 'string' then\n"
+    "          local di = p['delivery_info']\n"
+    "          if type(di) == 'table' and type(di['exchange']) == 'string'\n"
+    "             and type(di['routing_key']) == 'string' then\n"
+    "            tag = p['delivery_tag']\n"
+    "            redis.call('ZADD', KEYS[2], ARGV[1], tag)\n"
+    "            redis.call('HSET', KEYS[1], tag, '[' .. v .. ',' .. cjson.encode(di['exchange'])\n"
+    "                       .. ',' .. cjson.encode(di['routing_key']) .. ']')\n"
+    "          end\n"
+    "        end\n"
+    "      end\n"
+    "    end\n"
+    "    return {KEYS[i], v, tag}\n"
+    "  end\n"
+    "end\n"
+    "return false\n",
+};
+
+void broker_redis_init(struct broker_redis *b, const struct broker_config *cfg)
+{
+    memset(b, 0, sizeof(*b));
+    redis_link_init(&b->link, "broker");
+    b->cfg = cfg;
+    /* kombu's order: for each priority step, for each queue. */
+    static const int steps[] = {0, 3, 6, 9};
+    b->n_keys = 2 + cfg->n_queues * ARRAY_SIZE(steps);
+    b->keys = xcalloc(b->n_keys, sizeof(*b->keys));
+    b->key_lens = xcalloc(b->n_keys, sizeof(*b->key_lens));
+    b->keys[0] = xstrdup(UNACKED_KEY);
+    b->keys[1] = xstrdup(UNACKED_INDEX_KEY);
+    size_t k = 2;
+    for (size_t s = 0; s < ARRAY_SIZE(steps); s++) {
+        for (size_t q = 0; q < cfg->n_queues; q++) {
+            struct buf name = BUF_INIT;
+            message_priority_list(&name, cfg->queues[q], steps[s]);
+            b->keys[k++] = buf_detach(&name, NULL);
+        }
+    }
+    for (size_t i = 0; i < b->n_keys; i++)
+        b->key_lens[i] = strlen(b->keys[i]);
+}
+
+void broker_redis_release(struct broker_redis *b, const char *reason)
+{
+    redis_link_close(&b->link, reason);
+    for (size_t i = 0; b->keys && i < b->n_keys; i++)
+        free((char *)b->keys[i]);
+    free(b->keys);
+    free(b->key_lens);
+    b->keys = NULL;
+    b->key_lens = NULL;
+    b->n_keys = 0;
+}
+
+int broker_redis_open(struct broker_redis *b, struct err *e)
+{
+    return redis_link_open(&b->link, &b->cfg->url, e);
+}
+
+void delivery_release(struct delivery *d)
+{
+    if (d->reply)
+        freeReplyObject(d->reply);
+    memset(d, 0, sizeof(*d));
+}
+
+/* Fills d from a [key, value, tag-or-nil] reply, taking ownership of r. */
+static int take_reply(struct delivery *d, redisReply *r, struct err *e)
+{
+    if (r->type != REDIS_REPLY_ARRAY || r->elements < 2 ||
+        r->element[0]->type != REDIS_REPLY_STRING || r->element[1]->type != REDIS_REPLY_STRING) {
+        err_set(e, E_PROTOCOL, "unexpected reply to a pop (type %d)", r->type);
+        freeReplyObject(r);
+        return E_PROTOCOL;
+    }
+    d->reply = r;
+    d->raw = r->element[1]->str;
+    d->len = r->element[1]->len;
+    d->recorded_tag = r->elements > 2 && r->element[2]->type == REDIS_REPLY_STRING
+                          ? r->element[2]->str
+                          : NULL;
+    /* The queue is the list name without its priority suffix. */
+    const char *key = r->element[0]->str;
+    size_t klen = r->element[0]->len;
+    const char *sep = NULL;
+    for (size_t i = 0; i + 1 < klen; i++)
+        if (key[i] == PRIORITY_SEP[0] && key[i + 1] == PRIORITY_SEP[1])
+            sep = key + i;
+    if (sep)
+        klen = (size_t)(sep - key);
+    snprintf(d->queue, sizeof(d->queue), "%.*s", (int)klen, key);
+    return 0;
+}
+
+int broker_redis_fetch(struct broker_redis *b, int timeout_s, struct delivery *d, struct err *e)
+{
+    memset(d, 0, sizeof(*d));
+    char now[32], max[32];
+    snprintf(now, sizeof(now), "%.7f", time_now());
+    snprintf(max, sizeof(max), "%zu", b->cfg->max_message);
+    size_t n = b->n_keys + 2;
+    const char **args = xcalloc(n, sizeof(*args));
+    size_t *lens = xcalloc(n, sizeof(*lens));
+    memcpy(args, b->keys, b->n_keys * sizeof(*args));
+    memcpy(lens, b->key_lens, b->n_keys * sizeof(*lens));
+    args[b->n_keys] = now;
+    lens[b->n_keys] = strlen(now);
+    args[b->n_keys + 1] = max;
+    lens[b->n_keys + 1] = strlen(max);
+    int rc = redis_link_append_script(&b->link, &pop_and_record, (int)n, args, lens,
+                                      (int)b->n_keys);
+    free(args);
+    free(lens);
+    if (rc)
+        return err_set(e, E_CONN_LOST, "broker connection is not usable");
+    redisReply *r = redis_link_read(&b->link, e);
+    if (!r)
+        return E_CONN_LOST;
+    if (r->type == REDIS_REPLY_ARRAY)
+        return take_reply(d, r, e);
+    if (r->type == REDIS_REPLY_ERROR) {
+        err_set(e, E_PROTOCOL, "pop script failed: %s", r->str);
+        freeReplyObject(r);
+        return E_PROTOCOL;
+    }
+    freeReplyObject(r);
+
+    /* Nothing waiting: block on every list at once. */
+    size_t nb = b->n_keys - 2 + 2;
+    const char **argv = xcalloc(nb, sizeof(*argv));
+    size_t *alens = xcalloc(nb, sizeof(*alens));
+    char tmo[16];
+    snprintf(tmo, sizeof(tmo), "%d", timeout_s);
+    argv[0] = "BRPOP";
+    alens[0] = 5;
+    memcpy(argv + 1, b->keys + 2, (b->n_keys - 2) * sizeof(*argv));
+    memcpy(alens + 1, b->key_lens + 2, (b->n_keys - 2) * sizeof(*alens));
+    argv[nb - 1] = tmo;
+    alens[nb - 1] = strlen(tmo);
+    r = redis_link_argv(&b->link, e, (int)nb, argv, alens);
+    free(argv);
+    free(alens);
+    if (!r)
+        return E_CONN_LOST;
+    if (r->type == REDIS_REPLY_NIL) {
+        freeReplyObject(r);
+        return 0;
+    }
+    return take_reply(d, r, e);
+}
+
+/* Sends a MULTI ... EXEC block of n commands and checks EXEC's reply. */
+static int transaction(struct broker_redis *b, int n, const char *const *argvs[],
+                       const size_t *lens[], const int *argcs, struct err *e)
+{
+    const char *multi[] = {"MULTI"}, *exec[] = {"EXEC"};
+    int rc = redis_link_append_argv(&b->link, 1, multi, NULL);
+    for (int i = 0; !rc && i < n; i++)
+        rc = redis_link_append_argv(&b->link, argcs[i], (const char **)argvs[i], lens[i]);
+    if (!rc)
+        rc = redis_link_append_argv(&b->link, 1, exec, NULL);
+    if (rc)
+        return err_set(e, E_CONN_LOST, "broker connection is not usable");
+    int result = 0;
+    for (int i = 0; i < n + 2; i++) {
+        redisReply *r = redis_link_read(&b->link, e);
+        if (!r)
+            return E_CONN_LOST;
+        if (r->type == REDIS_REPLY_ERROR && !result)
+            result = err_set(e, E_PROTOCOL, "broker transaction failed: %s", r->str);
+        if (i == n + 1 && r->type != REDIS_REPLY_ARRAY && !result)
+            result = err_set(e, E_PROTOCOL, "broker transaction aborted");
+        freeReplyObject(r);
+    }
+    return result;
+}
+
+int broker_redis_record(struct broker_redis *b, const char *tag, const char *envelope_json,
+                        const char *exchange, const char *routing_key, struct err *e)
+{
+    /* Payload is kombu's [envelope, exchange, routing_key]. */
+    json_t *ex = json_string(exchange), *rk = json_string(routing_key);
+    char *exs = json_dumps(ex, JSON_ENCODE_ANY), *rks = json_dumps(rk, JSON_ENCODE_ANY);
+    json_decref(ex);
+    json_decref(rk);
+    struct buf payload = BUF_INIT;
+    buf_addf(&payload, "[%s,%s,%s]", envelope_json, exs ? exs : "\"\"", rks ? rks : "\"\"");
+    free(exs);
+    free(rks);
+    char score[32];
+    snprintf(score, sizeof(score), "%.7f", time_now());
+    const char *zadd[] = {"ZADD", UNACKED_INDEX_KEY, score, tag};
+    const char *hset[] = {"HSET", UNACKED_KEY, tag, payload.data};
+    size_t hlens[] = {4, strlen(UNACKED_KEY), strlen(tag), payload.len};
+    const char *const *argvs[] = {zadd, hset};
+    const size_t *lens[] = {NULL, hlens};
+    int argcs[] = {4, 4};
+    int rc = transaction(b, 2, argvs, lens, argcs, e);
+    buf_release(&payload);
+    return rc;
+}
+
+int broker_redis_ack(struct broker_redis *b, const char *tag, struct err *e)
+{
+    const char *zrem[] = {"ZREM", UNACKED_INDEX_KEY, tag};
+    const char *hdel[] = {"HDEL", UNACKED_KEY, tag};
+    const char *const *argvs[] = {zrem, hdel};
+    const size_t *lens[] = {NULL, NULL};
+    int argcs[] = {3, 3};
+    return transaction(b, 2, argvs, lens, argcs, e);
+}

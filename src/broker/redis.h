@@ -1,0 +1,59 @@
+/* SPDX-License-Identifier: MIT
+ * broker/redis.h: consuming Celery task messages from Redis with kombu's key
+ * layout: the four priority lists per queue, the `unacked` hash and the
+ * `unacked_index` sorted set, so Python and celeriac workers share queues and
+ * restore each other's messages. Child processes only.
+ */
+#ifndef CELERIAC_BROKER_REDIS_H
+#define CELERIAC_BROKER_REDIS_H
+
+#include "util/redis_link.h"
+#include "util/url.h"
+
+struct broker_config {
+    struct redis_url url;        /* parsed --broker URL */
+    char **queues;               /* queue names to consume, in order */
+    size_t n_queues;
+    size_t max_message;          /* envelopes larger than this are dropped unread */
+};
+
+/* One popped message. */
+struct delivery {
+    redisReply *reply;           /* owns the bytes below; NULL when nothing arrived */
+    const char *raw;             /* the envelope as stored in the list */
+    size_t len;
+    char queue[256];             /* queue it came from (priority suffix removed) */
+    const char *recorded_tag;    /* tag already written to unacked by the pop, or NULL */
+};
+
+struct broker_redis {
+    struct redis_link link;
+    const struct broker_config *cfg;   /* borrowed; outlives the broker */
+    const char **keys;          /* unacked, unacked_index, then every list in pop order */
+    size_t *key_lens;
+    size_t n_keys;
+};
+
+void broker_redis_init(struct broker_redis *b, const struct broker_config *cfg);
+/* Frees the key table and closes the connection (logging reason if not NULL). */
+void broker_redis_release(struct broker_redis *b, const char *reason);
+/* Connects (no retry: the caller backs off). Returns 0 or E_CONN_LOST. */
+int broker_redis_open(struct broker_redis *b, struct err *e);
+
+/* Pops the next message, highest priority bucket first. First tries an atomic
+ * pop-and-record script; when every list is empty, blocks in BRPOP for up to
+ * timeout_s seconds. Returns 0 with d->reply NULL when nothing arrived, 0 with
+ * a delivery, or E_CONN_LOST. Release d with delivery_release(). */
+int broker_redis_fetch(struct broker_redis *b, int timeout_s, struct delivery *d, struct err *e);
+void delivery_release(struct delivery *d);
+
+/* Records a delivery in the unacked hash and index (kombu's QoS.append), with
+ * envelope_json as the stored payload (the repaired envelope if it was fixed).
+ * Returns 0 or E_CONN_LOST. */
+int broker_redis_record(struct broker_redis *b, const char *tag, const char *envelope_json,
+                        const char *exchange, const char *routing_key, struct err *e);
+/* Acknowledges (or rejects without requeue: the same on Redis): removes tag
+ * from the unacked hash and index. Returns 0 or E_CONN_LOST. */
+int broker_redis_ack(struct broker_redis *b, const char *tag, struct err *e);
+
+#endif /* CELERIAC_BROKER_REDIS_H */

@@ -1,0 +1,173 @@
+/* SPDX-License-Identifier: MIT
+ * db/conn.c: lifecycle of a child's database connection: open with retry and
+ * backoff, health check before tasks, reconnect after loss, ownership by pid,
+ * and the single close path (see conn.h). Client-library details live in
+ * pg.c and sqlite.c.
+ */
+#include "common.h"
+#include "db/conn.h"
+#include "db/driver.h"
+#include "util/backoff.h"
+#include "util/log.h"
+#include "util/time.h"
+
+static const struct db_driver *driver_for(const struct db_conn *c)
+{
+    switch (c->cfg->kind) {
+    case DB_POSTGRES:
+        return &db_pg_driver;
+    case DB_SQLITE:
+        return &db_sqlite_driver;
+    case DB_NONE:
+        break;
+    }
+    return NULL;
+}
+
+void db_conn_init(struct db_conn *c, const struct db_config *cfg, const char *app_name)
+{
+    memset(c, 0, sizeof(*c));
+    c->cfg = cfg;
+    snprintf(c->app_name, sizeof(c->app_name), "%s", app_name);
+}
+
+bool db_conn_is_open(const struct db_conn *c)
+{
+    return c->pg || c->sqlite;
+}
+
+void db_conn_close(struct db_conn *c, const char *reason)
+{
+    const struct db_driver *d = driver_for(c);
+    if (!d || !db_conn_is_open(c))
+        return;
+    if (c->owner == getpid() && c->on_close)
+        c->on_close(c->hook_arg);
+    d->close(c);
+    if (reason)
+        log_info("database connection to '%s' closed after %.1f s: %s", c->cfg->where,
+                 (double)(time_mono_ms() - c->opened_ms) / 1000.0, reason);
+}
+
+/* One attempt: open, then let the library prepare its statements. */
+static int open_once(struct db_conn *c, const struct db_driver *d, struct err *e)
+{
+    int rc = d->open(c, e);
+    if (rc)
+        return rc;
+    c->owner = getpid();
+    c->opened_ms = c->last_used_ms = time_mono_ms();
+    if (c->on_open && c->on_open(c->hook_arg)) {
+        err_set(e, E_CONN_LOST, "connect to '%s' failed: the library's db_connected hook failed",
+                c->cfg->where);
+        db_conn_close(c, NULL);
+        return E_CONN_LOST;
+    }
+    return 0;
+}
+
+int db_conn_open(struct db_conn *c, int attempts, volatile sig_atomic_t *stop, struct err *e)
+{
+    const struct db_driver *d = driver_for(c);
+    if (!d)
+        return 0;
+    struct backoff bo;
+    backoff_init(&bo, c->cfg->backoff_base_ms, c->cfg->backoff_cap_ms);
+    for (int attempt = 1;; attempt++) {
+        int rc = open_once(c, d, e);
+        if (!rc)
+            return 0;
+        bool last = (attempts > 0 && attempt >= attempts) || (stop && *stop);
+        if (last) {
+            if (attempts > 0)
+                log_error("database unreachable after %d attempt%s: %s", attempt,
+                          attempt == 1 ? "" : "s", e ? e->msg : "");
+            return rc;
+        }
+        int64_t delay = backoff_next(&bo);
+        if (attempts > 0)
+            log_warning("%s (attempt %d/%d); retrying in %" PRId64 " ms", e ? e->msg : "",
+                        attempt, attempts, delay);
+        else
+            log_warning("%s (attempt %d); retrying in %" PRId64 " ms", e ? e->msg : "", attempt,
+                        delay);
+        time_sleep_ms(delay, (volatile const int *)stop);
+    }
+}
+
+static bool owned(struct db_conn *c)
+{
+    if (c->owner == getpid())
+        return true;
+    log_error("database connection opened by pid %d refused to pid %d", (int)c->owner,
+              (int)getpid());
+    return false;
+}
+
+bool db_conn_check_lost(struct db_conn *c)
+{
+    const struct db_driver *d = driver_for(c);
+    if (!d || !db_conn_is_open(c))
+        return d != NULL;
+    if (!d->is_lost(c))
+        return false;
+    db_conn_close(c, "connection lost");
+    return true;
+}
+
+int db_conn_ready(struct db_conn *c, volatile sig_atomic_t *stop, struct err *e)
+{
+    const struct db_driver *d = driver_for(c);
+    if (!d)
+        return 0;
+    const char *why = NULL;
+    char reason[ERR_MSG_MAX + 32];
+    if (db_conn_is_open(c) && !owned(c)) {
+        /* Inherited across fork: drop our copy without touching the socket's
+         * session, which belongs to the other process. */
+        c->pg = NULL;
+        c->sqlite = NULL;
+        why = "inherited from another process";
+    } else if (db_conn_is_open(c) && d->is_lost(c)) {
+        why = "lost while idle";
+    } else if (db_conn_is_open(c) && c->cfg->idle_check_ms > 0 &&
+               time_mono_ms() - c->last_used_ms > c->cfg->idle_check_ms) {
+        struct err pe = {0};
+        if (d->ping(c, &pe)) {
+            snprintf(reason, sizeof(reason), "health check failed: %s", pe.msg);
+            why = reason;
+        }
+    }
+    if (!why && db_conn_is_open(c)) {
+        struct err re = {0};
+        if (d->reset(c, &re) == 0)
+            return 0;
+        snprintf(reason, sizeof(reason), "%s", re.msg);
+        why = reason;
+    }
+    if (why) {
+        log_warning("database connection to '%s' unusable (%s); reconnecting", c->cfg->where, why);
+        db_conn_close(c, why);
+    }
+    int rc = db_conn_open(c, 0, stop, e);
+    if (!rc) {
+        c->reconnects++;
+        log_info("database connection to '%s' re-established (reconnect #%u)", c->cfg->where,
+                 c->reconnects);
+    }
+    return rc;
+}
+
+PGconn *db_conn_pg(struct db_conn *c)
+{
+    if (!c->pg || !owned(c))
+        return NULL;
+    return c->pg;
+}
+
+sqlite3 *db_conn_sqlite(struct db_conn *c)
+{
+    if (!c->sqlite || !owned(c))
+        return NULL;
+    return c->sqlite;
+}

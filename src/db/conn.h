@@ -1,0 +1,83 @@
+/* SPDX-License-Identifier: MIT
+ * db/conn.h: the one database connection a child process owns. Opened after
+ * fork with retries, checked before every task, re-established when lost,
+ * refused to any process but the one that opened it, closed on every exit path.
+ * Child processes only; nothing here is async-signal-safe.
+ */
+#ifndef CELERIAC_DB_CONN_H
+#define CELERIAC_DB_CONN_H
+
+#include <signal.h>
+
+#include "util/url.h"
+
+typedef struct pg_conn PGconn;
+typedef struct sqlite3 sqlite3;
+
+struct db_config {
+    enum db_kind kind;         /* DB_NONE: tasks get no connection */
+    char *url;                 /* owned: the --db string as given (never logged) */
+    char *sqlite_path;         /* owned: file path for DB_SQLITE */
+    char *where;               /* owned: "host:port" or the path, safe to log */
+    int attempts;              /* connect attempts at start-up before giving up */
+    int64_t backoff_base_ms;   /* first retry delay */
+    int64_t backoff_cap_ms;    /* largest retry delay */
+    int connect_timeout_s;     /* libpq connect_timeout */
+    int busy_timeout_ms;       /* SQLite busy timeout */
+    int64_t idle_check_ms;     /* a connection idle this long is pinged before use */
+};
+
+/* Called after every successful open and before every close, so the task
+ * library can prepare and finalize statements. arg is db_conn.hook_arg. */
+typedef int (*db_hook_fn)(void *arg);
+
+struct db_conn {
+    const struct db_config *cfg;  /* borrowed; outlives the connection */
+    PGconn *pg;                   /* open PostgreSQL handle or NULL */
+    sqlite3 *sqlite;              /* open SQLite handle or NULL */
+    pid_t owner;                  /* pid that opened the handle */
+    int64_t opened_ms;            /* monotonic time of the open */
+    int64_t last_used_ms;         /* monotonic time the last task finished with it */
+    unsigned reconnects;          /* re-opens after a loss, for stats */
+    char app_name[64];            /* PostgreSQL application_name */
+    db_hook_fn on_open;           /* NULL or library hook glue */
+    db_hook_fn on_close;
+    void *hook_arg;
+};
+
+/* Fills c for cfg; opens nothing. */
+void db_conn_init(struct db_conn *c, const struct db_config *cfg, const char *app_name);
+
+/* Opens the connection, retrying up to `attempts` times (0 = until *stop)
+ * with exponential backoff and jitter, logging each failure. Returns 0, or
+ * E_CONN_LOST with "connect to 'host:port' failed: <reason>" in e. */
+int db_conn_open(struct db_conn *c, int attempts, volatile sig_atomic_t *stop, struct err *e);
+
+/* The one close path: runs on_close, closes the handle, logs reason (if not
+ * NULL) with the connection's age. NULL-safe and idempotent. */
+void db_conn_close(struct db_conn *c, const char *reason);
+
+bool db_conn_is_open(const struct db_conn *c);
+
+/* Before a task: makes sure the handle is live and clean. Detects a connection
+ * lost while idle (server restart, pg_terminate_backend) without a round trip,
+ * pings after idle_check_ms, rolls back a transaction left open, and reopens a
+ * lost connection (retrying until *stop). Returns 0, or E_CONN_LOST when it
+ * could not reconnect before *stop was set. */
+int db_conn_ready(struct db_conn *c, volatile sig_atomic_t *stop, struct err *e);
+
+/* After a task reported a database failure: true when the connection is
+ * gone (the handle is then closed with the reason). The one place that
+ * decides what "connection lost" means. */
+bool db_conn_check_lost(struct db_conn *c);
+
+/* The live handles, or NULL (with an error logged) when called from a process
+ * other than the one that opened them. */
+PGconn *db_conn_pg(struct db_conn *c);
+sqlite3 *db_conn_sqlite(struct db_conn *c);
+
+/* Fills where (for logs) from a PostgreSQL conninfo or URI via libpq's own
+ * parser; returns 0 or -EINVAL with libpq's reason in e. */
+int db_pg_describe(const char *conninfo, char **where, struct err *e);
+
+#endif /* CELERIAC_DB_CONN_H */

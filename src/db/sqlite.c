@@ -1,0 +1,83 @@
+/* SPDX-License-Identifier: MIT
+ * db/sqlite.c: the SQLite driver: one handle per child, WAL journal, busy
+ * timeout, and rollback of a transaction a task left open. A local file
+ * cannot be "lost" the way a socket can, so is_lost only checks the handle.
+ */
+#include "common.h"
+#include "db/conn.h"
+#include "db/driver.h"
+
+#include <sqlite3.h>
+
+static int exec_sql(struct db_conn *c, const char *sql, struct err *e)
+{
+    char *msg = NULL;
+    if (sqlite3_exec(c->sqlite, sql, NULL, NULL, &msg) == SQLITE_OK)
+        return 0;
+    err_set(e, E_DB, "'%s' on '%s' failed: %s", sql, c->cfg->where,
+            msg ? msg : sqlite3_errmsg(c->sqlite));
+    sqlite3_free(msg);
+    return E_DB;
+}
+
+static int sqlite_open(struct db_conn *c, struct err *e)
+{
+    sqlite3 *db = NULL;
+    /* NOMUTEX: one thread per child uses the handle; no locking needed. */
+    int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
+    int rc = sqlite3_open_v2(c->cfg->sqlite_path, &db, flags, NULL);
+    if (rc != SQLITE_OK) {
+        err_set(e, E_CONN_LOST, "open '%s' failed: %s", c->cfg->where,
+                db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+        sqlite3_close(db);
+        return E_CONN_LOST;
+    }
+    c->sqlite = db;
+    sqlite3_busy_timeout(db, c->cfg->busy_timeout_ms);
+    /* WAL lets readers and a writer in different children proceed together;
+     * NORMAL sync is durable across crashes of a process in WAL mode. The
+     * journal_mode pragma also proves the file is a readable database. */
+    struct err pe = {0};
+    if (exec_sql(c, "PRAGMA journal_mode=WAL", &pe) ||
+        exec_sql(c, "PRAGMA synchronous=NORMAL", &pe)) {
+        err_set(e, E_CONN_LOST, "open '%s' failed: %s", c->cfg->where, pe.msg);
+        sqlite3_close(db);
+        c->sqlite = NULL;
+        return E_CONN_LOST;
+    }
+    return 0;
+}
+
+static void sqlite_close(struct db_conn *c)
+{
+    /* _v2: statements a library failed to finalize keep the handle alive
+     * until they are, instead of making the close fail. */
+    sqlite3_close_v2(c->sqlite);
+    c->sqlite = NULL;
+}
+
+static bool sqlite_is_lost(struct db_conn *c)
+{
+    return c->sqlite == NULL;
+}
+
+static int sqlite_ping(struct db_conn *c, struct err *e)
+{
+    return exec_sql(c, "SELECT 1", e) ? E_CONN_LOST : 0;
+}
+
+static int sqlite_reset(struct db_conn *c, struct err *e)
+{
+    if (sqlite3_get_autocommit(c->sqlite))
+        return 0;
+    return exec_sql(c, "ROLLBACK", e) ? E_CONN_LOST : 0;
+}
+
+const struct db_driver db_sqlite_driver = {
+    .name = "sqlite",
+    .open = sqlite_open,
+    .close = sqlite_close,
+    .is_lost = sqlite_is_lost,
+    .ping = sqlite_ping,
+    .reset = sqlite_reset,
+};

@@ -1,0 +1,197 @@
+/* SPDX-License-Identifier: MIT
+ * redis_link.c: a hiredis connection with connect options, pid ownership,
+ * script caching and a single teardown path (see redis_link.h).
+ */
+#include "common.h"
+#include "util/log.h"
+#include "util/redis_link.h"
+#include "util/time.h"
+#include "util/url.h"
+
+#include <sys/time.h>
+
+/* A command may block for BRPOP's own timeout; anything slower is a dead peer. */
+#define COMMAND_TIMEOUT_S 30
+#define CONNECT_TIMEOUT_S 5
+
+void redis_link_init(struct redis_link *l, const char *role)
+{
+    memset(l, 0, sizeof(*l));
+    l->role = role;
+}
+
+bool redis_link_is_open(const struct redis_link *l)
+{
+    return l->ctx != NULL;
+}
+
+static void describe(const struct redis_url *u, char *out, size_t n)
+{
+    if (u->socket)
+        snprintf(out, n, "%s", u->socket);
+    else
+        snprintf(out, n, "%s:%d", u->host, u->port);
+}
+
+int redis_link_open(struct redis_link *l, const struct redis_url *u, struct err *e)
+{
+    char where[300];
+    describe(u, where, sizeof(where));
+    redis_link_close(l, NULL);
+    struct timeval ct = {.tv_sec = CONNECT_TIMEOUT_S};
+    redisContext *c = u->socket ? redisConnectUnixWithTimeout(u->socket, ct)
+                                : redisConnectWithTimeout(u->host, u->port, ct);
+    if (!c)
+        return err_set(e, E_CONN_LOST, "connect to '%s' failed: out of memory", where);
+    if (c->err) {
+        err_set(e, E_CONN_LOST, "connect to '%s' failed: %s", where, c->errstr);
+        redisFree(c);
+        return E_CONN_LOST;
+    }
+    struct timeval rt = {.tv_sec = COMMAND_TIMEOUT_S};
+    redisSetTimeout(c, rt);
+    if (!u->socket)
+        redisEnableKeepAlive(c);
+    l->ctx = c;
+    l->owner = getpid();
+    l->connected_ms = time_mono_ms();
+
+    redisReply *r = NULL;
+    if (u->password) {
+        r = u->username ? redis_link_command(l, e, "AUTH %s %s", u->username, u->password)
+                        : redis_link_command(l, e, "AUTH %s", u->password);
+        if (!r)
+            return E_CONN_LOST;
+        if (r->type == REDIS_REPLY_ERROR) {
+            err_set(e, E_CONN_LOST, "authenticate to '%s' failed: %s", where, r->str);
+            goto out_close;
+        }
+        freeReplyObject(r);
+    }
+    if (u->db) {
+        r = redis_link_command(l, e, "SELECT %d", u->db);
+        if (!r)
+            return E_CONN_LOST;
+        if (r->type == REDIS_REPLY_ERROR) {
+            err_set(e, E_CONN_LOST, "select database %d on '%s' failed: %s", u->db, where, r->str);
+            goto out_close;
+        }
+        freeReplyObject(r);
+    }
+    return 0;
+
+out_close:
+    freeReplyObject(r);
+    redis_link_close(l, NULL);
+    return E_CONN_LOST;
+}
+
+void redis_link_close(struct redis_link *l, const char *reason)
+{
+    if (!l->ctx)
+        return;
+    if (reason)
+        log_warning("%s connection closed after %.1f s: %s", l->role,
+                    (double)(time_mono_ms() - l->connected_ms) / 1000.0, reason);
+    /* A context inherited across fork belongs to another process: free our
+     * memory without touching the shared socket's protocol state. */
+    redisFree(l->ctx);
+    l->ctx = NULL;
+}
+
+/* Called after a failed hiredis call: the connection is unusable. */
+static void lost(struct redis_link *l, struct err *e)
+{
+    char why[200];
+    snprintf(why, sizeof(why), "%s", l->ctx && l->ctx->errstr[0] ? l->ctx->errstr : "no reply");
+    err_set(e, E_CONN_LOST, "%s connection lost: %s", l->role, why);
+    redis_link_close(l, why);
+}
+
+static bool owned(struct redis_link *l, struct err *e)
+{
+    if (!l->ctx) {
+        err_set(e, E_CONN_LOST, "%s connection is not open", l->role);
+        return false;
+    }
+    if (l->owner != getpid()) {
+        /* A forked copy must never speak on its parent's socket. */
+        err_set(e, E_CONN_LOST, "%s connection opened by pid %d used from pid %d", l->role,
+                (int)l->owner, (int)getpid());
+        return false;
+    }
+    return true;
+}
+
+redisReply *redis_link_command(struct redis_link *l, struct err *e, const char *fmt, ...)
+{
+    if (!owned(l, e))
+        return NULL;
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = redisvCommand(l->ctx, fmt, ap);
+    va_end(ap);
+    if (!r)
+        lost(l, e);
+    return r;
+}
+
+redisReply *redis_link_argv(struct redis_link *l, struct err *e, int argc, const char **argv,
+                            const size_t *lens)
+{
+    if (!owned(l, e))
+        return NULL;
+    redisReply *r = redisCommandArgv(l->ctx, argc, argv, lens);
+    if (!r)
+        lost(l, e);
+    return r;
+}
+
+int redis_link_append_argv(struct redis_link *l, int argc, const char **argv, const size_t *lens)
+{
+    if (!owned(l, NULL))
+        return E_CONN_LOST;
+    if (redisAppendCommandArgv(l->ctx, argc, argv, lens) != REDIS_OK)
+        return E_CONN_LOST;
+    return 0;
+}
+
+redisReply *redis_link_read(struct redis_link *l, struct err *e)
+{
+    if (!owned(l, e))
+        return NULL;
+    void *r = NULL;
+    if (redisGetReply(l->ctx, &r) != REDIS_OK || !r) {
+        lost(l, e);
+        return NULL;
+    }
+    return r;
+}
+
+/* Scripts go as EVAL with their source every time: the server caches the
+ * compiled script by its hash anyway, and there is then no NOSCRIPT state to
+ * recover from after a server restart, which matters inside a pipeline where a
+ * synchronous reload would read the next command's reply. */
+#define SCRIPT_ARGS_MAX 32
+
+int redis_link_append_script(struct redis_link *l, const struct redis_script *s, int nargs,
+                             const char **args, const size_t *lens, int numkeys)
+{
+    if (nargs + 3 > SCRIPT_ARGS_MAX)
+        return -E2BIG;
+    const char *argv[SCRIPT_ARGS_MAX];
+    size_t alens[SCRIPT_ARGS_MAX];
+    char nk[16];
+    snprintf(nk, sizeof(nk), "%d", numkeys);
+    argv[0] = "EVAL";
+    alens[0] = 4;
+    argv[1] = s->body;
+    alens[1] = strlen(s->body);
+    argv[2] = nk;
+    alens[2] = strlen(nk);
+    for (int i = 0; i < nargs; i++) {
+        argv[3 + i] = args[i];
+        alens[3 + i] = lens ? lens[i] : strlen(args[i]);
+    }
+    return redis_link_append_argv(l, nargs + 3, argv, alens);
+}

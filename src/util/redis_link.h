@@ -1,0 +1,50 @@
+/* SPDX-License-Identifier: MIT
+ * redis_link.h: one hiredis connection as the broker and the result backend
+ * both use it: connect with AUTH/SELECT/keepalive, remember the owning pid,
+ * run Lua scripts by SHA with a reload on NOSCRIPT, and tear down in one place.
+ * RESP parsing is hiredis's job; this file only adds what hiredis lacks.
+ */
+#ifndef CELERIAC_REDIS_LINK_H
+#define CELERIAC_REDIS_LINK_H
+
+#include <hiredis.h>
+
+struct redis_url;
+
+struct redis_link {
+    redisContext *ctx;      /* NULL while disconnected */
+    pid_t owner;            /* pid that connected; any other pid is refused */
+    int64_t connected_ms;   /* monotonic time of the connect, for the age in logs */
+    const char *role;       /* "broker" or "backend": names the link in messages */
+};
+
+/* A server-side Lua script (run with EVAL, see redis_link.c). */
+struct redis_script {
+    const char *body;       /* Lua source, static */
+};
+
+void redis_link_init(struct redis_link *l, const char *role);
+/* Connects to u (TCP keepalive, connect and command timeouts, AUTH, SELECT).
+ * Returns 0, or E_CONN_LOST with "connect to 'host:port' failed: ..." in e. */
+int redis_link_open(struct redis_link *l, const struct redis_url *u, struct err *e);
+/* Closes the connection (NULL-safe, idempotent) and logs why with its age
+ * when reason is not NULL. */
+void redis_link_close(struct redis_link *l, const char *reason);
+bool redis_link_is_open(const struct redis_link *l);
+
+/* Runs a command; on a connection-level failure closes the link and returns
+ * NULL with E_CONN_LOST in e. An error reply is returned as a reply (caller
+ * checks REDIS_REPLY_ERROR). The caller frees the reply with freeReplyObject. */
+redisReply *redis_link_command(struct redis_link *l, struct err *e, const char *fmt, ...);
+redisReply *redis_link_argv(struct redis_link *l, struct err *e, int argc, const char **argv,
+                            const size_t *lens);
+
+/* Appends EVAL of s with numkeys keys followed by args to the pipeline; read
+ * the reply with redis_link_read(). Returns 0 or a negative code. */
+int redis_link_append_script(struct redis_link *l, const struct redis_script *s, int nargs,
+                             const char **args, const size_t *lens, int numkeys);
+/* Appends a command to the pipeline; reads one pipelined reply. */
+int redis_link_append_argv(struct redis_link *l, int argc, const char **argv, const size_t *lens);
+redisReply *redis_link_read(struct redis_link *l, struct err *e);
+
+#endif /* CELERIAC_REDIS_LINK_H */

@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+# demo.sh: what `make demo` runs after the build. Seeds a SQLite database and
+# starts a private redis-server on a free loopback port, both in a temp dir;
+# enqueues DEMO_TASKS books.get_book_info tasks with Python Celery, runs a celeriac
+# worker on them, shows progress, checks the results, prints throughput and
+# each child's connection and RSS, then stops everything it started (by pid).
+# Knobs: DEMO_TASKS (5000), DEMO_BOOKS (10000), DEMO_CONCURRENCY (2),
+# DEMO_KEEP=1 keeps the temp dir (database, logs) for a look afterwards.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+root=$PWD
+tasks=${DEMO_TASKS:-5000}
+books=${DEMO_BOOKS:-10000}
+concurrency=${DEMO_CONCURRENCY:-2}
+python=/usr/bin/python3
+client=$root/scripts/demo_client.py
+celeriac=$root/build/celeriac
+library=$root/build/examples/libbooks.so
+
+say() { printf 'demo: %s\n' "$*"; }
+fail() {
+    printf 'demo: FAILED: %s\n' "$*" >&2
+    exit 1
+}
+
+for n in "$tasks" "$books" "$concurrency"; do
+    [[ $n =~ ^[1-9][0-9]*$ ]] || fail "DEMO_TASKS, DEMO_BOOKS and DEMO_CONCURRENCY must be positive integers"
+done
+[[ -x $celeriac && -f $library ]] || fail "build/celeriac or build/examples/libbooks.so missing: run make"
+command -v redis-server >/dev/null || fail "redis-server not found (scripts/bootstrap.sh installs it)"
+command -v sqlite3 >/dev/null || fail "sqlite3 not found (scripts/bootstrap.sh installs it)"
+"$python" -c 'import celery, redis' 2>/dev/null ||
+    fail "$python cannot import celery and redis (apt-get install python3-celery python3-redis)"
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/celeriac-demo.XXXXXX")
+redis_pid=
+worker_pid=
+
+# Stops what this script started, by pid only, on every exit path.
+cleanup() {
+    local rc=$?
+    trap - EXIT
+    if [[ -n $worker_pid ]] && kill -0 "$worker_pid" 2>/dev/null; then
+        kill -TERM "$worker_pid" 2>/dev/null || true
+        for _ in $(seq 50); do kill -0 "$worker_pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$worker_pid" 2>/dev/null || true
+    fi
+    if ((rc != 0)) && [[ -s $tmp/worker.log ]]; then
+        echo "demo: last lines of the worker's log:" >&2
+        tail -n 20 "$tmp/worker.log" >&2
+    fi
+    if [[ -n $redis_pid ]]; then
+        kill -TERM "$redis_pid" 2>/dev/null || true
+        wait "$redis_pid" 2>/dev/null || true
+    fi
+    if [[ ${DEMO_KEEP:-0} == 1 ]]; then
+        echo "demo: kept $tmp" >&2
+    else
+        rm -rf "$tmp"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# True while the worker runs; an exited one stays a zombie until waited for.
+worker_running() {
+    local stat
+    stat=$(cat "/proc/$worker_pid/stat" 2>/dev/null) || return 1
+    stat=${stat##*) }
+    [[ ${stat:0:1} != Z ]]
+}
+
+free_port() {
+    "$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# ---- database -------------------------------------------------------------
+db=$tmp/books.db
+"$root/examples/books/seed.sh" sqlite "$db" "$books"
+say "SQLite database $db seeded with $books books"
+
+# ---- redis ----------------------------------------------------------------
+# The port is free when chosen but could be taken before redis binds it: retry.
+for attempt in 1 2 3; do
+    port=$(free_port)
+    redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
+        --daemonize no --pidfile "$tmp/redis.pid" --dir "$tmp" \
+        --logfile "$tmp/redis.log" --loglevel warning &
+    redis_pid=$!
+    for _ in $(seq 50); do
+        [[ $(redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null) == PONG ]] && break 2
+        kill -0 "$redis_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -TERM "$redis_pid" 2>/dev/null || true
+    wait "$redis_pid" 2>/dev/null || true
+    redis_pid=
+    ((attempt < 3)) || fail "redis-server did not start: $(tail -n 3 "$tmp/redis.log" 2>/dev/null)"
+done
+broker=redis://127.0.0.1:$port/0
+backend=redis://127.0.0.1:$port/1
+say "private redis-server pid $redis_pid on 127.0.0.1:$port"
+
+# ---- enqueue --------------------------------------------------------------
+"$python" "$client" enqueue "$broker" "$tasks" "$books" "$tmp/ids" ||
+    fail "could not enqueue the tasks"
+
+# ---- worker ---------------------------------------------------------------
+say "starting: build/celeriac worker -A build/examples/libbooks.so -c $concurrency" \
+    "-b $broker --result-backend $backend --db sqlite://$db -l info"
+"$celeriac" worker -A "$library" -c "$concurrency" -b "$broker" \
+    --result-backend "$backend" --db "sqlite://$db" -l info \
+    >"$tmp/worker.log" 2>&1 &
+worker_pid=$!
+
+if ! watch_out=$("$python" "$client" watch "$broker" "$backend" "$tasks" "$worker_pid"); then
+    if ! worker_running; then
+        rc=0
+        wait "$worker_pid" || rc=$?
+        worker_pid=
+        fail "the worker exited with status $rc before the tasks were done"
+    fi
+    fail "tasks did not complete"
+fi
+read -r _ elapsed first <<<"$(tail -n 1 <<<"$watch_out")"
+rates=$("$python" -c "n=$tasks; e=$elapsed; f=$first
+print(f'{n / e:.0f} {n / max(e - f, 1e-3):.0f}')")
+read -r rate steady <<<"$rates"
+say "$tasks tasks in $elapsed s from worker start: $rate tasks/s" \
+    "($steady tasks/s from the first result to the last)"
+
+# ---- results --------------------------------------------------------------
+"$python" "$client" check "$broker" "$backend" "$tmp/ids" 20 || fail "results are wrong"
+fetched=$(sqlite3 "$db" 'SELECT count(*) FROM books WHERE fetched_at IS NOT NULL')
+want=$((tasks < books ? tasks : books))
+((fetched == want)) || fail "$fetched books have fetched_at set, want $want"
+say "$fetched books have fetched_at set in the database"
+
+# ---- per-child facts ------------------------------------------------------
+"$python" "$client" facts "$worker_pid" "$db" "$tmp/worker.log" || fail "per-child facts"
+
+# ---- warm shutdown --------------------------------------------------------
+kids=$("$python" "$client" children "$worker_pid")
+kill -TERM "$worker_pid"
+for _ in $(seq 300); do
+    worker_running || break
+    sleep 0.1
+done
+worker_running && fail "the worker did not exit within 30 s of SIGTERM"
+rc=0
+wait "$worker_pid" || rc=$?
+worker_pid=
+((rc == 0)) || fail "the worker exited with status $rc after SIGTERM, want 0"
+for pid in $kids; do
+    [[ -e /proc/$pid ]] && fail "child $pid still runs after the master exited"
+done
+say "SIGTERM: worker exited 0, children gone"
+say "OK"

@@ -42,7 +42,7 @@ $(BUILD)/libceleriac.a: $(LIB_OBJ)
 	ar rcs $@ $^
 
 $(BUILD)/celeriac: $(MAIN_OBJ) $(BUILD)/libceleriac.a
-	$(CC) $(LDFLAGS) $(EXPORTS) -o $@ $^ $(PKG_LIBS) -ldl -lm
+	$(CC) $(LDFLAGS) $(EXPORTS) -o $@ $(MAIN_OBJ) -Wl,--whole-archive $(BUILD)/libceleriac.a -Wl,--no-whole-archive $(PKG_LIBS) -ldl -lm
 
 # A task library is built the way a user's would be: against include/celeriac.h
 # alone, -fPIC -shared, plus the database client it uses.

@@ -1,0 +1,10 @@
+/* SPDX-License-Identifier: MIT
+ * cli/cli.h: one entry point per subcommand; each returns the exit code.
+ */
+#ifndef CELERIAC_CLI_H
+#define CELERIAC_CLI_H
+
+/* `celeriac worker ...`: argv[0] is "worker". */
+int cli_worker(int argc, char **argv);
+
+#endif /* CELERIAC_CLI_H */

@@ -1,0 +1,388 @@
+/* SPDX-License-Identifier: MIT
+ * cli/worker.c: `celeriac worker`: flags and environment into a
+ * worker_config, validation (exit 2 with one line), the start-up banner, then
+ * the master. Shaped like `celery worker`.
+ */
+#include "common.h"
+#include "cli/cli.h"
+#include "util/buf.h"
+#include "util/url.h"
+#include "worker/config.h"
+#include "worker/master.h"
+
+#include <getopt.h>
+#include <sys/utsname.h>
+
+enum {
+    OPT_RESULT_BACKEND = 1000,
+    OPT_DB,
+    OPT_ACKS_LATE,
+    OPT_DB_ATTEMPTS,
+    OPT_DB_BACKOFF_BASE,
+    OPT_DB_BACKOFF_CAP,
+    OPT_DB_CONNECT_TIMEOUT,
+    OPT_DB_IDLE_CHECK,
+    OPT_RESULT_EXPIRES,
+    OPT_MAX_MESSAGE,
+};
+
+static const struct option options[] = {
+    {"app", required_argument, NULL, 'A'},
+    {"concurrency", required_argument, NULL, 'c'},
+    {"queues", required_argument, NULL, 'Q'},
+    {"broker", required_argument, NULL, 'b'},
+    {"result-backend", required_argument, NULL, OPT_RESULT_BACKEND},
+    {"db", required_argument, NULL, OPT_DB},
+    {"loglevel", required_argument, NULL, 'l'},
+    {"hostname", required_argument, NULL, 'n'},
+    {"acks-late", no_argument, NULL, OPT_ACKS_LATE},
+    {"db-connect-attempts", required_argument, NULL, OPT_DB_ATTEMPTS},
+    {"db-backoff-base", required_argument, NULL, OPT_DB_BACKOFF_BASE},
+    {"db-backoff-cap", required_argument, NULL, OPT_DB_BACKOFF_CAP},
+    {"db-connect-timeout", required_argument, NULL, OPT_DB_CONNECT_TIMEOUT},
+    {"db-idle-check", required_argument, NULL, OPT_DB_IDLE_CHECK},
+    {"result-expires", required_argument, NULL, OPT_RESULT_EXPIRES},
+    {"max-message-size", required_argument, NULL, OPT_MAX_MESSAGE},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
+};
+
+static const char usage_text[] =
+    "usage: celeriac worker -A LIB.so [options]\n"
+    "\n"
+    "Runs a Celery-compatible prefork worker whose tasks are C functions in LIB.so.\n"
+    "Each child process opens its own broker and database connections after fork.\n"
+    "\n"
+    "  -A, --app LIB.so            task library (env CELERIAC_APP)\n"
+    "  -c, --concurrency N         child processes (env CELERIAC_CONCURRENCY; default: CPUs)\n"
+    "  -Q, --queues Q1,Q2          queues to consume (env CELERIAC_QUEUES; default: celery)\n"
+    "  -b, --broker URL            redis://[:pass@]host:port/db (env CELERIAC_BROKER_URL;\n"
+    "                              default: redis://localhost:6379/0)\n"
+    "      --result-backend URL    store results in this Redis (env CELERIAC_RESULT_BACKEND;\n"
+    "                              default: none, as Celery)\n"
+    "      --db URL                postgresql://..., a libpq conninfo, sqlite:///abs/path or\n"
+    "                              sqlite://rel/path (env CELERIAC_DB_URL; default: none)\n"
+    "  -l, --loglevel LEVEL        debug, info, warning, error, critical (env\n"
+    "                              CELERIAC_LOGLEVEL; default: info)\n"
+    "  -n, --hostname NAME         node name, %h = host name (env CELERIAC_HOSTNAME;\n"
+    "                              default: celeriac@%h)\n"
+    "      --acks-late             acknowledge every task after its result is stored\n"
+    "                              (env CELERIAC_ACKS_LATE=1; default: when it starts)\n"
+    "      --db-connect-attempts N tries at child start before giving up (default: 4)\n"
+    "      --db-backoff-base MS    first retry delay, doubled per try (default: 500)\n"
+    "      --db-backoff-cap MS     largest retry delay (default: 10000)\n"
+    "      --db-connect-timeout S  libpq connect_timeout (default: 5)\n"
+    "      --db-idle-check MS      ping a connection idle this long before use\n"
+    "                              (default: 30000; 0 = never)\n"
+    "      --result-expires S      result TTL in seconds, 0 = never (default: 86400)\n"
+    "      --max-message-size B    larger messages are dropped unread (default: 16777216)\n"
+    "  -h, --help                  this help\n"
+    "\n"
+    "Exit status: 0 clean shutdown, 2 bad usage or configuration, 3 no child could\n"
+    "connect to its database.\n";
+
+ATTR_PRINTF(1, 2) static int usage_error(const char *fmt, ...)
+{
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "celeriac worker: %s (see --help)\n", line);
+    return EXIT_USAGE;
+}
+
+static int parse_long(const char *flag, const char *s, long lo, long hi, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi)
+        return usage_error("%s wants an integer in %ld..%ld, got '%s'", flag, lo, hi, s);
+    *out = v;
+    return 0;
+}
+
+static void set_str(char **field, const char *value)
+{
+    free(*field);
+    *field = xstrdup(value);
+}
+
+static int set_queues(struct worker_config *cfg, const char *list)
+{
+    for (size_t i = 0; i < cfg->broker.n_queues; i++)
+        free(cfg->broker.queues[i]);
+    free(cfg->broker.queues);
+    cfg->broker.queues = NULL;
+    cfg->broker.n_queues = 0;
+    const char *p = list;
+    while (*p) {
+        size_t n = strcspn(p, ",");
+        const char *start = p;
+        while (n && *start == ' ') {
+            start++;
+            n--;
+        }
+        while (n && start[n - 1] == ' ')
+            n--;
+        if (n) {
+            if (n > 200)
+                return usage_error("queue name longer than 200 bytes");
+            cfg->broker.queues = xrealloc(cfg->broker.queues,
+                                          (cfg->broker.n_queues + 1) * sizeof(char *));
+            cfg->broker.queues[cfg->broker.n_queues++] = xstrndup(start, n);
+        }
+        p += strcspn(p, ",");
+        if (*p)
+            p++;
+    }
+    if (!cfg->broker.n_queues)
+        return usage_error("-Q names no queue");
+    return 0;
+}
+
+static char *expand_node_name(const char *pattern)
+{
+    char host[256] = "localhost";
+    gethostname(host, sizeof(host) - 1);
+    struct buf b = BUF_INIT;
+    for (const char *p = pattern; *p; p++) {
+        if (p[0] == '%' && p[1] == 'h') {
+            buf_adds(&b, host);
+            p++;
+        } else if (p[0] == '%' && p[1] == 'n') {
+            buf_add(&b, host, strcspn(host, "."));
+            p++;
+        } else {
+            buf_addch(&b, *p);
+        }
+    }
+    if (!strchr(b.data, '@')) { /* Celery's rule: a bare name gets @host */
+        buf_addch(&b, '@');
+        buf_adds(&b, host);
+    }
+    return buf_detach(&b, NULL);
+}
+
+/* Environment first, so flags override it. */
+static int apply_env(struct worker_config *cfg, const char **db_url)
+{
+    const char *v;
+    long n;
+    if ((v = getenv("CELERIAC_APP")) && *v)
+        set_str(&cfg->app_path, v);
+    if ((v = getenv("CELERIAC_CONCURRENCY")) && *v) {
+        if (parse_long("CELERIAC_CONCURRENCY", v, 1, 1024, &n))
+            return EXIT_USAGE;
+        cfg->concurrency = (int)n;
+    }
+    if ((v = getenv("CELERIAC_QUEUES")) && *v && set_queues(cfg, v))
+        return EXIT_USAGE;
+    if ((v = getenv("CELERIAC_BROKER_URL")) && *v)
+        set_str(&cfg->broker_url, v);
+    if ((v = getenv("CELERIAC_RESULT_BACKEND")) && *v)
+        set_str(&cfg->backend_url, v);
+    if ((v = getenv("CELERIAC_DB_URL")) && *v)
+        *db_url = v;
+    if ((v = getenv("CELERIAC_LOGLEVEL")) && *v && log_parse_level(v, &cfg->log_level))
+        return usage_error("unknown log level '%s' in CELERIAC_LOGLEVEL", v);
+    if ((v = getenv("CELERIAC_HOSTNAME")) && *v)
+        set_str(&cfg->node_name, v);
+    if ((v = getenv("CELERIAC_ACKS_LATE")) && *v)
+        cfg->acks_late = strcmp(v, "0") && strcasecmp(v, "false") && strcasecmp(v, "no");
+    return 0;
+}
+
+static int parse_flags(struct worker_config *cfg, int argc, char **argv, const char **db_url)
+{
+    long n;
+    int opt;
+    optind = 1;
+    opterr = 0;
+    while ((opt = getopt_long(argc, argv, ":A:c:Q:b:l:n:h", options, NULL)) != -1) {
+        switch (opt) {
+        case 'A':
+            set_str(&cfg->app_path, optarg);
+            break;
+        case 'c':
+            if (parse_long("-c", optarg, 1, 1024, &n))
+                return EXIT_USAGE;
+            cfg->concurrency = (int)n;
+            break;
+        case 'Q':
+            if (set_queues(cfg, optarg))
+                return EXIT_USAGE;
+            break;
+        case 'b':
+            set_str(&cfg->broker_url, optarg);
+            break;
+        case OPT_RESULT_BACKEND:
+            set_str(&cfg->backend_url, optarg);
+            break;
+        case OPT_DB:
+            *db_url = optarg;
+            break;
+        case 'l':
+            if (log_parse_level(optarg, &cfg->log_level))
+                return usage_error("unknown log level '%s'", optarg);
+            break;
+        case 'n':
+            set_str(&cfg->node_name, optarg);
+            break;
+        case OPT_ACKS_LATE:
+            cfg->acks_late = true;
+            break;
+        case OPT_DB_ATTEMPTS:
+            if (parse_long("--db-connect-attempts", optarg, 1, 1000, &n))
+                return EXIT_USAGE;
+            cfg->db.attempts = (int)n;
+            break;
+        case OPT_DB_BACKOFF_BASE:
+            if (parse_long("--db-backoff-base", optarg, 1, 3600000, &n))
+                return EXIT_USAGE;
+            cfg->db.backoff_base_ms = n;
+            break;
+        case OPT_DB_BACKOFF_CAP:
+            if (parse_long("--db-backoff-cap", optarg, 1, 3600000, &n))
+                return EXIT_USAGE;
+            cfg->db.backoff_cap_ms = n;
+            break;
+        case OPT_DB_CONNECT_TIMEOUT:
+            if (parse_long("--db-connect-timeout", optarg, 1, 3600, &n))
+                return EXIT_USAGE;
+            cfg->db.connect_timeout_s = (int)n;
+            break;
+        case OPT_DB_IDLE_CHECK:
+            if (parse_long("--db-idle-check", optarg, 0, 86400000, &n))
+                return EXIT_USAGE;
+            cfg->db.idle_check_ms = n;
+            break;
+        case OPT_RESULT_EXPIRES:
+            if (parse_long("--result-expires", optarg, 0, INT32_MAX, &n))
+                return EXIT_USAGE;
+            cfg->backend.expires_s = (int)n;
+            break;
+        case OPT_MAX_MESSAGE:
+            if (parse_long("--max-message-size", optarg, 1024, 512L * 1024 * 1024, &n))
+                return EXIT_USAGE;
+            cfg->broker.max_message = (size_t)n;
+            break;
+        case 'h':
+            fputs(usage_text, stdout);
+            return -1;
+        case ':':
+            return usage_error("option '%s' needs a value", argv[optind - 1]);
+        default:
+            return usage_error("unknown option '%s'", argv[optind - 1]);
+        }
+    }
+    if (optind < argc)
+        return usage_error("unexpected argument '%s'", argv[optind]);
+    return 0;
+}
+
+static int validate(struct worker_config *cfg, const char *db_url)
+{
+    struct err e = {0};
+    if (!cfg->app_path)
+        return usage_error("no task library: pass -A LIB.so");
+    if (!cfg->broker_url)
+        cfg->broker_url = xstrdup("redis://localhost:6379/0");
+    if (redis_url_parse(&cfg->broker.url, cfg->broker_url, &e))
+        return usage_error("bad broker URL: %s", e.msg);
+    if (!cfg->broker.n_queues && set_queues(cfg, "celery"))
+        return EXIT_USAGE;
+    if (cfg->backend_url) {
+        if (redis_url_parse(&cfg->backend.url, cfg->backend_url, &e))
+            return usage_error("bad result backend URL: %s", e.msg);
+        cfg->backend.enabled = true;
+    }
+    if (db_url) {
+        if (db_url_classify(db_url, &cfg->db.kind, &cfg->db.sqlite_path, &e))
+            return usage_error("bad database URL: %s", e.msg);
+        cfg->db.url = xstrdup(db_url);
+        if (cfg->db.kind == DB_POSTGRES) {
+            if (db_pg_describe(db_url, &cfg->db.where, &e))
+                return usage_error("bad database URL: %s", e.msg);
+        } else {
+            cfg->db.where = xstrdup(cfg->db.sqlite_path);
+        }
+    }
+    if (cfg->db.backoff_cap_ms < cfg->db.backoff_base_ms)
+        cfg->db.backoff_cap_ms = cfg->db.backoff_base_ms;
+    char *node = expand_node_name(cfg->node_name ? cfg->node_name : "celeriac@%h");
+    free(cfg->node_name);
+    cfg->node_name = node;
+    if (library_load(&cfg->lib, cfg->app_path, &e))
+        return usage_error("%s", e.msg);
+    return 0;
+}
+
+static void print_banner(const struct worker_config *cfg)
+{
+    struct utsname un;
+    uname(&un);
+    struct buf broker = BUF_INIT, backend = BUF_INIT, db = BUF_INIT;
+    url_mask(&broker, cfg->broker_url);
+    if (cfg->backend_url)
+        url_mask(&backend, cfg->backend_url);
+    else
+        buf_adds(&backend, "disabled");
+    if (cfg->db.url) {
+        url_mask(&db, cfg->db.url);
+        buf_adds(&db, " (one connection per child)");
+    } else {
+        buf_adds(&db, "none");
+    }
+    printf("\n -------------- %s v%s\n"
+           "--- ***** ----- %s %s %s\n"
+           "-- ******* ---- \n"
+           "- *** --- * --- [config]\n"
+           "- ** ---------- .> app:         %s (%s)\n"
+           "- ** ---------- .> transport:   %s\n"
+           "- ** ---------- .> results:     %s\n"
+           "- ** ---------- .> database:    %s\n"
+           "- *** --- * --- .> concurrency: %d (prefork)\n"
+           "-- ******* ---- .> acks:        %s\n"
+           "--- ***** ----- \n"
+           " -------------- [queues]\n",
+           cfg->node_name, CELERIAC_VERSION, un.sysname, un.release, un.machine,
+           cfg->lib.desc->name ? cfg->lib.desc->name : "tasks", cfg->lib.path, broker.data,
+           backend.data, db.data, cfg->concurrency, cfg->acks_late ? "late" : "early");
+    for (size_t i = 0; i < cfg->broker.n_queues; i++)
+        printf("                .> %-16s exchange=%s(direct) key=%s\n", cfg->broker.queues[i],
+               cfg->broker.queues[i], cfg->broker.queues[i]);
+    printf("\n[tasks]\n");
+    for (size_t i = 0; i < cfg->lib.n_tasks; i++) {
+        const struct celeriac_task_def *t = &cfg->lib.desc->tasks[i];
+        printf("  . %s%s%s\n", t->name, t->flags & CELERIAC_ACKS_LATE ? " (acks_late)" : "",
+               t->flags & CELERIAC_IDEMPOTENT ? " (idempotent)" : "");
+    }
+    printf("\n");
+    fflush(stdout);
+    buf_release(&broker);
+    buf_release(&backend);
+    buf_release(&db);
+}
+
+int cli_worker(int argc, char **argv)
+{
+    struct worker_config cfg;
+    worker_config_init(&cfg);
+    const char *db_url = NULL;
+    int rc = apply_env(&cfg, &db_url);
+    if (!rc)
+        rc = parse_flags(&cfg, argc, argv, &db_url);
+    if (!rc)
+        rc = validate(&cfg, db_url);
+    if (rc) {
+        worker_config_release(&cfg);
+        return rc < 0 ? EXIT_OK : rc;
+    }
+    log_set_level(cfg.log_level);
+    print_banner(&cfg);
+    rc = master_run(&cfg);
+    worker_config_release(&cfg);
+    return rc;
+}

@@ -1,0 +1,40 @@
+/* SPDX-License-Identifier: MIT
+ * main.c: argv to subcommand dispatch, --help and --version; nothing else.
+ */
+#include "common.h"
+#include "celeriac.h"
+#include "cli/cli.h"
+#include "worker/config.h"
+
+static const char main_usage[] =
+    "usage: celeriac <command> [options]\n"
+    "\n"
+    "A Celery-compatible task worker in C: every worker process owns its database\n"
+    "connection.\n"
+    "\n"
+    "commands:\n"
+    "  worker     run a prefork worker (celeriac worker --help)\n"
+    "\n"
+    "  -h, --help      this help\n"
+    "  -V, --version   print the version\n";
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        fprintf(stderr, "celeriac: no command given (see --help)\n");
+        return EXIT_USAGE;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
+        fputs(main_usage, stdout);
+        return EXIT_OK;
+    }
+    if (!strcmp(cmd, "-V") || !strcmp(cmd, "--version") || !strcmp(cmd, "version")) {
+        printf("celeriac %s (task ABI %d)\n", CELERIAC_VERSION, CELERIAC_ABI_VERSION);
+        return EXIT_OK;
+    }
+    if (!strcmp(cmd, "worker"))
+        return cli_worker(argc - 1, argv + 1);
+    fprintf(stderr, "celeriac: unknown command '%s' (see --help)\n", cmd);
+    return EXIT_USAGE;
+}

@@ -1,0 +1,90 @@
+/* SPDX-License-Identifier: MIT
+ * task/library.c: dlopen of a task library with the ABI check (see library.h).
+ */
+#include "common.h"
+#include "task/library.h"
+
+#include <dlfcn.h>
+
+typedef const struct celeriac_library *(*library_init_fn)(int host_abi);
+
+int library_load(struct library *lib, const char *path, struct err *e)
+{
+    memset(lib, 0, sizeof(*lib));
+    /* dlopen searches the library path for a bare name; a user passing
+     * "libbooks.so" from the current directory means the file. */
+    char resolved[4096];
+    if (!strchr(path, '/')) {
+        snprintf(resolved, sizeof(resolved), "./%s", path);
+        path = resolved;
+    }
+    if (access(path, R_OK))
+        return err_set(e, E_CONFIG, "load task library '%s' failed: %s", path, strerror(errno));
+    void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!h)
+        return err_set(e, E_CONFIG, "load task library '%s' failed: %s", path, dlerror());
+    library_init_fn init;
+    *(void **)&init = dlsym(h, "celeriac_library_init");
+    if (!init) {
+        err_set(e, E_CONFIG, "load task library '%s' failed: no celeriac_library_init symbol",
+                path);
+        goto out_close;
+    }
+    const struct celeriac_library *desc = init(CELERIAC_ABI_VERSION);
+    if (!desc) {
+        err_set(e, E_CONFIG, "load task library '%s' failed: celeriac_library_init refused ABI %d",
+                path, CELERIAC_ABI_VERSION);
+        goto out_close;
+    }
+    if (desc->abi_version != CELERIAC_ABI_VERSION) {
+        err_set(e, E_CONFIG,
+                "load task library '%s' failed: built for celeriac ABI %d, this worker speaks "
+                "ABI %d; rebuild it against this include/celeriac.h",
+                path, desc->abi_version, CELERIAC_ABI_VERSION);
+        goto out_close;
+    }
+    size_t n = 0;
+    for (const struct celeriac_task_def *t = desc->tasks; t && t->name; t++, n++) {
+        if (!t->fn || !*t->name) {
+            err_set(e, E_CONFIG, "load task library '%s' failed: task %zu has no %s", path, n,
+                    t->fn ? "name" : "function");
+            goto out_close;
+        }
+        for (const struct celeriac_task_def *u = desc->tasks; u != t; u++) {
+            if (!strcmp(u->name, t->name)) {
+                err_set(e, E_CONFIG, "load task library '%s' failed: task '%s' registered twice",
+                        path, t->name);
+                goto out_close;
+            }
+        }
+    }
+    if (!n) {
+        err_set(e, E_CONFIG, "load task library '%s' failed: it registers no tasks", path);
+        goto out_close;
+    }
+    lib->handle = h;
+    lib->path = xstrdup(path);
+    lib->desc = desc;
+    lib->n_tasks = n;
+    return 0;
+
+out_close:
+    dlclose(h);
+    return E_CONFIG;
+}
+
+void library_unload(struct library *lib)
+{
+    if (lib->handle)
+        dlclose(lib->handle);
+    free(lib->path);
+    memset(lib, 0, sizeof(*lib));
+}
+
+const struct celeriac_task_def *library_find(const struct library *lib, const char *name)
+{
+    for (size_t i = 0; i < lib->n_tasks; i++)
+        if (!strcmp(lib->desc->tasks[i].name, name))
+            return &lib->desc->tasks[i];
+    return NULL;
+}

@@ -1,0 +1,420 @@
+/* SPDX-License-Identifier: MIT
+ * worker/child.c: the life of one worker child: open its own broker, result
+ * backend and database connections after fork, then fetch, decode, run,
+ * store and acknowledge until told to stop, then close everything through one
+ * exit path. Settling of bad messages follows spec §5.1.
+ */
+#include "common.h"
+#include "protocol/message.h"
+#include "task/context.h"
+#include "util/backoff.h"
+#include "util/buf.h"
+#include "util/time.h"
+#include "worker/child.h"
+#include "worker/signals.h"
+
+#include <poll.h>
+#include <sys/prctl.h>
+
+/* Seconds a BRPOP waits: bounds how long a stop request or a lost master
+ * goes unnoticed by an idle child. */
+#define FETCH_TIMEOUT_S 1
+
+struct child {
+    const struct worker_config *cfg;
+    struct slot *slot;
+    int index;
+    int deathwatch_fd;              /* read end; EOF = master gone */
+    struct broker_redis broker;
+    struct backend_redis backend;
+    struct db_conn db;
+    struct celeriac_process proc;
+    struct celeriac_task task;
+};
+
+/* ---- library hooks around the database connection */
+
+static int hook_db_open(void *arg)
+{
+    struct child *c = arg;
+    atomic_store(&c->slot->db_state, DBS_UP);
+    atomic_store(&c->slot->db_opened_ms, c->db.opened_ms);
+    const struct celeriac_library *lib = c->cfg->lib.desc;
+    if (lib->db_connected && lib->db_connected(&c->proc)) {
+        log_error("library hook db_connected failed");
+        return -1;
+    }
+    return 0;
+}
+
+static int hook_db_close(void *arg)
+{
+    struct child *c = arg;
+    atomic_store(&c->slot->db_state, DBS_DOWN);
+    const struct celeriac_library *lib = c->cfg->lib.desc;
+    if (lib->db_closing)
+        lib->db_closing(&c->proc);
+    return 0;
+}
+
+/* ---- connections */
+
+static bool master_gone(struct child *c)
+{
+    struct pollfd p = {.fd = c->deathwatch_fd, .events = POLLIN};
+    return poll(&p, 1, 0) > 0; /* only EOF or HUP can arrive: the master never writes */
+}
+
+static bool should_stop(struct child *c)
+{
+    if (sig_stop)
+        return true;
+    if (master_gone(c)) {
+        log_warning("master process is gone; stopping");
+        sig_stop = 1;
+        return true;
+    }
+    return false;
+}
+
+/* Opens a Redis link, retrying with backoff until it works or we must stop. */
+static int open_with_backoff(struct child *c, int (*open)(void *, struct err *), void *target,
+                             const char *what)
+{
+    struct backoff bo;
+    backoff_init(&bo, 200, 10000);
+    for (;;) {
+        struct err e = {0};
+        if (!open(target, &e))
+            return 0;
+        if (should_stop(c))
+            return E_CONN_LOST;
+        int64_t delay = backoff_next(&bo);
+        log_error("%s: %s; retrying in %" PRId64 " ms", what, e.msg, delay);
+        time_sleep_ms(delay, &sig_stop);
+    }
+}
+
+static int open_broker(void *b, struct err *e)
+{
+    return broker_redis_open(b, e);
+}
+
+static int open_backend(void *b, struct err *e)
+{
+    return backend_redis_open(b, e);
+}
+
+static int ensure_broker(struct child *c)
+{
+    if (redis_link_is_open(&c->broker.link))
+        return 0;
+    atomic_store(&c->slot->state, CHILD_CONNECTING);
+    return open_with_backoff(c, open_broker, &c->broker, "broker");
+}
+
+static int ensure_backend(struct child *c)
+{
+    if (!c->cfg->backend.enabled || redis_link_is_open(&c->backend.link))
+        return 0;
+    atomic_store(&c->slot->state, CHILD_CONNECTING);
+    return open_with_backoff(c, open_backend, &c->backend, "result backend");
+}
+
+/* ---- settling */
+
+/* Acks tag, reconnecting as often as needed: an ack lost to a broker restart
+ * would leave the message to be redelivered after the visibility timeout. */
+static void ack(struct child *c, const char *tag)
+{
+    while (!should_stop(c) || redis_link_is_open(&c->broker.link)) {
+        if (ensure_broker(c))
+            return;
+        struct err e = {0};
+        int rc = broker_redis_ack(&c->broker, tag, &e);
+        if (rc != E_CONN_LOST) {
+            if (rc)
+                log_error("ack of %s failed: %s", tag, e.msg);
+            return;
+        }
+        log_warning("ack of %s: %s", tag, e.msg);
+    }
+}
+
+static void store(struct child *c, const struct result_meta *m)
+{
+    if (!c->cfg->backend.enabled)
+        return;
+    for (;;) {
+        if (ensure_backend(c))
+            return;
+        struct err e = {0};
+        int rc = backend_redis_store(&c->backend, m, &e);
+        if (rc != E_CONN_LOST) {
+            if (rc)
+                log_error("%s", e.msg);
+            return;
+        }
+        log_warning("storing result of %s: %s", m->task_id, e.msg);
+    }
+}
+
+static void store_exception(struct child *c, const struct message *m, const char *status,
+                            const char *exc_type, const char *exc_module, const char *text)
+{
+    json_t *exc = message_exception(exc_type, exc_module, text);
+    struct result_meta meta = {.status = status, .result = exc, .task_id = m->task_id,
+                               .parent_id = m->parent_id, .group_id = m->group};
+    store(c, &meta);
+    json_decref(exc);
+}
+
+/* Stores a FAILURE for a message that could not run, when its id is known. */
+static void store_invalid(struct child *c, const struct message *m, const char *exc_type,
+                          const char *text)
+{
+    if (m->task_id && *m->task_id)
+        store_exception(c, m, "FAILURE", exc_type, "celery.exceptions", text);
+}
+
+/* ---- running one message */
+
+/* Runs the task, re-running an idempotent one once after a lost connection
+ * has been re-established. Returns CELERIAC_OK or CELERIAC_FAILED. */
+static int run_task(struct child *c, const struct message *m, const struct celeriac_task_def *def)
+{
+    for (int attempt = 0;; attempt++) {
+        task_context_begin(&c->task, m);
+        int rc = task_context_run(&c->task, def);
+        if (rc == CELERIAC_OK || !c->task.db_failure || !db_conn_check_lost(&c->db))
+            return rc;
+        /* The connection died under the task. */
+        atomic_store(&c->slot->db_state, DBS_DOWN);
+        bool retry = (def->flags & CELERIAC_IDEMPOTENT) && attempt == 0;
+        log_warning("task %s[%s]: database connection lost (%s)%s", m->task_name, m->task_id,
+                    c->task.exc_message.data, retry ? "; re-running after reconnect" : "");
+        struct err e = {0};
+        if (db_conn_ready(&c->db, &sig_stop, &e) || !retry) {
+            struct buf text = BUF_INIT;
+            buf_addf(&text, "database connection lost: %s", c->task.exc_message.data);
+            snprintf(c->task.exc_type, sizeof(c->task.exc_type), "OperationalError");
+            buf_reset(&c->task.exc_message);
+            buf_add(&c->task.exc_message, text.data, text.len);
+            buf_release(&text);
+            return CELERIAC_FAILED;
+        }
+    }
+}
+
+static void execute(struct child *c, struct message *m, const struct celeriac_task_def *def)
+{
+    bool acks_late = c->cfg->acks_late || (def->flags & CELERIAC_ACKS_LATE);
+    bool ignore_result = m->ignore_result || (def->flags & CELERIAC_IGNORE_RESULT);
+    if (!acks_late)
+        ack(c, m->delivery_tag); /* early ack: when execution starts, as Celery */
+
+    snprintf(c->slot->task_id, sizeof(c->slot->task_id), "%s", m->task_id);
+    snprintf(c->slot->task_name, sizeof(c->slot->task_name), "%s", m->task_name);
+    int64_t t0 = time_mono_ms();
+    atomic_store(&c->slot->task_started_ms, t0);
+    atomic_store(&c->slot->state, CHILD_BUSY);
+
+    int rc = run_task(c, m, def);
+    c->db.last_used_ms = time_mono_ms();
+    double secs = (double)(c->db.last_used_ms - t0) / 1000.0;
+
+    if (rc == CELERIAC_OK) {
+        log_debug("Task %s[%s] succeeded in %.4fs", m->task_name, m->task_id, secs);
+        if (!ignore_result) {
+            struct result_meta meta = {.status = "SUCCESS", .result = c->task.result,
+                                       .task_id = m->task_id, .parent_id = m->parent_id,
+                                       .group_id = m->group};
+            store(c, &meta);
+        }
+    } else {
+        log_error("Task %s[%s] raised unexpected: %s('%s')", m->task_name, m->task_id,
+                  c->task.exc_type, c->task.exc_message.data);
+        /* Errors are stored even with ignore_result in the message, as Celery
+         * 5.2 does; a task that ignores results ignores its errors too. */
+        if (!(def->flags & CELERIAC_IGNORE_RESULT))
+            store_exception(c, m, "FAILURE", c->task.exc_type, NULL, c->task.exc_message.data);
+    }
+    if (acks_late)
+        ack(c, m->delivery_tag);
+    atomic_store(&c->slot->task_started_ms, 0);
+    atomic_fetch_add(&c->slot->tasks_done, 1);
+    atomic_store(&c->slot->state, CHILD_IDLE);
+}
+
+/* Holds an ETA message until it is due.
+ * NEEDSWORK(#4): this blocks the child; ETA messages should be scheduled
+ * while other messages run. */
+static bool wait_for_eta(struct child *c, const struct message *m)
+{
+    while (time_now() < m->eta) {
+        if (should_stop(c))
+            return false;
+        double left = m->eta - time_now();
+        time_sleep_ms(left > 0.5 ? 500 : (int64_t)(left * 1000) + 1, &sig_stop);
+    }
+    return true;
+}
+
+static void handle(struct child *c, struct delivery *d)
+{
+    struct message m;
+    struct err e = {0};
+    enum message_settle settle;
+    message_init(&m);
+    if (d->len > c->cfg->broker.max_message) {
+        log_error("dropped a message of %zu bytes from queue '%s': larger than the %zu byte limit",
+                  d->len, d->queue, c->cfg->broker.max_message);
+        goto out_settle;
+    }
+    if (message_decode_envelope(&m, d->raw, d->len, d->queue, &settle, &e)) {
+        log_error("dropped a message from queue '%s': %s", d->queue, e.msg);
+        goto out_settle;
+    }
+    if (!d->recorded_tag) {
+        /* Popped by BRPOP (or repaired): record it as kombu would. */
+        char *env = message_envelope_json(&m);
+        if (ensure_broker(c) == 0 &&
+            broker_redis_record(&c->broker, m.delivery_tag, env, m.exchange, m.routing_key, &e))
+            log_warning("recording delivery %s as unacked failed: %s", m.delivery_tag, e.msg);
+        free(env);
+    }
+    if (message_decode_task(&m, &settle, &e)) {
+        log_error("%s message %s from queue '%s': %s",
+                  settle == SETTLE_ACK ? "acked undecodable" : "rejected invalid",
+                  m.task_id ? m.task_id : "(no id)", d->queue, e.msg);
+        const char *exc = strstr(e.msg, "content disallowed") ? "ContentDisallowed"
+                          : settle == SETTLE_ACK                ? "DecodeError"
+                                                                : "InvalidTaskError";
+        store_invalid(c, &m, exc, e.msg);
+        ack(c, m.delivery_tag);
+        goto out;
+    }
+    const struct celeriac_task_def *def = library_find(&c->cfg->lib, m.task_name);
+    if (!def) {
+        log_error("Received unregistered task of type '%s' (id %s); rejected", m.task_name,
+                  m.task_id);
+        store_exception(c, &m, "FAILURE", "NotRegistered", "celery.exceptions", m.task_name);
+        ack(c, m.delivery_tag);
+        goto out;
+    }
+    if (m.expires > 0 && time_now() > m.expires) {
+        log_info("Discarding expired task %s[%s]", m.task_name, m.task_id);
+        store_exception(c, &m, "REVOKED", "TaskRevokedError", "celery.exceptions", "expired");
+        ack(c, m.delivery_tag);
+        goto out;
+    }
+    if (m.eta > 0 && !wait_for_eta(c, &m)) {
+        /* Stopping: leave it unacked; the visibility sweep returns it. */
+        log_info("task %s[%s] not started before shutdown; left unacked", m.task_name, m.task_id);
+        goto out;
+    }
+    execute(c, &m, def);
+    goto out;
+
+out_settle:
+    if (d->recorded_tag)
+        ack(c, d->recorded_tag);
+out:
+    message_release(&m);
+}
+
+/* ---- life */
+
+ATTR_NORETURN static void leave(struct child *c, int code)
+{
+    atomic_store(&c->slot->state, CHILD_STOPPING);
+    const struct celeriac_library *lib = c->cfg->lib.desc;
+    if (code != EXIT_CANNOT_SERVE && lib->process_shutdown)
+        lib->process_shutdown(&c->proc);
+    db_conn_close(&c->db, "worker child exiting");
+    broker_redis_release(&c->broker, NULL);
+    backend_redis_release(&c->backend, NULL);
+    task_context_release(&c->task);
+    atomic_store(&c->slot->db_state, DBS_NONE);
+    atomic_store(&c->slot->state, CHILD_EMPTY);
+    /* _exit: the master's atexit work and stdio buffers are not ours. */
+    _exit(code);
+}
+
+void child_main(const struct worker_config *cfg, struct slot *slot, int index, int deathwatch_fd)
+{
+    struct child c;
+    memset(&c, 0, sizeof(c));
+    c.cfg = cfg;
+    c.slot = slot;
+    c.index = index;
+    c.deathwatch_fd = deathwatch_fd;
+
+    char name[32];
+    snprintf(name, sizeof(name), "ForkPoolWorker-%d", index + 1);
+    log_set_process(name);
+    snprintf(name, sizeof(name), "celeriac:child%d", index);
+    prctl(PR_SET_NAME, name, 0, 0, 0);
+    /* Backup for the death-watch pipe while blocked in a long task. */
+    prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0);
+
+    atomic_store(&slot->state, CHILD_STARTING);
+    atomic_store(&slot->db_state, cfg->db.kind == DB_NONE ? DBS_NONE : DBS_DOWN);
+    broker_redis_init(&c.broker, &cfg->broker);
+    backend_redis_init(&c.backend, &cfg->backend);
+    c.proc.index = index;
+    c.proc.db = &c.db;
+    task_context_init(&c.task, &c.proc);
+
+    char app_name[64];
+    snprintf(app_name, sizeof(app_name), "celeriac child %d pid %d %s", index, (int)getpid(),
+             cfg->node_name);
+    db_conn_init(&c.db, &cfg->db, app_name);
+    c.db.on_open = hook_db_open;
+    c.db.on_close = hook_db_close;
+    c.db.hook_arg = &c;
+
+    if (cfg->db.kind != DB_NONE) {
+        atomic_store(&slot->state, CHILD_CONNECTING);
+        struct err e = {0};
+        if (db_conn_open(&c.db, cfg->db.attempts, &sig_stop, &e)) {
+            if (sig_stop)
+                leave(&c, EXIT_OK);
+            log_critical("cannot serve: %s", e.msg);
+            leave(&c, EXIT_CANNOT_SERVE);
+        }
+        log_info("database connection to '%s' opened by pid %d (after fork, application_name "
+                 "'%s')", cfg->db.where, (int)getpid(), app_name);
+    }
+    if (cfg->lib.desc->process_init && cfg->lib.desc->process_init(&c.proc)) {
+        log_critical("cannot serve: the task library's process_init hook failed");
+        leave(&c, EXIT_CANNOT_SERVE);
+    }
+    if (ensure_broker(&c) || ensure_backend(&c))
+        leave(&c, EXIT_OK);
+    atomic_store(&slot->state, CHILD_IDLE);
+    log_debug("child %d ready", index);
+
+    while (!should_stop(&c)) {
+        if (cfg->db.kind != DB_NONE) {
+            struct err e = {0};
+            if (db_conn_ready(&c.db, &sig_stop, &e))
+                break; /* only fails when stopping */
+        }
+        if (ensure_broker(&c))
+            break;
+        struct delivery d;
+        struct err e = {0};
+        int rc = broker_redis_fetch(&c.broker, FETCH_TIMEOUT_S, &d, &e);
+        if (rc) {
+            log_warning("fetch failed: %s", e.msg);
+            if (rc != E_CONN_LOST)
+                time_sleep_ms(1000, &sig_stop);
+            continue;
+        }
+        if (d.reply)
+            handle(&c, &d);
+        delivery_release(&d);
+    }
+    leave(&c, EXIT_OK);
+}

@@ -1,0 +1,42 @@
+/* SPDX-License-Identifier: MIT
+ * worker/config.h: the worker's settings after parsing flags and environment,
+ * and the process exit codes. Filled by cli/worker.c, read by everything in
+ * worker/. Immutable after the first fork.
+ */
+#ifndef CELERIAC_WORKER_CONFIG_H
+#define CELERIAC_WORKER_CONFIG_H
+
+#include "backend/redis.h"
+#include "broker/redis.h"
+#include "db/conn.h"
+#include "task/library.h"
+#include "util/log.h"
+
+/* Exit codes, the only place they are defined. */
+enum exit_code {
+    EXIT_OK = 0,           /* clean shutdown */
+    EXIT_FAILED = 1,       /* unexpected failure */
+    EXIT_USAGE = 2,        /* bad flag, URL or library: one line on stderr */
+    EXIT_CANNOT_SERVE = 3, /* a child gave up (database unreachable): never respawned */
+};
+
+struct worker_config {
+    char *app_path;                 /* -A: task library */
+    int concurrency;                /* -c: number of children */
+    char *node_name;                /* -n: e.g. celeriac@host */
+    enum log_level log_level;       /* -l */
+    char *broker_url;               /* -b as given (for the banner, masked) */
+    char *backend_url;              /* --result-backend as given, or NULL */
+    struct broker_config broker;
+    struct backend_config backend;
+    struct db_config db;
+    bool acks_late;                 /* --acks-late: every task acks after its result */
+    int64_t respawn_base_ms;        /* first delay before replacing a dead child */
+    int64_t respawn_cap_ms;
+    struct library lib;             /* loaded in the master before forking */
+};
+
+void worker_config_init(struct worker_config *cfg);
+void worker_config_release(struct worker_config *cfg);
+
+#endif /* CELERIAC_WORKER_CONFIG_H */

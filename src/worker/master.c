@@ -1,0 +1,221 @@
+/* SPDX-License-Identifier: MIT
+ * worker/master.c: supervision of the children: fork them, reap them, replace
+ * the dead with backoff, stop warm or cold on signals, and stop for good when
+ * no child can serve. The master never opens a broker or database connection,
+ * so nothing it holds can leak into a fork.
+ */
+#include "common.h"
+#include "util/backoff.h"
+#include "util/time.h"
+#include "worker/master.h"
+#include "worker/scoreboard.h"
+#include "worker/signals.h"
+#include "worker/spawn.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+
+/* A child that lived this long before dying resets its respawn backoff. */
+#define HEALTHY_LIFETIME_MS 10000
+
+struct child_entry {
+    pid_t pid;               /* 0 when the slot has no process */
+    int64_t started_ms;
+    int64_t respawn_at_ms;   /* when to fork a replacement; 0 = not scheduled */
+    bool cannot_serve;       /* exited EXIT_CANNOT_SERVE: never respawned */
+    struct backoff respawn;
+};
+
+struct master {
+    struct worker_config *cfg;
+    struct scoreboard sb;
+    struct child_entry *children;
+    int deathwatch[2];
+    bool stop_sent;
+    bool kill_sent;
+};
+
+static void start_child(struct master *m, int i)
+{
+    struct child_entry *ce = &m->children[i];
+    memset(&m->sb.slots[i], 0, sizeof(m->sb.slots[i]));
+    pid_t pid = spawn_child(m->cfg, &m->sb, i, m->deathwatch);
+    if (pid < 0) {
+        int64_t delay = backoff_next(&ce->respawn);
+        log_error("fork of child %d failed: %s; retrying in %" PRId64 " ms", i, strerror(-pid),
+                  delay);
+        ce->respawn_at_ms = time_mono_ms() + delay;
+        return;
+    }
+    ce->pid = pid;
+    ce->started_ms = time_mono_ms();
+    ce->respawn_at_ms = 0;
+    atomic_store(&m->sb.slots[i].pid, pid);
+}
+
+static int find_child(struct master *m, pid_t pid)
+{
+    for (int i = 0; i < m->cfg->concurrency; i++)
+        if (m->children[i].pid == pid)
+            return i;
+    return -1;
+}
+
+static void reap(struct master *m)
+{
+    for (;;) {
+        int status;
+        pid_t pid = waitpid(-1, &status, WNOHANG);
+        if (pid < 0 && errno == EINTR)
+            continue;
+        if (pid <= 0)
+            return; /* 0: none left to reap; ECHILD: no children at all */
+        int i = find_child(m, pid);
+        if (i < 0)
+            continue;
+        struct child_entry *ce = &m->children[i];
+        int64_t lived = time_mono_ms() - ce->started_ms;
+        ce->pid = 0;
+        atomic_store(&m->sb.slots[i].pid, 0);
+        atomic_store(&m->sb.slots[i].state, CHILD_EMPTY);
+        if (WIFEXITED(status)) {
+            int code = WEXITSTATUS(status);
+            if (code == EXIT_CANNOT_SERVE) {
+                ce->cannot_serve = true;
+                log_error("child %d (pid %d) cannot serve; not replacing it", i, (int)pid);
+                continue;
+            }
+            if (code == EXIT_OK && m->stop_sent)
+                log_debug("child %d (pid %d) exited", i, (int)pid);
+            else
+                log_error("child %d (pid %d) exited with code %d", i, (int)pid, code);
+        } else if (WIFSIGNALED(status)) {
+            log_error("child %d (pid %d) killed by signal %d%s", i, (int)pid, WTERMSIG(status),
+                      WCOREDUMP(status) ? " (core dumped)" : "");
+        }
+        if (m->stop_sent)
+            continue;
+        if (lived >= HEALTHY_LIFETIME_MS)
+            backoff_reset(&ce->respawn);
+        /* The first replacement is immediate; a child that keeps dying young
+         * is replaced ever more slowly instead of fork-bombing the host. */
+        int64_t delay = ce->respawn.attempt == 0 ? 0 : backoff_next(&ce->respawn);
+        if (ce->respawn.attempt == 0)
+            ce->respawn.attempt = 1;
+        if (delay)
+            log_warning("child %d keeps dying after %.1f s; replacing it in %" PRId64 " ms", i,
+                        (double)lived / 1000.0, delay);
+        ce->respawn_at_ms = time_mono_ms() + delay;
+    }
+}
+
+static int alive_count(struct master *m)
+{
+    int n = 0;
+    for (int i = 0; i < m->cfg->concurrency; i++)
+        n += m->children[i].pid != 0;
+    return n;
+}
+
+static bool none_can_serve(struct master *m)
+{
+    for (int i = 0; i < m->cfg->concurrency; i++)
+        if (!m->children[i].cannot_serve)
+            return false;
+    return true;
+}
+
+static void signal_children(struct master *m, int sig)
+{
+    for (int i = 0; i < m->cfg->concurrency; i++)
+        if (m->children[i].pid > 0)
+            kill(m->children[i].pid, sig);
+}
+
+/* Milliseconds until the next scheduled respawn, capped at `cap`. */
+static int next_timeout(struct master *m, int cap)
+{
+    int64_t now = time_mono_ms(), best = cap;
+    for (int i = 0; i < m->cfg->concurrency; i++) {
+        struct child_entry *ce = &m->children[i];
+        if (!ce->pid && ce->respawn_at_ms && !ce->cannot_serve)
+            best = ce->respawn_at_ms - now < best ? ce->respawn_at_ms - now : best;
+    }
+    return best < 0 ? 0 : (int)best;
+}
+
+static void respawn_due(struct master *m)
+{
+    int64_t now = time_mono_ms();
+    for (int i = 0; i < m->cfg->concurrency; i++) {
+        struct child_entry *ce = &m->children[i];
+        if (!ce->pid && !ce->cannot_serve && ce->respawn_at_ms && ce->respawn_at_ms <= now)
+            start_child(m, i);
+    }
+}
+
+static int supervise(struct master *m)
+{
+    for (;;) {
+        struct pollfd p = {.fd = signals_wake_fd(), .events = POLLIN};
+        if (poll(&p, 1, next_timeout(m, 1000)) < 0 && errno != EINTR)
+            log_error("poll failed: %s", strerror(errno));
+        signals_drain();
+        sig_child = 0;
+        reap(m);
+        if (sig_cold && !m->kill_sent) {
+            log_warning("cold shutdown: killing %d children", alive_count(m));
+            signal_children(m, SIGKILL);
+            m->kill_sent = m->stop_sent = true;
+        } else if (sig_stop && !m->stop_sent) {
+            log_warning("warm shutdown: children finish their current task");
+            signal_children(m, SIGTERM);
+            m->stop_sent = true;
+        }
+        if (m->stop_sent) {
+            if (!alive_count(m))
+                return EXIT_OK; /* both were asked for */
+            continue;
+        }
+        if (none_can_serve(m)) {
+            log_critical("no child could connect to its database; stopping");
+            return EXIT_CANNOT_SERVE;
+        }
+        respawn_due(m);
+    }
+}
+
+int master_run(struct worker_config *cfg)
+{
+    struct master m;
+    memset(&m, 0, sizeof(m));
+    m.cfg = cfg;
+    int rc = scoreboard_create(&m.sb, (size_t)cfg->concurrency);
+    if (rc) {
+        log_critical("scoreboard mmap failed: %s", strerror(-rc));
+        return EXIT_FAILED;
+    }
+    rc = signals_master_install();
+    if (rc || pipe2(m.deathwatch, O_CLOEXEC)) {
+        log_critical("signal setup failed: %s", strerror(rc ? -rc : errno));
+        scoreboard_destroy(&m.sb);
+        return EXIT_FAILED;
+    }
+    prctl(PR_SET_NAME, "celeriac:master", 0, 0, 0);
+    m.children = xcalloc((size_t)cfg->concurrency, sizeof(*m.children));
+    for (int i = 0; i < cfg->concurrency; i++) {
+        backoff_init(&m.children[i].respawn, cfg->respawn_base_ms, cfg->respawn_cap_ms);
+        start_child(&m, i);
+    }
+    log_info("%s ready.", cfg->node_name);
+    int code = supervise(&m);
+    if (code == EXIT_OK)
+        log_info("worker stopped");
+    close(m.deathwatch[0]);
+    close(m.deathwatch[1]);
+    free(m.children);
+    scoreboard_destroy(&m.sb);
+    return code;
+}

@@ -1,0 +1,116 @@
+/* SPDX-License-Identifier: MIT
+ * worker/signals.c: async-signal-safe handlers (flag + one byte to a pipe)
+ * and their installation in the master and in children.
+ */
+#include "common.h"
+#include "worker/signals.h"
+
+#include <fcntl.h>
+
+volatile sig_atomic_t sig_stop;
+volatile sig_atomic_t sig_cold;
+volatile sig_atomic_t sig_child;
+
+static int wake_pipe[2] = {-1, -1};
+
+static void wake(void)
+{
+    int saved = errno;
+    if (wake_pipe[1] >= 0)
+        (void)!write(wake_pipe[1], "x", 1);
+    errno = saved;
+}
+
+static void on_stop(int sig)
+{
+    UNUSED(sig);
+    if (sig_stop)
+        sig_cold = 1;
+    sig_stop = 1;
+    wake();
+}
+
+static void on_quit(int sig)
+{
+    UNUSED(sig);
+    sig_stop = 1;
+    sig_cold = 1;
+    wake();
+}
+
+static void on_child(int sig)
+{
+    UNUSED(sig);
+    sig_child = 1;
+    wake();
+}
+
+static int install(int sig, void (*fn)(int))
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = fn;
+    sigfillset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    return sigaction(sig, &sa, NULL) ? -errno : 0;
+}
+
+int signals_master_install(void)
+{
+    if (pipe2(wake_pipe, O_NONBLOCK | O_CLOEXEC))
+        return -errno;
+    int rc = 0;
+    rc = rc ? rc : install(SIGTERM, on_stop);
+    rc = rc ? rc : install(SIGINT, on_stop);
+    rc = rc ? rc : install(SIGQUIT, on_quit);
+    rc = rc ? rc : install(SIGCHLD, on_child);
+    rc = rc ? rc : install(SIGPIPE, SIG_IGN);
+    return rc;
+}
+
+int signals_wake_fd(void)
+{
+    return wake_pipe[0];
+}
+
+void signals_drain(void)
+{
+    char b[64];
+    while (read(wake_pipe[0], b, sizeof(b)) > 0)
+        ;
+}
+
+void signals_child_install(void)
+{
+    if (wake_pipe[0] >= 0)
+        close(wake_pipe[0]);
+    if (wake_pipe[1] >= 0)
+        close(wake_pipe[1]);
+    wake_pipe[0] = wake_pipe[1] = -1;
+    sig_stop = sig_cold = sig_child = 0;
+    for (int s = 1; s < NSIG; s++) {
+        if (s == SIGKILL || s == SIGSTOP)
+            continue;
+        signal(s, SIG_DFL);
+    }
+    /* Not SA_RESTART here: a TERM should interrupt a blocking sleep. */
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_stop;
+    sigfillset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+}
+
+void signals_block_all(sigset_t *old)
+{
+    sigset_t all;
+    sigfillset(&all);
+    sigprocmask(SIG_SETMASK, &all, old);
+}
+
+void signals_restore(const sigset_t *old)
+{
+    sigprocmask(SIG_SETMASK, old, NULL);
+}

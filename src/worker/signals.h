@@ -1,0 +1,28 @@
+/* SPDX-License-Identifier: MIT
+ * worker/signals.h: signal flags and the master's wake pipe. Handlers only
+ * set a flag and write a byte; all work happens in the loops that read them.
+ */
+#ifndef CELERIAC_WORKER_SIGNALS_H
+#define CELERIAC_WORKER_SIGNALS_H
+
+#include <signal.h>
+
+/* Set by handlers; read and cleared by the owning loop. */
+extern volatile sig_atomic_t sig_stop;     /* TERM/INT: 1 = warm, 2+ = cold */
+extern volatile sig_atomic_t sig_cold;     /* QUIT, or a second TERM/INT */
+extern volatile sig_atomic_t sig_child;    /* SIGCHLD arrived (master) */
+
+/* Master: creates the non-blocking, close-on-exec wake pipe and installs
+ * handlers for TERM, INT, QUIT, CHLD; ignores PIPE. Returns 0 or -errno. */
+int signals_master_install(void);
+/* The read end of the wake pipe (poll it), drained by signals_drain(). */
+int signals_wake_fd(void);
+void signals_drain(void);
+/* Child: closes the master's wake pipe, resets every handler, installs the
+ * child's (TERM/INT: finish the task and stop; QUIT: default, die now). */
+void signals_child_install(void);
+/* Blocks all signals, saving the old mask in old (for spawn). */
+void signals_block_all(sigset_t *old);
+void signals_restore(const sigset_t *old);
+
+#endif /* CELERIAC_WORKER_SIGNALS_H */

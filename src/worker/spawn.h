@@ -1,0 +1,17 @@
+/* SPDX-License-Identifier: MIT
+ * worker/spawn.h: the only place the master forks.
+ */
+#ifndef CELERIAC_WORKER_SPAWN_H
+#define CELERIAC_WORKER_SPAWN_H
+
+#include "worker/config.h"
+#include "worker/scoreboard.h"
+
+/* Forks child `index` with all signals blocked across the fork; in the child
+ * resets signal handling, closes the master-only fds (wake pipe, death-watch
+ * write end) and runs child_main. Returns the child's pid, or -errno.
+ * Master only. */
+pid_t spawn_child(const struct worker_config *cfg, struct scoreboard *sb, int index,
+                  const int deathwatch[2]);
+
+#endif /* CELERIAC_WORKER_SPAWN_H */

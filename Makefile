@@ -30,7 +30,7 @@ UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 # The binary exports only the task-library API (celeriac_*) to dlopen()ed libraries.
 EXPORTS  := -Wl,--export-dynamic-symbol=celeriac_*
 
-.PHONY: all deps test unit integration demo clean fuzz bench chaos format
+.PHONY: all deps test unit unit-bins demo clean fuzz bench chaos format
 all: $(BUILD)/celeriac $(BUILD)/examples/libbooks.so
 
 $(BUILD)/%.o: %.c
@@ -59,14 +59,21 @@ $(BUILD)/tests/test_%: tests/unit/test_%.c tests/unit/harness.h $(BUILD)/libcele
 deps:
 	@scripts/bootstrap.sh
 
+unit-bins: $(UNIT_BIN)
+
 unit: $(UNIT_BIN)
 	@tests/run-unit.sh $(UNIT_BIN)
 
-test: deps all $(UNIT_BIN)
-	@tests/run-all.sh
+# deps first, then a fresh make: pkg-config flags are read when make starts,
+# which on a fresh machine is before the -dev packages are installed.
+# Tests find the build through BUILD (build-asan etc. for sanitizer runs).
+test: deps
+	@$(MAKE) --no-print-directory all unit-bins
+	@BUILD=$(BUILD) tests/run-all.sh
 
-demo: deps all
-	@scripts/demo.sh
+demo: deps
+	@$(MAKE) --no-print-directory all
+	@BUILD=$(BUILD) scripts/demo.sh
 
 clean:
 	rm -rf $(BUILD)

@@ -61,6 +61,17 @@ int db_pg_describe(const char *conninfo, char **where, struct err *e)
     return 0;
 }
 
+/* Server notices (and the FATAL that precedes a terminated session) go to
+ * our log instead of libpq's default, a bare line on stderr. */
+static void log_notice(void *arg, const char *message)
+{
+    const struct db_conn *c = arg;
+    char msg[ERR_MSG_MAX];
+    snprintf(msg, sizeof(msg), "%s", message);
+    one_line(msg);
+    log_warning("database '%s' says: %s", c->cfg->where, msg);
+}
+
 static int pg_open(struct db_conn *c, struct err *e)
 {
     char timeout[16];
@@ -82,6 +93,7 @@ static int pg_open(struct db_conn *c, struct err *e)
         PQfinish(pg);
         return E_CONN_LOST;
     }
+    PQsetNoticeProcessor(pg, log_notice, c);
     c->pg = pg;
     return 0;
 }
@@ -97,15 +109,17 @@ static void pg_close(struct db_conn *c)
  * something happened, and PQconsumeInput turns it into CONNECTION_BAD. */
 static bool pg_is_lost(struct db_conn *c)
 {
-    if (PQstatus(c->pg) == CONNECTION_BAD)
-        return true;
-    struct pollfd p = {.fd = PQsocket(c->pg), .events = POLLIN};
-    if (p.fd < 0)
-        return true;
-    int n;
-    while ((n = poll(&p, 1, 0)) < 0 && errno == EINTR)
-        ;
-    if (n > 0) {
+    /* The FATAL message and the EOF may need separate reads: keep consuming
+     * while the socket stays readable (bounded, in case of a notice storm). */
+    for (int i = 0; i < 8 && PQstatus(c->pg) != CONNECTION_BAD; i++) {
+        struct pollfd p = {.fd = PQsocket(c->pg), .events = POLLIN};
+        if (p.fd < 0)
+            return true;
+        int n;
+        while ((n = poll(&p, 1, 0)) < 0 && errno == EINTR)
+            ;
+        if (n <= 0)
+            break;
         if (!PQconsumeInput(c->pg))
             return true;
         PGnotify *note;

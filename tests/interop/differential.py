@@ -1,0 +1,194 @@
+# SPDX-License-Identifier: MIT
+"""differential.py: one client script, two workers. `run` sends the same cases
+to whatever worker consumes REDIS_URL and records what the Python client saw
+and what was stored; `compare` requires the Python reference worker
+(pyworker/pyworker.py) and celeriac to agree on every case.
+
+    differential.py run OUT.json          (REDIS_URL, PG_URL)
+    differential.py compare PY.json C.json
+
+Compared: the client's view (value, or exception class, module and args), the
+state, the stored meta's keys and values except date_done, traceback and
+task_id (which must equal the id in each run), the key's TTL (to the minute),
+and for ignore_result cases that no key was written.
+"""
+import json
+import os
+import re
+import sys
+import time
+
+import psycopg2
+import redis
+
+from client import make_app, stored_meta
+import tap
+
+# name -> (task, args, kwargs, options). The order is the sending order.
+CASES = [
+    ("ignored_add", "tasks.add", [20, 22], None, {"ignore_result": True}),
+    ("ignored_book", "books.get_book_info", [3], None, {"ignore_result": True}),
+    ("add_args", "tasks.add", [2, 3], None, {}),
+    ("add_kwargs", "tasks.add", None, {"x": 2, "y": 3}, {}),
+    ("add_mixed", "tasks.add", [2], {"y": 40}, {}),
+    ("add_negative", "tasks.add", [-7, 3], None, {}),
+    ("add_integral_float", "tasks.add", [2.0, 3], None, {}),
+    ("add_fraction", "tasks.add", [2.5, 3], None, {}),
+    ("add_str", "tasks.add", ["a", 1], None, {}),
+    ("add_bool", "tasks.add", [True, 1], None, {}),
+    ("add_null", "tasks.add", [None, 1], None, {}),
+    ("add_list_kw", "tasks.add", None, {"x": [1], "y": 2}, {}),
+    ("add_missing_y", "tasks.add", [1], None, {}),
+    ("add_no_args", "tasks.add", None, None, {}),
+    ("add_overflow", "tasks.add", [2 ** 62, 2 ** 62], None, {}),
+    ("add_int64_edge", "tasks.add", [2 ** 63 - 2, 1], None, {}),
+    ("book_1", "books.get_book_info", [1], None, {}),
+    ("book_kw", "books.get_book_info", None, {"book_id": 2}, {}),
+    ("book_unknown", "books.get_book_info", [999999], None, {}),
+    ("book_negative", "books.get_book_info", [-1], None, {}),
+    ("book_str", "books.get_book_info", ["1"], None, {}),
+    ("book_missing_arg", "books.get_book_info", [], None, {}),
+    ("book_null_title", "books.get_book_info", [7], None, {}),
+    ("book_unicode_title", "books.get_book_info", [8], None, {}),
+    ("unknown_task", "tasks.nosuch", [1, 2], None, {}),
+    ("fail", "tasks.fail", ["boom \u2603"], None, {}),
+    ("fail_wrong_type", "tasks.fail", [42], None, {}),
+    ("echo_nested", "tasks.echo", [{"s": "caf\u00e9 \"q\" \\ \n\t", "i": -12, "f": 0.1, "n": None,
+                                    "b": [True, False], "e": {}, "l": [[], [[]]]}], None, {}),
+    ("echo_null", "tasks.echo", [None], None, {}),
+    ("echo_big_int", "tasks.echo", [2 ** 63 - 1], None, {}),
+    ("echo_kw", "tasks.echo", None, {"x": "kw"}, {}),
+    ("sleep_short", "tasks.sleep", [0.2], None, {}),
+    ("sleep_negative", "tasks.sleep", [-1], None, {}),
+]
+
+# Fields not compared: they legitimately differ between two runs.
+VOLATILE = {"date_done", "traceback", "task_id"}
+
+
+def client_view(res, timeout):
+    try:
+        value = res.get(timeout=timeout)
+        return {"value": value}
+    except Exception as exc:
+        return {"raised": type(exc).__name__, "module": type(exc).__module__,
+                "args": [a if isinstance(a, (str, int, float, bool, type(None))) else repr(a)
+                         for a in exc.args]}
+
+
+def cmd_run(out_path):
+    app = make_app()
+    rds = redis.Redis.from_url(os.environ["REDIS_URL"])
+    db = psycopg2.connect(os.environ["PG_URL"])
+    db.autocommit = True
+    with db.cursor() as cur:
+        # Same starting rows for both runs: a NULL title and a non-ASCII one.
+        cur.execute("UPDATE books SET title = NULL WHERE id = 7")
+        cur.execute("UPDATE books SET title = %s WHERE id = 8", ("Caf\u00e9 \u2603 \U0001F4DA",))
+    sent = []
+    for name, task, args, kwargs, opts in CASES:
+        sent.append((name, opts, app.send_task(task, args=args, kwargs=kwargs, **opts)))
+    out = {}
+    for name, opts, res in sent:
+        rec = {"id": res.id}
+        if opts.get("ignore_result"):
+            rec["client"] = None
+        else:
+            rec["client"] = client_view(res, 20)
+            rec["state"] = res.state
+        out[name] = rec
+    # The ignore_result cases were sent first, so they have run by now; give
+    # a late writer a moment anyway before looking for their keys.
+    time.sleep(1.0)
+    for name, rec in out.items():
+        meta, ttl = stored_meta(rec["id"])
+        rec["meta"] = meta
+        rec["ttl_minutes"] = None if ttl is None or ttl < 0 else round(ttl / 60)
+    with db.cursor() as cur:
+        cur.execute("SELECT fetched_at IS NOT NULL FROM books WHERE id = 3")
+        out["_ignored_book_ran"] = cur.fetchone()[0]
+    out["_broker_left"] = [rds.llen("celery"), rds.hlen("unacked"), rds.zcard("unacked_index")]
+    with open(out_path, "w") as f:
+        json.dump(out, f, indent=1, sort_keys=True)
+    return 0
+
+
+def strict(v):
+    """JSON text that tells 5 from 5.0 and True from 1."""
+    return json.dumps(v, sort_keys=True)
+
+
+def cmd_compare(py_path, c_path):
+    with open(py_path) as f:
+        py = json.load(f)
+    with open(c_path) as f:
+        c = json.load(f)
+
+    # The reference itself must be sane, or agreeing with it proves nothing.
+    ref = py.get("add_args", {})
+    tap.check("reference (Python worker) answered add(2, 3) == 5",
+              ref.get("client") == {"value": 5}, ref)
+    tap.check("reference raised LookupError for an unknown book",
+              py.get("book_unknown", {}).get("client", {}).get("raised") == "LookupError",
+              py.get("book_unknown"))
+    tap.check("reference ran the ignore_result get_book_info", py.get("_ignored_book_ran") is True)
+    tap.eq("celeriac ran the ignore_result get_book_info", True, c.get("_ignored_book_ran"))
+    tap.eq("reference left the broker clean (queue, unacked, unacked_index)", [0, 0, 0],
+           py.get("_broker_left"))
+    tap.eq("celeriac left the broker clean (queue, unacked, unacked_index)", [0, 0, 0],
+           c.get("_broker_left"))
+
+    for name, *_ in CASES:
+        p, q = py.get(name), c.get(name)
+        if p is None or q is None:
+            tap.not_ok("%s: recorded in both runs" % name)
+            continue
+        problems = []
+        if strict(p.get("client")) != strict(q.get("client")):
+            problems.append("client saw:  python %s" % strict(p.get("client")))
+            problems.append("             celeriac %s" % strict(q.get("client")))
+        if p.get("state") != q.get("state"):
+            problems.append("state: python %r, celeriac %r" % (p.get("state"), q.get("state")))
+        pm, cm = p.get("meta"), q.get("meta")
+        if (pm is None) != (cm is None):
+            problems.append("stored: python %s, celeriac %s" % (
+                "nothing" if pm is None else "a result", "nothing" if cm is None else "a result"))
+        elif pm is not None:
+            if sorted(pm) != sorted(cm):
+                problems.append("meta keys: python %s, celeriac %s" % (sorted(pm), sorted(cm)))
+            for k in sorted(set(pm) | set(cm)):
+                if k in VOLATILE:
+                    continue
+                if strict(pm.get(k)) != strict(cm.get(k)):
+                    problems.append("meta[%r]: python %s" % (k, strict(pm.get(k))))
+                    problems.append("%s  celeriac %s" % (" " * len(k), strict(cm.get(k))))
+            for run, meta, rec in (("python", pm, p), ("celeriac", cm, q)):
+                if meta.get("task_id") != rec["id"]:
+                    problems.append("%s stored task_id %r for %r" % (run, meta.get("task_id"), rec["id"]))
+                dd = meta.get("date_done")
+                if meta.get("status") in ("SUCCESS", "FAILURE") and not (
+                        isinstance(dd, str) and re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", dd)):
+                    problems.append("%s date_done %r" % (run, dd))
+            if p.get("ttl_minutes") != q.get("ttl_minutes"):
+                problems.append("ttl minutes: python %r, celeriac %r" % (p.get("ttl_minutes"),
+                                                                         q.get("ttl_minutes")))
+        summary = (q.get("client") or {}).get("raised") or (
+            "no result" if q.get("client") is None else "value")
+        tap.check("%s: celeriac matches the Python worker (%s)" % (name, summary), not problems,
+                  *problems)
+    return 0
+
+
+def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "run":
+        rc = cmd_run(sys.argv[2])
+        sys.exit(rc)
+    if len(sys.argv) == 4 and sys.argv[1] == "compare":
+        cmd_compare(sys.argv[2], sys.argv[3])
+        tap.done()
+    print(__doc__, file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

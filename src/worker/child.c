@@ -400,6 +400,7 @@ void child_main(const struct worker_config *cfg, struct slot *slot, int index, i
             struct err e = {0};
             if (db_conn_ready(&c.db, &sig_stop, &e))
                 break; /* only fails when stopping */
+            atomic_store(&slot->reconnects, c.db.reconnects);
         }
         if (ensure_broker(&c))
             break;

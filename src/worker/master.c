@@ -35,6 +35,7 @@ struct master {
     int deathwatch[2];
     bool stop_sent;
     bool kill_sent;
+    bool ready_logged;
 };
 
 static void start_child(struct master *m, int i)
@@ -156,13 +157,56 @@ static void respawn_due(struct master *m)
     }
 }
 
+/* SIGUSR1: one line per child from the scoreboard. */
+static void log_status(struct master *m)
+{
+    int64_t now = time_mono_ms();
+    for (int i = 0; i < m->cfg->concurrency; i++) {
+        struct slot *s = &m->sb.slots[i];
+        int state = atomic_load(&s->state), db = atomic_load(&s->db_state);
+        int64_t started = atomic_load(&s->task_started_ms);
+        int64_t opened = atomic_load(&s->db_opened_ms);
+        char task[160] = "";
+        if (state == CHILD_BUSY && started)
+            snprintf(task, sizeof(task), " task %.96s[%.40s] for %.1f s", s->task_name, s->task_id,
+                     (double)(now - started) / 1000.0);
+        log_info("child %d pid %d: %s, %" PRIu64 " tasks, database %s%s (age %.0f s, %u "
+                 "reconnects)%s",
+                 i, atomic_load(&s->pid), child_state_name(state), atomic_load(&s->tasks_done),
+                 db == DBS_UP ? "up" : db == DBS_DOWN ? "down" : "none", "",
+                 db == DBS_UP && opened ? (double)(now - opened) / 1000.0 : 0.0,
+                 atomic_load(&s->reconnects), task);
+    }
+}
+
+/* "ready" once a child can take work, as Celery logs it once its pool is up. */
+static void maybe_log_ready(struct master *m)
+{
+    if (m->ready_logged)
+        return;
+    for (int i = 0; i < m->cfg->concurrency; i++) {
+        int state = atomic_load(&m->sb.slots[i].state);
+        if (state == CHILD_IDLE || state == CHILD_BUSY) {
+            log_info("%s ready.", m->cfg->node_name);
+            m->ready_logged = true;
+            return;
+        }
+    }
+}
+
 static int supervise(struct master *m)
 {
     for (;;) {
         struct pollfd p = {.fd = signals_wake_fd(), .events = POLLIN};
-        if (poll(&p, 1, next_timeout(m, 1000)) < 0 && errno != EINTR)
+        int timeout = next_timeout(m, m->ready_logged ? 1000 : 100);
+        if (poll(&p, 1, timeout) < 0 && errno != EINTR)
             log_error("poll failed: %s", strerror(errno));
         signals_drain();
+        if (sig_status) {
+            sig_status = 0;
+            log_status(m);
+        }
+        maybe_log_ready(m);
         sig_child = 0;
         reap(m);
         if (sig_cold && !m->kill_sent) {
@@ -209,7 +253,6 @@ int master_run(struct worker_config *cfg)
         backoff_init(&m.children[i].respawn, cfg->respawn_base_ms, cfg->respawn_cap_ms);
         start_child(&m, i);
     }
-    log_info("%s ready.", cfg->node_name);
     int code = supervise(&m);
     if (code == EXIT_OK)
         log_info("worker stopped");

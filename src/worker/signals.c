@@ -10,6 +10,7 @@
 volatile sig_atomic_t sig_stop;
 volatile sig_atomic_t sig_cold;
 volatile sig_atomic_t sig_child;
+volatile sig_atomic_t sig_status;
 
 static int wake_pipe[2] = {-1, -1};
 
@@ -45,6 +46,13 @@ static void on_child(int sig)
     wake();
 }
 
+static void on_status(int sig)
+{
+    UNUSED(sig);
+    sig_status = 1;
+    wake();
+}
+
 static int install(int sig, void (*fn)(int))
 {
     struct sigaction sa;
@@ -64,6 +72,7 @@ int signals_master_install(void)
     rc = rc ? rc : install(SIGINT, on_stop);
     rc = rc ? rc : install(SIGQUIT, on_quit);
     rc = rc ? rc : install(SIGCHLD, on_child);
+    rc = rc ? rc : install(SIGUSR1, on_status);
     rc = rc ? rc : install(SIGPIPE, SIG_IGN);
     return rc;
 }
@@ -87,7 +96,7 @@ void signals_child_install(void)
     if (wake_pipe[1] >= 0)
         close(wake_pipe[1]);
     wake_pipe[0] = wake_pipe[1] = -1;
-    sig_stop = sig_cold = sig_child = 0;
+    sig_stop = sig_cold = sig_child = sig_status = 0;
     for (int s = 1; s < NSIG; s++) {
         if (s == SIGKILL || s == SIGSTOP)
             continue;

@@ -11,9 +11,10 @@
 extern volatile sig_atomic_t sig_stop;     /* TERM/INT: 1 = warm, 2+ = cold */
 extern volatile sig_atomic_t sig_cold;     /* QUIT, or a second TERM/INT */
 extern volatile sig_atomic_t sig_child;    /* SIGCHLD arrived (master) */
+extern volatile sig_atomic_t sig_status;   /* SIGUSR1: log the scoreboard (master) */
 
 /* Master: creates the non-blocking, close-on-exec wake pipe and installs
- * handlers for TERM, INT, QUIT, CHLD; ignores PIPE. Returns 0 or -errno. */
+ * handlers for TERM, INT, QUIT, CHLD, USR1; ignores PIPE. Returns 0 or -errno. */
 int signals_master_install(void);
 /* The read end of the wake pipe (poll it), drained by signals_drain(). */
 int signals_wake_fd(void);

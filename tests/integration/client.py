@@ -5,7 +5,7 @@ Debian's python3-celery (5.2.6) sends tasks with send_task() exactly as an
 application would, waits with AsyncResult.get(), and reads the stored result
 meta straight from Redis. One JSON line per task on stdout.
 
-    client.py send NAME [--args JSON] [--kwargs JSON] [--count N] [--timeout S]
+    client.py send NAME [--args JSON | --each JSON_LIST] [--kwargs JSON] [--count N] [--timeout S]
                         [--ignore-result] [--queue Q] [--no-wait]
     client.py meta TASK_ID
 
@@ -77,7 +77,10 @@ def cmd_send(ns):
         opts["queue"] = ns.queue
     if ns.ignore_result:
         opts["ignore_result"] = True
-    results = [app.send_task(ns.name, args=args, kwargs=kwargs, **opts) for _ in range(ns.count)]
+    if ns.each is not None:
+        results = [app.send_task(ns.name, args=a, kwargs=kwargs, **opts) for a in json.loads(ns.each)]
+    else:
+        results = [app.send_task(ns.name, args=args, kwargs=kwargs, **opts) for _ in range(ns.count)]
     for res in results:
         if ns.no_wait:
             print(json.dumps({"id": res.id}), flush=True)
@@ -103,6 +106,7 @@ def main():
     s.add_argument("--args")
     s.add_argument("--kwargs")
     s.add_argument("--count", type=int, default=1)
+    s.add_argument("--each", help="JSON list of args lists: one task per element")
     s.add_argument("--timeout", type=float, default=10)
     s.add_argument("--queue")
     s.add_argument("--ignore-result", action="store_true")

@@ -428,10 +428,44 @@ check_worker_logs_clean() {
     fi
 }
 
+# build_probe_lib: compiles tests/integration/probe_tasks.c into
+# $TEST_TMP/libprobe.so (sets PROBE_LIB), as a user builds a task library.
+build_probe_lib() {
+    PROBE_LIB=$TEST_TMP/libprobe.so
+    [[ -f $PROBE_LIB ]] && return 0
+    # shellcheck disable=SC2046
+    cc -std=c11 -Wall -Wextra -Werror -O1 -g -fPIC -shared -I"$CELERIAC_ROOT/include" \
+        $(pkg-config --cflags libpq sqlite3) -o "$PROBE_LIB" "$TESTS_DIR/integration/probe_tasks.c" \
+        $(pkg-config --libs libpq sqlite3) 2>"$TEST_TMP/probe-cc.log" || {
+        not_ok "build the probe task library" "$(cat "$TEST_TMP/probe-cc.log")"
+        return 1
+    }
+}
+
 # ---- Python client ------------------------------------------------------------------
 # client ARGS...: tests/integration/client.py with /usr/bin/python3.
 client() {
     "$PY" "$TESTS_DIR/integration/client.py" "$@"
+}
+
+# client_values <<<LINES: what client.py send printed, one word per task:
+# the value as JSON, or "raised:Type(args)", or "timeout". Space-separated.
+client_values() {
+    "$PY" -c '
+import json, sys
+out = []
+for line in sys.stdin:
+    line = line.strip()
+    if not line.startswith("{"):
+        continue
+    d = json.loads(line)
+    if d.get("ok"):
+        out.append(json.dumps(d.get("value"), separators=(",", ":")))
+    elif d.get("raised") in ("TimeoutError",):
+        out.append("timeout")
+    else:
+        out.append("raised:%s%s" % (d.get("raised"), json.dumps(d.get("raised_args"), separators=(",", ":"))))
+print(" ".join(out))'
 }
 
 # jget PATH <<<JSON: one field of a JSON document ("meta.result.exc_type",

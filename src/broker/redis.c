@@ -122,9 +122,9 @@ static int take_reply(struct delivery *d, redisReply *r, struct err *e)
     return 0;
 }
 
-int broker_redis_fetch(struct broker_redis *b, int timeout_s, struct delivery *d, struct err *e)
+/* Runs the pop-and-record script once. Returns 0 with d filled or empty. */
+static int pop_script(struct broker_redis *b, struct delivery *d, struct err *e)
 {
-    memset(d, 0, sizeof(*d));
     char now[32], max[32];
     snprintf(now, sizeof(now), "%.7f", time_now());
     snprintf(max, sizeof(max), "%zu", b->cfg->max_message);
@@ -148,35 +148,45 @@ int broker_redis_fetch(struct broker_redis *b, int timeout_s, struct delivery *d
         return E_CONN_LOST;
     if (r->type == REDIS_REPLY_ARRAY)
         return take_reply(d, r, e);
-    if (r->type == REDIS_REPLY_ERROR) {
-        err_set(e, E_PROTOCOL, "pop script failed: %s", r->str);
-        freeReplyObject(r);
-        return E_PROTOCOL;
-    }
+    if (r->type == REDIS_REPLY_ERROR)
+        rc = err_set(e, E_PROTOCOL, "pop script failed: %s", r->str);
     freeReplyObject(r);
+    return rc;
+}
 
-    /* Nothing waiting: block on every list at once. */
-    size_t nb = b->n_keys - 2 + 2;
-    const char **argv = xcalloc(nb, sizeof(*argv));
-    size_t *alens = xcalloc(nb, sizeof(*alens));
+/* Blocks until the first queue's base list holds a message, without popping
+ * it: BLMOVE of a list onto its own tail changes nothing. Returns 1 when
+ * something arrived, 0 on timeout, or a negative code. */
+static int wait_for_message(struct broker_redis *b, int timeout_s, struct err *e)
+{
+    /* The other lists (priorities, further queues) are only polled by the
+     * script, so with several of them the wait is kept short. */
     char tmo[16];
-    snprintf(tmo, sizeof(tmo), "%d", timeout_s);
-    argv[0] = "BRPOP";
-    alens[0] = 5;
-    memcpy(argv + 1, b->keys + 2, (b->n_keys - 2) * sizeof(*argv));
-    memcpy(alens + 1, b->key_lens + 2, (b->n_keys - 2) * sizeof(*alens));
-    argv[nb - 1] = tmo;
-    alens[nb - 1] = strlen(tmo);
-    r = redis_link_argv(&b->link, e, (int)nb, argv, alens);
-    free(argv);
-    free(alens);
+    snprintf(tmo, sizeof(tmo), "%.1f", b->n_keys > 2 + 4 ? 0.2 : (double)timeout_s);
+    const char *argv[] = {"BLMOVE", b->keys[2], b->keys[2], "RIGHT", "RIGHT", tmo};
+    size_t alens[] = {6, b->key_lens[2], b->key_lens[2], 5, 5, strlen(tmo)};
+    redisReply *r = redis_link_argv(&b->link, e, 6, argv, alens);
     if (!r)
         return E_CONN_LOST;
-    if (r->type == REDIS_REPLY_NIL) {
-        freeReplyObject(r);
-        return 0;
-    }
-    return take_reply(d, r, e);
+    int rc = r->type == REDIS_REPLY_STRING;
+    if (r->type == REDIS_REPLY_ERROR)
+        rc = err_set(e, E_PROTOCOL, "BLMOVE failed (Redis 6.2 or later is required): %s", r->str);
+    freeReplyObject(r);
+    return rc;
+}
+
+int broker_redis_fetch(struct broker_redis *b, int timeout_s, struct delivery *d, struct err *e)
+{
+    /* Pop and record happen in one script, so there is no moment in which a
+     * message is neither in a list nor in the unacked hash. */
+    memset(d, 0, sizeof(*d));
+    int rc = pop_script(b, d, e);
+    if (rc || d->reply)
+        return rc;
+    rc = wait_for_message(b, timeout_s, e);
+    if (rc <= 0)
+        return rc;
+    return pop_script(b, d, e); /* may find nothing: another consumer won the race */
 }
 
 /* Sends a MULTI ... EXEC block of n commands and checks EXEC's reply. */

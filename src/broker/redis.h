@@ -40,9 +40,9 @@ void broker_redis_release(struct broker_redis *b, const char *reason);
 /* Connects (no retry: the caller backs off). Returns 0 or E_CONN_LOST. */
 int broker_redis_open(struct broker_redis *b, struct err *e);
 
-/* Pops the next message, highest priority bucket first. First tries an atomic
- * pop-and-record script; when every list is empty, blocks in BRPOP for up to
- * timeout_s seconds. Returns 0 with d->reply NULL when nothing arrived, 0 with
+/* Pops the next message, highest priority bucket first, and records it as
+ * unacked in the same atomic step; when every list is empty, waits up to
+ * timeout_s seconds for one (without popping). Returns 0 with d->reply NULL when nothing arrived, 0 with
  * a delivery, or E_CONN_LOST. Release d with delivery_release(). */
 int broker_redis_fetch(struct broker_redis *b, int timeout_s, struct delivery *d, struct err *e);
 void delivery_release(struct delivery *d);

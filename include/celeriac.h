@@ -170,6 +170,12 @@ const char *celeriac_task_name(const struct celeriac_task *task);
 /* How many times this task id has been retried (Celery's request.retries). */
 int celeriac_task_retries(const struct celeriac_task *task);
 
+/* True once the task's soft time limit (--soft-time-limit or the message's
+ * timelimit header) has passed. When it passes, the worker also cancels the
+ * statement running on the task's connection. A task that sees this should
+ * clean up and return celeriac_fail(task, "SoftTimeLimitExceeded", ...). */
+bool celeriac_soft_time_limit_exceeded(const struct celeriac_task *task);
+
 /* The process's live PostgreSQL connection, or NULL when the worker runs
  * with SQLite or no database. Never cache it: ask in every call. Using it
  * from another process (after a fork) is refused by the worker. */

@@ -10,9 +10,11 @@
 #include "util/buf.h"
 #include "util/log.h"
 #include "util/time.h"
+#include "util/uuid.h"
 
 #define UNACKED_KEY "unacked"
 #define UNACKED_INDEX_KEY "unacked_index"
+#define UNACKED_MUTEX_KEY "unacked_mutex"
 #define PRIORITY_SEP "\x06\x16"
 
 /* KEYS: unacked, unacked_index, lists...; ARGV: now, max envelope size.
@@ -248,4 +250,170 @@ int broker_redis_ack(struct broker_redis *b, const char *tag, struct err *e)
     const size_t *lens[] = {NULL, NULL};
     int argcs[] = {3, 3};
     return transaction(b, 2, argvs, lens, argcs, e);
+}
+
+/* Marks a payload redelivered the way kombu does before pushing it back. */
+static void mark_redelivered(json_t *env)
+{
+    json_t *headers = json_object_get(env, "headers");
+    if (json_is_object(headers))
+        json_object_set_new(headers, "redelivered", json_true());
+    json_t *info = json_object_get(json_object_get(env, "properties"), "delivery_info");
+    if (json_is_object(info))
+        json_object_set_new(info, "redelivered", json_true());
+}
+
+/* The queue a restored message goes to: the routing key for the anonymous
+ * exchange (what Celery uses for tasks), else the first queue bound to the
+ * exchange with that routing key. */
+static char *restore_queue(struct broker_redis *b, const char *exchange, const char *rk,
+                           struct err *e)
+{
+    if (!*exchange)
+        return xstrdup(rk);
+    redisReply *r = redis_link_command(&b->link, e, "SMEMBERS _kombu.binding.%s", exchange);
+    if (!r)
+        return NULL;
+    char *queue = NULL;
+    for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements && !queue; i++) {
+        const char *m = r->element[i]->str;
+        const char *sep1 = m ? strstr(m, PRIORITY_SEP) : NULL;
+        const char *sep2 = sep1 ? strstr(sep1 + 2, PRIORITY_SEP) : NULL;
+        if (sep2 && (size_t)(sep1 - m) == strlen(rk) && !strncmp(m, rk, strlen(rk)))
+            queue = xstrdup(sep2 + 2);
+    }
+    freeReplyObject(r);
+    return queue ? queue : xstrdup(rk);
+}
+
+/* One WATCH ... EXEC attempt. Returns 1 when EXEC ran, 0 when the watched
+ * hash changed under us (try again), or a negative code. */
+static int restore_once(struct broker_redis *b, const char *tag, bool to_back, struct err *e)
+{
+    redisReply *r = redis_link_command(&b->link, e, "WATCH %s", UNACKED_KEY);
+    if (!r)
+        return E_CONN_LOST;
+    freeReplyObject(r);
+    r = redis_link_command(&b->link, e, "HGET %s %s", UNACKED_KEY, tag);
+    if (!r)
+        return E_CONN_LOST;
+    json_t *stored = NULL;
+    if (r->type == REDIS_REPLY_STRING)
+        stored = json_loadb(r->str, r->len, 0, NULL);
+    bool held = r->type == REDIS_REPLY_STRING;
+    freeReplyObject(r);
+
+    json_t *env = json_array_get(stored, 0);
+    const char *exchange = json_string_value(json_array_get(stored, 1));
+    const char *rk = json_string_value(json_array_get(stored, 2));
+    char *payload = NULL;
+    struct buf list = BUF_INIT;
+    if (json_is_object(env) && exchange && rk) {
+        mark_redelivered(env);
+        char *queue = restore_queue(b, exchange, rk, e);
+        if (!queue) {
+            json_decref(stored);
+            return E_CONN_LOST;
+        }
+        json_int_t prio = json_integer_value(
+            json_object_get(json_object_get(env, "properties"), "priority"));
+        message_priority_list(&list, queue, prio < 0 ? 0 : prio > 9 ? 9 : (int)prio);
+        free(queue);
+        payload = json_dumps(env, JSON_COMPACT);
+    } else if (held) {
+        log_error("unacked entry %s is not [envelope, exchange, routing_key]; dropped it", tag);
+    }
+    json_decref(stored);
+
+    bool pushing = payload != NULL;
+    const char *multi[] = {"MULTI"}, *exec[] = {"EXEC"};
+    const char *zrem[] = {"ZREM", UNACKED_INDEX_KEY, tag};
+    const char *hdel[] = {"HDEL", UNACKED_KEY, tag};
+    const char *push[] = {to_back ? "LPUSH" : "RPUSH", list.data, payload ? payload : ""};
+    int rc = redis_link_append_argv(&b->link, 1, multi, NULL);
+    rc = rc ? rc : redis_link_append_argv(&b->link, 3, zrem, NULL);
+    rc = rc ? rc : redis_link_append_argv(&b->link, 3, hdel, NULL);
+    if (pushing)
+        rc = rc ? rc : redis_link_append_argv(&b->link, 3, push, NULL);
+    rc = rc ? rc : redis_link_append_argv(&b->link, 1, exec, NULL);
+    free(payload);
+    buf_release(&list);
+    if (rc)
+        return err_set(e, E_CONN_LOST, "broker connection is not usable");
+    int replies = 4 + pushing; /* MULTI, ZREM, HDEL, [push], EXEC */
+    int result = 1;
+    for (int i = 0; i < replies; i++) {
+        r = redis_link_read(&b->link, e);
+        if (!r)
+            return E_CONN_LOST;
+        if (i == replies - 1 && r->type == REDIS_REPLY_NIL)
+            result = 0; /* WATCH fired: someone changed the hash; retry */
+        freeReplyObject(r);
+    }
+    return result;
+}
+
+int broker_redis_restore(struct broker_redis *b, const char *tag, bool to_back, struct err *e)
+{
+    for (int attempt = 0; attempt < 16; attempt++) {
+        int rc = restore_once(b, tag, to_back, e);
+        if (rc)
+            return rc < 0 ? rc : 0;
+    }
+    return err_set(e, E_PROTOCOL, "restore of %s kept conflicting; left for the sweep", tag);
+}
+
+/* Compare-and-delete, so we never release a mutex another process took after
+ * ours expired. */
+static const struct redis_script release_mutex = {
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end\n"
+    "return 0\n",
+};
+
+int broker_redis_sweep(struct broker_redis *b, double visibility_timeout, struct err *e)
+{
+    char token[UUID_STR_LEN];
+    uuid_generate(token);
+    redisReply *r = redis_link_command(&b->link, e, "SET %s %s PX 300000 NX", UNACKED_MUTEX_KEY,
+                                       token);
+    if (!r)
+        return E_CONN_LOST;
+    bool locked = r->type == REDIS_REPLY_STATUS;
+    freeReplyObject(r);
+    if (!locked)
+        return 0;
+    char ceil[32];
+    snprintf(ceil, sizeof(ceil), "%.7f", time_now() - visibility_timeout);
+    r = redis_link_command(&b->link, e, "ZREVRANGEBYSCORE %s %s 0 WITHSCORES",
+                           UNACKED_INDEX_KEY, ceil);
+    if (!r)
+        return E_CONN_LOST;
+    int restored = 0, rc = 0;
+    for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i + 1 < r->elements; i += 2) {
+        const char *tag = r->element[i]->str;
+        if (!tag)
+            continue;
+        rc = broker_redis_restore(b, tag, false, e);
+        if (rc == E_CONN_LOST)
+            break;
+        if (rc)
+            log_warning("%s", e ? e->msg : "restore failed");
+        else
+            restored++;
+        rc = 0;
+    }
+    freeReplyObject(r);
+    if (rc)
+        return rc;
+    const char *args[] = {UNACKED_MUTEX_KEY, token};
+    if (redis_link_append_script(&b->link, &release_mutex, 2, args, NULL, 1))
+        return err_set(e, E_CONN_LOST, "broker connection is not usable");
+    r = redis_link_read(&b->link, e);
+    if (!r)
+        return E_CONN_LOST;
+    freeReplyObject(r);
+    if (restored)
+        log_warning("restored %d unacknowledged message%s older than %.0f s", restored,
+                    restored == 1 ? "" : "s", visibility_timeout);
+    return restored;
 }

@@ -56,4 +56,18 @@ int broker_redis_record(struct broker_redis *b, const char *tag, const char *env
  * from the unacked hash and index. Returns 0 or E_CONN_LOST. */
 int broker_redis_ack(struct broker_redis *b, const char *tag, struct err *e);
 
+/* Puts the message held under tag back on its queue, as kombu's
+ * restore_by_tag: marks it redelivered, pushes it to the consumer end (or to
+ * the far end when to_back, as a reject with requeue does) of the list its
+ * routing and priority name, and removes it from unacked, all in one
+ * optimistic (WATCH) transaction. A tag no longer held is not an error.
+ * Returns 0, or E_CONN_LOST / E_PROTOCOL. */
+int broker_redis_restore(struct broker_redis *b, const char *tag, bool to_back, struct err *e);
+
+/* kombu's visibility sweep: under the shared unacked_mutex, restores every
+ * delivery recorded more than visibility_timeout seconds ago, whoever holds
+ * it. Returns the number restored (0 when another process holds the mutex),
+ * or a negative code. */
+int broker_redis_sweep(struct broker_redis *b, double visibility_timeout, struct err *e);
+
 #endif /* CELERIAC_BROKER_REDIS_H */

@@ -158,6 +158,13 @@ int db_conn_ready(struct db_conn *c, volatile sig_atomic_t *stop, struct err *e)
     return rc;
 }
 
+void db_conn_cancel(struct db_conn *c)
+{
+    const struct db_driver *d = driver_for(c);
+    if (d && db_conn_is_open(c))
+        d->cancel(c);
+}
+
 PGconn *db_conn_pg(struct db_conn *c)
 {
     if (!c->pg || !owned(c))

@@ -35,6 +35,7 @@ struct db_conn {
     const struct db_config *cfg;  /* borrowed; outlives the connection */
     PGconn *pg;                   /* open PostgreSQL handle or NULL */
     sqlite3 *sqlite;              /* open SQLite handle or NULL */
+    void *pg_cancel;              /* PGcancel for the open PostgreSQL handle, or NULL */
     pid_t owner;                  /* pid that opened the handle */
     int64_t opened_ms;            /* monotonic time of the open */
     int64_t last_used_ms;         /* monotonic time the last task finished with it */
@@ -70,6 +71,10 @@ int db_conn_ready(struct db_conn *c, volatile sig_atomic_t *stop, struct err *e)
  * gone (the handle is then closed with the reason). The one place that
  * decides what "connection lost" means. */
 bool db_conn_check_lost(struct db_conn *c);
+
+/* Async-signal-safe: cancels the statement running on c, if any (for time
+ * limits, from a timer's signal handler). */
+void db_conn_cancel(struct db_conn *c);
 
 /* The live handles, or NULL (with an error logged) when called from a process
  * other than the one that opened them. */

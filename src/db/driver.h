@@ -22,6 +22,9 @@ struct db_driver {
     int (*ping)(struct db_conn *c, struct err *e);
     /* Rolls back a transaction a task left open. 0, or E_CONN_LOST. */
     int (*reset)(struct db_conn *c, struct err *e);
+    /* Async-signal-safe: asks the server to cancel the running statement
+     * (PostgreSQL) or interrupts it (SQLite). Best effort, no result. */
+    void (*cancel)(struct db_conn *c);
 };
 
 extern const struct db_driver db_pg_driver;

@@ -95,11 +95,16 @@ static int pg_open(struct db_conn *c, struct err *e)
     }
     PQsetNoticeProcessor(pg, log_notice, c);
     c->pg = pg;
+    /* Made now: PQcancel is signal-safe, PQgetCancel is not. */
+    c->pg_cancel = PQgetCancel(pg);
     return 0;
 }
 
 static void pg_close(struct db_conn *c)
 {
+    PGcancel *cancel = c->pg_cancel;
+    c->pg_cancel = NULL;
+    PQfreeCancel(cancel);
     PQfinish(c->pg);
     c->pg = NULL;
 }
@@ -173,6 +178,13 @@ static int pg_reset(struct db_conn *c, struct err *e)
     return run_simple(c, "ROLLBACK", e) ? E_CONN_LOST : 0;
 }
 
+static void pg_cancel(struct db_conn *c)
+{
+    char errbuf[256];
+    if (c->pg_cancel)
+        PQcancel(c->pg_cancel, errbuf, sizeof(errbuf));
+}
+
 const struct db_driver db_pg_driver = {
     .name = "postgresql",
     .open = pg_open,
@@ -180,4 +192,5 @@ const struct db_driver db_pg_driver = {
     .is_lost = pg_is_lost,
     .ping = pg_ping,
     .reset = pg_reset,
+    .cancel = pg_cancel,
 };

@@ -73,6 +73,12 @@ static int sqlite_reset(struct db_conn *c, struct err *e)
     return exec_sql(c, "ROLLBACK", e) ? E_CONN_LOST : 0;
 }
 
+static void sqlite_cancel(struct db_conn *c)
+{
+    /* Only sets a flag the running statement checks. */
+    sqlite3_interrupt(c->sqlite);
+}
+
 const struct db_driver db_sqlite_driver = {
     .name = "sqlite",
     .open = sqlite_open,
@@ -80,4 +86,5 @@ const struct db_driver db_sqlite_driver = {
     .is_lost = sqlite_is_lost,
     .ping = sqlite_ping,
     .reset = sqlite_reset,
+    .cancel = sqlite_cancel,
 };

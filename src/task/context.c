@@ -62,6 +62,8 @@ CELERIAC_API void *celeriac_alloc(struct celeriac_task *task, size_t size)
 
 /* ---- lifecycle */
 
+volatile sig_atomic_t task_soft_limit_hit;
+
 void task_context_init(struct celeriac_task *t, struct celeriac_process *proc)
 {
     memset(t, 0, sizeof(*t));
@@ -87,6 +89,7 @@ void task_context_begin(struct celeriac_task *t, const struct message *msg)
     buf_reset(&t->exc_message);
     arena_reset(t, true);
     t->msg = msg;
+    task_soft_limit_hit = 0;
 }
 
 static void set_failure(struct celeriac_task *t, const char *exc_type, const char *fmt,
@@ -345,6 +348,12 @@ CELERIAC_API const char *celeriac_task_name(const struct celeriac_task *task)
 CELERIAC_API int celeriac_task_retries(const struct celeriac_task *task)
 {
     return task->msg->retries;
+}
+
+CELERIAC_API bool celeriac_soft_time_limit_exceeded(const struct celeriac_task *task)
+{
+    UNUSED(task);
+    return task_soft_limit_hit != 0;
 }
 
 CELERIAC_API PGconn *celeriac_pg(struct celeriac_task *task)

@@ -7,6 +7,7 @@
 #define CELERIAC_TASK_CONTEXT_H
 
 #include <jansson.h>
+#include <signal.h>
 
 #include "celeriac.h"
 #include "util/buf.h"
@@ -32,6 +33,9 @@ struct celeriac_task {
     struct buf exc_message;
     struct arena_chunk *chunks;      /* scratch memory, freed at task end */
 };
+
+/* Set by the child's soft-limit timer handler; cleared when a task begins. */
+extern volatile sig_atomic_t task_soft_limit_hit;
 
 void task_context_init(struct celeriac_task *t, struct celeriac_process *proc);
 /* Frees everything, including the arena's retained chunk. */

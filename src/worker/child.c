@@ -15,6 +15,7 @@
 
 #include <poll.h>
 #include <sys/prctl.h>
+#include <sys/time.h>
 
 /* Seconds a BRPOP waits: bounds how long a stop request or a lost master
  * goes unnoticed by an idle child. */
@@ -30,7 +31,74 @@ struct child {
     struct db_conn db;
     struct celeriac_process proc;
     struct celeriac_task task;
+    int64_t next_sweep_ms;          /* monotonic time of the next visibility sweep */
 };
+
+/* ---- time limits
+ * One ITIMER_REAL per child: armed for the soft limit (then re-armed for the
+ * rest of the hard limit) or for the hard limit. The handler only cancels the
+ * running statement and sets flags; at the hard limit the child kills itself,
+ * as Celery's pool kills a child, and its replacement reports the task. */
+
+static struct child *timer_child;          /* the child the handler acts on */
+static volatile sig_atomic_t timer_phase;  /* 1: soft pending, 2: hard pending */
+static struct timeval timer_rest;          /* hard minus soft, for re-arming */
+
+static void on_timer(int sig)
+{
+    UNUSED(sig);
+    int saved = errno;
+    struct child *c = timer_child;
+    if (c)
+        db_conn_cancel(&c->db);
+    if (timer_phase == 1) {
+        task_soft_limit_hit = 1;
+        if (timer_rest.tv_sec || timer_rest.tv_usec) {
+            struct itimerval it = {.it_value = timer_rest};
+            timer_phase = 2;
+            setitimer(ITIMER_REAL, &it, NULL);
+        } else {
+            timer_phase = 0;
+        }
+    } else if (timer_phase == 2 && c) {
+        atomic_store(&c->slot->hard_limit_hit, 1);
+        kill(getpid(), SIGKILL);
+    }
+    errno = saved;
+}
+
+static struct timeval seconds_tv(double s)
+{
+    struct timeval tv = {.tv_sec = (time_t)s, .tv_usec = (suseconds_t)((s - (double)(time_t)s) * 1e6)};
+    if (!tv.tv_sec && !tv.tv_usec)
+        tv.tv_usec = 1;
+    return tv;
+}
+
+static void arm_limits(double soft, double hard)
+{
+    struct itimerval it = {{0, 0}, {0, 0}};
+    timer_rest = (struct timeval){0, 0};
+    if (soft > 0 && (hard <= 0 || soft < hard)) {
+        it.it_value = seconds_tv(soft);
+        if (hard > 0)
+            timer_rest = seconds_tv(hard - soft);
+        timer_phase = 1;
+    } else if (hard > 0) {
+        it.it_value = seconds_tv(hard);
+        timer_phase = 2;
+    } else {
+        return;
+    }
+    setitimer(ITIMER_REAL, &it, NULL);
+}
+
+static void disarm_limits(void)
+{
+    struct itimerval it = {{0, 0}, {0, 0}};
+    setitimer(ITIMER_REAL, &it, NULL);
+    timer_phase = 0;
+}
 
 /* ---- library hooks around the database connection */
 
@@ -213,15 +281,34 @@ static void execute(struct child *c, struct message *m, const struct celeriac_ta
     if (!acks_late)
         ack(c, m->delivery_tag); /* early ack: when execution starts, as Celery */
 
+    double hard = m->time_limit > 0 ? m->time_limit : c->cfg->time_limit;
+    double soft = m->soft_time_limit > 0 ? m->soft_time_limit : c->cfg->soft_time_limit;
     snprintf(c->slot->task_id, sizeof(c->slot->task_id), "%s", m->task_id);
     snprintf(c->slot->task_name, sizeof(c->slot->task_name), "%s", m->task_name);
+    snprintf(c->slot->delivery_tag, sizeof(c->slot->delivery_tag), "%s", m->delivery_tag);
+    atomic_store(&c->slot->acks_late, acks_late);
+    atomic_store(&c->slot->time_limit_ms, (int64_t)(hard * 1000));
     int64_t t0 = time_mono_ms();
     atomic_store(&c->slot->task_started_ms, t0);
     atomic_store(&c->slot->state, CHILD_BUSY);
 
+    arm_limits(soft, hard);
     int rc = run_task(c, m, def);
-    c->db.last_used_ms = time_mono_ms();
-    double secs = (double)(c->db.last_used_ms - t0) / 1000.0;
+    disarm_limits();
+    if (task_soft_limit_hit) {
+        /* The statement was cancelled mid-flight: make sure the connection
+         * is clean (rolled back, pinged) before another task sees it. */
+        c->db.last_used_ms = 0;
+        if (rc != CELERIAC_OK && strcmp(c->task.exc_type, "SoftTimeLimitExceeded")) {
+            snprintf(c->task.exc_type, sizeof(c->task.exc_type), "SoftTimeLimitExceeded");
+            buf_reset(&c->task.exc_message);
+            buf_addf(&c->task.exc_message, "SoftTimeLimitExceeded(%g)", soft);
+        }
+    }
+    int64_t t1 = time_mono_ms();
+    if (c->db.last_used_ms)
+        c->db.last_used_ms = t1;
+    double secs = (double)(t1 - t0) / 1000.0;
 
     if (rc == CELERIAC_OK) {
         log_debug("Task %s[%s] succeeded in %.4fs", m->task_name, m->task_id, secs);
@@ -237,11 +324,15 @@ static void execute(struct child *c, struct message *m, const struct celeriac_ta
         /* Errors are stored even with ignore_result in the message, as Celery
          * 5.2 does; a task that ignores results ignores its errors too. */
         if (!(def->flags & CELERIAC_IGNORE_RESULT))
-            store_exception(c, m, "FAILURE", c->task.exc_type, NULL, c->task.exc_message.data);
+            store_exception(c, m, "FAILURE", c->task.exc_type,
+                            strcmp(c->task.exc_type, "SoftTimeLimitExceeded") ? NULL
+                                                                             : "billiard.exceptions",
+                            c->task.exc_message.data);
     }
     if (acks_late)
         ack(c, m->delivery_tag);
     atomic_store(&c->slot->task_started_ms, 0);
+    atomic_store(&c->slot->time_limit_ms, 0);
     atomic_fetch_add(&c->slot->tasks_done, 1);
     atomic_store(&c->slot->state, CHILD_IDLE);
 }
@@ -309,8 +400,14 @@ static void handle(struct child *c, struct delivery *d)
         goto out;
     }
     if (m.eta > 0 && !wait_for_eta(c, &m)) {
-        /* Stopping: leave it unacked; the visibility sweep returns it. */
-        log_info("task %s[%s] not started before shutdown; left unacked", m.task_name, m.task_id);
+        /* Stopping before it is due: give it back now rather than leave it
+         * for the visibility sweep an hour from now. */
+        if (broker_redis_restore(&c->broker, m.delivery_tag, false, &e))
+            log_warning("task %s[%s] not restored at shutdown (%s); the visibility sweep will",
+                        m.task_name, m.task_id, e.msg);
+        else
+            log_info("task %s[%s] not due before shutdown; restored to its queue", m.task_name,
+                     m.task_id);
         goto out;
     }
     execute(c, &m, def);
@@ -321,6 +418,66 @@ out_settle:
         ack(c, d->recorded_tag);
 out:
     message_release(&m);
+}
+
+/* ---- what the previous process in this slot left behind */
+
+/* Settles the task the previous process in our slot died running, as Celery
+ * reports a lost worker: TimeLimitExceeded after a hard limit, otherwise
+ * WorkerLostError, or, for a late-ack task with reject_on_worker_lost, back on
+ * its queue with no result stored. */
+static void settle_lost_task(struct child *c)
+{
+    struct slot *s = c->slot;
+    int reason = atomic_load(&s->lost_reason);
+    if (reason == LOST_NONE)
+        return;
+    struct message m;
+    message_init(&m);
+    m.task_id = s->lost_task_id;
+    m.task_name = s->lost_task_name;
+    bool late = atomic_load(&s->lost_acks_late);
+    struct err e = {0};
+    if (reason == LOST_TIME_LIMIT) {
+        log_error("Task %s[%s]: hard time limit (%gs) exceeded; its process was killed",
+                  m.task_name, m.task_id, s->lost_time_limit);
+        json_t *exc = json_pack("{s:s, s:[f], s:s}", "exc_type", "TimeLimitExceeded",
+                                "exc_message", s->lost_time_limit, "exc_module",
+                                "billiard.exceptions");
+        struct result_meta meta = {.status = "FAILURE", .result = exc, .task_id = m.task_id};
+        store(c, &meta);
+        json_decref(exc);
+        ack(c, s->lost_tag);
+    } else if (late && c->cfg->reject_on_worker_lost) {
+        log_error("Task %s[%s]: its process died (signal %d); requeued (acks_late, "
+                  "reject_on_worker_lost)", m.task_name, m.task_id, atomic_load(&s->lost_signal));
+        if (!ensure_broker(c) && broker_redis_restore(&c->broker, s->lost_tag, true, &e))
+            log_error("requeue of %s failed: %s", m.task_id, e.msg);
+    } else {
+        char text[128];
+        int sig = atomic_load(&s->lost_signal);
+        snprintf(text, sizeof(text), "Worker exited prematurely: signal %d (%s).", sig,
+                 sig ? strsignal(sig) : "exit");
+        log_error("Task %s[%s] raised WorkerLostError: %s", m.task_name, m.task_id, text);
+        store_exception(c, &m, "FAILURE", "WorkerLostError", "billiard.exceptions", text);
+        if (late)
+            ack(c, s->lost_tag);
+    }
+    atomic_store(&s->lost_reason, LOST_NONE);
+}
+
+/* Every child tries the sweep on its own schedule; kombu's mutex makes sure
+ * only one process in the fleet (Python or C) sweeps at a time. */
+static void maybe_sweep(struct child *c)
+{
+    int64_t now = time_mono_ms();
+    if (now < c->next_sweep_ms)
+        return;
+    int64_t interval = (int64_t)c->cfg->sweep_interval_s * 1000;
+    c->next_sweep_ms = now + interval / 2 + (int64_t)(getpid() % 1000) * interval / 2000;
+    struct err e = {0};
+    if (broker_redis_sweep(&c->broker, c->cfg->visibility_timeout, &e) < 0)
+        log_warning("visibility sweep failed: %s", e.msg);
 }
 
 /* ---- life */
@@ -392,6 +549,13 @@ void child_main(const struct worker_config *cfg, struct slot *slot, int index, i
     }
     if (ensure_broker(&c) || ensure_backend(&c))
         leave(&c, EXIT_OK);
+    timer_child = &c;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_timer;
+    sigfillset(&sa.sa_mask);
+    sigaction(SIGALRM, &sa, NULL);
+    settle_lost_task(&c);
     atomic_store(&slot->state, CHILD_IDLE);
     log_debug("child %d ready", index);
 
@@ -404,6 +568,7 @@ void child_main(const struct worker_config *cfg, struct slot *slot, int index, i
         }
         if (ensure_broker(&c))
             break;
+        maybe_sweep(&c);
         struct delivery d;
         struct err e = {0};
         int rc = broker_redis_fetch(&c.broker, FETCH_TIMEOUT_S, &d, &e);

@@ -19,6 +19,9 @@ void worker_config_init(struct worker_config *cfg)
     cfg->db.connect_timeout_s = 5;
     cfg->db.busy_timeout_ms = 5000;
     cfg->db.idle_check_ms = 30000;
+    cfg->reject_on_worker_lost = true;
+    cfg->visibility_timeout = 3600;
+    cfg->sweep_interval_s = 60;
     cfg->respawn_base_ms = 500;
     cfg->respawn_cap_ms = 30000;
 }

@@ -31,6 +31,11 @@ struct worker_config {
     struct backend_config backend;
     struct db_config db;
     bool acks_late;                 /* --acks-late: every task acks after its result */
+    bool reject_on_worker_lost;     /* late-ack task of a dead child goes back to the queue */
+    double visibility_timeout;      /* seconds before anyone's unacked message is restored */
+    int sweep_interval_s;           /* how often a child tries the visibility sweep */
+    double time_limit;              /* --time-limit seconds, 0 = none */
+    double soft_time_limit;         /* --soft-time-limit seconds, 0 = none */
     int64_t respawn_base_ms;        /* first delay before replacing a dead child */
     int64_t respawn_cap_ms;
     struct library lib;             /* loaded in the master before forking */

@@ -25,7 +25,17 @@ struct child_entry {
     int64_t started_ms;
     int64_t respawn_at_ms;   /* when to fork a replacement; 0 = not scheduled */
     bool cannot_serve;       /* exited EXIT_CANNOT_SERVE: never respawned */
+    bool killed_for_limit;   /* the master killed it past its hard time limit */
     struct backoff respawn;
+    struct {                 /* task it died running, for its replacement to settle */
+        int reason;          /* enum lost_reason */
+        int sig;
+        bool acks_late;
+        double time_limit;
+        char task_id[40];
+        char task_name[96];
+        char tag[40];
+    } lost;
 };
 
 struct master {
@@ -38,10 +48,25 @@ struct master {
     bool ready_logged;
 };
 
+/* Hands the lost task to the slot before its replacement is forked. */
+static void pass_lost_task(struct child_entry *ce, struct slot *s)
+{
+    if (ce->lost.reason == LOST_NONE)
+        return;
+    atomic_store(&s->lost_reason, ce->lost.reason);
+    atomic_store(&s->lost_signal, ce->lost.sig);
+    atomic_store(&s->lost_acks_late, ce->lost.acks_late);
+    s->lost_time_limit = ce->lost.time_limit;
+    memcpy(s->lost_task_id, ce->lost.task_id, sizeof(s->lost_task_id));
+    memcpy(s->lost_task_name, ce->lost.task_name, sizeof(s->lost_task_name));
+    memcpy(s->lost_tag, ce->lost.tag, sizeof(s->lost_tag));
+}
+
 static void start_child(struct master *m, int i)
 {
     struct child_entry *ce = &m->children[i];
     memset(&m->sb.slots[i], 0, sizeof(m->sb.slots[i]));
+    pass_lost_task(ce, &m->sb.slots[i]);
     pid_t pid = spawn_child(m->cfg, &m->sb, i, m->deathwatch);
     if (pid < 0) {
         int64_t delay = backoff_next(&ce->respawn);
@@ -53,8 +78,27 @@ static void start_child(struct master *m, int i)
     ce->pid = pid;
     ce->started_ms = time_mono_ms();
     ce->respawn_at_ms = 0;
+    ce->killed_for_limit = false;
+    ce->lost.reason = LOST_NONE;
     atomic_store(&m->sb.slots[i].pid, pid);
 }
+
+/* Copies what a dead child was running out of its slot, if anything. */
+static void remember_lost_task(struct child_entry *ce, struct slot *s, int status)
+{
+    ce->lost.reason = LOST_NONE;
+    if (atomic_load(&s->state) != CHILD_BUSY || !atomic_load(&s->task_started_ms))
+        return;
+    bool timed_out = ce->killed_for_limit || atomic_load(&s->hard_limit_hit);
+    ce->lost.reason = timed_out ? LOST_TIME_LIMIT : LOST_CRASH;
+    ce->lost.sig = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
+    ce->lost.acks_late = atomic_load(&s->acks_late);
+    ce->lost.time_limit = (double)atomic_load(&s->time_limit_ms) / 1000.0;
+    snprintf(ce->lost.task_id, sizeof(ce->lost.task_id), "%.39s", s->task_id);
+    snprintf(ce->lost.task_name, sizeof(ce->lost.task_name), "%.95s", s->task_name);
+    snprintf(ce->lost.tag, sizeof(ce->lost.tag), "%.39s", s->delivery_tag);
+}
+
 
 static int find_child(struct master *m, pid_t pid)
 {
@@ -78,6 +122,7 @@ static void reap(struct master *m)
             continue;
         struct child_entry *ce = &m->children[i];
         int64_t lived = time_mono_ms() - ce->started_ms;
+        remember_lost_task(ce, &m->sb.slots[i], status);
         ce->pid = 0;
         atomic_store(&m->sb.slots[i].pid, 0);
         atomic_store(&m->sb.slots[i].state, CHILD_EMPTY);
@@ -194,11 +239,38 @@ static void maybe_log_ready(struct master *m)
     }
 }
 
+/* Backstop for hard time limits: a child normally kills itself from its timer
+ * after cancelling its statement; one that cannot (signals blocked, wedged)
+ * is killed here a little later. */
+#define HARD_LIMIT_GRACE_MS 2000
+
+static bool enforce_time_limits(struct master *m)
+{
+    bool any = false;
+    int64_t now = time_mono_ms();
+    for (int i = 0; i < m->cfg->concurrency; i++) {
+        struct child_entry *ce = &m->children[i];
+        struct slot *s = &m->sb.slots[i];
+        int64_t limit = atomic_load(&s->time_limit_ms), started = atomic_load(&s->task_started_ms);
+        if (!ce->pid || !limit || !started)
+            continue;
+        any = true;
+        if (!ce->killed_for_limit && now - started > limit + HARD_LIMIT_GRACE_MS) {
+            log_error("child %d (pid %d) ignored its hard time limit; killing it", i,
+                      (int)ce->pid);
+            ce->killed_for_limit = true;
+            kill(ce->pid, SIGKILL);
+        }
+    }
+    return any;
+}
+
 static int supervise(struct master *m)
 {
     for (;;) {
         struct pollfd p = {.fd = signals_wake_fd(), .events = POLLIN};
-        int timeout = next_timeout(m, m->ready_logged ? 1000 : 100);
+        bool limits = enforce_time_limits(m);
+        int timeout = next_timeout(m, m->ready_logged && !limits ? 1000 : 100);
         if (poll(&p, 1, timeout) < 0 && errno != EINTR)
             log_error("poll failed: %s", strerror(errno));
         signals_drain();

@@ -23,6 +23,13 @@ enum db_state {
     DBS_UP,             /* connected */
 };
 
+/* Why the previous process in a slot left a task unfinished. */
+enum lost_reason {
+    LOST_NONE = 0,
+    LOST_CRASH,         /* died by a signal or an unexpected exit mid-task */
+    LOST_TIME_LIMIT,    /* killed for exceeding its hard time limit */
+};
+
 struct slot {
     _Atomic int pid;
     _Atomic int state;              /* enum child_state */
@@ -31,8 +38,22 @@ struct slot {
     _Atomic int64_t db_opened_ms;   /* monotonic time of the current connection's open */
     _Atomic int64_t task_started_ms;/* monotonic; 0 when idle */
     _Atomic uint64_t tasks_done;
+    _Atomic int64_t time_limit_ms;  /* hard limit of the running task; 0 = none */
+    _Atomic int acks_late;          /* the running task acks after its result */
+    _Atomic int hard_limit_hit;     /* set by the child's timer handler */
     char task_id[40];               /* hint: may be torn while being written */
     char task_name[96];
+    char delivery_tag[40];
+
+    /* Written by the master before forking a replacement, read by the new
+     * child: the task its predecessor died running, to be settled. */
+    _Atomic int lost_reason;        /* enum lost_reason */
+    _Atomic int lost_acks_late;
+    _Atomic int lost_signal;        /* signal that ended it, 0 if it exited */
+    double lost_time_limit;         /* seconds, for TimeLimitExceeded */
+    char lost_task_id[40];
+    char lost_task_name[96];
+    char lost_tag[40];
 };
 
 struct scoreboard {

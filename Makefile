@@ -75,6 +75,10 @@ demo: deps
 	@$(MAKE) --no-print-directory all
 	@BUILD=$(BUILD) scripts/demo.sh
 
+# libFuzzer over the message decoder, bounded by FUZZ_SECONDS (default 60).
+fuzz: deps
+	@scripts/fuzz.sh
+
 clean:
 	rm -rf $(BUILD)
 

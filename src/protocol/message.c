@@ -79,8 +79,9 @@ int message_decode_envelope(struct message *m, const char *data, size_t len, con
     m->exchange = str_field(info, "exchange");
     m->routing_key = str_field(info, "routing_key");
     json_t *prio = json_object_get(props, "priority");
-    json_int_t p = json_is_integer(prio) ? json_integer_value(prio) : 0;
-    m->priority = p < 0 ? 0 : p > 9 ? 9 : (int)p;
+    /* kombu takes int(priority): 7.0 and 7.9 are both 7. */
+    double p = json_is_number(prio) ? json_number_value(prio) : 0;
+    m->priority = !(p >= 0) ? 0 : p > 9 ? 9 : (int)p;
 
     json_t *headers = json_object_get(m->envelope, "headers");
     if (json_is_object(headers))
@@ -186,6 +187,52 @@ static int body_bytes(const struct message *m, struct buf *out, enum message_set
     return 0;
 }
 
+/* Python's json writes NaN, Infinity and -Infinity, which are not JSON and
+ * which jansson refuses. Replaces them (outside strings) with null, the
+ * closest value C can carry, so such a message still runs. Returns true when
+ * anything was replaced. */
+static bool python_specials_to_null(struct buf *text)
+{
+    static const struct { const char *tok; size_t len; } specials[] = {
+        {"-Infinity", 9}, {"Infinity", 8}, {"NaN", 3},
+    };
+    bool in_string = false, changed = false;
+    struct buf out = BUF_INIT;
+    for (size_t i = 0; i < text->len; i++) {
+        char c = text->data[i];
+        if (in_string) {
+            if (c == '\\' && i + 1 < text->len) {
+                buf_add(&out, text->data + i, 2);
+                i++;
+                continue;
+            }
+            in_string = c != '"';
+        } else if (c == '"') {
+            in_string = true;
+        } else {
+            bool hit = false;
+            for (size_t k = 0; k < ARRAY_SIZE(specials) && !hit; k++) {
+                if (text->len - i >= specials[k].len &&
+                    !memcmp(text->data + i, specials[k].tok, specials[k].len)) {
+                    buf_adds(&out, "null");
+                    i += specials[k].len - 1;
+                    hit = changed = true;
+                }
+            }
+            if (hit)
+                continue;
+        }
+        buf_addch(&out, c);
+    }
+    if (changed) {
+        buf_release(text);
+        *text = out;
+    } else {
+        buf_release(&out);
+    }
+    return changed;
+}
+
 int message_decode_task(struct message *m, enum message_settle *settle, struct err *e)
 {
     *settle = SETTLE_REJECT;
@@ -217,7 +264,9 @@ int message_decode_task(struct message *m, enum message_settle *settle, struct e
         return rc;
     }
     json_error_t jerr;
-    m->body = json_loadb(raw.data, raw.len, 0, &jerr);
+    m->body = json_loadb(raw.data, raw.len, JSON_DECODE_ANY, &jerr);
+    if (!m->body && python_specials_to_null(&raw))
+        m->body = json_loadb(raw.data, raw.len, JSON_DECODE_ANY, &jerr);
     buf_release(&raw);
     if (!m->body) {
         *settle = SETTLE_ACK;
@@ -251,10 +300,26 @@ json_t *message_string_lossy(const char *s)
     json_t *v = json_string(s);
     if (v)
         return v;
+    /* Keep every valid UTF-8 sequence; each byte of an invalid one becomes '?'. */
+    size_t n = strlen(s);
     char *copy = xstrdup(s);
-    for (char *p = copy; *p; p++)
-        if ((unsigned char)*p >= 0x80)
-            *p = '?';
+    for (size_t i = 0; i < n;) {
+        unsigned char c = (unsigned char)copy[i];
+        size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+        bool ok = len > 0 && i + len <= n;
+        for (size_t k = 1; ok && k < len; k++)
+            ok = ((unsigned char)copy[i + k] >> 6) == 2;
+        if (ok && len > 1) {
+            json_t *probe = json_stringn(copy + i, len); /* rejects overlongs, surrogates */
+            ok = probe != NULL;
+            json_decref(probe);
+        }
+        if (!ok) {
+            copy[i++] = '?';
+            continue;
+        }
+        i += len;
+    }
     v = json_string(copy);
     free(copy);
     return v;

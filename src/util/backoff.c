@@ -29,7 +29,7 @@ int64_t backoff_next(struct backoff *b)
 {
     int64_t d = b->base_ms;
     for (unsigned i = 0; i < b->attempt && d < b->cap_ms; i++)
-        d *= 2;
+        d = d > b->cap_ms / 2 ? b->cap_ms : d * 2;
     if (d > b->cap_ms)
         d = b->cap_ms;
     b->attempt++;

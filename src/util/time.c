@@ -108,7 +108,11 @@ int time_parse_iso(const char *s, double *out)
     }
     if (*p)
         return -EINVAL;
-    if (mon < 1 || mon > 12 || day < 1 || day > 31 || hour > 23 || min > 59 || sec > 60)
+    static const int days_in[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    if (mon < 1 || mon > 12 || day < 1 || hour > 23 || min > 59 || sec > 60)
+        return -EINVAL;
+    bool leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    if (day > days_in[mon - 1] + (mon == 2 && leap))
         return -EINVAL;
     struct tm tm = {.tm_year = year - 1900, .tm_mon = mon - 1, .tm_mday = day,
                     .tm_hour = hour, .tm_min = min, .tm_sec = sec};

@@ -148,7 +148,7 @@ int db_url_classify(const char *s, enum db_kind *kind, char **path, struct err *
         *kind = DB_POSTGRES;
         return 0;
     }
-    if (strchr(s, '=')) { /* key=value conninfo */
+    if (strchr(s, '=') && !strstr(s, "://")) { /* key=value conninfo */
         *kind = DB_POSTGRES;
         return 0;
     }
@@ -208,7 +208,15 @@ void url_mask(struct buf *out, const char *s)
         return;
     }
     const char *auth = scheme + 3;
-    const char *end = auth + strcspn(auth, "/?#");
+    /* The authority ends at the first '/': libpq accepts '?' and '#' inside
+     * a password, so they must not end the part we mask. */
+    const char *end = auth + strcspn(auth, "/");
+    const char *at_any = NULL;
+    for (const char *c = auth; c < end; c++)
+        if (*c == '@')
+            at_any = c;
+    if (!at_any)
+        end = auth + strcspn(auth, "/?#");
     const char *at = NULL;
     for (const char *c = auth; c < end; c++)
         if (*c == '@')

@@ -71,9 +71,15 @@ static int64_t pragma_int(sqlite3 *db, const char *sql, char *text, size_t textl
     return v;
 }
 
-/* probe.sqlite(): {"pid", "journal_mode", "busy_timeout", "db"} of the child's handle. */
+/* probe.sqlite(seconds=0): {"pid", "journal_mode", "busy_timeout", "handle", "file"}
+ * of the child's handle, after sleeping `seconds`. */
 static int probe_sqlite(struct celeriac_task *task)
 {
+    double seconds = 0;
+    if (celeriac_has_arg(task, 0, "seconds") &&
+        celeriac_arg_double(task, 0, "seconds", &seconds) != CELERIAC_OK)
+        return CELERIAC_FAILED;
+    sleep_seconds(seconds);
     sqlite3 *db = celeriac_sqlite(task);
     if (!db)
         return celeriac_fail(task, "RuntimeError", "no SQLite handle");

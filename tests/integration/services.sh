@@ -407,7 +407,7 @@ wait_worker_exit() {
 # Prints the last lines of the current (or given) worker log, as diagnostics.
 worker_log_tail() { # [N] [LOG]
     local n=${1:-25} log=${2:-$WORKER_LOG}
-    [[ -f $log ]] && tail -n "$n" "$log" | sed 's/^/#   log: /'
+    [[ -f $log ]] && tail -n "$n" "$log" | sed 's/^/log: /'
 }
 
 # Sanitizer and crash reports in any worker log of this file: one case.

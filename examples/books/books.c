@@ -77,6 +77,13 @@ static const char *pg_msg(struct celeriac_task *task, PGconn *conn, const PGresu
     return task_msg(task, PQerrorMessage(conn));
 }
 
+/* When the soft time limit passes, the worker cancels the running statement;
+ * the task then reports the limit rather than the cancellation's error. */
+static int soft_limit_failure(struct celeriac_task *task)
+{
+    return celeriac_fail(task, "SoftTimeLimitExceeded", "soft time limit exceeded");
+}
+
 /* ---- tasks.add ---------------------------------------------------------*/
 
 /* x + y on int64; Python's ints do not overflow, ours do, so an overflow is
@@ -119,6 +126,10 @@ static int task_sleep(struct celeriac_task *task)
     while (nanosleep(&left, &rem) != 0) {
         if (errno != EINTR)
             return celeriac_fail(task, "OSError", "nanosleep failed: %s", strerror(errno));
+        /* The soft time limit's timer signal is one of the interruptions; as
+         * in Celery, it ends the task with SoftTimeLimitExceeded. */
+        if (celeriac_soft_time_limit_exceeded(task))
+            return soft_limit_failure(task);
         left = rem;
     }
     celeriac_return_double(task, seconds);
@@ -208,7 +219,10 @@ static int pg_get_book(struct celeriac_task *task, PGconn *conn, int64_t id)
     return ret;
 
 out_db_error:
-    ret = celeriac_fail_db(task, pg_msg(task, conn, res));
+    if (celeriac_soft_time_limit_exceeded(task))
+        ret = soft_limit_failure(task);
+    else
+        ret = celeriac_fail_db(task, pg_msg(task, conn, res));
     PQclear(res);
     return ret;
 }
@@ -273,7 +287,10 @@ static int sqlite_get_book(struct celeriac_task *task, sqlite3 *db, int64_t id)
         rc = sqlite3_step(stmt);
     }
     if (rc != SQLITE_DONE) {
-        ret = celeriac_fail_db(task, task_msg(task, sqlite3_errmsg(db)));
+        if (celeriac_soft_time_limit_exceeded(task))
+            ret = soft_limit_failure(task);
+        else
+            ret = celeriac_fail_db(task, task_msg(task, sqlite3_errmsg(db)));
         goto out_reset;
     }
     ret = CELERIAC_OK;

@@ -11,6 +11,7 @@
 #include "worker/master.h"
 
 #include <getopt.h>
+#include <limits.h>
 #include <sys/utsname.h>
 
 enum {
@@ -24,6 +25,15 @@ enum {
     OPT_DB_IDLE_CHECK,
     OPT_RESULT_EXPIRES,
     OPT_MAX_MESSAGE,
+    OPT_TIME_LIMIT,
+    OPT_SOFT_TIME_LIMIT,
+    OPT_VISIBILITY_TIMEOUT,
+    OPT_NO_REJECT_ON_WORKER_LOST,
+    OPT_MAX_TASKS_PER_CHILD,
+    OPT_MAX_MEMORY_PER_CHILD,
+    OPT_DB_MAX_AGE,
+    OPT_DB_MAX_USES,
+    OPT_SWEEP_INTERVAL,
 };
 
 static const struct option options[] = {
@@ -43,6 +53,15 @@ static const struct option options[] = {
     {"db-idle-check", required_argument, NULL, OPT_DB_IDLE_CHECK},
     {"result-expires", required_argument, NULL, OPT_RESULT_EXPIRES},
     {"max-message-size", required_argument, NULL, OPT_MAX_MESSAGE},
+    {"time-limit", required_argument, NULL, OPT_TIME_LIMIT},
+    {"soft-time-limit", required_argument, NULL, OPT_SOFT_TIME_LIMIT},
+    {"visibility-timeout", required_argument, NULL, OPT_VISIBILITY_TIMEOUT},
+    {"no-reject-on-worker-lost", no_argument, NULL, OPT_NO_REJECT_ON_WORKER_LOST},
+    {"max-tasks-per-child", required_argument, NULL, OPT_MAX_TASKS_PER_CHILD},
+    {"max-memory-per-child", required_argument, NULL, OPT_MAX_MEMORY_PER_CHILD},
+    {"db-max-age", required_argument, NULL, OPT_DB_MAX_AGE},
+    {"db-max-uses", required_argument, NULL, OPT_DB_MAX_USES},
+    {"sweep-interval", required_argument, NULL, OPT_SWEEP_INTERVAL},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -76,6 +95,22 @@ static const char usage_text[] =
     "                              (default: 30000; 0 = never)\n"
     "      --result-expires S      result TTL in seconds, 0 = never (default: 86400)\n"
     "      --max-message-size B    larger messages are dropped unread (default: 16777216)\n"
+    "      --time-limit S          hard time limit per task: the statement is cancelled and\n"
+    "                              the child killed and replaced (default: none)\n"
+    "      --soft-time-limit S     soft limit: the statement is cancelled and the task can\n"
+    "                              see celeriac_soft_time_limit_exceeded() (default: none)\n"
+    "      --visibility-timeout S  unacked messages older than this are restored to their\n"
+    "                              queue by whichever worker sweeps first (default: 3600)\n"
+    "      --sweep-interval S      how often each child tries that sweep (default: 60)\n"
+    "      --no-reject-on-worker-lost\n"
+    "                              a late-ack task whose child died fails with\n"
+    "                              WorkerLostError instead of going back to the queue\n"
+    "      --max-tasks-per-child N replace a child after N tasks (default: never)\n"
+    "      --max-memory-per-child KIB\n"
+    "                              replace a child whose RSS exceeds KIB after a task\n"
+    "      --db-max-age S          reopen a database connection after about S seconds\n"
+    "                              (80-100%, jittered; default: never)\n"
+    "      --db-max-uses N         reopen it after about N tasks (jittered; default: never)\n"
     "  -h, --help                  this help\n"
     "\n"
     "Exit status: 0 clean shutdown, 2 bad usage or configuration, 3 no child could\n"
@@ -99,6 +134,18 @@ static int parse_long(const char *flag, const char *s, long lo, long hi, long *o
     long v = strtol(s, &end, 10);
     if (errno || end == s || *end || v < lo || v > hi)
         return usage_error("%s wants an integer in %ld..%ld, got '%s'", flag, lo, hi, s);
+    *out = v;
+    return 0;
+}
+
+/* A positive number of seconds (fractions allowed). */
+static int parse_double(const char *flag, const char *s, double *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !(v > 0) || v > 1e9)
+        return usage_error("%s wants a positive number of seconds, got '%s'", flag, s);
     *out = v;
     return 0;
 }
@@ -267,6 +314,46 @@ static int parse_flags(struct worker_config *cfg, int argc, char **argv, const c
             if (parse_long("--max-message-size", optarg, 1024, 512L * 1024 * 1024, &n))
                 return EXIT_USAGE;
             cfg->broker.max_message = (size_t)n;
+            break;
+        case OPT_TIME_LIMIT:
+            if (parse_double("--time-limit", optarg, &cfg->time_limit))
+                return EXIT_USAGE;
+            break;
+        case OPT_SOFT_TIME_LIMIT:
+            if (parse_double("--soft-time-limit", optarg, &cfg->soft_time_limit))
+                return EXIT_USAGE;
+            break;
+        case OPT_VISIBILITY_TIMEOUT:
+            if (parse_double("--visibility-timeout", optarg, &cfg->visibility_timeout))
+                return EXIT_USAGE;
+            break;
+        case OPT_SWEEP_INTERVAL:
+            if (parse_long("--sweep-interval", optarg, 1, 86400, &n))
+                return EXIT_USAGE;
+            cfg->sweep_interval_s = (int)n;
+            break;
+        case OPT_NO_REJECT_ON_WORKER_LOST:
+            cfg->reject_on_worker_lost = false;
+            break;
+        case OPT_MAX_TASKS_PER_CHILD:
+            if (parse_long("--max-tasks-per-child", optarg, 1, LONG_MAX, &n))
+                return EXIT_USAGE;
+            cfg->max_tasks_per_child = (uint64_t)n;
+            break;
+        case OPT_MAX_MEMORY_PER_CHILD:
+            if (parse_long("--max-memory-per-child", optarg, 1, LONG_MAX, &n))
+                return EXIT_USAGE;
+            cfg->max_memory_per_child = (uint64_t)n;
+            break;
+        case OPT_DB_MAX_AGE:
+            if (parse_long("--db-max-age", optarg, 1, 86400 * 365, &n))
+                return EXIT_USAGE;
+            cfg->db.max_age_ms = n * 1000;
+            break;
+        case OPT_DB_MAX_USES:
+            if (parse_long("--db-max-uses", optarg, 1, LONG_MAX, &n))
+                return EXIT_USAGE;
+            cfg->db.max_uses = (uint64_t)n;
             break;
         case 'h':
             fputs(usage_text, stdout);

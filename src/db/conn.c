@@ -57,6 +57,16 @@ static int open_once(struct db_conn *c, const struct db_driver *d, struct err *e
         return rc;
     c->owner = getpid();
     c->opened_ms = c->last_used_ms = time_mono_ms();
+    c->uses = 0;
+    /* Recycle between 80% and 100% of the limits, so connections opened
+     * together (a fleet restarting) do not all reconnect together. */
+    struct backoff jitter;
+    backoff_init(&jitter, 1000, 1000);
+    int64_t pct = 800 + (int64_t)(backoff_random(&jitter) % 201); /* per mille */
+    c->recycle_at_ms = c->cfg->max_age_ms ? c->opened_ms + c->cfg->max_age_ms * pct / 1000 : 0;
+    c->recycle_after = c->cfg->max_uses ? c->cfg->max_uses * (uint64_t)pct / 1000 : 0;
+    if (c->cfg->max_uses && !c->recycle_after)
+        c->recycle_after = 1;
     if (c->on_open && c->on_open(c->hook_arg)) {
         err_set(e, E_CONN_LOST, "connect to '%s' failed: the library's db_connected hook failed",
                 c->cfg->where);
@@ -130,6 +140,12 @@ int db_conn_ready(struct db_conn *c, volatile sig_atomic_t *stop, struct err *e)
         why = "inherited from another process";
     } else if (db_conn_is_open(c) && d->is_lost(c)) {
         why = "lost while idle";
+    } else if (db_conn_is_open(c) && ((c->recycle_at_ms && time_mono_ms() >= c->recycle_at_ms) ||
+                                      (c->recycle_after && c->uses >= c->recycle_after))) {
+        /* Planned: close quietly and open a new one, not a "loss". */
+        db_conn_close(c, c->recycle_after && c->uses >= c->recycle_after ? "recycled (task count)"
+                                                                         : "recycled (age)");
+        return db_conn_open(c, 0, stop, e);
     } else if (db_conn_is_open(c) && c->cfg->idle_check_ms > 0 &&
                time_mono_ms() - c->last_used_ms > c->cfg->idle_check_ms) {
         struct err pe = {0};

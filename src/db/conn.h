@@ -25,6 +25,8 @@ struct db_config {
     int connect_timeout_s;     /* libpq connect_timeout */
     int busy_timeout_ms;       /* SQLite busy timeout */
     int64_t idle_check_ms;     /* a connection idle this long is pinged before use */
+    int64_t max_age_ms;        /* recycle a connection after about this long; 0 = never */
+    uint64_t max_uses;         /* recycle after about this many tasks; 0 = never */
 };
 
 /* Called after every successful open and before every close, so the task
@@ -40,6 +42,9 @@ struct db_conn {
     int64_t opened_ms;            /* monotonic time of the open */
     int64_t last_used_ms;         /* monotonic time the last task finished with it */
     unsigned reconnects;          /* re-opens after a loss, for stats */
+    uint64_t uses;                /* tasks run on this handle (the child counts) */
+    int64_t recycle_at_ms;        /* jittered max_age deadline; 0 = none */
+    uint64_t recycle_after;       /* jittered max_uses; 0 = none */
     char app_name[64];            /* PostgreSQL application_name */
     db_hook_fn on_open;           /* NULL or library hook glue */
     db_hook_fn on_close;

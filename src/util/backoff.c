@@ -37,6 +37,11 @@ int64_t backoff_next(struct backoff *b)
     return half + (int64_t)(xorshift64(&b->rng) % (uint64_t)(d - half + 1));
 }
 
+uint64_t backoff_random(struct backoff *b)
+{
+    return xorshift64(&b->rng);
+}
+
 void backoff_reset(struct backoff *b)
 {
     b->attempt = 0;

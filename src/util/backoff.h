@@ -18,5 +18,7 @@ void backoff_init(struct backoff *b, int64_t base_ms, int64_t cap_ms);
  * Increments attempt. */
 int64_t backoff_next(struct backoff *b);
 void backoff_reset(struct backoff *b);
+/* A pseudo-random number from b's generator (for jitter elsewhere). */
+uint64_t backoff_random(struct backoff *b);
 
 #endif /* CELERIAC_BACKOFF_H */

@@ -331,6 +331,7 @@ static void execute(struct child *c, struct message *m, const struct celeriac_ta
     }
     if (acks_late)
         ack(c, m->delivery_tag);
+    c->db.uses++;
     atomic_store(&c->slot->task_started_ms, 0);
     atomic_store(&c->slot->time_limit_ms, 0);
     atomic_fetch_add(&c->slot->tasks_done, 1);
@@ -480,6 +481,33 @@ static void maybe_sweep(struct child *c)
         log_warning("visibility sweep failed: %s", e.msg);
 }
 
+/* --max-tasks-per-child and --max-memory-per-child: true when this child
+ * should retire after the task it just finished. */
+static bool should_retire(struct child *c)
+{
+    uint64_t done = atomic_load(&c->slot->tasks_done);
+    if (c->cfg->max_tasks_per_child && done >= c->cfg->max_tasks_per_child) {
+        log_info("retiring after %" PRIu64 " tasks (--max-tasks-per-child)", done);
+        return true;
+    }
+    if (c->cfg->max_memory_per_child) {
+        FILE *f = fopen("/proc/self/statm", "re");
+        unsigned long size = 0, resident = 0;
+        if (f && fscanf(f, "%lu %lu", &size, &resident) == 2) {
+            uint64_t kib = (uint64_t)resident * (uint64_t)sysconf(_SC_PAGESIZE) / 1024;
+            if (kib > c->cfg->max_memory_per_child) {
+                log_info("retiring at %" PRIu64 " KiB resident (--max-memory-per-child %" PRIu64
+                         ")", kib, c->cfg->max_memory_per_child);
+                fclose(f);
+                return true;
+            }
+        }
+        if (f)
+            fclose(f);
+    }
+    return false;
+}
+
 /* ---- life */
 
 ATTR_NORETURN static void leave(struct child *c, int code)
@@ -578,9 +606,12 @@ void child_main(const struct worker_config *cfg, struct slot *slot, int index, i
                 time_sleep_ms(1000, &sig_stop);
             continue;
         }
-        if (d.reply)
+        bool ran = d.reply != NULL;
+        if (ran)
             handle(&c, &d);
         delivery_release(&d);
+        if (ran && should_retire(&c))
+            leave(&c, EXIT_RECYCLED);
     }
     leave(&c, EXIT_OK);
 }

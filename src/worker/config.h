@@ -18,6 +18,7 @@ enum exit_code {
     EXIT_FAILED = 1,       /* unexpected failure */
     EXIT_USAGE = 2,        /* bad flag, URL or library: one line on stderr */
     EXIT_CANNOT_SERVE = 3, /* a child gave up (database unreachable): never respawned */
+    EXIT_RECYCLED = 4,     /* a child retired itself (task count, memory): replaced at once */
 };
 
 struct worker_config {
@@ -36,6 +37,8 @@ struct worker_config {
     int sweep_interval_s;           /* how often a child tries the visibility sweep */
     double time_limit;              /* --time-limit seconds, 0 = none */
     double soft_time_limit;         /* --soft-time-limit seconds, 0 = none */
+    uint64_t max_tasks_per_child;   /* a child retires after this many tasks; 0 = never */
+    uint64_t max_memory_per_child;  /* KiB of RSS after which a child retires; 0 = never */
     int64_t respawn_base_ms;        /* first delay before replacing a dead child */
     int64_t respawn_cap_ms;
     struct library lib;             /* loaded in the master before forking */

@@ -133,6 +133,12 @@ static void reap(struct master *m)
                 log_error("child %d (pid %d) cannot serve; not replacing it", i, (int)pid);
                 continue;
             }
+            if (code == EXIT_RECYCLED && !m->stop_sent) {
+                log_info("child %d (pid %d) retired; replacing it", i, (int)pid);
+                backoff_reset(&ce->respawn);
+                ce->respawn_at_ms = time_mono_ms();
+                continue;
+            }
             if (code == EXIT_OK && m->stop_sent)
                 log_debug("child %d (pid %d) exited", i, (int)pid);
             else

@@ -247,8 +247,12 @@ static void store_invalid(struct child *c, const struct message *m, const char *
 
 /* ---- running one message */
 
-/* Runs the task, re-running an idempotent one once after a lost connection
- * has been re-established. Returns CELERIAC_OK or CELERIAC_FAILED. */
+/* An idempotent task that loses its connection is re-run after reconnecting,
+ * at most this many times (a server restart can take more than one). */
+#define IDEMPOTENT_RERUNS 3
+
+/* Runs the task, re-running an idempotent one after a lost connection has
+ * been re-established. Returns CELERIAC_OK or CELERIAC_FAILED. */
 static int run_task(struct child *c, const struct message *m, const struct celeriac_task_def *def)
 {
     for (int attempt = 0;; attempt++) {
@@ -258,7 +262,7 @@ static int run_task(struct child *c, const struct message *m, const struct celer
             return rc;
         /* The connection died under the task. */
         atomic_store(&c->slot->db_state, DBS_DOWN);
-        bool retry = (def->flags & CELERIAC_IDEMPOTENT) && attempt == 0;
+        bool retry = (def->flags & CELERIAC_IDEMPOTENT) && attempt < IDEMPOTENT_RERUNS;
         log_warning("task %s[%s]: database connection lost (%s)%s", m->task_name, m->task_id,
                     c->task.exc_message.data, retry ? "; re-running after reconnect" : "");
         struct err e = {0};

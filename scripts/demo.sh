@@ -5,8 +5,9 @@
 # enqueues DEMO_TASKS books.get_book_info tasks with Python Celery, runs a celeriac
 # worker on them, shows progress, checks the results, prints throughput and
 # each child's connection and RSS, then stops everything it started (by pid).
-# Knobs: BUILD (build dir, as in the Makefile), DEMO_TASKS (5000), DEMO_BOOKS (10000), DEMO_CONCURRENCY (2),
-# DEMO_KEEP=1 keeps the temp dir (database, logs) for a look afterwards.
+# Knobs: BUILD (build dir, as in the Makefile), DEMO_TASKS (5000), DEMO_BOOKS
+# (10000), DEMO_CONCURRENCY (2), DEMO_KEEP=1 keeps the temp dir (database,
+# logs) for a look afterwards.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -28,10 +29,12 @@ fail() {
 }
 
 for n in "$tasks" "$books" "$concurrency"; do
-    [[ $n =~ ^[1-9][0-9]*$ ]] || fail "DEMO_TASKS, DEMO_BOOKS and DEMO_CONCURRENCY must be positive integers"
+    [[ $n =~ ^[1-9][0-9]*$ ]] ||
+        fail "DEMO_TASKS, DEMO_BOOKS and DEMO_CONCURRENCY must be positive integers"
 done
 [[ -x $celeriac && -f $library ]] || fail "$celeriac or $library missing: run make"
-command -v redis-server >/dev/null || fail "redis-server not found (scripts/bootstrap.sh installs it)"
+command -v redis-server >/dev/null ||
+    fail "redis-server not found (scripts/bootstrap.sh installs it)"
 command -v sqlite3 >/dev/null || fail "sqlite3 not found (scripts/bootstrap.sh installs it)"
 "$python" -c 'import celery, redis' 2>/dev/null ||
     fail "$python cannot import celery and redis (apt-get install python3-celery python3-redis)"
@@ -77,7 +80,10 @@ worker_running() {
 }
 
 free_port() {
-    "$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+    "$python" -c 'import socket
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])'
 }
 
 # ---- database -------------------------------------------------------------
@@ -120,7 +126,8 @@ started=$(date +%s.%N)
     >"$tmp/worker.log" 2>&1 &
 worker_pid=$!
 
-if ! watch_out=$("$python" "$client" watch "$broker" "$backend" "$tasks" "$worker_pid" "$started"); then
+if ! watch_out=$("$python" "$client" watch "$broker" "$backend" "$tasks" "$worker_pid" \
+    "$started"); then
     if ! worker_running; then
         rc=0
         wait "$worker_pid" || rc=$?

@@ -96,8 +96,8 @@ static int task_add(struct celeriac_task *task)
         celeriac_arg_int(task, 1, "y", &y) != CELERIAC_OK)
         return CELERIAC_FAILED;
     if ((y > 0 && x > INT64_MAX - y) || (y < 0 && x < INT64_MIN - y))
-        return celeriac_fail(task, "OverflowError", "%" PRId64 " + %" PRId64 " does not fit in int64",
-                             x, y);
+        return celeriac_fail(task, "OverflowError",
+                             "%" PRId64 " + %" PRId64 " does not fit in int64", x, y);
     celeriac_return_int(task, x + y);
     return CELERIAC_OK;
 }

@@ -23,15 +23,24 @@ esac
 
 case $kind in
 sqlite)
-    command -v sqlite3 >/dev/null || { echo "seed.sh: sqlite3 not found (apt-get install sqlite3)" >&2; exit 1; }
+    if ! command -v sqlite3 >/dev/null; then
+        echo "seed.sh: sqlite3 not found (apt-get install sqlite3)" >&2
+        exit 1
+    fi
     # The schema's journal_mode pragma echoes "wal"; nothing else is printed.
     sqlite3 -batch -bail "$target" < "$here/schema-sqlite.sql" >/dev/null
     sqlite3 -batch -bail -cmd ".parameter set @n $n" "$target" < "$here/seed-sqlite.sql"
     ;;
 postgres|postgresql)
-    command -v psql >/dev/null || { echo "seed.sh: psql not found (apt-get install postgresql-client)" >&2; exit 1; }
-    PGOPTIONS="${PGOPTIONS:-} -c client_min_messages=warning" psql -X -q -v ON_ERROR_STOP=1 -d "$target" -f "$here/schema-postgres.sql"
-    PGOPTIONS="${PGOPTIONS:-} -c client_min_messages=warning" psql -X -q -v ON_ERROR_STOP=1 -v n="$n" -d "$target" -f "$here/seed-postgres.sql"
+    if ! command -v psql >/dev/null; then
+        echo "seed.sh: psql not found (apt-get install postgresql-client)" >&2
+        exit 1
+    fi
+    # Quiet the "already exists, skipping" notice of a second run.
+    PGOPTIONS="${PGOPTIONS:-} -c client_min_messages=warning"
+    export PGOPTIONS
+    psql -X -q -v ON_ERROR_STOP=1 -d "$target" -f "$here/schema-postgres.sql"
+    psql -X -q -v ON_ERROR_STOP=1 -v n="$n" -d "$target" -f "$here/seed-postgres.sql"
     ;;
 *)
     echo "$usage" >&2

@@ -201,6 +201,8 @@ int celeriac_process_index(const struct celeriac_process *proc);
  * tasks with celeriac_process_data); celeriac never frees it. */
 void celeriac_set_process_data(struct celeriac_process *proc, void *data);
 void *celeriac_process_data(struct celeriac_task *task);
+/* The same pointer, from a hook (db_connected, db_closing, process_shutdown). */
+void *celeriac_process_get_data(const struct celeriac_process *proc);
 
 #ifdef __cplusplus
 }

@@ -403,6 +403,11 @@ CELERIAC_API void celeriac_set_process_data(struct celeriac_process *proc, void 
     proc->user_data = data;
 }
 
+CELERIAC_API void *celeriac_process_get_data(const struct celeriac_process *proc)
+{
+    return proc->user_data;
+}
+
 CELERIAC_API void *celeriac_process_data(struct celeriac_task *task)
 {
     return task->proc->user_data;

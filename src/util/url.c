@@ -81,7 +81,8 @@ int redis_url_parse(struct redis_url *u, const char *s, struct err *e)
     if (!strncasecmp(s, "unix://", 7))
         return parse_socket_url(u, s + 7, e);
     if (strncasecmp(s, "redis://", 8))
-        return err_set(e, -EINVAL, "unsupported broker URL scheme (want redis://)");
+        return err_set(e, -EINVAL, "unsupported scheme '%.*s' (want redis://)",
+                       strstr(s, "://") ? (int)(strstr(s, "://") - s) : 16, s);
     const char *p = s + 8;
     const char *end = p + strcspn(p, "/?#");
     const char *at = NULL;
@@ -154,6 +155,12 @@ int db_url_classify(const char *s, enum db_kind *kind, char **path, struct err *
     }
     if (!*s)
         return err_set(e, -EINVAL, "database URL is empty");
+    const char *scheme_end = strstr(s, "://");
+    if (scheme_end)
+        return err_set(e, -EINVAL,
+                       "unsupported scheme '%.*s' (want postgresql://, a libpq conninfo or "
+                       "sqlite://)",
+                       (int)(scheme_end - s > 32 ? 32 : scheme_end - s), s);
     return err_set(e, -EINVAL,
                    "unsupported database URL (want postgresql://, a libpq conninfo or sqlite://)");
 }

@@ -371,8 +371,12 @@ static void handle(struct child *c, struct delivery *d)
         log_error("dropped a message from queue '%s': %s", d->queue, e.msg);
         goto out_settle;
     }
+    if (m.repaired)
+        log_warning("message %s from queue '%s' lacked properties.delivery_tag or delivery_info "
+                    "(a Python worker would have died on it); repaired", m.task_id ? m.task_id : "(no id)",
+                    d->queue);
     if (!d->recorded_tag) {
-        /* Popped by BRPOP (or repaired): record it as kombu would. */
+        /* Not recorded by the pop (it could not be tracked): record it as kombu would. */
         char *env = message_envelope_json(&m);
         if (ensure_broker(c) == 0 &&
             broker_redis_record(&c->broker, m.delivery_tag, env, m.exchange, m.routing_key, &e))
@@ -414,6 +418,16 @@ static void handle(struct child *c, struct delivery *d)
             log_info("task %s[%s] not due before shutdown; restored to its queue", m.task_name,
                      m.task_id);
         goto out;
+    }
+    if (c->cfg->db.kind != DB_NONE) {
+        /* The connection may have died while we waited for this message;
+         * a poll() finds out without a round trip. */
+        if (db_conn_ready(&c->db, &sig_stop, &e)) {
+            log_info("task %s[%s] not started: stopping while reconnecting", m.task_name, m.task_id);
+            broker_redis_restore(&c->broker, m.delivery_tag, false, &e);
+            goto out;
+        }
+        atomic_store(&c->slot->reconnects, c->db.reconnects);
     }
     execute(c, &m, def);
     goto out;

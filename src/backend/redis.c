@@ -34,6 +34,8 @@ void backend_redis_init(struct backend_redis *b, const struct backend_config *cf
     b->cfg = cfg;
     b->scratch = xmalloc(sizeof(*b->scratch));
     buf_init(b->scratch);
+    b->key = xmalloc(sizeof(*b->key));
+    buf_init(b->key);
 }
 
 void backend_redis_release(struct backend_redis *b, const char *reason)
@@ -44,13 +46,62 @@ void backend_redis_release(struct backend_redis *b, const char *reason)
         free(b->scratch);
         b->scratch = NULL;
     }
+    if (b->key) {
+        buf_release(b->key);
+        free(b->key);
+        b->key = NULL;
+    }
+}
+
+/* Appends the store script for the meta in b->scratch under b->key. */
+static int append_store(struct backend_redis *b)
+{
+    char ttl[16];
+    snprintf(ttl, sizeof(ttl), "%d", b->cfg->expires_s);
+    const char *args[] = {b->key->data, b->scratch->data, ttl};
+    size_t lens[] = {b->key->len, b->scratch->len, strlen(ttl)};
+    return redis_link_append_script(&b->link, &store_script, 3, args, lens, 1);
+}
+
+static int read_store_reply(struct backend_redis *b, struct err *e)
+{
+    redisReply *r = redis_link_read(&b->link, e);
+    if (!r)
+        return E_CONN_LOST;
+    int rc = 0;
+    if (r->type == REDIS_REPLY_ERROR)
+        rc = err_set(e, E_PROTOCOL, "storing result under '%s' failed: %s", b->key->data, r->str);
+    else if (r->type == REDIS_REPLY_INTEGER && r->integer == 0)
+        log_debug("'%s' already holds a SUCCESS result; kept it", b->key->data);
+    freeReplyObject(r);
+    return rc;
+}
+
+int backend_redis_confirm(struct backend_redis *b, struct err *e)
+{
+    if (!b->unconfirmed)
+        return 0;
+    int rc = read_store_reply(b, e);
+    if (rc == E_CONN_LOST)
+        return rc;
+    b->unconfirmed = false;
+    if (rc)
+        log_error("%s", e ? e->msg : "storing a result failed");
+    return 0;
 }
 
 int backend_redis_open(struct backend_redis *b, struct err *e)
 {
     if (!b->cfg->enabled)
         return 0;
-    return redis_link_open(&b->link, &b->cfg->url, e);
+    int rc = redis_link_open(&b->link, &b->cfg->url, e);
+    if (rc || !b->unconfirmed)
+        return rc;
+    /* The last store's reply never came: it may not have run. Again. */
+    rc = append_store(b) ? E_CONN_LOST : read_store_reply(b, e);
+    if (rc != E_CONN_LOST)
+        b->unconfirmed = false;
+    return rc == E_CONN_LOST ? rc : 0;
 }
 
 static void add_json(struct buf *out, json_t *v)
@@ -102,29 +153,44 @@ void result_meta_encode(struct buf *out, const struct result_meta *m)
     buf_addch(out, '}');
 }
 
+/* Confirms the previous store, then prepares key and meta for m. */
+static int prepare_store(struct backend_redis *b, const struct result_meta *m, struct err *e)
+{
+    int rc = backend_redis_confirm(b, e);
+    if (rc)
+        return rc;
+    buf_reset(b->scratch);
+    result_meta_encode(b->scratch, m);
+    buf_reset(b->key);
+    buf_addf(b->key, TASK_KEY_PREFIX "%s", m->task_id);
+    return 0;
+}
+
 int backend_redis_store(struct backend_redis *b, const struct result_meta *m, struct err *e)
 {
     if (!b->cfg->enabled)
         return 0;
-    buf_reset(b->scratch);
-    result_meta_encode(b->scratch, m);
-    struct buf key = BUF_INIT;
-    buf_addf(&key, TASK_KEY_PREFIX "%s", m->task_id);
-    char ttl[16];
-    snprintf(ttl, sizeof(ttl), "%d", b->cfg->expires_s);
-    const char *args[] = {key.data, b->scratch->data, ttl};
-    size_t lens[] = {key.len, b->scratch->len, strlen(ttl)};
-    int rc = redis_link_append_script(&b->link, &store_script, 3, args, lens, 1);
-    buf_release(&key);
+    int rc = prepare_store(b, m, e);
     if (rc)
+        return rc;
+    if (append_store(b))
         return err_set(e, E_CONN_LOST, "result backend connection is not usable");
-    redisReply *r = redis_link_read(&b->link, e);
-    if (!r)
-        return E_CONN_LOST;
-    if (r->type == REDIS_REPLY_ERROR)
-        rc = err_set(e, E_PROTOCOL, "storing result of '%s' failed: %s", m->task_id, r->str);
-    else if (r->type == REDIS_REPLY_INTEGER && r->integer == 0)
-        log_debug("task %s already has a SUCCESS result; kept it", m->task_id);
-    freeReplyObject(r);
+    b->unconfirmed = true;
+    rc = read_store_reply(b, e);
+    if (rc != E_CONN_LOST)
+        b->unconfirmed = false;
     return rc;
+}
+
+int backend_redis_store_send(struct backend_redis *b, const struct result_meta *m, struct err *e)
+{
+    if (!b->cfg->enabled)
+        return 0;
+    int rc = prepare_store(b, m, e);
+    if (rc)
+        return rc;
+    if (append_store(b))
+        return err_set(e, E_CONN_LOST, "result backend connection is not usable");
+    b->unconfirmed = true;
+    return redis_link_flush(&b->link, e);
 }

@@ -22,7 +22,9 @@ struct backend_config {
 struct backend_redis {
     struct redis_link link;
     const struct backend_config *cfg;   /* borrowed */
-    struct buf *scratch;                /* reused for meta JSON between tasks */
+    struct buf *scratch;                /* meta JSON of the last store (kept until confirmed) */
+    struct buf *key;                    /* its key */
+    bool unconfirmed;                   /* the last store was sent, its reply not yet read */
 };
 
 /* What a stored result says. */
@@ -46,5 +48,12 @@ void result_meta_encode(struct buf *out, const struct result_meta *m);
 /* Stores m: GET-check, SETEX and PUBLISH in one atomic script. Returns 0 (also
  * when an existing SUCCESS was kept), or E_CONN_LOST. */
 int backend_redis_store(struct backend_redis *b, const struct result_meta *m, struct err *e);
+/* The same store, sent without waiting for its reply; the reply is checked
+ * before the next store, and if the connection dies first the store is sent
+ * again after the next backend_redis_open (a stored SUCCESS is never
+ * overwritten, so repeating it is safe). Returns 0 or E_CONN_LOST. */
+int backend_redis_store_send(struct backend_redis *b, const struct result_meta *m, struct err *e);
+/* Reads the reply of a sent store. 0, or E_CONN_LOST. */
+int backend_redis_confirm(struct backend_redis *b, struct err *e);
 
 #endif /* CELERIAC_BACKEND_REDIS_H */

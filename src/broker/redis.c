@@ -86,7 +86,40 @@ void broker_redis_release(struct broker_redis *b, const char *reason)
 
 int broker_redis_open(struct broker_redis *b, struct err *e)
 {
-    return redis_link_open(&b->link, &b->cfg->url, e);
+    int rc = redis_link_open(&b->link, &b->cfg->url, e);
+    if (rc || !b->unconfirmed_ack[0])
+        return rc;
+    /* An ack whose reply we never saw may not have run: ZREM/HDEL of a tag
+     * already gone is harmless, so send it again. */
+    rc = broker_redis_ack(b, b->unconfirmed_ack, e);
+    if (!rc)
+        b->unconfirmed_ack[0] = '\0';
+    return rc;
+}
+
+int broker_redis_confirm(struct broker_redis *b, struct err *e)
+{
+    if (!b->link.pending)
+        return 0;
+    int rc = redis_link_drain(&b->link, e);
+    if (rc != E_CONN_LOST)
+        b->unconfirmed_ack[0] = '\0';
+    return rc == E_CONN_LOST ? rc : 0;
+}
+
+int broker_redis_ack_send(struct broker_redis *b, const char *tag, struct err *e)
+{
+    const char *multi[] = {"MULTI"}, *exec[] = {"EXEC"};
+    const char *zrem[] = {"ZREM", UNACKED_INDEX_KEY, tag};
+    const char *hdel[] = {"HDEL", UNACKED_KEY, tag};
+    snprintf(b->unconfirmed_ack, sizeof(b->unconfirmed_ack), "%s", tag);
+    if (redis_link_append_argv(&b->link, 1, multi, NULL) ||
+        redis_link_append_argv(&b->link, 3, zrem, NULL) ||
+        redis_link_append_argv(&b->link, 3, hdel, NULL) ||
+        redis_link_append_argv(&b->link, 1, exec, NULL))
+        return err_set(e, E_CONN_LOST, "broker connection is not usable");
+    b->link.pending += 4;
+    return redis_link_flush(&b->link, e);
 }
 
 void delivery_release(struct delivery *d)
@@ -182,7 +215,10 @@ int broker_redis_fetch(struct broker_redis *b, int timeout_s, struct delivery *d
     /* Pop and record happen in one script, so there is no moment in which a
      * message is neither in a list nor in the unacked hash. */
     memset(d, 0, sizeof(*d));
-    int rc = pop_script(b, d, e);
+    int rc = broker_redis_confirm(b, e);
+    if (rc)
+        return rc;
+    rc = pop_script(b, d, e);
     if (rc || d->reply)
         return rc;
     rc = wait_for_message(b, timeout_s, e);

@@ -32,6 +32,7 @@ struct broker_redis {
     const char **keys;          /* unacked, unacked_index, then every list in pop order */
     size_t *key_lens;
     size_t n_keys;
+    char unconfirmed_ack[64];   /* tag acked by broker_redis_ack_send, reply not yet read */
 };
 
 void broker_redis_init(struct broker_redis *b, const struct broker_config *cfg);
@@ -55,6 +56,13 @@ int broker_redis_record(struct broker_redis *b, const char *tag, const char *env
 /* Acknowledges (or rejects without requeue: the same on Redis): removes tag
  * from the unacked hash and index. Returns 0 or E_CONN_LOST. */
 int broker_redis_ack(struct broker_redis *b, const char *tag, struct err *e);
+/* The same ack, sent without waiting for the reply (checked before the next
+ * reply is read). If the connection dies before it is confirmed, the ack is
+ * sent again right after the next broker_redis_open. Returns 0 or E_CONN_LOST
+ * (then ack synchronously after reconnecting). */
+int broker_redis_ack_send(struct broker_redis *b, const char *tag, struct err *e);
+/* Reads the replies of sent acks. 0, or E_CONN_LOST. */
+int broker_redis_confirm(struct broker_redis *b, struct err *e);
 
 /* Puts the message held under tag back on its queue, as kombu's
  * restore_by_tag: marks it redelivered, pushes it to the consumer end (or to

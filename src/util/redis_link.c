@@ -97,6 +97,7 @@ void redis_link_close(struct redis_link *l, const char *reason)
      * memory without touching the shared socket's protocol state. */
     redisFree(l->ctx);
     l->ctx = NULL;
+    l->pending = 0;
 }
 
 /* Called after a failed hiredis call: the connection is unusable. */
@@ -123,9 +124,61 @@ static bool owned(struct redis_link *l, struct err *e)
     return true;
 }
 
-redisReply *redis_link_command(struct redis_link *l, struct err *e, const char *fmt, ...)
+int redis_link_flush(struct redis_link *l, struct err *e)
 {
     if (!owned(l, e))
+        return E_CONN_LOST;
+    int done = 0;
+    while (!done) {
+        if (redisBufferWrite(l->ctx, &done) != REDIS_OK) {
+            lost(l, e);
+            return E_CONN_LOST;
+        }
+    }
+    return 0;
+}
+
+int redis_link_send_argv(struct redis_link *l, int argc, const char **argv, const size_t *lens)
+{
+    int rc = redis_link_append_argv(l, argc, argv, lens);
+    if (rc)
+        return rc;
+    l->pending++;
+    return redis_link_flush(l, NULL);
+}
+
+int redis_link_drain(struct redis_link *l, struct err *e)
+{
+    int rc = 0;
+    while (l->pending > 0) {
+        if (!owned(l, e))
+            return E_CONN_LOST;
+        void *reply = NULL;
+        if (redisGetReply(l->ctx, &reply) != REDIS_OK || !reply) {
+            lost(l, e);
+            return E_CONN_LOST;
+        }
+        l->pending--;
+        redisReply *r = reply;
+        if (r->type == REDIS_REPLY_ERROR) {
+            log_error("%s command failed: %s", l->role, r->str);
+            rc = err_set(e, E_PROTOCOL, "%s command failed: %s", l->role, r->str);
+        }
+        freeReplyObject(r);
+    }
+    return rc;
+}
+
+/* Before a reply is awaited, the replies of earlier sent commands come off
+ * the socket first (they arrive in order). */
+static bool drained(struct redis_link *l, struct err *e)
+{
+    return !l->pending || redis_link_drain(l, e) != E_CONN_LOST;
+}
+
+redisReply *redis_link_command(struct redis_link *l, struct err *e, const char *fmt, ...)
+{
+    if (!owned(l, e) || !drained(l, e))
         return NULL;
     va_list ap;
     va_start(ap, fmt);
@@ -139,7 +192,7 @@ redisReply *redis_link_command(struct redis_link *l, struct err *e, const char *
 redisReply *redis_link_argv(struct redis_link *l, struct err *e, int argc, const char **argv,
                             const size_t *lens)
 {
-    if (!owned(l, e))
+    if (!owned(l, e) || !drained(l, e))
         return NULL;
     redisReply *r = redisCommandArgv(l->ctx, argc, argv, lens);
     if (!r)
@@ -158,7 +211,7 @@ int redis_link_append_argv(struct redis_link *l, int argc, const char **argv, co
 
 redisReply *redis_link_read(struct redis_link *l, struct err *e)
 {
-    if (!owned(l, e))
+    if (!owned(l, e) || !drained(l, e))
         return NULL;
     void *r = NULL;
     if (redisGetReply(l->ctx, &r) != REDIS_OK || !r) {

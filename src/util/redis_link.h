@@ -16,6 +16,7 @@ struct redis_link {
     pid_t owner;            /* pid that connected; any other pid is refused */
     int64_t connected_ms;   /* monotonic time of the connect, for the age in logs */
     const char *role;       /* "broker" or "backend": names the link in messages */
+    int pending;            /* replies of sent-and-not-awaited commands still to read */
 };
 
 /* A server-side Lua script (run with EVAL, see redis_link.c). */
@@ -43,6 +44,17 @@ redisReply *redis_link_argv(struct redis_link *l, struct err *e, int argc, const
  * the reply with redis_link_read(). Returns 0 or a negative code. */
 int redis_link_append_script(struct redis_link *l, const struct redis_script *s, int nargs,
                              const char **args, const size_t *lens, int numkeys);
+/* Sends a command without waiting for its reply (written to the socket now,
+ * so it reaches the server even if this process dies next); the reply is
+ * read and checked before any later reply. Returns 0 or E_CONN_LOST. */
+int redis_link_send_argv(struct redis_link *l, int argc, const char **argv, const size_t *lens);
+/* Writes appended commands to the socket without reading anything. */
+int redis_link_flush(struct redis_link *l, struct err *e);
+/* Reads and checks every reply still pending from sent commands. Returns
+ * 0, E_PROTOCOL when one was an error reply (logged), or E_CONN_LOST (the
+ * link is then closed, and the commands may or may not have run). */
+int redis_link_drain(struct redis_link *l, struct err *e);
+
 /* Appends a command to the pipeline; reads one pipelined reply. */
 int redis_link_append_argv(struct redis_link *l, int argc, const char **argv, const size_t *lens);
 redisReply *redis_link_read(struct redis_link *l, struct err *e);

@@ -227,14 +227,47 @@ static void store(struct child *c, const struct result_meta *m)
     }
 }
 
-static void store_exception(struct child *c, const struct message *m, const char *status,
-                            const char *exc_type, const char *exc_module, const char *text)
+/* Early ack: sent without waiting (the reply is read with the next pop), so
+ * acknowledging at task start costs no round trip. */
+static void ack_early(struct child *c, const char *tag)
+{
+    struct err e = {0};
+    if (ensure_broker(c) == 0 && broker_redis_ack_send(&c->broker, tag, &e) == 0)
+        return;
+    ack(c, tag);
+}
+
+/* A result sent without waiting: once written to the socket it reaches Redis
+ * even if this process dies, and its reply is checked before the next store.
+ * Only for early-ack tasks: a late ack must follow a confirmed store. */
+static void store_sent(struct child *c, const struct result_meta *m)
+{
+    if (!c->cfg->backend.enabled)
+        return;
+    struct err e = {0};
+    if (ensure_backend(c) == 0 && backend_redis_store_send(&c->backend, m, &e) == 0)
+        return;
+    store(c, m);
+}
+
+static void store_exception_as(struct child *c, const struct message *m, const char *status,
+                               const char *exc_type, const char *exc_module, const char *text,
+                               bool confirmed)
 {
     json_t *exc = message_exception(exc_type, exc_module, text);
     struct result_meta meta = {.status = status, .result = exc, .task_id = m->task_id,
                                .parent_id = m->parent_id, .group_id = m->group};
-    store(c, &meta);
+    if (confirmed)
+        store(c, &meta);
+    else
+        store_sent(c, &meta);
     json_decref(exc);
+}
+
+static void store_exception(struct child *c, const struct message *m, const char *status,
+                            const char *exc_type, const char *exc_module, const char *text)
+{
+    store_exception_as(c, m, status, exc_type, exc_module, text, true);
 }
 
 /* Stores a FAILURE for a message that could not run, when its id is known. */
@@ -283,7 +316,7 @@ static void execute(struct child *c, struct message *m, const struct celeriac_ta
     bool acks_late = c->cfg->acks_late || (def->flags & CELERIAC_ACKS_LATE);
     bool ignore_result = m->ignore_result || (def->flags & CELERIAC_IGNORE_RESULT);
     if (!acks_late)
-        ack(c, m->delivery_tag); /* early ack: when execution starts, as Celery */
+        ack_early(c, m->delivery_tag); /* when execution starts, as Celery */
 
     double hard = m->time_limit > 0 ? m->time_limit : c->cfg->time_limit;
     double soft = m->soft_time_limit > 0 ? m->soft_time_limit : c->cfg->soft_time_limit;
@@ -320,7 +353,10 @@ static void execute(struct child *c, struct message *m, const struct celeriac_ta
             struct result_meta meta = {.status = "SUCCESS", .result = c->task.result,
                                        .task_id = m->task_id, .parent_id = m->parent_id,
                                        .group_id = m->group};
-            store(c, &meta);
+            if (acks_late)
+                store(c, &meta);
+            else
+                store_sent(c, &meta);
         }
     } else {
         log_error("Task %s[%s] raised unexpected: %s('%s')", m->task_name, m->task_id,
@@ -328,10 +364,11 @@ static void execute(struct child *c, struct message *m, const struct celeriac_ta
         /* Errors are stored even with ignore_result in the message, as Celery
          * 5.2 does; a task that ignores results ignores its errors too. */
         if (!(def->flags & CELERIAC_IGNORE_RESULT))
-            store_exception(c, m, "FAILURE", c->task.exc_type,
-                            strcmp(c->task.exc_type, "SoftTimeLimitExceeded") ? NULL
-                                                                             : "billiard.exceptions",
-                            c->task.exc_message.data);
+            store_exception_as(c, m, "FAILURE", c->task.exc_type,
+                               strcmp(c->task.exc_type, "SoftTimeLimitExceeded")
+                                   ? NULL
+                                   : "billiard.exceptions",
+                               c->task.exc_message.data, acks_late);
     }
     if (acks_late)
         ack(c, m->delivery_tag);
@@ -534,6 +571,13 @@ ATTR_NORETURN static void leave(struct child *c, int code)
     const struct celeriac_library *lib = c->cfg->lib.desc;
     if (code != EXIT_CANNOT_SERVE && lib->process_shutdown)
         lib->process_shutdown(&c->proc);
+    /* Read the replies of what was sent without waiting; a connection that
+     * died in between gets one reconnect, which sends those commands again. */
+    struct err e = {0};
+    if (redis_link_is_open(&c->broker.link) && broker_redis_confirm(&c->broker, &e))
+        broker_redis_open(&c->broker, &e);
+    if (redis_link_is_open(&c->backend.link) && backend_redis_confirm(&c->backend, &e))
+        backend_redis_open(&c->backend, &e);
     db_conn_close(&c->db, "worker child exiting");
     broker_redis_release(&c->broker, NULL);
     backend_redis_release(&c->backend, NULL);

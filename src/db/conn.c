@@ -9,6 +9,7 @@
 #include "db/driver.h"
 #include "util/backoff.h"
 #include "util/log.h"
+#include "util/self.h"
 #include "util/time.h"
 
 static const struct db_driver *driver_for(const struct db_conn *c)
@@ -41,7 +42,7 @@ void db_conn_close(struct db_conn *c, const char *reason)
     const struct db_driver *d = driver_for(c);
     if (!d || !db_conn_is_open(c))
         return;
-    if (c->owner == getpid() && c->on_close)
+    if (c->owner == self_pid() && c->on_close)
         c->on_close(c->hook_arg);
     d->close(c);
     if (reason)
@@ -55,7 +56,7 @@ static int open_once(struct db_conn *c, const struct db_driver *d, struct err *e
     int rc = d->open(c, e);
     if (rc)
         return rc;
-    c->owner = getpid();
+    c->owner = self_pid();
     c->opened_ms = c->last_used_ms = time_mono_ms();
     c->uses = 0;
     /* Recycle between 80% and 100% of the limits, so connections opened
@@ -107,10 +108,10 @@ int db_conn_open(struct db_conn *c, int attempts, volatile sig_atomic_t *stop, s
 
 static bool owned(struct db_conn *c)
 {
-    if (c->owner == getpid())
+    if (c->owner == self_pid())
         return true;
     log_error("database connection opened by pid %d refused to pid %d", (int)c->owner,
-              (int)getpid());
+              (int)self_pid());
     return false;
 }
 

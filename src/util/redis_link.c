@@ -5,6 +5,7 @@
 #include "common.h"
 #include "util/log.h"
 #include "util/redis_link.h"
+#include "util/self.h"
 #include "util/time.h"
 #include "util/url.h"
 
@@ -53,7 +54,7 @@ int redis_link_open(struct redis_link *l, const struct redis_url *u, struct err 
     if (!u->socket)
         redisEnableKeepAlive(c);
     l->ctx = c;
-    l->owner = getpid();
+    l->owner = self_pid();
     l->connected_ms = time_mono_ms();
 
     redisReply *r = NULL;
@@ -115,10 +116,10 @@ static bool owned(struct redis_link *l, struct err *e)
         err_set(e, E_CONN_LOST, "%s connection is not open", l->role);
         return false;
     }
-    if (l->owner != getpid()) {
+    if (l->owner != self_pid()) {
         /* A forked copy must never speak on its parent's socket. */
         err_set(e, E_CONN_LOST, "%s connection opened by pid %d used from pid %d", l->role,
-                (int)l->owner, (int)getpid());
+                (int)l->owner, (int)self_pid());
         return false;
     }
     return true;

@@ -95,6 +95,8 @@ static void arm_limits(double soft, double hard)
 
 static void disarm_limits(void)
 {
+    if (!timer_phase)
+        return; /* nothing armed, or it already fired and ended */
     struct itimerval it = {{0, 0}, {0, 0}};
     setitimer(ITIMER_REAL, &it, NULL);
     timer_phase = 0;
@@ -649,8 +651,13 @@ void child_main(const struct worker_config *cfg, struct slot *slot, int index, i
     atomic_store(&slot->state, CHILD_IDLE);
     log_debug("child %d ready", index);
 
-    while (!should_stop(&c)) {
-        if (cfg->db.kind != DB_NONE) {
+    unsigned long loops = 0;
+    while (!(loops++ % 64 ? sig_stop : should_stop(&c))) {
+        /* The death-watch poll runs every 64 messages and whenever the queue
+         * is idle; PR_SET_PDEATHSIG covers a busy child in between. */
+        if (cfg->db.kind != DB_NONE && !db_conn_is_open(&c.db)) {
+            /* Down: do not pull tasks it would only fail (an open handle is
+             * checked right before each task instead). */
             struct err e = {0};
             if (db_conn_ready(&c.db, &sig_stop, &e))
                 break; /* only fails when stopping */
@@ -669,6 +676,8 @@ void child_main(const struct worker_config *cfg, struct slot *slot, int index, i
             continue;
         }
         bool ran = d.reply != NULL;
+        if (!ran)
+            loops = 0; /* idle: check the master next time round */
         if (ran)
             handle(&c, &d);
         delivery_release(&d);

@@ -2,6 +2,7 @@
  * worker/spawn.c: fork with a clean signal state on both sides (see spawn.h).
  */
 #include "common.h"
+#include "util/self.h"
 #include "worker/child.h"
 #include "worker/signals.h"
 #include "worker/spawn.h"
@@ -21,6 +22,7 @@ pid_t spawn_child(const struct worker_config *cfg, struct scoreboard *sb, int in
         return -saved;
     }
     if (pid == 0) {
+        self_pid_reset();
         signals_child_install();
         close(deathwatch[1]);
         signals_restore(&old);

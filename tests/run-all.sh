@@ -6,6 +6,7 @@
 #   unit         $BUILD/tests/test_*          (one binary = one file)
 #   integration  tests/integration/test_*.sh  (real worker, Redis, PostgreSQL)
 #   interop      tests/interop/test_*.sh|py   (Debian's Python Celery against celeriac)
+#   other        tests/<suite>/test_*.sh|py   (every other folder but unit and fuzz)
 #
 # Each file runs as its own process under a timeout. Files print TAP-like
 # "ok - name" / "not ok - name" lines and each such line is one case; a unit
@@ -37,8 +38,15 @@ files=()
 for f in "$BUILD"/tests/test_*; do
     [[ -f $f && -x $f ]] && files+=("$f")
 done
-for f in tests/integration/test_*.sh tests/interop/test_*.sh tests/interop/test_*.py; do
-    [[ -f $f ]] && files+=("$f")
+# integration and interop first, then any other suite folder (reliability, ...)
+for d in tests/integration tests/interop tests/*/; do
+    d=${d%/}
+    case "$d" in tests/unit | tests/fuzz) continue ;; esac
+    for f in "$d"/test_*.sh "$d"/test_*.py; do
+        [[ -f $f ]] || continue
+        [[ " ${files[*]} " == *" $f "* ]] && continue
+        files+=("$f")
+    done
 done
 
 # Stops what a killed test file left behind: the pids services.sh recorded,

@@ -263,6 +263,10 @@ _pg_ctl_start() {
 stop_pg() {
     local mode=${1:-fast} sig=INT
     [[ $mode == immediate ]] && sig=QUIT
+    # pg_ctl may have been interrupted after the postmaster started
+    if [[ -z ${PG_PID:-} && -n ${PGDATA_DIR:-} && -f $PGDATA_DIR/postmaster.pid ]]; then
+        PG_PID=$(head -1 "$PGDATA_DIR/postmaster.pid")
+    fi
     [[ -n ${PG_PID:-} ]] || return 0
     if _svc_pid_is "$PG_PID" postgres; then
         kill -"$sig" "$PG_PID" 2>/dev/null

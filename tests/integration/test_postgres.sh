@@ -82,6 +82,24 @@ if grep -qE "pid $WORKER_PID( |\$)" <<<"$names"; then
 else
     ok "the master holds no database connection"
 fi
+# From the kernel's socket table: which ports does the master talk to?
+master_peers=$(ss -Htnp state established 2>/dev/null | grep -E "pid=$WORKER_PID," |
+    awk '{print $4}' | sed 's/.*://' | sort -u | tr '\n' ' ')
+if [[ " $master_peers " == *" $PG_PORT "* || " $master_peers " == *" $REDIS_PORT "* ]]; then
+    not_ok "the master process has no TCP connection to PostgreSQL or Redis" \
+        "master $WORKER_PID peers: $master_peers (pg $PG_PORT, redis $REDIS_PORT)"
+else
+    ok "the master process has no TCP connection to PostgreSQL or Redis"
+fi
+kid=$(worker_children | cut -d' ' -f1)
+kid_peers=$(ss -Htnp state established 2>/dev/null | grep -E "pid=$kid," | awk '{print $4}' | sed 's/.*://' |
+    sort -u | tr '\n' ' ')
+if [[ " $kid_peers " == *" $PG_PORT "* && " $kid_peers " == *" $REDIS_PORT "* ]]; then
+    ok "a child holds its own connections to PostgreSQL and Redis (socket table)"
+else
+    not_ok "a child holds its own connections to PostgreSQL and Redis (socket table)" \
+        "child $kid peers: $kid_peers (pg $PG_PORT, redis $REDIS_PORT)"
+fi
 sleep 1.5
 expect_eq "still exactly two backends a moment later" 2 "$(count_backends)" "$(celeriac_backends)"
 pids_before="$WORKER_PID $(worker_children)"

@@ -190,6 +190,8 @@ static int rel_wedge(struct celeriac_task *task)
     return return_ids(task, NULL);
 }
 
+static void *volatile grown;
+
 /* rel.grow(mib): allocates and touches mib MiB that it never frees, so the
  * child's resident size grows (for --max-memory-per-child). */
 static int rel_grow(struct celeriac_task *task)
@@ -204,6 +206,7 @@ static int rel_grow(struct celeriac_task *task)
     if (!p && n)
         return celeriac_fail(task, "MemoryError", "malloc failed");
     memset(p, 0x5a, n); /* touched: resident */
+    grown = p;          /* kept, so the compiler cannot drop the allocation */
     return return_ids(task, NULL);
 }
 

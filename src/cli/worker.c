@@ -34,6 +34,9 @@ enum {
     OPT_DB_MAX_AGE,
     OPT_DB_MAX_USES,
     OPT_SWEEP_INTERVAL,
+    OPT_WITHOUT_HEARTBEAT,
+    OPT_WITHOUT_CONTROL,
+    OPT_MAX_CONCURRENCY,
 };
 
 static const struct option options[] = {
@@ -62,6 +65,10 @@ static const struct option options[] = {
     {"db-max-age", required_argument, NULL, OPT_DB_MAX_AGE},
     {"db-max-uses", required_argument, NULL, OPT_DB_MAX_USES},
     {"sweep-interval", required_argument, NULL, OPT_SWEEP_INTERVAL},
+    {"task-events", no_argument, NULL, 'E'},
+    {"without-heartbeat", no_argument, NULL, OPT_WITHOUT_HEARTBEAT},
+    {"without-remote-control", no_argument, NULL, OPT_WITHOUT_CONTROL},
+    {"max-concurrency", required_argument, NULL, OPT_MAX_CONCURRENCY},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -111,6 +118,14 @@ static const char usage_text[] =
     "      --db-max-age S          reopen a database connection after about S seconds\n"
     "                              (80-100%, jittered; default: never)\n"
     "      --db-max-uses N         reopen it after about N tasks (jittered; default: never)\n"
+    "  -E, --task-events           send task events (celery events, Flower); also\n"
+    "                              switched by `celery control enable_events`\n"
+    "      --without-heartbeat     send no worker-online/heartbeat/offline events\n"
+    "      --without-remote-control\n"
+    "                              no control process: celery inspect/control and\n"
+    "                              revoke do not reach this worker\n"
+    "      --max-concurrency N     how far `celery control pool_grow` may go\n"
+    "                              (default: the larger of -c and 64)\n"
     "  -h, --help                  this help\n"
     "\n"
     "Exit status: 0 clean shutdown, 2 bad usage or configuration, 3 no child could\n"
@@ -247,7 +262,7 @@ static int parse_flags(struct worker_config *cfg, int argc, char **argv, const c
     int opt;
     optind = 1;
     opterr = 0;
-    while ((opt = getopt_long(argc, argv, ":A:c:Q:b:l:n:h", options, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, ":A:c:Q:b:l:n:hE", options, NULL)) != -1) {
         switch (opt) {
         case 'A':
             set_str(&cfg->app_path, optarg);
@@ -355,6 +370,20 @@ static int parse_flags(struct worker_config *cfg, int argc, char **argv, const c
                 return EXIT_USAGE;
             cfg->db.max_uses = (uint64_t)n;
             break;
+        case 'E':
+            cfg->task_events = true;
+            break;
+        case OPT_WITHOUT_HEARTBEAT:
+            cfg->without_heartbeat = true;
+            break;
+        case OPT_WITHOUT_CONTROL:
+            cfg->remote_control = false;
+            break;
+        case OPT_MAX_CONCURRENCY:
+            if (parse_long("--max-concurrency", optarg, 1, 4096, &n))
+                return EXIT_USAGE;
+            cfg->max_concurrency = (int)n;
+            break;
         case 'h':
             fputs(usage_text, stdout);
             return -1;
@@ -396,6 +425,8 @@ static int validate(struct worker_config *cfg, const char *db_url)
             cfg->db.where = xstrdup(cfg->db.sqlite_path);
         }
     }
+    if (!cfg->max_concurrency)
+        cfg->max_concurrency = cfg->concurrency > 64 ? cfg->concurrency : 64;
     if (cfg->db.backoff_cap_ms < cfg->db.backoff_base_ms)
         cfg->db.backoff_cap_ms = cfg->db.backoff_base_ms;
     char *node = expand_node_name(cfg->node_name ? cfg->node_name : "celeriac@%h");
@@ -432,11 +463,13 @@ static void print_banner(const struct worker_config *cfg)
            "- ** ---------- .> database:    %s\n"
            "- *** --- * --- .> concurrency: %d (prefork)\n"
            "-- ******* ---- .> acks:        %s\n"
+           "--- ***** ----- .> task events: %s\n"
            "--- ***** ----- \n"
            " -------------- [queues]\n",
            cfg->node_name, CELERIAC_VERSION, un.sysname, un.release, un.machine,
            cfg->lib.desc->name ? cfg->lib.desc->name : "tasks", cfg->lib.path, broker.data,
-           backend.data, db.data, cfg->concurrency, cfg->acks_late ? "late" : "early");
+           backend.data, db.data, cfg->concurrency, cfg->acks_late ? "late" : "early",
+           cfg->task_events ? "ON" : "OFF (enable -E to monitor tasks in this worker)");
     for (size_t i = 0; i < cfg->broker.n_queues; i++)
         printf("                .> %-16s exchange=%s(direct) key=%s\n", cfg->broker.queues[i],
                cfg->broker.queues[i], cfg->broker.queues[i]);

@@ -5,6 +5,7 @@
  * exit path. Settling of bad messages follows spec §5.1.
  */
 #include "common.h"
+#include "control/events.h"
 #include "protocol/message.h"
 #include "task/context.h"
 #include "util/backoff.h"
@@ -23,6 +24,8 @@
 
 struct child {
     const struct worker_config *cfg;
+    struct scoreboard *sb;
+    struct event_sender events;
     struct slot *slot;
     int index;
     int deathwatch_fd;              /* read end; EOF = master gone */
@@ -313,6 +316,63 @@ static int run_task(struct child *c, const struct message *m, const struct celer
     }
 }
 
+/* ---- events, revocation, rate limits */
+
+static void task_event(struct child *c, const char *type, const struct message *m, json_t *fields)
+{
+    if (!events_task_enabled(&c->events)) {
+        json_decref(fields);
+        return;
+    }
+    json_object_set_new(fields, "uuid", json_string(m->task_id));
+    event_send(&c->events, type, fields);
+}
+
+/* task-received carries the request as Celery's does (args as text). */
+static void received_event(struct child *c, const struct message *m)
+{
+    if (!events_task_enabled(&c->events))
+        return;
+    char *args = json_dumps(m->args, JSON_COMPACT | JSON_ENCODE_ANY);
+    char *kwargs = json_dumps(m->kwargs, JSON_COMPACT);
+    struct buf eta = BUF_INIT, expires = BUF_INIT;
+    if (m->eta > 0)
+        time_format_iso(&eta, m->eta, true);
+    if (m->expires > 0)
+        time_format_iso(&expires, m->expires, true);
+    json_t *f = json_pack("{s:s, s:s, s:s, s:s?, s:s?, s:i, s:s?, s:s?}", "name", m->task_name,
+                          "args", args ? args : "[]", "kwargs", kwargs ? kwargs : "{}", "root_id",
+                          m->root_id, "parent_id", m->parent_id, "retries", m->retries, "eta",
+                          eta.len ? eta.data : NULL, "expires", expires.len ? expires.data : NULL);
+    free(args);
+    free(kwargs);
+    buf_release(&eta);
+    buf_release(&expires);
+    task_event(c, "task-received", m, f);
+}
+
+static int task_index_of(const struct child *c, const struct celeriac_task_def *def)
+{
+    return (int)(def - c->cfg->lib.desc->tasks);
+}
+
+/* Rate limit (remote control `rate_limit`): a generic cell rate algorithm
+ * over one shared timestamp per task, so all children of the worker together
+ * start at most one run per interval, as Celery's per-worker limit. */
+static void wait_for_rate(struct child *c, const struct celeriac_task_def *def)
+{
+    struct task_tuning *t = &c->sb->shared->tasks[task_index_of(c, def)];
+    int64_t interval = atomic_load(&t->rate_interval_ns);
+    if (!interval)
+        return;
+    int64_t now = time_mono_ms() * 1000000, next = atomic_load(&t->rate_next_ns), start;
+    do {
+        start = next > now ? next : now;
+    } while (!atomic_compare_exchange_weak(&t->rate_next_ns, &next, start + interval));
+    if (start > now)
+        time_sleep_ms((start - now + 999999) / 1000000, NULL);
+}
+
 static void execute(struct child *c, struct message *m, const struct celeriac_task_def *def)
 {
     bool acks_late = c->cfg->acks_late || (def->flags & CELERIAC_ACKS_LATE);
@@ -320,8 +380,23 @@ static void execute(struct child *c, struct message *m, const struct celeriac_ta
     if (!acks_late)
         ack_early(c, m->delivery_tag); /* when execution starts, as Celery */
 
-    double hard = m->time_limit > 0 ? m->time_limit : c->cfg->time_limit;
-    double soft = m->soft_time_limit > 0 ? m->soft_time_limit : c->cfg->soft_time_limit;
+    struct task_tuning *tune = &c->sb->shared->tasks[task_index_of(c, def)];
+    int64_t tuned_hard = atomic_load(&tune->hard_limit_ms), tuned_soft = atomic_load(&tune->soft_limit_ms);
+    double hard = m->time_limit > 0 ? m->time_limit
+                  : tuned_hard      ? (double)tuned_hard / 1000.0
+                                    : c->cfg->time_limit;
+    double soft = m->soft_time_limit > 0 ? m->soft_time_limit
+                  : tuned_soft           ? (double)tuned_soft / 1000.0
+                                         : c->cfg->soft_time_limit;
+    atomic_fetch_add(&tune->total, 1);
+    char *args = json_dumps(m->args, JSON_COMPACT | JSON_ENCODE_ANY);
+    char *kwargs = json_dumps(m->kwargs, JSON_COMPACT);
+    snprintf(c->slot->argsrepr, sizeof(c->slot->argsrepr), "%s", args ? args : "[]");
+    snprintf(c->slot->kwargsrepr, sizeof(c->slot->kwargsrepr), "%s", kwargs ? kwargs : "{}");
+    free(args);
+    free(kwargs);
+    snprintf(c->slot->routing_key, sizeof(c->slot->routing_key), "%s", m->routing_key);
+    c->slot->time_start = time_now();
     snprintf(c->slot->task_id, sizeof(c->slot->task_id), "%s", m->task_id);
     snprintf(c->slot->task_name, sizeof(c->slot->task_name), "%s", m->task_name);
     snprintf(c->slot->delivery_tag, sizeof(c->slot->delivery_tag), "%s", m->delivery_tag);
@@ -331,6 +406,7 @@ static void execute(struct child *c, struct message *m, const struct celeriac_ta
     atomic_store(&c->slot->task_started_ms, t0);
     atomic_store(&c->slot->state, CHILD_BUSY);
 
+    task_event(c, "task-started", m, json_object());
     arm_limits(soft, hard);
     int rc = run_task(c, m, def);
     disarm_limits();
@@ -351,6 +427,13 @@ static void execute(struct child *c, struct message *m, const struct celeriac_ta
 
     if (rc == CELERIAC_OK) {
         log_debug("Task %s[%s] succeeded in %.4fs", m->task_name, m->task_id, secs);
+        if (events_task_enabled(&c->events)) {
+            char *r = json_dumps(c->task.result ? c->task.result : json_null(),
+                                 JSON_COMPACT | JSON_ENCODE_ANY);
+            task_event(c, "task-succeeded", m,
+                       json_pack("{s:s, s:f}", "result", r ? r : "null", "runtime", secs));
+            free(r);
+        }
         if (!ignore_result) {
             struct result_meta meta = {.status = "SUCCESS", .result = c->task.result,
                                        .task_id = m->task_id, .parent_id = m->parent_id,
@@ -363,6 +446,13 @@ static void execute(struct child *c, struct message *m, const struct celeriac_ta
     } else {
         log_error("Task %s[%s] raised unexpected: %s('%s')", m->task_name, m->task_id,
                   c->task.exc_type, c->task.exc_message.data);
+        if (events_task_enabled(&c->events)) {
+            struct buf exc = BUF_INIT;
+            buf_addf(&exc, "%s('%s')", c->task.exc_type, c->task.exc_message.data);
+            task_event(c, "task-failed", m,
+                       json_pack("{s:s, s:s}", "exception", exc.data, "traceback", ""));
+            buf_release(&exc);
+        }
         /* Errors are stored even with ignore_result in the message, as Celery
          * 5.2 does; a task that ignores results ignores its errors too. */
         if (!(def->flags & CELERIAC_IGNORE_RESULT))
@@ -447,6 +537,7 @@ static void handle(struct child *c, struct delivery *d)
         ack(c, m.delivery_tag);
         goto out;
     }
+    received_event(c, &m);
     if (m.eta > 0 && !wait_for_eta(c, &m)) {
         /* Stopping before it is due: give it back now rather than leave it
          * for the visibility sweep an hour from now. */
@@ -458,6 +549,15 @@ static void handle(struct child *c, struct delivery *d)
                      m.task_id);
         goto out;
     }
+    if (scoreboard_is_revoked(c->sb, m.task_id)) {
+        log_info("Discarding revoked task %s[%s]", m.task_name, m.task_id);
+        store_exception(c, &m, "REVOKED", "TaskRevokedError", "celery.exceptions", "revoked");
+        task_event(c, "task-revoked", &m,
+                   json_pack("{s:b, s:n, s:b}", "terminated", 0, "signum", "expired", 0));
+        ack(c, m.delivery_tag);
+        goto out;
+    }
+    wait_for_rate(c, def);
     if (c->cfg->db.kind != DB_NONE) {
         /* The connection may have died while we waited for this message;
          * a poll() finds out without a round trip. */
@@ -496,7 +596,14 @@ static void settle_lost_task(struct child *c)
     m.task_name = s->lost_task_name;
     bool late = atomic_load(&s->lost_acks_late);
     struct err e = {0};
-    if (reason == LOST_TIME_LIMIT) {
+    if (reason == LOST_REVOKED) {
+        log_info("Task %s[%s] terminated by revoke", m.task_name, m.task_id);
+        store_exception(c, &m, "REVOKED", "TaskRevokedError", "celery.exceptions", "terminated");
+        task_event(c, "task-revoked", &m,
+                   json_pack("{s:b, s:i, s:b}", "terminated", 1, "signum",
+                             atomic_load(&s->lost_signal), "expired", 0));
+        ack(c, s->lost_tag);
+    } else if (reason == LOST_TIME_LIMIT) {
         log_error("Task %s[%s]: hard time limit (%gs) exceeded; its process was killed",
                   m.task_name, m.task_id, s->lost_time_limit);
         json_t *exc = json_pack("{s:s, s:[f], s:s}", "exc_type", "TimeLimitExceeded",
@@ -590,11 +697,15 @@ ATTR_NORETURN static void leave(struct child *c, int code)
     _exit(code);
 }
 
-void child_main(const struct worker_config *cfg, struct slot *slot, int index, int deathwatch_fd)
+void child_main(const struct worker_config *cfg, struct scoreboard *sb, struct slot *slot,
+                int index, int deathwatch_fd)
 {
     struct child c;
     memset(&c, 0, sizeof(c));
     c.cfg = cfg;
+    c.sb = sb;
+    c.events = (struct event_sender){.link = &c.broker.link, .sb = sb, .hostname = cfg->node_name,
+                                     .db = cfg->broker.url.db, .master_pid = getppid()};
     c.slot = slot;
     c.index = index;
     c.deathwatch_fd = deathwatch_fd;

@@ -12,7 +12,7 @@
  * them and _exit()s with EXIT_OK or EXIT_CANNOT_SERVE. deathwatch_fd is the
  * read end of a pipe only the master writes to: EOF means the master died.
  * Never returns. Child only. */
-ATTR_NORETURN void child_main(const struct worker_config *cfg, struct slot *slot, int index,
-                              int deathwatch_fd);
+ATTR_NORETURN void child_main(const struct worker_config *cfg, struct scoreboard *sb,
+                              struct slot *slot, int index, int deathwatch_fd);
 
 #endif /* CELERIAC_WORKER_CHILD_H */

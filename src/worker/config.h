@@ -39,6 +39,10 @@ struct worker_config {
     double soft_time_limit;         /* --soft-time-limit seconds, 0 = none */
     uint64_t max_tasks_per_child;   /* a child retires after this many tasks; 0 = never */
     uint64_t max_memory_per_child;  /* KiB of RSS after which a child retires; 0 = never */
+    int max_concurrency;            /* scoreboard capacity: pool_grow stops here */
+    bool remote_control;            /* run the control process (pidbox, heartbeats) */
+    bool without_heartbeat;         /* send no worker-online/heartbeat/offline events */
+    bool task_events;               /* -E: send task events from the start */
     int64_t respawn_base_ms;        /* first delay before replacing a dead child */
     int64_t respawn_cap_ms;
     struct library lib;             /* loaded in the master before forking */

@@ -26,6 +26,7 @@ struct child_entry {
     int64_t respawn_at_ms;   /* when to fork a replacement; 0 = not scheduled */
     bool cannot_serve;       /* exited EXIT_CANNOT_SERVE: never respawned */
     bool killed_for_limit;   /* the master killed it past its hard time limit */
+    bool retiring;           /* asked to stop because the pool shrank */
     struct backoff respawn;
     struct {                 /* task it died running, for its replacement to settle */
         int reason;          /* enum lost_reason */
@@ -41,12 +42,18 @@ struct child_entry {
 struct master {
     struct worker_config *cfg;
     struct scoreboard sb;
-    struct child_entry *children;
+    struct child_entry *children;   /* sb.n entries; the first pool_target are wanted */
+    struct child_entry control;     /* the control process (remote control, heartbeats) */
     int deathwatch[2];
     bool stop_sent;
     bool kill_sent;
     bool ready_logged;
 };
+
+static int pool_target(struct master *m)
+{
+    return atomic_load(&m->sb.shared->pool_target);
+}
 
 /* Hands the lost task to the slot before its replacement is forked. */
 static void pass_lost_task(struct child_entry *ce, struct slot *s)
@@ -90,7 +97,9 @@ static void remember_lost_task(struct child_entry *ce, struct slot *s, int statu
     if (atomic_load(&s->state) != CHILD_BUSY || !atomic_load(&s->task_started_ms))
         return;
     bool timed_out = ce->killed_for_limit || atomic_load(&s->hard_limit_hit);
-    ce->lost.reason = timed_out ? LOST_TIME_LIMIT : LOST_CRASH;
+    ce->lost.reason = atomic_load(&s->revoke_terminate) ? LOST_REVOKED
+                      : timed_out                       ? LOST_TIME_LIMIT
+                                                        : LOST_CRASH;
     ce->lost.sig = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
     ce->lost.acks_late = atomic_load(&s->acks_late);
     ce->lost.time_limit = (double)atomic_load(&s->time_limit_ms) / 1000.0;
@@ -102,7 +111,7 @@ static void remember_lost_task(struct child_entry *ce, struct slot *s, int statu
 
 static int find_child(struct master *m, pid_t pid)
 {
-    for (int i = 0; i < m->cfg->concurrency; i++)
+    for (int i = 0; i < (int)m->sb.n; i++)
         if (m->children[i].pid == pid)
             return i;
     return -1;
@@ -117,6 +126,16 @@ static void reap(struct master *m)
             continue;
         if (pid <= 0)
             return; /* 0: none left to reap; ECHILD: no children at all */
+        if (pid == m->control.pid) {
+            m->control.pid = 0;
+            if (!m->stop_sent) {
+                int64_t delay = backoff_next(&m->control.respawn);
+                log_error("control process (pid %d) died; replacing it in %" PRId64 " ms",
+                          (int)pid, delay);
+                m->control.respawn_at_ms = time_mono_ms() + delay;
+            }
+            continue;
+        }
         int i = find_child(m, pid);
         if (i < 0)
             continue;
@@ -139,7 +158,7 @@ static void reap(struct master *m)
                 ce->respawn_at_ms = time_mono_ms();
                 continue;
             }
-            if (code == EXIT_OK && m->stop_sent)
+            if (code == EXIT_OK && (m->stop_sent || ce->retiring))
                 log_debug("child %d (pid %d) exited", i, (int)pid);
             else
                 log_error("child %d (pid %d) exited with code %d", i, (int)pid, code);
@@ -147,8 +166,10 @@ static void reap(struct master *m)
             log_error("child %d (pid %d) killed by signal %d%s", i, (int)pid, WTERMSIG(status),
                       WCOREDUMP(status) ? " (core dumped)" : "");
         }
-        if (m->stop_sent)
+        if (m->stop_sent || i >= pool_target(m)) {
+            ce->retiring = false;
             continue;
+        }
         if (lived >= HEALTHY_LIFETIME_MS)
             backoff_reset(&ce->respawn);
         /* The first replacement is immediate; a child that keeps dying young
@@ -165,15 +186,15 @@ static void reap(struct master *m)
 
 static int alive_count(struct master *m)
 {
-    int n = 0;
-    for (int i = 0; i < m->cfg->concurrency; i++)
+    int n = m->control.pid != 0;
+    for (int i = 0; i < (int)m->sb.n; i++)
         n += m->children[i].pid != 0;
     return n;
 }
 
 static bool none_can_serve(struct master *m)
 {
-    for (int i = 0; i < m->cfg->concurrency; i++)
+    for (int i = 0; i < pool_target(m); i++)
         if (!m->children[i].cannot_serve)
             return false;
     return true;
@@ -181,7 +202,9 @@ static bool none_can_serve(struct master *m)
 
 static void signal_children(struct master *m, int sig)
 {
-    for (int i = 0; i < m->cfg->concurrency; i++)
+    if (m->control.pid > 0)
+        kill(m->control.pid, sig);
+    for (int i = 0; i < (int)m->sb.n; i++)
         if (m->children[i].pid > 0)
             kill(m->children[i].pid, sig);
 }
@@ -190,7 +213,9 @@ static void signal_children(struct master *m, int sig)
 static int next_timeout(struct master *m, int cap)
 {
     int64_t now = time_mono_ms(), best = cap;
-    for (int i = 0; i < m->cfg->concurrency; i++) {
+    if (m->cfg->remote_control && !m->control.pid && m->control.respawn_at_ms)
+        best = m->control.respawn_at_ms - now < best ? m->control.respawn_at_ms - now : best;
+    for (int i = 0; i < (int)m->sb.n; i++) {
         struct child_entry *ce = &m->children[i];
         if (!ce->pid && ce->respawn_at_ms && !ce->cannot_serve)
             best = ce->respawn_at_ms - now < best ? ce->respawn_at_ms - now : best;
@@ -198,13 +223,36 @@ static int next_timeout(struct master *m, int cap)
     return best < 0 ? 0 : (int)best;
 }
 
+/* Forks what is due, and follows pool_grow / pool_shrink: slots below the
+ * target are kept filled, slots above it are asked to finish and stop. */
 static void respawn_due(struct master *m)
 {
     int64_t now = time_mono_ms();
-    for (int i = 0; i < m->cfg->concurrency; i++) {
+    int target = pool_target(m);
+    for (int i = 0; i < (int)m->sb.n; i++) {
         struct child_entry *ce = &m->children[i];
+        if (i >= target) {
+            if (ce->pid && !ce->retiring) {
+                log_info("pool shrinks: stopping child %d (pid %d)", i, (int)ce->pid);
+                kill(ce->pid, SIGTERM);
+                ce->retiring = true;
+            }
+            continue;
+        }
+        if (!ce->pid && !ce->cannot_serve && !ce->respawn_at_ms)
+            ce->respawn_at_ms = now; /* newly wanted after pool_grow */
         if (!ce->pid && !ce->cannot_serve && ce->respawn_at_ms && ce->respawn_at_ms <= now)
             start_child(m, i);
+    }
+    if (m->cfg->remote_control && !m->control.pid && m->control.respawn_at_ms <= now) {
+        pid_t pid = spawn_control(m->cfg, &m->sb, m->deathwatch);
+        if (pid > 0) {
+            m->control.pid = pid;
+            m->control.started_ms = now;
+            m->control.respawn_at_ms = 0;
+        } else {
+            m->control.respawn_at_ms = now + backoff_next(&m->control.respawn);
+        }
     }
 }
 
@@ -212,7 +260,7 @@ static void respawn_due(struct master *m)
 static void log_status(struct master *m)
 {
     int64_t now = time_mono_ms();
-    for (int i = 0; i < m->cfg->concurrency; i++) {
+    for (int i = 0; i < (int)m->sb.n; i++) {
         struct slot *s = &m->sb.slots[i];
         int state = atomic_load(&s->state), db = atomic_load(&s->db_state);
         int64_t started = atomic_load(&s->task_started_ms);
@@ -235,7 +283,7 @@ static void maybe_log_ready(struct master *m)
 {
     if (m->ready_logged)
         return;
-    for (int i = 0; i < m->cfg->concurrency; i++) {
+    for (int i = 0; i < (int)m->sb.n; i++) {
         int state = atomic_load(&m->sb.slots[i].state);
         if (state == CHILD_IDLE || state == CHILD_BUSY) {
             log_info("%s ready.", m->cfg->node_name);
@@ -254,7 +302,7 @@ static bool enforce_time_limits(struct master *m)
 {
     bool any = false;
     int64_t now = time_mono_ms();
-    for (int i = 0; i < m->cfg->concurrency; i++) {
+    for (int i = 0; i < (int)m->sb.n; i++) {
         struct child_entry *ce = &m->children[i];
         struct slot *s = &m->sb.slots[i];
         int64_t limit = atomic_load(&s->time_limit_ms), started = atomic_load(&s->task_started_ms);
@@ -286,6 +334,7 @@ static int supervise(struct master *m)
         }
         maybe_log_ready(m);
         sig_child = 0;
+        sig_resize = 0;
         reap(m);
         if (sig_cold && !m->kill_sent) {
             log_warning("cold shutdown: killing %d children", alive_count(m));
@@ -314,7 +363,8 @@ int master_run(struct worker_config *cfg)
     struct master m;
     memset(&m, 0, sizeof(m));
     m.cfg = cfg;
-    int rc = scoreboard_create(&m.sb, (size_t)cfg->concurrency);
+    int cap = cfg->max_concurrency > cfg->concurrency ? cfg->max_concurrency : cfg->concurrency;
+    int rc = scoreboard_create(&m.sb, (size_t)cap, cfg->lib.n_tasks);
     if (rc) {
         log_critical("scoreboard mmap failed: %s", strerror(-rc));
         return EXIT_FAILED;
@@ -326,11 +376,14 @@ int master_run(struct worker_config *cfg)
         return EXIT_FAILED;
     }
     prctl(PR_SET_NAME, "celeriac:master", 0, 0, 0);
-    m.children = xcalloc((size_t)cfg->concurrency, sizeof(*m.children));
-    for (int i = 0; i < cfg->concurrency; i++) {
+    m.sb.shared->pool_target = cfg->concurrency;
+    m.sb.shared->events_enabled = cfg->task_events;
+    m.sb.shared->started = time_now();
+    m.children = xcalloc(m.sb.n, sizeof(*m.children));
+    for (size_t i = 0; i < m.sb.n; i++)
         backoff_init(&m.children[i].respawn, cfg->respawn_base_ms, cfg->respawn_cap_ms);
-        start_child(&m, i);
-    }
+    backoff_init(&m.control.respawn, cfg->respawn_base_ms, cfg->respawn_cap_ms);
+    respawn_due(&m); /* forks the pool and the control process */
     int code = supervise(&m);
     if (code == EXIT_OK)
         log_info("worker stopped");

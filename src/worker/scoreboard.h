@@ -28,6 +28,7 @@ enum lost_reason {
     LOST_NONE = 0,
     LOST_CRASH,         /* died by a signal or an unexpected exit mid-task */
     LOST_TIME_LIMIT,    /* killed for exceeding its hard time limit */
+    LOST_REVOKED,       /* killed by `revoke --terminate` */
 };
 
 struct slot {
@@ -41,9 +42,14 @@ struct slot {
     _Atomic int64_t time_limit_ms;  /* hard limit of the running task; 0 = none */
     _Atomic int acks_late;          /* the running task acks after its result */
     _Atomic int hard_limit_hit;     /* set by the child's timer handler */
+    _Atomic int revoke_terminate;   /* set by the control process before it kills us */
+    double time_start;              /* Unix time the running task started */
     char task_id[40];               /* hint: may be torn while being written */
     char task_name[96];
     char delivery_tag[40];
+    char argsrepr[200];             /* running task's args as JSON, truncated */
+    char kwargsrepr[120];
+    char routing_key[64];
 
     /* Written by the master before forking a replacement, read by the new
      * child: the task its predecessor died running, to be settled. */
@@ -56,14 +62,51 @@ struct slot {
     char lost_tag[40];
 };
 
-struct scoreboard {
-    struct slot *slots;   /* MAP_SHARED, n entries */
-    size_t n;
+/* Run-time settings of one registered task (by its index in the library),
+ * changed by remote control and read by every child. */
+struct task_tuning {
+    _Atomic int64_t rate_interval_ns;  /* 0 = no rate limit; else ns between starts */
+    _Atomic int64_t rate_next_ns;      /* earliest monotonic start of the next run */
+    _Atomic int64_t soft_limit_ms;     /* 0 = the worker's default */
+    _Atomic int64_t hard_limit_ms;
+    _Atomic uint64_t total;            /* runs accepted since start (inspect stats) */
+    char rate_text[24];                /* the rate as given, for inspect registered */
 };
 
-/* Maps n zeroed slots shared with future children. Master only, before fork.
- * Returns 0 or -errno. */
-int scoreboard_create(struct scoreboard *sb, size_t n);
+#define REVOKED_MAX 4096
+
+/* Worker-wide state in the same mapping. */
+struct board_shared {
+    _Atomic uint64_t clock;            /* Lamport clock of events and replies */
+    _Atomic int events_enabled;        /* task events on (-E or enable_events) */
+    _Atomic int pool_target;           /* children wanted (pool_grow / pool_shrink) */
+    double started;                    /* Unix time the worker started */
+    /* Revoked task ids: written only by the control process (one writer),
+     * read by every child before running a task. Slot i holds the
+     * (count-1-i)th most recent when count > REVOKED_MAX. */
+    _Atomic uint64_t revoked_count;
+    _Atomic uint64_t revoked_hash[REVOKED_MAX];
+    char revoked_id[REVOKED_MAX][40];
+    struct task_tuning tasks[];        /* one per registered task */
+};
+
+struct scoreboard {
+    struct slot *slots;           /* MAP_SHARED, n entries */
+    size_t n;                     /* capacity: the most children pool_grow may reach */
+    struct board_shared *shared;  /* in the same mapping */
+    size_t n_tasks;
+    size_t map_size;
+};
+
+/* Maps n zeroed slots and the shared state for n_tasks tasks, shared with
+ * future children. Master only, before fork. Returns 0 or -errno. */
+int scoreboard_create(struct scoreboard *sb, size_t n, size_t n_tasks);
+/* Lamport clock: the next value, after merging a received one (0 = none). */
+uint64_t scoreboard_clock(struct scoreboard *sb, uint64_t received);
+/* Adds id to the revoked set (control process only). */
+void scoreboard_revoke(struct scoreboard *sb, const char *id);
+/* True if id was revoked (any process; lock-free). */
+bool scoreboard_is_revoked(const struct scoreboard *sb, const char *id);
 void scoreboard_destroy(struct scoreboard *sb);
 const char *child_state_name(enum child_state s);
 

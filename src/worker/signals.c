@@ -11,6 +11,7 @@ volatile sig_atomic_t sig_stop;
 volatile sig_atomic_t sig_cold;
 volatile sig_atomic_t sig_child;
 volatile sig_atomic_t sig_status;
+volatile sig_atomic_t sig_resize;
 
 static int wake_pipe[2] = {-1, -1};
 
@@ -53,6 +54,13 @@ static void on_status(int sig)
     wake();
 }
 
+static void on_resize(int sig)
+{
+    UNUSED(sig);
+    sig_resize = 1;
+    wake();
+}
+
 static int install(int sig, void (*fn)(int))
 {
     struct sigaction sa;
@@ -73,6 +81,7 @@ int signals_master_install(void)
     rc = rc ? rc : install(SIGQUIT, on_quit);
     rc = rc ? rc : install(SIGCHLD, on_child);
     rc = rc ? rc : install(SIGUSR1, on_status);
+    rc = rc ? rc : install(SIGUSR2, on_resize);
     rc = rc ? rc : install(SIGPIPE, SIG_IGN);
     return rc;
 }
@@ -96,7 +105,7 @@ void signals_child_install(void)
     if (wake_pipe[1] >= 0)
         close(wake_pipe[1]);
     wake_pipe[0] = wake_pipe[1] = -1;
-    sig_stop = sig_cold = sig_child = sig_status = 0;
+    sig_stop = sig_cold = sig_child = sig_status = sig_resize = 0;
     for (int s = 1; s < NSIG; s++) {
         if (s == SIGKILL || s == SIGSTOP)
             continue;

@@ -12,6 +12,7 @@ extern volatile sig_atomic_t sig_stop;     /* TERM/INT: 1 = warm, 2+ = cold */
 extern volatile sig_atomic_t sig_cold;     /* QUIT, or a second TERM/INT */
 extern volatile sig_atomic_t sig_child;    /* SIGCHLD arrived (master) */
 extern volatile sig_atomic_t sig_status;   /* SIGUSR1: log the scoreboard (master) */
+extern volatile sig_atomic_t sig_resize;   /* SIGUSR2: pool_target changed (master) */
 
 /* Master: creates the non-blocking, close-on-exec wake pipe and installs
  * handlers for TERM, INT, QUIT, CHLD, USR1; ignores PIPE. Returns 0 or -errno. */

@@ -3,12 +3,14 @@
  */
 #include "common.h"
 #include "util/self.h"
+#include "control/process.h"
 #include "worker/child.h"
 #include "worker/signals.h"
 #include "worker/spawn.h"
 
-pid_t spawn_child(const struct worker_config *cfg, struct scoreboard *sb, int index,
-                  const int deathwatch[2])
+/* Forks with every signal blocked so the child starts with default
+ * handlers and no pending master work; runs `run` in the child. */
+static pid_t fork_clean(const int deathwatch[2], void (*run)(void *), void *arg)
 {
     sigset_t old;
     signals_block_all(&old);
@@ -26,8 +28,42 @@ pid_t spawn_child(const struct worker_config *cfg, struct scoreboard *sb, int in
         signals_child_install();
         close(deathwatch[1]);
         signals_restore(&old);
-        child_main(cfg, &sb->slots[index], index, deathwatch[0]);
+        run(arg);
+        _exit(EXIT_FAILED); /* run never returns */
     }
     signals_restore(&old);
     return pid;
+}
+
+struct spawn_args {
+    const struct worker_config *cfg;
+    struct scoreboard *sb;
+    int index;
+    int deathwatch_fd;
+};
+
+static void run_child(void *arg)
+{
+    struct spawn_args *a = arg;
+    child_main(a->cfg, a->sb, &a->sb->slots[a->index], a->index, a->deathwatch_fd);
+}
+
+static void run_control(void *arg)
+{
+    struct spawn_args *a = arg;
+    control_main(a->cfg, a->sb, a->deathwatch_fd);
+}
+
+pid_t spawn_child(const struct worker_config *cfg, struct scoreboard *sb, int index,
+                  const int deathwatch[2])
+{
+    struct spawn_args a = {cfg, sb, index, deathwatch[0]};
+    return fork_clean(deathwatch, run_child, &a);
+}
+
+pid_t spawn_control(const struct worker_config *cfg, struct scoreboard *sb,
+                    const int deathwatch[2])
+{
+    struct spawn_args a = {cfg, sb, -1, deathwatch[0]};
+    return fork_clean(deathwatch, run_control, &a);
 }

@@ -14,4 +14,8 @@
 pid_t spawn_child(const struct worker_config *cfg, struct scoreboard *sb, int index,
                   const int deathwatch[2]);
 
+/* Forks the control process the same way. Returns its pid, or -errno. */
+pid_t spawn_control(const struct worker_config *cfg, struct scoreboard *sb,
+                    const int deathwatch[2]);
+
 #endif /* CELERIAC_WORKER_SPAWN_H */

@@ -1,0 +1,37 @@
+/* SPDX-License-Identifier: MIT
+ * control/pidbox.h: Celery remote control ("pidbox") requests: matching a
+ * request to this node, running the command against the scoreboard, and the
+ * reply a `celery inspect` / `celery control` client collects. Runs in the
+ * control process only.
+ */
+#ifndef CELERIAC_CONTROL_PIDBOX_H
+#define CELERIAC_CONTROL_PIDBOX_H
+
+#include <jansson.h>
+
+#include "control/events.h"
+
+struct worker_config;
+struct scoreboard;
+struct redis_link;
+
+struct pidbox {
+    const struct worker_config *cfg;   /* borrowed */
+    struct scoreboard *sb;             /* borrowed */
+    struct redis_link *cmd;            /* connection for replies */
+    struct event_sender *events;       /* for the heartbeat command */
+    pid_t master_pid;
+    bool shutdown_requested;           /* `control shutdown` arrived */
+    bool heartbeat_requested;          /* `heartbeat` arrived: send one now */
+};
+
+/* Handles one message published on the pidbox channel (hostile input:
+ * anything malformed is logged and ignored). Returns 0, or E_CONN_LOST when
+ * the reply could not be sent. */
+int pidbox_handle(struct pidbox *p, const char *payload, size_t len);
+
+/* The result of `method` with `args` for this node: a new JSON value, or NULL
+ * for "no reply" (shutdown). Exposed for tests. */
+json_t *pidbox_dispatch(struct pidbox *p, const char *method, json_t *args);
+
+#endif /* CELERIAC_CONTROL_PIDBOX_H */

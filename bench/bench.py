@@ -1,0 +1,603 @@
+#!/usr/bin/python3
+# SPDX-License-Identifier: MIT
+"""bench.py: the measuring half of `make bench` (bench/run.sh starts the services
+and calls it). Enqueues the tasks with the real Python Celery client, runs each
+contender (celeriac, Python Celery, the C floor) on them, measures throughput,
+CPU and memory from /proc, runs the latency test, and writes RESULTS.md plus the
+data files the gnuplot scripts draw.
+
+  bench.py enqueue    WORKLOAD N          template list of N real Celery messages
+  bench.py throughput                     every W1/W2 run -> runs.jsonl
+  bench.py latency                        W3 -> latency.jsonl, lat-<contender>.dat
+  bench.py report                         RESULTS.md and the plot data
+
+Configuration comes from the environment run.sh sets (BENCH_*). Every process
+this starts is stopped by its pid; nothing else is touched.
+"""
+import datetime
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+ENV = os.environ
+ROOT = ENV.get("BENCH_ROOT", os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BUILD = ENV.get("BENCH_BUILD", os.path.join(ROOT, "build"))
+TMP = ENV.get("BENCH_TMP", "/tmp")
+OUT = ENV.get("BENCH_OUT", os.path.join(ROOT, "bench"))
+REDIS_PORT = int(ENV.get("BENCH_REDIS_PORT", "6379"))
+PG_URL = ENV.get("BENCH_PG_URL", "")
+PG_PID = int(ENV.get("BENCH_PG_PID", "0"))
+REDIS_PID = int(ENV.get("BENCH_REDIS_PID", "0"))
+TASKS = int(ENV.get("BENCH_TASKS", "20000"))
+PY_TASKS = int(ENV.get("BENCH_PY_TASKS", str(TASKS)))
+REPS = int(ENV.get("BENCH_REPS", "3"))
+PY_REPS = int(ENV.get("BENCH_PY_REPS", str(REPS)))
+BOOKS = int(ENV.get("BENCH_BOOKS", "10000"))
+CONCURRENCIES = [int(c) for c in ENV.get("BENCH_CONCURRENCY", "1 2 4").split()]
+LAT_SECONDS = float(ENV.get("BENCH_LATENCY_SECONDS", "10"))
+LAT_CONCURRENCY = int(ENV.get("BENCH_LATENCY_CONCURRENCY", "2"))
+CONTENDERS = ENV.get("BENCH_CONTENDERS", "celeriac python floor").split()
+WORKLOADS = {"W1": "books.get_book_info", "W2": "tasks.add"}
+TASK_OF = dict(WORKLOADS, W3="books.get_book_info")  # W3: latency, W1's task
+
+BROKER = f"redis://127.0.0.1:{REDIS_PORT}/0"
+BACKEND = f"redis://127.0.0.1:{REDIS_PORT}/1"
+STAGING = f"redis://127.0.0.1:{REDIS_PORT}/2"  # template lists live in db 2
+META = "celery-task-meta-"
+TICK = os.sysconf("SC_CLK_TCK")
+STALL_S = 60.0
+
+
+def log(msg):
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def die(msg):
+    log(f"FAILED: {msg}")
+    sys.exit(1)
+
+
+def redis(db):
+    import redis as redis_py
+
+    return redis_py.Redis(host="127.0.0.1", port=REDIS_PORT, db=db, socket_timeout=30)
+
+
+def template_key(workload):
+    return f"bench:template:{workload}"
+
+
+def ids_file(workload):
+    return os.path.join(TMP, f"ids-{workload}.txt")
+
+
+# ---- enqueue ------------------------------------------------------------------
+
+def task_args(workload, i):
+    if workload == "W1":
+        return [i % BOOKS + 1]
+    if workload == "W3":
+        return [(i * 7919) % BOOKS + 1]
+    return [i, 2 * i + 1]
+
+
+def expected(workload, args):
+    if workload == "W1":
+        return f"Book {args[0]}"
+    return args[0] + args[1]
+
+
+def enqueue(workload, n):
+    """N messages from Celery's own send_task into list `celery` of the staging
+    db, renamed to the template every run copies from. Writes 'id args-json' lines
+    in list order (the order the workers pop them is the reverse)."""
+    from celery import Celery
+
+    app = Celery("benchclient", broker=STAGING)  # no backend: no per-task SUBSCRIBE
+    app.conf.broker_connection_retry = False
+    r2 = redis(2)
+    r2.delete("celery", template_key(workload))
+    sent = []
+    t0 = time.monotonic()
+    with app.producer_or_acquire() as producer:
+        for i in range(n):
+            args = task_args(workload, i)
+            res = app.send_task(TASK_OF[workload], args=args, producer=producer)
+            sent.append((res.id, args))
+    elapsed = time.monotonic() - t0
+    r2.rename("celery", template_key(workload))
+    if r2.llen(template_key(workload)) != n:
+        die(f"template {workload} has {r2.llen(template_key(workload))} messages, want {n}")
+    with open(ids_file(workload), "w") as f:
+        for tid, args in sent:
+            f.write(f"{tid} {json.dumps(args)}\n")
+    log(f"enqueued {n} {TASK_OF[workload]} messages with Celery's send_task in "
+        f"{elapsed:.1f} s ({n / elapsed:.0f}/s); template list {template_key(workload)}")
+
+
+def load_ids(workload):
+    with open(ids_file(workload)) as f:
+        return [(tid, json.loads(args)) for tid, args in (line.split(" ", 1) for line in f)]
+
+
+# ---- /proc ------------------------------------------------------------------
+
+def proc_stat(pid):
+    """(ppid, state, utime+stime+cutime+cstime in seconds) or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    ticks = sum(int(fields[i]) for i in (11, 12, 13, 14))
+    return int(fields[1]), fields[0], ticks / TICK
+
+
+def descendants(pid):
+    """Live descendants of pid, breadth first."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            st = proc_stat(int(entry))
+            if st:
+                parents.setdefault(st[0], []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for kid in sorted(parents.get(todo.pop(0), [])):
+            out.append(kid)
+            todo.append(kid)
+    return out
+
+
+def tree_cpu(pid):
+    """CPU seconds of pid and its live descendants, including what each has
+    reaped (cutime/cstime). Read while the children still live: a child's time
+    reaches its parent's cutime only once it is reaped."""
+    total = 0.0
+    for p in [pid] + descendants(pid):
+        st = proc_stat(p)
+        if st:
+            total += st[2]
+    return total
+
+
+def smaps(pid):
+    """(RSS kB, PSS kB) from /proc/PID/smaps_rollup."""
+    rss = pss = None
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Rss:"):
+                    rss = int(line.split()[1])
+                elif line.startswith("Pss:"):
+                    pss = int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return rss, pss
+
+
+def machine_busy():
+    """Busy CPU seconds of the whole machine so far (all CPUs, /proc/stat)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal ...
+    return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / TICK
+
+
+def own_cpu():
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+_quiet_budget = [float(ENV.get("BENCH_QUIET_WAIT", "120"))]
+
+
+def wait_for_quiet():
+    """Before a run: wait (within an overall budget) while other processes on
+    the machine use more than 15 % of a CPU, so runs start on a quiet machine."""
+    while True:
+        b0, o0, t0 = machine_busy(), own_cpu() + service_cpu_total(), time.monotonic()
+        time.sleep(0.5)
+        foreign = (machine_busy() - b0 - (own_cpu() + service_cpu_total() - o0)) / (
+            time.monotonic() - t0)
+        if foreign < 0.15 or _quiet_budget[0] <= 0:
+            return foreign
+        log(f"other processes use {100 * foreign:.0f} % of a CPU; waiting for quiet "
+            f"({_quiet_budget[0]:.0f} s of waiting left)")
+        time.sleep(2)
+        _quiet_budget[0] -= 2.5
+
+
+def tree_mem(pid):
+    return {"master": smaps(pid), "children": [smaps(k) for k in descendants(pid)]}
+
+
+def is_running(proc):
+    st = proc_stat(proc.pid)
+    return proc.poll() is None and st is not None and st[1] != "Z"
+
+
+# ---- contenders -----------------------------------------------------------------
+
+def worker_cmd(contender, concurrency):
+    """(argv, cwd, env) of a contender at this concurrency."""
+    env = dict(ENV)
+    if contender == "celeriac":
+        return ([ENV.get("BENCH_CELERIAC", os.path.join(BUILD, "celeriac")), "worker",
+                 "-A", ENV.get("BENCH_LIBBOOKS", os.path.join(BUILD, "examples", "libbooks.so")),
+                 "-c", str(concurrency),
+                 "-b", BROKER, "--result-backend", BACKEND, "--db", PG_URL, "-l", "warning"],
+                ROOT, env)
+    if contender == "python":
+        env.update(BENCH_BROKER=BROKER, BENCH_BACKEND=BACKEND, BENCH_DB=PG_URL,
+                   PYTHONDONTWRITEBYTECODE="1")
+        return (["/usr/bin/python3", "-m", "celery", "-A", "benchapp", "worker",
+                 "-c", str(concurrency), "-P", "prefork", "--without-gossip",
+                 "--without-mingle", "--without-heartbeat", "-l", "warning"],
+                os.path.join(ROOT, "bench", "pyworker"), env)
+    if contender == "floor":
+        # --idle-exit 0: stopped with TERM like the others, not by an empty queue.
+        return ([os.path.join(BUILD, "bench", "floor"), "-c", str(concurrency),
+                 "-b", BROKER, "-r", BACKEND, "--db", PG_URL, "--idle-exit", "0"], ROOT, env)
+    raise ValueError(contender)
+
+
+def start_worker(contender, concurrency, logpath):
+    argv, cwd, env = worker_cmd(contender, concurrency)
+    logf = open(logpath, "ab")
+    logf.write(f"\n==== {' '.join(argv)}\n".encode())
+    logf.flush()
+    return subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                            stdout=logf, stderr=subprocess.STDOUT)
+
+
+def stop_worker(proc):
+    """Warm stop by pid; KILL after 60 s. Returns the exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(60)
+        except subprocess.TimeoutExpired:
+            log(f"pid {proc.pid} ignored TERM for 60 s; killing it")
+            proc.kill()
+    return proc.wait()
+
+
+def pg_maintenance():
+    """Same table state for every run: VACUUM the updated rows away, CHECKPOINT."""
+    import psycopg2
+
+    conn = psycopg2.connect(PG_URL)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("VACUUM books")
+        cur.execute("CHECKPOINT")
+    conn.close()
+
+
+def service_cpu():
+    """CPU seconds so far of our redis-server and PostgreSQL (all its processes)."""
+    out = {}
+    if REDIS_PID:
+        out["redis"] = tree_cpu(REDIS_PID)
+    if PG_PID:
+        out["postgres"] = tree_cpu(PG_PID)
+    return out
+
+
+def service_cpu_total():
+    return sum(service_cpu().values())
+
+
+def parse_done(text):
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).replace(tzinfo=None)
+
+
+def check_results(workload, ids):
+    """All results SUCCESS with the right value; returns (first, last) date_done."""
+    r1 = redis(1)
+    stamps, bad = [], []
+    for i in range(0, len(ids), 2000):
+        chunk = ids[i:i + 2000]
+        for (tid, args), raw in zip(chunk, r1.mget([META + t for t, _ in chunk])):
+            meta = json.loads(raw) if raw else None
+            if (not meta or meta.get("status") != "SUCCESS"
+                    or meta.get("result") != expected(workload, args)
+                    or meta.get("task_id") != tid):
+                bad.append((tid, meta))
+            else:
+                stamps.append(parse_done(meta["date_done"]))
+    if bad:
+        die(f"{len(bad)}/{len(ids)} results wrong; first: {bad[0]}")
+    return min(stamps), max(stamps)
+
+
+def run_once(contender, workload, concurrency, rep, n):
+    ids_all = load_ids(workload)
+    # LPUSH left message 0 at the right end, where the workers pop: keeping the
+    # rightmost n elements keeps messages 0..n-1.
+    r0, r1, r2 = redis(0), redis(1), redis(2)
+    r0.flushdb()
+    r1.flushdb()
+    r2.execute_command("COPY", template_key(workload), "celery", "DB", 0)
+    if n < len(ids_all):
+        r0.ltrim("celery", -n, -1)  # the rightmost n: messages 0..n-1
+    ids = ids_all[:n]
+    if r0.llen("celery") != n:
+        die(f"queue holds {r0.llen('celery')} messages, want {n}")
+    if workload == "W1":
+        pg_maintenance()
+
+    wait_for_quiet()
+    svc0 = service_cpu()
+    busy0, own0 = machine_busy(), own_cpu()
+    logpath = os.path.join(TMP, f"{contender}.log")
+    t0 = time.monotonic()
+    proc = start_worker(contender, concurrency, logpath)
+    done, last_done, last_change = 0, -1, t0
+    mem_early = None
+    try:
+        while True:
+            time.sleep(0.01)
+            done = r1.dbsize()
+            now = time.monotonic()
+            if done >= n:
+                break
+            if done != last_done:
+                last_done, last_change = done, now
+            if mem_early is None and done >= n // 10:
+                mem_early = tree_mem(proc.pid)
+            if not is_running(proc):
+                die(f"{contender} exited (status {proc.poll()}) with {done}/{n} results; "
+                    f"see {logpath}")
+            if now - last_change > STALL_S:
+                die(f"{contender}: no result for {STALL_S:.0f} s ({done}/{n}); see {logpath}")
+        wall = time.monotonic() - t0
+        cpu = tree_cpu(proc.pid)
+        mem = tree_mem(proc.pid)
+        svc1 = service_cpu()
+        busy1, own1 = machine_busy(), own_cpu()
+    finally:
+        rc = stop_worker(proc)
+    if rc != 0:
+        die(f"{contender} exited with status {rc} after TERM; see {logpath}")
+    first, last = check_results(workload, ids)
+    span = (last - first).total_seconds()
+    row = {
+        "contender": contender, "workload": workload, "concurrency": concurrency, "rep": rep,
+        "tasks": n, "wall_s": wall, "wall_rate": n / wall,
+        "steady_s": span, "rate": (n - 1) / span if span > 0 else float("nan"),
+        "cpu_s": cpu, "cpu_ms_per_task": 1000 * cpu / n,
+        "svc_cpu_ms_per_task": {k: 1000 * (svc1[k] - svc0[k]) / n for k in svc1},
+        "mem": mem, "mem_early": mem_early,
+        # CPU used by processes that are not ours (other users of the machine),
+        # as a fraction of one CPU over the run: a disturbed run shows here.
+        "foreign_cpu": max(0.0, (busy1 - busy0) - cpu - (own1 - own0)
+                           - sum(svc1[k] - svc0[k] for k in svc1)) / wall,
+    }
+    log(f"{workload} {contender:8s} c={concurrency} rep {rep}: {row['rate']:8.0f} tasks/s "
+        f"(wall {row['wall_rate']:.0f}/s incl. start), {row['cpu_ms_per_task']:.3f} CPU ms/task, "
+        f"child RSS {[m[0] for m in mem['children']]} kB"
+        + (f", others used {100 * row['foreign_cpu']:.0f} % of a CPU"
+           if row["foreign_cpu"] > 0.05 else ""))
+    return row
+
+
+def throughput():
+    path = os.path.join(TMP, "runs.jsonl")
+    with open(path, "a") as out:
+        for workload in WORKLOADS:
+            for concurrency in CONCURRENCIES:
+                # Contenders interleaved within each repetition so drift in the
+                # machine (or the table) hits all of them alike.
+                for rep in range(max(REPS, PY_REPS)):
+                    for contender in CONTENDERS:
+                        is_py = contender == "python"
+                        if rep >= (PY_REPS if is_py else REPS):
+                            continue
+                        # A run that others disturbed (more than a quarter of a
+                        # CPU) is run again, at most twice; the row says so.
+                        for attempt in range(3):
+                            row = run_once(contender, workload, concurrency, rep,
+                                           PY_TASKS if is_py else TASKS)
+                            row["attempt"] = attempt + 1
+                            if row["foreign_cpu"] <= 0.25:
+                                break
+                            log("disturbed by other processes; "
+                                + ("running it again" if attempt < 2 else "keeping it"))
+                        out.write(json.dumps(row) + "\n")
+                        out.flush()
+
+
+# ---- latency ----------------------------------------------------------------------
+
+def load_runs():
+    with open(os.path.join(TMP, "runs.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def median_rate(runs, contender, workload, concurrency, key="rate"):
+    vals = [r[key] for r in runs if r["contender"] == contender and
+            r["workload"] == workload and r["concurrency"] == concurrency]
+    return statistics.median(vals) if vals else None
+
+
+def pct(sorted_vals, p):
+    return sorted_vals[min(len(sorted_vals) - 1, int(p / 100 * len(sorted_vals)))]
+
+
+def latency_row(contender, variant, rate, achieved, lat, extra=None):
+    """Summary of sorted latencies (ms); writes the CDF data for the plot."""
+    with open(os.path.join(TMP, f"lat{variant}-{contender}.dat"), "w") as f:
+        step = max(1, len(lat) // 2000)
+        for i in list(range(0, len(lat), step)) + [len(lat) - 1]:
+            f.write(f"{lat[i]:.4f} {(i + 1) / len(lat):.6f}\n")
+    row = {"contender": contender, "variant": variant, "concurrency": LAT_CONCURRENCY,
+           "target_rate": rate, "achieved_rate": achieved, "tasks": len(lat),
+           "p50": pct(lat, 50), "p90": pct(lat, 90), "p99": pct(lat, 99),
+           "p999": pct(lat, 99.9), "max": lat[-1], "mean": statistics.fmean(lat)}
+    row.update(extra or {})
+    log(f"W3{variant} {contender:8s} c={LAT_CONCURRENCY} at {rate:.0f}/s (sent {achieved:.0f}/s): "
+        f"p50 {row['p50']:.2f} ms  p99 {row['p99']:.2f} ms  max {row['max']:.2f} ms")
+    return row
+
+
+def wait_results(r1, proc, contender, want, timeout=60):
+    deadline = time.monotonic() + timeout
+    while r1.dbsize() < want:
+        if time.monotonic() > deadline or not is_running(proc):
+            die(f"{contender}: {r1.dbsize()}/{want} results in the latency run")
+        time.sleep(0.02)
+
+
+WARM = 50
+
+
+def latency_paced(contender, rate, seconds):
+    """W3a: Celery messages made in advance by send_task, released into the
+    queue on a fixed schedule by bench/latency.c (LMOVE, the LPUSH send_task ends
+    with), which also stamps each result as it is published."""
+    r0, r1 = redis(0), redis(1)
+    r0.flushdb()
+    r1.flushdb()
+    pg_maintenance()
+    count = int(rate * seconds)
+    wait_for_quiet()
+    r2 = redis(2)
+    r2.execute_command("COPY", template_key("W3"), "bench:pace", "DB", 0)
+    if r0.llen("bench:pace") < WARM + count:
+        die(f"W3 template too short: {r0.llen('bench:pace')} < {WARM + count}")
+    proc = start_worker(contender, LAT_CONCURRENCY, os.path.join(TMP, f"{contender}.log"))
+    out = os.path.join(TMP, f"paced-{contender}.txt")
+    try:
+        for _ in range(WARM):  # warm-up: the worker is up and connected once done
+            r0.lmove("bench:pace", "celery", "RIGHT", "LEFT")
+        wait_results(r1, proc, contender, WARM)
+        time.sleep(0.5)
+        subprocess.run([os.path.join(BUILD, "bench", "latency"), "pace", "127.0.0.1",
+                        str(REDIS_PORT), "bench:pace", f"{rate:.3f}", str(count), out],
+                       check=True, stdin=subprocess.DEVNULL)
+        if not is_running(proc):
+            die(f"{contender} died during the latency run")
+    finally:
+        stop_worker(proc)
+    lat = []
+    with open(out) as f:
+        for line in f:
+            _, sent, recv = line.split()
+            if float(recv) < 0:
+                die(f"{contender}: a paced task never got its result")
+            lat.append(1000 * (float(recv) - float(sent)))
+    lat.sort()
+    span = seconds  # the schedule is fixed: count messages over count / rate seconds
+    return latency_row(contender, "a", rate, count / span, lat)
+
+
+def latency_live(contender, rate, seconds):
+    """W3b: sent live with Celery's send_task from this process at a steady rate
+    (time.time() just before the call); latency.c watch stamps the results."""
+    from celery import Celery
+
+    r0, r1 = redis(0), redis(1)
+    r0.flushdb()
+    r1.flushdb()
+    pg_maintenance()
+    app = Celery("benchsender", broker=BROKER)  # no backend: no per-task SUBSCRIBE
+    app.conf.broker_connection_retry = False
+    wait_for_quiet()
+    out = os.path.join(TMP, f"watch-{contender}.txt")
+    ready = out + ".ready"
+    if os.path.exists(ready):
+        os.unlink(ready)
+    sub = subprocess.Popen([os.path.join(BUILD, "bench", "latency"), "watch", "127.0.0.1",
+                            str(REDIS_PORT), out, ready], stdin=subprocess.DEVNULL)
+    proc = None
+    sends = {}
+    try:
+        for _ in range(200):
+            if os.path.exists(ready):
+                break
+            time.sleep(0.05)
+        else:
+            die("latency watch did not subscribe")
+        proc = start_worker(contender, LAT_CONCURRENCY, os.path.join(TMP, f"{contender}.log"))
+        count = int(rate * seconds)
+        late = 0
+        with app.producer_or_acquire() as producer:
+            for i in range(WARM):
+                app.send_task("books.get_book_info", args=[i + 1], producer=producer)
+            wait_results(r1, proc, contender, WARM)
+            time.sleep(0.5)
+            t0 = time.monotonic()
+            for i in range(count):
+                target = t0 + i / rate
+                now = time.monotonic()
+                if target > now:
+                    time.sleep(target - now)
+                elif now - target > 0.001:
+                    late += 1
+                ts = time.time()
+                tid = app.send_task("books.get_book_info", args=[(i * 7919) % BOOKS + 1],
+                                    producer=producer).id
+                sends[tid] = ts
+            send_span = time.monotonic() - t0
+        wait_results(r1, proc, contender, WARM + count)
+        r1.publish(META + "__end__", "end")
+        sub.wait(30)
+    finally:
+        if proc:
+            stop_worker(proc)
+        if sub.poll() is None:
+            sub.terminate()
+            sub.wait()
+    recv = {}
+    with open(out) as f:
+        for line in f:
+            tid, t = line.split()
+            recv[tid] = float(t)
+    missing = [t for t in sends if recv.get(t, 0) <= 0]
+    if missing:
+        die(f"{contender}: {len(missing)} live-sent tasks never got their result")
+    lat = sorted(1000 * (recv[t] - ts) for t, ts in sends.items())
+    return latency_row(contender, "b", rate, count / send_span, lat,
+                       {"late_sends": late})
+
+
+def latency():
+    runs = load_runs()
+    half = {}
+    for contender in CONTENDERS:
+        top = median_rate(runs, contender, "W1", LAT_CONCURRENCY)
+        if not top:
+            die(f"no W1 run of {contender} at c={LAT_CONCURRENCY} to take half of")
+        half[contender] = top / 2
+    # W3a needs WARM + rate * seconds distinct messages for the fastest contender.
+    enqueue("W3", WARM + int(max(half.values()) * LAT_SECONDS) + 10)
+    live_rate = min(half.values())
+    with open(os.path.join(TMP, "latency.jsonl"), "w") as out:
+        for contender in CONTENDERS:
+            out.write(json.dumps(latency_paced(contender, half[contender], LAT_SECONDS)) + "\n")
+            out.flush()
+        for contender in CONTENDERS:
+            out.write(json.dumps(latency_live(contender, live_rate, LAT_SECONDS)) + "\n")
+            out.flush()
+
+
+if __name__ == "__main__":
+    cmd = sys.argv[1] if len(sys.argv) > 1 else ""
+    if cmd == "enqueue" and len(sys.argv) == 4:
+        enqueue(sys.argv[2], int(sys.argv[3]))
+    elif cmd == "throughput":
+        throughput()
+    elif cmd == "latency":
+        latency()
+    elif cmd == "report":
+        import report  # noqa: E402  bench/report.py
+
+        report.main()
+    else:
+        die("usage: bench.py enqueue WORKLOAD N | throughput | latency | report")

@@ -1,0 +1,396 @@
+# SPDX-License-Identifier: MIT
+"""report.py: turns the raw data of a bench run (runs.jsonl, latency.jsonl in
+BENCH_TMP) into bench/RESULTS.md and the data files bench/plots.gp draws.
+Called as `bench.py report` by run.sh; every figure in RESULTS.md comes from
+this run's measurements."""
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+
+import bench
+
+NAMES = {"celeriac": "celeriac", "python": "Python Celery", "floor": "floor (C)"}
+KB = 1024
+
+
+def sh(*argv):
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=20)
+        return (out.stdout or out.stderr).strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+
+
+def first_line(text):
+    return text.splitlines()[0] if text else "?"
+
+
+def machine():
+    cpu = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as f:
+        mem_kb = int(f.readline().split()[1])
+    try:
+        with open("/etc/debian_version") as f:
+            debian = f.read().strip()
+    except OSError:
+        debian = "?"
+    import celery
+    import kombu
+    import billiard
+    import redis as redis_py
+    import psycopg2
+
+    commit = sh("git", "-C", bench.ROOT, "rev-parse", "--short", "HEAD")
+    dirty = sh("git", "-C", bench.ROOT, "status", "--porcelain", "--", "src", "include",
+               "examples")
+    return [
+        ("date", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
+        ("CPU", cpu),
+        ("nproc", sh("nproc")),
+        ("RAM", f"{mem_kb / KB / KB:.1f} GiB"),
+        ("kernel", platform.release()),
+        ("OS", f"Debian {debian}"),
+        ("celeriac", f"commit {commit}" + (" (with uncommitted changes)" if dirty else "")),
+        ("redis-server", first_line(sh("redis-server", "--version"))),
+        ("PostgreSQL", first_line(sh("/usr/lib/postgresql/15/bin/postgres", "--version"))),
+        ("Python", platform.python_version()),
+        ("celery / kombu / billiard", f"{celery.__version__} / {kombu.__version__} / "
+                                      f"{billiard.__version__}"),
+        ("redis-py / psycopg2", f"{redis_py.__version__} / {psycopg2.__version__.split()[0]}"),
+        ("gcc", first_line(sh("gcc", "--version"))),
+        ("hiredis / libpq / jansson", " / ".join(
+            sh("pkg-config", "--modversion", p) for p in ("hiredis", "libpq", "jansson"))),
+    ]
+
+
+def med(vals):
+    return statistics.median(vals) if vals else None
+
+
+def select(runs, **kw):
+    return [r for r in runs if all(r[k] == v for k, v in kw.items())]
+
+
+def fmt(v, spec="{:.0f}"):
+    return "–" if v is None else spec.format(v)
+
+
+def ratio(a, b, spec="{:.2f}"):
+    return "–" if not a or not b else spec.format(a / b)
+
+
+def throughput_table(runs, workload, key, title_note):
+    cs = bench.CONCURRENCIES
+    lines = [f"| concurrency | " + " | ".join(NAMES[c] for c in bench.CONTENDERS)
+             + " | celeriac / floor | celeriac / Python |",
+             "|---:|" + "---:|" * (len(bench.CONTENDERS) + 2)]
+    for conc in cs:
+        cells = []
+        meds = {}
+        for c in bench.CONTENDERS:
+            vals = [r[key] for r in select(runs, contender=c, workload=workload,
+                                           concurrency=conc)]
+            meds[c] = med(vals)
+            spread = f" ({min(vals):.0f}–{max(vals):.0f})" if len(vals) > 1 else ""
+            cells.append(f"**{fmt(meds[c])}**{spread}" if c == "celeriac" else
+                         f"{fmt(meds[c])}{spread}")
+        lines.append(f"| {conc} | " + " | ".join(cells) + f" | {ratio(meds.get('celeriac'), meds.get('floor'))}"
+                     f" | {ratio(meds.get('celeriac'), meds.get('python'), '{:.1f}')} |")
+    return "\n".join(lines) + ("\n\n" + title_note if title_note else "")
+
+
+def cpu_table(runs, workload):
+    lines = ["| concurrency | " + " | ".join(NAMES[c] for c in bench.CONTENDERS)
+             + " | celeriac / floor | Redis: " + " / ".join(bench.CONTENDERS)
+             + " | PostgreSQL: " + " / ".join(bench.CONTENDERS) + " |",
+             "|---:|" + "---:|" * (len(bench.CONTENDERS) + 3)]
+    for conc in bench.CONCURRENCIES:
+        meds, redis_m, pg_m = {}, [], []
+        for c in bench.CONTENDERS:
+            sel = select(runs, contender=c, workload=workload, concurrency=conc)
+            meds[c] = med([r["cpu_ms_per_task"] for r in sel])
+            redis_m.append(fmt(med([r["svc_cpu_ms_per_task"].get("redis", 0) for r in sel]),
+                               "{:.3f}"))
+            pg_m.append(fmt(med([r["svc_cpu_ms_per_task"].get("postgres", 0) for r in sel]),
+                            "{:.3f}"))
+        lines.append(f"| {conc} | " + " | ".join(fmt(meds[c], "{:.3f}") for c in bench.CONTENDERS)
+                     + f" | {ratio(meds.get('celeriac'), meds.get('floor'))} | "
+                     + " / ".join(redis_m) + " | " + " / ".join(pg_m) + " |")
+    return "\n".join(lines)
+
+
+def mb(kb):
+    return "–" if kb is None else f"{kb / KB:.1f}"
+
+
+def memory_table(runs):
+    lines = ["| workload | contender | c | master RSS / PSS | each child RSS / PSS "
+             "| child RSS at 10 % → end |",
+             "|---|---|---:|---:|---|---|"]
+    for workload in bench.WORKLOADS:
+        for c in bench.CONTENDERS:
+            for conc in bench.CONCURRENCIES:
+                sel = select(runs, contender=c, workload=workload, concurrency=conc)
+                if not sel:
+                    continue
+                r = sel[-1]  # the last repetition
+                m = r["mem"]
+                kids = ", ".join(f"{mb(k[0])} / {mb(k[1])}" for k in m["children"])
+                early = r.get("mem_early") or {}
+                growth = ", ".join(
+                    f"{mb(a[0])} → {mb(b[0])}"
+                    for a, b in zip(early.get("children", []), m["children"]))
+                lines.append(f"| {workload} | {NAMES[c]} | {conc} | {mb(m['master'][0])} / "
+                             f"{mb(m['master'][1])} | {kids} | {growth or '–'} |")
+    return "\n".join(lines)
+
+
+def latency_table(lats, variant):
+    lines = ["| contender | rate sent (tasks/s) | tasks | p50 ms | p90 ms | p99 ms | p99.9 ms "
+             "| max ms | mean ms |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in lats:
+        if r["variant"] != variant:
+            continue
+        lines.append(f"| {NAMES[r['contender']]} | {r['achieved_rate']:.0f} | {r['tasks']} | "
+                     f"{r['p50']:.2f} | {r['p90']:.2f} | {r['p99']:.2f} | {r['p999']:.2f} | "
+                     f"{r['max']:.2f} | {r['mean']:.2f} |")
+    return "\n".join(lines)
+
+
+def targets(runs, lats):
+    out = []
+
+    def line(name, measured, ok):
+        out.append(f"| {name} | {measured} | {'**met**' if ok else '**missed**'} |")
+
+    w1 = {}
+    for conc in bench.CONCURRENCIES:
+        cel = med([r["rate"] for r in select(runs, contender="celeriac", workload="W1",
+                                             concurrency=conc)])
+        flo = med([r["rate"] for r in select(runs, contender="floor", workload="W1",
+                                             concurrency=conc)])
+        cc = med([r["cpu_ms_per_task"] for r in select(runs, contender="celeriac",
+                                                       workload="W1", concurrency=conc)])
+        fc = med([r["cpu_ms_per_task"] for r in select(runs, contender="floor", workload="W1",
+                                                       concurrency=conc)])
+        w1[conc] = (cel / flo if cel and flo else None, cc / fc if cc and fc else None)
+    if all(v[0] is not None for v in w1.values()):
+        line("W1 tasks/s ≥ 0.9 × floor, every concurrency",
+             ", ".join(f"c={c}: {v[0]:.2f}" for c, v in w1.items()),
+             all(v[0] >= 0.9 for v in w1.values()))
+        line("W1 CPU per task ≤ 1.3 × floor",
+             ", ".join(f"c={c}: {v[1]:.2f}" for c, v in w1.items()),
+             all(v[1] <= 1.3 for v in w1.values()))
+    cel = med([r["rate"] for r in select(runs, contender="celeriac", workload="W2",
+                                         concurrency=2)])
+    py = med([r["rate"] for r in select(runs, contender="python", workload="W2",
+                                        concurrency=2)])
+    if cel and py:
+        line("W2 tasks/s ≥ 10 × Python Celery at c=2", f"{cel / py:.1f} ×", cel / py >= 10)
+    cel_runs = select(runs, contender="celeriac")
+    if cel_runs:
+        last = [r for r in cel_runs if r["rep"] == max(x["rep"] for x in cel_runs)]
+        child = max(k[0] for r in last for k in r["mem"]["children"])
+        master = max(r["mem"]["master"][0] for r in last)
+        growth = max((b[0] - a[0]) for r in last if r.get("mem_early")
+                     for a, b in zip(r["mem_early"]["children"], r["mem"]["children"]))
+        line(f"celeriac child ≤ 4 MB RSS after {bench.TASKS} tasks, not growing",
+             f"largest child {mb(child)} MB (PSS in the memory table); largest growth "
+             f"from 10 % to the end {growth} kB", child <= 4 * KB and growth <= 0)
+        line("celeriac master ≤ 4 MB RSS", f"{mb(master)} MB", master <= 4 * KB)
+    for r in lats:
+        if r["contender"] == "celeriac" and r["variant"] == "a":
+            line("W3 p99 ≤ 5 ms at half load (paced, c=2)", f"{r['p99']:.2f} ms", r["p99"] <= 5)
+    return ("| target (issue 5) | measured in this run | |\n|---|---|---|\n" + "\n".join(out))
+
+
+def all_runs_table(runs):
+    lines = ["| workload | contender | c | rep | tasks | tasks/s | incl. start-up | CPU ms/task "
+             "| others' CPU |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in runs:
+        lines.append(f"| {r['workload']} | {NAMES[r['contender']]} | {r['concurrency']} | "
+                     f"{r['rep'] + 1} | {r['tasks']} | {r['rate']:.0f} | {r['wall_rate']:.0f} | "
+                     f"{r['cpu_ms_per_task']:.3f} | {100 * r.get('foreign_cpu', 0):.0f} % |")
+    return "\n".join(lines)
+
+
+def write_plot_data(runs, lats):
+    for workload in bench.WORKLOADS:
+        with open(os.path.join(bench.TMP, f"tput-{workload}.dat"), "w") as f:
+            f.write("# concurrency, then median min max for " + " ".join(bench.CONTENDERS) + "\n")
+            for conc in bench.CONCURRENCIES:
+                cells = [str(conc)]
+                for c in bench.CONTENDERS:
+                    vals = [r["rate"] for r in select(runs, contender=c, workload=workload,
+                                                      concurrency=conc)]
+                    cells += [f"{med(vals):.1f}", f"{min(vals):.1f}", f"{max(vals):.1f}"]
+                f.write(" ".join(cells) + "\n")
+    with open(os.path.join(bench.TMP, "plot.gpvars"), "w") as f:
+        f.write("contenders = '" + " ".join(bench.CONTENDERS) + "'\n")
+        rates = {r["contender"]: r["achieved_rate"] for r in lats if r["variant"] == "a"}
+        f.write("w3rates = '" + " ".join(f"{rates.get(c, 0):.0f}" for c in bench.CONTENDERS)
+                + "'\n")
+
+
+def main():
+    runs = bench.load_runs()
+    with open(os.path.join(bench.TMP, "latency.jsonl")) as f:
+        lats = [json.loads(line) for line in f]
+    write_plot_data(runs, lats)
+    reps = max(r["rep"] for r in runs) + 1
+    py_reps = max((r["rep"] for r in runs if r["contender"] == "python"), default=-1) + 1
+    py_n = next((r["tasks"] for r in runs if r["contender"] == "python"), bench.TASKS)
+    a_rates = ", ".join(f"{NAMES[r['contender']]} {r['target_rate']:.0f}/s"
+                        for r in lats if r["variant"] == "a")
+    b_rate = next((r["target_rate"] for r in lats if r["variant"] == "b"), 0)
+    elapsed = int(os.environ.get("BENCH_ELAPSED", "0"))
+    facts = "\n".join(f"| {k} | {v} |" for k, v in machine())
+
+    text = f"""# celeriac benchmark results
+
+Written by `make bench` (`bench/run.sh`) in {elapsed // 60} min {elapsed % 60} s; every figure
+below was measured in that one run. Do not edit by hand: run `make bench` again.
+
+## Machine
+
+| | |
+|---|---|
+{facts}
+
+## Targets
+
+{targets(runs, lats)}
+
+## W1: the seed workload, `books.get_book_info` (tasks/s)
+
+Median of {reps} runs of {bench.TASKS} pre-enqueued tasks (Python Celery: {py_reps} runs of
+{py_n}), min–max in brackets; rate from the first result's `date_done` to the last's.
+
+{throughput_table(runs, "W1", "rate", "")}
+
+Including start-up (from starting the worker to the last result, polled every 10 ms):
+
+{throughput_table(runs, "W1", "wall_rate", "")}
+
+### Worker CPU per task, W1 (ms; master + every child; median)
+
+{cpu_table(runs, "W1")}
+
+## W2: no database, `tasks.add` (tasks/s)
+
+{throughput_table(runs, "W2", "rate", "")}
+
+Including start-up:
+
+{throughput_table(runs, "W2", "wall_rate", "")}
+
+### Worker CPU per task, W2 (ms)
+
+{cpu_table(runs, "W2")}
+
+## Memory (MB, `/proc/PID/smaps_rollup` after the last task of the last run, before TERM)
+
+{memory_table(runs)}
+
+## W3: latency at half load, concurrency {bench.LAT_CONCURRENCY}
+
+**W3a, paced.** Each contender at half its own W1 median at c={bench.LAT_CONCURRENCY}
+({a_rates}) for {bench.LAT_SECONDS:.0f} s. Messages made in advance by Celery's
+`send_task`, released into the queue on a fixed schedule by `bench/latency.c`
+(`LMOVE`, the `LPUSH` that ends `send_task`); latency = from just before that
+push to the moment the published result is read by a `PSUBSCRIBE` on
+`celery-task-meta-*` (results are SETEX'd and PUBLISHed atomically, so a
+published result is readable).
+
+{latency_table(lats, "a")}
+
+**W3b, live `send_task`.** All three at the same rate, {b_rate:.0f}/s (half of the slowest
+contender's W1 maximum), sent by Celery's `send_task` from one Python process; latency
+from just before the `send_task` call (so it includes the client's own ~0.3 ms of message
+building) to the result being read, as above.
+
+{latency_table(lats, "b")}
+
+![throughput](throughput.png)
+
+![latency](latency.png)
+
+## Method
+
+- **Services**: a private `redis-server` (no persistence: `--save '' --appendonly no`)
+  and a throwaway PostgreSQL 15 cluster (`initdb -A trust --nosync`, **fsync off**,
+  checkpoints only between runs), both on free 127.0.0.1 ports, started and stopped
+  by `bench/run.sh`. All traffic is TCP loopback, for every contender. Broker: db 0,
+  results: db 1, message templates: db 2 of that Redis. `books` seeded with
+  {bench.BOOKS} rows by `examples/books/seed.sh`.
+- **Tasks**: enqueued once per workload by Celery's own client (`send_task` with one
+  producer from `app.producer_or_acquire()`, no result backend on the client so no
+  per-task SUBSCRIBE) into a template list; before each run the broker and result
+  databases are flushed and the template is copied into the queue with Redis `COPY`
+  (so task ids repeat across runs, never within one). W1 args cycle through book ids
+  1..{bench.BOOKS}; W2 adds two integers. Before each W1 run: `VACUUM books; CHECKPOINT`.
+- **Contenders**, each with its database connection opened per child after fork, and
+  `--db` configured in W2 too (the same deployment, the task just does not use it):
+  - celeriac: `build/celeriac worker -A build/examples/libbooks.so -c N -b redis://…/0
+    --result-backend redis://…/1 --db postgresql://…/bench -l warning` (early ack,
+    kombu's unacked bookkeeping, as Celery).
+  - Python Celery: `bench/pyworker/benchapp.py`, `python3 -m celery -A benchapp worker
+    -c N -P prefork --without-gossip --without-mingle --without-heartbeat -l warning`;
+    Celery defaults otherwise (prefetch multiplier 4, early ack); `worker_process_init`
+    connects with psycopg2 and `PREPARE`s the statement, `worker_process_shutdown`
+    closes, tasks `EXECUTE` it on the module-level connection (autocommit, so the
+    statement is its own transaction, as in books.c).
+  - floor: `bench/floor.c`, N forked processes each doing only `BRPOP` (the four
+    priority lists, 1 s timeout), jansson decode of envelope and body, the prepared
+    statement (W1), then `MULTI; SETEX celery-task-meta-<id> 86400 <meta>; PUBLISH; EXEC`
+    in one round trip. No acks, no unacked bookkeeping, no logging, no reconnects.
+  - The SQL is the same for all three, books.c's single statement
+    `UPDATE books SET fetched_at = now() WHERE id = $1 RETURNING title` (one implicit
+    transaction; the issue's "SELECT + UPDATE" is done by this one statement).
+- **Throughput**: the time is taken from the results themselves: (N − 1) / (last
+  `date_done` − first `date_done`), which leaves out process start-up (about 1 s of
+  imports for Python Celery). The wall-clock rate including start-up is shown too. Each
+  run checks every result: SUCCESS, the right value, the right id. Runs are interleaved
+  (for each workload, concurrency and repetition: celeriac, Python, floor).
+- **CPU**: utime + stime (+ cutime + cstime of anything they reaped) of the master and
+  every live child from `/proc/PID/stat`, read when the last result appeared and before
+  TERM, divided by N; it includes start-up. Redis and PostgreSQL CPU is the difference
+  over the run for their whole process trees.
+- **Memory**: `Rss` and `Pss` from `/proc/PID/smaps_rollup` of the master and each
+  child after the last result (and of the children at 10 % of the run, to see growth).
+  RSS counts every shared-library page a process has touched (libc, libpq with its
+  TLS/GSSAPI/LDAP dependencies, hiredis, jansson); PSS divides shared pages among the
+  processes using them. The floor, which links the same libraries, shows what RSS any
+  C worker with libpq pays before doing anything.
+- **Latency**: see W3 above; p-th percentile = the sorted sample at index ⌊p/100 · n⌋.
+  The machine has {sh("nproc")} CPUs for the sender, Redis, PostgreSQL and the workers
+  together; a contender runs at half of a maximum that was measured with all of them
+  busy.
+- **Other load**: the machine is shared. Before each run the bench waits (within a
+  budget) until processes that are not its own use less than 15 % of a CPU, and it
+  records what they used during each run ("others' CPU" below; largest in this run:
+  {100 * max(r.get("foreign_cpu", 0) for r in runs):.0f} % of a CPU).
+- Numbers are this machine's and this run's; the floor is the yardstick, ratios to it
+  are what carry over.
+
+<details><summary>Every run</summary>
+
+{all_runs_table(runs)}
+
+</details>
+"""
+    with open(os.path.join(bench.OUT, "RESULTS.md"), "w") as f:
+        f.write(text)
+
+    with open(os.path.join(bench.OUT, "runs.json"), "w") as f:
+        json.dump({"runs": runs, "latency": lats}, f, indent=1)

@@ -14,6 +14,8 @@ static const char main_usage[] =
     "\n"
     "commands:\n"
     "  worker     run a prefork worker (celeriac worker --help)\n"
+    "  call       send a task by name, optionally wait for its result\n"
+    "  result     print a task's result\n"
     "\n"
     "  -h, --help      this help\n"
     "  -V, --version   print the version\n";
@@ -35,6 +37,10 @@ int main(int argc, char **argv)
     }
     if (!strcmp(cmd, "worker"))
         return cli_worker(argc - 1, argv + 1);
+    if (!strcmp(cmd, "call"))
+        return cli_call(argc - 1, argv + 1);
+    if (!strcmp(cmd, "result"))
+        return cli_result(argc - 1, argv + 1);
     fprintf(stderr, "celeriac: unknown command '%s' (see --help)\n", cmd);
     return EXIT_USAGE;
 }

@@ -6,5 +6,8 @@
 
 /* `celeriac worker ...`: argv[0] is "worker". */
 int cli_worker(int argc, char **argv);
+/* `celeriac call NAME [ARGS...]` and `celeriac result ID`. */
+int cli_call(int argc, char **argv);
+int cli_result(int argc, char **argv);
 
 #endif /* CELERIAC_CLI_H */

@@ -1,0 +1,61 @@
+/* SPDX-License-Identifier: MIT
+ * celeriac_client.h: sending Celery tasks from C and reading their results,
+ * as Python's `app.send_task(...)` and `AsyncResult.get()` do. A message sent
+ * here is run by any Celery worker (Python or celeriac) consuming the queue.
+ *
+ * Link with build/libceleriac.a and `pkg-config --libs hiredis jansson libpq
+ * sqlite3`. A client is used by one thread at a time; create one per thread
+ * or process (never share one across fork).
+ */
+#ifndef CELERIAC_CLIENT_H
+#define CELERIAC_CLIENT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct celeriac_client;
+
+/* Options of one send. Zero-initialise and set what you need. */
+struct celeriac_send_options {
+    const char *queue;        /* routing key / queue; NULL = "celery" */
+    const char *task_id;      /* NULL = a fresh UUID4 */
+    double countdown;         /* seconds from now before it may run; 0 = now */
+    double eta;               /* absolute Unix time; overrides countdown when > 0 */
+    double expires;           /* seconds from now after which it is not run; 0 = never */
+    int priority;             /* 0..9; on Redis 0 is served first */
+    double time_limit;        /* hard limit in seconds; 0 = the worker's */
+    double soft_time_limit;   /* soft limit in seconds; 0 = the worker's */
+    bool ignore_result;       /* ask the worker not to store the result */
+    bool subscribe;           /* subscribe to the result before sending, for celeriac_wait */
+};
+
+/* Connects to the broker (and the result backend when backend_url is not
+ * NULL). Returns NULL with a one-line reason in err (errlen bytes) on failure. */
+struct celeriac_client *celeriac_client_new(const char *broker_url, const char *backend_url,
+                                            char *err, size_t errlen);
+/* Closes the connections and frees the client. NULL-safe. */
+void celeriac_client_free(struct celeriac_client *client);
+
+/* Sends task `name` with positional args (a JSON array text, NULL = []) and
+ * keyword args (a JSON object text, NULL = {}). Writes the task id (36
+ * characters and a NUL) to id_out. Returns 0, or -1 with the reason in err. */
+int celeriac_send(struct celeriac_client *client, const char *name, const char *args_json,
+                  const char *kwargs_json, const struct celeriac_send_options *options,
+                  char id_out[37], char *err, size_t errlen);
+
+/* Waits up to timeout seconds for the task's result (SUCCESS, FAILURE or
+ * REVOKED). On 0, *meta_json holds the stored JSON (status, result,
+ * traceback, task_id, ...); the caller frees it with free(). Returns -1 with
+ * the reason in err on timeout or error. */
+int celeriac_wait(struct celeriac_client *client, const char *task_id, double timeout,
+                  char **meta_json, char *err, size_t errlen);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* CELERIAC_CLIENT_H */

@@ -1,0 +1,235 @@
+/* SPDX-License-Identifier: MIT
+ * client/client.c: the C client (celeriac_client.h): publish a task message
+ * as Celery's client does (spec §10.1) and wait for its result as
+ * AsyncResult.get() does (subscribe, then read the key, then listen).
+ */
+#include "common.h"
+#include "celeriac.h"
+#include "celeriac_client.h"
+#include "protocol/message.h"
+#include "util/buf.h"
+#include "util/redis_link.h"
+#include "util/time.h"
+#include "util/url.h"
+
+#include <poll.h>
+
+#define API __attribute__((visibility("default")))
+
+struct celeriac_client {
+    struct redis_url broker_url;
+    struct redis_url backend_url;
+    bool has_backend;
+    struct redis_link broker;     /* LPUSH of task messages */
+    struct redis_link backend;    /* GET of results */
+    struct redis_link sub;        /* SUBSCRIBE to result channels */
+};
+
+static void set_err(char *err, size_t errlen, const char *msg)
+{
+    if (err && errlen)
+        snprintf(err, errlen, "%s", msg);
+}
+
+API void celeriac_client_free(struct celeriac_client *c)
+{
+    if (!c)
+        return;
+    redis_link_close(&c->broker, NULL);
+    redis_link_close(&c->backend, NULL);
+    redis_link_close(&c->sub, NULL);
+    redis_url_release(&c->broker_url);
+    redis_url_release(&c->backend_url);
+    free(c);
+}
+
+API struct celeriac_client *celeriac_client_new(const char *broker_url, const char *backend_url,
+                                                char *err, size_t errlen)
+{
+    struct celeriac_client *c = xcalloc(1, sizeof(*c));
+    struct err e = {0};
+    redis_link_init(&c->broker, "broker");
+    redis_link_init(&c->backend, "result backend");
+    redis_link_init(&c->sub, "result backend");
+    if (redis_url_parse(&c->broker_url, broker_url ? broker_url : "redis://localhost:6379/0", &e))
+        goto out_fail;
+    if (redis_link_open(&c->broker, &c->broker_url, &e))
+        goto out_fail;
+    if (backend_url) {
+        if (redis_url_parse(&c->backend_url, backend_url, &e) ||
+            redis_link_open(&c->backend, &c->backend_url, &e) ||
+            redis_link_open(&c->sub, &c->backend_url, &e))
+            goto out_fail;
+        c->has_backend = true;
+    }
+    return c;
+
+out_fail:
+    set_err(err, errlen, e.msg);
+    celeriac_client_free(c);
+    return NULL;
+}
+
+static json_t *parse_json(const char *text, bool want_array, char *err, size_t errlen)
+{
+    json_error_t je;
+    json_t *v = json_loads(text, 0, &je);
+    if (!v || (want_array ? !json_is_array(v) : !json_is_object(v))) {
+        char msg[300];
+        snprintf(msg, sizeof(msg), "%s is not a JSON %s: %s", want_array ? "args" : "kwargs",
+                 want_array ? "array" : "object", v ? "wrong type" : je.text);
+        set_err(err, errlen, msg);
+        json_decref(v);
+        return NULL;
+    }
+    return v;
+}
+
+static int subscribe(struct celeriac_client *c, const char *id, struct err *e)
+{
+    redisReply *r = redis_link_command(&c->sub, e, "SUBSCRIBE celery-task-meta-%s", id);
+    if (!r)
+        return E_CONN_LOST;
+    freeReplyObject(r);
+    return 0;
+}
+
+API int celeriac_send(struct celeriac_client *c, const char *name, const char *args_json,
+                      const char *kwargs_json, const struct celeriac_send_options *o,
+                      char id_out[37], char *err, size_t errlen)
+{
+    static const struct celeriac_send_options none;
+    if (!o)
+        o = &none;
+    json_t *args = args_json ? parse_json(args_json, true, err, errlen) : json_array();
+    json_t *kwargs = kwargs_json ? parse_json(kwargs_json, false, err, errlen) : json_object();
+    if (!args || !kwargs) {
+        json_decref(args);
+        json_decref(kwargs);
+        return -1;
+    }
+    double now = time_now();
+    struct task_send t = {
+        .name = name, .id = o->task_id, .queue = o->queue, .args = args, .kwargs = kwargs,
+        .eta = o->eta > 0 ? o->eta : o->countdown > 0 ? now + o->countdown : 0,
+        .expires = o->expires > 0 ? now + o->expires : 0,
+        .priority = o->priority < 0 ? 0 : o->priority > 9 ? 9 : o->priority,
+        .time_limit = o->time_limit, .soft_time_limit = o->soft_time_limit,
+        .ignore_result = o->ignore_result,
+    };
+    struct buf env = BUF_INIT, list = BUF_INIT, member = BUF_INIT;
+    char id[37];
+    if (!o->task_id) {
+        /* The id must be known before publishing to subscribe first. */
+        message_encode_task(&env, &t, id);
+    } else {
+        snprintf(id, sizeof(id), "%s", o->task_id);
+        message_encode_task(&env, &t, NULL);
+    }
+    json_decref(args);
+    json_decref(kwargs);
+    struct err e = {0};
+    int rc = 0;
+    if (o->subscribe && c->has_backend && subscribe(c, id, &e))
+        goto out_fail;
+    const char *queue = o->queue ? o->queue : "celery";
+    message_priority_list(&list, queue, t.priority);
+    buf_addf(&member, "%s\x06\x16\x06\x16%s", queue, queue);
+    redisReply *r = redis_link_command(&c->broker, &e, "SADD _kombu.binding.%s %b", queue,
+                                       member.data, member.len);
+    if (!r)
+        goto out_fail;
+    freeReplyObject(r);
+    r = redis_link_command(&c->broker, &e, "LPUSH %b %b", list.data, list.len, env.data, env.len);
+    if (!r)
+        goto out_fail;
+    if (r->type == REDIS_REPLY_ERROR)
+        err_set(&e, E_PROTOCOL, "LPUSH failed: %s", r->str);
+    rc = r->type == REDIS_REPLY_ERROR ? -1 : 0;
+    freeReplyObject(r);
+    if (rc)
+        goto out_fail;
+    memcpy(id_out, id, 37);
+    goto out;
+
+out_fail:
+    set_err(err, errlen, e.msg);
+    rc = -1;
+out:
+    buf_release(&env);
+    buf_release(&list);
+    buf_release(&member);
+    return rc;
+}
+
+/* True when meta is a ready state; then *out takes the text. */
+static bool take_if_ready(const char *text, size_t len, char **out)
+{
+    json_t *m = json_loadb(text, len, 0, NULL);
+    const char *st = json_string_value(json_object_get(m, "status"));
+    bool ready = st && (!strcmp(st, "SUCCESS") || !strcmp(st, "FAILURE") || !strcmp(st, "REVOKED"));
+    json_decref(m);
+    if (ready)
+        *out = xstrndup(text, len);
+    return ready;
+}
+
+API int celeriac_wait(struct celeriac_client *c, const char *id, double timeout, char **meta_json,
+                      char *err, size_t errlen)
+{
+    struct err e = {0};
+    *meta_json = NULL;
+    if (!c->has_backend) {
+        set_err(err, errlen, "no result backend configured");
+        return -1;
+    }
+    /* Subscribe (if celeriac_send did not), then read: a result stored in
+     * between is caught by one or the other. */
+    if (subscribe(c, id, &e))
+        goto out_fail;
+    redisReply *r = redis_link_command(&c->backend, &e, "GET celery-task-meta-%s", id);
+    if (!r)
+        goto out_fail;
+    bool ready = r->type == REDIS_REPLY_STRING && take_if_ready(r->str, r->len, meta_json);
+    freeReplyObject(r);
+    double deadline = time_now() + timeout;
+    while (!ready) {
+        double left = deadline - time_now();
+        if (left <= 0) {
+            set_err(err, errlen, "timed out waiting for the result");
+            goto out_unsub;
+        }
+        void *reply = NULL;
+        if (redisGetReplyFromReader(c->sub.ctx, &reply) != REDIS_OK)
+            goto out_lost;
+        if (!reply) {
+            struct pollfd p = {.fd = c->sub.ctx->fd, .events = POLLIN};
+            if (poll(&p, 1, (int)(left * 1000) + 1) <= 0)
+                continue;
+            if (redisBufferRead(c->sub.ctx) != REDIS_OK)
+                goto out_lost;
+            continue;
+        }
+        redisReply *m = reply;
+        /* Only a message on this task's channel: a subscribed connection may
+         * still deliver messages of tasks waited for earlier. */
+        if (m->type == REDIS_REPLY_ARRAY && m->elements == 3 &&
+            m->element[1]->type == REDIS_REPLY_STRING &&
+            m->element[2]->type == REDIS_REPLY_STRING && !strncmp(m->element[1]->str,
+                                                                 "celery-task-meta-", 17) &&
+            !strcmp(m->element[1]->str + 17, id))
+            ready = take_if_ready(m->element[2]->str, m->element[2]->len, meta_json);
+        freeReplyObject(m);
+    }
+out_unsub:
+    r = redis_link_command(&c->sub, &e, "UNSUBSCRIBE celery-task-meta-%s", id);
+    if (r)
+        freeReplyObject(r);
+    return ready ? 0 : -1;
+
+out_lost:
+    err_set(&e, E_CONN_LOST, "result connection lost");
+out_fail:
+    set_err(err, errlen, e.msg);
+    return -1;
+}

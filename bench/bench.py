@@ -40,7 +40,10 @@ BOOKS = int(ENV.get("BENCH_BOOKS", "10000"))
 CONCURRENCIES = [int(c) for c in ENV.get("BENCH_CONCURRENCY", "1 2 4").split()]
 LAT_SECONDS = float(ENV.get("BENCH_LATENCY_SECONDS", "10"))
 LAT_CONCURRENCY = int(ENV.get("BENCH_LATENCY_CONCURRENCY", "2"))
-CONTENDERS = ENV.get("BENCH_CONTENDERS", "celeriac python floor").split()
+CONTENDERS = ENV.get("BENCH_CONTENDERS", "celeriac python floor floor-kombu").split()
+# W3 for the three the issue names; floor-kombu is a throughput yardstick only.
+LAT_CONTENDERS = [c for c in ENV.get("BENCH_LAT_CONTENDERS", "celeriac python floor").split()
+                  if c in CONTENDERS]
 WORKLOADS = {"W1": "books.get_book_info", "W2": "tasks.add"}
 TASK_OF = dict(WORKLOADS, W3="books.get_book_info")  # W3: latency, W1's task
 
@@ -212,8 +215,25 @@ def wait_for_quiet():
         _quiet_budget[0] -= 2.5
 
 
+def comm(pid):
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except (FileNotFoundError, ProcessLookupError):
+        return "?"
+
+
 def tree_mem(pid):
-    return {"master": smaps(pid), "children": [smaps(k) for k in descendants(pid)]}
+    """RSS/PSS of the master, of each pool child, and of any other helper
+    process in the tree (celeriac's control process), with its name."""
+    kids, others = [], []
+    for k in descendants(pid):
+        name = comm(k)
+        if "contro" in name:
+            others.append([name] + list(smaps(k)))
+        else:
+            kids.append(smaps(k))
+    return {"master": smaps(pid), "children": kids, "others": others}
 
 
 def is_running(proc):
@@ -239,10 +259,13 @@ def worker_cmd(contender, concurrency):
                  "-c", str(concurrency), "-P", "prefork", "--without-gossip",
                  "--without-mingle", "--without-heartbeat", "-l", "warning"],
                 os.path.join(ROOT, "bench", "pyworker"), env)
-    if contender == "floor":
+    if contender in ("floor", "floor-kombu"):
         # --idle-exit 0: stopped with TERM like the others, not by an empty queue.
+        # floor-kombu: the floor plus kombu's unacked bookkeeping (optional
+        # contender, BENCH_CONTENDERS="... floor-kombu").
         return ([os.path.join(BUILD, "bench", "floor"), "-c", str(concurrency),
-                 "-b", BROKER, "-r", BACKEND, "--db", PG_URL, "--idle-exit", "0"], ROOT, env)
+                 "-b", BROKER, "-r", BACKEND, "--db", PG_URL, "--idle-exit", "0"]
+                + (["--kombu-ack"] if contender == "floor-kombu" else []), ROOT, env)
     raise ValueError(contender)
 
 
@@ -570,7 +593,7 @@ def latency_live(contender, rate, seconds):
 def latency():
     runs = load_runs()
     half = {}
-    for contender in CONTENDERS:
+    for contender in LAT_CONTENDERS:
         top = median_rate(runs, contender, "W1", LAT_CONCURRENCY)
         if not top:
             die(f"no W1 run of {contender} at c={LAT_CONCURRENCY} to take half of")
@@ -579,10 +602,10 @@ def latency():
     enqueue("W3", WARM + int(max(half.values()) * LAT_SECONDS) + 10)
     live_rate = min(half.values())
     with open(os.path.join(TMP, "latency.jsonl"), "w") as out:
-        for contender in CONTENDERS:
+        for contender in LAT_CONTENDERS:
             out.write(json.dumps(latency_paced(contender, half[contender], LAT_SECONDS)) + "\n")
             out.flush()
-        for contender in CONTENDERS:
+        for contender in LAT_CONTENDERS:
             out.write(json.dumps(latency_live(contender, live_rate, LAT_SECONDS)) + "\n")
             out.flush()
 

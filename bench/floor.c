@@ -7,7 +7,13 @@
  * acks, no retries, no reconnects and no logging: a lost connection ends the process.
  *
  *   floor -c N -b redis://HOST:PORT/DB -r redis://HOST:PORT/DB --db CONNINFO
- *         [-Q QUEUE] [--idle-exit SECONDS]
+ *         [-Q QUEUE] [--idle-exit SECONDS] [--kombu-ack]
+ *
+ * --kombu-ack adds what kombu's Redis transport costs per message and nothing
+ * else: MULTI ZADD unacked_index + HSET unacked EXEC, then the early ack MULTI
+ * ZREM HDEL EXEC, sent before the task runs without waiting, their replies read
+ * after the result is stored: no extra round trip, only Redis's work. Without it
+ * (the default) this is the floor.
  *
  * A child exits after SECONDS (default 1; 0 = never) with every queue list empty,
  * or on TERM/INT after its current task; the master exits when all children have.
@@ -47,6 +53,7 @@ struct options {
     const char *db;        /* libpq conninfo or URL */
     const char *queue;     /* base list name */
     int idle_exit_s;       /* 0: never exit on an empty queue */
+    bool kombu_ack;        /* also do kombu's unacked bookkeeping (a yardstick, not the floor) */
 };
 
 static volatile sig_atomic_t stop_flag;
@@ -160,6 +167,7 @@ static void date_done(char *out, size_t size)
 }
 
 struct child {
+    const struct options *o;
     redisContext *broker;
     redisContext *backend;
     PGconn *pg;
@@ -169,6 +177,8 @@ struct child {
     unsigned char *body;             /* base64 scratch, grown as needed */
     size_t body_cap;
     char meta[1024];
+    char *unacked;                   /* [envelope, exchange, routing key] scratch */
+    size_t unacked_cap;
 };
 
 /* Runs one task: returns the result as compact JSON text (caller frees with
@@ -204,6 +214,57 @@ static char *run(struct child *c, const char *task, json_t *args)
     return NULL;
 }
 
+/* kombu's QoS.append then QoS.ack for tag, in one pipelined round trip. */
+static void kombu_record_and_ack(struct child *c, json_t *env, const char *raw, size_t len)
+{
+    json_t *props = json_object_get(env, "properties");
+    const char *tag = json_string_value(json_object_get(props, "delivery_tag"));
+    json_t *di = json_object_get(props, "delivery_info");
+    const char *rk = json_string_value(json_object_get(di, "routing_key"));
+    struct timespec ts;
+    char score[32];
+    int n, done = 0;
+
+    if (!tag || !rk)
+        die("envelope lacks properties.delivery_tag or delivery_info");
+    if (len + strlen(rk) + 16 > c->unacked_cap) {
+        c->unacked_cap = len + strlen(rk) + 16;
+        c->unacked = realloc(c->unacked, c->unacked_cap);
+        if (!c->unacked)
+            die("out of memory");
+    }
+    n = snprintf(c->unacked, c->unacked_cap, "[%.*s, \"\", \"%s\"]", (int)len, raw, rk);
+    clock_gettime(CLOCK_REALTIME, &ts);
+    snprintf(score, sizeof(score), "%.7f", (double)ts.tv_sec + (double)ts.tv_nsec / 1e9);
+    redisAppendCommand(c->broker, "MULTI");
+    redisAppendCommand(c->broker, "ZADD unacked_index %s %s", score, tag);
+    redisAppendCommand(c->broker, "HSET unacked %s %b", tag, c->unacked, (size_t)n);
+    redisAppendCommand(c->broker, "EXEC");
+    redisAppendCommand(c->broker, "MULTI");
+    redisAppendCommand(c->broker, "ZREM unacked_index %s", tag);
+    redisAppendCommand(c->broker, "HDEL unacked %s", tag);
+    redisAppendCommand(c->broker, "EXEC");
+    /* Sent now, without waiting: the replies are read after the result is stored. */
+    do {
+        if (redisBufferWrite(c->broker, &done) != REDIS_OK)
+            die("unacked bookkeeping: %s", c->broker->errstr);
+    } while (!done);
+}
+
+/* Reads the 8 replies kombu_record_and_ack left pending. */
+static void kombu_confirm(struct child *c)
+{
+    for (int i = 0; i < 8; i++) {
+        redisReply *r;
+
+        if (redisGetReply(c->broker, (void **)&r) != REDIS_OK)
+            die("unacked bookkeeping: %s", c->broker->errstr);
+        if (r->type == REDIS_REPLY_ERROR)
+            die("unacked bookkeeping: %s", r->str);
+        freeReplyObject(r);
+    }
+}
+
 /* Decodes one envelope, runs its task and stores the result. */
 static void handle(struct child *c, const char *raw, size_t len)
 {
@@ -225,6 +286,8 @@ static void handle(struct child *c, const char *raw, size_t len)
     b64 = json_string_value(json_object_get(env, "body"));
     if (!id || !task || !b64)
         die("envelope lacks headers.id, headers.task or body");
+    if (c->o->kombu_ack)
+        kombu_record_and_ack(c, env, raw, len);
     b64len = json_string_length(json_object_get(env, "body"));
     if (b64len > c->body_cap) {
         c->body_cap = b64len;
@@ -266,6 +329,8 @@ static void handle(struct child *c, const char *raw, size_t len)
             die("storing result of %s: %s", id, r->str);
         freeReplyObject(r);
     }
+    if (c->o->kombu_ack)
+        kombu_confirm(c);
     json_decref(body);
     json_decref(env);
 }
@@ -278,6 +343,7 @@ __attribute__((noreturn)) static void child_main(const struct options *o)
 
     install_handlers(true);
     memset(&c, 0, sizeof(c));
+    c.o = o;
     c.broker = redis_open(o->broker);
     c.backend = redis_open(o->backend);
     c.pg = PQconnectdb(o->db);
@@ -322,13 +388,14 @@ __attribute__((noreturn)) static void child_main(const struct options *o)
     redisFree(c.broker);
     redisFree(c.backend);
     free(c.body);
+    free(c.unacked);
     _exit(0);
 }
 
 static void usage(void)
 {
     fprintf(stderr, "usage: floor -c N -b redis://HOST:PORT/DB -r redis://HOST:PORT/DB "
-                    "--db CONNINFO [-Q QUEUE] [--idle-exit SECONDS]\n");
+                    "--db CONNINFO [-Q QUEUE] [--idle-exit SECONDS] [--kombu-ack]\n");
     exit(2);
 }
 
@@ -341,6 +408,10 @@ int main(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
 
+        if (!strcmp(a, "--kombu-ack")) {
+            o.kombu_ack = true;
+            continue;
+        }
         if (!v)
             usage();
         if (!strcmp(a, "-c"))

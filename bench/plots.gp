@@ -2,11 +2,12 @@
 # plots.gp: draws bench/throughput.png and bench/latency.png from the data a
 # bench run leaves in its temp dir. Called by run.sh:
 #   gnuplot -e "data='DIR'; out='DIR'" bench/plots.gp
-load data.'/plot.gpvars'   # contenders = 'celeriac python floor'
+load data.'/plot.gpvars'   # contenders, latcontenders, w3rates
 
 n = words(contenders)
-label(c) = c eq 'celeriac' ? 'celeriac' : c eq 'python' ? 'Python Celery' : c eq 'floor' ? 'floor (C)' : c
-color(c) = c eq 'celeriac' ? '#1b7837' : c eq 'python' ? '#2166ac' : '#b2182b'
+nl = words(latcontenders)
+label(c) = c eq 'celeriac' ? 'celeriac' : c eq 'python' ? 'Python Celery' : c eq 'floor' ? 'floor (C)' : c eq 'floor-kombu' ? 'floor + kombu acks' : c
+color(c) = c eq 'celeriac' ? '#1b7837' : c eq 'python' ? '#2166ac' : c eq 'floor' ? '#b2182b' : '#e08214'
 
 set terminal pngcairo size 1200,500 font 'DejaVu Sans,11'
 set output out.'/throughput.png'
@@ -39,9 +40,9 @@ set yrange [0:1]
 set ytics 0.1
 set key bottom right
 set title 'W3a: paced at half of each one''s own W1 maximum'
-plot for [i=1:n] data.'/lata-'.word(contenders, i).'.dat' using 1:2 with lines lw 2 \
-    lc rgb color(word(contenders, i)) title label(word(contenders, i)).' at '.word(w3rates, i).'/s'
+plot for [i=1:nl] data.'/lata-'.word(latcontenders, i).'.dat' using 1:2 with lines lw 2 \
+    lc rgb color(word(latcontenders, i)) title label(word(latcontenders, i)).' at '.word(w3rates, i).'/s'
 set title 'W3b: live send\_task, all at the same rate'
-plot for [i=1:n] data.'/latb-'.word(contenders, i).'.dat' using 1:2 with lines lw 2 \
-    lc rgb color(word(contenders, i)) title label(word(contenders, i))
+plot for [i=1:nl] data.'/latb-'.word(latcontenders, i).'.dat' using 1:2 with lines lw 2 \
+    lc rgb color(word(latcontenders, i)) title label(word(latcontenders, i))
 unset multiplot

@@ -12,7 +12,8 @@ import subprocess
 
 import bench
 
-NAMES = {"celeriac": "celeriac", "python": "Python Celery", "floor": "floor (C)"}
+NAMES = {"celeriac": "celeriac", "python": "Python Celery", "floor": "floor (C)",
+         "floor-kombu": "floor + kombu acks"}
 KB = 1024
 
 
@@ -89,9 +90,11 @@ def ratio(a, b, spec="{:.2f}"):
 
 def throughput_table(runs, workload, key, title_note):
     cs = bench.CONCURRENCIES
+    fk = "floor-kombu" in bench.CONTENDERS
     lines = [f"| concurrency | " + " | ".join(NAMES[c] for c in bench.CONTENDERS)
-             + " | celeriac / floor | celeriac / Python |",
-             "|---:|" + "---:|" * (len(bench.CONTENDERS) + 2)]
+             + " | celeriac / floor | celeriac / Python |"
+             + (" celeriac / (floor + kombu acks) |" if fk else ""),
+             "|---:|" + "---:|" * (len(bench.CONTENDERS) + 2 + fk)]
     for conc in cs:
         cells = []
         meds = {}
@@ -103,7 +106,8 @@ def throughput_table(runs, workload, key, title_note):
             cells.append(f"**{fmt(meds[c])}**{spread}" if c == "celeriac" else
                          f"{fmt(meds[c])}{spread}")
         lines.append(f"| {conc} | " + " | ".join(cells) + f" | {ratio(meds.get('celeriac'), meds.get('floor'))}"
-                     f" | {ratio(meds.get('celeriac'), meds.get('python'), '{:.1f}')} |")
+                     f" | {ratio(meds.get('celeriac'), meds.get('python'), '{:.1f}')} |"
+                     + (f" {ratio(meds.get('celeriac'), meds.get('floor-kombu'))} |" if fk else ""))
     return "\n".join(lines) + ("\n\n" + title_note if title_note else "")
 
 
@@ -133,8 +137,8 @@ def mb(kb):
 
 def memory_table(runs):
     lines = ["| workload | contender | c | master RSS / PSS | each child RSS / PSS "
-             "| child RSS at 10 % → end |",
-             "|---|---|---:|---:|---|---|"]
+             "| child RSS at 10 % → end | other processes RSS / PSS |",
+             "|---|---|---:|---:|---|---|---|"]
     for workload in bench.WORKLOADS:
         for c in bench.CONTENDERS:
             for conc in bench.CONCURRENCIES:
@@ -148,8 +152,11 @@ def memory_table(runs):
                 growth = ", ".join(
                     f"{mb(a[0])} → {mb(b[0])}"
                     for a, b in zip(early.get("children", []), m["children"]))
+                others = ", ".join(f"{o[0]} {mb(o[1])} / {mb(o[2])}"
+                                   for o in m.get("others", []))
                 lines.append(f"| {workload} | {NAMES[c]} | {conc} | {mb(m['master'][0])} / "
-                             f"{mb(m['master'][1])} | {kids} | {growth or '–'} |")
+                             f"{mb(m['master'][1])} | {kids} | {growth or '–'} | "
+                             f"{others or '–'} |")
     return "\n".join(lines)
 
 
@@ -233,12 +240,14 @@ def write_plot_data(runs, lats):
                 for c in bench.CONTENDERS:
                     vals = [r["rate"] for r in select(runs, contender=c, workload=workload,
                                                       concurrency=conc)]
-                    cells += [f"{med(vals):.1f}", f"{min(vals):.1f}", f"{max(vals):.1f}"]
+                    cells += ([f"{med(vals):.1f}", f"{min(vals):.1f}", f"{max(vals):.1f}"]
+                              if vals else ["NaN"] * 3)
                 f.write(" ".join(cells) + "\n")
     with open(os.path.join(bench.TMP, "plot.gpvars"), "w") as f:
         f.write("contenders = '" + " ".join(bench.CONTENDERS) + "'\n")
+        f.write("latcontenders = '" + " ".join(bench.LAT_CONTENDERS) + "'\n")
         rates = {r["contender"]: r["achieved_rate"] for r in lats if r["variant"] == "a"}
-        f.write("w3rates = '" + " ".join(f"{rates.get(c, 0):.0f}" for c in bench.CONTENDERS)
+        f.write("w3rates = '" + " ".join(f"{rates.get(c, 0):.0f}" for c in bench.LAT_CONTENDERS)
                 + "'\n")
 
 
@@ -354,20 +363,27 @@ building) to the result being read, as above.
     priority lists, 1 s timeout), jansson decode of envelope and body, the prepared
     statement (W1), then `MULTI; SETEX celery-task-meta-<id> 86400 <meta>; PUBLISH; EXEC`
     in one round trip. No acks, no unacked bookkeeping, no logging, no reconnects.
-  - The SQL is the same for all three, books.c's single statement
+  - floor + kombu acks (`floor --kombu-ack`): the floor plus exactly the Redis work
+    kombu's transport does per message and nothing else, `MULTI ZADD unacked_index
+    HSET unacked EXEC` and the early ack `MULTI ZREM HDEL EXEC`, sent before the task
+    runs without waiting for the replies (read after the result is stored), so no extra
+    round trip, only the extra work in Redis and the client. Not a target; it shows how much of the distance to the floor is the
+    price of being able to restore unacked messages as kombu does.
+  - The SQL is the same for all of them, books.c's single statement
     `UPDATE books SET fetched_at = now() WHERE id = $1 RETURNING title` (one implicit
     transaction; the issue's "SELECT + UPDATE" is done by this one statement).
 - **Throughput**: the time is taken from the results themselves: (N − 1) / (last
   `date_done` − first `date_done`), which leaves out process start-up (about 1 s of
   imports for Python Celery). The wall-clock rate including start-up is shown too. Each
   run checks every result: SUCCESS, the right value, the right id. Runs are interleaved
-  (for each workload, concurrency and repetition: celeriac, Python, floor).
+  (for each workload, concurrency and repetition: {", ".join(NAMES[c] for c in bench.CONTENDERS)}).
 - **CPU**: utime + stime (+ cutime + cstime of anything they reaped) of the master and
-  every live child from `/proc/PID/stat`, read when the last result appeared and before
+  every live descendant (pool children, celeriac's control process) from `/proc/PID/stat`, read when the last result appeared and before
   TERM, divided by N; it includes start-up. Redis and PostgreSQL CPU is the difference
   over the run for their whole process trees.
-- **Memory**: `Rss` and `Pss` from `/proc/PID/smaps_rollup` of the master and each
-  child after the last result (and of the children at 10 % of the run, to see growth).
+- **Memory**: `Rss` and `Pss` from `/proc/PID/smaps_rollup` of the master, each
+  pool child and any other process of the worker (celeriac's remote-control process)
+  after the last result (and of the children at 10 % of the run, to see growth).
   RSS counts every shared-library page a process has touched (libc, libpq with its
   TLS/GSSAPI/LDAP dependencies, hiredis, jansson); PSS divides shared pages among the
   processes using them. The floor, which links the same libraries, shows what RSS any

@@ -33,7 +33,11 @@ extern "C" {
 /* The ABI this header describes. A library compiled against another value is
  * refused at load time with both numbers in the message. Raised whenever a
  * struct below changes shape or a function changes meaning. */
-#define CELERIAC_ABI_VERSION 1
+#define CELERIAC_ABI_VERSION 2
+
+/* The oldest ABI this worker still loads: a library built for ABI 1 lacks
+ * only the fields marked "ABI 2" below, which the worker then ignores. */
+#define CELERIAC_ABI_OLDEST 1
 
 #define CELERIAC_VERSION "0.1.0"
 
@@ -51,6 +55,26 @@ struct celeriac_process;
 enum celeriac_status {
     CELERIAC_OK = 0,      /* the task succeeded; its result is what it set, or null */
     CELERIAC_FAILED = -1, /* the task failed; celeriac_fail() said why */
+    CELERIAC_RETRY = -2,  /* retry later; returned by celeriac_retry() */
+};
+
+/* How a task is retried (celeriac_retry, autoretry). Zero-initialise; zero
+ * fields take Celery's defaults. */
+struct celeriac_retry_options {
+    double countdown;     /* seconds until the retry runs; 0 = 180 (default_retry_delay) */
+    int max_retries;      /* retries allowed; 0 = 3 (Celery's default); -1 = unlimited */
+    bool backoff;         /* countdown doubles per retry: countdown * 2^retries */
+    double backoff_max;   /* cap of the backed-off countdown; 0 = 600 */
+    bool jitter;          /* draw the countdown at random from [0, countdown] */
+};
+
+/* Declarative retries (ABI 2): when task `task` fails with one of the
+ * exc_type names in the comma-separated `exc_types` ("*" = any), it is retried
+ * with `options` instead of failing, as Celery's autoretry_for. */
+struct celeriac_autoretry {
+    const char *task;                       /* task name; NULL ends the table */
+    const char *exc_types;                  /* e.g. "OperationalError,TimeoutError" */
+    struct celeriac_retry_options options;
 };
 
 /* A task function. Returns CELERIAC_OK or CELERIAC_FAILED (use
@@ -104,6 +128,8 @@ struct celeriac_library {
      * closed (reconnect, recycle or exit) while the handle is still valid:
      * the place to finalize cached sqlite3_stmt objects. Return value ignored. */
     celeriac_process_fn db_closing;
+    /* ABI 2. Optional table of declarative retries, ending with {NULL}. */
+    const struct celeriac_autoretry *autoretry;
 };
 
 /* The one symbol a library exports. Called once in the master with the
@@ -163,6 +189,16 @@ int celeriac_fail(struct celeriac_task *task, const char *exc_type, const char *
  * when the connection is fine the failure is stored as DatabaseError with
  * `message`. Always returns CELERIAC_FAILED. */
 int celeriac_fail_db(struct celeriac_task *task, const char *message);
+
+/* Asks for the task to run again later, as Celery's Task.retry: the worker
+ * stores state RETRY with this exception, sends a new message for the same
+ * task id with retries + 1 and an ETA (options may be NULL for the defaults),
+ * and settles this one. When max_retries is exhausted the task fails instead
+ * with this exception. Returns CELERIAC_RETRY, or CELERIAC_FAILED when no retry
+ * is left; either way, return it from the task. */
+int celeriac_retry(struct celeriac_task *task, const struct celeriac_retry_options *options,
+                   const char *exc_type, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 
 /* ---- Context -----------------------------------------------------------*/
 const char *celeriac_task_id(const struct celeriac_task *task);

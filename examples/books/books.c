@@ -363,11 +363,50 @@ static int hook_db_closing(struct celeriac_process *proc)
     return 0;
 }
 
+/* ---- tasks.flaky, tasks.unsteady: retries -----------------------------*/
+
+/* Asks for a retry (KeyError, as Celery's docs example) until it has been
+ * retried `times` times, then returns how many retries it took. */
+static int task_flaky(struct celeriac_task *task)
+{
+    int64_t times;
+    if (celeriac_arg_int(task, 0, "times", &times) != CELERIAC_OK)
+        return CELERIAC_FAILED;
+    int retries = celeriac_task_retries(task);
+    if (retries < times) {
+        struct celeriac_retry_options retry = {.countdown = 0.1, .max_retries = 5};
+        return celeriac_retry(task, &retry, "KeyError", "again");
+    }
+    celeriac_return_int(task, retries);
+    return CELERIAC_OK;
+}
+
+/* Fails with TimeoutError until it has been retried `times` times; the
+ * retrying is declared in the library's autoretry table, not in the code. */
+static int task_unsteady(struct celeriac_task *task)
+{
+    int64_t times;
+    if (celeriac_arg_int(task, 0, "times", &times) != CELERIAC_OK)
+        return CELERIAC_FAILED;
+    int retries = celeriac_task_retries(task);
+    if (retries < times)
+        return celeriac_fail(task, "TimeoutError", "not yet (%d)", retries);
+    celeriac_return_int(task, retries);
+    return CELERIAC_OK;
+}
+
+static const struct celeriac_autoretry books_autoretry[] = {
+    { "tasks.unsteady", "TimeoutError", { .countdown = 0.1, .max_retries = 3 } },
+    { NULL, NULL, { 0, 0, false, 0, false } },
+};
+
 static const struct celeriac_task_def books_tasks[] = {
     { "tasks.add", task_add, 0 },
     { "tasks.sleep", task_sleep, 0 },
     { "tasks.fail", task_fail, 0 },
     { "tasks.echo", task_echo, 0 },
+    { "tasks.flaky", task_flaky, 0 },
+    { "tasks.unsteady", task_unsteady, 0 },
     /* Idempotent: running it twice only moves fetched_at again, so after a
      * lost connection the worker may re-run it instead of failing it. */
     { "books.get_book_info", task_get_book_info, CELERIAC_IDEMPOTENT },
@@ -382,6 +421,7 @@ static const struct celeriac_library books_library = {
     .process_shutdown = NULL,
     .db_connected = hook_db_connected,
     .db_closing = hook_db_closing,
+    .autoretry = books_autoretry,
 };
 
 /* Called once in the master before any fork: no I/O, nothing opened. The ABI

@@ -288,6 +288,27 @@ int broker_redis_ack(struct broker_redis *b, const char *tag, struct err *e)
     return transaction(b, 2, argvs, lens, argcs, e);
 }
 
+int broker_redis_publish(struct broker_redis *b, const char *queue, int priority,
+                         const char *envelope, size_t len, struct err *e)
+{
+    struct buf list = BUF_INIT, member = BUF_INIT;
+    message_priority_list(&list, queue, priority);
+    buf_addf(&member, "%s" PRIORITY_SEP PRIORITY_SEP "%s", queue, queue);
+    redisReply *r = redis_link_command(&b->link, e, "SADD _kombu.binding.%s %b", queue,
+                                       member.data, member.len);
+    if (r) {
+        freeReplyObject(r);
+        r = redis_link_command(&b->link, e, "LPUSH %b %b", list.data, list.len, envelope, len);
+    }
+    buf_release(&list);
+    buf_release(&member);
+    if (!r)
+        return E_CONN_LOST;
+    int rc = r->type == REDIS_REPLY_ERROR ? err_set(e, E_PROTOCOL, "LPUSH failed: %s", r->str) : 0;
+    freeReplyObject(r);
+    return rc;
+}
+
 /* Marks a payload redelivered the way kombu does before pushing it back. */
 static void mark_redelivered(json_t *env)
 {

@@ -64,6 +64,12 @@ int broker_redis_ack_send(struct broker_redis *b, const char *tag, struct err *e
 /* Reads the replies of sent acks. 0, or E_CONN_LOST. */
 int broker_redis_confirm(struct broker_redis *b, struct err *e);
 
+/* Publishes a task envelope to queue as a Python client does: the binding
+ * member (once per queue is enough, but it is idempotent) and LPUSH to the
+ * priority's list. Confirmed before it returns. 0 or E_CONN_LOST. */
+int broker_redis_publish(struct broker_redis *b, const char *queue, int priority,
+                         const char *envelope, size_t len, struct err *e);
+
 /* Puts the message held under tag back on its queue, as kombu's
  * restore_by_tag: marks it redelivered, pushes it to the consumer end (or to
  * the far end when to_back, as a reject with requeue does) of the list its

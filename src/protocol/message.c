@@ -151,6 +151,11 @@ static int decode_headers(struct message *m, json_t *headers, struct err *e)
     }
     if (time_header(headers, "eta", &m->eta, e) || time_header(headers, "expires", &m->expires, e))
         return E_PROTOCOL;
+    v = json_object_get(headers, "group_index");
+    m->group_index = json_is_integer(v) && json_integer_value(v) >= 0 &&
+                             json_integer_value(v) < INT32_MAX
+                         ? (int)json_integer_value(v)
+                         : -1;
     if (optional_string(headers, "root_id", &m->root_id, e) ||
         optional_string(headers, "parent_id", &m->parent_id, e) ||
         optional_string(headers, "group", &m->group, e))
@@ -407,9 +412,10 @@ void message_encode_task(struct buf *out, const struct task_send *t, char *id_ou
     snprintf(origin, sizeof(origin), "celeriac%d@%s", (int)getpid(), host);
 
     json_t *headers = json_pack(
-        "{s:s, s:s, s:s, s:n, s:o, s:o, s:o, s:n, s:i, s:[oo], s:s, s:o, s:s, s:s, s:s, s:b}",
+        "{s:s, s:s, s:s, s:n, s:o, s:o, s:o, s:o, s:i, s:[oo], s:s, s:o, s:s, s:s, s:s, s:b}",
         "lang", "c", "task", t->name, "id", id, "shadow", "eta", time_or_null(t->eta), "expires",
-        time_or_null(t->expires), "group", string_or_null(t->group), "group_index", "retries",
+        time_or_null(t->expires), "group", string_or_null(t->group), "group_index",
+        t->has_group_index ? json_integer(t->group_index) : json_null(), "retries",
         t->retries, "timelimit", limit_or_null(t->time_limit), limit_or_null(t->soft_time_limit),
         "root_id", t->root_id ? t->root_id : id, "parent_id", string_or_null(t->parent_id),
         "argsrepr", argsrepr, "kwargsrepr", kwargsrepr, "origin", origin, "ignore_result",

@@ -35,6 +35,7 @@ struct message {
     const char *root_id;       /* headers.root_id or NULL */
     const char *parent_id;     /* headers.parent_id or NULL */
     const char *group;         /* headers.group or NULL */
+    int group_index;           /* headers.group_index, -1 when absent or null */
     json_t *args;              /* array, borrowed from body */
     json_t *kwargs;            /* object, borrowed from body */
     json_t *embed;             /* object or NULL (treated as all-null) */
@@ -91,6 +92,8 @@ struct task_send {
     const char *root_id;       /* NULL = id */
     const char *parent_id;     /* NULL = none */
     const char *group;         /* NULL = none */
+    int group_index;           /* position in a chord header */
+    bool has_group_index;      /* false: group_index is sent as null */
     double time_limit;         /* 0 = none */
     double soft_time_limit;    /* 0 = none */
     bool ignore_result;

@@ -85,6 +85,7 @@ void task_context_begin(struct celeriac_task *t, const struct message *msg)
     t->result = NULL;
     t->failed = false;
     t->db_failure = false;
+    t->retry = false;
     t->exc_type[0] = '\0';
     buf_reset(&t->exc_message);
     arena_reset(t, true);
@@ -115,6 +116,8 @@ static int fail(struct celeriac_task *t, const char *exc_type, const char *fmt, 
 int task_context_run(struct celeriac_task *t, const struct celeriac_task_def *def)
 {
     int rc = def->fn(t);
+    if (t->retry)
+        return CELERIAC_RETRY;
     if (rc == CELERIAC_OK && !t->failed)
         return CELERIAC_OK;
     if (!t->failed)
@@ -324,6 +327,25 @@ CELERIAC_API int celeriac_fail(struct celeriac_task *task, const char *exc_type,
     set_failure(task, exc_type && *exc_type ? exc_type : "Exception", fmt, ap);
     va_end(ap);
     return CELERIAC_FAILED;
+}
+
+CELERIAC_API int celeriac_retry(struct celeriac_task *task,
+                                const struct celeriac_retry_options *options, const char *exc_type,
+                                const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    set_failure(task, exc_type && *exc_type ? exc_type : "Exception", fmt, ap);
+    va_end(ap);
+    static const struct celeriac_retry_options defaults;
+    task->retry_options = options ? *options : defaults;
+    int max = task->retry_options.max_retries ? task->retry_options.max_retries : 3;
+    if (max >= 0 && task->msg->retries >= max) {
+        /* No retry left: Celery re-raises the exception. */
+        return CELERIAC_FAILED;
+    }
+    task->retry = true;
+    return CELERIAC_RETRY;
 }
 
 CELERIAC_API int celeriac_fail_db(struct celeriac_task *task, const char *message)

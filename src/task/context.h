@@ -31,6 +31,8 @@ struct celeriac_task {
     bool db_failure;                 /* ... through celeriac_fail_db */
     char exc_type[64];
     struct buf exc_message;
+    bool retry;                      /* celeriac_retry asked for a retry */
+    struct celeriac_retry_options retry_options;
     struct arena_chunk *chunks;      /* scratch memory, freed at task end */
 };
 

@@ -36,11 +36,11 @@ int library_load(struct library *lib, const char *path, struct err *e)
                 path, CELERIAC_ABI_VERSION);
         goto out_close;
     }
-    if (desc->abi_version != CELERIAC_ABI_VERSION) {
+    if (desc->abi_version < CELERIAC_ABI_OLDEST || desc->abi_version > CELERIAC_ABI_VERSION) {
         err_set(e, E_CONFIG,
                 "load task library '%s' failed: built for celeriac ABI %d, this worker speaks "
-                "ABI %d; rebuild it against this include/celeriac.h",
-                path, desc->abi_version, CELERIAC_ABI_VERSION);
+                "ABI %d to %d; rebuild it against this include/celeriac.h",
+                path, desc->abi_version, CELERIAC_ABI_OLDEST, CELERIAC_ABI_VERSION);
         goto out_close;
     }
     size_t n = 0;
@@ -79,6 +79,35 @@ void library_unload(struct library *lib)
         dlclose(lib->handle);
     free(lib->path);
     memset(lib, 0, sizeof(*lib));
+}
+
+const struct celeriac_autoretry *library_autoretry(const struct library *lib, const char *task,
+                                                  const char *exc_type)
+{
+    /* The field exists only in libraries built for ABI 2 or later. */
+    if (lib->desc->abi_version < 2 || !lib->desc->autoretry)
+        return NULL;
+    size_t tlen = strlen(exc_type);
+    for (const struct celeriac_autoretry *a = lib->desc->autoretry; a->task; a++) {
+        if (strcmp(a->task, task) || !a->exc_types)
+            continue;
+        for (const char *p = a->exc_types; *p;) {
+            size_t n = strcspn(p, ",");
+            const char *w = p;
+            while (n && *w == ' ') {
+                w++;
+                n--;
+            }
+            while (n && w[n - 1] == ' ')
+                n--;
+            if ((n == 1 && *w == '*') || (n == tlen && !strncmp(w, exc_type, n)))
+                return a;
+            p += strcspn(p, ",");
+            if (*p)
+                p++;
+        }
+    }
+    return NULL;
 }
 
 const struct celeriac_task_def *library_find(const struct library *lib, const char *name)

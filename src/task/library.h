@@ -24,4 +24,9 @@ void library_unload(struct library *lib);
  * tables; names are compared exactly as Celery does. */
 const struct celeriac_task_def *library_find(const struct library *lib, const char *name);
 
+/* The autoretry entry that applies to task failing with exc_type, or NULL.
+ * Always NULL for libraries built for ABI 1. */
+const struct celeriac_autoretry *library_autoretry(const struct library *lib, const char *task,
+                                                  const char *exc_type);
+
 #endif /* CELERIAC_TASK_LIBRARY_H */

@@ -11,9 +11,11 @@
 #include "util/backoff.h"
 #include "util/buf.h"
 #include "util/time.h"
+#include "worker/canvas.h"
 #include "worker/child.h"
 #include "worker/signals.h"
 
+#include <math.h>
 #include <poll.h>
 #include <sys/prctl.h>
 #include <sys/time.h>
@@ -26,6 +28,7 @@ struct child {
     const struct worker_config *cfg;
     struct scoreboard *sb;
     struct event_sender events;
+    struct canvas canvas;
     struct slot *slot;
     int index;
     int deathwatch_fd;              /* read end; EOF = master gone */
@@ -316,6 +319,64 @@ static int run_task(struct child *c, const struct message *m, const struct celer
     }
 }
 
+/* ---- retries */
+
+/* Celery's retry countdown: fixed, or base * 2^retries capped (backoff), or
+ * drawn from [0, that] (jitter). */
+static double retry_countdown(struct child *c, const struct message *m,
+                              const struct celeriac_retry_options *o)
+{
+    double countdown = o->countdown > 0 ? o->countdown : 180;
+    if (o->backoff) {
+        double cap = o->backoff_max > 0 ? o->backoff_max : 600;
+        countdown = countdown * pow(2.0, m->retries);
+        if (countdown > cap)
+            countdown = cap;
+    }
+    if (o->jitter) {
+        struct backoff rnd;
+        backoff_init(&rnd, 1, 1);
+        countdown = countdown * (double)(backoff_random(&rnd) % 1000001) / 1e6;
+    }
+    UNUSED(c);
+    return countdown;
+}
+
+/* Sends the retry message, stores RETRY and settles the original. Returns
+ * false when the new message could not be sent (the task then fails). */
+static bool retry_later(struct child *c, const struct message *m,
+                        const struct celeriac_retry_options *o)
+{
+    double countdown = retry_countdown(c, m, o);
+    struct err e = {0};
+    if (ensure_broker(c) || canvas_retry(&c->canvas, m, time_now() + countdown, &e)) {
+        log_error("Task %s[%s]: the retry could not be sent: %s", m->task_name, m->task_id,
+                  e.msg);
+        return false;
+    }
+    log_info("Task %s[%s] retry: Retry in %gs: %s('%s')", m->task_name, m->task_id, countdown,
+             c->task.exc_type, c->task.exc_message.data);
+    struct buf tb = BUF_INIT;
+    buf_addf(&tb, "celery.exceptions.Retry: Retry in %gs: %s('%s')\n", countdown,
+             c->task.exc_type, c->task.exc_message.data);
+    json_t *exc = message_exception(c->task.exc_type, NULL, c->task.exc_message.data);
+    struct result_meta meta = {.status = "RETRY", .result = exc, .traceback = tb.data,
+                               .task_id = m->task_id, .parent_id = m->parent_id,
+                               .group_id = m->group};
+    store(c, &meta);
+    if (events_task_enabled(&c->events)) {
+        struct buf text = BUF_INIT;
+        buf_addf(&text, "%s('%s')", c->task.exc_type, c->task.exc_message.data);
+        json_t *f = json_pack("{s:s, s:s, s:s}", "uuid", m->task_id, "exception", text.data,
+                              "traceback", tb.data);
+        event_send(&c->events, "task-retried", f);
+        buf_release(&text);
+    }
+    json_decref(exc);
+    buf_release(&tb);
+    return true;
+}
+
 /* ---- events, revocation, rate limits */
 
 static void task_event(struct child *c, const char *type, const struct message *m, json_t *fields)
@@ -425,8 +486,34 @@ static void execute(struct child *c, struct message *m, const struct celeriac_ta
         c->db.last_used_ms = t1;
     double secs = (double)(t1 - t0) / 1000.0;
 
-    if (rc == CELERIAC_OK) {
+    const struct celeriac_retry_options *retry = NULL;
+    static const struct celeriac_retry_options reconnect_retry = {
+        .countdown = 1, .max_retries = 3, .backoff = true, .backoff_max = 30};
+    if (rc == CELERIAC_RETRY) {
+        retry = &c->task.retry_options;
+    } else if (rc != CELERIAC_OK) {
+        const struct celeriac_autoretry *a =
+            library_autoretry(&c->cfg->lib, m->task_name, c->task.exc_type);
+        int max = a ? (a->options.max_retries ? a->options.max_retries : 3) : 0;
+        if (a && (max < 0 || m->retries < max))
+            retry = &a->options;
+        else if (!a && (def->flags & CELERIAC_IDEMPOTENT) &&
+                 !strcmp(c->task.exc_type, "OperationalError") && m->retries < 3)
+            retry = &reconnect_retry; /* a lost connection is worth another go later */
+    }
+    if (retry && retry_later(c, m, retry)) {
+        rc = CELERIAC_RETRY;
+    } else if (rc == CELERIAC_RETRY) {
+        rc = CELERIAC_FAILED; /* the retry could not be sent: fail as Celery's Reject */
+    }
+
+    if (rc == CELERIAC_RETRY) {
+        /* settled by retry_later */
+    } else if (rc == CELERIAC_OK) {
         log_debug("Task %s[%s] succeeded in %.4fs", m->task_name, m->task_id, secs);
+        struct err e = {0};
+        if (canvas_on_success(&c->canvas, m, c->task.result, &e))
+            log_error("task %s: sending its callbacks failed: %s", m->task_id, e.msg);
         if (events_task_enabled(&c->events)) {
             char *r = json_dumps(c->task.result ? c->task.result : json_null(),
                                  JSON_COMPACT | JSON_ENCODE_ANY);
@@ -434,15 +521,18 @@ static void execute(struct child *c, struct message *m, const struct celeriac_ta
                        json_pack("{s:s, s:f}", "result", r ? r : "null", "runtime", secs));
             free(r);
         }
+        bool chord = m->group && m->embed && json_is_object(json_object_get(m->embed, "chord"));
         if (!ignore_result) {
             struct result_meta meta = {.status = "SUCCESS", .result = c->task.result,
                                        .task_id = m->task_id, .parent_id = m->parent_id,
                                        .group_id = m->group};
-            if (acks_late)
+            if (acks_late || chord)
                 store(c, &meta);
             else
                 store_sent(c, &meta);
         }
+        if (chord && canvas_chord_part(&c->canvas, m, "SUCCESS", c->task.result, &e))
+            log_error("task %s: chord join failed: %s", m->task_id, e.msg);
     } else {
         log_error("Task %s[%s] raised unexpected: %s('%s')", m->task_name, m->task_id,
                   c->task.exc_type, c->task.exc_message.data);
@@ -455,12 +545,22 @@ static void execute(struct child *c, struct message *m, const struct celeriac_ta
         }
         /* Errors are stored even with ignore_result in the message, as Celery
          * 5.2 does; a task that ignores results ignores its errors too. */
+        bool chord = m->group && m->embed && json_is_object(json_object_get(m->embed, "chord"));
+        const char *module = strcmp(c->task.exc_type, "SoftTimeLimitExceeded")
+                                 ? NULL
+                                 : "billiard.exceptions";
         if (!(def->flags & CELERIAC_IGNORE_RESULT))
-            store_exception_as(c, m, "FAILURE", c->task.exc_type,
-                               strcmp(c->task.exc_type, "SoftTimeLimitExceeded")
-                                   ? NULL
-                                   : "billiard.exceptions",
-                               c->task.exc_message.data, acks_late);
+            store_exception_as(c, m, "FAILURE", c->task.exc_type, module,
+                               c->task.exc_message.data, acks_late || chord);
+        struct err e = {0};
+        if (canvas_on_failure(&c->canvas, m, &e))
+            log_error("task %s: sending its errbacks failed: %s", m->task_id, e.msg);
+        if (chord) {
+            json_t *exc = message_exception(c->task.exc_type, module, c->task.exc_message.data);
+            if (canvas_chord_part(&c->canvas, m, "FAILURE", exc, &e))
+                log_error("task %s: chord join failed: %s", m->task_id, e.msg);
+            json_decref(exc);
+        }
     }
     if (acks_late)
         ack(c, m->delivery_tag);
@@ -704,6 +804,7 @@ void child_main(const struct worker_config *cfg, struct scoreboard *sb, struct s
     memset(&c, 0, sizeof(c));
     c.cfg = cfg;
     c.sb = sb;
+    c.canvas = (struct canvas){.broker = &c.broker, .backend = &c.backend};
     c.events = (struct event_sender){.link = &c.broker.link, .sb = sb, .hostname = cfg->node_name,
                                      .db = cfg->broker.url.db, .master_pid = getppid()};
     c.slot = slot;

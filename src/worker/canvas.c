@@ -1,0 +1,313 @@
+/* SPDX-License-Identifier: MIT
+ * worker/canvas.c: retries, callbacks, chains and chord joins (see canvas.h).
+ * Only plain task signatures are applied; a group or nested chain given as a
+ * callback is refused with a FAILURE on its task id, never dropped silently.
+ */
+#include "common.h"
+#include "backend/redis.h"
+#include "broker/redis.h"
+#include "protocol/message.h"
+#include "util/buf.h"
+#include "util/log.h"
+#include "util/time.h"
+#include "worker/canvas.h"
+
+#include <math.h>
+
+#define CHORD_KEY_PREFIX "celery-taskset-meta-"
+
+static int publish(const struct canvas *cv, const struct task_send *t, struct err *e)
+{
+    struct buf env = BUF_INIT;
+    message_encode_task(&env, t, NULL);
+    int rc = broker_redis_publish(cv->broker, t->queue ? t->queue : "celery", t->priority,
+                                  env.data, env.len, e);
+    buf_release(&env);
+    return rc;
+}
+
+int canvas_retry(const struct canvas *cv, const struct message *m, double eta, struct err *e)
+{
+    struct task_send t = {
+        .name = m->task_name, .id = m->task_id, .queue = m->routing_key, .args = m->args,
+        .kwargs = m->kwargs, .embed = m->embed, .eta = eta, .expires = m->expires,
+        .retries = m->retries + 1, .priority = m->priority,
+        .root_id = m->root_id ? m->root_id : m->task_id, .parent_id = m->task_id,
+        .group = m->group, .group_index = m->group_index, .has_group_index = m->group_index >= 0,
+        .time_limit = m->time_limit, .soft_time_limit = m->soft_time_limit,
+        .ignore_result = m->ignore_result,
+    };
+    return publish(cv, &t, e);
+}
+
+/* A list of signatures from a value that may be one signature or a list. */
+static json_t *as_list(json_t *v)
+{
+    if (json_is_array(v))
+        return json_incref(v);
+    if (json_is_object(v))
+        return json_pack("[O]", v);
+    return json_array();
+}
+
+/* Stores FAILURE for a signature we will not apply, so nobody waits for it. */
+static void refuse(const struct canvas *cv, json_t *sig, const char *why)
+{
+    json_t *opts = json_object_get(sig, "options");
+    const char *id = json_string_value(json_object_get(opts, "task_id"));
+    const char *name = json_string_value(json_object_get(sig, "task"));
+    log_error("signature %s (%s) not applied: %s", name ? name : "?", id ? id : "no id", why);
+    if (!id)
+        return;
+    json_t *exc = message_exception("NotImplementedError", NULL, why);
+    struct result_meta meta = {.status = "FAILURE", .result = exc, .task_id = id};
+    struct err e = {0};
+    if (backend_redis_store(cv->backend, &meta, &e))
+        log_error("storing the refusal of %s failed: %s", id, e.msg);
+    json_decref(exc);
+}
+
+/* Applies one signature as a new task message. prepend: a value to put
+ * before its args (the parent's result or id), or NULL. chain_rest: the
+ * remaining chain steps to carry in its embed, or NULL. */
+static int send_signature(const struct canvas *cv, const struct message *parent, json_t *sig,
+                          json_t *prepend, json_t *chain_rest, struct err *e)
+{
+    const char *name = json_string_value(json_object_get(sig, "task"));
+    json_t *type = json_object_get(sig, "subtask_type");
+    if (!json_is_object(sig) || !name) {
+        log_error("task %s: ignored a callback that is not a signature", parent->task_id);
+        return 0;
+    }
+    if (type && !json_is_null(type)) {
+        refuse(cv, sig, "celeriac applies task signatures only, not groups or nested canvases "
+                        "as callbacks");
+        return 0;
+    }
+    json_t *opts = json_object_get(sig, "options");
+    json_t *sargs = json_object_get(sig, "args"), *skwargs = json_object_get(sig, "kwargs");
+    json_t *args = json_array();
+    if (prepend && !json_is_true(json_object_get(sig, "immutable")))
+        json_array_append(args, prepend);
+    if (json_is_array(sargs))
+        json_array_extend(args, sargs);
+    json_t *links = as_list(json_object_get(opts, "link"));
+    json_t *errlinks = as_list(json_object_get(opts, "link_error"));
+    json_t *chord = json_object_get(opts, "chord");
+    json_t *embed = json_pack("{s:o, s:o, s:O, s:O}", "callbacks",
+                              json_array_size(links) ? json_incref(links) : json_null(),
+                              "errbacks", json_array_size(errlinks) ? json_incref(errlinks)
+                                                                    : json_null(),
+                              "chain", chain_rest && json_array_size(chain_rest) ? chain_rest
+                                                                                 : json_null(),
+                              "chord", json_is_object(chord) ? chord : json_null());
+    json_decref(links);
+    json_decref(errlinks);
+    double now = time_now(), eta = 0, expires = 0;
+    json_t *v = json_object_get(opts, "countdown");
+    if (json_is_number(v))
+        eta = now + json_number_value(v);
+    if (json_is_string(v = json_object_get(opts, "eta")))
+        time_parse_iso(json_string_value(v), &eta);
+    v = json_object_get(opts, "expires");
+    if (json_is_number(v))
+        expires = now + json_number_value(v);
+    else if (json_is_string(v))
+        time_parse_iso(json_string_value(v), &expires);
+    json_t *gi = json_object_get(opts, "group_index");
+    const char *queue = json_string_value(json_object_get(opts, "queue"));
+    if (!queue)
+        queue = json_string_value(json_object_get(opts, "routing_key"));
+    json_t *prio = json_object_get(opts, "priority");
+    struct task_send t = {
+        .name = name, .id = json_string_value(json_object_get(opts, "task_id")),
+        .queue = queue ? queue : "celery", .args = args,
+        .kwargs = json_is_object(skwargs) ? skwargs : NULL, .embed = embed, .eta = eta,
+        .expires = expires, .priority = json_is_integer(prio) ? (int)json_integer_value(prio) : 0,
+        .root_id = parent->root_id ? parent->root_id : parent->task_id,
+        .parent_id = parent->task_id,
+        .group = json_string_value(json_object_get(opts, "group_id")),
+        .group_index = json_is_integer(gi) ? (int)json_integer_value(gi) : 0,
+        .has_group_index = json_is_integer(gi),
+    };
+    if (t.priority < 0 || t.priority > 9)
+        t.priority = t.priority < 0 ? 0 : 9;
+    int rc = publish(cv, &t, e);
+    json_decref(args);
+    json_decref(embed);
+    return rc;
+}
+
+int canvas_on_success(const struct canvas *cv, const struct message *m, json_t *result,
+                      struct err *e)
+{
+    if (!m->embed)
+        return 0;
+    json_t *value = result ? result : json_null();
+    size_t i;
+    json_t *sig;
+    json_t *callbacks = json_object_get(m->embed, "callbacks");
+    if (json_is_array(callbacks))
+        json_array_foreach(callbacks, i, sig) {
+            int rc = send_signature(cv, m, sig, value, NULL, e);
+            if (rc)
+                return rc;
+        }
+    /* The chain is stored reversed: the next step is the last element. */
+    json_t *chain = json_object_get(m->embed, "chain");
+    size_t n = json_array_size(chain);
+    if (n) {
+        json_t *rest = json_array();
+        for (i = 0; i + 1 < n; i++)
+            json_array_append(rest, json_array_get(chain, i));
+        int rc = send_signature(cv, m, json_array_get(chain, n - 1), value, rest, e);
+        json_decref(rest);
+        return rc;
+    }
+    return 0;
+}
+
+int canvas_on_failure(const struct canvas *cv, const struct message *m, struct err *e)
+{
+    json_t *errbacks = m->embed ? json_object_get(m->embed, "errbacks") : NULL;
+    if (!json_is_array(errbacks))
+        return 0;
+    json_t *id = json_string(m->task_id);
+    size_t i;
+    json_t *sig;
+    int rc = 0;
+    json_array_foreach(errbacks, i, sig) {
+        if ((rc = send_signature(cv, m, sig, id, NULL, e)))
+            break;
+    }
+    json_decref(id);
+    return rc;
+}
+
+/* Sends the chord body with the header's results, or marks it failed. */
+static int finish_chord(const struct canvas *cv, const struct message *m, json_t *body,
+                        redisReply *parts, struct err *e)
+{
+    json_t *results = json_array();
+    const char *failed_id = NULL;
+    json_t *failed_result = NULL;
+    json_t *decoded = json_array(); /* keeps decoded parts alive */
+    for (size_t i = 0; parts->type == REDIS_REPLY_ARRAY && i < parts->elements; i++) {
+        redisReply *p = parts->element[i];
+        json_t *part = p->type == REDIS_REPLY_STRING ? json_loadb(p->str, p->len, 0, NULL) : NULL;
+        if (!json_is_array(part) || json_array_size(part) < 4) {
+            json_decref(part);
+            continue;
+        }
+        json_array_append_new(decoded, part);
+        const char *state = json_string_value(json_array_get(part, 2));
+        if (state && (!strcmp(state, "FAILURE") || !strcmp(state, "REVOKED")) && !failed_id) {
+            failed_id = json_string_value(json_array_get(part, 1));
+            failed_result = json_array_get(part, 3);
+        }
+        json_array_append(results, json_array_get(part, 3));
+    }
+    int rc = 0;
+    if (failed_id) {
+        const char *body_id = json_string_value(
+            json_object_get(json_object_get(body, "options"), "task_id"));
+        char *repr = json_dumps(failed_result, JSON_COMPACT | JSON_ENCODE_ANY);
+        struct buf why = BUF_INIT;
+        buf_addf(&why, "Dependency %s raised %s", failed_id, repr ? repr : "?");
+        free(repr);
+        log_error("chord %s: %s", m->group, why.data);
+        if (body_id) {
+            json_t *exc = message_exception("ChordError", "celery.exceptions", why.data);
+            struct result_meta meta = {.status = "FAILURE", .result = exc, .task_id = body_id};
+            rc = backend_redis_store(cv->backend, &meta, e);
+            json_decref(exc);
+        }
+        buf_release(&why);
+    } else {
+        rc = send_signature(cv, m, body, results, NULL, e);
+    }
+    json_decref(results);
+    json_decref(decoded);
+    return rc;
+}
+
+int canvas_chord_part(const struct canvas *cv, const struct message *m, const char *state,
+                      json_t *result, struct err *e)
+{
+    json_t *body = m->embed ? json_object_get(m->embed, "chord") : NULL;
+    if (!json_is_object(body) || !m->group)
+        return 0;
+    if (!cv->backend->cfg->enabled) {
+        log_error("chord %s needs a result backend to join; body not sent", m->group);
+        return 0;
+    }
+    int rc = backend_redis_confirm(cv->backend, e);
+    if (rc)
+        return rc;
+    struct redis_link *l = &cv->backend->link;
+    json_t *part = json_pack("[i, s, s, O]", 1, m->task_id, state, result ? result : json_null());
+    char *part_text = json_dumps(part, JSON_COMPACT);
+    json_decref(part);
+    struct buf j = BUF_INIT, t = BUF_INIT, s = BUF_INIT;
+    buf_addf(&j, CHORD_KEY_PREFIX "%s.j", m->group);
+    buf_addf(&t, CHORD_KEY_PREFIX "%s.t", m->group);
+    buf_addf(&s, CHORD_KEY_PREFIX "%s.s", m->group);
+    char score[32];
+    if (m->group_index >= 0)
+        snprintf(score, sizeof(score), "%d", m->group_index);
+    else
+        snprintf(score, sizeof(score), "+inf");
+    char ttl[16];
+    snprintf(ttl, sizeof(ttl), "%d", cv->backend->cfg->expires_s ? cv->backend->cfg->expires_s
+                                                                  : 86400);
+    const char *cmds[][4] = {
+        {"MULTI"}, {"ZADD", j.data, score, part_text}, {"ZCOUNT", j.data, "-inf", "+inf"},
+        {"GET", t.data}, {"GET", s.data}, {"EXPIRE", j.data, ttl}, {"EXPIRE", t.data, ttl},
+        {"EXPIRE", s.data, ttl}, {"EXEC"},
+    };
+    static const int argcs[] = {1, 4, 4, 2, 2, 3, 3, 3, 1};
+    rc = 0;
+    for (size_t i = 0; i < ARRAY_SIZE(argcs) && !rc; i++)
+        rc = redis_link_append_argv(l, argcs[i], cmds[i], NULL);
+    redisReply *exec = NULL;
+    for (size_t i = 0; i < ARRAY_SIZE(argcs) && !rc; i++) {
+        redisReply *r = redis_link_read(l, e);
+        if (!r) {
+            rc = E_CONN_LOST;
+            break;
+        }
+        if (i == ARRAY_SIZE(argcs) - 1)
+            exec = r;
+        else
+            freeReplyObject(r);
+    }
+    free(part_text);
+    if (!rc && exec && exec->type == REDIS_REPLY_ARRAY && exec->elements == 7) {
+        long long count = exec->element[1]->integer;
+        redisReply *rt = exec->element[2], *rs = exec->element[3];
+        long long total = rs->type == REDIS_REPLY_STRING ? atoll(rs->str) : -1;
+        long long extra = rt->type == REDIS_REPLY_STRING ? atoll(rt->str) : 0;
+        if (total >= 0 && count == total + extra) {
+            /* The last member: join and clean up. */
+            redisReply *parts = redis_link_command(l, e, "ZRANGE %s 0 -1", j.data);
+            if (!parts) {
+                rc = E_CONN_LOST;
+            } else {
+                rc = finish_chord(cv, m, body, parts, e);
+                freeReplyObject(parts);
+                redisReply *d = redis_link_command(l, e, "DEL %s %s %s", j.data, t.data, s.data);
+                if (d)
+                    freeReplyObject(d);
+            }
+        } else if (total < 0) {
+            log_debug("chord %s: no size stored under %s yet; not joined by this member",
+                        m->group, s.data);
+        }
+    }
+    if (exec)
+        freeReplyObject(exec);
+    buf_release(&j);
+    buf_release(&t);
+    buf_release(&s);
+    return rc;
+}

@@ -192,12 +192,12 @@ static int pop_script(struct broker_redis *b, struct delivery *d, struct err *e)
 /* Blocks until the first queue's base list holds a message, without popping
  * it: BLMOVE of a list onto its own tail changes nothing. Returns 1 when
  * something arrived, 0 on timeout, or a negative code. */
-static int wait_for_message(struct broker_redis *b, int timeout_s, struct err *e)
+static int wait_for_message(struct broker_redis *b, double timeout_s, struct err *e)
 {
     /* The other lists (priorities, further queues) are only polled by the
      * script, so with several of them the wait is kept short. */
     char tmo[16];
-    snprintf(tmo, sizeof(tmo), "%.1f", b->n_keys > 2 + 4 ? 0.2 : (double)timeout_s);
+    snprintf(tmo, sizeof(tmo), "%.2f", b->n_keys > 2 + 4 && timeout_s > 0.2 ? 0.2 : timeout_s);
     const char *argv[] = {"BLMOVE", b->keys[2], b->keys[2], "RIGHT", "RIGHT", tmo};
     size_t alens[] = {6, b->key_lens[2], b->key_lens[2], 5, 5, strlen(tmo)};
     redisReply *r = redis_link_argv(&b->link, e, 6, argv, alens);
@@ -210,7 +210,8 @@ static int wait_for_message(struct broker_redis *b, int timeout_s, struct err *e
     return rc;
 }
 
-int broker_redis_fetch(struct broker_redis *b, int timeout_s, struct delivery *d, struct err *e)
+int broker_redis_fetch(struct broker_redis *b, double timeout_s, struct delivery *d,
+                       struct err *e)
 {
     /* Pop and record happen in one script, so there is no moment in which a
      * message is neither in a list nor in the unacked hash. */
@@ -286,6 +287,18 @@ int broker_redis_ack(struct broker_redis *b, const char *tag, struct err *e)
     const size_t *lens[] = {NULL, NULL};
     int argcs[] = {3, 3};
     return transaction(b, 2, argvs, lens, argcs, e);
+}
+
+int broker_redis_touch(struct broker_redis *b, const char *tag, struct err *e)
+{
+    char score[32];
+    snprintf(score, sizeof(score), "%.7f", time_now());
+    redisReply *r = redis_link_command(&b->link, e, "ZADD %s XX %s %s", UNACKED_INDEX_KEY, score,
+                                       tag);
+    if (!r)
+        return E_CONN_LOST;
+    freeReplyObject(r);
+    return 0;
 }
 
 int broker_redis_publish(struct broker_redis *b, const char *queue, int priority,

@@ -45,7 +45,8 @@ int broker_redis_open(struct broker_redis *b, struct err *e);
  * unacked in the same atomic step; when every list is empty, waits up to
  * timeout_s seconds for one (without popping). Returns 0 with d->reply NULL when nothing arrived, 0 with
  * a delivery, or E_CONN_LOST. Release d with delivery_release(). */
-int broker_redis_fetch(struct broker_redis *b, int timeout_s, struct delivery *d, struct err *e);
+int broker_redis_fetch(struct broker_redis *b, double timeout_s, struct delivery *d,
+                       struct err *e);
 void delivery_release(struct delivery *d);
 
 /* Records a delivery in the unacked hash and index (kombu's QoS.append), with
@@ -69,6 +70,11 @@ int broker_redis_confirm(struct broker_redis *b, struct err *e);
  * priority's list. Confirmed before it returns. 0 or E_CONN_LOST. */
 int broker_redis_publish(struct broker_redis *b, const char *queue, int priority,
                          const char *envelope, size_t len, struct err *e);
+
+/* Moves tag's unacked score to now if it is still held (ZADD XX): a message
+ * held for a later ETA is not restored by the visibility sweep meanwhile.
+ * 0 or E_CONN_LOST. */
+int broker_redis_touch(struct broker_redis *b, const char *tag, struct err *e);
 
 /* Puts the message held under tag back on its queue, as kombu's
  * restore_by_tag: marks it redelivered, pushes it to the consumer end (or to

@@ -24,6 +24,10 @@
  * goes unnoticed by an idle child. */
 #define FETCH_TIMEOUT_S 1
 
+/* ETA messages a child holds while running others (Celery raises its
+ * prefetch for each one it holds). Beyond this, a child waits in place. */
+#define HELD_MAX 128
+
 struct child {
     const struct worker_config *cfg;
     struct scoreboard *sb;
@@ -38,6 +42,12 @@ struct child {
     struct celeriac_process proc;
     struct celeriac_task task;
     int64_t next_sweep_ms;          /* monotonic time of the next visibility sweep */
+    struct held {                   /* ETA messages held unacked until due */
+        struct message m;
+        const struct celeriac_task_def *def;
+    } held[HELD_MAX];
+    size_t n_held;
+    int64_t next_refresh_ms;        /* next refresh of the held messages' unacked scores */
 };
 
 /* ---- time limits
@@ -585,6 +595,117 @@ static bool wait_for_eta(struct child *c, const struct message *m)
     return true;
 }
 
+/* Runs a message that passed every check of its receipt: revoked? still
+ * not expired? rate limit, a live connection, then the task. */
+static void run_accepted(struct child *c, struct message *m, const struct celeriac_task_def *def)
+{
+    struct err e = {0};
+    if (scoreboard_is_revoked(c->sb, m->task_id)) {
+        log_info("Discarding revoked task %s[%s]", m->task_name, m->task_id);
+        store_exception(c, m, "REVOKED", "TaskRevokedError", "celery.exceptions", "revoked");
+        task_event(c, "task-revoked", m,
+                   json_pack("{s:b, s:n, s:b}", "terminated", 0, "signum", "expired", 0));
+        ack(c, m->delivery_tag);
+        return;
+    }
+    if (m->expires > 0 && time_now() > m->expires) { /* checked again: it may have waited */
+        log_info("Discarding expired task %s[%s]", m->task_name, m->task_id);
+        store_exception(c, m, "REVOKED", "TaskRevokedError", "celery.exceptions", "expired");
+        task_event(c, "task-revoked", m,
+                   json_pack("{s:b, s:n, s:b}", "terminated", 0, "signum", "expired", 1));
+        ack(c, m->delivery_tag);
+        return;
+    }
+    wait_for_rate(c, def);
+    if (c->cfg->db.kind != DB_NONE) {
+        /* The connection may have died while we waited for this message;
+         * a poll() finds out without a round trip. */
+        if (db_conn_ready(&c->db, &sig_stop, &e)) {
+            log_info("task %s[%s] not started: stopping while reconnecting", m->task_name,
+                     m->task_id);
+            broker_redis_restore(&c->broker, m->delivery_tag, false, &e);
+            return;
+        }
+        atomic_store(&c->slot->reconnects, c->db.reconnects);
+    }
+    execute(c, m, def);
+}
+
+/* ---- ETA / countdown: held unacked while other messages run */
+
+/* Takes m (its ownership moves) into the held list if there is room. */
+static bool hold(struct child *c, struct message *m, const struct celeriac_task_def *def)
+{
+    if (c->n_held >= HELD_MAX)
+        return false; /* full: the caller waits for it in place */
+    struct held *h = &c->held[c->n_held++];
+    h->m = *m;
+    h->def = def;
+    message_init(m);
+    atomic_store(&c->slot->scheduled, c->n_held);
+    log_debug("task %s[%s] scheduled for later", h->m.task_name, h->m.task_id);
+    return true;
+}
+
+/* Seconds until the earliest held message is due (a large number if none). */
+static double next_due(const struct child *c)
+{
+    double best = 1e9, now = time_now();
+    for (size_t i = 0; i < c->n_held; i++)
+        if (c->held[i].m.eta - now < best)
+            best = c->held[i].m.eta - now;
+    return best;
+}
+
+static void run_due(struct child *c)
+{
+    for (size_t i = 0; i < c->n_held && !sig_stop;) {
+        if (c->held[i].m.eta > time_now()) {
+            i++;
+            continue;
+        }
+        struct held h = c->held[i];
+        c->held[i] = c->held[--c->n_held];
+        atomic_store(&c->slot->scheduled, c->n_held);
+        run_accepted(c, &h.m, h.def);
+        message_release(&h.m);
+    }
+}
+
+/* A held message's unacked score is its delivery time; keep it fresh so the
+ * visibility sweep does not hand it to another worker while we hold it. */
+static void refresh_held(struct child *c)
+{
+    int64_t now = time_mono_ms();
+    int64_t every = (int64_t)(c->cfg->visibility_timeout * 1000) / 4;
+    if (!c->n_held || now < c->next_refresh_ms)
+        return;
+    c->next_refresh_ms = now + (every > 1000 ? every : 1000);
+    for (size_t i = 0; i < c->n_held; i++) {
+        struct err e = {0};
+        if (broker_redis_touch(&c->broker, c->held[i].m.delivery_tag, &e) == E_CONN_LOST)
+            return;
+    }
+}
+
+/* Stopping: every held message goes back to its queue now. */
+static void restore_held(struct child *c)
+{
+    for (size_t i = 0; i < c->n_held; i++) {
+        struct err e = {0};
+        struct message *m = &c->held[i].m;
+        if (redis_link_is_open(&c->broker.link) &&
+            !broker_redis_restore(&c->broker, m->delivery_tag, false, &e))
+            log_info("task %s[%s] not due before shutdown; restored to its queue", m->task_name,
+                     m->task_id);
+        else
+            log_warning("task %s[%s] left unacked for the visibility sweep", m->task_name,
+                        m->task_id);
+        message_release(m);
+    }
+    c->n_held = 0;
+}
+
 static void handle(struct child *c, struct delivery *d)
 {
     struct message m;
@@ -638,6 +759,8 @@ static void handle(struct child *c, struct delivery *d)
         goto out;
     }
     received_event(c, &m);
+    if (m.eta > time_now() && hold(c, &m, def))
+        goto out; /* scheduled: the held list owns it now */
     if (m.eta > 0 && !wait_for_eta(c, &m)) {
         /* Stopping before it is due: give it back now rather than leave it
          * for the visibility sweep an hour from now. */
@@ -649,26 +772,7 @@ static void handle(struct child *c, struct delivery *d)
                      m.task_id);
         goto out;
     }
-    if (scoreboard_is_revoked(c->sb, m.task_id)) {
-        log_info("Discarding revoked task %s[%s]", m.task_name, m.task_id);
-        store_exception(c, &m, "REVOKED", "TaskRevokedError", "celery.exceptions", "revoked");
-        task_event(c, "task-revoked", &m,
-                   json_pack("{s:b, s:n, s:b}", "terminated", 0, "signum", "expired", 0));
-        ack(c, m.delivery_tag);
-        goto out;
-    }
-    wait_for_rate(c, def);
-    if (c->cfg->db.kind != DB_NONE) {
-        /* The connection may have died while we waited for this message;
-         * a poll() finds out without a round trip. */
-        if (db_conn_ready(&c->db, &sig_stop, &e)) {
-            log_info("task %s[%s] not started: stopping while reconnecting", m.task_name, m.task_id);
-            broker_redis_restore(&c->broker, m.delivery_tag, false, &e);
-            goto out;
-        }
-        atomic_store(&c->slot->reconnects, c->db.reconnects);
-    }
-    execute(c, &m, def);
+    run_accepted(c, &m, def);
     goto out;
 
 out_settle:
@@ -777,6 +881,7 @@ static bool should_retire(struct child *c)
 ATTR_NORETURN static void leave(struct child *c, int code)
 {
     atomic_store(&c->slot->state, CHILD_STOPPING);
+    restore_held(c);
     const struct celeriac_library *lib = c->cfg->lib.desc;
     if (code != EXIT_CANNOT_SERVE && lib->process_shutdown)
         lib->process_shutdown(&c->proc);
@@ -878,9 +983,16 @@ void child_main(const struct worker_config *cfg, struct scoreboard *sb, struct s
         if (ensure_broker(&c))
             break;
         maybe_sweep(&c);
+        run_due(&c);
+        refresh_held(&c);
+        if (sig_stop)
+            break;
         struct delivery d;
         struct err e = {0};
-        int rc = broker_redis_fetch(&c.broker, FETCH_TIMEOUT_S, &d, &e);
+        double due = next_due(&c);
+        int rc = broker_redis_fetch(&c.broker, due < FETCH_TIMEOUT_S ? (due > 0.05 ? due : 0.05)
+                                                                     : FETCH_TIMEOUT_S,
+                                    &d, &e);
         if (rc) {
             log_warning("fetch failed: %s", e.msg);
             if (rc != E_CONN_LOST)

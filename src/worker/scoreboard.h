@@ -43,6 +43,7 @@ struct slot {
     _Atomic int acks_late;          /* the running task acks after its result */
     _Atomic int hard_limit_hit;     /* set by the child's timer handler */
     _Atomic int revoke_terminate;   /* set by the control process before it kills us */
+    _Atomic int scheduled;          /* ETA messages the child holds */
     double time_start;              /* Unix time the running task started */
     char task_id[40];               /* hint: may be torn while being written */
     char task_name[96];

@@ -7,8 +7,8 @@ checks what AsyncResult shows and what is stored in Redis.
 Environment: REDIS_URL, PG_URL.
 """
 import json
+import os
 import re
-import sys
 import time
 
 import psycopg2
@@ -16,8 +16,6 @@ import redis
 
 from client import make_app, stored_meta
 import tap
-
-import os
 
 REDIS_URL = os.environ["REDIS_URL"]
 PG_URL = os.environ["PG_URL"]
@@ -32,7 +30,7 @@ db.autocommit = True
 def sql(query, *params):
     with db.cursor() as cur:
         cur.execute(query, params)
-        return cur.fetchall()
+        return cur.fetchall() if cur.description else None
 
 
 def get(res, timeout=10):

@@ -164,17 +164,20 @@ def check(broker, backend, idfile, sample):
           f"get_book_info({book}) -> {app.AsyncResult(tid).get(timeout=10)!r}")
 
 
-def children_of(pid):
+def children_of(pid, control=False):
+    """The worker's pool children; with control=True, its control process
+    (comm "celeriac:control": remote control and heartbeats, no database)."""
     kids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
+                head, tail = f.read().rsplit(")", 1)
         except (FileNotFoundError, ProcessLookupError):
             continue
-        if int(fields[1]) == pid:
+        comm = head.split("(", 1)[1]
+        if int(tail.split()[1]) == pid and comm.startswith("celeriac:contr") == control:
             kids.append(int(entry))
     return sorted(kids)
 
@@ -232,6 +235,12 @@ def facts(worker_pid, dbpath, logfile):
             problems.append(f"child {pid} has {len(fds)} handles on the database, want 1")
         if not mine:
             problems.append(f"no 'database connected' log line names child pid {pid}")
+    for pid in children_of(worker_pid, control=True):
+        fds = db_fds(pid, dbpath)
+        print(f"control pid {pid}: {len(fds)} handle(s) on {os.path.basename(dbpath)}, "
+              f"RSS {status_field(pid, 'VmRSS')} (remote control and heartbeats)")
+        if fds:
+            problems.append(f"the control process {pid} holds the database open")
     if problems:
         die("; ".join(problems))
     print(f"{len(kids)} children, one database connection each, each opened by the child "

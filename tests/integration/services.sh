@@ -343,10 +343,18 @@ start_worker() {
     _svc_record_pid "$WORKER_PID" worker
 }
 
-# worker_children [PID]: the pids of the worker's child processes, sorted.
+# worker_children [PID]: the pids of the worker's pool children, sorted. The
+# control process (comm "celeriac:control", remote control and heartbeats) is
+# not one of them; control_pid finds it.
 worker_children() {
     local pid=${1:-$WORKER_PID}
-    ps -o pid= --ppid "$pid" 2>/dev/null | tr -d ' ' | sort -n | tr '\n' ' ' | sed 's/ $//'
+    ps -o pid=,comm= --ppid "$pid" 2>/dev/null | awk '$2 !~ /^celeriac:contr/ {print $1}' |
+        sort -n | tr '\n' ' ' | sed 's/ $//'
+}
+
+control_pid() { # [PID]
+    local pid=${1:-$WORKER_PID}
+    ps -o pid=,comm= --ppid "$pid" 2>/dev/null | awk '$2 ~ /^celeriac:contr/ {print $1}'
 }
 
 # wait_children N [TIMEOUT]: until the worker has N children.

@@ -75,6 +75,16 @@ demo: deps
 	@$(MAKE) --no-print-directory all
 	@BUILD=$(BUILD) scripts/demo.sh
 
+# The benchmark of issue 5: celeriac beside Python Celery and a bare C floor.
+bench: deps
+	@$(MAKE) --no-print-directory all
+	@BUILD=$(BUILD) bench/run.sh
+
+# 10,000 late-ack tasks while children are killed and PostgreSQL and Redis restart.
+chaos: deps
+	@$(MAKE) --no-print-directory all
+	@BUILD=$(BUILD) tests/reliability/chaos.sh
+
 # libFuzzer over the message decoder, bounded by FUZZ_SECONDS (default 60).
 fuzz: deps
 	@scripts/fuzz.sh

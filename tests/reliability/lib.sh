@@ -7,6 +7,20 @@
 . "$(dirname "${BASH_SOURCE[0]}")/../integration/services.sh"
 REL_DIR=$CELERIAC_ROOT/tests/reliability
 
+# worker_children [PID]: the pool children only (process name celeriac:childN),
+# not the control process the master also forks (celeriac:control). Replaces
+# services.sh's version for these tests: wait_children, stop_worker and the
+# tests count pool children.
+worker_children() {
+    local pid=${1:-$WORKER_PID}
+    ps -o pid=,comm= --ppid "$pid" 2>/dev/null | awk '$2 ~ /^celeriac:child/ {print $1}' |
+        sort -n | tr '\n' ' ' | sed 's/ $//'
+}
+# every process the master forked (pool children and the control process)
+worker_all_children() {
+    ps -o pid= --ppid "${1:-$WORKER_PID}" 2>/dev/null | tr -d ' ' | sort -n | tr '\n' ' ' | sed 's/ $//'
+}
+
 # build_rel_lib: compiles rel_tasks.c into $TEST_TMP/librel.so (REL_LIB).
 build_rel_lib() {
     REL_LIB=$TEST_TMP/librel.so
@@ -93,6 +107,7 @@ start_redis_aof() {
         echo "save ''"
         echo "appendonly yes"
         echo "appendfsync always"
+        echo "enable-debug-command local"
         echo "daemonize no"
         echo "databases 16"
     } >"$dir/redis.conf"
@@ -111,9 +126,9 @@ _redis_aof_launch() {
         tail -20 "$dir/redis.log" 2>/dev/null | sed 's/^/#   /'
         exit 1
     fi
-    _redis_loaded() { [[ $(redis_cli info persistence | tr -d '\r' | grep '^loading:') == loading:0 ]]; }
-    wait_for 30 _redis_loaded
+    wait_for 60 _redis_loaded
 }
+_redis_loaded() { [[ $(redis_cli info persistence 2>/dev/null | tr -d '\r' | grep '^loading:') == loading:0 ]]; }
 
 # restart_redis_aof [DOWN_SECONDS]: TERM (Redis fsyncs the AOF and exits),
 # stay down DOWN_SECONDS, start again on the same port with the same data.

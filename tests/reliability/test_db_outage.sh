@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+# test_db_outage.sh (issue 3, point 5): a task whose connection dies
+# mid-flight is re-run after reconnecting when it is idempotent and fails
+# with OperationalError otherwise; PostgreSQL restarted in the middle of
+# 5,000 get_book_info tasks loses none and fails none, children pull no task
+# while the database is down, say so in the SIGUSR1 status, back off, and
+# resume by themselves.
+. "$(dirname "$0")/lib.sh"
+
+N=${DB_OUTAGE_TASKS:-5000}
+start_redis
+start_pg
+seed_books_pg || { not_ok "seed the books table"; tap_done; }
+build_rel_lib || tap_done
+
+running_sleep_backend() {
+    psql_admin -c "SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'celeriac%'
+                   AND state = 'active' AND query LIKE '%pg_sleep%' LIMIT 1"
+}
+_sleep_running() { [[ -n $(running_sleep_backend) ]]; }
+
+# ---- a connection lost mid-task ----------------------------------------------------------
+start_worker -A "$REL_LIB" -c 1 -b "$REDIS_URL" --result-backend "$REDIS_URL" --db "$PG_URL" -n midflight@localhost
+wait_children 1 20 || not_ok "worker started" "$(worker_log_tail)"
+kid=$(only_child)
+id=$(send rel.pg_sleep '[5]')
+if wait_for 10 _sleep_running; then
+    b=$(running_sleep_backend)
+    psql_admin -c "SELECT pg_terminate_backend($b)" >/dev/null
+    m=$(meta_of "$id" 15)
+    expect_eq "non-idempotent task whose backend is terminated mid-statement: FAILURE OperationalError" \
+        "OperationalError" "$(jget result.exc_type <<<"$m")" "$m" "$(worker_log_tail 10)"
+    msg=$(jget result.exc_message <<<"$m")
+    if [[ $msg == *"connection"* ]]; then
+        ok "... with a clear connection error ($msg)"
+    else
+        not_ok "... with a clear connection error" "exc_message: $msg"
+    fi
+    id=$(send rel.pg)
+    m=$(meta_of "$id" 15)
+    nb=$(jget result.backend <<<"$m")
+    if [[ $(jget status <<<"$m") == SUCCESS && $nb != "$b" ]]; then
+        ok "the next task runs on a new connection ($b -> $nb), same child"
+    else
+        not_ok "the next task runs on a new connection" "$m" "$(worker_log_tail 10)"
+    fi
+else
+    not_ok "setup: rel.pg_sleep(5) is running on the server" "$(celeriac_backends)"
+fi
+
+id=$(send rel.pg_sleep_idem '[2]')
+if wait_for 10 _sleep_running; then
+    b=$(running_sleep_backend)
+    psql_admin -c "SELECT pg_terminate_backend($b)" >/dev/null
+    m=$(meta_of "$id" 20)
+    nb=$(jget result.backend <<<"$m")
+    if [[ $(jget status <<<"$m") == SUCCESS && $nb != "$b" ]]; then
+        ok "idempotent task whose backend is terminated mid-statement: re-run after reconnect, SUCCESS (backend $b -> $nb)"
+    else
+        not_ok "idempotent task whose backend is terminated mid-statement: re-run after reconnect, SUCCESS" \
+            "$m" "$(worker_log_tail 10)"
+    fi
+    if log_has "rel\.pg_sleep_idem\[$id\]: database connection lost .*re-running after reconnect"; then
+        ok "the re-run is logged with its reason"
+    else
+        not_ok "the re-run is logged with its reason" "$(worker_log_tail 10)"
+    fi
+else
+    not_ok "setup: rel.pg_sleep_idem(2) is running on the server" "$(celeriac_backends)"
+fi
+expect_eq "no child was replaced by the lost connections" "$kid" "$(only_child)"
+stop_worker TERM 20
+
+# ---- PostgreSQL restart in the middle of $N get_book_info ------------------------------
+RESULT_URL="redis://127.0.0.1:$REDIS_PORT/1"
+export RESULT_URL
+ids=$TEST_TMP/ids
+t0=$SECONDS
+rel bulk books.get_book_info "$N" --out "$ids" || not_ok "publish $N tasks"
+diag "published $N get_book_info in $((SECONDS - t0)) s"
+done_count() { redis_cli -n 1 dbsize; }
+start_worker -c 4 -b "$REDIS_URL" --result-backend "$RESULT_URL" --db "$PG_URL" \
+    --db-backoff-base 200 --db-backoff-cap 2000 -n outage@localhost
+wait_children 4 20 || not_ok "worker started 4 children" "$(worker_log_tail)"
+_quarter() { (($(done_count) >= N / 4)); }
+wait_for 60 _quarter || diag "only $(done_count) done after 60 s"
+at=$(done_count)
+stop_pg fast
+diag "PostgreSQL stopped after $at of $N results"
+sleep 1
+q1=$(queue_len)
+kill -USR1 "$WORKER_PID"
+sleep 2
+q2=$(queue_len)
+held=$(redis_cli hlen unacked)
+if [[ $q1 == "$q2" ]] && ((q2 > 0)); then
+    ok "while PostgreSQL is down the children pull no task (queue $q1 -> $q2 over 2 s; $held held)"
+else
+    not_ok "while PostgreSQL is down the children pull no task" "queue $q1 -> $q2 over 2 s, unacked $held" \
+        "$(worker_log_tail 15)"
+fi
+if grep -E 'child [0-9] pid [0-9]+: .*database down' "$WORKER_LOG" | grep -q .; then
+    ok "SIGUSR1 shows the children's database as down ($(grep -cE 'child [0-9] pid [0-9]+: .*database down' "$WORKER_LOG") of 4)"
+else
+    not_ok "SIGUSR1 shows the children's database as down" "$(grep -E 'child [0-9] pid' "$WORKER_LOG" | tail -4)"
+fi
+start_pg_again
+t1=$SECONDS
+tally=$(rel tally "$ids" --timeout 180)
+diag "after the restart: all settled in $((SECONDS - t1)) s: $tally"
+expect_eq "PostgreSQL restart in the middle of $N get_book_info: all $N SUCCESS" \
+    "$N" "$(jget counts.SUCCESS <<<"$tally")" "$tally" "$(worker_log_tail 20)"
+expect_eq "... none FAILURE, none missing" "<missing> <missing>" \
+    "$(jget counts.FAILURE <<<"$tally") $(jget counts.MISSING <<<"$tally")" "$tally"
+expect_eq "... nothing left queued or unacked" "0 0 0" "$(queue_len) $(unacked_count)"
+if log_has "retrying in [0-9]+ ms"; then
+    ok "the children logged their backoff ($(grep -cE 'retrying in [0-9]+ ms' "$WORKER_LOG") lines)"
+else
+    not_ok "the children logged their backoff" "$(worker_log_tail 15)"
+fi
+expect_eq "every child re-established its connection by itself" 4 \
+    "$(grep -E 're-established' "$WORKER_LOG" | grep -oE 'ForkPoolWorker-[0-9]+' | sort -u | wc -l)" \
+    "$(grep -E 're-established|unusable' "$WORKER_LOG" | head)"
+if ! log_has "killed by signal|exited with code|cannot serve"; then
+    ok "no child died or gave up during the outage"
+else
+    not_ok "no child died or gave up during the outage" "$(grep -E 'killed by signal|exited with code|cannot serve' "$WORKER_LOG")"
+fi
+stop_worker TERM 30
+expect_eq "worker exits 0" 0 "$WORKER_RC" "$(worker_log_tail)"
+
+check_worker_logs_clean
+tap_done

@@ -375,7 +375,8 @@ worker_alive() { # [PID]
 stop_worker() {
     local sig=${1:-TERM} timeout=${2:-30} kids i
     [[ -n ${WORKER_PID:-} ]] || return 0
-    kids=$(worker_children)
+    # every child (pool children and the control process)
+    kids=$(ps -o pid= --ppid "$WORKER_PID" 2>/dev/null | tr -d ' ')
     kill -"$sig" "$WORKER_PID" 2>/dev/null
     for ((i = 0; i < timeout * 10; i++)); do
         worker_alive || break

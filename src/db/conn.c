@@ -115,6 +115,17 @@ static bool owned(struct db_conn *c)
     return false;
 }
 
+int db_conn_clean(struct db_conn *c, struct err *e)
+{
+    const struct db_driver *d = driver_for(c);
+    if (!d || !db_conn_is_open(c) || c->owner != self_pid())
+        return 0;
+    int rc = d->reset(c, e);
+    if (rc)
+        db_conn_close(c, e ? e->msg : "rollback failed");
+    return rc;
+}
+
 bool db_conn_check_lost(struct db_conn *c)
 {
     const struct db_driver *d = driver_for(c);

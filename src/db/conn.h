@@ -72,6 +72,11 @@ bool db_conn_is_open(const struct db_conn *c);
  * could not reconnect before *stop was set. */
 int db_conn_ready(struct db_conn *c, volatile sig_atomic_t *stop, struct err *e);
 
+/* Right after a task: rolls back a transaction it left open (logged). Cheap
+ * when there is none (no round trip). Returns 0, or E_CONN_LOST (the handle
+ * is then closed and db_conn_ready reopens it). */
+int db_conn_clean(struct db_conn *c, struct err *e);
+
 /* After a task reported a database failure: true when the connection is
  * gone (the handle is then closed with the reason). The one place that
  * decides what "connection lost" means. */

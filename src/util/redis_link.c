@@ -101,6 +101,16 @@ void redis_link_close(struct redis_link *l, const char *reason)
     l->pending = 0;
 }
 
+/* Error replies that mean "not now" rather than "never": the server is
+ * loading its dataset after a restart, or busy with a script. Treated like
+ * a lost connection so callers reconnect and retry with backoff. */
+static bool is_transient_error(const redisReply *r)
+{
+    return r && r->type == REDIS_REPLY_ERROR &&
+           (!strncmp(r->str, "LOADING", 7) || !strncmp(r->str, "BUSY", 4) ||
+            !strncmp(r->str, "MASTERDOWN", 10) || !strncmp(r->str, "TRYAGAIN", 8));
+}
+
 /* Called after a failed hiredis call: the connection is unusable. */
 static void lost(struct redis_link *l, struct err *e)
 {
@@ -108,6 +118,23 @@ static void lost(struct redis_link *l, struct err *e)
     snprintf(why, sizeof(why), "%s", l->ctx && l->ctx->errstr[0] ? l->ctx->errstr : "no reply");
     err_set(e, E_CONN_LOST, "%s connection lost: %s", l->role, why);
     redis_link_close(l, why);
+}
+
+/* A transient error reply closes the link like a lost connection would. */
+static redisReply *checked(struct redis_link *l, redisReply *r, struct err *e)
+{
+    if (!r) {
+        lost(l, e);
+        return NULL;
+    }
+    if (!is_transient_error(r))
+        return r;
+    char why[128];
+    snprintf(why, sizeof(why), "%s", r->str);
+    freeReplyObject(r);
+    err_set(e, E_CONN_LOST, "%s connection: %s", l->role, why);
+    redis_link_close(l, why);
+    return NULL;
 }
 
 static bool owned(struct redis_link *l, struct err *e)
@@ -161,6 +188,14 @@ int redis_link_drain(struct redis_link *l, struct err *e)
         }
         l->pending--;
         redisReply *r = reply;
+        if (is_transient_error(r)) {
+            char why[128];
+            snprintf(why, sizeof(why), "%s", r->str);
+            freeReplyObject(r);
+            err_set(e, E_CONN_LOST, "%s connection: %s", l->role, why);
+            redis_link_close(l, why);
+            return E_CONN_LOST;
+        }
         if (r->type == REDIS_REPLY_ERROR) {
             log_error("%s command failed: %s", l->role, r->str);
             rc = err_set(e, E_PROTOCOL, "%s command failed: %s", l->role, r->str);
@@ -185,9 +220,7 @@ redisReply *redis_link_command(struct redis_link *l, struct err *e, const char *
     va_start(ap, fmt);
     redisReply *r = redisvCommand(l->ctx, fmt, ap);
     va_end(ap);
-    if (!r)
-        lost(l, e);
-    return r;
+    return checked(l, r, e);
 }
 
 redisReply *redis_link_argv(struct redis_link *l, struct err *e, int argc, const char **argv,
@@ -196,9 +229,7 @@ redisReply *redis_link_argv(struct redis_link *l, struct err *e, int argc, const
     if (!owned(l, e) || !drained(l, e))
         return NULL;
     redisReply *r = redisCommandArgv(l->ctx, argc, argv, lens);
-    if (!r)
-        lost(l, e);
-    return r;
+    return checked(l, r, e);
 }
 
 int redis_link_append_argv(struct redis_link *l, int argc, const char **argv, const size_t *lens)
@@ -219,7 +250,7 @@ redisReply *redis_link_read(struct redis_link *l, struct err *e)
         lost(l, e);
         return NULL;
     }
-    return r;
+    return checked(l, r, e);
 }
 
 /* Scripts go as EVAL with their source every time: the server caches the

@@ -213,6 +213,8 @@ static int ensure_backend(struct child *c)
  * would leave the message to be redelivered after the visibility timeout. */
 static void ack(struct child *c, const char *tag)
 {
+    struct backoff bo;
+    backoff_init(&bo, 100, 5000);
     while (!should_stop(c) || redis_link_is_open(&c->broker.link)) {
         if (ensure_broker(c))
             return;
@@ -223,7 +225,9 @@ static void ack(struct child *c, const char *tag)
                 log_error("ack of %s failed: %s", tag, e.msg);
             return;
         }
-        log_warning("ack of %s: %s", tag, e.msg);
+        int64_t delay = backoff_next(&bo);
+        log_warning("ack of %s: %s; retrying in %" PRId64 " ms", tag, e.msg, delay);
+        time_sleep_ms(delay, &sig_stop);
     }
 }
 
@@ -231,6 +235,8 @@ static void store(struct child *c, const struct result_meta *m)
 {
     if (!c->cfg->backend.enabled)
         return;
+    struct backoff bo;
+    backoff_init(&bo, 100, 5000);
     for (;;) {
         if (ensure_backend(c))
             return;
@@ -241,7 +247,23 @@ static void store(struct child *c, const struct result_meta *m)
                 log_error("%s", e.msg);
             return;
         }
-        log_warning("storing result of %s: %s", m->task_id, e.msg);
+        int64_t delay = backoff_next(&bo);
+        log_warning("storing result of %s: %s; retrying in %" PRId64 " ms", m->task_id, e.msg,
+                    delay);
+        time_sleep_ms(delay, &sig_stop);
+    }
+}
+
+/* The reply of a result sent without waiting: read it, and after a lost
+ * connection reopen, which sends that result again. */
+static void confirm_results(struct child *c)
+{
+    struct err e = {0};
+    if (!c->backend.unconfirmed || !redis_link_is_open(&c->backend.link))
+        return;
+    if (backend_redis_confirm(&c->backend, &e) == E_CONN_LOST) {
+        log_warning("result backend: %s; reconnecting to store the last result again", e.msg);
+        ensure_backend(c);
     }
 }
 
@@ -575,6 +597,11 @@ static void execute(struct child *c, struct message *m, const struct celeriac_ta
     if (acks_late)
         ack(c, m->delivery_tag);
     c->db.uses++;
+    /* A transaction the task left open must not hold locks until the next
+     * task arrives: roll it back now. */
+    struct err re = {0};
+    if (db_conn_is_open(&c->db) && db_conn_clean(&c->db, &re))
+        log_warning("database connection after task %s: %s", m->task_id, re.msg);
     atomic_store(&c->slot->task_started_ms, 0);
     atomic_store(&c->slot->time_limit_ms, 0);
     atomic_fetch_add(&c->slot->tasks_done, 1);
@@ -1000,6 +1027,7 @@ void child_main(const struct worker_config *cfg, struct scoreboard *sb, struct s
             continue;
         }
         bool ran = d.reply != NULL;
+        confirm_results(&c); /* its reply has arrived by now: no wait */
         if (!ran)
             loops = 0; /* idle: check the master next time round */
         if (ran)

@@ -11,6 +11,7 @@
 #include "worker/scoreboard.h"
 #include "worker/signals.h"
 #include "worker/spawn.h"
+#include "worker/trim.h"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -48,6 +49,7 @@ struct master {
     bool stop_sent;
     bool kill_sent;
     bool ready_logged;
+    bool trimmed;
 };
 
 static int pool_target(struct master *m)
@@ -288,6 +290,10 @@ static void maybe_log_ready(struct master *m)
         if (state == CHILD_IDLE || state == CHILD_BUSY) {
             log_info("%s ready.", m->cfg->node_name);
             m->ready_logged = true;
+            /* From here on the master only waits, reaps and forks: the
+             * library pages touched at start-up are not needed resident. */
+            long kb = trim_clean_file_pages();
+            log_debug("master released %ld KiB of start-up library pages", kb);
             return;
         }
     }

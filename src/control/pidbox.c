@@ -49,8 +49,8 @@ static json_t *request_info(const struct pidbox *p, const struct slot *s, bool s
 {
     json_t *args = NULL, *kwargs = NULL;
     if (safe) {
-        args = json_string(s->argsrepr);
-        kwargs = json_string(s->kwargsrepr);
+        args = json_string(s->argsrepr_text);
+        kwargs = json_string(s->kwargsrepr_text);
     } else {
         args = json_loads(s->argsrepr, 0, NULL);
         kwargs = json_loads(s->kwargsrepr, 0, NULL);
@@ -335,6 +335,10 @@ static int parse_rate(json_t *v, int64_t *interval_ns)
         double n = strtod(s, &end);
         if (end == s)
             return -EINVAL;
+        if (n == 0 && (!*end || *end == '/')) {
+            *interval_ns = 0; /* Celery's rate("0") and rate("0/s"): no limit */
+            return 0;
+        }
         double unit = 1;
         if (*end == '/') {
             end++;
@@ -396,9 +400,11 @@ static json_t *cmd_time_limit(struct pidbox *p, json_t *args)
 static json_t *cmd_pool(struct pidbox *p, json_t *args, int sign)
 {
     json_t *nv = json_object_get(args, "n");
-    int n = json_is_integer(nv) ? (int)json_integer_value(nv) : 1;
+    if (nv && !json_is_integer(nv))
+        return error("TypeError('n must be an integer')");
+    int n = nv ? (int)json_integer_value(nv) : 1;
     if (n < 0 || n > 1024)
-        return error("bad n");
+        return error("ValueError('n must be between 0 and 1024')");
     int cur = atomic_load(&p->sb->shared->pool_target);
     int want = cur + sign * n;
     if (want < 1)
@@ -410,8 +416,32 @@ static json_t *cmd_pool(struct pidbox *p, json_t *args, int sign)
     return ok(sign > 0 ? "pool will grow" : "pool will shrink");
 }
 
+/* Celery's handlers for these take no arguments: extra ones are a TypeError. */
+static json_t *unexpected_args(const char *method, json_t *args)
+{
+    static const char *const no_args[] = {"enable_events", "disable_events", "heartbeat",
+                                          "active_queues"};
+    if (!json_object_size(args))
+        return NULL;
+    for (size_t i = 0; i < ARRAY_SIZE(no_args); i++) {
+        if (strcmp(method, no_args[i]))
+            continue;
+        const char *key = json_object_iter_key(json_object_iter(args));
+        struct buf b = BUF_INIT;
+        buf_addf(&b, "TypeError(\"%s() got an unexpected keyword argument '%.64s'\")", method,
+                 key ? key : "?");
+        json_t *e = error(b.data);
+        buf_release(&b);
+        return e;
+    }
+    return NULL;
+}
+
 json_t *pidbox_dispatch(struct pidbox *p, const char *method, json_t *args)
 {
+    json_t *bad_args = unexpected_args(method, args);
+    if (bad_args)
+        return bad_args;
     if (!strcmp(method, "ping"))
         return ok("pong");
     if (!strcmp(method, "stats"))
@@ -491,11 +521,12 @@ static bool addressed_to_us(const struct pidbox *p, json_t *body)
         if (!strcmp(matcher, "glob"))
             return fnmatch(pattern, me, 0) == 0;
         if (!strcmp(matcher, "pcre")) {
+            /* Python's re.match: the match must start at the first character. */
             regex_t re;
-            if (regcomp(&re, pattern, REG_EXTENDED | REG_NOSUB))
+            if (regcomp(&re, pattern, REG_EXTENDED))
                 return false;
             regmatch_t m;
-            bool hit = regexec(&re, me, 1, &m, 0) == 0;
+            bool hit = regexec(&re, me, 1, &m, 0) == 0 && m.rm_so == 0;
             regfree(&re);
             return hit;
         }

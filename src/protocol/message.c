@@ -156,6 +156,8 @@ static int decode_headers(struct message *m, json_t *headers, struct err *e)
                              json_integer_value(v) < INT32_MAX
                          ? (int)json_integer_value(v)
                          : -1;
+    m->argsrepr = str_field(headers, "argsrepr");
+    m->kwargsrepr = str_field(headers, "kwargsrepr");
     if (optional_string(headers, "root_id", &m->root_id, e) ||
         optional_string(headers, "parent_id", &m->parent_id, e) ||
         optional_string(headers, "group", &m->group, e))

@@ -36,6 +36,8 @@ struct message {
     const char *parent_id;     /* headers.parent_id or NULL */
     const char *group;         /* headers.group or NULL */
     int group_index;           /* headers.group_index, -1 when absent or null */
+    const char *argsrepr;      /* headers.argsrepr (the sender's repr of args) or NULL */
+    const char *kwargsrepr;    /* headers.kwargsrepr or NULL */
     json_t *args;              /* array, borrowed from body */
     json_t *kwargs;            /* object, borrowed from body */
     json_t *embed;             /* object or NULL (treated as all-null) */

@@ -433,8 +433,10 @@ static void received_event(struct child *c, const struct message *m)
         time_format_iso(&eta, m->eta, true);
     if (m->expires > 0)
         time_format_iso(&expires, m->expires, true);
+    /* Celery sends the sender's repr (argsrepr); a C client's JSON otherwise. */
     json_t *f = json_pack("{s:s, s:s, s:s, s:s?, s:s?, s:i, s:s?, s:s?}", "name", m->task_name,
-                          "args", args ? args : "[]", "kwargs", kwargs ? kwargs : "{}", "root_id",
+                          "args", m->argsrepr ? m->argsrepr : args ? args : "[]", "kwargs",
+                          m->kwargsrepr ? m->kwargsrepr : kwargs ? kwargs : "{}", "root_id",
                           m->root_id, "parent_id", m->parent_id, "retries", m->retries, "eta",
                           eta.len ? eta.data : NULL, "expires", expires.len ? expires.data : NULL);
     free(args);
@@ -488,6 +490,10 @@ static void execute(struct child *c, struct message *m, const struct celeriac_ta
     snprintf(c->slot->kwargsrepr, sizeof(c->slot->kwargsrepr), "%s", kwargs ? kwargs : "{}");
     free(args);
     free(kwargs);
+    snprintf(c->slot->argsrepr_text, sizeof(c->slot->argsrepr_text), "%s",
+             m->argsrepr ? m->argsrepr : c->slot->argsrepr);
+    snprintf(c->slot->kwargsrepr_text, sizeof(c->slot->kwargsrepr_text), "%s",
+             m->kwargsrepr ? m->kwargsrepr : c->slot->kwargsrepr);
     snprintf(c->slot->routing_key, sizeof(c->slot->routing_key), "%s", m->routing_key);
     c->slot->time_start = time_now();
     snprintf(c->slot->task_id, sizeof(c->slot->task_id), "%s", m->task_id);
@@ -782,6 +788,8 @@ static void handle(struct child *c, struct delivery *d)
     if (m.expires > 0 && time_now() > m.expires) {
         log_info("Discarding expired task %s[%s]", m.task_name, m.task_id);
         store_exception(c, &m, "REVOKED", "TaskRevokedError", "celery.exceptions", "expired");
+        task_event(c, "task-revoked", &m,
+                   json_pack("{s:b, s:n, s:b}", "terminated", 0, "signum", "expired", 1));
         ack(c, m.delivery_tag);
         goto out;
     }

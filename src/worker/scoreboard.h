@@ -50,6 +50,8 @@ struct slot {
     char delivery_tag[40];
     char argsrepr[200];             /* running task's args as JSON, truncated */
     char kwargsrepr[120];
+    char argsrepr_text[200];        /* the sender's repr (Celery's argsrepr), for safe=True */
+    char kwargsrepr_text[120];
     char routing_key[64];
 
     /* Written by the master before forking a replacement, read by the new

@@ -82,7 +82,7 @@ def task_events(task_id, want, timeout=8):
     return wait_until(probe, timeout, 0.05) or [e["type"] for e in ev.of(uuid=task_id)]
 
 
-r = app.send_task("tasks.add", args=[2, 3])
+r = app.send_task("tasks.add", args=(2, 3))  # a tuple, so argsrepr is "(2, 3)"
 types = task_events(r.id, ["task-received", "task-started", "task-succeeded"])
 eq("tasks.add(2, 3): task-received, task-started, task-succeeded in that order",
    ["task-received", "task-started", "task-succeeded"], types)

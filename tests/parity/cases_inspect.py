@@ -109,7 +109,7 @@ check("inspect clock: an int that moves forward", isinstance(c1, int) and isinst
       text, text2)
 
 # ---- active, query_task, reserved, scheduled while a task runs ----------------------
-r = app.send_task("tasks.sleep", args=[3])
+r = app.send_task("tasks.sleep", args=(3,))  # a tuple, so argsrepr is "(3,)"
 t_sent = time.time()
 running = wait_until(lambda: [a for a in insp().active()[N] if a["id"] == r.id], 5)
 rc, doc, text = celery_json("inspect", "active", "-d", N)

@@ -166,16 +166,25 @@ static int prepare_store(struct backend_redis *b, const struct result_meta *m, s
     return 0;
 }
 
-int backend_redis_store(struct backend_redis *b, const struct result_meta *m, struct err *e)
+/* Queues the store of m; it stays "unconfirmed" until its reply is read. */
+static int queue_store(struct backend_redis *b, const struct result_meta *m, struct err *e)
 {
-    if (!b->cfg->enabled)
-        return 0;
     int rc = prepare_store(b, m, e);
     if (rc)
         return rc;
     if (append_store(b))
         return err_set(e, E_CONN_LOST, "result backend connection is not usable");
     b->unconfirmed = true;
+    return 0;
+}
+
+int backend_redis_store(struct backend_redis *b, const struct result_meta *m, struct err *e)
+{
+    if (!b->cfg->enabled)
+        return 0;
+    int rc = queue_store(b, m, e);
+    if (rc)
+        return rc;
     rc = read_store_reply(b, e);
     if (rc != E_CONN_LOST)
         b->unconfirmed = false;
@@ -186,11 +195,6 @@ int backend_redis_store_send(struct backend_redis *b, const struct result_meta *
 {
     if (!b->cfg->enabled)
         return 0;
-    int rc = prepare_store(b, m, e);
-    if (rc)
-        return rc;
-    if (append_store(b))
-        return err_set(e, E_CONN_LOST, "result backend connection is not usable");
-    b->unconfirmed = true;
-    return redis_link_flush(&b->link, e);
+    int rc = queue_store(b, m, e);
+    return rc ? rc : redis_link_flush(&b->link, e);
 }

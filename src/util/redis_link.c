@@ -187,15 +187,9 @@ int redis_link_drain(struct redis_link *l, struct err *e)
             return E_CONN_LOST;
         }
         l->pending--;
-        redisReply *r = reply;
-        if (is_transient_error(r)) {
-            char why[128];
-            snprintf(why, sizeof(why), "%s", r->str);
-            freeReplyObject(r);
-            err_set(e, E_CONN_LOST, "%s connection: %s", l->role, why);
-            redis_link_close(l, why);
+        redisReply *r = checked(l, reply, e);
+        if (!r)
             return E_CONN_LOST;
-        }
         if (r->type == REDIS_REPLY_ERROR) {
             log_error("%s command failed: %s", l->role, r->str);
             rc = err_set(e, E_PROTOCOL, "%s command failed: %s", l->role, r->str);

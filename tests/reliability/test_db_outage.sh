@@ -72,6 +72,43 @@ fi
 expect_eq "no child was replaced by the lost connections" "$kid" "$(only_child)"
 stop_worker TERM 20
 
+# ---- a child that dies while PostgreSQL is down ---------------------------------------------
+# Its replacement cannot connect until the database is back. It must wait for
+# it like any running child (not give up with "cannot serve" after
+# --db-connect-attempts, which is for a worker that never could connect),
+# then settle the task its predecessor died running (late ack: requeue).
+start_worker -A "$REL_LIB" -c 2 --acks-late -b "$REDIS_URL" --result-backend "$REDIS_URL" --db "$PG_URL" \
+    --db-backoff-base 100 --db-backoff-cap 500 -n outagekill@localhost
+wait_children 2 20 || not_ok "worker started" "$(worker_log_tail)"
+id=$(send rel.pid '[3]')
+wait_running 1 || diag "the task did not start: queue $(queue_len), unacked $(unacked_count)"
+stop_pg fast
+# kill both children, so the busy one surely dies mid-task
+kids=$(worker_children)
+# shellcheck disable=SC2086
+kill -KILL $kids
+sleep 4 # several connect attempts of the replacements (base 100 ms, cap 500 ms)
+start_pg_again
+if wait_children 2 20 && worker_alive; then
+    ok "children killed while PostgreSQL was down are replaced and serve again once it is back"
+else
+    not_ok "children killed while PostgreSQL was down are replaced and serve again once it is back" \
+        "worker alive: $(worker_alive && echo yes || echo "no (exit $(wait "$WORKER_PID"; echo $?))"), children: $(worker_children)" \
+        "$(grep -E 'cannot serve|not replacing|stopping|unreachable' "$WORKER_LOG" | head -6)"
+fi
+if ! log_has "cannot serve; not replacing it"; then
+    ok "no slot is given up ('cannot serve') because of a database outage after start"
+else
+    not_ok "no slot is given up ('cannot serve') because of a database outage after start" \
+        "$(grep -E 'cannot serve|unreachable after' "$WORKER_LOG" | head -4)"
+fi
+m=$(meta_of "$id" 20)
+expect_eq "the late-ack task of a child killed during the outage is requeued and succeeds after it" \
+    SUCCESS "$(jget status <<<"$m")" "unacked $(unacked_count), queue $(queue_len)" \
+    "$(grep -E 'requeued|cannot serve|no child' "$WORKER_LOG" | head -5)"
+stop_worker TERM 20
+redis_cli del celery unacked unacked_index >/dev/null # what a failed case above left
+
 # ---- PostgreSQL restart in the middle of $N get_book_info ------------------------------
 RESULT_URL="redis://127.0.0.1:$REDIS_PORT/1"
 export RESULT_URL

@@ -12,7 +12,8 @@
 /* KEYS[1]: result key; ARGV: meta, ttl. Celery's rule: a stored SUCCESS is
  * never overwritten (a redelivered task must not turn it into FAILURE). Python
  * does GET, then MULTI SETEX PUBLISH EXEC; one script is the same, atomically. */
-static const struct redis_script store_script = {
+static struct redis_script store_script = {
+    .body =
     "local cur = redis.call('GET', KEYS[1])\n"
     "if cur then\n"
     "  local ok, m = pcall(cjson.decode, cur)\n"
@@ -30,7 +31,9 @@ static const struct redis_script store_script = {
 void backend_redis_init(struct backend_redis *b, const struct backend_config *cfg)
 {
     memset(b, 0, sizeof(*b));
+    static struct redis_script *const scripts[] = {&store_script, NULL};
     redis_link_init(&b->link, "result backend");
+    b->link.scripts = scripts;
     b->cfg = cfg;
     b->scratch = xmalloc(sizeof(*b->scratch));
     buf_init(b->scratch);
@@ -54,26 +57,48 @@ void backend_redis_release(struct backend_redis *b, const char *reason)
 }
 
 /* Appends the store script for the meta in b->scratch under b->key. */
+/* A first delivery cannot find a SUCCESS already stored under its id, so it
+ * goes as the plain MULTI SETEX PUBLISH EXEC Celery's writes end with; only a
+ * redelivered message pays for the checking script. */
 static int append_store(struct backend_redis *b)
 {
     char ttl[16];
     snprintf(ttl, sizeof(ttl), "%d", b->cfg->expires_s);
-    const char *args[] = {b->key->data, b->scratch->data, ttl};
-    size_t lens[] = {b->key->len, b->scratch->len, strlen(ttl)};
-    return redis_link_append_script(&b->link, &store_script, 3, args, lens, 1);
+    if (b->check_existing || b->cfg->expires_s <= 0) {
+        const char *args[] = {b->key->data, b->scratch->data, ttl};
+        size_t lens[] = {b->key->len, b->scratch->len, strlen(ttl)};
+        b->replies = 1;
+        return redis_link_append_script(&b->link, &store_script, 3, args, lens, 1);
+    }
+    const char *multi[] = {"MULTI"}, *exec[] = {"EXEC"};
+    const char *setex[] = {"SETEX", b->key->data, ttl, b->scratch->data};
+    size_t setex_lens[] = {5, b->key->len, strlen(ttl), b->scratch->len};
+    const char *publish[] = {"PUBLISH", b->key->data, b->scratch->data};
+    size_t publish_lens[] = {7, b->key->len, b->scratch->len};
+    b->replies = 4;
+    int rc = redis_link_append_argv(&b->link, 1, multi, NULL);
+    rc = rc ? rc : redis_link_append_argv(&b->link, 4, setex, setex_lens);
+    rc = rc ? rc : redis_link_append_argv(&b->link, 3, publish, publish_lens);
+    return rc ? rc : redis_link_append_argv(&b->link, 1, exec, NULL);
 }
 
 static int read_store_reply(struct backend_redis *b, struct err *e)
 {
-    redisReply *r = redis_link_read(&b->link, e);
-    if (!r)
-        return E_CONN_LOST;
     int rc = 0;
-    if (r->type == REDIS_REPLY_ERROR)
-        rc = err_set(e, E_PROTOCOL, "storing result under '%s' failed: %s", b->key->data, r->str);
-    else if (r->type == REDIS_REPLY_INTEGER && r->integer == 0)
-        log_debug("'%s' already holds a SUCCESS result; kept it", b->key->data);
-    freeReplyObject(r);
+    for (int i = 0; i < b->replies; i++) {
+        redisReply *r = redis_link_read(&b->link, e);
+        if (!r)
+            return E_CONN_LOST;
+        if (r->type == REDIS_REPLY_ERROR && !rc)
+            rc = err_set(e, E_PROTOCOL, "storing result under '%s' failed: %s", b->key->data,
+                         r->str);
+        else if (r->type == REDIS_REPLY_INTEGER && r->integer == 0 && b->replies == 1)
+            log_debug("'%s' already holds a SUCCESS result; kept it", b->key->data);
+        else if (i == b->replies - 1 && b->replies > 1 && r->type != REDIS_REPLY_ARRAY && !rc)
+            rc = err_set(e, E_PROTOCOL, "storing result under '%s' failed: transaction aborted",
+                         b->key->data);
+        freeReplyObject(r);
+    }
     return rc;
 }
 
@@ -163,6 +188,7 @@ static int prepare_store(struct backend_redis *b, const struct result_meta *m, s
     result_meta_encode(b->scratch, m);
     buf_reset(b->key);
     buf_addf(b->key, TASK_KEY_PREFIX "%s", m->task_id);
+    b->check_existing = m->redelivered;
     return 0;
 }
 

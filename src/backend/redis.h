@@ -25,6 +25,8 @@ struct backend_redis {
     struct buf *scratch;                /* meta JSON of the last store (kept until confirmed) */
     struct buf *key;                    /* its key */
     bool unconfirmed;                   /* the last store was sent, its reply not yet read */
+    bool check_existing;                /* the last store keeps a stored SUCCESS (script) */
+    int replies;                        /* replies the last store's commands give */
 };
 
 /* What a stored result says. */
@@ -35,6 +37,7 @@ struct result_meta {
     const char *task_id;
     const char *parent_id;     /* NULL = omitted */
     const char *group_id;      /* NULL = omitted */
+    bool redelivered;          /* the message may have run before: never overwrite SUCCESS */
 };
 
 void backend_redis_init(struct backend_redis *b, const struct backend_config *cfg);

@@ -24,6 +24,8 @@ struct delivery {
     size_t len;
     char queue[256];             /* queue it came from (priority suffix removed) */
     const char *recorded_tag;    /* tag already written to unacked by the pop, or NULL */
+    const char *recorded_exchange;     /* ... with this exchange */
+    const char *recorded_routing_key;  /* ... and routing key */
 };
 
 struct broker_redis {

@@ -86,6 +86,8 @@ int message_decode_envelope(struct message *m, const char *data, size_t len, con
     json_t *headers = json_object_get(m->envelope, "headers");
     if (json_is_object(headers))
         m->task_id = str_field(headers, "id");
+    m->redelivered = json_is_true(json_object_get(headers, "redelivered")) ||
+                     json_is_true(json_object_get(info, "redelivered"));
     *settle = SETTLE_NONE;
     return 0;
 }

@@ -49,6 +49,7 @@ struct message {
     double soft_time_limit;    /* soft limit from headers.timelimit[1], 0 = none */
     bool ignore_result;        /* headers.ignore_result */
     bool repaired;             /* delivery_tag or delivery_info was missing and was filled in */
+    bool redelivered;          /* restored by kombu or celeriac: it may have run already */
 };
 
 void message_init(struct message *m);

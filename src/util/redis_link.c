@@ -79,6 +79,18 @@ int redis_link_open(struct redis_link *l, const struct redis_url *u, struct err 
         }
         freeReplyObject(r);
     }
+    for (struct redis_script *const *s = l->scripts; s && *s; s++) {
+        r = redis_link_command(l, e, "SCRIPT LOAD %s", (*s)->body);
+        if (!r)
+            return E_CONN_LOST;
+        if (r->type != REDIS_REPLY_STRING || r->len != 40) {
+            err_set(e, E_CONN_LOST, "script load on '%s' failed: %s", where,
+                    r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+            goto out_close;
+        }
+        memcpy((*s)->sha, r->str, 41);
+        freeReplyObject(r);
+    }
     return 0;
 
 out_close:
@@ -108,6 +120,7 @@ static bool is_transient_error(const redisReply *r)
 {
     return r && r->type == REDIS_REPLY_ERROR &&
            (!strncmp(r->str, "LOADING", 7) || !strncmp(r->str, "BUSY", 4) ||
+            !strncmp(r->str, "NOSCRIPT", 8) ||
             !strncmp(r->str, "MASTERDOWN", 10) || !strncmp(r->str, "TRYAGAIN", 8));
 }
 
@@ -247,10 +260,8 @@ redisReply *redis_link_read(struct redis_link *l, struct err *e)
     return checked(l, r, e);
 }
 
-/* Scripts go as EVAL with their source every time: the server caches the
- * compiled script by its hash anyway, and there is then no NOSCRIPT state to
- * recover from after a server restart, which matters inside a pipeline where a
- * synchronous reload would read the next command's reply. */
+/* Scripts are loaded when the link opens, never in the middle of a pipeline
+ * (a synchronous load there would read another command's reply). */
 #define SCRIPT_ARGS_MAX 32
 
 int redis_link_append_script(struct redis_link *l, const struct redis_script *s, int nargs,
@@ -262,10 +273,11 @@ int redis_link_append_script(struct redis_link *l, const struct redis_script *s,
     size_t alens[SCRIPT_ARGS_MAX];
     char nk[16];
     snprintf(nk, sizeof(nk), "%d", numkeys);
-    argv[0] = "EVAL";
-    alens[0] = 4;
-    argv[1] = s->body;
-    alens[1] = strlen(s->body);
+    bool loaded = s->sha[0] != '\0';
+    argv[0] = loaded ? "EVALSHA" : "EVAL";
+    alens[0] = loaded ? 7 : 4;
+    argv[1] = loaded ? s->sha : s->body;
+    alens[1] = loaded ? 40 : strlen(s->body);
     argv[2] = nk;
     alens[2] = strlen(nk);
     for (int i = 0; i < nargs; i++) {

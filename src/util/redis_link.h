@@ -17,11 +17,14 @@ struct redis_link {
     int64_t connected_ms;   /* monotonic time of the connect, for the age in logs */
     const char *role;       /* "broker" or "backend": names the link in messages */
     int pending;            /* replies of sent-and-not-awaited commands still to read */
+    struct redis_script *const *scripts; /* NULL-terminated: loaded on every open */
 };
 
-/* A server-side Lua script (run with EVAL, see redis_link.c). */
+/* A server-side Lua script: loaded (SCRIPT LOAD) each time the link opens,
+ * then run by its SHA, so the body is neither sent nor hashed per call. */
 struct redis_script {
     const char *body;       /* Lua source, static */
+    char sha[41];           /* filled by the first load; the same on every server */
 };
 
 void redis_link_init(struct redis_link *l, const char *role);
@@ -40,8 +43,10 @@ redisReply *redis_link_command(struct redis_link *l, struct err *e, const char *
 redisReply *redis_link_argv(struct redis_link *l, struct err *e, int argc, const char **argv,
                             const size_t *lens);
 
-/* Appends EVAL of s with numkeys keys followed by args to the pipeline; read
- * the reply with redis_link_read(). Returns 0 or a negative code. */
+/* Appends EVALSHA of s (EVAL when it is not loaded) with numkeys keys
+ * followed by args to the pipeline; read the reply with redis_link_read().
+ * A NOSCRIPT reply (SCRIPT FLUSH on the server) closes the link like a lost
+ * connection; reopening loads the scripts again. Returns 0 or a negative code. */
 int redis_link_append_script(struct redis_link *l, const struct redis_script *s, int nargs,
                              const char **args, const size_t *lens, int numkeys);
 /* Sends a command without waiting for its reply (written to the socket now,

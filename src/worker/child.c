@@ -296,6 +296,7 @@ static void store_exception_as(struct child *c, const struct message *m, const c
 {
     json_t *exc = message_exception(exc_type, exc_module, text);
     struct result_meta meta = {.status = status, .result = exc, .task_id = m->task_id,
+                               .redelivered = m->redelivered,
                                .parent_id = m->parent_id, .group_id = m->group};
     if (confirmed)
         store(c, &meta);
@@ -393,6 +394,7 @@ static bool retry_later(struct child *c, const struct message *m,
              c->task.exc_type, c->task.exc_message.data);
     json_t *exc = message_exception(c->task.exc_type, NULL, c->task.exc_message.data);
     struct result_meta meta = {.status = "RETRY", .result = exc, .traceback = tb.data,
+                               .redelivered = m->redelivered,
                                .task_id = m->task_id, .parent_id = m->parent_id,
                                .group_id = m->group};
     store(c, &meta);
@@ -562,6 +564,7 @@ static void execute(struct child *c, struct message *m, const struct celeriac_ta
         bool chord = m->group && m->embed && json_is_object(json_object_get(m->embed, "chord"));
         if (!ignore_result) {
             struct result_meta meta = {.status = "SUCCESS", .result = c->task.result,
+                                       .redelivered = m->redelivered,
                                        .task_id = m->task_id, .parent_id = m->parent_id,
                                        .group_id = m->group};
             if (acks_late || chord)
@@ -758,6 +761,16 @@ static void handle(struct child *c, struct delivery *d)
         log_warning("message %s from queue '%s' lacked properties.delivery_tag or delivery_info "
                     "(a Python worker would have died on it); repaired", m.task_id ? m.task_id : "(no id)",
                     d->queue);
+    if (d->recorded_tag && (strcmp(d->recorded_tag, m.delivery_tag) ||
+                            strcmp(d->recorded_exchange, m.exchange) ||
+                            strcmp(d->recorded_routing_key, m.routing_key))) {
+        /* The pop's patterns were fooled (nested keys of the same names):
+         * drop that record and write the right one below. */
+        log_warning("message %s: unacked record corrected (tag %.40s)", m.task_id ? m.task_id : "?",
+                    m.delivery_tag);
+        ack(c, d->recorded_tag);
+        d->recorded_tag = NULL;
+    }
     if (!d->recorded_tag) {
         /* Not recorded by the pop (it could not be tracked): record it as kombu would. */
         char *env = message_envelope_json(&m);
@@ -833,6 +846,7 @@ static void settle_lost_task(struct child *c)
     message_init(&m);
     m.task_id = s->lost_task_id;
     m.task_name = s->lost_task_name;
+    m.redelivered = true; /* it may have stored SUCCESS just before dying: keep that */
     bool late = atomic_load(&s->lost_acks_late);
     struct err e = {0};
     if (reason == LOST_REVOKED) {
@@ -848,7 +862,9 @@ static void settle_lost_task(struct child *c)
         json_t *exc = json_pack("{s:s, s:[f], s:s}", "exc_type", "TimeLimitExceeded",
                                 "exc_message", s->lost_time_limit, "exc_module",
                                 "billiard.exceptions");
-        struct result_meta meta = {.status = "FAILURE", .result = exc, .task_id = m.task_id};
+        /* It may have stored SUCCESS before dying: keep that. */
+        struct result_meta meta = {.status = "FAILURE", .result = exc, .task_id = m.task_id,
+                                   .redelivered = true};
         store(c, &meta);
         json_decref(exc);
         ack(c, s->lost_tag);

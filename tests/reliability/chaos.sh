@@ -91,9 +91,15 @@ _svc_record_pid "$KILLER" bash
 pg_restarted=no redis_restarted=no killing=yes
 pg_at="" redis_at="" last_report=$SECONDS
 deadline=$((SECONDS + LIMIT))
+worker_died=no
 while ((SECONDS < deadline)); do
     d=$(done_count)
     ((d >= N)) && break
+    if ! worker_alive; then
+        worker_died=yes
+        diag "the worker exited during the run: $(grep -E 'CRITICAL|cannot serve|stopping' "$WORKER_LOG" | tail -3)"
+        break
+    fi
     if [[ $pg_restarted == no ]] && ((d >= N / 4)); then
         pg_at=$d
         stop_pg fast
@@ -126,7 +132,7 @@ while ((SECONDS < deadline)); do
 done
 touch "$PAUSE"
 _settled() { (($(done_count) >= N)) && [[ "$(queue_len) $(unacked_count)" == "0 0 0" ]]; }
-wait_for $((VT + 30)) _settled
+[[ $worker_died == no ]] && wait_for $((VT + 30)) _settled
 t1=$(date +%s.%N)
 duration=$("$PY" -c "print(round($t1 - $t0, 1))")
 
@@ -209,6 +215,8 @@ if ((kills >= 5)); then
 else
     not_ok "chaos: the killer actually killed" "kills: $kills"
 fi
+expect_eq "chaos: the worker survived the run" no "$worker_died" \
+    "$(grep -E 'CRITICAL|cannot serve|not replacing' "$log" | tail -5)"
 expect_eq "chaos: PostgreSQL and Redis were each restarted once" "yes yes" "$pg_restarted $redis_restarted"
 expect_eq "chaos: the worker still exits 0 on TERM" 0 "$worker_rc" "$(worker_log_tail 10)"
 check_worker_logs_clean

@@ -226,10 +226,25 @@ static const struct celeriac_task_def rel_tasks[] = {
     {NULL, NULL, 0},
 };
 
+/* process_init: sleeps REL_INIT_SLEEP seconds when that is set, so a test
+ * can kill a child while it is still starting. */
+static int rel_process_init(struct celeriac_process *proc)
+{
+    (void)proc;
+    const char *s = getenv("REL_INIT_SLEEP");
+    double secs = s ? atof(s) : 0;
+    struct timespec ts = {(time_t)secs, (long)((secs - (double)(time_t)secs) * 1e9)};
+    if (secs > 0)
+        while (nanosleep(&ts, &ts) != 0)
+            ;
+    return 0;
+}
+
 static const struct celeriac_library rel_library = {
     .abi_version = CELERIAC_ABI_VERSION,
     .name = "reliability",
     .tasks = rel_tasks,
+    .process_init = rel_process_init,
 };
 
 const struct celeriac_library *celeriac_library_init(int host_abi)

@@ -54,6 +54,31 @@ expect_eq "after the requeued run: queue empty, unacked empty" "0 0 0" \
 stop_worker TERM 20
 expect_eq "late-ack worker exits 0 on SIGTERM" 0 "$WORKER_RC" "$(worker_log_tail)"
 
+# ---- the replacement dies too, before it settled its predecessor's task -----------------
+# REL_INIT_SLEEP makes each child spend 2 s in the library's process_init,
+# before it settles what its predecessor left: killing it there must not
+# drop the lost task; the next replacement settles it.
+export REL_INIT_SLEEP=2
+start_worker "${W[@]}" --acks-late -n handoff@localhost
+unset REL_INIT_SLEEP
+_ready() { log_has "handoff@localhost ready"; }
+wait_for 20 _ready || diag "worker not ready: $(worker_log_tail 5)"
+id=$(send rel.pid '[2]')
+wait_running 1 || diag "the task did not start: queue $(queue_len), unacked $(unacked_count)"
+kid=$(only_child)
+kill -KILL "$kid"
+wait_replaced "$kid" 1 10 || diag "no replacement for $kid"
+second=$(only_child)
+sleep 0.5
+kill -KILL "$second"
+diag "killed the busy child $kid, then its replacement $second while it was starting"
+m=$(meta_of "$id" 25)
+expect_eq "a replacement killed before settling: the next one still requeues the task, which succeeds" \
+    SUCCESS "$(jget status <<<"$m")" "unacked $(unacked_count), queue $(queue_len)" \
+    "$(grep -E 'killed by|keeps dying|requeued' "$WORKER_LOG" | head -6)"
+stop_worker TERM 20
+redis_cli del celery unacked unacked_index >/dev/null # what a failed case left
+
 # ---- early ack (default): SIGKILL -> WorkerLostError, not run again --------------------
 start_worker "${W[@]}" -n early@localhost
 wait_children 1 20
@@ -145,6 +170,33 @@ id=$(send rel.pid '[0]')
 expect_eq "tasks run normally after the crashes" SUCCESS "$(meta_of "$id" 20 | jget status)"
 stop_worker TERM 20
 expect_eq "worker exits 0 after crashes in task code" 0 "$WORKER_RC"
+
+# ---- the requeue while other consumers keep changing the unacked hash --------------------
+# Busy fleets pop and ack all the time, so `unacked` changes between a
+# restore's WATCH and its EXEC; the requeue must still happen (kombu retries
+# its transaction until it goes through), not be left for the sweep.
+start_worker "${W[@]}" --acks-late -n contention@localhost
+wait_children 1 20
+id=$(send rel.pid '[2]')
+wait_running 1 || diag "the task did not start: queue $(queue_len), unacked $(unacked_count)"
+redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -n 5000000 -c 8 -r 100000 \
+    HSET unacked churn:__rand_int__ x >/dev/null 2>&1 &
+BENCH=$!
+_svc_record_pid "$BENCH" redis-benchmark
+sleep 0.5
+kid=$(only_child)
+kill -KILL "$kid"
+m=$(meta_of "$id" 15)
+kill "$BENCH" 2>/dev/null
+wait "$BENCH" 2>/dev/null
+expect_eq "late-ack task of a killed child is requeued while unacked is busy, then succeeds" SUCCESS \
+    "$(jget status <<<"$m")" "$(grep -E 'requeue|conflict' "$WORKER_LOG" | head -4)"
+if ! log_has "requeue of .* failed"; then
+    ok "no requeue failed under contention"
+else
+    not_ok "no requeue failed under contention" "$(grep -E 'requeue of .* failed' "$WORKER_LOG" | head -3)"
+fi
+stop_worker TERM 20
 
 # ---- a task that crashes every child: no fork bomb --------------------------------------------
 # rel.segv_late acks late, so each replacement requeues it, takes it again and

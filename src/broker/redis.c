@@ -44,6 +44,23 @@ static struct redis_script pop_and_record = {
     "return false\n",
 };
 
+/* KEYS: unacked, unacked_index, list; ARGV: tag, value read, new payload
+ * ("" = drop), "L" or "R". Removes the entry and pushes the payload only if
+ * the entry still holds the value read: 1 done, 0 already gone, -1 changed. */
+static struct redis_script restore_script = {
+    .body =
+    "local cur = redis.call('HGET', KEYS[1], ARGV[1])\n"
+    "if not cur then redis.call('ZREM', KEYS[2], ARGV[1]) return 0 end\n"
+    "if cur ~= ARGV[2] then return -1 end\n"
+    "redis.call('ZREM', KEYS[2], ARGV[1])\n"
+    "redis.call('HDEL', KEYS[1], ARGV[1])\n"
+    "if ARGV[3] ~= '' then\n"
+    "  if ARGV[4] == 'L' then redis.call('LPUSH', KEYS[3], ARGV[3])\n"
+    "  else redis.call('RPUSH', KEYS[3], ARGV[3]) end\n"
+    "end\n"
+    "return 1\n",
+};
+
 /* Compare-and-delete, so we never release a mutex another process took after
  * ours expired. */
 static struct redis_script release_mutex = {
@@ -55,7 +72,8 @@ static struct redis_script release_mutex = {
 void broker_redis_init(struct broker_redis *b, const struct broker_config *cfg)
 {
     memset(b, 0, sizeof(*b));
-    static struct redis_script *const scripts[] = {&pop_and_record, &release_mutex, NULL};
+    static struct redis_script *const scripts[] = {&pop_and_record, &release_mutex,
+                                                   &restore_script, NULL};
     redis_link_init(&b->link, "broker");
     b->link.scripts = scripts;
     b->cfg = cfg;
@@ -365,23 +383,26 @@ static char *restore_queue(struct broker_redis *b, const char *exchange, const c
     return queue ? queue : xstrdup(rk);
 }
 
-/* One WATCH ... EXEC attempt. Returns 1 when EXEC ran, 0 when the watched
- * hash changed under us (try again), or a negative code. */
+/* One restore attempt: HGET, edit in C, then a compare-and-swap script that
+ * removes the entry and pushes the edited payload only if the entry still
+ * holds what we read (the spec's alternative to WATCH: a WATCH on the whole
+ * hash fails whenever any other delivery is recorded or acked, which on a
+ * busy queue is all the time). Returns 1 when done (restored, or the tag was
+ * no longer held), 0 when the entry changed under us, or a negative code. */
 static int restore_once(struct broker_redis *b, const char *tag, bool to_back, struct err *e)
 {
-    redisReply *r = redis_link_command(&b->link, e, "WATCH %s", UNACKED_KEY);
+    redisReply *r = redis_link_command(&b->link, e, "HGET %s %s", UNACKED_KEY, tag);
     if (!r)
         return E_CONN_LOST;
-    freeReplyObject(r);
-    r = redis_link_command(&b->link, e, "HGET %s %s", UNACKED_KEY, tag);
-    if (!r)
-        return E_CONN_LOST;
-    json_t *stored = NULL;
-    if (r->type == REDIS_REPLY_STRING)
-        stored = json_loadb(r->str, r->len, 0, NULL);
-    bool held = r->type == REDIS_REPLY_STRING;
-    freeReplyObject(r);
-
+    if (r->type != REDIS_REPLY_STRING) {
+        freeReplyObject(r);
+        r = redis_link_command(&b->link, e, "ZREM %s %s", UNACKED_INDEX_KEY, tag);
+        if (!r)
+            return E_CONN_LOST;
+        freeReplyObject(r);
+        return 1; /* not held any more: acked or restored by someone else */
+    }
+    json_t *stored = json_loadb(r->str, r->len, 0, NULL);
     json_t *env = json_array_get(stored, 0);
     const char *exchange = json_string_value(json_array_get(stored, 1));
     const char *rk = json_string_value(json_array_get(stored, 2));
@@ -392,6 +413,7 @@ static int restore_once(struct broker_redis *b, const char *tag, bool to_back, s
         char *queue = restore_queue(b, exchange, rk, e);
         if (!queue) {
             json_decref(stored);
+            freeReplyObject(r);
             return E_CONN_LOST;
         }
         json_int_t prio = json_integer_value(
@@ -399,36 +421,27 @@ static int restore_once(struct broker_redis *b, const char *tag, bool to_back, s
         message_priority_list(&list, queue, prio < 0 ? 0 : prio > 9 ? 9 : (int)prio);
         free(queue);
         payload = json_dumps(env, JSON_COMPACT);
-    } else if (held) {
+    } else {
         log_error("unacked entry %s is not [envelope, exchange, routing_key]; dropped it", tag);
     }
     json_decref(stored);
-
-    bool pushing = payload != NULL;
-    const char *multi[] = {"MULTI"}, *exec[] = {"EXEC"};
-    const char *zrem[] = {"ZREM", UNACKED_INDEX_KEY, tag};
-    const char *hdel[] = {"HDEL", UNACKED_KEY, tag};
-    const char *push[] = {to_back ? "LPUSH" : "RPUSH", list.data, payload ? payload : ""};
-    int rc = redis_link_append_argv(&b->link, 1, multi, NULL);
-    rc = rc ? rc : redis_link_append_argv(&b->link, 3, zrem, NULL);
-    rc = rc ? rc : redis_link_append_argv(&b->link, 3, hdel, NULL);
-    if (pushing)
-        rc = rc ? rc : redis_link_append_argv(&b->link, 3, push, NULL);
-    rc = rc ? rc : redis_link_append_argv(&b->link, 1, exec, NULL);
+    const char *args[] = {UNACKED_KEY, UNACKED_INDEX_KEY, list.len ? list.data : "-", tag, r->str,
+                          payload ? payload : "", to_back ? "L" : "R"};
+    size_t lens[] = {strlen(UNACKED_KEY), strlen(UNACKED_INDEX_KEY), list.len ? list.len : 1,
+                     strlen(tag), r->len, payload ? strlen(payload) : 0, 1};
+    int rc = redis_link_append_script(&b->link, &restore_script, 7, args, lens, 3);
+    freeReplyObject(r);
     free(payload);
     buf_release(&list);
     if (rc)
         return err_set(e, E_CONN_LOST, "broker connection is not usable");
-    int replies = 4 + pushing; /* MULTI, ZREM, HDEL, [push], EXEC */
-    int result = 1;
-    for (int i = 0; i < replies; i++) {
-        r = redis_link_read(&b->link, e);
-        if (!r)
-            return E_CONN_LOST;
-        if (i == replies - 1 && r->type == REDIS_REPLY_NIL)
-            result = 0; /* WATCH fired: someone changed the hash; retry */
-        freeReplyObject(r);
-    }
+    r = redis_link_read(&b->link, e);
+    if (!r)
+        return E_CONN_LOST;
+    int result = r->type == REDIS_REPLY_INTEGER && r->integer == -1 ? 0 : 1;
+    if (r->type == REDIS_REPLY_ERROR)
+        result = err_set(e, E_PROTOCOL, "restore of %s failed: %s", tag, r->str);
+    freeReplyObject(r);
     return result;
 }
 

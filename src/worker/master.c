@@ -96,6 +96,17 @@ static void start_child(struct master *m, int i)
 static void remember_lost_task(struct child_entry *ce, struct slot *s, int status)
 {
     ce->lost.reason = LOST_NONE;
+    if (atomic_load(&s->lost_reason) != LOST_NONE) {
+        /* It died before settling its predecessor's task: hand that on. */
+        ce->lost.reason = atomic_load(&s->lost_reason);
+        ce->lost.sig = atomic_load(&s->lost_signal);
+        ce->lost.acks_late = atomic_load(&s->lost_acks_late);
+        ce->lost.time_limit = s->lost_time_limit;
+        memcpy(ce->lost.task_id, s->lost_task_id, sizeof(ce->lost.task_id));
+        memcpy(ce->lost.task_name, s->lost_task_name, sizeof(ce->lost.task_name));
+        memcpy(ce->lost.tag, s->lost_tag, sizeof(ce->lost.tag));
+        return;
+    }
     if (atomic_load(&s->state) != CHILD_BUSY || !atomic_load(&s->task_started_ms))
         return;
     bool timed_out = ce->killed_for_limit || atomic_load(&s->hard_limit_hit);

@@ -994,7 +994,11 @@ void child_main(const struct worker_config *cfg, struct scoreboard *sb, struct s
     if (cfg->db.kind != DB_NONE) {
         atomic_store(&slot->state, CHILD_CONNECTING);
         struct err e = {0};
-        if (db_conn_open(&c.db, cfg->db.attempts, &sig_stop, &e)) {
+        /* At the worker's start an unreachable database is a configuration
+         * problem: give up after the configured attempts. A replacement for a
+         * child that served waits the outage out (retrying with backoff). */
+        int attempts = atomic_load(&slot->outage_mode) ? 0 : cfg->db.attempts;
+        if (db_conn_open(&c.db, attempts, &sig_stop, &e)) {
             if (sig_stop)
                 leave(&c, EXIT_OK);
             log_critical("cannot serve: %s", e.msg);

@@ -76,6 +76,7 @@ static void start_child(struct master *m, int i)
     struct child_entry *ce = &m->children[i];
     memset(&m->sb.slots[i], 0, sizeof(m->sb.slots[i]));
     pass_lost_task(ce, &m->sb.slots[i]);
+    atomic_store(&m->sb.slots[i].outage_mode, m->ready_logged);
     pid_t pid = spawn_child(m->cfg, &m->sb, i, m->deathwatch);
     if (pid < 0) {
         int64_t delay = backoff_next(&ce->respawn);

@@ -109,6 +109,34 @@ expect_eq "the late-ack task of a child killed during the outage is requeued and
 stop_worker TERM 20
 redis_cli del celery unacked unacked_index >/dev/null # what a failed case above left
 
+# ---- a child killed while it holds a message it could not start (database down) -------
+# The child takes the message, finds its connection dead and waits for the
+# database before starting the task; killed there, the message is in
+# `unacked` but its task never started. It should go back to the queue when
+# the child's death is noticed, not an hour later (--visibility-timeout).
+start_worker -A "$REL_LIB" -c 1 --acks-late -b "$REDIS_URL" --result-backend "$REDIS_URL" --db "$PG_URL" \
+    --db-backoff-base 100 --db-backoff-cap 500 -n heldmsg@localhost
+wait_children 1 20
+stop_pg fast
+sleep 0.5
+id=$(send rel.pid '[0]')
+_held() { [[ $(queue_len) == 0 && $(redis_cli hlen unacked) == 1 ]]; }
+if wait_for 10 _held; then
+    ok "setup: with the database down the child took one message and holds it unstarted"
+else
+    not_ok "setup: the child took the message" "queue $(queue_len), unacked $(unacked_count)" "$(worker_log_tail 5)"
+fi
+kid=$(only_child)
+kill -KILL "$kid"
+sleep 1
+start_pg_again
+m=$(meta_of "$id" 15)
+expect_eq "a message held unstarted by a child that died is requeued at once and runs (not after the visibility timeout)" \
+    SUCCESS "$(jget status <<<"$m")" "queue $(queue_len), unacked $(unacked_count)" \
+    "$(grep -E 'killed by|requeued|restored' "$WORKER_LOG" | head -4)"
+stop_worker TERM 20
+redis_cli del celery unacked unacked_index >/dev/null
+
 # ---- PostgreSQL restart in the middle of $N get_book_info ------------------------------
 RESULT_URL="redis://127.0.0.1:$REDIS_PORT/1"
 export RESULT_URL

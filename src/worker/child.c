@@ -779,6 +779,9 @@ static void handle(struct child *c, struct delivery *d)
             log_warning("recording delivery %s as unacked failed: %s", m.delivery_tag, e.msg);
         free(env);
     }
+    /* From here until it is settled or started, a death of this child leaves
+     * the message to its replacement to put back (see settle_lost_task). */
+    snprintf(c->slot->popped_tag, sizeof(c->slot->popped_tag), "%s", m.delivery_tag);
     if (message_decode_task(&m, &settle, &e)) {
         log_error("%s message %s from queue '%s': %s",
                   settle == SETTLE_ACK ? "acked undecodable" : "rejected invalid",
@@ -827,6 +830,7 @@ out_settle:
     if (d->recorded_tag)
         ack(c, d->recorded_tag);
 out:
+    c->slot->popped_tag[0] = '\0';
     message_release(&m);
 }
 
@@ -849,7 +853,12 @@ static void settle_lost_task(struct child *c)
     m.redelivered = true; /* it may have stored SUCCESS just before dying: keep that */
     bool late = atomic_load(&s->lost_acks_late);
     struct err e = {0};
-    if (reason == LOST_REVOKED) {
+    if (reason == LOST_UNSTARTED) {
+        log_warning("message %s: its child died before starting it; restored to its queue",
+                    s->lost_tag);
+        if (ensure_broker(c) || broker_redis_restore(&c->broker, s->lost_tag, false, &e))
+            log_error("restore of %s failed: %s; the visibility sweep will", s->lost_tag, e.msg);
+    } else if (reason == LOST_REVOKED) {
         log_info("Task %s[%s] terminated by revoke", m.task_name, m.task_id);
         store_exception(c, &m, "REVOKED", "TaskRevokedError", "celery.exceptions", "terminated");
         task_event(c, "task-revoked", &m,

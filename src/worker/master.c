@@ -108,8 +108,17 @@ static void remember_lost_task(struct child_entry *ce, struct slot *s, int statu
         memcpy(ce->lost.tag, s->lost_tag, sizeof(ce->lost.tag));
         return;
     }
-    if (atomic_load(&s->state) != CHILD_BUSY || !atomic_load(&s->task_started_ms))
+    if (atomic_load(&s->state) != CHILD_BUSY || !atomic_load(&s->task_started_ms)) {
+        if (s->popped_tag[0]) {
+            /* Popped, recorded as unacked, never started: back to its queue
+             * now rather than after the visibility timeout. */
+            ce->lost.reason = LOST_UNSTARTED;
+            memcpy(ce->lost.tag, s->popped_tag, sizeof(ce->lost.tag));
+            ce->lost.tag[sizeof(ce->lost.tag) - 1] = '\0';
+            ce->lost.task_id[0] = ce->lost.task_name[0] = '\0';
+        }
         return;
+    }
     bool timed_out = ce->killed_for_limit || atomic_load(&s->hard_limit_hit);
     ce->lost.reason = atomic_load(&s->revoke_terminate) ? LOST_REVOKED
                       : timed_out                       ? LOST_TIME_LIMIT

@@ -29,6 +29,7 @@ enum lost_reason {
     LOST_CRASH,         /* died by a signal or an unexpected exit mid-task */
     LOST_TIME_LIMIT,    /* killed for exceeding its hard time limit */
     LOST_REVOKED,       /* killed by `revoke --terminate` */
+    LOST_UNSTARTED,     /* died holding a popped message it had not started */
 };
 
 struct slot {
@@ -51,6 +52,7 @@ struct slot {
     char task_id[40];               /* hint: may be torn while being written */
     char task_name[96];
     char delivery_tag[40];
+    char popped_tag[40];            /* a message popped and not yet settled or started */
     char argsrepr[200];             /* running task's args as JSON, truncated */
     char kwargsrepr[120];
     char argsrepr_text[200];        /* the sender's repr (Celery's argsrepr), for safe=True */

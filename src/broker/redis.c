@@ -438,7 +438,8 @@ static int restore_once(struct broker_redis *b, const char *tag, bool to_back, s
     r = redis_link_read(&b->link, e);
     if (!r)
         return E_CONN_LOST;
-    int result = r->type == REDIS_REPLY_INTEGER && r->integer == -1 ? 0 : 1;
+    /* script: 1 restored, 0 gone, -1 changed -> 2 restored, 1 gone, 0 retry */
+    int result = r->type == REDIS_REPLY_INTEGER ? (int)r->integer + 1 : 1;
     if (r->type == REDIS_REPLY_ERROR)
         result = err_set(e, E_PROTOCOL, "restore of %s failed: %s", tag, r->str);
     freeReplyObject(r);
@@ -450,7 +451,7 @@ int broker_redis_restore(struct broker_redis *b, const char *tag, bool to_back, 
     for (int attempt = 0; attempt < 16; attempt++) {
         int rc = restore_once(b, tag, to_back, e);
         if (rc)
-            return rc < 0 ? rc : 0;
+            return rc < 0 ? rc : rc == 2 ? BROKER_RESTORED : BROKER_NOT_HELD;
     }
     return err_set(e, E_PROTOCOL, "restore of %s kept conflicting; left for the sweep", tag);
 }
@@ -481,9 +482,9 @@ int broker_redis_sweep(struct broker_redis *b, double visibility_timeout, struct
         rc = broker_redis_restore(b, tag, false, e);
         if (rc == E_CONN_LOST)
             break;
-        if (rc)
+        if (rc < 0)
             log_warning("%s", e ? e->msg : "restore failed");
-        else
+        else if (rc == BROKER_RESTORED)
             restored++;
         rc = 0;
     }

@@ -82,8 +82,9 @@ int broker_redis_touch(struct broker_redis *b, const char *tag, struct err *e);
  * restore_by_tag: marks it redelivered, pushes it to the consumer end (or to
  * the far end when to_back, as a reject with requeue does) of the list its
  * routing and priority name, and removes it from unacked, all in one
- * optimistic (WATCH) transaction. A tag no longer held is not an error.
- * Returns 0, or E_CONN_LOST / E_PROTOCOL. */
+ * compare-and-swap step. Returns BROKER_RESTORED, BROKER_NOT_HELD (already
+ * acked or restored by someone else: not an error), or E_CONN_LOST / E_PROTOCOL. */
+enum { BROKER_NOT_HELD = 0, BROKER_RESTORED = 1 };
 int broker_redis_restore(struct broker_redis *b, const char *tag, bool to_back, struct err *e);
 
 /* kombu's visibility sweep: under the shared unacked_mutex, restores every

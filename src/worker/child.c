@@ -659,7 +659,7 @@ static void run_accepted(struct child *c, struct message *m, const struct celeri
         if (db_conn_ready(&c->db, &sig_stop, &e)) {
             log_info("task %s[%s] not started: stopping while reconnecting", m->task_name,
                      m->task_id);
-            broker_redis_restore(&c->broker, m->delivery_tag, false, &e);
+            (void)broker_redis_restore(&c->broker, m->delivery_tag, false, &e);
             return;
         }
         atomic_store(&c->slot->reconnects, c->db.reconnects);
@@ -731,7 +731,7 @@ static void restore_held(struct child *c)
         struct err e = {0};
         struct message *m = &c->held[i].m;
         if (redis_link_is_open(&c->broker.link) &&
-            !broker_redis_restore(&c->broker, m->delivery_tag, false, &e))
+            broker_redis_restore(&c->broker, m->delivery_tag, false, &e) >= 0)
             log_info("task %s[%s] not due before shutdown; restored to its queue", m->task_name,
                      m->task_id);
         else
@@ -815,7 +815,7 @@ static void handle(struct child *c, struct delivery *d)
     if (m.eta > 0 && !wait_for_eta(c, &m)) {
         /* Stopping before it is due: give it back now rather than leave it
          * for the visibility sweep an hour from now. */
-        if (broker_redis_restore(&c->broker, m.delivery_tag, false, &e))
+        if (broker_redis_restore(&c->broker, m.delivery_tag, false, &e) < 0)
             log_warning("task %s[%s] not restored at shutdown (%s); the visibility sweep will",
                         m.task_name, m.task_id, e.msg);
         else
@@ -856,7 +856,7 @@ static void settle_lost_task(struct child *c)
     if (reason == LOST_UNSTARTED) {
         log_warning("message %s: its child died before starting it; restored to its queue",
                     s->lost_tag);
-        if (ensure_broker(c) || broker_redis_restore(&c->broker, s->lost_tag, false, &e))
+        if (ensure_broker(c) || broker_redis_restore(&c->broker, s->lost_tag, false, &e) < 0)
             log_error("restore of %s failed: %s; the visibility sweep will", s->lost_tag, e.msg);
     } else if (reason == LOST_REVOKED) {
         log_info("Task %s[%s] terminated by revoke", m.task_name, m.task_id);
@@ -868,8 +868,12 @@ static void settle_lost_task(struct child *c)
     } else if (reason == LOST_TIME_LIMIT) {
         log_error("Task %s[%s]: hard time limit (%gs) exceeded; its process was killed",
                   m.task_name, m.task_id, s->lost_time_limit);
-        json_t *exc = json_pack("{s:s, s:[f], s:s}", "exc_type", "TimeLimitExceeded",
-                                "exc_message", s->lost_time_limit, "exc_module",
+        /* Celery stores the limit as sent: 2, not 2.0, for a whole number. */
+        double limit = s->lost_time_limit;
+        json_t *limit_json = limit == floor(limit) ? json_integer((json_int_t)limit)
+                                                   : json_real(limit);
+        json_t *exc = json_pack("{s:s, s:[o], s:s}", "exc_type", "TimeLimitExceeded",
+                                "exc_message", limit_json, "exc_module",
                                 "billiard.exceptions");
         /* It may have stored SUCCESS before dying: keep that. */
         struct result_meta meta = {.status = "FAILURE", .result = exc, .task_id = m.task_id,
@@ -878,10 +882,17 @@ static void settle_lost_task(struct child *c)
         json_decref(exc);
         ack(c, s->lost_tag);
     } else if (late && c->cfg->reject_on_worker_lost) {
-        log_error("Task %s[%s]: its process died (signal %d); requeued (acks_late, "
-                  "reject_on_worker_lost)", m.task_name, m.task_id, atomic_load(&s->lost_signal));
-        if (!ensure_broker(c) && broker_redis_restore(&c->broker, s->lost_tag, true, &e))
+        int rc = ensure_broker(c) ? E_CONN_LOST
+                                  : broker_redis_restore(&c->broker, s->lost_tag, true, &e);
+        if (rc < 0)
             log_error("requeue of %s failed: %s", m.task_id, e.msg);
+        else if (rc == BROKER_RESTORED)
+            log_error("Task %s[%s]: its process died (signal %d); requeued (acks_late, "
+                      "reject_on_worker_lost)",
+                      m.task_name, m.task_id, atomic_load(&s->lost_signal));
+        else
+            log_warning("Task %s[%s]: its process died (signal %d) after settling it; nothing "
+                        "to requeue", m.task_name, m.task_id, atomic_load(&s->lost_signal));
     } else {
         char text[128];
         int sig = atomic_load(&s->lost_signal);

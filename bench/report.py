@@ -49,9 +49,8 @@ def machine():
     import redis as redis_py
     import psycopg2
 
-    commit = sh("git", "-C", bench.ROOT, "rev-parse", "--short", "HEAD")
-    dirty = sh("git", "-C", bench.ROOT, "status", "--porcelain", "--", "src", "include",
-               "examples")
+    rev = os.environ.get("BENCH_CELERIAC_REV") or sh("git", "-C", bench.ROOT, "rev-parse",
+                                                      "--short", "HEAD")
     return [
         ("date", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
         ("CPU", cpu),
@@ -59,7 +58,7 @@ def machine():
         ("RAM", f"{mem_kb / KB / KB:.1f} GiB"),
         ("kernel", platform.release()),
         ("OS", f"Debian {debian}"),
-        ("celeriac", f"commit {commit}" + (" (with uncommitted changes)" if dirty else "")),
+        ("celeriac", f"commit {rev}, as built when the run started"),
         ("redis-server", first_line(sh("redis-server", "--version"))),
         ("PostgreSQL", first_line(sh("/usr/lib/postgresql/15/bin/postgres", "--version"))),
         ("Python", platform.python_version()),

@@ -74,6 +74,12 @@ export BENCH_TMP=$tmp
 mkdir -p "$tmp/bin"
 cp "$build/celeriac" "$build/examples/libbooks.so" "$tmp/bin/"
 export BENCH_CELERIAC=$tmp/bin/celeriac BENCH_LIBBOOKS=$tmp/bin/libbooks.so
+# What was built: the commit, and whether the sources differed from it.
+rev=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [[ -n $(git -C "$root" status --porcelain -- src include examples Makefile 2>/dev/null) ]]; then
+    rev="$rev (with uncommitted changes to the sources)"
+fi
+export BENCH_CELERIAC_REV=$rev
 redis_pid=
 pg_pid=
 

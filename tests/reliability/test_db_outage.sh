@@ -117,6 +117,10 @@ redis_cli del celery unacked unacked_index >/dev/null # what a failed case above
 start_worker -A "$REL_LIB" -c 1 --acks-late -b "$REDIS_URL" --result-backend "$REDIS_URL" --db "$PG_URL" \
     --db-backoff-base 100 --db-backoff-cap 500 -n heldmsg@localhost
 wait_children 1 20
+# Ready = the child has connected: a database that is down before the worker
+# ever served is a start-up failure ("cannot serve"), not an outage.
+_ready() { grep -q "ready\." "$WORKER_LOG"; }
+wait_for 20 _ready || diag "the worker did not become ready"
 stop_pg fast
 sleep 0.5
 id=$(send rel.pid '[0]')

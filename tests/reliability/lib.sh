@@ -7,15 +7,8 @@
 . "$(dirname "${BASH_SOURCE[0]}")/../integration/services.sh"
 REL_DIR=$CELERIAC_ROOT/tests/reliability
 
-# worker_children [PID]: the pool children only (process name celeriac:childN),
-# not the control process the master also forks (celeriac:control). Replaces
-# services.sh's version for these tests: wait_children, stop_worker and the
-# tests count pool children.
-worker_children() {
-    local pid=${1:-$WORKER_PID}
-    ps -o pid=,comm= --ppid "$pid" 2>/dev/null | awk '$2 ~ /^celeriac:child/ {print $1}' |
-        sort -n | tr '\n' ' ' | sed 's/ $//'
-}
+# worker_children (services.sh) counts pool children only, not the control process.
+
 # every process the master forked (pool children and the control process)
 worker_all_children() {
     ps -o pid= --ppid "${1:-$WORKER_PID}" 2>/dev/null | tr -d ' ' | sort -n | tr '\n' ' ' | sed 's/ $//'

@@ -15,6 +15,9 @@ struct broker_config {
     char **queues;               /* queue names to consume, in order */
     size_t n_queues;
     size_t max_message;          /* envelopes larger than this are dropped unread */
+    bool record_unacked;         /* pop and record in kombu's unacked hash in one step
+                                    (some task acks late); false: plain BRPOP, the child
+                                    keeps the message in its slot until it starts it */
 };
 
 /* One popped message. */
@@ -23,6 +26,7 @@ struct delivery {
     const char *raw;             /* the envelope as stored in the list */
     size_t len;
     char queue[256];             /* queue it came from (priority suffix removed) */
+    char list[264];              /* the list it was popped from (with the suffix) */
     const char *recorded_tag;    /* tag already written to unacked by the pop, or NULL */
     const char *recorded_exchange;     /* ... with this exchange */
     const char *recorded_routing_key;  /* ... and routing key */
@@ -43,10 +47,13 @@ void broker_redis_release(struct broker_redis *b, const char *reason);
 /* Connects (no retry: the caller backs off). Returns 0 or E_CONN_LOST. */
 int broker_redis_open(struct broker_redis *b, struct err *e);
 
-/* Pops the next message, highest priority bucket first, and records it as
- * unacked in the same atomic step; when every list is empty, waits up to
- * timeout_s seconds for one (without popping). Returns 0 with d->reply NULL when nothing arrived, 0 with
- * a delivery, or E_CONN_LOST. Release d with delivery_release(). */
+/* Pops the next message, highest priority bucket first, waiting up to
+ * timeout_s seconds when every list is empty. With cfg->record_unacked the
+ * pop also records it as unacked in the same atomic step (d->recorded_tag);
+ * without, it is a plain BRPOP and the message exists only in the caller's
+ * hands until it records it (broker_redis_record) or puts it back
+ * (broker_redis_return). Returns 0 with d->reply NULL when nothing arrived,
+ * 0 with a delivery, or E_CONN_LOST. Release d with delivery_release(). */
 int broker_redis_fetch(struct broker_redis *b, double timeout_s, struct delivery *d,
                        struct err *e);
 void delivery_release(struct delivery *d);
@@ -86,6 +93,14 @@ int broker_redis_touch(struct broker_redis *b, const char *tag, struct err *e);
  * acked or restored by someone else: not an error), or E_CONN_LOST / E_PROTOCOL. */
 enum { BROKER_NOT_HELD = 0, BROKER_RESTORED = 1 };
 int broker_redis_restore(struct broker_redis *b, const char *tag, bool to_back, struct err *e);
+
+/* Puts a popped message that was never recorded as unacked back at the
+ * consumer end of the list it came from, marked redelivered, and removes any
+ * unacked entry under tag (NULL or "" for none) in the same transaction, so
+ * a message recorded an instant before its holder died is not restored twice.
+ * 0, or E_CONN_LOST / E_PROTOCOL. */
+int broker_redis_return(struct broker_redis *b, const char *list, const char *envelope,
+                        size_t len, const char *tag, struct err *e);
 
 /* kombu's visibility sweep: under the shared unacked_mutex, restores every
  * delivery recorded more than visibility_timeout seconds ago, whoever holds

@@ -434,6 +434,13 @@ static int validate(struct worker_config *cfg, const char *db_url)
     cfg->node_name = node;
     if (library_load(&cfg->lib, cfg->app_path, &e))
         return usage_error("%s", e.msg);
+    /* kombu's unacked record protects a message while its task runs only
+     * for late ack; with early ack it lives from the pop to the task's start,
+     * and the child's parcel covers that window without a Redis write. */
+    cfg->broker.record_unacked = cfg->acks_late;
+    for (size_t i = 0; i < cfg->lib.n_tasks; i++)
+        if (cfg->lib.desc->tasks[i].flags & CELERIAC_ACKS_LATE)
+            cfg->broker.record_unacked = true;
     return 0;
 }
 

@@ -50,6 +50,8 @@ struct message {
     bool ignore_result;        /* headers.ignore_result */
     bool repaired;             /* delivery_tag or delivery_info was missing and was filled in */
     bool redelivered;          /* restored by kombu or celeriac: it may have run already */
+    bool recorded;             /* set by the consumer: the delivery is in kombu's unacked
+                                  hash, so it is settled by an ack or a restore */
 };
 
 void message_init(struct message *m);

@@ -13,6 +13,7 @@
 #include "util/time.h"
 #include "worker/canvas.h"
 #include "worker/child.h"
+#include "worker/salvage.h"
 #include "worker/signals.h"
 
 #include <math.h>
@@ -48,6 +49,8 @@ struct child {
     } held[HELD_MAX];
     size_t n_held;
     int64_t next_refresh_ms;        /* next refresh of the held messages' unacked scores */
+    struct parcel *parcel;          /* this slot's copy of an unrecorded delivery */
+    struct message *current;        /* the delivery being handled, if any */
 };
 
 /* ---- time limits
@@ -133,10 +136,16 @@ static int hook_db_open(void *arg)
     return 0;
 }
 
+static void record_delivery(struct child *c, struct message *m);
+
 static int hook_db_close(void *arg)
 {
     struct child *c = arg;
     atomic_store(&c->slot->db_state, DBS_DOWN);
+    /* Reconnecting may take an outage's length: a delivery not yet started
+     * is recorded in unacked first (a task running now has been acked). */
+    if (c->current && !c->current->recorded && atomic_load(&c->slot->parcel_held))
+        record_delivery(c, c->current);
     const struct celeriac_library *lib = c->cfg->lib.desc;
     if (lib->db_closing)
         lib->db_closing(&c->proc);
@@ -267,14 +276,95 @@ static void confirm_results(struct child *c)
     }
 }
 
-/* Early ack: sent without waiting (the reply is read with the next pop), so
- * acknowledging at task start costs no round trip. */
-static void ack_early(struct child *c, const char *tag)
+/* ---- the delivery in hand: in kombu's unacked hash (recorded), or, when
+ * every task acks early, only in this process and in the slot's parcel,
+ * which the replacement of a dead child puts back (worker/salvage.h). */
+
+/* Keeps a copy of a plain-popped delivery in the parcel. False when it does
+ * not fit: the caller records it in unacked instead. */
+static bool keep_parcel(struct child *c, const struct delivery *d)
 {
-    struct err e = {0};
-    if (ensure_broker(c) == 0 && broker_redis_ack_send(&c->broker, tag, &e) == 0)
+    struct parcel *p = c->parcel;
+    if (d->len > sizeof(p->body) || strlen(d->list) >= sizeof(p->list))
+        return false;
+    memcpy(p->body, d->raw, d->len);
+    memcpy(p->list, d->list, strlen(d->list) + 1);
+    p->len = (uint32_t)d->len;
+    atomic_store(&c->slot->parcel_held, 1); /* after the copy: the master reads in this order */
+    return true;
+}
+
+static void forget_parcel(struct child *c)
+{
+    atomic_store(&c->slot->parcel_held, 0);
+}
+
+/* Before a delivery may be held for long (ETA, a database outage, a message
+ * too big for the parcel): record it in unacked as kombu does, so it outlives
+ * this whole worker, then drop the parcel copy. */
+static void record_delivery(struct child *c, struct message *m)
+{
+    if (m->recorded)
         return;
-    ack(c, tag);
+    char *env = message_envelope_json(m);
+    struct backoff bo;
+    backoff_init(&bo, 100, 5000);
+    for (;;) {
+        struct err e = {0};
+        if (ensure_broker(c))
+            break; /* stopping: the parcel still has it */
+        int rc = broker_redis_record(&c->broker, m->delivery_tag, env, m->exchange,
+                                     m->routing_key, &e);
+        if (rc == 0) {
+            m->recorded = true;
+            forget_parcel(c);
+            break;
+        }
+        int64_t delay = backoff_next(&bo);
+        log_warning("recording delivery %s as unacked: %s; retrying in %" PRId64 " ms",
+                    m->delivery_tag, e.msg, delay);
+        time_sleep_ms(delay, &sig_stop);
+    }
+    free(env);
+}
+
+/* Done with a delivery that will not run (bad, revoked, expired): ack it if
+ * it was recorded, forget it otherwise. */
+static void settle_delivery(struct child *c, struct message *m)
+{
+    if (m->recorded)
+        ack(c, m->delivery_tag);
+    else
+        forget_parcel(c);
+}
+
+/* Early ack at task start: sent without waiting (the reply is read with the
+ * next pop), so acknowledging costs no round trip; an unrecorded delivery
+ * needs no ack at all. */
+static void ack_early(struct child *c, struct message *m)
+{
+    if (!m->recorded) {
+        forget_parcel(c);
+        return;
+    }
+    struct err e = {0};
+    if (ensure_broker(c) == 0 && broker_redis_ack_send(&c->broker, m->delivery_tag, &e) == 0)
+        return;
+    ack(c, m->delivery_tag);
+}
+
+/* Puts a delivery that will not run now back on its queue. */
+static int give_back(struct child *c, struct message *m, struct err *e)
+{
+    if (m->recorded)
+        return broker_redis_restore(&c->broker, m->delivery_tag, false, e) < 0 ? -1 : 0;
+    const struct parcel *p = c->parcel;
+    int rc = atomic_load(&c->slot->parcel_held)
+                 ? broker_redis_return(&c->broker, p->list, p->body, p->len, NULL, e)
+                 : err_set(e, E_PROTOCOL, "no copy of the message is left");
+    if (!rc)
+        forget_parcel(c);
+    return rc;
 }
 
 /* A result sent without waiting: once written to the socket it reaches Redis
@@ -475,7 +565,7 @@ static void execute(struct child *c, struct message *m, const struct celeriac_ta
     bool acks_late = c->cfg->acks_late || (def->flags & CELERIAC_ACKS_LATE);
     bool ignore_result = m->ignore_result || (def->flags & CELERIAC_IGNORE_RESULT);
     if (!acks_late)
-        ack_early(c, m->delivery_tag); /* when execution starts, as Celery */
+        ack_early(c, m); /* when execution starts, as Celery */
 
     struct task_tuning *tune = &c->sb->shared->tasks[task_index_of(c, def)];
     int64_t tuned_hard = atomic_load(&tune->hard_limit_ms), tuned_soft = atomic_load(&tune->soft_limit_ms);
@@ -604,7 +694,7 @@ static void execute(struct child *c, struct message *m, const struct celeriac_ta
         }
     }
     if (acks_late)
-        ack(c, m->delivery_tag);
+        settle_delivery(c, m);
     c->db.uses++;
     /* A transaction the task left open must not hold locks until the next
      * task arrives: roll it back now. */
@@ -641,7 +731,7 @@ static void run_accepted(struct child *c, struct message *m, const struct celeri
         store_exception(c, m, "REVOKED", "TaskRevokedError", "celery.exceptions", "revoked");
         task_event(c, "task-revoked", m,
                    json_pack("{s:b, s:n, s:b}", "terminated", 0, "signum", "expired", 0));
-        ack(c, m->delivery_tag);
+        settle_delivery(c, m);
         return;
     }
     if (m->expires > 0 && time_now() > m->expires) { /* checked again: it may have waited */
@@ -649,17 +739,23 @@ static void run_accepted(struct child *c, struct message *m, const struct celeri
         store_exception(c, m, "REVOKED", "TaskRevokedError", "celery.exceptions", "expired");
         task_event(c, "task-revoked", m,
                    json_pack("{s:b, s:n, s:b}", "terminated", 0, "signum", "expired", 1));
-        ack(c, m->delivery_tag);
+        settle_delivery(c, m);
         return;
     }
     wait_for_rate(c, def);
     if (c->cfg->db.kind != DB_NONE) {
+        /* A reconnect can take as long as an outage: make the message
+         * durable first (a loss found by db_conn_ready records it from the
+         * close hook). */
+        if (!db_conn_is_open(&c->db))
+            record_delivery(c, m);
         /* The connection may have died while we waited for this message;
          * a poll() finds out without a round trip. */
         if (db_conn_ready(&c->db, &sig_stop, &e)) {
             log_info("task %s[%s] not started: stopping while reconnecting", m->task_name,
                      m->task_id);
-            (void)broker_redis_restore(&c->broker, m->delivery_tag, false, &e);
+            if (give_back(c, m, &e))
+                log_warning("task %s[%s] not put back (%s)", m->task_name, m->task_id, e.msg);
             return;
         }
         atomic_store(&c->slot->reconnects, c->db.reconnects);
@@ -748,6 +844,8 @@ static void handle(struct child *c, struct delivery *d)
     struct err e = {0};
     enum message_settle settle;
     message_init(&m);
+    bool plain = !c->cfg->broker.record_unacked;
+    bool parcelled = plain && keep_parcel(c, d);
     if (d->len > c->cfg->broker.max_message) {
         log_error("dropped a message of %zu bytes from queue '%s': larger than the %zu byte limit",
                   d->len, d->queue, c->cfg->broker.max_message);
@@ -771,17 +869,22 @@ static void handle(struct child *c, struct delivery *d)
         ack(c, d->recorded_tag);
         d->recorded_tag = NULL;
     }
-    if (!d->recorded_tag) {
-        /* Not recorded by the pop (it could not be tracked): record it as kombu would. */
+    m.recorded = d->recorded_tag != NULL;
+    if (!m.recorded && !parcelled) {
+        /* Not recorded by the pop (it could not be tracked) and not kept in
+         * the parcel: record it as kombu would. */
         char *env = message_envelope_json(&m);
         if (ensure_broker(c) == 0 &&
             broker_redis_record(&c->broker, m.delivery_tag, env, m.exchange, m.routing_key, &e))
             log_warning("recording delivery %s as unacked failed: %s", m.delivery_tag, e.msg);
+        else
+            m.recorded = true;
         free(env);
     }
     /* From here until it is settled or started, a death of this child leaves
      * the message to its replacement to put back (see settle_lost_task). */
     snprintf(c->slot->popped_tag, sizeof(c->slot->popped_tag), "%s", m.delivery_tag);
+    c->current = &m;
     if (message_decode_task(&m, &settle, &e)) {
         log_error("%s message %s from queue '%s': %s",
                   settle == SETTLE_ACK ? "acked undecodable" : "rejected invalid",
@@ -790,7 +893,7 @@ static void handle(struct child *c, struct delivery *d)
                           : settle == SETTLE_ACK                ? "DecodeError"
                                                                 : "InvalidTaskError";
         store_invalid(c, &m, exc, e.msg);
-        ack(c, m.delivery_tag);
+        settle_delivery(c, &m);
         goto out;
     }
     const struct celeriac_task_def *def = library_find(&c->cfg->lib, m.task_name);
@@ -798,7 +901,7 @@ static void handle(struct child *c, struct delivery *d)
         log_error("Received unregistered task of type '%s' (id %s); rejected", m.task_name,
                   m.task_id);
         store_exception(c, &m, "FAILURE", "NotRegistered", "celery.exceptions", m.task_name);
-        ack(c, m.delivery_tag);
+        settle_delivery(c, &m);
         goto out;
     }
     if (m.expires > 0 && time_now() > m.expires) {
@@ -806,16 +909,19 @@ static void handle(struct child *c, struct delivery *d)
         store_exception(c, &m, "REVOKED", "TaskRevokedError", "celery.exceptions", "expired");
         task_event(c, "task-revoked", &m,
                    json_pack("{s:b, s:n, s:b}", "terminated", 0, "signum", "expired", 1));
-        ack(c, m.delivery_tag);
+        settle_delivery(c, &m);
         goto out;
     }
     received_event(c, &m);
-    if (m.eta > time_now() && hold(c, &m, def))
-        goto out; /* scheduled: the held list owns it now */
+    if (m.eta > time_now()) {
+        record_delivery(c, &m); /* held for later: it must outlive this worker */
+        if (hold(c, &m, def))
+            goto out; /* scheduled: the held list owns it now */
+    }
     if (m.eta > 0 && !wait_for_eta(c, &m)) {
         /* Stopping before it is due: give it back now rather than leave it
          * for the visibility sweep an hour from now. */
-        if (broker_redis_restore(&c->broker, m.delivery_tag, false, &e) < 0)
+        if (give_back(c, &m, &e))
             log_warning("task %s[%s] not restored at shutdown (%s); the visibility sweep will",
                         m.task_name, m.task_id, e.msg);
         else
@@ -830,6 +936,8 @@ out_settle:
     if (d->recorded_tag)
         ack(c, d->recorded_tag);
 out:
+    forget_parcel(c);
+    c->current = NULL;
     c->slot->popped_tag[0] = '\0';
     message_release(&m);
 }
@@ -853,7 +961,13 @@ static void settle_lost_task(struct child *c)
     m.redelivered = true; /* it may have stored SUCCESS just before dying: keep that */
     bool late = atomic_load(&s->lost_acks_late);
     struct err e = {0};
-    if (reason == LOST_UNSTARTED) {
+    if (reason == LOST_UNSTARTED && atomic_load(&s->lost_parcel)) {
+        /* Popped without a record: only our parcel has it. */
+        while (!ensure_broker(c) && parcel_return(&c->broker, c->sb, c->index, &e) == E_CONN_LOST)
+            log_warning("putting back the message its predecessor died holding: %s", e.msg);
+        if (atomic_load(&s->lost_parcel))
+            return; /* stopping before the broker came back: the salvage process will */
+    } else if (reason == LOST_UNSTARTED) {
         log_warning("message %s: its child died before starting it; restored to its queue",
                     s->lost_tag);
         if (ensure_broker(c) || broker_redis_restore(&c->broker, s->lost_tag, false, &e) < 0)
@@ -984,6 +1098,7 @@ void child_main(const struct worker_config *cfg, struct scoreboard *sb, struct s
     c.events = (struct event_sender){.link = &c.broker.link, .sb = sb, .hostname = cfg->node_name,
                                      .db = cfg->broker.url.db, .master_pid = getppid()};
     c.slot = slot;
+    c.parcel = &sb->parcels[index];
     c.index = index;
     c.deathwatch_fd = deathwatch_fd;
 

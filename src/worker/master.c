@@ -37,6 +37,7 @@ struct child_entry {
         char task_id[40];
         char task_name[96];
         char tag[40];
+        bool parcel;         /* the slot's parcel holds it (popped, not recorded) */
     } lost;
 };
 
@@ -50,7 +51,13 @@ struct master {
     bool kill_sent;
     bool ready_logged;
     bool trimmed;
+    pid_t salvage_pid;              /* returning parcels no replacement will take */
+    int salvage_runs;               /* bounded: the broker may be gone for good */
 };
+
+/* A salvage run is tried this many times in a worker's life before the
+ * master gives up on a parcel (each run already retries for seconds). */
+#define SALVAGE_RUNS_MAX 3
 
 static int pool_target(struct master *m)
 {
@@ -69,6 +76,7 @@ static void pass_lost_task(struct child_entry *ce, struct slot *s)
     memcpy(s->lost_task_id, ce->lost.task_id, sizeof(s->lost_task_id));
     memcpy(s->lost_task_name, ce->lost.task_name, sizeof(s->lost_task_name));
     memcpy(s->lost_tag, ce->lost.tag, sizeof(s->lost_tag));
+    atomic_store(&s->lost_parcel, ce->lost.parcel);
 }
 
 static void start_child(struct master *m, int i)
@@ -106,13 +114,18 @@ static void remember_lost_task(struct child_entry *ce, struct slot *s, int statu
         memcpy(ce->lost.task_id, s->lost_task_id, sizeof(ce->lost.task_id));
         memcpy(ce->lost.task_name, s->lost_task_name, sizeof(ce->lost.task_name));
         memcpy(ce->lost.tag, s->lost_tag, sizeof(ce->lost.tag));
+        ce->lost.parcel = atomic_load(&s->lost_parcel);
         return;
     }
+    ce->lost.parcel = false;
     if (atomic_load(&s->state) != CHILD_BUSY || !atomic_load(&s->task_started_ms)) {
-        if (s->popped_tag[0]) {
-            /* Popped, recorded as unacked, never started: back to its queue
-             * now rather than after the visibility timeout. */
+        bool parcel = atomic_load(&s->parcel_held);
+        if (s->popped_tag[0] || parcel) {
+            /* Popped and never started: back to its queue now (from the
+             * parcel, or from unacked where it was recorded) rather than
+             * after the visibility timeout. */
             ce->lost.reason = LOST_UNSTARTED;
+            ce->lost.parcel = parcel;
             memcpy(ce->lost.tag, s->popped_tag, sizeof(ce->lost.tag));
             ce->lost.tag[sizeof(ce->lost.tag) - 1] = '\0';
             ce->lost.task_id[0] = ce->lost.task_name[0] = '\0';
@@ -149,6 +162,17 @@ static void reap(struct master *m)
             continue;
         if (pid <= 0)
             return; /* 0: none left to reap; ECHILD: no children at all */
+        if (pid == m->salvage_pid) {
+            m->salvage_pid = 0;
+            for (size_t i = 0; i < m->sb.n; i++) {
+                struct child_entry *ce = &m->children[i];
+                if (ce->lost.parcel && !atomic_load(&m->sb.slots[i].lost_parcel)) {
+                    ce->lost.reason = LOST_NONE; /* returned */
+                    ce->lost.parcel = false;
+                }
+            }
+            continue;
+        }
         if (pid == m->control.pid) {
             m->control.pid = 0;
             if (!m->stop_sent) {
@@ -191,6 +215,8 @@ static void reap(struct master *m)
         }
         if (m->stop_sent || i >= pool_target(m)) {
             ce->retiring = false;
+            if (ce->lost.parcel)
+                pass_lost_task(ce, &m->sb.slots[i]); /* no replacement: for salvage_due */
             continue;
         }
         if (lived >= HEALTHY_LIFETIME_MS)
@@ -207,9 +233,29 @@ static void reap(struct master *m)
     }
 }
 
+/* Forks the salvage process when a dead child's unstarted message sits in a
+ * slot no replacement will take (the worker is stopping, the pool shrank). */
+static void salvage_due(struct master *m)
+{
+    if (m->salvage_pid || m->salvage_runs >= SALVAGE_RUNS_MAX)
+        return;
+    bool wanted = false;
+    for (size_t i = 0; i < m->sb.n && !wanted; i++)
+        wanted = m->children[i].lost.parcel && !m->children[i].pid &&
+                 atomic_load(&m->sb.slots[i].lost_parcel);
+    if (!wanted)
+        return;
+    pid_t pid = spawn_salvage(m->cfg, &m->sb, m->deathwatch);
+    m->salvage_runs++;
+    if (pid > 0)
+        m->salvage_pid = pid;
+    else
+        log_error("fork of the salvage process failed: %s", strerror(-pid));
+}
+
 static int alive_count(struct master *m)
 {
-    int n = m->control.pid != 0;
+    int n = (m->control.pid != 0) + (m->salvage_pid != 0);
     for (int i = 0; i < (int)m->sb.n; i++)
         n += m->children[i].pid != 0;
     return n;
@@ -264,7 +310,9 @@ static void respawn_due(struct master *m)
         }
         if (!ce->pid && !ce->cannot_serve && !ce->respawn_at_ms)
             ce->respawn_at_ms = now; /* newly wanted after pool_grow */
-        if (!ce->pid && !ce->cannot_serve && ce->respawn_at_ms && ce->respawn_at_ms <= now)
+        /* Not while a salvage run may be returning this slot's parcel. */
+        if (!ce->pid && !ce->cannot_serve && ce->respawn_at_ms && ce->respawn_at_ms <= now &&
+            !(m->salvage_pid && ce->lost.parcel))
             start_child(m, i);
     }
     if (m->cfg->remote_control && !m->control.pid && m->control.respawn_at_ms <= now) {
@@ -372,6 +420,7 @@ static int supervise(struct master *m)
             signal_children(m, SIGTERM);
             m->stop_sent = true;
         }
+        salvage_due(m);
         if (m->stop_sent) {
             if (!alive_count(m))
                 return EXIT_OK; /* both were asked for */

@@ -5,6 +5,7 @@
 #include "util/self.h"
 #include "control/process.h"
 #include "worker/child.h"
+#include "worker/salvage.h"
 #include "worker/signals.h"
 #include "worker/spawn.h"
 
@@ -66,4 +67,17 @@ pid_t spawn_control(const struct worker_config *cfg, struct scoreboard *sb,
 {
     struct spawn_args a = {cfg, sb, -1, deathwatch[0]};
     return fork_clean(deathwatch, run_control, &a);
+}
+
+static void run_salvage(void *arg)
+{
+    struct spawn_args *a = arg;
+    salvage_main(a->cfg, a->sb);
+}
+
+pid_t spawn_salvage(const struct worker_config *cfg, struct scoreboard *sb,
+                    const int deathwatch[2])
+{
+    struct spawn_args a = {cfg, sb, -1, deathwatch[0]};
+    return fork_clean(deathwatch, run_salvage, &a);
 }

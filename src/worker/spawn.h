@@ -18,4 +18,8 @@ pid_t spawn_child(const struct worker_config *cfg, struct scoreboard *sb, int in
 pid_t spawn_control(const struct worker_config *cfg, struct scoreboard *sb,
                     const int deathwatch[2]);
 
+/* Forks the salvage process (worker/salvage.h). Returns its pid, or -errno. */
+pid_t spawn_salvage(const struct worker_config *cfg, struct scoreboard *sb,
+                    const int deathwatch[2]);
+
 #endif /* CELERIAC_WORKER_SPAWN_H */

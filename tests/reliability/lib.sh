@@ -14,13 +14,16 @@ worker_all_children() {
     ps -o pid= --ppid "${1:-$WORKER_PID}" 2>/dev/null | tr -d ' ' | sort -n | tr '\n' ' ' | sed 's/ $//'
 }
 
-# build_rel_lib: compiles rel_tasks.c into $TEST_TMP/librel.so (REL_LIB).
+# build_rel_lib [early]: compiles rel_tasks.c into $TEST_TMP/librel.so (REL_LIB);
+# with "early", into librel-early.so, where no task acks late (plain-pop mode).
 build_rel_lib() {
-    REL_LIB=$TEST_TMP/librel.so
+    local variant=() name=librel.so
+    [[ ${1:-} == early ]] && variant=(-DREL_EARLY_ONLY) name=librel-early.so
+    REL_LIB=$TEST_TMP/$name
     [[ -f $REL_LIB ]] && return 0
     # shellcheck disable=SC2046
     if ! cc -std=c11 -Wall -Wextra -Werror -O1 -g -fPIC -shared -I"$CELERIAC_ROOT/include" \
-        $(pkg-config --cflags libpq) -o "$REL_LIB" "$REL_DIR/rel_tasks.c" \
+        "${variant[@]}" $(pkg-config --cflags libpq) -o "$REL_LIB" "$REL_DIR/rel_tasks.c" \
         $(pkg-config --libs libpq) 2>"$TEST_TMP/rel-cc.log"; then
         not_ok "build the reliability task library" "$(cat "$TEST_TMP/rel-cc.log")"
         return 1

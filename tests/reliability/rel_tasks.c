@@ -210,16 +210,25 @@ static int rel_grow(struct celeriac_task *task)
     return return_ids(task, NULL);
 }
 
+/* Built with -DREL_EARLY_ONLY (librel-early.so) no task acks late, so a
+ * worker pops with plain BRPOP and keeps no unacked record (the default for
+ * libraries without late-ack tasks). */
+#ifdef REL_EARLY_ONLY
+#define LATE 0
+#else
+#define LATE CELERIAC_ACKS_LATE
+#endif
+
 static const struct celeriac_task_def rel_tasks[] = {
     {"rel.pid", rel_pid, 0},
-    {"rel.sleep_late", rel_pid, CELERIAC_ACKS_LATE},
+    {"rel.sleep_late", rel_pid, LATE},
     {"rel.pg", rel_pg, 0},
     {"rel.pg_sleep", rel_pg_sleep, 0},
     {"rel.pg_sleep_idem", rel_pg_sleep, CELERIAC_IDEMPOTENT},
     {"rel.leave_open", rel_leave_open, 0},
     {"rel.txn", rel_txn, 0},
     {"rel.segv", rel_segv, 0},
-    {"rel.segv_late", rel_segv, CELERIAC_ACKS_LATE},
+    {"rel.segv_late", rel_segv, LATE},
     {"rel.abort", rel_abort, 0},
     {"rel.wedge", rel_wedge, 0},
     {"rel.grow", rel_grow, 0},

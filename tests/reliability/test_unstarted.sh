@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+# test_unstarted.sh (issues 3 and 5): a worker whose tasks all ack early pops
+# with a plain BRPOP and keeps no unacked record; a message lives only in the
+# child and its slot's parcel from the pop until its task starts. A child
+# SIGKILLed in that window has its message put back by its replacement, and
+# on a cold shutdown (no replacement comes) by the salvage process. The
+# window is held open here with a rate limit: the second task waits in the
+# child, popped but not started.
+. "$(dirname "$0")/lib.sh"
+
+start_redis
+build_rel_lib early || tap_done
+W=(-A "$REL_LIB" -c 1 -b "$REDIS_URL" --result-backend "$REDIS_URL" -l debug)
+
+# rate_limit NODE RATE: the real celery control command; prints its reply.
+rate_limit() {
+    "$PY" -m celery -b "$REDIS_URL" control -d "$1" rate_limit rel.pid "$2" 2>&1
+}
+
+# ---- early ack: no unacked bookkeeping at all ------------------------------------------
+start_worker "${W[@]}" -n plain@localhost
+wait_children 1 20 || not_ok "worker started" "$(worker_log_tail)"
+redis_cli config resetstat >/dev/null
+ids=$(send rel.pid '[0]' --count 3 | tr '\n' ' ')
+# shellcheck disable=SC2086
+st=$(rel wait $ids --timeout 20 | while read -r line; do summary <<<"$line"; done |
+    cut -d' ' -f1 | sort | uniq -c | tr -s ' ')
+expect_eq "three early-ack tasks succeed" " 3 SUCCESS" "$st" "$(worker_log_tail 10)"
+stats=$(redis_cli info commandstats | tr -d '\r')
+if grep -q '^cmdstat_brpop:' <<<"$stats" &&
+    ! grep -qE '^cmdstat_(zadd|hset|zrem|hdel):' <<<"$stats"; then
+    ok "the worker popped with BRPOP and wrote nothing to unacked (no ZADD, HSET, ZREM or HDEL)"
+else
+    not_ok "the worker popped with BRPOP and wrote nothing to unacked" \
+        "$(grep -E '^cmdstat_' <<<"$stats" | cut -d, -f1)"
+fi
+expect_eq "unacked and unacked_index stay empty" "0 0" "$(unacked_count)"
+
+# ---- SIGKILL between pop and start: the replacement puts the message back ------------
+reply=$(rate_limit plain@localhost 20/m)
+if grep -q "new rate limit set successfully" <<<"$reply"; then
+    ok "setup: rate_limit rel.pid 20/m (one start every 3 s)"
+else
+    not_ok "setup: rate_limit rel.pid 20/m" "$reply"
+fi
+first=$(send rel.pid '[0]')
+meta_of "$first" 10 >/dev/null
+second=$(send rel.pid '[0]')
+_popped() { [[ $(queue_len) == 0 ]]; }
+if wait_for 5 _popped; then
+    ok "setup: the second task is popped and waits for its rate-limit turn"
+else
+    not_ok "setup: the second task is popped" "queue $(queue_len)" "$(worker_log_tail 5)"
+fi
+expect_eq "... with no unacked record while it waits" "0 0" "$(unacked_count)"
+kid=$(only_child)
+kill -KILL "$kid"
+m=$(meta_of "$second" 20)
+expect_eq "the message a child was killed holding unstarted is put back and succeeds" SUCCESS \
+    "$(jget status <<<"$m")" "$m" "$(worker_log_tail 10)"
+ran_in=$(jget result.pid <<<"$m")
+if [[ $ran_in != "$kid" && $ran_in != "<missing>" ]]; then
+    ok "... in the replacement child ($kid -> $ran_in)"
+else
+    not_ok "... in the replacement child" "ran in $ran_in, killed $kid"
+fi
+if log_has "popped from 'celery' by a child that died before starting it was put back"; then
+    ok "the put-back is logged"
+else
+    not_ok "the put-back is logged" "$(worker_log_tail 10)"
+fi
+expect_eq "nothing is left behind (queue, unacked)" "0 0 0" "$(queue_len) $(unacked_count)"
+stop_worker TERM 20
+
+# ---- cold shutdown with a message unstarted: the salvage process puts it back ---------
+start_worker "${W[@]}" -n cold@localhost
+wait_children 1 20 || not_ok "worker started" "$(worker_log_tail)"
+rate_limit cold@localhost 20/m >/dev/null
+first=$(send rel.pid '[0]')
+meta_of "$first" 10 >/dev/null
+second=$(send rel.pid '[0]')
+wait_for 5 _popped || diag "the second task was not popped: queue $(queue_len)"
+kill -QUIT "$WORKER_PID"
+if wait_worker_exit 20; then
+    ok "cold shutdown: the worker exits"
+else
+    not_ok "cold shutdown: the worker exits" "$(worker_log_tail 10)"
+fi
+expect_eq "the message its killed child held unstarted is back on the queue" 1 "$(queue_len)" \
+    "$(worker_log_tail 10)"
+if redis_cli lindex celery 0 | grep -q '"redelivered": *true'; then
+    ok "... marked redelivered"
+else
+    not_ok "... marked redelivered" "$(redis_cli lindex celery 0 | head -c 600)"
+fi
+if log_has "Salvage.*put back"; then
+    ok "the salvage process logged the put-back"
+else
+    not_ok "the salvage process logged the put-back" "$(worker_log_tail 10)"
+fi
+start_worker "${W[@]}" -n after@localhost
+m=$(meta_of "$second" 20)
+expect_eq "the next worker runs it" SUCCESS "$(jget status <<<"$m")" "$m"
+stop_worker TERM 20
+
+check_worker_logs_clean
+tap_done

@@ -139,6 +139,10 @@ int broker_redis_ack_send(struct broker_redis *b, const char *tag, struct err *e
     const char *multi[] = {"MULTI"}, *exec[] = {"EXEC"};
     const char *zrem[] = {"ZREM", UNACKED_INDEX_KEY, tag};
     const char *hdel[] = {"HDEL", UNACKED_KEY, tag};
+    /* One unconfirmed ack at a time (held messages run back to back): the
+     * earlier one's reply has had a task's time to arrive. */
+    if (b->unconfirmed_ack[0] && broker_redis_confirm(b, e))
+        return E_CONN_LOST;
     snprintf(b->unconfirmed_ack, sizeof(b->unconfirmed_ack), "%s", tag);
     if (redis_link_append_argv(&b->link, 1, multi, NULL) ||
         redis_link_append_argv(&b->link, 3, zrem, NULL) ||

@@ -320,6 +320,8 @@ static void record_delivery(struct child *c, struct message *m)
             forget_parcel(c);
             break;
         }
+        if (should_stop(c))
+            break; /* the parcel still has it */
         int64_t delay = backoff_next(&bo);
         log_warning("recording delivery %s as unacked: %s; retrying in %" PRId64 " ms",
                     m->delivery_tag, e.msg, delay);
@@ -338,10 +340,11 @@ static void settle_delivery(struct child *c, struct message *m)
         forget_parcel(c);
 }
 
-/* Early ack at task start: sent without waiting (the reply is read with the
- * next pop), so acknowledging costs no round trip; an unrecorded delivery
- * needs no ack at all. */
-static void ack_early(struct child *c, struct message *m)
+/* The ack at task start (early) or after the confirmed result (late): sent
+ * without waiting (the reply is read with the next pop, and the ack is sent
+ * again after a reconnect), so it costs no round trip; an unrecorded
+ * delivery needs no ack at all. */
+static void ack_async(struct child *c, struct message *m)
 {
     if (!m->recorded) {
         forget_parcel(c);
@@ -565,7 +568,7 @@ static void execute(struct child *c, struct message *m, const struct celeriac_ta
     bool acks_late = c->cfg->acks_late || (def->flags & CELERIAC_ACKS_LATE);
     bool ignore_result = m->ignore_result || (def->flags & CELERIAC_IGNORE_RESULT);
     if (!acks_late)
-        ack_early(c, m); /* when execution starts, as Celery */
+        ack_async(c, m); /* when execution starts, as Celery */
 
     struct task_tuning *tune = &c->sb->shared->tasks[task_index_of(c, def)];
     int64_t tuned_hard = atomic_load(&tune->hard_limit_ms), tuned_soft = atomic_load(&tune->soft_limit_ms);
@@ -694,7 +697,7 @@ static void execute(struct child *c, struct message *m, const struct celeriac_ta
         }
     }
     if (acks_late)
-        settle_delivery(c, m);
+        ack_async(c, m); /* after the result was confirmed stored */
     c->db.uses++;
     /* A transaction the task left open must not hold locks until the next
      * task arrives: roll it back now. */

@@ -7,6 +7,9 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+_Static_assert(sizeof(struct parcel) == PARCEL_SIZE && PARCEL_SIZE % 4096 == 0,
+               "parcels fill whole pages, so a child touches only its own");
+
 int scoreboard_create(struct scoreboard *sb, size_t n, size_t n_tasks)
 {
     size_t slots = n * sizeof(struct slot);

@@ -2,10 +2,9 @@
  * broker/redis.c: kombu-compatible consumption from Redis (see redis.h).
  * When some task acks late, the pop and the unacked write happen in one
  * server-side script, so a child killed at that instant cannot lose the
- * message. When every task acks early, a plain BRPOP pops: the message is
- * acknowledged the moment its task starts, and until then the child keeps a
- * copy in shared memory that its replacement puts back (worker/child.c), so
- * kombu's unacked bookkeeping, two thirds of Redis's work per task, is skipped.
+ * message. When every task acks early, the pop writes the child's hand
+ * instead (see redis.h), which costs a fraction of kombu's bookkeeping and
+ * still leaves no moment in which a message exists only in a socket.
  */
 #include "common.h"
 #include "broker/redis.h"
@@ -47,6 +46,25 @@ static struct redis_script pop_and_record = {
     "return false\n",
 };
 
+/* KEYS: hand, lists... Pops from the first non-empty list into the hand.
+ * The hand is empty unless the reply to an earlier pop was lost with its
+ * connection (the release of a started message is always done first, see
+ * broker_redis_open): then that message is delivered again instead, where a
+ * new pop would overwrite it. */
+static struct redis_script pop_into_hand = {
+    .body =
+    "local held = redis.call('HMGET', KEYS[1], 'list', 'body')\n"
+    "if held[2] then return held end\n"
+    "for i = 2, #KEYS do\n"
+    "  local v = redis.call('RPOP', KEYS[i])\n"
+    "  if v then\n"
+    "    redis.call('HSET', KEYS[1], 'list', KEYS[i], 'body', v)\n"
+    "    return {KEYS[i], v}\n"
+    "  end\n"
+    "end\n"
+    "return false\n",
+};
+
 /* KEYS: unacked, unacked_index, list; ARGV: tag, value read, new payload
  * ("" = drop), "L" or "R". Removes the entry and pushes the payload only if
  * the entry still holds the value read: 1 done, 0 already gone, -1 changed. */
@@ -75,8 +93,8 @@ static struct redis_script release_mutex = {
 void broker_redis_init(struct broker_redis *b, const struct broker_config *cfg)
 {
     memset(b, 0, sizeof(*b));
-    static struct redis_script *const scripts[] = {&pop_and_record, &release_mutex,
-                                                   &restore_script, NULL};
+    static struct redis_script *const scripts[] = {&pop_and_record, &pop_into_hand,
+                                                   &release_mutex, &restore_script, NULL};
     redis_link_init(&b->link, "broker");
     b->link.scripts = scripts;
     b->cfg = cfg;
@@ -99,9 +117,19 @@ void broker_redis_init(struct broker_redis *b, const struct broker_config *cfg)
         b->key_lens[i] = strlen(b->keys[i]);
 }
 
+void broker_redis_set_hand(struct broker_redis *b, const char *node, int slot)
+{
+    struct buf key = BUF_INIT;
+    buf_addf(&key, "celeriac.hand.%s.%d", node, slot);
+    free(b->hand);
+    b->hand = buf_detach(&key, NULL);
+}
+
 void broker_redis_release(struct broker_redis *b, const char *reason)
 {
     redis_link_close(&b->link, reason);
+    free(b->hand);
+    b->hand = NULL;
     for (size_t i = 0; b->keys && i < b->n_keys; i++)
         free((char *)b->keys[i]);
     free(b->keys);
@@ -114,6 +142,16 @@ void broker_redis_release(struct broker_redis *b, const char *reason)
 int broker_redis_open(struct broker_redis *b, struct err *e)
 {
     int rc = redis_link_open(&b->link, &b->cfg->url, e);
+    if (!rc && b->hand_unconfirmed) {
+        /* The hand's message started: a DEL we never saw confirmed is sent
+         * again, or a dead child's replacement would run it a second time. */
+        const char *argv[] = {"DEL", b->hand};
+        redisReply *r = redis_link_argv(&b->link, e, 2, argv, NULL);
+        if (!r)
+            return E_CONN_LOST;
+        freeReplyObject(r);
+        b->hand_unconfirmed = false;
+    }
     if (rc || !b->unconfirmed_ack[0])
         return rc;
     /* An ack whose reply we never saw may not have run: ZREM/HDEL of a tag
@@ -129,8 +167,10 @@ int broker_redis_confirm(struct broker_redis *b, struct err *e)
     if (!b->link.pending)
         return 0;
     int rc = redis_link_drain(&b->link, e);
-    if (rc != E_CONN_LOST)
+    if (rc != E_CONN_LOST) {
         b->unconfirmed_ack[0] = '\0';
+        b->hand_unconfirmed = false;
+    }
     return rc == E_CONN_LOST ? rc : 0;
 }
 
@@ -245,34 +285,30 @@ static int wait_for_message(struct broker_redis *b, double timeout_s, struct err
     return rc;
 }
 
-/* BRPOP over every list in kombu's order: the first non-empty one is popped
- * at once, else it waits up to timeout_s. */
-static int pop_plain(struct broker_redis *b, double timeout_s, struct delivery *d,
-                     struct err *e)
+/* Runs the pop-into-hand script once. Returns 0 with d filled or empty. */
+static int pop_hand(struct broker_redis *b, struct delivery *d, struct err *e)
 {
-    char tmo[16];
-    snprintf(tmo, sizeof(tmo), "%.2f", timeout_s);
-    int argc = (int)(b->n_keys - 2) + 2;
-    const char **argv = xcalloc((size_t)argc, sizeof(*argv));
-    size_t *lens = xcalloc((size_t)argc, sizeof(*lens));
-    argv[0] = "BRPOP";
-    lens[0] = 5;
-    memcpy(argv + 1, b->keys + 2, (b->n_keys - 2) * sizeof(*argv));
+    size_t n = b->n_keys - 2 + 1;
+    const char **args = xcalloc(n, sizeof(*args));
+    size_t *lens = xcalloc(n, sizeof(*lens));
+    args[0] = b->hand;
+    lens[0] = strlen(b->hand);
+    memcpy(args + 1, b->keys + 2, (b->n_keys - 2) * sizeof(*args));
     memcpy(lens + 1, b->key_lens + 2, (b->n_keys - 2) * sizeof(*lens));
-    argv[argc - 1] = tmo;
-    lens[argc - 1] = strlen(tmo);
-    redisReply *r = redis_link_argv(&b->link, e, argc, argv, lens);
-    free(argv);
+    int rc = redis_link_append_script(&b->link, &pop_into_hand, (int)n, args, lens, (int)n);
+    free(args);
     free(lens);
+    if (rc)
+        return err_set(e, E_CONN_LOST, "broker connection is not usable");
+    redisReply *r = redis_link_read(&b->link, e);
     if (!r)
         return E_CONN_LOST;
     if (r->type == REDIS_REPLY_ARRAY)
         return take_reply(d, r, e);
-    int rc = 0;
     if (r->type == REDIS_REPLY_ERROR)
-        rc = err_set(e, E_PROTOCOL, "BRPOP failed: %s", r->str);
+        rc = err_set(e, E_PROTOCOL, "pop script failed: %s", r->str);
     freeReplyObject(r);
-    return rc; /* nil: timed out */
+    return rc;
 }
 
 int broker_redis_fetch(struct broker_redis *b, double timeout_s, struct delivery *d,
@@ -282,17 +318,17 @@ int broker_redis_fetch(struct broker_redis *b, double timeout_s, struct delivery
     int rc = broker_redis_confirm(b, e);
     if (rc)
         return rc;
-    if (!b->cfg->record_unacked)
-        return pop_plain(b, timeout_s, d, e);
-    /* Pop and record happen in one script, so there is no moment in which a
-     * message is neither in a list nor in the unacked hash. */
-    rc = pop_script(b, d, e);
+    /* Pop and record (or pop and hand) happen in one script, so there is no
+     * moment in which a message is neither in a list nor tracked. */
+    int (*pop)(struct broker_redis *, struct delivery *, struct err *) =
+        b->hand ? pop_hand : pop_script;
+    rc = pop(b, d, e);
     if (rc || d->reply)
         return rc;
     rc = wait_for_message(b, timeout_s, e);
     if (rc <= 0)
         return rc;
-    return pop_script(b, d, e); /* may find nothing: another consumer won the race */
+    return pop(b, d, e); /* may find nothing: another consumer won the race */
 }
 
 /* Sends a MULTI ... EXEC block of n commands and checks EXEC's reply. */
@@ -338,10 +374,11 @@ int broker_redis_record(struct broker_redis *b, const char *tag, const char *env
     const char *zadd[] = {"ZADD", UNACKED_INDEX_KEY, score, tag};
     const char *hset[] = {"HSET", UNACKED_KEY, tag, payload.data};
     size_t hlens[] = {4, strlen(UNACKED_KEY), strlen(tag), payload.len};
-    const char *const *argvs[] = {zadd, hset};
-    const size_t *lens[] = {NULL, hlens};
-    int argcs[] = {4, 4};
-    int rc = transaction(b, 2, argvs, lens, argcs, e);
+    const char *del[] = {"DEL", b->hand ? b->hand : ""};
+    const char *const *argvs[] = {zadd, hset, del};
+    const size_t *lens[] = {NULL, hlens, NULL};
+    int argcs[] = {4, 4, 2};
+    int rc = transaction(b, b->hand ? 3 : 2, argvs, lens, argcs, e);
     buf_release(&payload);
     return rc;
 }
@@ -496,35 +533,51 @@ int broker_redis_restore(struct broker_redis *b, const char *tag, bool to_back, 
     return err_set(e, E_PROTOCOL, "restore of %s kept conflicting; left for the sweep", tag);
 }
 
-int broker_redis_return(struct broker_redis *b, const char *list, const char *envelope,
-                        size_t len, const char *tag, struct err *e)
+int broker_redis_hand_release(struct broker_redis *b, struct err *e)
 {
-    json_t *env = json_loadb(envelope, len, 0, NULL);
+    if (!b->hand)
+        return 0;
+    const char *argv[] = {"DEL", b->hand};
+    b->hand_unconfirmed = true;
+    if (redis_link_send_argv(&b->link, 2, argv, NULL))
+        return err_set(e, E_CONN_LOST, "broker connection is not usable");
+    return 0;
+}
+
+int broker_redis_hand_return(struct broker_redis *b, char *list, struct err *e)
+{
+    if (!b->hand)
+        return 0;
+    const char *get[] = {"HMGET", b->hand, "list", "body"};
+    redisReply *r = redis_link_argv(&b->link, e, 4, get, NULL);
+    if (!r)
+        return E_CONN_LOST;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+        r->element[0]->type != REDIS_REPLY_STRING || r->element[1]->type != REDIS_REPLY_STRING) {
+        freeReplyObject(r);
+        return 0; /* empty */
+    }
+    const char *queue = r->element[0]->str;
+    json_t *env = json_loadb(r->element[1]->str, r->element[1]->len, 0, NULL);
     char *edited = NULL;
     if (json_is_object(env)) {
         mark_redelivered(env);
         edited = json_dumps(env, JSON_COMPACT);
     }
     json_decref(env);
-    const char *payload = edited ? edited : envelope;
-    size_t payload_len = edited ? strlen(edited) : len;
-    bool has_tag = tag && *tag;
-    const char *multi[] = {"MULTI"}, *exec[] = {"EXEC"};
-    const char *push[] = {"RPUSH", list, payload};
-    const size_t push_lens[] = {5, strlen(list), payload_len};
-    const char *zrem[] = {"ZREM", UNACKED_INDEX_KEY, has_tag ? tag : ""};
-    const char *hdel[] = {"HDEL", UNACKED_KEY, has_tag ? tag : ""};
-    int rc = redis_link_append_argv(&b->link, 1, multi, NULL) ||
-             redis_link_append_argv(&b->link, 3, push, push_lens) ||
-             (has_tag && (redis_link_append_argv(&b->link, 3, zrem, NULL) ||
-                          redis_link_append_argv(&b->link, 3, hdel, NULL))) ||
-             redis_link_append_argv(&b->link, 1, exec, NULL);
+    const char *push[] = {"RPUSH", queue, edited ? edited : r->element[1]->str};
+    const size_t push_lens[] = {5, r->element[0]->len,
+                                edited ? strlen(edited) : r->element[1]->len};
+    const char *del[] = {"DEL", b->hand};
+    const char *const *argvs[] = {push, del};
+    const size_t *lens[] = {push_lens, NULL};
+    int argcs[] = {3, 2};
+    if (list)
+        snprintf(list, 264, "%s", queue);
+    int rc = transaction(b, 2, argvs, lens, argcs, e);
     free(edited);
-    if (rc)
-        return err_set(e, E_CONN_LOST, "broker connection is not usable");
-    b->link.pending += has_tag ? 5 : 3;
-    rc = redis_link_drain(&b->link, e);
-    return rc == E_CONN_LOST ? rc : rc ? err_set(e, E_PROTOCOL, "return to %s failed", list) : 0;
+    freeReplyObject(r);
+    return rc ? rc : 1;
 }
 
 int broker_redis_sweep(struct broker_redis *b, double visibility_timeout, struct err *e)

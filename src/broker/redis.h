@@ -16,8 +16,8 @@ struct broker_config {
     size_t n_queues;
     size_t max_message;          /* envelopes larger than this are dropped unread */
     bool record_unacked;         /* pop and record in kombu's unacked hash in one step
-                                    (some task acks late); false: plain BRPOP, the child
-                                    keeps the message in its slot until it starts it */
+                                    (some task acks late); false: pop into the child's
+                                    hand (see broker_redis_set_hand) */
 };
 
 /* One popped message. */
@@ -39,6 +39,8 @@ struct broker_redis {
     size_t *key_lens;
     size_t n_keys;
     char unconfirmed_ack[64];   /* tag acked by broker_redis_ack_send, reply not yet read */
+    char *hand;                 /* this child's hand key, or NULL (record_unacked) */
+    bool hand_unconfirmed;      /* emptied by broker_redis_hand_release, reply not read */
 };
 
 void broker_redis_init(struct broker_redis *b, const struct broker_config *cfg);
@@ -47,19 +49,29 @@ void broker_redis_release(struct broker_redis *b, const char *reason);
 /* Connects (no retry: the caller backs off). Returns 0 or E_CONN_LOST. */
 int broker_redis_open(struct broker_redis *b, struct err *e);
 
+/* The hand: when every task acks early, kombu's unacked record would live
+ * only from the pop to the task's start, and writing, indexing and deleting
+ * it is most of Redis's work per task. Instead each child pops into its own
+ * hand, a small hash "celeriac.hand.<node>.<slot>" holding the list and the
+ * message, written by the same script that pops, and empties it (without
+ * waiting) when the task starts or the message is otherwise settled. So a
+ * hand that is not empty when a child of that slot starts holds a message a
+ * dead child (or a dead worker of the same name) popped and never started:
+ * it goes back to its queue. Node names must be unique, as Celery requires. */
+void broker_redis_set_hand(struct broker_redis *b, const char *node, int slot);
+
 /* Pops the next message, highest priority bucket first, waiting up to
  * timeout_s seconds when every list is empty. With cfg->record_unacked the
  * pop also records it as unacked in the same atomic step (d->recorded_tag);
- * without, it is a plain BRPOP and the message exists only in the caller's
- * hands until it records it (broker_redis_record) or puts it back
- * (broker_redis_return). Returns 0 with d->reply NULL when nothing arrived,
- * 0 with a delivery, or E_CONN_LOST. Release d with delivery_release(). */
+ * otherwise it pops into the hand. Returns 0 with d->reply NULL when nothing
+ * arrived, 0 with a delivery, or E_CONN_LOST. Release d with delivery_release(). */
 int broker_redis_fetch(struct broker_redis *b, double timeout_s, struct delivery *d,
                        struct err *e);
 void delivery_release(struct delivery *d);
 
 /* Records a delivery in the unacked hash and index (kombu's QoS.append), with
- * envelope_json as the stored payload (the repaired envelope if it was fixed).
+ * envelope_json as the stored payload (the repaired envelope if it was fixed),
+ * and empties the hand in the same transaction (the record takes over).
  * Returns 0 or E_CONN_LOST. */
 int broker_redis_record(struct broker_redis *b, const char *tag, const char *envelope_json,
                         const char *exchange, const char *routing_key, struct err *e);
@@ -94,13 +106,15 @@ int broker_redis_touch(struct broker_redis *b, const char *tag, struct err *e);
 enum { BROKER_NOT_HELD = 0, BROKER_RESTORED = 1 };
 int broker_redis_restore(struct broker_redis *b, const char *tag, bool to_back, struct err *e);
 
-/* Puts a popped message that was never recorded as unacked back at the
- * consumer end of the list it came from, marked redelivered, and removes any
- * unacked entry under tag (NULL or "" for none) in the same transaction, so
- * a message recorded an instant before its holder died is not restored twice.
- * 0, or E_CONN_LOST / E_PROTOCOL. */
-int broker_redis_return(struct broker_redis *b, const char *list, const char *envelope,
-                        size_t len, const char *tag, struct err *e);
+/* Puts the message in the hand back at the consumer end of the list it came
+ * from, marked redelivered, and empties the hand, in one transaction.
+ * Returns 1 when a message went back, 0 when the hand was empty, or
+ * E_CONN_LOST / E_PROTOCOL; list (if not NULL, size 264) gets the list's name. */
+int broker_redis_hand_return(struct broker_redis *b, char *list, struct err *e);
+/* Empties the hand: its message started or was settled. Sent without
+ * waiting, and sent again after a reconnect if its reply was never read.
+ * 0 or E_CONN_LOST. */
+int broker_redis_hand_release(struct broker_redis *b, struct err *e);
 
 /* kombu's visibility sweep: under the shared unacked_mutex, restores every
  * delivery recorded more than visibility_timeout seconds ago, whoever holds

@@ -49,7 +49,7 @@ struct child {
     } held[HELD_MAX];
     size_t n_held;
     int64_t next_refresh_ms;        /* next refresh of the held messages' unacked scores */
-    struct parcel *parcel;          /* this slot's copy of an unrecorded delivery */
+    bool hand_full;                 /* the hand holds the delivery being handled */
     struct message *current;        /* the delivery being handled, if any */
 };
 
@@ -144,7 +144,7 @@ static int hook_db_close(void *arg)
     atomic_store(&c->slot->db_state, DBS_DOWN);
     /* Reconnecting may take an outage's length: a delivery not yet started
      * is recorded in unacked first (a task running now has been acked). */
-    if (c->current && !c->current->recorded && atomic_load(&c->slot->parcel_held))
+    if (c->current && !c->current->recorded && c->hand_full)
         record_delivery(c, c->current);
     const struct celeriac_library *lib = c->cfg->lib.desc;
     if (lib->db_closing)
@@ -277,31 +277,24 @@ static void confirm_results(struct child *c)
 }
 
 /* ---- the delivery in hand: in kombu's unacked hash (recorded), or, when
- * every task acks early, only in this process and in the slot's parcel,
- * which the replacement of a dead child puts back (worker/salvage.h). */
+ * every task acks early, in this child's hand (broker/redis.h), which a
+ * later child of this slot empties back into the queue if we die first. */
 
-/* Keeps a copy of a plain-popped delivery in the parcel. False when it does
- * not fit: the caller records it in unacked instead. */
-static bool keep_parcel(struct child *c, const struct delivery *d)
+/* The hand's message started or was settled: empty the hand, without
+ * waiting for the reply. */
+static void release_hand(struct child *c)
 {
-    struct parcel *p = c->parcel;
-    if (d->len > sizeof(p->body) || strlen(d->list) >= sizeof(p->list))
-        return false;
-    memcpy(p->body, d->raw, d->len);
-    memcpy(p->list, d->list, strlen(d->list) + 1);
-    p->len = (uint32_t)d->len;
-    atomic_store(&c->slot->parcel_held, 1); /* after the copy: the master reads in this order */
-    return true;
+    if (!c->hand_full)
+        return;
+    c->hand_full = false;
+    struct err e = {0};
+    if (broker_redis_hand_release(&c->broker, &e))
+        log_warning("emptying the hand: %s; done again after reconnecting", e.msg);
 }
 
-static void forget_parcel(struct child *c)
-{
-    atomic_store(&c->slot->parcel_held, 0);
-}
-
-/* Before a delivery may be held for long (ETA, a database outage, a message
- * too big for the parcel): record it in unacked as kombu does, so it outlives
- * this whole worker, then drop the parcel copy. */
+/* Before a delivery may be held for long (ETA, a database outage): record
+ * it in unacked as kombu does, where the visibility sweep of any worker finds
+ * it (the same transaction empties the hand). */
 static void record_delivery(struct child *c, struct message *m)
 {
     if (m->recorded)
@@ -312,16 +305,17 @@ static void record_delivery(struct child *c, struct message *m)
     for (;;) {
         struct err e = {0};
         if (ensure_broker(c))
-            break; /* stopping: the parcel still has it */
+            break; /* stopping: the hand still has it */
         int rc = broker_redis_record(&c->broker, m->delivery_tag, env, m->exchange,
                                      m->routing_key, &e);
         if (rc == 0) {
             m->recorded = true;
-            forget_parcel(c);
+            c->hand_full = false;
+            snprintf(c->slot->popped_tag, sizeof(c->slot->popped_tag), "%s", m->delivery_tag);
             break;
         }
         if (should_stop(c))
-            break; /* the parcel still has it */
+            break; /* the hand still has it */
         int64_t delay = backoff_next(&bo);
         log_warning("recording delivery %s as unacked: %s; retrying in %" PRId64 " ms",
                     m->delivery_tag, e.msg, delay);
@@ -337,7 +331,7 @@ static void settle_delivery(struct child *c, struct message *m)
     if (m->recorded)
         ack(c, m->delivery_tag);
     else
-        forget_parcel(c);
+        release_hand(c);
 }
 
 /* The ack at task start (early) or after the confirmed result (late): sent
@@ -347,7 +341,7 @@ static void settle_delivery(struct child *c, struct message *m)
 static void ack_async(struct child *c, struct message *m)
 {
     if (!m->recorded) {
-        forget_parcel(c);
+        release_hand(c);
         return;
     }
     struct err e = {0};
@@ -361,13 +355,13 @@ static int give_back(struct child *c, struct message *m, struct err *e)
 {
     if (m->recorded)
         return broker_redis_restore(&c->broker, m->delivery_tag, false, e) < 0 ? -1 : 0;
-    const struct parcel *p = c->parcel;
-    int rc = atomic_load(&c->slot->parcel_held)
-                 ? broker_redis_return(&c->broker, p->list, p->body, p->len, NULL, e)
-                 : err_set(e, E_PROTOCOL, "no copy of the message is left");
-    if (!rc)
-        forget_parcel(c);
-    return rc;
+    if (!c->hand_full)
+        return err_set(e, E_PROTOCOL, "the message is no longer in the hand");
+    int rc = broker_redis_hand_return(&c->broker, NULL, e);
+    if (rc < 0)
+        return rc;
+    c->hand_full = false;
+    return 0;
 }
 
 /* A result sent without waiting: once written to the socket it reaches Redis
@@ -567,9 +561,6 @@ static void execute(struct child *c, struct message *m, const struct celeriac_ta
 {
     bool acks_late = c->cfg->acks_late || (def->flags & CELERIAC_ACKS_LATE);
     bool ignore_result = m->ignore_result || (def->flags & CELERIAC_IGNORE_RESULT);
-    if (!acks_late)
-        ack_async(c, m); /* when execution starts, as Celery */
-
     struct task_tuning *tune = &c->sb->shared->tasks[task_index_of(c, def)];
     int64_t tuned_hard = atomic_load(&tune->hard_limit_ms), tuned_soft = atomic_load(&tune->soft_limit_ms);
     double hard = m->time_limit > 0 ? m->time_limit
@@ -599,6 +590,10 @@ static void execute(struct child *c, struct message *m, const struct celeriac_ta
     int64_t t0 = time_mono_ms();
     atomic_store(&c->slot->task_started_ms, t0);
     atomic_store(&c->slot->state, CHILD_BUSY);
+    /* Acked when execution starts, as Celery, and only once the slot says
+     * so: a death from here on is a lost running task, never a lost message. */
+    if (!acks_late)
+        ack_async(c, m);
 
     task_event(c, "task-started", m, json_object());
     arm_limits(soft, hard);
@@ -847,8 +842,7 @@ static void handle(struct child *c, struct delivery *d)
     struct err e = {0};
     enum message_settle settle;
     message_init(&m);
-    bool plain = !c->cfg->broker.record_unacked;
-    bool parcelled = plain && keep_parcel(c, d);
+    c->hand_full = c->broker.hand != NULL;
     if (d->len > c->cfg->broker.max_message) {
         log_error("dropped a message of %zu bytes from queue '%s': larger than the %zu byte limit",
                   d->len, d->queue, c->cfg->broker.max_message);
@@ -873,9 +867,9 @@ static void handle(struct child *c, struct delivery *d)
         d->recorded_tag = NULL;
     }
     m.recorded = d->recorded_tag != NULL;
-    if (!m.recorded && !parcelled) {
-        /* Not recorded by the pop (it could not be tracked) and not kept in
-         * the parcel: record it as kombu would. */
+    if (!m.recorded && !c->hand_full) {
+        /* Not recorded by the pop (it could not be tracked): record it as
+         * kombu would. */
         char *env = message_envelope_json(&m);
         if (ensure_broker(c) == 0 &&
             broker_redis_record(&c->broker, m.delivery_tag, env, m.exchange, m.routing_key, &e))
@@ -885,8 +879,10 @@ static void handle(struct child *c, struct delivery *d)
         free(env);
     }
     /* From here until it is settled or started, a death of this child leaves
-     * the message to its replacement to put back (see settle_lost_task). */
-    snprintf(c->slot->popped_tag, sizeof(c->slot->popped_tag), "%s", m.delivery_tag);
+     * the message to its replacement to put back: from unacked by this tag
+     * (see settle_lost_task), or from the hand. */
+    if (m.recorded)
+        snprintf(c->slot->popped_tag, sizeof(c->slot->popped_tag), "%s", m.delivery_tag);
     c->current = &m;
     if (message_decode_task(&m, &settle, &e)) {
         log_error("%s message %s from queue '%s': %s",
@@ -939,7 +935,7 @@ out_settle:
     if (d->recorded_tag)
         ack(c, d->recorded_tag);
 out:
-    forget_parcel(c);
+    release_hand(c);
     c->current = NULL;
     c->slot->popped_tag[0] = '\0';
     message_release(&m);
@@ -964,13 +960,14 @@ static void settle_lost_task(struct child *c)
     m.redelivered = true; /* it may have stored SUCCESS just before dying: keep that */
     bool late = atomic_load(&s->lost_acks_late);
     struct err e = {0};
-    if (reason == LOST_UNSTARTED && atomic_load(&s->lost_parcel)) {
-        /* Popped without a record: only our parcel has it. */
-        while (!ensure_broker(c) && parcel_return(&c->broker, c->sb, c->index, &e) == E_CONN_LOST)
-            log_warning("putting back the message its predecessor died holding: %s", e.msg);
-        if (atomic_load(&s->lost_parcel))
-            return; /* stopping before the broker came back: the salvage process will */
-    } else if (reason == LOST_UNSTARTED) {
+    if (reason != LOST_UNSTARTED && c->broker.hand && !ensure_broker(c)) {
+        /* Its task had started, so its message was acked, but the child may
+         * have died before emptying its hand: empty_hand_left must not put
+         * it back. (A DEL sent now is done before any later command.) */
+        c->hand_full = true;
+        release_hand(c);
+    }
+    if (reason == LOST_UNSTARTED) {
         log_warning("message %s: its child died before starting it; restored to its queue",
                     s->lost_tag);
         if (ensure_broker(c) || broker_redis_restore(&c->broker, s->lost_tag, false, &e) < 0)
@@ -1023,6 +1020,23 @@ static void settle_lost_task(struct child *c)
     atomic_store(&s->lost_reason, LOST_NONE);
 }
 
+/* A message in our hand now was popped by an earlier process of this slot
+ * (a dead child, or a whole worker of this name) that never started it. */
+static void empty_hand_left(struct child *c)
+{
+    for (;;) {
+        struct err e = {0};
+        if (ensure_broker(c))
+            return; /* stopping: the next child of this slot will */
+        int rc = hand_salvage(&c->broker, &e);
+        if (rc >= 0)
+            return;
+        log_warning("putting back the message left in this slot's hand: %s", e.msg);
+        if (rc != E_CONN_LOST)
+            return;
+    }
+}
+
 /* Every child tries the sweep on its own schedule; kombu's mutex makes sure
  * only one process in the fleet (Python or C) sweeps at a time. */
 static void maybe_sweep(struct child *c)
@@ -1070,6 +1084,7 @@ ATTR_NORETURN static void leave(struct child *c, int code)
 {
     atomic_store(&c->slot->state, CHILD_STOPPING);
     restore_held(c);
+    release_hand(c);
     const struct celeriac_library *lib = c->cfg->lib.desc;
     if (code != EXIT_CANNOT_SERVE && lib->process_shutdown)
         lib->process_shutdown(&c->proc);
@@ -1101,7 +1116,6 @@ void child_main(const struct worker_config *cfg, struct scoreboard *sb, struct s
     c.events = (struct event_sender){.link = &c.broker.link, .sb = sb, .hostname = cfg->node_name,
                                      .db = cfg->broker.url.db, .master_pid = getppid()};
     c.slot = slot;
-    c.parcel = &sb->parcels[index];
     c.index = index;
     c.deathwatch_fd = deathwatch_fd;
 
@@ -1116,6 +1130,8 @@ void child_main(const struct worker_config *cfg, struct scoreboard *sb, struct s
     atomic_store(&slot->state, CHILD_STARTING);
     atomic_store(&slot->db_state, cfg->db.kind == DB_NONE ? DBS_NONE : DBS_DOWN);
     broker_redis_init(&c.broker, &cfg->broker);
+    if (!cfg->broker.record_unacked)
+        broker_redis_set_hand(&c.broker, cfg->node_name, index);
     backend_redis_init(&c.backend, &cfg->backend);
     c.proc.index = index;
     c.proc.db = &c.db;
@@ -1158,6 +1174,7 @@ void child_main(const struct worker_config *cfg, struct scoreboard *sb, struct s
     sigfillset(&sa.sa_mask);
     sigaction(SIGALRM, &sa, NULL);
     settle_lost_task(&c);
+    empty_hand_left(&c);
     atomic_store(&slot->state, CHILD_IDLE);
     log_debug("child %d ready", index);
 

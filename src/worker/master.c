@@ -37,8 +37,9 @@ struct child_entry {
         char task_id[40];
         char task_name[96];
         char tag[40];
-        bool parcel;         /* the slot's parcel holds it (popped, not recorded) */
     } lost;
+    bool hand_check;         /* died uncleanly and no replacement came: its hand may
+                                hold a message it never started (salvage_due) */
 };
 
 struct master {
@@ -51,12 +52,12 @@ struct master {
     bool kill_sent;
     bool ready_logged;
     bool trimmed;
-    pid_t salvage_pid;              /* returning parcels no replacement will take */
+    pid_t salvage_pid;              /* returning what dead children's hands held */
     int salvage_runs;               /* bounded: the broker may be gone for good */
 };
 
 /* A salvage run is tried this many times in a worker's life before the
- * master gives up on a parcel (each run already retries for seconds). */
+ * master gives up (each run already retries for seconds). */
 #define SALVAGE_RUNS_MAX 3
 
 static int pool_target(struct master *m)
@@ -76,7 +77,6 @@ static void pass_lost_task(struct child_entry *ce, struct slot *s)
     memcpy(s->lost_task_id, ce->lost.task_id, sizeof(s->lost_task_id));
     memcpy(s->lost_task_name, ce->lost.task_name, sizeof(s->lost_task_name));
     memcpy(s->lost_tag, ce->lost.tag, sizeof(s->lost_tag));
-    atomic_store(&s->lost_parcel, ce->lost.parcel);
 }
 
 static void start_child(struct master *m, int i)
@@ -98,6 +98,7 @@ static void start_child(struct master *m, int i)
     ce->respawn_at_ms = 0;
     ce->killed_for_limit = false;
     ce->lost.reason = LOST_NONE;
+    ce->hand_check = false; /* the new child looks in its hand itself */
     atomic_store(&m->sb.slots[i].pid, pid);
 }
 
@@ -114,18 +115,14 @@ static void remember_lost_task(struct child_entry *ce, struct slot *s, int statu
         memcpy(ce->lost.task_id, s->lost_task_id, sizeof(ce->lost.task_id));
         memcpy(ce->lost.task_name, s->lost_task_name, sizeof(ce->lost.task_name));
         memcpy(ce->lost.tag, s->lost_tag, sizeof(ce->lost.tag));
-        ce->lost.parcel = atomic_load(&s->lost_parcel);
         return;
     }
-    ce->lost.parcel = false;
     if (atomic_load(&s->state) != CHILD_BUSY || !atomic_load(&s->task_started_ms)) {
-        bool parcel = atomic_load(&s->parcel_held);
-        if (s->popped_tag[0] || parcel) {
-            /* Popped and never started: back to its queue now (from the
-             * parcel, or from unacked where it was recorded) rather than
-             * after the visibility timeout. */
+        if (s->popped_tag[0]) {
+            /* Popped, recorded as unacked, never started: back to its queue
+             * now rather than after the visibility timeout. (A message in
+             * the child's hand is found there by the next child.) */
             ce->lost.reason = LOST_UNSTARTED;
-            ce->lost.parcel = parcel;
             memcpy(ce->lost.tag, s->popped_tag, sizeof(ce->lost.tag));
             ce->lost.tag[sizeof(ce->lost.tag) - 1] = '\0';
             ce->lost.task_id[0] = ce->lost.task_name[0] = '\0';
@@ -164,13 +161,8 @@ static void reap(struct master *m)
             return; /* 0: none left to reap; ECHILD: no children at all */
         if (pid == m->salvage_pid) {
             m->salvage_pid = 0;
-            for (size_t i = 0; i < m->sb.n; i++) {
-                struct child_entry *ce = &m->children[i];
-                if (ce->lost.parcel && !atomic_load(&m->sb.slots[i].lost_parcel)) {
-                    ce->lost.reason = LOST_NONE; /* returned */
-                    ce->lost.parcel = false;
-                }
-            }
+            for (size_t i = 0; i < m->sb.n; i++)
+                m->children[i].hand_check = atomic_load(&m->sb.slots[i].hand_check);
             continue;
         }
         if (pid == m->control.pid) {
@@ -215,8 +207,13 @@ static void reap(struct master *m)
         }
         if (m->stop_sent || i >= pool_target(m)) {
             ce->retiring = false;
-            if (ce->lost.parcel)
-                pass_lost_task(ce, &m->sb.slots[i]); /* no replacement: for salvage_due */
+            bool clean = WIFEXITED(status) && (WEXITSTATUS(status) == EXIT_OK ||
+                                               WEXITSTATUS(status) == EXIT_RECYCLED ||
+                                               WEXITSTATUS(status) == EXIT_CANNOT_SERVE);
+            if (!clean && !m->cfg->broker.record_unacked) {
+                ce->hand_check = true; /* no replacement will look: salvage_due */
+                atomic_store(&m->sb.slots[i].hand_check, 1);
+            }
             continue;
         }
         if (lived >= HEALTHY_LIFETIME_MS)
@@ -233,16 +230,16 @@ static void reap(struct master *m)
     }
 }
 
-/* Forks the salvage process when a dead child's unstarted message sits in a
- * slot no replacement will take (the worker is stopping, the pool shrank). */
+/* Forks the salvage process when a child died uncleanly in a slot no
+ * replacement will take (the worker is stopping, the pool shrank): its hand
+ * may hold a message it never started. */
 static void salvage_due(struct master *m)
 {
     if (m->salvage_pid || m->salvage_runs >= SALVAGE_RUNS_MAX)
         return;
     bool wanted = false;
     for (size_t i = 0; i < m->sb.n && !wanted; i++)
-        wanted = m->children[i].lost.parcel && !m->children[i].pid &&
-                 atomic_load(&m->sb.slots[i].lost_parcel);
+        wanted = m->children[i].hand_check && !m->children[i].pid;
     if (!wanted)
         return;
     pid_t pid = spawn_salvage(m->cfg, &m->sb, m->deathwatch);
@@ -310,9 +307,9 @@ static void respawn_due(struct master *m)
         }
         if (!ce->pid && !ce->cannot_serve && !ce->respawn_at_ms)
             ce->respawn_at_ms = now; /* newly wanted after pool_grow */
-        /* Not while a salvage run may be returning this slot's parcel. */
+        /* Not while a salvage run may be emptying this slot's hand. */
         if (!ce->pid && !ce->cannot_serve && ce->respawn_at_ms && ce->respawn_at_ms <= now &&
-            !(m->salvage_pid && ce->lost.parcel))
+            !(m->salvage_pid && ce->hand_check))
             start_child(m, i);
     }
     if (m->cfg->remote_control && !m->control.pid && m->control.respawn_at_ms <= now) {

@@ -1,13 +1,12 @@
 /* SPDX-License-Identifier: MIT
- * worker/salvage.c: returning unstarted messages of dead children (see
- * salvage.h).
+ * worker/salvage.c: returning unstarted messages left in dead children's
+ * hands (see salvage.h).
  */
 #include "common.h"
 #include "util/backoff.h"
 #include "util/log.h"
 #include "util/time.h"
 #include "worker/salvage.h"
-#include "worker/signals.h"
 
 #include <sys/prctl.h>
 
@@ -15,22 +14,13 @@
  * it runs while the worker stops, which must not hang. */
 #define SALVAGE_PATIENCE_MS 10000
 
-int parcel_return(struct broker_redis *b, struct scoreboard *sb, int i, struct err *e)
+int hand_salvage(struct broker_redis *b, struct err *e)
 {
-    struct slot *s = &sb->slots[i];
-    const struct parcel *p = &sb->parcels[i];
-    if (p->len > sizeof(p->body) || !memchr(p->list, '\0', sizeof(p->list))) {
-        atomic_store(&s->lost_parcel, 0);
-        return err_set(e, E_PROTOCOL, "slot %d's parcel is corrupt (%u bytes); dropped", i,
-                       (unsigned)p->len);
-    }
-    int rc = broker_redis_return(b, p->list, p->body, p->len, s->lost_tag, e);
-    if (!rc) {
-        log_warning("a message popped from '%s' by a child that died before starting it was "
-                    "put back (%u bytes, tag %.40s)", p->list, (unsigned)p->len,
-                    s->lost_tag[0] ? s->lost_tag : "unknown");
-        atomic_store(&s->lost_parcel, 0);
-    }
+    char list[264];
+    int rc = broker_redis_hand_return(b, list, e);
+    if (rc == 1)
+        log_warning("a message popped from '%s' by a process that died before starting it was "
+                    "put back (%s)", list, b->hand);
     return rc;
 }
 
@@ -52,22 +42,25 @@ void salvage_main(const struct worker_config *cfg, struct scoreboard *sb)
             log_error("salvage: %s", e.msg);
         }
         for (int i = 0; i < (int)sb->n && redis_link_is_open(&b.link); i++) {
-            if (atomic_load(&sb->slots[i].pid) || !atomic_load(&sb->slots[i].lost_parcel))
+            struct slot *s = &sb->slots[i];
+            if (atomic_load(&s->pid) || !atomic_load(&s->hand_check))
                 continue;
+            broker_redis_set_hand(&b, cfg->node_name, i);
             struct err re = {0};
-            int rc = parcel_return(&b, sb, i, &re);
-            if (rc)
+            int rc = hand_salvage(&b, &re);
+            if (rc >= 0) {
+                atomic_store(&s->hand_check, 0);
+            } else {
                 log_error("salvage: %s", re.msg);
-            if (rc == E_CONN_LOST)
-                left++;
+                left += rc == E_CONN_LOST;
+            }
         }
         if (left && time_mono_ms() < give_up)
             time_sleep_ms(backoff_next(&bo), NULL);
     } while (left && time_mono_ms() < give_up);
-    for (int i = 0; left && i < (int)sb->n; i++)
-        if (!atomic_load(&sb->slots[i].pid) && atomic_load(&sb->slots[i].lost_parcel))
-            log_critical("a message popped from '%s' by a dead child could not be put back: "
-                         "the broker stayed unreachable", sb->parcels[i].list);
+    if (left)
+        log_critical("salvage: the broker stayed unreachable; the hands of %d dead children "
+                     "are left in Redis for the next start of %s", left, cfg->node_name);
     broker_redis_release(&b, NULL);
     _exit(left ? EXIT_FAILED : EXIT_OK);
 }

@@ -5,27 +5,18 @@
 #include "worker/scoreboard.h"
 
 #include <sys/mman.h>
-#include <unistd.h>
-
-_Static_assert(sizeof(struct parcel) == PARCEL_SIZE && PARCEL_SIZE % 4096 == 0,
-               "parcels fill whole pages, so a child touches only its own");
 
 int scoreboard_create(struct scoreboard *sb, size_t n, size_t n_tasks)
 {
     size_t slots = n * sizeof(struct slot);
     size_t shared = sizeof(struct board_shared) + n_tasks * sizeof(struct task_tuning);
-    size_t page = (size_t)sysconf(_SC_PAGESIZE);
-    size_t parcels_at = (slots + shared + page - 1) / page * page;
-    size_t size = parcels_at + n * sizeof(struct parcel);
-    /* Anonymous memory is zeroed and costs nothing until a page is touched:
-     * the parcels of idle slots never are. */
+    size_t size = slots + shared;
     void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED)
         return -errno;
     sb->slots = p;
     sb->n = n;
     sb->shared = (struct board_shared *)((char *)p + slots);
-    sb->parcels = (struct parcel *)((char *)p + parcels_at);
     sb->n_tasks = n_tasks;
     sb->map_size = size;
     return 0;

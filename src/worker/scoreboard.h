@@ -53,7 +53,6 @@ struct slot {
     char task_name[96];
     char delivery_tag[40];
     char popped_tag[40];            /* a message popped and not yet settled or started */
-    _Atomic int parcel_held;        /* this slot's parcel holds such a message */
     char argsrepr[200];             /* running task's args as JSON, truncated */
     char kwargsrepr[120];
     char argsrepr_text[200];        /* the sender's repr (Celery's argsrepr), for safe=True */
@@ -69,19 +68,8 @@ struct slot {
     char lost_task_id[40];
     char lost_task_name[96];
     char lost_tag[40];
-    _Atomic int lost_parcel;        /* the parcel holds the lost message: push it back */
-};
-
-/* A message a child popped without recording it as unacked (every task acks
- * early), kept here from the pop until its task starts, is recorded, or it is
- * settled otherwise; if the child dies meanwhile, its replacement puts it
- * back on the list it came from. Page-aligned and apart from the slots so
- * that only the child touches these pages: the master never reads them. */
-#define PARCEL_SIZE (32u * 1024)
-struct parcel {
-    uint32_t len;                   /* bytes in body; valid while slot.parcel_held */
-    char list[264];                 /* the list it was popped from */
-    char body[PARCEL_SIZE - 268];
+    _Atomic int hand_check;         /* no replacement comes: the salvage process must
+                                       look in this slot's hand (broker/redis.h) */
 };
 
 /* Run-time settings of one registered task (by its index in the library),
@@ -116,7 +104,6 @@ struct scoreboard {
     struct slot *slots;           /* MAP_SHARED, n entries */
     size_t n;                     /* capacity: the most children pool_grow may reach */
     struct board_shared *shared;  /* in the same mapping */
-    struct parcel *parcels;       /* n entries, page-aligned, in the same mapping */
     size_t n_tasks;
     size_t map_size;
 };

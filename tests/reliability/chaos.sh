@@ -186,7 +186,7 @@ mon = open(sys.argv[2], errors="replace").read().splitlines()
 requeued = re.findall(r"Task [^\[]+\[([0-9a-f-]+)\]: its process died \(signal \d+\); requeued", log)
 failed = re.findall(r"requeue of ([0-9a-f-]+) failed", log)
 sweep = sum(int(n) for n in re.findall(r"restored (\d+) unacknowledged", log))
-shutdown = len(re.findall(r"restored to its queue", log)) + len(re.findall(r"by a child that died before starting it was put back", log))
+shutdown = len(re.findall(r"restored to its queue", log)) + len(re.findall(r"by a process that died before starting it was put back", log))
 lpush, rpush = [], []
 for line in mon:
     if "redelivered" not in line:

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
-# test_unstarted.sh (issues 3 and 5): a worker whose tasks all ack early pops
-# with a plain BRPOP and keeps no unacked record; a message lives only in the
-# child and its slot's parcel from the pop until its task starts. A child
-# SIGKILLed in that window has its message put back by its replacement, and
-# on a cold shutdown (no replacement comes) by the salvage process. The
-# window is held open here with a rate limit: the second task waits in the
-# child, popped but not started.
+# test_unstarted.sh (issues 3 and 5): a worker whose tasks all ack early keeps
+# no unacked record; from the pop until its task starts a message is in the
+# child's hand, a Redis hash written by the same script that pops. A child
+# SIGKILLed in that window has its message put back by its replacement; on a
+# cold shutdown (no replacement comes) by the salvage process; after a whole
+# worker was SIGKILLed, by the next worker of the same name. A message whose
+# task started is gone from the hand: its loss is a WorkerLostError, as early
+# ack means. The window is held open with a rate limit: the second task waits
+# in the child, popped but not started.
 . "$(dirname "$0")/lib.sh"
 
 start_redis
@@ -28,14 +30,28 @@ st=$(rel wait $ids --timeout 20 | while read -r line; do summary <<<"$line"; don
     cut -d' ' -f1 | sort | uniq -c | tr -s ' ')
 expect_eq "three early-ack tasks succeed" " 3 SUCCESS" "$st" "$(worker_log_tail 10)"
 stats=$(redis_cli info commandstats | tr -d '\r')
-if grep -q '^cmdstat_brpop:' <<<"$stats" &&
-    ! grep -qE '^cmdstat_(zadd|hset|zrem|hdel):' <<<"$stats"; then
-    ok "the worker popped with BRPOP and wrote nothing to unacked (no ZADD, HSET, ZREM or HDEL)"
+if ! grep -qE '^cmdstat_(zadd|zrem|hdel):' <<<"$stats"; then
+    ok "the worker wrote nothing to kombu's unacked bookkeeping (no ZADD, ZREM or HDEL)"
 else
-    not_ok "the worker popped with BRPOP and wrote nothing to unacked" \
+    not_ok "the worker wrote nothing to kombu's unacked bookkeeping" \
         "$(grep -E '^cmdstat_' <<<"$stats" | cut -d, -f1)"
 fi
 expect_eq "unacked and unacked_index stay empty" "0 0" "$(unacked_count)"
+
+# ---- a started task is no longer in the hand: killed, it is lost as early ack says -------
+running=$(send rel.pid '[3]')
+_started() { [[ $(queue_len) == 0 && $(redis_cli exists celeriac.hand.plain@localhost.0) == 0 ]]; }
+if wait_for 10 _started; then
+    ok "once its task started (queue empty), the hand is empty"
+else
+    not_ok "once its task started, the hand is empty" "$(redis_cli hgetall celeriac.hand.plain@localhost.0 | head -c 300)"
+fi
+sleep 0.5
+kid=$(only_child)
+kill -KILL "$kid"
+m=$(meta_of "$running" 20)
+expect_eq "a started early-ack task whose child is killed: FAILURE WorkerLostError, not run again" \
+    "FAILURE WorkerLostError(billiard.exceptions)" "$(summary <<<"$m")" "$(worker_log_tail 10)"
 
 # ---- SIGKILL between pop and start: the replacement puts the message back ------------
 reply=$(rate_limit plain@localhost 20/m)
@@ -54,6 +70,11 @@ else
     not_ok "setup: the second task is popped" "queue $(queue_len)" "$(worker_log_tail 5)"
 fi
 expect_eq "... with no unacked record while it waits" "0 0" "$(unacked_count)"
+if redis_cli hget celeriac.hand.plain@localhost.0 body | grep -q "$second"; then
+    ok "... and in child 0's hand (celeriac.hand.plain@localhost.0)"
+else
+    not_ok "... and in child 0's hand" "$(redis_cli keys 'celeriac.hand.*')"
+fi
 kid=$(only_child)
 kill -KILL "$kid"
 m=$(meta_of "$second" 20)
@@ -65,13 +86,16 @@ if [[ $ran_in != "$kid" && $ran_in != "<missing>" ]]; then
 else
     not_ok "... in the replacement child" "ran in $ran_in, killed $kid"
 fi
-if log_has "popped from 'celery' by a child that died before starting it was put back"; then
+if log_has "popped from 'celery' by a process that died before starting it was put back"; then
     ok "the put-back is logged"
 else
     not_ok "the put-back is logged" "$(worker_log_tail 10)"
 fi
 expect_eq "nothing is left behind (queue, unacked)" "0 0 0" "$(queue_len) $(unacked_count)"
+
 stop_worker TERM 20
+expect_eq "after a warm shutdown the hand is empty" 0 \
+    "$(redis_cli exists celeriac.hand.plain@localhost.0)"
 
 # ---- cold shutdown with a message unstarted: the salvage process puts it back ---------
 start_worker "${W[@]}" -n cold@localhost
@@ -102,6 +126,27 @@ fi
 start_worker "${W[@]}" -n after@localhost
 m=$(meta_of "$second" 20)
 expect_eq "the next worker runs it" SUCCESS "$(jget status <<<"$m")" "$m"
+stop_worker TERM 20
+
+# ---- the whole worker SIGKILLed: the next worker of that name puts the message back -------
+start_worker "${W[@]}" -n whole@localhost
+wait_children 1 20 || not_ok "worker started" "$(worker_log_tail)"
+rate_limit whole@localhost 20/m >/dev/null
+first=$(send rel.pid '[0]')
+meta_of "$first" 10 >/dev/null
+second=$(send rel.pid '[0]')
+wait_for 5 _popped || diag "the second task was not popped: queue $(queue_len)"
+kids=$(worker_all_children)
+kill -KILL "$WORKER_PID"
+# shellcheck disable=SC2086
+kill -KILL $kids 2>/dev/null
+wait "$WORKER_PID" 2>/dev/null
+WORKER_PID=
+expect_eq "setup: master and children SIGKILLed with the message unstarted (queue empty)" 0 "$(queue_len)"
+start_worker "${W[@]}" -n whole@localhost
+m=$(meta_of "$second" 20)
+expect_eq "the next worker named whole@localhost puts it back and runs it" SUCCESS \
+    "$(jget status <<<"$m")" "$m" "$(worker_log_tail 10)"
 stop_worker TERM 20
 
 check_worker_logs_clean

@@ -435,8 +435,8 @@ static int validate(struct worker_config *cfg, const char *db_url)
     if (library_load(&cfg->lib, cfg->app_path, &e))
         return usage_error("%s", e.msg);
     /* kombu's unacked record protects a message while its task runs only
-     * for late ack; with early ack it lives from the pop to the task's start,
-     * and the child's parcel covers that window without a Redis write. */
+     * for late ack; with early ack it would live from the pop to the task's
+     * start, and the child's hand (broker/redis.h) covers that for less. */
     cfg->broker.record_unacked = cfg->acks_late;
     for (size_t i = 0; i < cfg->lib.n_tasks; i++)
         if (cfg->lib.desc->tasks[i].flags & CELERIAC_ACKS_LATE)

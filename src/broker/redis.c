@@ -2,9 +2,9 @@
  * broker/redis.c: kombu-compatible consumption from Redis (see redis.h).
  * When some task acks late, the pop and the unacked write happen in one
  * server-side script, so a child killed at that instant cannot lose the
- * message. When every task acks early, the pop writes the child's hand
- * instead (see redis.h), which costs a fraction of kombu's bookkeeping and
- * still leaves no moment in which a message exists only in a socket.
+ * message. When every task acks early, the pop moves the message into the
+ * child's hand instead (see redis.h): a native LMOVE, as cheap as BRPOP, and
+ * still no moment in which a message exists only in a socket.
  */
 #include "common.h"
 #include "broker/redis.h"
@@ -46,25 +46,6 @@ static struct redis_script pop_and_record = {
     "return false\n",
 };
 
-/* KEYS: hand, lists... Pops from the first non-empty list into the hand.
- * The hand is empty unless the reply to an earlier pop was lost with its
- * connection (the release of a started message is always done first, see
- * broker_redis_open): then that message is delivered again instead, where a
- * new pop would overwrite it. */
-static struct redis_script pop_into_hand = {
-    .body =
-    "local held = redis.call('HMGET', KEYS[1], 'list', 'body')\n"
-    "if held[2] then return held end\n"
-    "for i = 2, #KEYS do\n"
-    "  local v = redis.call('RPOP', KEYS[i])\n"
-    "  if v then\n"
-    "    redis.call('HSET', KEYS[1], 'list', KEYS[i], 'body', v)\n"
-    "    return {KEYS[i], v}\n"
-    "  end\n"
-    "end\n"
-    "return false\n",
-};
-
 /* KEYS: unacked, unacked_index, list; ARGV: tag, value read, new payload
  * ("" = drop), "L" or "R". Removes the entry and pushes the payload only if
  * the entry still holds the value read: 1 done, 0 already gone, -1 changed. */
@@ -93,8 +74,8 @@ static struct redis_script release_mutex = {
 void broker_redis_init(struct broker_redis *b, const struct broker_config *cfg)
 {
     memset(b, 0, sizeof(*b));
-    static struct redis_script *const scripts[] = {&pop_and_record, &pop_into_hand,
-                                                   &release_mutex, &restore_script, NULL};
+    static struct redis_script *const scripts[] = {&pop_and_record, &release_mutex,
+                                                   &restore_script, NULL};
     redis_link_init(&b->link, "broker");
     b->link.scripts = scripts;
     b->cfg = cfg;
@@ -142,16 +123,8 @@ void broker_redis_release(struct broker_redis *b, const char *reason)
 int broker_redis_open(struct broker_redis *b, struct err *e)
 {
     int rc = redis_link_open(&b->link, &b->cfg->url, e);
-    if (!rc && b->hand_unconfirmed) {
-        /* The hand's message started: a DEL we never saw confirmed is sent
-         * again, or a dead child's replacement would run it a second time. */
-        const char *argv[] = {"DEL", b->hand};
-        redisReply *r = redis_link_argv(&b->link, e, 2, argv, NULL);
-        if (!r)
-            return E_CONN_LOST;
-        freeReplyObject(r);
-        b->hand_unconfirmed = false;
-    }
+    if (!rc && b->hand)
+        b->hand_unknown = true; /* a pop may have moved a message we never saw */
     if (rc || !b->unconfirmed_ack[0])
         return rc;
     /* An ack whose reply we never saw may not have run: ZREM/HDEL of a tag
@@ -169,7 +142,6 @@ int broker_redis_confirm(struct broker_redis *b, struct err *e)
     int rc = redis_link_drain(&b->link, e);
     if (rc != E_CONN_LOST) {
         b->unconfirmed_ack[0] = '\0';
-        b->hand_unconfirmed = false;
     }
     return rc == E_CONN_LOST ? rc : 0;
 }
@@ -285,28 +257,113 @@ static int wait_for_message(struct broker_redis *b, double timeout_s, struct err
     return rc;
 }
 
-/* Runs the pop-into-hand script once. Returns 0 with d filled or empty. */
-static int pop_hand(struct broker_redis *b, struct delivery *d, struct err *e)
+/* ---- the hand (early ack; see redis.h) */
+
+uint64_t broker_redis_hand_hash(const char *raw, size_t len)
 {
-    size_t n = b->n_keys - 2 + 1;
-    const char **args = xcalloc(n, sizeof(*args));
-    size_t *lens = xcalloc(n, sizeof(*lens));
-    args[0] = b->hand;
-    lens[0] = strlen(b->hand);
-    memcpy(args + 1, b->keys + 2, (b->n_keys - 2) * sizeof(*args));
-    memcpy(lens + 1, b->key_lens + 2, (b->n_keys - 2) * sizeof(*lens));
-    int rc = redis_link_append_script(&b->link, &pop_into_hand, (int)n, args, lens, (int)n);
-    free(args);
-    free(lens);
-    if (rc)
-        return err_set(e, E_CONN_LOST, "broker connection is not usable");
-    redisReply *r = redis_link_read(&b->link, e);
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (unsigned char)raw[i]) * 1099511628211ull;
+    return h ? h : 1; /* 0 means "nothing settled" */
+}
+
+void broker_redis_hand_settled(struct broker_redis *b, uint64_t hash)
+{
+    b->hand_release = true;
+    b->hand_settled_hash = hash;
+}
+
+/* Fills d from a bulk string reply (the moved message), taking r. */
+static void take_moved(struct delivery *d, redisReply *r, const char *list, size_t list_len)
+{
+    d->reply = r;
+    d->raw = r->str;
+    d->len = r->len;
+    snprintf(d->list, sizeof(d->list), "%.*s", (int)list_len, list);
+    const char *sep = strstr(d->list, PRIORITY_SEP);
+    snprintf(d->queue, sizeof(d->queue), "%.*s", sep ? (int)(sep - d->list) : (int)list_len,
+             d->list);
+}
+
+/* After a reconnect: a message in the hand that is not the one we settled
+ * was moved by a pop whose reply was lost with the connection: it is ours to
+ * deliver now. Returns 0 (d filled or not) or E_CONN_LOST. */
+static int hand_recover(struct broker_redis *b, struct delivery *d, struct err *e)
+{
+    const char *argv[] = {"LINDEX", b->hand, "0"};
+    redisReply *r = redis_link_argv(&b->link, e, 3, argv, NULL);
     if (!r)
         return E_CONN_LOST;
-    if (r->type == REDIS_REPLY_ARRAY)
-        return take_reply(d, r, e);
-    if (r->type == REDIS_REPLY_ERROR)
-        rc = err_set(e, E_PROTOCOL, "pop script failed: %s", r->str);
+    b->hand_unknown = false;
+    if (r->type != REDIS_REPLY_STRING) {
+        b->hand_release = false; /* empty */
+        freeReplyObject(r);
+        return 0;
+    }
+    if (b->hand_release && broker_redis_hand_hash(r->str, r->len) == b->hand_settled_hash) {
+        freeReplyObject(r); /* ours, settled: the next pop empties it */
+        return 0;
+    }
+    b->hand_release = false;
+    take_moved(d, r, b->keys[2], b->key_lens[2]);
+    return 0;
+}
+
+/* LMOVE from each list in kombu's order into the hand, the first pipelined
+ * with the DEL of the settled message (one write for both); when every list
+ * is empty, a blocking move from the first. */
+static int pop_hand(struct broker_redis *b, double timeout_s, struct delivery *d, struct err *e)
+{
+    if (b->hand_unknown) {
+        int rc = hand_recover(b, d, e);
+        if (rc || d->reply)
+            return rc;
+    }
+    size_t hand_len = strlen(b->hand);
+    for (size_t k = 2; k < b->n_keys; k++) {
+        const char *del[] = {"DEL", b->hand};
+        const char *move[] = {"LMOVE", b->keys[k], b->hand, "RIGHT", "LEFT"};
+        const size_t move_lens[] = {5, b->key_lens[k], hand_len, 5, 4};
+        bool release = b->hand_release;
+        if ((release && redis_link_append_argv(&b->link, 2, del, NULL)) ||
+            redis_link_append_argv(&b->link, 5, move, move_lens))
+            return err_set(e, E_CONN_LOST, "broker connection is not usable");
+        if (release) {
+            redisReply *r = redis_link_read(&b->link, e);
+            if (!r)
+                return E_CONN_LOST;
+            freeReplyObject(r);
+            b->hand_release = false;
+        }
+        redisReply *r = redis_link_read(&b->link, e);
+        if (!r)
+            return E_CONN_LOST;
+        if (r->type == REDIS_REPLY_STRING) {
+            take_moved(d, r, b->keys[k], b->key_lens[k]);
+            return 0;
+        }
+        int rc = r->type == REDIS_REPLY_ERROR
+                     ? err_set(e, E_PROTOCOL, "LMOVE failed (Redis 6.2 or later is required): %s",
+                               r->str)
+                     : 0;
+        freeReplyObject(r);
+        if (rc)
+            return rc;
+    }
+    /* The other lists (priorities, further queues) are only polled above, so
+     * with several of them the wait is kept short. */
+    char tmo[16];
+    snprintf(tmo, sizeof(tmo), "%.2f", b->n_keys > 2 + 4 && timeout_s > 0.2 ? 0.2 : timeout_s);
+    const char *argv[] = {"BLMOVE", b->keys[2], b->hand, "RIGHT", "LEFT", tmo};
+    size_t alens[] = {6, b->key_lens[2], hand_len, 5, 4, strlen(tmo)};
+    redisReply *r = redis_link_argv(&b->link, e, 6, argv, alens);
+    if (!r)
+        return E_CONN_LOST;
+    if (r->type == REDIS_REPLY_STRING) {
+        take_moved(d, r, b->keys[2], b->key_lens[2]);
+        return 0;
+    }
+    int rc = r->type == REDIS_REPLY_ERROR ? err_set(e, E_PROTOCOL, "BLMOVE failed: %s", r->str) : 0;
     freeReplyObject(r);
     return rc;
 }
@@ -318,17 +375,17 @@ int broker_redis_fetch(struct broker_redis *b, double timeout_s, struct delivery
     int rc = broker_redis_confirm(b, e);
     if (rc)
         return rc;
-    /* Pop and record (or pop and hand) happen in one script, so there is no
-     * moment in which a message is neither in a list nor tracked. */
-    int (*pop)(struct broker_redis *, struct delivery *, struct err *) =
-        b->hand ? pop_hand : pop_script;
-    rc = pop(b, d, e);
+    if (b->hand)
+        return pop_hand(b, timeout_s, d, e);
+    /* Pop and record happen in one script, so there is no moment in which a
+     * message is neither in a list nor in the unacked hash. */
+    rc = pop_script(b, d, e);
     if (rc || d->reply)
         return rc;
     rc = wait_for_message(b, timeout_s, e);
     if (rc <= 0)
         return rc;
-    return pop(b, d, e); /* may find nothing: another consumer won the race */
+    return pop_script(b, d, e); /* may find nothing: another consumer won the race */
 }
 
 /* Sends a MULTI ... EXEC block of n commands and checks EXEC's reply. */
@@ -379,6 +436,8 @@ int broker_redis_record(struct broker_redis *b, const char *tag, const char *env
     const size_t *lens[] = {NULL, hlens, NULL};
     int argcs[] = {4, 4, 2};
     int rc = transaction(b, b->hand ? 3 : 2, argvs, lens, argcs, e);
+    if (!rc)
+        b->hand_release = false;
     buf_release(&payload);
     return rc;
 }
@@ -533,50 +592,86 @@ int broker_redis_restore(struct broker_redis *b, const char *tag, bool to_back, 
     return err_set(e, E_PROTOCOL, "restore of %s kept conflicting; left for the sweep", tag);
 }
 
-int broker_redis_hand_release(struct broker_redis *b, struct err *e)
+int broker_redis_hand_clear(struct broker_redis *b, struct err *e)
 {
-    if (!b->hand)
+    if (!b->hand || !b->hand_release)
         return 0;
     const char *argv[] = {"DEL", b->hand};
-    b->hand_unconfirmed = true;
-    if (redis_link_send_argv(&b->link, 2, argv, NULL))
-        return err_set(e, E_CONN_LOST, "broker connection is not usable");
+    redisReply *r = redis_link_argv(&b->link, e, 2, argv, NULL);
+    if (!r)
+        return E_CONN_LOST;
+    freeReplyObject(r);
+    b->hand_release = false;
     return 0;
 }
 
-int broker_redis_hand_return(struct broker_redis *b, char *list, struct err *e)
+/* The list a message goes back to: its routing key's queue (through the
+ * exchange's bindings) at its priority, as a restore by kombu. */
+static char *return_list(struct broker_redis *b, json_t *env, struct err *e)
+{
+    json_t *props = json_object_get(env, "properties");
+    json_t *info = json_object_get(props, "delivery_info");
+    const char *exchange = json_string_value(json_object_get(info, "exchange"));
+    const char *rk = json_string_value(json_object_get(info, "routing_key"));
+    if (!exchange || !rk || !*rk)
+        return xstrdup(b->keys[2]);
+    char *queue = restore_queue(b, exchange, rk, e);
+    if (!queue)
+        return NULL;
+    json_int_t prio = json_integer_value(json_object_get(props, "priority"));
+    struct buf list = BUF_INIT;
+    message_priority_list(&list, queue, prio < 0 ? 0 : prio > 9 ? 9 : (int)prio);
+    free(queue);
+    return buf_detach(&list, NULL);
+}
+
+int broker_redis_hand_return(struct broker_redis *b, uint64_t settled_hash, char *list,
+                             struct err *e)
 {
     if (!b->hand)
         return 0;
-    const char *get[] = {"HMGET", b->hand, "list", "body"};
-    redisReply *r = redis_link_argv(&b->link, e, 4, get, NULL);
+    const char *get[] = {"LINDEX", b->hand, "0"};
+    redisReply *r = redis_link_argv(&b->link, e, 3, get, NULL);
     if (!r)
         return E_CONN_LOST;
-    if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
-        r->element[0]->type != REDIS_REPLY_STRING || r->element[1]->type != REDIS_REPLY_STRING) {
+    if (r->type != REDIS_REPLY_STRING) {
         freeReplyObject(r);
         return 0; /* empty */
     }
-    const char *queue = r->element[0]->str;
-    json_t *env = json_loadb(r->element[1]->str, r->element[1]->len, 0, NULL);
-    char *edited = NULL;
+    if (settled_hash && broker_redis_hand_hash(r->str, r->len) == settled_hash) {
+        freeReplyObject(r); /* started or settled before its holder died */
+        b->hand_release = true;
+        return broker_redis_hand_clear(b, e);
+    }
+    json_t *env = json_loadb(r->str, r->len, 0, NULL);
+    char *edited = NULL, *to = NULL;
     if (json_is_object(env)) {
         mark_redelivered(env);
         edited = json_dumps(env, JSON_COMPACT);
+        to = return_list(b, env, e);
+    } else {
+        to = xstrdup(b->keys[2]);
     }
     json_decref(env);
-    const char *push[] = {"RPUSH", queue, edited ? edited : r->element[1]->str};
-    const size_t push_lens[] = {5, r->element[0]->len,
-                                edited ? strlen(edited) : r->element[1]->len};
+    if (!to) {
+        free(edited);
+        freeReplyObject(r);
+        return E_CONN_LOST;
+    }
+    const char *push[] = {"RPUSH", to, edited ? edited : r->str};
+    const size_t push_lens[] = {5, strlen(to), edited ? strlen(edited) : r->len};
     const char *del[] = {"DEL", b->hand};
     const char *const *argvs[] = {push, del};
     const size_t *lens[] = {push_lens, NULL};
     int argcs[] = {3, 2};
     if (list)
-        snprintf(list, 264, "%s", queue);
+        snprintf(list, 264, "%s", to);
     int rc = transaction(b, 2, argvs, lens, argcs, e);
     free(edited);
+    free(to);
     freeReplyObject(r);
+    if (!rc)
+        b->hand_release = false;
     return rc ? rc : 1;
 }
 

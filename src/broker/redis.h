@@ -40,7 +40,10 @@ struct broker_redis {
     size_t n_keys;
     char unconfirmed_ack[64];   /* tag acked by broker_redis_ack_send, reply not yet read */
     char *hand;                 /* this child's hand key, or NULL (record_unacked) */
-    bool hand_unconfirmed;      /* emptied by broker_redis_hand_release, reply not read */
+    bool hand_release;          /* the hand holds a settled message: empty it with the
+                                   next pop */
+    uint64_t hand_settled_hash; /* ... whose bytes hash to this */
+    bool hand_unknown;          /* reconnected: a lost pop may have filled the hand */
 };
 
 void broker_redis_init(struct broker_redis *b, const struct broker_config *cfg);
@@ -51,14 +54,20 @@ int broker_redis_open(struct broker_redis *b, struct err *e);
 
 /* The hand: when every task acks early, kombu's unacked record would live
  * only from the pop to the task's start, and writing, indexing and deleting
- * it is most of Redis's work per task. Instead each child pops into its own
- * hand, a small hash "celeriac.hand.<node>.<slot>" holding the list and the
- * message, written by the same script that pops, and empties it (without
- * waiting) when the task starts or the message is otherwise settled. So a
- * hand that is not empty when a child of that slot starts holds a message a
- * dead child (or a dead worker of the same name) popped and never started:
- * it goes back to its queue. Node names must be unique, as Celery requires. */
+ * it is most of Redis's work per task. Instead each child moves the message
+ * it pops (LMOVE, atomic and as cheap as BRPOP) into its own hand, a list
+ * "celeriac.hand.<node>.<slot>" that holds at most that one message, and
+ * empties it with the next pop (the DEL rides in the same write). The child
+ * tells the hand's settled message from an unstarted one by a hash of its
+ * bytes, which it keeps in shared memory: a later child of the slot (or the
+ * salvage process) puts back a message it finds there unless it hashes to
+ * the settled one. Node names must be unique, as Celery requires. */
 void broker_redis_set_hand(struct broker_redis *b, const char *node, int slot);
+/* The hash that identifies a message in the hand (never 0). */
+uint64_t broker_redis_hand_hash(const char *raw, size_t len);
+/* The message in the hand (hashing to hash) started or was settled: the
+ * next pop empties the hand. No I/O. */
+void broker_redis_hand_settled(struct broker_redis *b, uint64_t hash);
 
 /* Pops the next message, highest priority bucket first, waiting up to
  * timeout_s seconds when every list is empty. With cfg->record_unacked the
@@ -106,15 +115,16 @@ int broker_redis_touch(struct broker_redis *b, const char *tag, struct err *e);
 enum { BROKER_NOT_HELD = 0, BROKER_RESTORED = 1 };
 int broker_redis_restore(struct broker_redis *b, const char *tag, bool to_back, struct err *e);
 
-/* Puts the message in the hand back at the consumer end of the list it came
- * from, marked redelivered, and empties the hand, in one transaction.
- * Returns 1 when a message went back, 0 when the hand was empty, or
- * E_CONN_LOST / E_PROTOCOL; list (if not NULL, size 264) gets the list's name. */
-int broker_redis_hand_return(struct broker_redis *b, char *list, struct err *e);
-/* Empties the hand: its message started or was settled. Sent without
- * waiting, and sent again after a reconnect if its reply was never read.
+/* Looks in the hand: a message hashing to settled_hash (0: none) is emptied
+ * out; any other is put back at the consumer end of its queue's list, marked
+ * redelivered, in one transaction with the emptying. Returns 1 when a message
+ * went back, 0 when none did, or E_CONN_LOST / E_PROTOCOL; list (if not NULL,
+ * size 264) gets the list's name. */
+int broker_redis_hand_return(struct broker_redis *b, uint64_t settled_hash, char *list,
+                             struct err *e);
+/* Empties the hand now if it holds a settled message (a child leaving).
  * 0 or E_CONN_LOST. */
-int broker_redis_hand_release(struct broker_redis *b, struct err *e);
+int broker_redis_hand_clear(struct broker_redis *b, struct err *e);
 
 /* kombu's visibility sweep: under the shared unacked_mutex, restores every
  * delivery recorded more than visibility_timeout seconds ago, whoever holds

@@ -50,6 +50,7 @@ struct child {
     size_t n_held;
     int64_t next_refresh_ms;        /* next refresh of the held messages' unacked scores */
     bool hand_full;                 /* the hand holds the delivery being handled */
+    uint64_t hand_hash;             /* ... whose bytes hash to this */
     struct message *current;        /* the delivery being handled, if any */
 };
 
@@ -280,16 +281,15 @@ static void confirm_results(struct child *c)
  * every task acks early, in this child's hand (broker/redis.h), which a
  * later child of this slot empties back into the queue if we die first. */
 
-/* The hand's message started or was settled: empty the hand, without
- * waiting for the reply. */
+/* The hand's message started or was settled: from now on a later child of
+ * this slot must not put it back (it is emptied with our next pop). */
 static void release_hand(struct child *c)
 {
     if (!c->hand_full)
         return;
     c->hand_full = false;
-    struct err e = {0};
-    if (broker_redis_hand_release(&c->broker, &e))
-        log_warning("emptying the hand: %s; done again after reconnecting", e.msg);
+    atomic_store(&c->slot->hand_settled, c->hand_hash);
+    broker_redis_hand_settled(&c->broker, c->hand_hash);
 }
 
 /* Before a delivery may be held for long (ETA, a database outage): record
@@ -357,7 +357,7 @@ static int give_back(struct child *c, struct message *m, struct err *e)
         return broker_redis_restore(&c->broker, m->delivery_tag, false, e) < 0 ? -1 : 0;
     if (!c->hand_full)
         return err_set(e, E_PROTOCOL, "the message is no longer in the hand");
-    int rc = broker_redis_hand_return(&c->broker, NULL, e);
+    int rc = broker_redis_hand_return(&c->broker, 0, NULL, e);
     if (rc < 0)
         return rc;
     c->hand_full = false;
@@ -843,6 +843,8 @@ static void handle(struct child *c, struct delivery *d)
     enum message_settle settle;
     message_init(&m);
     c->hand_full = c->broker.hand != NULL;
+    if (c->hand_full)
+        c->hand_hash = broker_redis_hand_hash(d->raw, d->len);
     if (d->len > c->cfg->broker.max_message) {
         log_error("dropped a message of %zu bytes from queue '%s': larger than the %zu byte limit",
                   d->len, d->queue, c->cfg->broker.max_message);
@@ -960,13 +962,6 @@ static void settle_lost_task(struct child *c)
     m.redelivered = true; /* it may have stored SUCCESS just before dying: keep that */
     bool late = atomic_load(&s->lost_acks_late);
     struct err e = {0};
-    if (reason != LOST_UNSTARTED && c->broker.hand && !ensure_broker(c)) {
-        /* Its task had started, so its message was acked, but the child may
-         * have died before emptying its hand: empty_hand_left must not put
-         * it back. (A DEL sent now is done before any later command.) */
-        c->hand_full = true;
-        release_hand(c);
-    }
     if (reason == LOST_UNSTARTED) {
         log_warning("message %s: its child died before starting it; restored to its queue",
                     s->lost_tag);
@@ -1028,7 +1023,7 @@ static void empty_hand_left(struct child *c)
         struct err e = {0};
         if (ensure_broker(c))
             return; /* stopping: the next child of this slot will */
-        int rc = hand_salvage(&c->broker, &e);
+        int rc = hand_salvage(&c->broker, atomic_load(&c->slot->lost_hand_settled), &e);
         if (rc >= 0)
             return;
         log_warning("putting back the message left in this slot's hand: %s", e.msg);
@@ -1085,6 +1080,9 @@ ATTR_NORETURN static void leave(struct child *c, int code)
     atomic_store(&c->slot->state, CHILD_STOPPING);
     restore_held(c);
     release_hand(c);
+    struct err he = {0};
+    if (redis_link_is_open(&c->broker.link) && broker_redis_hand_clear(&c->broker, &he))
+        log_warning("emptying the hand: %s; the next child of this slot will", he.msg);
     const struct celeriac_library *lib = c->cfg->lib.desc;
     if (code != EXIT_CANNOT_SERVE && lib->process_shutdown)
         lib->process_shutdown(&c->proc);
@@ -1174,6 +1172,9 @@ void child_main(const struct worker_config *cfg, struct scoreboard *sb, struct s
     sigfillset(&sa.sa_mask);
     sigaction(SIGALRM, &sa, NULL);
     settle_lost_task(&c);
+    uint64_t settled = atomic_load(&slot->lost_hand_settled);
+    if (settled)
+        broker_redis_hand_settled(&c.broker, settled); /* so a reconnect does not deliver it */
     empty_hand_left(&c);
     atomic_store(&slot->state, CHILD_IDLE);
     log_debug("child %d ready", index);

@@ -37,6 +37,7 @@ struct child_entry {
         char task_id[40];
         char task_name[96];
         char tag[40];
+        uint64_t hand_settled; /* its slot's hand_settled, for the next child */
     } lost;
     bool hand_check;         /* died uncleanly and no replacement came: its hand may
                                 hold a message it never started (salvage_due) */
@@ -68,6 +69,7 @@ static int pool_target(struct master *m)
 /* Hands the lost task to the slot before its replacement is forked. */
 static void pass_lost_task(struct child_entry *ce, struct slot *s)
 {
+    atomic_store(&s->lost_hand_settled, ce->lost.hand_settled);
     if (ce->lost.reason == LOST_NONE)
         return;
     atomic_store(&s->lost_reason, ce->lost.reason);
@@ -106,6 +108,11 @@ static void start_child(struct master *m, int i)
 static void remember_lost_task(struct child_entry *ce, struct slot *s, int status)
 {
     ce->lost.reason = LOST_NONE;
+    /* Whatever the death, the next child of the slot must tell the message
+     * it finds in the hand from the one this child had settled. */
+    ce->lost.hand_settled = atomic_load(&s->hand_settled);
+    if (!ce->lost.hand_settled && atomic_load(&s->lost_hand_settled))
+        ce->lost.hand_settled = atomic_load(&s->lost_hand_settled); /* never popped */
     if (atomic_load(&s->lost_reason) != LOST_NONE) {
         /* It died before settling its predecessor's task: hand that on. */
         ce->lost.reason = atomic_load(&s->lost_reason);
@@ -212,6 +219,7 @@ static void reap(struct master *m)
                                                WEXITSTATUS(status) == EXIT_CANNOT_SERVE);
             if (!clean && !m->cfg->broker.record_unacked) {
                 ce->hand_check = true; /* no replacement will look: salvage_due */
+                pass_lost_task(ce, &m->sb.slots[i]);
                 atomic_store(&m->sb.slots[i].hand_check, 1);
             }
             continue;

@@ -14,10 +14,10 @@
  * it runs while the worker stops, which must not hang. */
 #define SALVAGE_PATIENCE_MS 10000
 
-int hand_salvage(struct broker_redis *b, struct err *e)
+int hand_salvage(struct broker_redis *b, uint64_t settled, struct err *e)
 {
     char list[264];
-    int rc = broker_redis_hand_return(b, list, e);
+    int rc = broker_redis_hand_return(b, settled, list, e);
     if (rc == 1)
         log_warning("a message popped from '%s' by a process that died before starting it was "
                     "put back (%s)", list, b->hand);
@@ -47,7 +47,7 @@ void salvage_main(const struct worker_config *cfg, struct scoreboard *sb)
                 continue;
             broker_redis_set_hand(&b, cfg->node_name, i);
             struct err re = {0};
-            int rc = hand_salvage(&b, &re);
+            int rc = hand_salvage(&b, atomic_load(&s->lost_hand_settled), &re);
             if (rc >= 0) {
                 atomic_store(&s->hand_check, 0);
             } else {

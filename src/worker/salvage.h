@@ -12,9 +12,10 @@
 #include "worker/config.h"
 #include "worker/scoreboard.h"
 
-/* Puts back what the hand b points at holds, logging it. 1 when a message
- * went back, 0 when the hand was empty, or E_CONN_LOST / E_PROTOCOL. */
-int hand_salvage(struct broker_redis *b, struct err *e);
+/* Puts back what the hand b points at holds unless it hashes to settled
+ * (broker_redis_hand_return), logging it. 1 when a message went back, 0 when
+ * none did, or E_CONN_LOST / E_PROTOCOL. */
+int hand_salvage(struct broker_redis *b, uint64_t settled, struct err *e);
 
 /* The salvage process: empties the hand of every slot with no process and
  * hand_check set, trying the broker for a few seconds, then _exit()s with

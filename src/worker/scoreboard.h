@@ -53,6 +53,8 @@ struct slot {
     char task_name[96];
     char delivery_tag[40];
     char popped_tag[40];            /* a message popped and not yet settled or started */
+    _Atomic uint64_t hand_settled;  /* hash of the message in the hand that started or
+                                       was settled (0: none), see broker/redis.h */
     char argsrepr[200];             /* running task's args as JSON, truncated */
     char kwargsrepr[120];
     char argsrepr_text[200];        /* the sender's repr (Celery's argsrepr), for safe=True */
@@ -68,6 +70,7 @@ struct slot {
     char lost_task_id[40];
     char lost_task_name[96];
     char lost_tag[40];
+    _Atomic uint64_t lost_hand_settled; /* the dead child's hand_settled */
     _Atomic int hand_check;         /* no replacement comes: the salvage process must
                                        look in this slot's hand (broker/redis.h) */
 };

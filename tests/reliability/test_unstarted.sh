@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
 # test_unstarted.sh (issues 3 and 5): a worker whose tasks all ack early keeps
-# no unacked record; from the pop until its task starts a message is in the
-# child's hand, a Redis hash written by the same script that pops. A child
+# no unacked record; a message is moved by its pop into the child's hand, a
+# Redis list emptied by the child's next pop. A child
 # SIGKILLed in that window has its message put back by its replacement; on a
 # cold shutdown (no replacement comes) by the salvage process; after a whole
 # worker was SIGKILLed, by the next worker of the same name. A message whose
-# task started is gone from the hand: its loss is a WorkerLostError, as early
-# ack means. The window is held open with a rate limit: the second task waits
+# task started is known as settled (by its hash, in shared memory): its loss
+# is a WorkerLostError, as early ack means, and it is not run again. The window is held open with a rate limit: the second task waits
 # in the child, popped but not started.
 . "$(dirname "$0")/lib.sh"
 
@@ -38,20 +38,26 @@ else
 fi
 expect_eq "unacked and unacked_index stay empty" "0 0" "$(unacked_count)"
 
-# ---- a started task is no longer in the hand: killed, it is lost as early ack says -------
+# ---- a started task is settled: killed, it is lost as early ack says, not run again -------
 running=$(send rel.pid '[3]')
-_started() { [[ $(queue_len) == 0 && $(redis_cli exists celeriac.hand.plain@localhost.0) == 0 ]]; }
-if wait_for 10 _started; then
-    ok "once its task started (queue empty), the hand is empty"
-else
-    not_ok "once its task started, the hand is empty" "$(redis_cli hgetall celeriac.hand.plain@localhost.0 | head -c 300)"
-fi
+_started() { [[ $(queue_len) == 0 ]]; }
+wait_for 10 _started || diag "rel.pid(3) was not popped"
 sleep 0.5
+if redis_cli lindex celeriac.hand.plain@localhost.0 0 | grep -q "$running"; then
+    ok "while its task runs, the message is still in the hand (the next pop empties it)"
+else
+    not_ok "while its task runs, the message is still in the hand" \
+        "$(redis_cli lrange celeriac.hand.plain@localhost.0 0 -1 | head -c 300)"
+fi
 kid=$(only_child)
 kill -KILL "$kid"
 m=$(meta_of "$running" 20)
 expect_eq "a started early-ack task whose child is killed: FAILURE WorkerLostError, not run again" \
     "FAILURE WorkerLostError(billiard.exceptions)" "$(summary <<<"$m")" "$(worker_log_tail 10)"
+sleep 1.5
+expect_eq "... and 1.5 s later still that, with nothing queued (it was not put back)" \
+    "FAILURE WorkerLostError(billiard.exceptions) 0" \
+    "$(meta_of "$running" 5 | summary) $(queue_len)" "$(worker_log_tail 10)"
 
 # ---- SIGKILL between pop and start: the replacement puts the message back ------------
 reply=$(rate_limit plain@localhost 20/m)
@@ -70,10 +76,11 @@ else
     not_ok "setup: the second task is popped" "queue $(queue_len)" "$(worker_log_tail 5)"
 fi
 expect_eq "... with no unacked record while it waits" "0 0" "$(unacked_count)"
-if redis_cli hget celeriac.hand.plain@localhost.0 body | grep -q "$second"; then
+if redis_cli lindex celeriac.hand.plain@localhost.0 0 | grep -q "$second"; then
     ok "... and in child 0's hand (celeriac.hand.plain@localhost.0)"
 else
-    not_ok "... and in child 0's hand" "$(redis_cli keys 'celeriac.hand.*')"
+    not_ok "... and in child 0's hand" "$(redis_cli keys 'celeriac.hand.*')" \
+        "$(redis_cli lrange celeriac.hand.plain@localhost.0 0 -1 | head -c 300)"
 fi
 kid=$(only_child)
 kill -KILL "$kid"

@@ -98,10 +98,10 @@ void broker_redis_init(struct broker_redis *b, const struct broker_config *cfg)
         b->key_lens[i] = strlen(b->keys[i]);
 }
 
-void broker_redis_set_hand(struct broker_redis *b, const char *node, int slot)
+void broker_redis_set_hand(struct broker_redis *b, const char *node, pid_t owner, int slot)
 {
     struct buf key = BUF_INIT;
-    buf_addf(&key, "celeriac.hand.%s.%d", node, slot);
+    buf_addf(&key, "celeriac.hand.%s.%d.%d", node, (int)owner, slot);
     free(b->hand);
     b->hand = buf_detach(&key, NULL);
 }
@@ -590,6 +590,45 @@ int broker_redis_restore(struct broker_redis *b, const char *tag, bool to_back, 
             return rc < 0 ? rc : rc == 2 ? BROKER_RESTORED : BROKER_NOT_HELD;
     }
     return err_set(e, E_PROTOCOL, "restore of %s kept conflicting; left for the sweep", tag);
+}
+
+int broker_redis_scan_hands(struct broker_redis *b, const char *node, int slot,
+                            void (*found)(const char *key, void *arg), void *arg,
+                            struct err *e)
+{
+    /* MATCH is a glob: a node name's own glob characters are escaped. */
+    struct buf pattern = BUF_INIT;
+    buf_adds(&pattern, "celeriac.hand.");
+    for (const char *p = node; *p; p++) {
+        if (strchr("*?[]\\", *p))
+            buf_addch(&pattern, '\\');
+        buf_addch(&pattern, *p);
+    }
+    buf_addf(&pattern, ".*.%d", slot);
+    char cursor[32] = "0";
+    int rc = 0;
+    do {
+        const char *argv[] = {"SCAN", cursor, "MATCH", pattern.data, "COUNT", "1000"};
+        redisReply *r = redis_link_argv(&b->link, e, 6, argv, NULL);
+        if (!r) {
+            rc = E_CONN_LOST;
+            break;
+        }
+        if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+            r->element[0]->type != REDIS_REPLY_STRING ||
+            r->element[1]->type != REDIS_REPLY_ARRAY) {
+            rc = err_set(e, E_PROTOCOL, "unexpected reply to SCAN");
+            freeReplyObject(r);
+            break;
+        }
+        snprintf(cursor, sizeof(cursor), "%s", r->element[0]->str);
+        for (size_t i = 0; i < r->element[1]->elements; i++)
+            if (r->element[1]->element[i]->type == REDIS_REPLY_STRING)
+                found(r->element[1]->element[i]->str, arg);
+        freeReplyObject(r);
+    } while (strcmp(cursor, "0"));
+    buf_release(&pattern);
+    return rc;
 }
 
 int broker_redis_hand_clear(struct broker_redis *b, struct err *e)

@@ -56,13 +56,20 @@ int broker_redis_open(struct broker_redis *b, struct err *e);
  * only from the pop to the task's start, and writing, indexing and deleting
  * it is most of Redis's work per task. Instead each child moves the message
  * it pops (LMOVE, atomic and as cheap as BRPOP) into its own hand, a list
- * "celeriac.hand.<node>.<slot>" that holds at most that one message, and
+ * "celeriac.hand.<node>.<master pid>.<slot>" that holds at most that one
+ * message (the pid keeps two workers of one name apart), and
  * empties it with the next pop (the DEL rides in the same write). The child
  * tells the hand's settled message from an unstarted one by a hash of its
  * bytes, which it keeps in shared memory: a later child of the slot (or the
  * salvage process) puts back a message it finds there unless it hashes to
- * the settled one. Node names must be unique, as Celery requires. */
-void broker_redis_set_hand(struct broker_redis *b, const char *node, int slot);
+ * the settled one. The hands of a worker that died whole are taken over by
+ * the next worker of the same name on the same host (hand_adopt_orphans). */
+void broker_redis_set_hand(struct broker_redis *b, const char *node, pid_t owner, int slot);
+/* Calls found(key, arg) for every hand of slot `slot` of any worker named
+ * node (any owner pid). 0, or E_CONN_LOST / E_PROTOCOL. */
+int broker_redis_scan_hands(struct broker_redis *b, const char *node, int slot,
+                            void (*found)(const char *key, void *arg), void *arg,
+                            struct err *e);
 /* The hash that identifies a message in the hand (never 0). */
 uint64_t broker_redis_hand_hash(const char *raw, size_t len);
 /* The message in the hand (hashing to hash) started or was settled: the

@@ -1025,6 +1025,8 @@ static void empty_hand_left(struct child *c)
             return; /* stopping: the next child of this slot will */
         int rc = hand_salvage(&c->broker, atomic_load(&c->slot->lost_hand_settled), &e);
         if (rc >= 0)
+            rc = hand_adopt_orphans(&c->broker, c->cfg->node_name, getppid(), c->index, &e);
+        if (rc >= 0)
             return;
         log_warning("putting back the message left in this slot's hand: %s", e.msg);
         if (rc != E_CONN_LOST)
@@ -1129,7 +1131,7 @@ void child_main(const struct worker_config *cfg, struct scoreboard *sb, struct s
     atomic_store(&slot->db_state, cfg->db.kind == DB_NONE ? DBS_NONE : DBS_DOWN);
     broker_redis_init(&c.broker, &cfg->broker);
     if (!cfg->broker.record_unacked)
-        broker_redis_set_hand(&c.broker, cfg->node_name, index);
+        broker_redis_set_hand(&c.broker, cfg->node_name, getppid(), index);
     backend_redis_init(&c.backend, &cfg->backend);
     c.proc.index = index;
     c.proc.db = &c.db;

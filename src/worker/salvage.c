@@ -8,6 +8,7 @@
 #include "util/time.h"
 #include "worker/salvage.h"
 
+#include <signal.h>
 #include <sys/prctl.h>
 
 /* The salvage process gives up on an unreachable broker after this long:
@@ -21,6 +22,56 @@ int hand_salvage(struct broker_redis *b, uint64_t settled, struct err *e)
     if (rc == 1)
         log_warning("a message popped from '%s' by a process that died before starting it was "
                     "put back (%s)", list, b->hand);
+    return rc;
+}
+
+struct orphans {
+    char **keys;
+    size_t n;
+    pid_t self_master;
+};
+
+static void collect_orphan(const char *key, void *arg)
+{
+    struct orphans *o = arg;
+    /* celeriac.hand.<node>.<pid>.<slot>: the pid is the second field from the end. */
+    const char *end = strrchr(key, '.');
+    const char *start = end;
+    while (start && start > key && start[-1] != '.')
+        start--;
+    if (!end || !start || start == end)
+        return;
+    long pid = strtol(start, NULL, 10);
+    if (pid <= 0 || pid == (long)o->self_master)
+        return;
+    if (kill((pid_t)pid, 0) == 0 || errno != ESRCH)
+        return; /* alive (or not ours to signal): another worker's hand */
+    o->keys = xrealloc(o->keys, (o->n + 1) * sizeof(*o->keys));
+    o->keys[o->n++] = xstrdup(key);
+}
+
+int hand_adopt_orphans(struct broker_redis *b, const char *node, pid_t self_master, int slot,
+                       struct err *e)
+{
+    struct orphans o = {.self_master = self_master};
+    int rc = broker_redis_scan_hands(b, node, slot, collect_orphan, &o, e);
+    char *own = b->hand;
+    bool own_release = b->hand_release;
+    for (size_t i = 0; i < o.n; i++) {
+        if (!rc) {
+            b->hand = o.keys[i];
+            b->hand_release = false;
+            int got = hand_salvage(b, 0, e);
+            if (got < 0)
+                rc = got;
+            else if (!got) /* empty or gone: nothing to take over */
+                log_debug("hand %s of a gone worker was empty", o.keys[i]);
+        }
+        free(o.keys[i]);
+    }
+    b->hand = own;
+    b->hand_release = own_release;
+    free(o.keys);
     return rc;
 }
 
@@ -45,7 +96,7 @@ void salvage_main(const struct worker_config *cfg, struct scoreboard *sb)
             struct slot *s = &sb->slots[i];
             if (atomic_load(&s->pid) || !atomic_load(&s->hand_check))
                 continue;
-            broker_redis_set_hand(&b, cfg->node_name, i);
+            broker_redis_set_hand(&b, cfg->node_name, getppid(), i);
             struct err re = {0};
             int rc = hand_salvage(&b, atomic_load(&s->lost_hand_settled), &re);
             if (rc >= 0) {

@@ -17,6 +17,14 @@
  * none did, or E_CONN_LOST / E_PROTOCOL. */
 int hand_salvage(struct broker_redis *b, uint64_t settled, struct err *e);
 
+/* Takes over the hands of slot `slot` left by workers named node that are
+ * gone (a whole worker SIGKILLed): their messages go back to their queues,
+ * run again even if they had started (the shared memory that told started
+ * from unstarted died with that worker). A hand whose owner pid is alive on
+ * this host is another worker's and is left alone. 0 or E_CONN_LOST. */
+int hand_adopt_orphans(struct broker_redis *b, const char *node, pid_t self_master, int slot,
+                       struct err *e);
+
 /* The salvage process: empties the hand of every slot with no process and
  * hand_check set, trying the broker for a few seconds, then _exit()s with
  * EXIT_OK when all were done, else EXIT_FAILED. Never returns. */

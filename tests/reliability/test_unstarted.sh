@@ -43,11 +43,11 @@ running=$(send rel.pid '[3]')
 _started() { [[ $(queue_len) == 0 ]]; }
 wait_for 10 _started || diag "rel.pid(3) was not popped"
 sleep 0.5
-if redis_cli lindex celeriac.hand.plain@localhost.0 0 | grep -q "$running"; then
+if redis_cli lindex celeriac.hand.plain@localhost.$WORKER_PID.0 0 | grep -q "$running"; then
     ok "while its task runs, the message is still in the hand (the next pop empties it)"
 else
     not_ok "while its task runs, the message is still in the hand" \
-        "$(redis_cli lrange celeriac.hand.plain@localhost.0 0 -1 | head -c 300)"
+        "$(redis_cli lrange celeriac.hand.plain@localhost.$WORKER_PID.0 0 -1 | head -c 300)"
 fi
 kid=$(only_child)
 kill -KILL "$kid"
@@ -76,11 +76,11 @@ else
     not_ok "setup: the second task is popped" "queue $(queue_len)" "$(worker_log_tail 5)"
 fi
 expect_eq "... with no unacked record while it waits" "0 0" "$(unacked_count)"
-if redis_cli lindex celeriac.hand.plain@localhost.0 0 | grep -q "$second"; then
-    ok "... and in child 0's hand (celeriac.hand.plain@localhost.0)"
+if redis_cli lindex celeriac.hand.plain@localhost.$WORKER_PID.0 0 | grep -q "$second"; then
+    ok "... and in child 0's hand (celeriac.hand.plain@localhost.$WORKER_PID.0)"
 else
     not_ok "... and in child 0's hand" "$(redis_cli keys 'celeriac.hand.*')" \
-        "$(redis_cli lrange celeriac.hand.plain@localhost.0 0 -1 | head -c 300)"
+        "$(redis_cli lrange celeriac.hand.plain@localhost.$WORKER_PID.0 0 -1 | head -c 300)"
 fi
 kid=$(only_child)
 kill -KILL "$kid"
@@ -101,8 +101,7 @@ fi
 expect_eq "nothing is left behind (queue, unacked)" "0 0 0" "$(queue_len) $(unacked_count)"
 
 stop_worker TERM 20
-expect_eq "after a warm shutdown the hand is empty" 0 \
-    "$(redis_cli exists celeriac.hand.plain@localhost.0)"
+expect_eq "after a warm shutdown no hand is left" "" "$(redis_cli keys 'celeriac.hand.*')"
 
 # ---- cold shutdown with a message unstarted: the salvage process puts it back ---------
 start_worker "${W[@]}" -n cold@localhost
@@ -155,6 +154,34 @@ m=$(meta_of "$second" 20)
 expect_eq "the next worker named whole@localhost puts it back and runs it" SUCCESS \
     "$(jget status <<<"$m")" "$m" "$(worker_log_tail 10)"
 stop_worker TERM 20
+
+# ---- two live workers of one name (Celery's default name on one host) keep their own hands ----
+start_worker "${W[@]}" -n twin@localhost
+wait_children 1 20 || not_ok "worker started" "$(worker_log_tail)"
+first_pid=$WORKER_PID
+rate_limit twin@localhost 20/m >/dev/null
+first=$(send rel.pid '[0]')
+meta_of "$first" 10 >/dev/null
+second=$(send rel.pid '[0]')
+wait_for 5 _popped || diag "the second task was not popped: queue $(queue_len)"
+hand=celeriac.hand.twin@localhost.$first_pid.0
+start_worker "${W[@]}" -n twin@localhost
+twin_pid=$WORKER_PID
+wait_children 1 20 || not_ok "the second worker of that name started" "$(worker_log_tail)"
+sleep 1
+if redis_cli lindex "$hand" 0 | grep -q "$second"; then
+    ok "a second live worker of the same name leaves the first one's hand alone"
+else
+    not_ok "a second live worker of the same name leaves the first one's hand alone" \
+        "hand $hand: $(redis_cli lrange "$hand" 0 -1 | head -c 200)" "$(worker_log_tail 10)"
+fi
+m=$(meta_of "$second" 20)
+expect_eq "... and the first worker runs it" SUCCESS "$(jget status <<<"$m")" "$m"
+stop_worker TERM 20
+WORKER_PID=$first_pid
+stop_worker TERM 20
+expect_eq "both stopped warm: no hand is left" "" "$(redis_cli keys 'celeriac.hand.*')" \
+    "twin $twin_pid"
 
 check_worker_logs_clean
 tap_done

@@ -25,9 +25,6 @@
  * goes unnoticed by an idle child. */
 #define FETCH_TIMEOUT_S 1
 
-/* ETA messages a child holds while running others (Celery raises its
- * prefetch for each one it holds). Beyond this, a child waits in place. */
-#define HELD_MAX 128
 
 struct child {
     const struct worker_config *cfg;
@@ -768,10 +765,13 @@ static bool hold(struct child *c, struct message *m, const struct celeriac_task_
 {
     if (c->n_held >= HELD_MAX)
         return false; /* full: the caller waits for it in place */
+    struct held_tags *board = &c->sb->held[c->index];
+    snprintf(board->tag[c->n_held], sizeof(board->tag[0]), "%s", m->delivery_tag);
     struct held *h = &c->held[c->n_held++];
     h->m = *m;
     h->def = def;
     message_init(m);
+    atomic_store(&board->n, (int)c->n_held);
     atomic_store(&c->slot->scheduled, c->n_held);
     log_debug("task %s[%s] scheduled for later", h->m.task_name, h->m.task_id);
     return true;
@@ -796,6 +796,9 @@ static void run_due(struct child *c)
         }
         struct held h = c->held[i];
         c->held[i] = c->held[--c->n_held];
+        struct held_tags *board = &c->sb->held[c->index];
+        memcpy(board->tag[i], board->tag[c->n_held], sizeof(board->tag[0]));
+        atomic_store(&board->n, (int)c->n_held);
         atomic_store(&c->slot->scheduled, c->n_held);
         run_accepted(c, &h.m, h.def);
         message_release(&h.m);
@@ -834,6 +837,7 @@ static void restore_held(struct child *c)
         message_release(m);
     }
     c->n_held = 0;
+    atomic_store(&c->sb->held[c->index].n, 0);
 }
 
 static void handle(struct child *c, struct delivery *d)
@@ -1015,6 +1019,33 @@ static void settle_lost_task(struct child *c)
     atomic_store(&s->lost_reason, LOST_NONE);
 }
 
+/* The ETA messages the previous child of this slot held: back to their
+ * queues now (compare-and-swap: one already acked is left alone), not after
+ * the visibility timeout. */
+static void restore_left_held(struct child *c)
+{
+    struct held_tags *board = &c->sb->held[c->index];
+    int n = atomic_load(&board->n);
+    if (n <= 0 || n > HELD_MAX)
+        return;
+    int restored = 0;
+    for (int i = 0; i < n; i++) {
+        struct err e = {0};
+        board->tag[i][sizeof(board->tag[i]) - 1] = '\0';
+        if (ensure_broker(c))
+            return; /* stopping: the tags stay for the next child */
+        int rc = broker_redis_restore(&c->broker, board->tag[i], false, &e);
+        if (rc == BROKER_RESTORED)
+            restored++;
+        else if (rc < 0)
+            log_warning("held message %s not restored (%s); the visibility sweep will",
+                        board->tag[i], e.msg);
+    }
+    atomic_store(&board->n, 0);
+    if (restored)
+        log_warning("restored %d ETA message(s) the previous child of this slot held", restored);
+}
+
 /* A message in our hand now was popped by an earlier process of this slot
  * (a dead child, or a whole worker of this name) that never started it. */
 static void empty_hand_left(struct child *c)
@@ -1174,6 +1205,7 @@ void child_main(const struct worker_config *cfg, struct scoreboard *sb, struct s
     sigfillset(&sa.sa_mask);
     sigaction(SIGALRM, &sa, NULL);
     settle_lost_task(&c);
+    restore_left_held(&c);
     uint64_t settled = atomic_load(&slot->lost_hand_settled);
     if (settled)
         broker_redis_hand_settled(&c.broker, settled); /* so a reconnect does not deliver it */

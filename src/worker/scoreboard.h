@@ -75,6 +75,19 @@ struct slot {
                                        look in this slot's hand (broker/redis.h) */
 };
 
+/* ETA messages a child holds while running others (Celery raises its
+ * prefetch for each one it holds). Beyond this, a child waits in place. */
+#define HELD_MAX 128
+
+/* The delivery tags of the ETA messages a child holds (each recorded in
+ * kombu's unacked hash), kept apart from the slots so that the master's
+ * reset of a slot for a new child leaves them: the new child puts them back
+ * at once instead of leaving them to the visibility sweep. */
+struct held_tags {
+    _Atomic int n;
+    char tag[HELD_MAX][40];
+};
+
 /* Run-time settings of one registered task (by its index in the library),
  * changed by remote control and read by every child. */
 struct task_tuning {
@@ -107,6 +120,7 @@ struct scoreboard {
     struct slot *slots;           /* MAP_SHARED, n entries */
     size_t n;                     /* capacity: the most children pool_grow may reach */
     struct board_shared *shared;  /* in the same mapping */
+    struct held_tags *held;       /* n entries, in the same mapping */
     size_t n_tasks;
     size_t map_size;
 };

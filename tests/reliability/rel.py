@@ -4,7 +4,7 @@ kombu 5.2.4, redis-py). Sends tasks as an application would, reads results
 and the broker's bookkeeping, and plays a kombu consumer where a test needs a
 Python process to leave or restore an unacked message.
 
-    rel.py send NAME [--args JSON] [--count N] [--time-limit S] [--soft-time-limit S]
+    rel.py send NAME [--args JSON] [--count N] [--time-limit S] [--soft-time-limit S] [--countdown S]
                                    -> one task id per line
     rel.py bulk NAME N --out FILE [--mod M]
                                    -> N tasks NAME(i % M + 1), ids to FILE
@@ -61,6 +61,8 @@ def cmd_send(ns):
         opts["time_limit"] = ns.time_limit
     if ns.soft_time_limit is not None:
         opts["soft_time_limit"] = ns.soft_time_limit
+    if ns.countdown is not None:
+        opts["countdown"] = ns.countdown
     for _ in range(ns.count):
         print(app.send_task(ns.name, args=args, **opts).id, flush=True)
     return 0
@@ -190,6 +192,7 @@ def main():
     s.add_argument("--count", type=int, default=1)
     s.add_argument("--time-limit", type=float)
     s.add_argument("--soft-time-limit", type=float)
+    s.add_argument("--countdown", type=float)
     b = sub.add_parser("bulk")
     b.add_argument("name")
     b.add_argument("n", type=int)

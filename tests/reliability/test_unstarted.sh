@@ -155,6 +155,29 @@ expect_eq "the next worker named whole@localhost puts it back and runs it" SUCCE
     "$(jget status <<<"$m")" "$m" "$(worker_log_tail 10)"
 stop_worker TERM 20
 
+# ---- an ETA message held by a child that is killed goes back at once, not after an hour ----
+start_worker "${W[@]}" -n eta@localhost
+wait_children 1 20 || not_ok "worker started" "$(worker_log_tail)"
+later=$(send rel.pid '[0]' --countdown 4)
+_held_eta() { [[ $(queue_len) == 0 && $(redis_cli hlen unacked) == 1 ]]; }
+if wait_for 5 _held_eta; then
+    ok "setup: a countdown-4 s task is held by the child, recorded in unacked"
+else
+    not_ok "setup: a countdown task is held by the child" "queue $(queue_len), unacked $(unacked_count)"
+fi
+kid=$(only_child)
+kill -KILL "$kid"
+m=$(meta_of "$later" 15)
+expect_eq "after its holder was SIGKILLed it still runs at its time (visibility timeout: an hour)" \
+    SUCCESS "$(jget status <<<"$m")" "unacked $(unacked_count), queue $(queue_len)" \
+    "$(worker_log_tail 10)"
+if log_has "restored 1 ETA message\(s\) the previous child of this slot held"; then
+    ok "the replacement logs that it restored the held message"
+else
+    not_ok "the replacement logs that it restored the held message" "$(worker_log_tail 10)"
+fi
+stop_worker TERM 20
+
 # ---- two live workers of one name (Celery's default name on one host) keep their own hands ----
 start_worker "${W[@]}" -n twin@localhost
 wait_children 1 20 || not_ok "worker started" "$(worker_log_tail)"

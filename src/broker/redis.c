@@ -10,6 +10,7 @@
 #include "broker/redis.h"
 #include "protocol/message.h"
 #include "util/buf.h"
+#include "util/hash.h"
 #include "util/log.h"
 #include "util/time.h"
 #include "util/uuid.h"
@@ -172,6 +173,18 @@ void delivery_release(struct delivery *d)
     memset(d, 0, sizeof(*d));
 }
 
+/* d->queue: the list's name without its priority suffix. */
+static void set_queue(struct delivery *d, const char *key, size_t klen)
+{
+    const char *sep = NULL;
+    for (size_t i = 0; i + 1 < klen; i++)
+        if (key[i] == PRIORITY_SEP[0] && key[i + 1] == PRIORITY_SEP[1])
+            sep = key + i;
+    if (sep)
+        klen = (size_t)(sep - key);
+    snprintf(d->queue, sizeof(d->queue), "%.*s", (int)klen, key);
+}
+
 /* Fills d from a [key, value, tag-or-nil] reply, taking ownership of r. */
 static int take_reply(struct delivery *d, redisReply *r, struct err *e)
 {
@@ -190,17 +203,7 @@ static int take_reply(struct delivery *d, redisReply *r, struct err *e)
     d->recorded_tag = recorded ? r->element[2]->str : NULL;
     d->recorded_exchange = recorded ? r->element[3]->str : NULL;
     d->recorded_routing_key = recorded ? r->element[4]->str : NULL;
-    /* The queue is the list name without its priority suffix. */
-    const char *key = r->element[0]->str;
-    size_t klen = r->element[0]->len;
-    snprintf(d->list, sizeof(d->list), "%.*s", (int)klen, key);
-    const char *sep = NULL;
-    for (size_t i = 0; i + 1 < klen; i++)
-        if (key[i] == PRIORITY_SEP[0] && key[i + 1] == PRIORITY_SEP[1])
-            sep = key + i;
-    if (sep)
-        klen = (size_t)(sep - key);
-    snprintf(d->queue, sizeof(d->queue), "%.*s", (int)klen, key);
+    set_queue(d, r->element[0]->str, r->element[0]->len);
     return 0;
 }
 
@@ -261,10 +264,7 @@ static int wait_for_message(struct broker_redis *b, double timeout_s, struct err
 
 uint64_t broker_redis_hand_hash(const char *raw, size_t len)
 {
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < len; i++)
-        h = (h ^ (unsigned char)raw[i]) * 1099511628211ull;
-    return h ? h : 1; /* 0 means "nothing settled" */
+    return hash_nonzero(raw, len); /* never 0: 0 means "nothing settled" */
 }
 
 void broker_redis_hand_settled(struct broker_redis *b, uint64_t hash)
@@ -279,10 +279,7 @@ static void take_moved(struct delivery *d, redisReply *r, const char *list, size
     d->reply = r;
     d->raw = r->str;
     d->len = r->len;
-    snprintf(d->list, sizeof(d->list), "%.*s", (int)list_len, list);
-    const char *sep = strstr(d->list, PRIORITY_SEP);
-    snprintf(d->queue, sizeof(d->queue), "%.*s", sep ? (int)(sep - d->list) : (int)list_len,
-             d->list);
+    set_queue(d, list, list_len);
 }
 
 /* After a reconnect: a message in the hand that is not the one we settled

@@ -26,7 +26,6 @@ struct delivery {
     const char *raw;             /* the envelope as stored in the list */
     size_t len;
     char queue[256];             /* queue it came from (priority suffix removed) */
-    char list[264];              /* the list it was popped from (with the suffix) */
     const char *recorded_tag;    /* tag already written to unacked by the pop, or NULL */
     const char *recorded_exchange;     /* ... with this exchange */
     const char *recorded_routing_key;  /* ... and routing key */

@@ -2,6 +2,7 @@
  * worker/scoreboard.c: the shared slot array (see scoreboard.h).
  */
 #include "common.h"
+#include "util/hash.h"
 #include "worker/scoreboard.h"
 
 #include <sys/mman.h>
@@ -41,13 +42,10 @@ uint64_t scoreboard_clock(struct scoreboard *sb, uint64_t received)
     }
 }
 
-/* FNV-1a; 0 is reserved for "empty". */
+/* 0 is reserved for "empty". */
 static uint64_t id_hash(const char *id)
 {
-    uint64_t h = 1469598103934665603ull;
-    for (const unsigned char *p = (const unsigned char *)id; *p; p++)
-        h = (h ^ *p) * 1099511628211ull;
-    return h ? h : 1;
+    return hash_nonzero(id, strlen(id));
 }
 
 void scoreboard_revoke(struct scoreboard *sb, const char *id)

@@ -81,6 +81,18 @@ wait_replaced() {
     wait_for "${3:-20}" _replaced_now "$1" "${2:-1}"
 }
 
+# expect_ran_in_replacement NAME KILLED_PID META: one case, the task's result
+# (rel.pid's {"pid"}) came from a process other than the one killed.
+expect_ran_in_replacement() {
+    local ran_in
+    ran_in=$(jget result.pid <<<"$3")
+    if [[ $ran_in != "$2" && $ran_in != "<missing>" ]]; then
+        ok "$1 (pid $ran_in)"
+    else
+        not_ok "$1" "ran in $ran_in, killed $2"
+    fi
+}
+
 # log_has REGEX [LOG]: the worker log (default: current) has a matching line.
 log_has() { grep -qE "$1" "${2:-$WORKER_LOG}"; }
 log_count() { grep -cE "$1" "${2:-$WORKER_LOG}"; }

@@ -36,12 +36,7 @@ fi
 m=$(meta_of "$id" 20)
 expect_eq "the killed late-ack task is requeued and then succeeds" "SUCCESS" \
     "$(jget status <<<"$m")" "$m" "$(worker_log_tail 15)"
-ran_in=$(jget result.pid <<<"$m")
-if [[ $ran_in != "$kid" && $ran_in != "<missing>" ]]; then
-    ok "it ran again in the replacement child (pid $ran_in)"
-else
-    not_ok "it ran again in the replacement child" "ran in $ran_in, killed $kid"
-fi
+expect_ran_in_replacement "it ran again in the replacement child" "$kid" "$m"
 if log_has "rel\.pid\[$id\]: its process died \(signal 9\); requeued"; then
     ok "the log says the task was requeued because its process died (signal 9)"
 else

@@ -170,7 +170,9 @@ void control_main(const struct worker_config *cfg, struct scoreboard *sb, int de
             next_beat = now + HEARTBEAT_MS;
             redis_link_drain(&c.cmd, &e);
         }
-        int wait = (int)(next_beat - time_mono_ms());
+        /* Without heartbeats there is no beat to wake for: wait the full
+         * second (it bounds how late a stop or a gone master is noticed). */
+        int wait = c.cfg->without_heartbeat ? 1000 : (int)(next_beat - time_mono_ms());
         redisReply *r = NULL;
         int got = next_message(&c, wait < 0 ? 0 : wait > 1000 ? 1000 : wait, &r);
         if (got <= 0)

@@ -261,16 +261,16 @@ redisReply *redis_link_read(struct redis_link *l, struct err *e)
 }
 
 /* Scripts are loaded when the link opens, never in the middle of a pipeline
- * (a synchronous load there would read another command's reply). */
-#define SCRIPT_ARGS_MAX 32
-
+ * (a synchronous load there would read another command's reply). The
+ * argument vector is as long as the caller's: a worker may consume any
+ * number of queues, four lists each. */
 int redis_link_append_script(struct redis_link *l, const struct redis_script *s, int nargs,
                              const char **args, const size_t *lens, int numkeys)
 {
-    if (nargs + 3 > SCRIPT_ARGS_MAX)
-        return -E2BIG;
-    const char *argv[SCRIPT_ARGS_MAX];
-    size_t alens[SCRIPT_ARGS_MAX];
+    if (nargs < 0)
+        return -EINVAL;
+    const char **argv = xcalloc((size_t)nargs + 3, sizeof(*argv));
+    size_t *alens = xcalloc((size_t)nargs + 3, sizeof(*alens));
     char nk[16];
     snprintf(nk, sizeof(nk), "%d", numkeys);
     bool loaded = s->sha[0] != '\0';
@@ -284,5 +284,8 @@ int redis_link_append_script(struct redis_link *l, const struct redis_script *s,
         argv[3 + i] = args[i];
         alens[3 + i] = lens ? lens[i] : strlen(args[i]);
     }
-    return redis_link_append_argv(l, nargs + 3, argv, alens);
+    int rc = redis_link_append_argv(l, nargs + 3, argv, alens);
+    free(argv);
+    free(alens);
+    return rc;
 }

@@ -52,6 +52,9 @@ enum {
     E_CONFIG = -1003,     /* bad flag, URL or library */
     E_TOO_BIG = -1004,    /* input larger than its limit */
     E_DB = -1005,         /* a statement failed but the connection is alive */
+    E_REFUSED = -1006,    /* the server is up but refuses the command for now (Redis:
+                             maxmemory, read-only replica, cannot persist, loading):
+                             keep the connection, retry later */
 };
 
 #include "util/banned.h"

@@ -90,8 +90,7 @@ static int read_store_reply(struct backend_redis *b, struct err *e)
         if (!r)
             return E_CONN_LOST;
         if (r->type == REDIS_REPLY_ERROR && !rc)
-            rc = err_set(e, E_PROTOCOL, "storing result under '%s' failed: %s", b->key->data,
-                         r->str);
+            rc = redis_link_reply_error(e, "storing a result", r->str);
         else if (r->type == REDIS_REPLY_INTEGER && r->integer == 0 && b->replies == 1)
             log_debug("'%s' already holds a SUCCESS result; kept it", b->key->data);
         else if (i == b->replies - 1 && b->replies > 1 && r->type != REDIS_REPLY_ARRAY && !rc)
@@ -110,6 +109,25 @@ int backend_redis_confirm(struct backend_redis *b, struct err *e)
     if (rc == E_CONN_LOST)
         return rc;
     b->unconfirmed = false;
+    if (rc == E_REFUSED) {
+        b->refused = true; /* key and meta stay in b->key and b->scratch */
+        return rc;
+    }
+    if (rc)
+        log_error("%s", e ? e->msg : "storing a result failed");
+    return 0;
+}
+
+int backend_redis_resend(struct backend_redis *b, struct err *e)
+{
+    if (!b->refused)
+        return 0;
+    if (append_store(b))
+        return err_set(e, E_CONN_LOST, "result backend connection is not usable");
+    int rc = read_store_reply(b, e);
+    if (rc == E_CONN_LOST || rc == E_REFUSED)
+        return rc;
+    b->refused = false;
     if (rc)
         log_error("%s", e ? e->msg : "storing a result failed");
     return 0;
@@ -126,6 +144,8 @@ int backend_redis_open(struct backend_redis *b, struct err *e)
     rc = append_store(b) ? E_CONN_LOST : read_store_reply(b, e);
     if (rc != E_CONN_LOST)
         b->unconfirmed = false;
+    if (rc == E_REFUSED)
+        b->refused = true; /* connected; the store is retried by backend_redis_resend */
     return rc == E_CONN_LOST ? rc : 0;
 }
 
@@ -182,6 +202,8 @@ void result_meta_encode(struct buf *out, const struct result_meta *m)
 static int prepare_store(struct backend_redis *b, const struct result_meta *m, struct err *e)
 {
     int rc = backend_redis_confirm(b, e);
+    if (!rc)
+        rc = backend_redis_resend(b, e);
     if (rc)
         return rc;
     buf_reset(b->scratch);

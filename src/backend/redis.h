@@ -26,6 +26,8 @@ struct backend_redis {
     struct buf *key;                    /* its key */
     bool unconfirmed;                   /* the last store was sent, its reply not yet read */
     bool check_existing;                /* the last store keeps a stored SUCCESS (script) */
+    bool refused;                       /* the last store was refused (E_REFUSED): it is
+                                           sent again before any other */
     int replies;                        /* replies the last store's commands give */
 };
 
@@ -49,14 +51,19 @@ int backend_redis_open(struct backend_redis *b, struct err *e);
 void result_meta_encode(struct buf *out, const struct result_meta *m);
 
 /* Stores m: GET-check, SETEX and PUBLISH in one atomic script. Returns 0 (also
- * when an existing SUCCESS was kept), or E_CONN_LOST. */
+ * when an existing SUCCESS was kept), E_CONN_LOST, E_REFUSED (retry later) or
+ * E_PROTOCOL. */
 int backend_redis_store(struct backend_redis *b, const struct result_meta *m, struct err *e);
 /* The same store, sent without waiting for its reply; the reply is checked
  * before the next store, and if the connection dies first the store is sent
  * again after the next backend_redis_open (a stored SUCCESS is never
  * overwritten, so repeating it is safe). Returns 0 or E_CONN_LOST. */
 int backend_redis_store_send(struct backend_redis *b, const struct result_meta *m, struct err *e);
-/* Reads the reply of a sent store. 0, or E_CONN_LOST. */
+/* Reads the reply of a sent store. 0, E_CONN_LOST, or E_REFUSED (Redis
+ * refused it for now: b->refused is set and backend_redis_resend retries it). */
 int backend_redis_confirm(struct backend_redis *b, struct err *e);
+/* Sends the refused last store again and waits for it. 0 (also when nothing
+ * was refused), E_CONN_LOST or E_REFUSED. */
+int backend_redis_resend(struct backend_redis *b, struct err *e);
 
 #endif /* CELERIAC_BACKEND_REDIS_H */

@@ -72,11 +72,25 @@ static struct redis_script release_mutex = {
     "return 0\n",
 };
 
+/* KEYS: the hand, then lists in kombu's order; ARGV: "1" to empty the hand
+ * first (its message was settled). Moves the first message found into the
+ * hand: one command for any number of queues, where a LMOVE per list cost
+ * an idle worker with ten queues forty commands per poll. */
+static struct redis_script move_to_hand = {
+    .body =
+    "if ARGV[1] == '1' then redis.call('DEL', KEYS[1]) end\n"
+    "for i = 2, #KEYS do\n"
+    "  local v = redis.call('LMOVE', KEYS[i], KEYS[1], 'RIGHT', 'LEFT')\n"
+    "  if v then return {KEYS[i], v} end\n"
+    "end\n"
+    "return false\n",
+};
+
 void broker_redis_init(struct broker_redis *b, const struct broker_config *cfg)
 {
     memset(b, 0, sizeof(*b));
     static struct redis_script *const scripts[] = {&pop_and_record, &release_mutex,
-                                                   &restore_script, NULL};
+                                                   &restore_script, &move_to_hand, NULL};
     redis_link_init(&b->link, "broker");
     b->link.scripts = scripts;
     b->cfg = cfg;
@@ -138,31 +152,41 @@ int broker_redis_open(struct broker_redis *b, struct err *e)
 
 int broker_redis_confirm(struct broker_redis *b, struct err *e)
 {
-    if (!b->link.pending)
-        return 0;
-    int rc = redis_link_drain(&b->link, e);
-    if (rc != E_CONN_LOST) {
-        b->unconfirmed_ack[0] = '\0';
-    }
-    return rc == E_CONN_LOST ? rc : 0;
+    int rc = 0;
+    if (b->link.pending)
+        rc = redis_link_drain(&b->link, e);
+    else if (b->unconfirmed_ack[0]) /* refused before: send it again */
+        rc = broker_redis_ack(b, b->unconfirmed_ack, e);
+    if (rc == E_CONN_LOST || rc == E_REFUSED)
+        return rc; /* the ack stays due */
+    b->unconfirmed_ack[0] = '\0';
+    return 0;
+}
+
+/* An ack is HDEL then ZREM, pipelined but not in MULTI: Redis refuses every
+ * command queued in a MULTI while it is over maxmemory, but not these, and
+ * acks are what frees its memory. A death between the two leaves an index
+ * entry without a payload, which any sweep (kombu's too) simply removes. */
+static int append_ack(struct broker_redis *b, const char *tag)
+{
+    const char *hdel[] = {"HDEL", UNACKED_KEY, tag};
+    const char *zrem[] = {"ZREM", UNACKED_INDEX_KEY, tag};
+    if (redis_link_append_argv(&b->link, 3, hdel, NULL) ||
+        redis_link_append_argv(&b->link, 3, zrem, NULL))
+        return E_CONN_LOST;
+    return 0;
 }
 
 int broker_redis_ack_send(struct broker_redis *b, const char *tag, struct err *e)
 {
-    const char *multi[] = {"MULTI"}, *exec[] = {"EXEC"};
-    const char *zrem[] = {"ZREM", UNACKED_INDEX_KEY, tag};
-    const char *hdel[] = {"HDEL", UNACKED_KEY, tag};
     /* One unconfirmed ack at a time (held messages run back to back): the
      * earlier one's reply has had a task's time to arrive. */
     if (b->unconfirmed_ack[0] && broker_redis_confirm(b, e))
         return E_CONN_LOST;
     snprintf(b->unconfirmed_ack, sizeof(b->unconfirmed_ack), "%s", tag);
-    if (redis_link_append_argv(&b->link, 1, multi, NULL) ||
-        redis_link_append_argv(&b->link, 3, zrem, NULL) ||
-        redis_link_append_argv(&b->link, 3, hdel, NULL) ||
-        redis_link_append_argv(&b->link, 1, exec, NULL))
+    if (append_ack(b, tag))
         return err_set(e, E_CONN_LOST, "broker connection is not usable");
-    b->link.pending += 4;
+    b->link.pending += 2;
     return redis_link_flush(&b->link, e);
 }
 
@@ -234,7 +258,7 @@ static int pop_script(struct broker_redis *b, struct delivery *d, struct err *e)
     if (r->type == REDIS_REPLY_ARRAY)
         return take_reply(d, r, e);
     if (r->type == REDIS_REPLY_ERROR)
-        rc = err_set(e, E_PROTOCOL, "pop script failed: %s", r->str);
+        rc = redis_link_reply_error(e, "pop script", r->str);
     freeReplyObject(r);
     return rc;
 }
@@ -255,7 +279,7 @@ static int wait_for_message(struct broker_redis *b, double timeout_s, struct err
         return E_CONN_LOST;
     int rc = r->type == REDIS_REPLY_STRING;
     if (r->type == REDIS_REPLY_ERROR)
-        rc = err_set(e, E_PROTOCOL, "BLMOVE failed (Redis 6.2 or later is required): %s", r->str);
+        rc = redis_link_reply_error(e, "BLMOVE", r->str);
     freeReplyObject(r);
     return rc;
 }
@@ -306,9 +330,72 @@ static int hand_recover(struct broker_redis *b, struct delivery *d, struct err *
     return 0;
 }
 
-/* LMOVE from each list in kombu's order into the hand, the first pipelined
- * with the DEL of the settled message (one write for both); when every list
- * is empty, a blocking move from the first. */
+/* One LMOVE from list k into the hand, pipelined behind the DEL of the
+ * settled message (one write for both). 1 with d filled, 0 when the list is
+ * empty, or a negative code. */
+static int move_one(struct broker_redis *b, size_t k, struct delivery *d, struct err *e)
+{
+    const char *del[] = {"DEL", b->hand};
+    const char *move[] = {"LMOVE", b->keys[k], b->hand, "RIGHT", "LEFT"};
+    const size_t move_lens[] = {5, b->key_lens[k], strlen(b->hand), 5, 4};
+    bool release = b->hand_release;
+    if ((release && redis_link_append_argv(&b->link, 2, del, NULL)) ||
+        redis_link_append_argv(&b->link, 5, move, move_lens))
+        return err_set(e, E_CONN_LOST, "broker connection is not usable");
+    if (release) {
+        redisReply *r = redis_link_read(&b->link, e);
+        if (!r)
+            return E_CONN_LOST;
+        freeReplyObject(r);
+        b->hand_release = false;
+    }
+    redisReply *r = redis_link_read(&b->link, e);
+    if (!r)
+        return E_CONN_LOST;
+    if (r->type == REDIS_REPLY_STRING) {
+        take_moved(d, r, b->keys[k], b->key_lens[k]);
+        return 1;
+    }
+    int rc = r->type == REDIS_REPLY_ERROR ? redis_link_reply_error(e, "LMOVE", r->str) : 0;
+    freeReplyObject(r);
+    return rc;
+}
+
+/* The move_to_hand script over the lists from index `from` on. 1 with d
+ * filled, 0 when every list is empty, or a negative code. */
+static int move_first(struct broker_redis *b, size_t from, struct delivery *d, struct err *e)
+{
+    size_t n = 1 + (b->n_keys - from) + 1;
+    const char **args = xcalloc(n, sizeof(*args));
+    size_t *lens = xcalloc(n, sizeof(*lens));
+    args[0] = b->hand;
+    lens[0] = strlen(b->hand);
+    memcpy(args + 1, b->keys + from, (b->n_keys - from) * sizeof(*args));
+    memcpy(lens + 1, b->key_lens + from, (b->n_keys - from) * sizeof(*lens));
+    args[n - 1] = b->hand_release ? "1" : "0";
+    lens[n - 1] = 1;
+    int rc = redis_link_append_script(&b->link, &move_to_hand, (int)n, args, lens, (int)n - 1);
+    free(args);
+    free(lens);
+    if (rc)
+        return err_set(e, E_CONN_LOST, "broker connection is not usable");
+    redisReply *r = redis_link_read(&b->link, e);
+    if (!r)
+        return E_CONN_LOST;
+    b->hand_release = false; /* the script emptied it first */
+    if (r->type == REDIS_REPLY_ARRAY) {
+        rc = take_reply(d, r, e);
+        return rc ? rc : 1;
+    }
+    rc = r->type == REDIS_REPLY_ERROR ? redis_link_reply_error(e, "move script", r->str) : 0;
+    freeReplyObject(r);
+    return rc;
+}
+
+/* Fills the hand from the lists in kombu's order: a busy worker finds its
+ * message with one LMOVE of the first list; otherwise (and straight away
+ * after an idle wait) one script looks at every list; when all are empty, a
+ * blocking move from the first. */
 static int pop_hand(struct broker_redis *b, double timeout_s, struct delivery *d, struct err *e)
 {
     if (b->hand_unknown) {
@@ -316,51 +403,36 @@ static int pop_hand(struct broker_redis *b, double timeout_s, struct delivery *d
         if (rc || d->reply)
             return rc;
     }
-    size_t hand_len = strlen(b->hand);
-    for (size_t k = 2; k < b->n_keys; k++) {
-        const char *del[] = {"DEL", b->hand};
-        const char *move[] = {"LMOVE", b->keys[k], b->hand, "RIGHT", "LEFT"};
-        const size_t move_lens[] = {5, b->key_lens[k], hand_len, 5, 4};
-        bool release = b->hand_release;
-        if ((release && redis_link_append_argv(&b->link, 2, del, NULL)) ||
-            redis_link_append_argv(&b->link, 5, move, move_lens))
-            return err_set(e, E_CONN_LOST, "broker connection is not usable");
-        if (release) {
-            redisReply *r = redis_link_read(&b->link, e);
-            if (!r)
-                return E_CONN_LOST;
-            freeReplyObject(r);
-            b->hand_release = false;
-        }
-        redisReply *r = redis_link_read(&b->link, e);
-        if (!r)
-            return E_CONN_LOST;
-        if (r->type == REDIS_REPLY_STRING) {
-            take_moved(d, r, b->keys[k], b->key_lens[k]);
-            return 0;
-        }
-        int rc = r->type == REDIS_REPLY_ERROR
-                     ? err_set(e, E_PROTOCOL, "LMOVE failed (Redis 6.2 or later is required): %s",
-                               r->str)
-                     : 0;
-        freeReplyObject(r);
+    size_t from = 2;
+    if (!b->idle || b->n_keys == 3) {
+        int rc = move_one(b, 2, d, e);
         if (rc)
-            return rc;
+            return rc < 0 ? rc : 0;
+        from = 3;
+    }
+    if (from < b->n_keys) {
+        int rc = move_first(b, from, d, e);
+        if (rc) {
+            b->idle = false;
+            return rc < 0 ? rc : 0;
+        }
     }
     /* The other lists (priorities, further queues) are only polled above, so
      * with several of them the wait is kept short. */
     char tmo[16];
     snprintf(tmo, sizeof(tmo), "%.2f", b->n_keys > 2 + 4 && timeout_s > 0.2 ? 0.2 : timeout_s);
     const char *argv[] = {"BLMOVE", b->keys[2], b->hand, "RIGHT", "LEFT", tmo};
-    size_t alens[] = {6, b->key_lens[2], hand_len, 5, 4, strlen(tmo)};
+    size_t alens[] = {6, b->key_lens[2], strlen(b->hand), 5, 4, strlen(tmo)};
     redisReply *r = redis_link_argv(&b->link, e, 6, argv, alens);
     if (!r)
         return E_CONN_LOST;
     if (r->type == REDIS_REPLY_STRING) {
+        b->idle = false;
         take_moved(d, r, b->keys[2], b->key_lens[2]);
         return 0;
     }
-    int rc = r->type == REDIS_REPLY_ERROR ? err_set(e, E_PROTOCOL, "BLMOVE failed: %s", r->str) : 0;
+    b->idle = r->type == REDIS_REPLY_NIL;
+    int rc = r->type == REDIS_REPLY_ERROR ? redis_link_reply_error(e, "BLMOVE", r->str) : 0;
     freeReplyObject(r);
     return rc;
 }
@@ -403,7 +475,7 @@ static int transaction(struct broker_redis *b, int n, const char *const *argvs[]
         if (!r)
             return E_CONN_LOST;
         if (r->type == REDIS_REPLY_ERROR && !result)
-            result = err_set(e, E_PROTOCOL, "broker transaction failed: %s", r->str);
+            result = redis_link_reply_error(e, "broker transaction", r->str);
         if (i == n + 1 && r->type != REDIS_REPLY_ARRAY && !result)
             result = err_set(e, E_PROTOCOL, "broker transaction aborted");
         freeReplyObject(r);
@@ -441,12 +513,18 @@ int broker_redis_record(struct broker_redis *b, const char *tag, const char *env
 
 int broker_redis_ack(struct broker_redis *b, const char *tag, struct err *e)
 {
-    const char *zrem[] = {"ZREM", UNACKED_INDEX_KEY, tag};
-    const char *hdel[] = {"HDEL", UNACKED_KEY, tag};
-    const char *const *argvs[] = {zrem, hdel};
-    const size_t *lens[] = {NULL, NULL};
-    int argcs[] = {3, 3};
-    return transaction(b, 2, argvs, lens, argcs, e);
+    if (append_ack(b, tag))
+        return err_set(e, E_CONN_LOST, "broker connection is not usable");
+    int rc = 0;
+    for (int i = 0; i < 2; i++) {
+        redisReply *r = redis_link_read(&b->link, e);
+        if (!r)
+            return E_CONN_LOST;
+        if (r->type == REDIS_REPLY_ERROR && !rc)
+            rc = redis_link_reply_error(e, "ack", r->str);
+        freeReplyObject(r);
+    }
+    return rc;
 }
 
 int broker_redis_touch(struct broker_redis *b, const char *tag, struct err *e)
@@ -477,7 +555,7 @@ int broker_redis_publish(struct broker_redis *b, const char *queue, int priority
     buf_release(&member);
     if (!r)
         return E_CONN_LOST;
-    int rc = r->type == REDIS_REPLY_ERROR ? err_set(e, E_PROTOCOL, "LPUSH failed: %s", r->str) : 0;
+    int rc = r->type == REDIS_REPLY_ERROR ? redis_link_reply_error(e, "LPUSH", r->str) : 0;
     freeReplyObject(r);
     return rc;
 }
@@ -574,7 +652,7 @@ static int restore_once(struct broker_redis *b, const char *tag, bool to_back, s
     /* script: 1 restored, 0 gone, -1 changed -> 2 restored, 1 gone, 0 retry */
     int result = r->type == REDIS_REPLY_INTEGER ? (int)r->integer + 1 : 1;
     if (r->type == REDIS_REPLY_ERROR)
-        result = err_set(e, E_PROTOCOL, "restore of %s failed: %s", tag, r->str);
+        result = redis_link_reply_error(e, "restore script", r->str);
     freeReplyObject(r);
     return result;
 }

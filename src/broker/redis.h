@@ -43,6 +43,7 @@ struct broker_redis {
                                    next pop */
     uint64_t hand_settled_hash; /* ... whose bytes hash to this */
     bool hand_unknown;          /* reconnected: a lost pop may have filled the hand */
+    bool idle;                  /* the last fetch found every list empty */
 };
 
 void broker_redis_init(struct broker_redis *b, const struct broker_config *cfg);
@@ -91,14 +92,17 @@ void delivery_release(struct delivery *d);
 int broker_redis_record(struct broker_redis *b, const char *tag, const char *envelope_json,
                         const char *exchange, const char *routing_key, struct err *e);
 /* Acknowledges (or rejects without requeue: the same on Redis): removes tag
- * from the unacked hash and index. Returns 0 or E_CONN_LOST. */
+ * from the unacked hash and index. Returns 0, E_CONN_LOST, or E_REFUSED /
+ * E_PROTOCOL from an error reply. */
 int broker_redis_ack(struct broker_redis *b, const char *tag, struct err *e);
 /* The same ack, sent without waiting for the reply (checked before the next
  * reply is read). If the connection dies before it is confirmed, the ack is
  * sent again right after the next broker_redis_open. Returns 0 or E_CONN_LOST
  * (then ack synchronously after reconnecting). */
 int broker_redis_ack_send(struct broker_redis *b, const char *tag, struct err *e);
-/* Reads the replies of sent acks. 0, or E_CONN_LOST. */
+/* Makes sure the last ack sent without waiting took effect: reads its
+ * replies, or sends it again if Redis refused it before. 0, E_CONN_LOST or
+ * E_REFUSED (the ack stays due). */
 int broker_redis_confirm(struct broker_redis *b, struct err *e);
 
 /* Publishes a task envelope to queue as a Python client does: the binding

@@ -10,6 +10,7 @@
 #include "util/buf.h"
 #include "util/log.h"
 #include "util/redis_link.h"
+#include "util/retry.h"
 #include "util/time.h"
 #include "worker/config.h"
 #include "worker/scoreboard.h"
@@ -141,22 +142,20 @@ void control_main(const struct worker_config *cfg, struct scoreboard *sb, int de
                                      .db = cfg->broker.url.db, .master_pid = master};
     c.pidbox = (struct pidbox){.cfg = cfg, .sb = sb, .cmd = &c.cmd, .events = &c.events,
                                .master_pid = master};
-    struct backoff bo;
-    backoff_init(&bo, 200, 10000);
+    struct retry connecting;
+    retry_init(&connecting, 200, 10000, "remote control: connecting to the broker");
     int64_t next_beat = 0;
 
     while (!sig_stop && !master_gone(&c)) {
         struct err e = {0};
         if (!redis_link_is_open(&c.sub) || !redis_link_is_open(&c.cmd)) {
             if (connect_links(&c, &e)) {
-                int64_t delay = backoff_next(&bo);
-                log_error("remote control: %s; retrying in %" PRId64 " ms", e.msg, delay);
                 redis_link_close(&c.sub, NULL);
                 redis_link_close(&c.cmd, NULL);
-                time_sleep_ms(delay, &sig_stop);
+                retry_wait(&connecting, LOG_ERROR, &e, &sig_stop);
                 continue;
             }
-            backoff_reset(&bo);
+            retry_succeeded(&connecting);
             if (!c.cfg->without_heartbeat && !c.online_sent) {
                 event_send(&c.events, "worker-online", worker_fields(&c, true));
                 c.online_sent = true;

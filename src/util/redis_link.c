@@ -203,13 +203,33 @@ int redis_link_drain(struct redis_link *l, struct err *e)
         redisReply *r = checked(l, reply, e);
         if (!r)
             return E_CONN_LOST;
-        if (r->type == REDIS_REPLY_ERROR) {
-            log_error("%s command failed: %s", l->role, r->str);
-            rc = err_set(e, E_PROTOCOL, "%s command failed: %s", l->role, r->str);
-        }
+        if (r->type == REDIS_REPLY_ERROR && !rc)
+            rc = redis_link_reply_error(e, l->role, r->str);
         freeReplyObject(r);
     }
     return rc;
+}
+
+int redis_link_reply_error(struct err *e, const char *what, const char *text)
+{
+    static const struct {
+        const char *prefix;
+        const char *why;
+    } refusals[] = {
+        {"OOM", "Redis refuses writes (maxmemory)"},
+        {"READONLY", "Redis refuses writes (a read-only replica)"},
+        {"MISCONF", "Redis refuses writes (it cannot persist to disk)"},
+        {"LOADING", "Redis is loading its dataset"},
+        {"BUSY", "Redis is busy running a script"},
+        {"MASTERDOWN", "Redis replica has lost its master"},
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(refusals); i++)
+        if (!strncmp(text, refusals[i].prefix, strlen(refusals[i].prefix)))
+            return err_set(e, E_REFUSED, "%s: %s refused: %s", refusals[i].why, what, text);
+    if (strstr(text, "unknown command"))
+        return err_set(e, E_PROTOCOL, "%s failed (Redis 6.2 or later is required): %s", what,
+                       text);
+    return err_set(e, E_PROTOCOL, "%s failed: %s", what, text);
 }
 
 /* Before a reply is awaited, the replies of earlier sent commands come off

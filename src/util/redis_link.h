@@ -60,6 +60,12 @@ int redis_link_flush(struct redis_link *l, struct err *e);
  * link is then closed, and the commands may or may not have run). */
 int redis_link_drain(struct redis_link *l, struct err *e);
 
+/* Classifies an error reply of command `what` into e: E_REFUSED when the
+ * server refuses writes or work for now (OOM, READONLY, MISCONF, LOADING,
+ * BUSY: the connection is fine, retry later), E_PROTOCOL otherwise (an
+ * unknown command names the Redis version we need). Returns the code. */
+int redis_link_reply_error(struct err *e, const char *what, const char *text);
+
 /* Appends a command to the pipeline; reads one pipelined reply. */
 int redis_link_append_argv(struct redis_link *l, int argc, const char **argv, const size_t *lens);
 redisReply *redis_link_read(struct redis_link *l, struct err *e);

@@ -10,6 +10,7 @@
 #include "task/context.h"
 #include "util/backoff.h"
 #include "util/buf.h"
+#include "util/retry.h"
 #include "util/time.h"
 #include "worker/canvas.h"
 #include "worker/child.h"
@@ -49,6 +50,7 @@ struct child {
     bool hand_full;                 /* the hand holds the delivery being handled */
     uint64_t hand_hash;             /* ... whose bytes hash to this */
     struct message *current;        /* the delivery being handled, if any */
+    struct retry fetch_retry;       /* the fetch's failures, across loop turns */
 };
 
 /* ---- time limits
@@ -174,17 +176,17 @@ static bool should_stop(struct child *c)
 static int open_with_backoff(struct child *c, int (*open)(void *, struct err *), void *target,
                              const char *what)
 {
-    struct backoff bo;
-    backoff_init(&bo, 200, 10000);
+    struct retry r;
+    retry_init(&r, 200, 10000, "connecting to the %s", what);
     for (;;) {
         struct err e = {0};
-        if (!open(target, &e))
+        if (!open(target, &e)) {
+            retry_succeeded(&r);
             return 0;
+        }
         if (should_stop(c))
             return E_CONN_LOST;
-        int64_t delay = backoff_next(&bo);
-        log_error("%s: %s; retrying in %" PRId64 " ms", what, e.msg, delay);
-        time_sleep_ms(delay, &sig_stop);
+        retry_wait(&r, LOG_ERROR, &e, &sig_stop);
     }
 }
 
@@ -216,62 +218,89 @@ static int ensure_backend(struct child *c)
 
 /* ---- settling */
 
+/* What a settling step does after a failure: a lost connection is reopened
+ * and a refusal (Redis over maxmemory, a read-only replica) waited out, both
+ * with backoff, so the child pulls nothing new meanwhile; any other error
+ * reply will not go away by asking again. While stopping, a refusal ends the
+ * wait (the caller says what is left behind). */
+static bool worth_retrying(struct child *c, int rc)
+{
+    if (rc == E_CONN_LOST)
+        return true;
+    return rc == E_REFUSED && !should_stop(c);
+}
+
 /* Acks tag, reconnecting as often as needed: an ack lost to a broker restart
  * would leave the message to be redelivered after the visibility timeout. */
 static void ack(struct child *c, const char *tag)
 {
-    struct backoff bo;
-    backoff_init(&bo, 100, 5000);
-    while (!should_stop(c) || redis_link_is_open(&c->broker.link)) {
+    struct retry r;
+    retry_init(&r, 100, 5000, "ack of %s", tag);
+    for (;;) {
         if (ensure_broker(c))
             return;
         struct err e = {0};
         int rc = broker_redis_ack(&c->broker, tag, &e);
-        if (rc != E_CONN_LOST) {
-            if (rc)
-                log_error("ack of %s failed: %s", tag, e.msg);
+        if (!rc) {
+            retry_succeeded(&r);
             return;
         }
-        int64_t delay = backoff_next(&bo);
-        log_warning("ack of %s: %s; retrying in %" PRId64 " ms", tag, e.msg, delay);
-        time_sleep_ms(delay, &sig_stop);
+        if (!worth_retrying(c, rc)) {
+            log_error("ack of %s failed: %s%s", tag, e.msg,
+                      rc == E_REFUSED ? "; left unacked for redelivery" : "");
+            return;
+        }
+        retry_wait(&r, LOG_WARNING, &e, &sig_stop);
     }
 }
 
-static void store(struct child *c, const struct result_meta *m)
+/* Stores m; false when it could not be stored (stopping while Redis
+ * refuses writes, or an error reply that retrying cannot fix). */
+static bool store(struct child *c, const struct result_meta *m)
 {
     if (!c->cfg->backend.enabled)
-        return;
-    struct backoff bo;
-    backoff_init(&bo, 100, 5000);
+        return true;
+    struct retry r;
+    retry_init(&r, 100, 5000, "storing the result of %s", m->task_id);
     for (;;) {
         if (ensure_backend(c))
-            return;
+            return false;
         struct err e = {0};
         int rc = backend_redis_store(&c->backend, m, &e);
-        if (rc != E_CONN_LOST) {
-            if (rc)
-                log_error("%s", e.msg);
-            return;
+        if (!rc) {
+            retry_succeeded(&r);
+            return true;
         }
-        int64_t delay = backoff_next(&bo);
-        log_warning("storing result of %s: %s; retrying in %" PRId64 " ms", m->task_id, e.msg,
-                    delay);
-        time_sleep_ms(delay, &sig_stop);
+        if (!worth_retrying(c, rc)) {
+            log_error("result of %s not stored: %s", m->task_id, e.msg);
+            return false;
+        }
+        retry_wait(&r, LOG_WARNING, &e, &sig_stop);
     }
 }
 
-/* The reply of a result sent without waiting: read it, and after a lost
- * connection reopen, which sends that result again. */
+/* The reply of a result sent without waiting: read it; after a lost
+ * connection reopen, which sends that result again; while Redis refuses it,
+ * send it again with backoff (the child pulls nothing meanwhile). */
 static void confirm_results(struct child *c)
 {
-    struct err e = {0};
-    if (!c->backend.unconfirmed || !redis_link_is_open(&c->backend.link))
+    if ((!c->backend.unconfirmed && !c->backend.refused) || !redis_link_is_open(&c->backend.link))
         return;
-    if (backend_redis_confirm(&c->backend, &e) == E_CONN_LOST) {
-        log_warning("result backend: %s; reconnecting to store the last result again", e.msg);
-        ensure_backend(c);
+    struct retry r;
+    retry_init(&r, 100, 5000, "storing a result sent earlier");
+    struct err e = {0};
+    int rc = backend_redis_confirm(&c->backend, &e);
+    while (rc) {
+        if (!worth_retrying(c, rc)) {
+            log_error("a result sent earlier was not stored: %s", e.msg);
+            return;
+        }
+        retry_wait(&r, LOG_WARNING, &e, &sig_stop);
+        if (ensure_backend(c))
+            return;
+        rc = backend_redis_resend(&c->backend, &e);
     }
+    retry_succeeded(&r);
 }
 
 /* ---- the delivery in hand: in kombu's unacked hash (recorded), or, when
@@ -297,8 +326,8 @@ static void record_delivery(struct child *c, struct message *m)
     if (m->recorded)
         return;
     char *env = message_envelope_json(m);
-    struct backoff bo;
-    backoff_init(&bo, 100, 5000);
+    struct retry r;
+    retry_init(&r, 100, 5000, "recording delivery %s as unacked", m->delivery_tag);
     for (;;) {
         struct err e = {0};
         if (ensure_broker(c))
@@ -306,17 +335,15 @@ static void record_delivery(struct child *c, struct message *m)
         int rc = broker_redis_record(&c->broker, m->delivery_tag, env, m->exchange,
                                      m->routing_key, &e);
         if (rc == 0) {
+            retry_succeeded(&r);
             m->recorded = true;
             c->hand_full = false;
             snprintf(c->slot->popped_tag, sizeof(c->slot->popped_tag), "%s", m->delivery_tag);
             break;
         }
-        if (should_stop(c))
+        if (should_stop(c) || !worth_retrying(c, rc))
             break; /* the hand still has it */
-        int64_t delay = backoff_next(&bo);
-        log_warning("recording delivery %s as unacked: %s; retrying in %" PRId64 " ms",
-                    m->delivery_tag, e.msg, delay);
-        time_sleep_ms(delay, &sig_stop);
+        retry_wait(&r, LOG_WARNING, &e, &sig_stop);
     }
     free(env);
 }
@@ -364,17 +391,18 @@ static int give_back(struct child *c, struct message *m, struct err *e)
 /* A result sent without waiting: once written to the socket it reaches Redis
  * even if this process dies, and its reply is checked before the next store.
  * Only for early-ack tasks: a late ack must follow a confirmed store. */
-static void store_sent(struct child *c, const struct result_meta *m)
+static bool store_sent(struct child *c, const struct result_meta *m)
 {
     if (!c->cfg->backend.enabled)
-        return;
+        return true;
     struct err e = {0};
     if (ensure_backend(c) == 0 && backend_redis_store_send(&c->backend, m, &e) == 0)
-        return;
-    store(c, m);
+        return true;
+    return store(c, m);
 }
 
-static void store_exception_as(struct child *c, const struct message *m, const char *status,
+/* Stores an exception result; false when it could not be stored. */
+static bool store_exception_as(struct child *c, const struct message *m, const char *status,
                                const char *exc_type, const char *exc_module, const char *text,
                                bool confirmed)
 {
@@ -382,11 +410,9 @@ static void store_exception_as(struct child *c, const struct message *m, const c
     struct result_meta meta = {.status = status, .result = exc, .task_id = m->task_id,
                                .redelivered = m->redelivered,
                                .parent_id = m->parent_id, .group_id = m->group};
-    if (confirmed)
-        store(c, &meta);
-    else
-        store_sent(c, &meta);
+    bool stored = confirmed ? store(c, &meta) : store_sent(c, &meta);
     json_decref(exc);
+    return stored;
 }
 
 static void store_exception(struct child *c, const struct message *m, const char *status,
@@ -626,6 +652,7 @@ static void execute(struct child *c, struct message *m, const struct celeriac_ta
                  !strcmp(c->task.exc_type, "OperationalError") && m->retries < 3)
             retry = &reconnect_retry; /* a lost connection is worth another go later */
     }
+    bool stored = true;
     if (retry && retry_later(c, m, retry)) {
         rc = CELERIAC_RETRY;
     } else if (rc == CELERIAC_RETRY) {
@@ -652,10 +679,7 @@ static void execute(struct child *c, struct message *m, const struct celeriac_ta
                                        .redelivered = m->redelivered,
                                        .task_id = m->task_id, .parent_id = m->parent_id,
                                        .group_id = m->group};
-            if (acks_late || chord)
-                store(c, &meta);
-            else
-                store_sent(c, &meta);
+            stored = acks_late || chord ? store(c, &meta) : store_sent(c, &meta);
         }
         if (chord && canvas_chord_part(&c->canvas, m, "SUCCESS", c->task.result, &e))
             log_error("task %s: chord join failed: %s", m->task_id, e.msg);
@@ -676,8 +700,8 @@ static void execute(struct child *c, struct message *m, const struct celeriac_ta
                                  ? NULL
                                  : "billiard.exceptions";
         if (!(def->flags & CELERIAC_IGNORE_RESULT))
-            store_exception_as(c, m, "FAILURE", c->task.exc_type, module,
-                               c->task.exc_message.data, acks_late || chord);
+            stored = store_exception_as(c, m, "FAILURE", c->task.exc_type, module,
+                                        c->task.exc_message.data, acks_late || chord);
         struct err e = {0};
         if (canvas_on_failure(&c->canvas, m, &e))
             log_error("task %s: sending its errbacks failed: %s", m->task_id, e.msg);
@@ -688,8 +712,11 @@ static void execute(struct child *c, struct message *m, const struct celeriac_ta
             json_decref(exc);
         }
     }
-    if (acks_late)
+    if (acks_late && stored)
         ack_async(c, m); /* after the result was confirmed stored */
+    else if (acks_late)
+        log_warning("task %s[%s]: its result is not stored; the message stays unacked and will "
+                    "be delivered again", m->task_name, m->task_id);
     c->db.uses++;
     /* A transaction the task left open must not hold locks until the next
      * task arrives: roll it back now. */
@@ -1050,6 +1077,8 @@ static void restore_left_held(struct child *c)
  * (a dead child, or a whole worker of this name) that never started it. */
 static void empty_hand_left(struct child *c)
 {
+    struct retry r;
+    retry_init(&r, 200, 10000, "putting back the message left in this slot's hand");
     for (;;) {
         struct err e = {0};
         if (ensure_broker(c))
@@ -1057,11 +1086,15 @@ static void empty_hand_left(struct child *c)
         int rc = hand_salvage(&c->broker, atomic_load(&c->slot->lost_hand_settled), &e);
         if (rc >= 0)
             rc = hand_adopt_orphans(&c->broker, c->cfg->node_name, getppid(), c->index, &e);
-        if (rc >= 0)
+        if (rc >= 0) {
+            retry_succeeded(&r);
             return;
-        log_warning("putting back the message left in this slot's hand: %s", e.msg);
-        if (rc != E_CONN_LOST)
+        }
+        if (!worth_retrying(c, rc)) {
+            log_warning("putting back the message left in this slot's hand: %s", e.msg);
             return;
+        }
+        retry_wait(&r, LOG_WARNING, &e, &sig_stop);
     }
 }
 
@@ -1149,6 +1182,7 @@ void child_main(const struct worker_config *cfg, struct scoreboard *sb, struct s
     c.slot = slot;
     c.index = index;
     c.deathwatch_fd = deathwatch_fd;
+    retry_init(&c.fetch_retry, 100, 5000, "fetching from the broker");
 
     char name[32];
     snprintf(name, sizeof(name), "ForkPoolWorker-%d", index + 1);
@@ -1239,11 +1273,13 @@ void child_main(const struct worker_config *cfg, struct scoreboard *sb, struct s
                                                                      : FETCH_TIMEOUT_S,
                                     &d, &e);
         if (rc) {
-            log_warning("fetch failed: %s", e.msg);
-            if (rc != E_CONN_LOST)
-                time_sleep_ms(1000, &sig_stop);
+            /* Backs off on every class of failure: a connection that opens
+             * and dies at once must not turn this loop into a spin. */
+            retry_wait(&c.fetch_retry, rc == E_CONN_LOST ? LOG_WARNING : LOG_ERROR, &e,
+                       &sig_stop);
             continue;
         }
+        retry_succeeded(&c.fetch_retry);
         bool ran = d.reply != NULL;
         confirm_results(&c); /* its reply has arrived by now: no wait */
         if (!ran)

@@ -163,3 +163,25 @@ celeriac_backends() {
     psql_admin -c "SELECT pid || ' ' || application_name || ' ' || state || ' ' || left(query, 60)
                    FROM pg_stat_activity WHERE application_name LIKE 'celeriac%' ORDER BY 1"
 }
+
+# cpu_ticks PID...: user + system CPU of the processes so far, in clock ticks
+# (1/100 s); a pid that is gone counts 0.
+cpu_ticks() {
+    local pid sum=0 f
+    for pid in "$@"; do
+        f=$(cut -d')' -f2- "/proc/$pid/stat" 2>/dev/null) || continue
+        # after "comm)": state is field 1, utime 12, stime 13
+        sum=$((sum + $(awk '{print $12 + $13}' <<<"$f")))
+    done
+    echo "$sum"
+}
+
+# redis_commands_sent SECONDS: commands clients send to Redis during SECONDS
+# (MONITOR, less what scripts run inside: those are one command sent).
+redis_commands_sent() {
+    timeout "$1" redis-cli -p "$REDIS_PORT" monitor 2>/dev/null |
+        grep -v -e ' lua\]' -e '"monitor"' -c
+}
+
+# log_bytes [LOG]: the size of the worker log.
+log_bytes() { stat -c %s "${1:-$WORKER_LOG}" 2>/dev/null || echo 0; }

@@ -5,7 +5,10 @@ and the broker's bookkeeping, and plays a kombu consumer where a test needs a
 Python process to leave or restore an unacked message.
 
     rel.py send NAME [--args JSON] [--count N] [--time-limit S] [--soft-time-limit S] [--countdown S]
+                     [--queue Q]
                                    -> one task id per line
+    rel.py roundtrip NAME [--queue Q] [--count N]
+                                   -> the worst send-to-result seconds of N tasks
     rel.py bulk NAME N --out FILE [--mod M]
                                    -> N tasks NAME(i % M + 1), ids to FILE
     rel.py wait ID... [--timeout S]
@@ -63,6 +66,8 @@ def cmd_send(ns):
         opts["soft_time_limit"] = ns.soft_time_limit
     if ns.countdown is not None:
         opts["countdown"] = ns.countdown
+    if ns.queue is not None:
+        opts["queue"] = ns.queue
     for _ in range(ns.count):
         print(app.send_task(ns.name, args=args, **opts).id, flush=True)
     return 0
@@ -74,6 +79,26 @@ def cmd_bulk(ns):
         for i in range(ns.n):
             res = app.send_task(ns.name, args=[i % ns.mod + 1], producer=producer)
             out.write(res.id + "\n")
+    return 0
+
+
+def cmd_roundtrip(ns):
+    # Seconds from send to a stored result, measured in one process (no
+    # interpreter start-up in the figure).
+    app = make_app()
+    r = redis.Redis.from_url(result_url())
+    app.send_task(ns.name, args=[0], queue=ns.queue)  # warm the connection
+    worst = 0.0
+    for _ in range(ns.count):
+        t0 = time.monotonic()
+        tid = app.send_task(ns.name, args=[0], queue=ns.queue).id
+        while r.get("celery-task-meta-" + tid) is None:
+            if time.monotonic() - t0 > ns.timeout:
+                print("timeout")
+                return 1
+            time.sleep(0.002)
+        worst = max(worst, time.monotonic() - t0)
+    print("%.3f" % worst)
     return 0
 
 
@@ -193,6 +218,12 @@ def main():
     s.add_argument("--time-limit", type=float)
     s.add_argument("--soft-time-limit", type=float)
     s.add_argument("--countdown", type=float)
+    s.add_argument("--queue")
+    rt = sub.add_parser("roundtrip")
+    rt.add_argument("name")
+    rt.add_argument("--queue")
+    rt.add_argument("--count", type=int, default=5)
+    rt.add_argument("--timeout", type=float, default=10)
     b = sub.add_parser("bulk")
     b.add_argument("name")
     b.add_argument("n", type=int)
@@ -216,8 +247,8 @@ def main():
     rv = sub.add_parser("restore-visible")
     rv.add_argument("vt", type=float)
     ns = p.parse_args()
-    return {"send": cmd_send, "bulk": cmd_bulk, "wait": cmd_wait, "tally": cmd_tally,
-            "orphan": cmd_orphan, "handwrite": cmd_handwrite,
+    return {"send": cmd_send, "roundtrip": cmd_roundtrip, "bulk": cmd_bulk, "wait": cmd_wait,
+            "tally": cmd_tally, "orphan": cmd_orphan, "handwrite": cmd_handwrite,
             "restore-visible": cmd_restore_visible}[ns.cmd](ns)
 
 

@@ -527,15 +527,26 @@ int broker_redis_ack(struct broker_redis *b, const char *tag, struct err *e)
     return rc;
 }
 
-int broker_redis_touch(struct broker_redis *b, const char *tag, struct err *e)
+int broker_redis_touch(struct broker_redis *b, const char **tags, size_t n, struct err *e)
 {
     char score[32];
     snprintf(score, sizeof(score), "%.7f", time_now());
-    redisReply *r = redis_link_command(&b->link, e, "ZADD %s XX %s %s", UNACKED_INDEX_KEY, score,
-                                       tag);
-    if (!r)
-        return E_CONN_LOST;
-    freeReplyObject(r);
+    /* Pipelined in batches: thousands of held messages cost a few round trips. */
+    for (size_t done = 0; done < n;) {
+        size_t batch = n - done < 512 ? n - done : 512;
+        for (size_t i = 0; i < batch; i++) {
+            const char *argv[] = {"ZADD", UNACKED_INDEX_KEY, "XX", score, tags[done + i]};
+            if (redis_link_append_argv(&b->link, 5, argv, NULL))
+                return err_set(e, E_CONN_LOST, "broker connection is not usable");
+        }
+        b->link.pending += (int)batch;
+        int rc = redis_link_flush(&b->link, e);
+        if (!rc)
+            rc = redis_link_drain(&b->link, e);
+        if (rc)
+            return rc;
+        done += batch;
+    }
     return 0;
 }
 

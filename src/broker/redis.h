@@ -111,10 +111,10 @@ int broker_redis_confirm(struct broker_redis *b, struct err *e);
 int broker_redis_publish(struct broker_redis *b, const char *queue, int priority,
                          const char *envelope, size_t len, struct err *e);
 
-/* Moves tag's unacked score to now if it is still held (ZADD XX): a message
- * held for a later ETA is not restored by the visibility sweep meanwhile.
- * 0 or E_CONN_LOST. */
-int broker_redis_touch(struct broker_redis *b, const char *tag, struct err *e);
+/* Moves the unacked scores of the n tags to now where they are still held
+ * (ZADD XX): messages held for a later ETA are not restored by the visibility
+ * sweep meanwhile. 0, E_CONN_LOST, or the code of an error reply. */
+int broker_redis_touch(struct broker_redis *b, const char **tags, size_t n, struct err *e);
 
 /* Puts the message held under tag back on its queue, as kombu's
  * restore_by_tag: marks it redelivered, pushes it to the consumer end (or to

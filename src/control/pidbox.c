@@ -85,6 +85,47 @@ static json_t *cmd_active(struct pidbox *p, json_t *args)
     return list;
 }
 
+/* Celery's entry for an ETA request waiting in its timer: the timer's
+ * priority (6 for every ETA task) and the request, not yet acknowledged. */
+static json_t *scheduled_info(const struct pidbox *p, const struct held_entry *h)
+{
+    struct buf eta = BUF_INIT;
+    time_format_iso(&eta, h->eta, true);
+    json_t *args = json_loads(h->argsrepr, 0, NULL), *kwargs = json_loads(h->kwargsrepr, 0, NULL);
+    json_t *info = json_pack("{s:s, s:s, s:o, s:o, s:s, s:s, s:n, s:b, s:{s:s, s:s, s:i, s:b}, "
+                             "s:n}",
+                             "id", h->task_id, "name", h->task_name, "args",
+                             args ? args : json_string(h->argsrepr), "kwargs",
+                             kwargs ? kwargs : json_string(h->kwargsrepr), "type", h->task_name,
+                             "hostname", p->cfg->node_name, "time_start", "acknowledged", 0,
+                             "delivery_info", "exchange", "", "routing_key", h->routing_key,
+                             "priority", h->priority, "redelivered", h->redelivered,
+                             "worker_pid");
+    json_t *entry = json_pack("{s:s, s:i, s:o}", "eta", eta.data, "priority", 6, "request", info);
+    buf_release(&eta);
+    return entry;
+}
+
+/* What the live children hold for later (the first HELD_BOARD_MAX each). */
+static json_t *cmd_scheduled(struct pidbox *p)
+{
+    json_t *list = json_array();
+    for (size_t i = 0; i < p->sb->n; i++) {
+        if (!atomic_load(&p->sb->slots[i].pid))
+            continue;
+        const struct held_board *b = &p->sb->held[i];
+        int n = atomic_load(&b->n);
+        for (int k = 0; k < n && k < HELD_BOARD_MAX; k++) {
+            struct held_entry h = b->e[k]; /* a copy: the child may be rewriting it */
+            h.task_id[sizeof(h.task_id) - 1] = h.task_name[sizeof(h.task_name) - 1] = '\0';
+            h.routing_key[sizeof(h.routing_key) - 1] = '\0';
+            h.argsrepr[sizeof(h.argsrepr) - 1] = h.kwargsrepr[sizeof(h.kwargsrepr) - 1] = '\0';
+            json_array_append_new(list, scheduled_info(p, &h));
+        }
+    }
+    return list;
+}
+
 static json_t *cmd_query_task(struct pidbox *p, json_t *args)
 {
     json_t *ids = json_object_get(args, "ids"), *out = json_object(); /* a list, or one id */
@@ -448,9 +489,10 @@ json_t *pidbox_dispatch(struct pidbox *p, const char *method, json_t *args)
         return cmd_stats(p);
     if (!strcmp(method, "active") || !strcmp(method, "dump_active"))
         return cmd_active(p, args);
-    if (!strcmp(method, "reserved") || !strcmp(method, "dump_reserved") ||
-        !strcmp(method, "scheduled") || !strcmp(method, "dump_schedule"))
+    if (!strcmp(method, "reserved") || !strcmp(method, "dump_reserved"))
         return json_array(); /* celeriac children take one message at a time */
+    if (!strcmp(method, "scheduled") || !strcmp(method, "dump_schedule"))
+        return cmd_scheduled(p);
     if (!strcmp(method, "registered") || !strcmp(method, "dump_tasks"))
         return cmd_registered(p);
     if (!strcmp(method, "revoked") || !strcmp(method, "dump_revoked"))

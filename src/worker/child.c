@@ -44,8 +44,9 @@ struct child {
     struct held {                   /* ETA messages held unacked until due */
         struct message m;
         const struct celeriac_task_def *def;
-    } held[HELD_MAX];
+    } *held;                        /* any number: grown as needed */
     size_t n_held;
+    size_t held_cap;
     int64_t next_refresh_ms;        /* next refresh of the held messages' unacked scores */
     bool hand_full;                 /* the hand holds the delivery being handled */
     uint64_t hand_hash;             /* ... whose bytes hash to this */
@@ -729,20 +730,6 @@ static void execute(struct child *c, struct message *m, const struct celeriac_ta
     atomic_store(&c->slot->state, CHILD_IDLE);
 }
 
-/* Holds an ETA message until it is due.
- * NEEDSWORK(#4): this blocks the child; ETA messages should be scheduled
- * while other messages run. */
-static bool wait_for_eta(struct child *c, const struct message *m)
-{
-    while (time_now() < m->eta) {
-        if (should_stop(c))
-            return false;
-        double left = m->eta - time_now();
-        time_sleep_ms(left > 0.5 ? 500 : (int64_t)(left * 1000) + 1, &sig_stop);
-    }
-    return true;
-}
-
 /* Runs a message that passed every check of its receipt: revoked? still
  * not expired? rate limit, a live connection, then the task. */
 static void run_accepted(struct child *c, struct message *m, const struct celeriac_task_def *def)
@@ -787,21 +774,50 @@ static void run_accepted(struct child *c, struct message *m, const struct celeri
 
 /* ---- ETA / countdown: held unacked while other messages run */
 
-/* Takes m (its ownership moves) into the held list if there is room. */
-static bool hold(struct child *c, struct message *m, const struct celeriac_task_def *def)
+/* Describes held message i on this child's board (if it has room). */
+static void board_fill(struct child *c, size_t i)
 {
-    if (c->n_held >= HELD_MAX)
-        return false; /* full: the caller waits for it in place */
-    struct held_tags *board = &c->sb->held[c->index];
-    snprintf(board->tag[c->n_held], sizeof(board->tag[0]), "%s", m->delivery_tag);
+    if (i >= HELD_BOARD_MAX)
+        return;
+    struct held_entry *b = &c->sb->held[c->index].e[i];
+    const struct message *m = &c->held[i].m;
+    char *args = json_dumps(m->args, JSON_COMPACT | JSON_ENCODE_ANY);
+    char *kwargs = json_dumps(m->kwargs, JSON_COMPACT);
+    snprintf(b->tag, sizeof(b->tag), "%s", m->delivery_tag);
+    snprintf(b->task_id, sizeof(b->task_id), "%s", m->task_id);
+    snprintf(b->task_name, sizeof(b->task_name), "%s", m->task_name);
+    snprintf(b->routing_key, sizeof(b->routing_key), "%s", m->routing_key);
+    snprintf(b->argsrepr, sizeof(b->argsrepr), "%s", args ? args : "[]");
+    snprintf(b->kwargsrepr, sizeof(b->kwargsrepr), "%s", kwargs ? kwargs : "{}");
+    b->eta = m->eta;
+    b->priority = m->priority;
+    b->redelivered = m->redelivered;
+    free(args);
+    free(kwargs);
+}
+
+static void board_count(struct child *c)
+{
+    size_t n = c->n_held < HELD_BOARD_MAX ? c->n_held : HELD_BOARD_MAX;
+    atomic_store(&c->sb->held[c->index].n, (int)n);
+    atomic_store(&c->slot->scheduled, (int)c->n_held);
+}
+
+/* Takes m (its ownership moves) into the held list: there is no limit but
+ * memory, so ordinary tasks behind any number of ETA messages keep flowing. */
+static void hold(struct child *c, struct message *m, const struct celeriac_task_def *def)
+{
+    if (c->n_held == c->held_cap) {
+        c->held_cap = c->held_cap ? c->held_cap * 2 : 16;
+        c->held = xrealloc(c->held, c->held_cap * sizeof(*c->held));
+    }
     struct held *h = &c->held[c->n_held++];
     h->m = *m;
     h->def = def;
     message_init(m);
-    atomic_store(&board->n, (int)c->n_held);
-    atomic_store(&c->slot->scheduled, c->n_held);
+    board_fill(c, c->n_held - 1);
+    board_count(c);
     log_debug("task %s[%s] scheduled for later", h->m.task_name, h->m.task_id);
-    return true;
 }
 
 /* Seconds until the earliest held message is due (a large number if none). */
@@ -823,10 +839,9 @@ static void run_due(struct child *c)
         }
         struct held h = c->held[i];
         c->held[i] = c->held[--c->n_held];
-        struct held_tags *board = &c->sb->held[c->index];
-        memcpy(board->tag[i], board->tag[c->n_held], sizeof(board->tag[0]));
-        atomic_store(&board->n, (int)c->n_held);
-        atomic_store(&c->slot->scheduled, c->n_held);
+        if (i < c->n_held)
+            board_fill(c, i); /* the last one moved here */
+        board_count(c);
         run_accepted(c, &h.m, h.def);
         message_release(&h.m);
     }
@@ -841,11 +856,13 @@ static void refresh_held(struct child *c)
     if (!c->n_held || now < c->next_refresh_ms)
         return;
     c->next_refresh_ms = now + (every > 1000 ? every : 1000);
-    for (size_t i = 0; i < c->n_held; i++) {
-        struct err e = {0};
-        if (broker_redis_touch(&c->broker, c->held[i].m.delivery_tag, &e) == E_CONN_LOST)
-            return;
-    }
+    const char **tags = xcalloc(c->n_held, sizeof(*tags));
+    for (size_t i = 0; i < c->n_held; i++)
+        tags[i] = c->held[i].m.delivery_tag;
+    struct err e = {0};
+    if (broker_redis_touch(&c->broker, tags, c->n_held, &e))
+        log_warning("refreshing %zu held messages in unacked: %s", c->n_held, e.msg);
+    free(tags);
 }
 
 /* Stopping: every held message goes back to its queue now. */
@@ -864,7 +881,10 @@ static void restore_held(struct child *c)
         message_release(m);
     }
     c->n_held = 0;
-    atomic_store(&c->sb->held[c->index].n, 0);
+    board_count(c);
+    free(c->held);
+    c->held = NULL;
+    c->held_cap = 0;
 }
 
 static void handle(struct child *c, struct delivery *d)
@@ -947,19 +967,8 @@ static void handle(struct child *c, struct delivery *d)
     received_event(c, &m);
     if (m.eta > time_now()) {
         record_delivery(c, &m); /* held for later: it must outlive this worker */
-        if (hold(c, &m, def))
-            goto out; /* scheduled: the held list owns it now */
-    }
-    if (m.eta > 0 && !wait_for_eta(c, &m)) {
-        /* Stopping before it is due: give it back now rather than leave it
-         * for the visibility sweep an hour from now. */
-        if (give_back(c, &m, &e))
-            log_warning("task %s[%s] not restored at shutdown (%s); the visibility sweep will",
-                        m.task_name, m.task_id, e.msg);
-        else
-            log_info("task %s[%s] not due before shutdown; restored to its queue", m.task_name,
-                     m.task_id);
-        goto out;
+        hold(c, &m, def);
+        goto out; /* scheduled: the held list owns it now */
     }
     run_accepted(c, &m, def);
     goto out;
@@ -1051,22 +1060,23 @@ static void settle_lost_task(struct child *c)
  * the visibility timeout. */
 static void restore_left_held(struct child *c)
 {
-    struct held_tags *board = &c->sb->held[c->index];
+    struct held_board *board = &c->sb->held[c->index];
     int n = atomic_load(&board->n);
-    if (n <= 0 || n > HELD_MAX)
+    if (n <= 0 || n > HELD_BOARD_MAX)
         return;
     int restored = 0;
     for (int i = 0; i < n; i++) {
         struct err e = {0};
-        board->tag[i][sizeof(board->tag[i]) - 1] = '\0';
+        char *tag = board->e[i].tag;
+        tag[sizeof(board->e[i].tag) - 1] = '\0';
         if (ensure_broker(c))
             return; /* stopping: the tags stay for the next child */
-        int rc = broker_redis_restore(&c->broker, board->tag[i], false, &e);
+        int rc = broker_redis_restore(&c->broker, tag, false, &e);
         if (rc == BROKER_RESTORED)
             restored++;
         else if (rc < 0)
-            log_warning("held message %s not restored (%s); the visibility sweep will",
-                        board->tag[i], e.msg);
+            log_warning("held message %s not restored (%s); the visibility sweep will", tag,
+                        e.msg);
     }
     atomic_store(&board->n, 0);
     if (restored)

@@ -12,14 +12,14 @@ int scoreboard_create(struct scoreboard *sb, size_t n, size_t n_tasks)
     size_t slots = n * sizeof(struct slot);
     size_t shared = sizeof(struct board_shared) + n_tasks * sizeof(struct task_tuning);
     shared = (shared + 63) / 64 * 64;
-    size_t size = slots + shared + n * sizeof(struct held_tags);
+    size_t size = slots + shared + n * sizeof(struct held_board);
     void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED)
         return -errno;
     sb->slots = p;
     sb->n = n;
     sb->shared = (struct board_shared *)((char *)p + slots);
-    sb->held = (struct held_tags *)((char *)p + slots + shared);
+    sb->held = (struct held_board *)((char *)p + slots + shared);
     sb->n_tasks = n_tasks;
     sb->map_size = size;
     return 0;

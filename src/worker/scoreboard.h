@@ -75,17 +75,33 @@ struct slot {
                                        look in this slot's hand (broker/redis.h) */
 };
 
-/* ETA messages a child holds while running others (Celery raises its
- * prefetch for each one it holds). Beyond this, a child waits in place. */
-#define HELD_MAX 128
+/* ETA messages a child holds while running others: any number (Celery
+ * raises its prefetch for each one it holds); the first HELD_BOARD_MAX of
+ * them are also described in shared memory, for `inspect scheduled` and for
+ * the child's replacement. */
+#define HELD_BOARD_MAX 1024
 
-/* The delivery tags of the ETA messages a child holds (each recorded in
- * kombu's unacked hash), kept apart from the slots so that the master's
- * reset of a slot for a new child leaves them: the new child puts them back
- * at once instead of leaving them to the visibility sweep. */
-struct held_tags {
-    _Atomic int n;
-    char tag[HELD_MAX][40];
+/* One held ETA message as the control process reports it and a replacement
+ * child restores it. Written by its child only; a hint while written. */
+struct held_entry {
+    char tag[40];                   /* delivery tag, recorded in kombu's unacked hash */
+    char task_id[40];
+    char task_name[96];
+    char routing_key[64];
+    char argsrepr[96];              /* args as JSON, truncated */
+    char kwargsrepr[64];
+    double eta;                     /* Unix time it is due */
+    int priority;                   /* the message's priority */
+    bool redelivered;
+};
+
+/* The held ETA messages of one child, kept apart from the slots so that the
+ * master's reset of a slot for a new child leaves them: the new child puts
+ * them back at once instead of leaving them to the visibility sweep. Those
+ * past HELD_BOARD_MAX are left to the sweep (they are in unacked). */
+struct held_board {
+    _Atomic int n;                  /* entries in use, at most HELD_BOARD_MAX */
+    struct held_entry e[HELD_BOARD_MAX];
 };
 
 /* Run-time settings of one registered task (by its index in the library),
@@ -120,7 +136,8 @@ struct scoreboard {
     struct slot *slots;           /* MAP_SHARED, n entries */
     size_t n;                     /* capacity: the most children pool_grow may reach */
     struct board_shared *shared;  /* in the same mapping */
-    struct held_tags *held;       /* n entries, in the same mapping */
+    struct held_board *held;      /* n entries, in the same mapping (pages are touched only
+                                     as messages are held) */
     size_t n_tasks;
     size_t map_size;
 };

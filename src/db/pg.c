@@ -185,6 +185,7 @@ static int wait_socket(struct db_conn *c, short events, int64_t deadline_ms)
 static int run_bounded(struct db_conn *c, const char *sql, int64_t timeout_ms, struct err *e)
 {
     PGconn *pg = c->pg;
+    const char *what = *sql ? sql : "ping"; /* the empty query */
     int64_t deadline = time_mono_ms() + timeout_ms;
     char msg[ERR_MSG_MAX];
     int rc = 0, ready = 0;
@@ -215,7 +216,7 @@ static int run_bounded(struct db_conn *c, const char *sql, int64_t timeout_ms, s
             one_line(msg);
             bool lost = PQstatus(pg) == CONNECTION_BAD ||
                         sqlstate_is_loss(PQresultErrorField(r, PG_DIAG_SQLSTATE));
-            rc = err_set(e, lost ? E_CONN_LOST : E_DB, "'%s' failed: %s", sql, msg);
+            rc = err_set(e, lost ? E_CONN_LOST : E_DB, "'%s' failed: %s", what, msg);
         }
         PQclear(r);
     }
@@ -224,13 +225,13 @@ static int run_bounded(struct db_conn *c, const char *sql, int64_t timeout_ms, s
 
 out_no_answer:
     if (ready < 0)
-        return err_set(e, E_CONN_LOST, "'%s' failed: poll: %s", sql, strerror(-ready));
-    return err_set(e, E_CONN_LOST, "'%s' failed: no answer within %" PRId64 " ms", sql,
+        return err_set(e, E_CONN_LOST, "'%s' failed: poll: %s", what, strerror(-ready));
+    return err_set(e, E_CONN_LOST, "'%s' failed: no answer within %" PRId64 " ms", what,
                    timeout_ms);
 out_libpq_error:
     snprintf(msg, sizeof(msg), "%s", PQerrorMessage(pg));
     one_line(msg);
-    return err_set(e, E_CONN_LOST, "'%s' failed: %s", sql, msg);
+    return err_set(e, E_CONN_LOST, "'%s' failed: %s", what, msg);
 }
 
 static int pg_ping(struct db_conn *c, int64_t timeout_ms, struct err *e)

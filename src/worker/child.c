@@ -761,7 +761,10 @@ static void run_accepted(struct child *c, struct message *m, const struct celeri
          * time counts as lost and the task runs on a new connection. */
         double soft, hard;
         task_limits(c, m, def, &soft, &hard);
-        if (db_conn_ready(&c->db, hard > 0 ? (int64_t)(hard * 1000) + 1 : 0, &sig_stop, &e)) {
+        int64_t hard_ms = hard > 0 ? (int64_t)(hard * 1000) : 0;
+        if (hard > 0 && hard_ms < 1)
+            hard_ms = 1;
+        if (db_conn_ready(&c->db, hard_ms, &sig_stop, &e)) {
             log_info("task %s[%s] not started: stopping while reconnecting", m->task_name,
                      m->task_id);
             if (give_back(c, m, &e))

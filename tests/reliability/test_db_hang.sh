@@ -83,7 +83,7 @@ hang_case() {
     expect_eq "$name: ... in the same child (nothing was killed)" "$kid $kid" \
         "$(jget result.pid <<<"$m") $(only_child)"
     expect_eq "$name: the unanswered health check is logged once, as a lost connection" 1 \
-        "$(log_count "unusable \(health check failed: '' failed: no answer within [0-9]+ ms\); reconnecting")" \
+        "$(log_count "unusable \(health check failed: 'ping' failed: no answer within [0-9]+ ms\); reconnecting")" \
         "$(worker_log_tail 10)"
     id=$(send rel.pg)
     m=$(meta_of "$id" 15)

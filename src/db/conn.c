@@ -77,6 +77,17 @@ static int open_once(struct db_conn *c, const struct db_driver *d, struct err *e
     return 0;
 }
 
+/* How long a health check or rollback may wait for the server: as long as
+ * a connect may take, and never longer than limit_ms when that is set. */
+static int64_t check_timeout_ms(const struct db_conn *c, int64_t limit_ms)
+{
+    int64_t t = (int64_t)(c->cfg->connect_timeout_s > 0 ? c->cfg->connect_timeout_s : 5) * 1000;
+    return limit_ms > 0 && limit_ms < t ? limit_ms : t;
+}
+
+/* An outage is one episode: its first failure is logged with the retry
+ * delay, the attempts after it only at debug level, and its end (connected
+ * or given up) with the count and how long it lasted. */
 int db_conn_open(struct db_conn *c, int attempts, volatile sig_atomic_t *stop, struct err *e)
 {
     const struct db_driver *d = driver_for(c);
@@ -84,24 +95,36 @@ int db_conn_open(struct db_conn *c, int attempts, volatile sig_atomic_t *stop, s
         return 0;
     struct backoff bo;
     backoff_init(&bo, c->cfg->backoff_base_ms, c->cfg->backoff_cap_ms);
+    int64_t t0 = time_mono_ms();
     for (int attempt = 1;; attempt++) {
         int rc = open_once(c, d, e);
-        if (!rc)
+        double took = (double)(time_mono_ms() - t0) / 1000.0;
+        if (!rc) {
+            if (attempt > 1)
+                log_info("database '%s' reachable again after %d failed attempt%s in %.1f s",
+                         c->cfg->where, attempt - 1, attempt == 2 ? "" : "s", took);
             return 0;
+        }
         bool last = (attempts > 0 && attempt >= attempts) || (stop && *stop);
         if (last) {
             if (attempts > 0)
-                log_error("database unreachable after %d attempt%s: %s", attempt,
-                          attempt == 1 ? "" : "s", e ? e->msg : "");
+                log_error("database unreachable after %d attempt%s in %.1f s: %s", attempt,
+                          attempt == 1 ? "" : "s", took, e ? e->msg : "");
+            else if (attempt > 1)
+                log_info("stopped retrying database '%s' after %d failed attempts in %.1f s",
+                         c->cfg->where, attempt, took);
             return rc;
         }
         int64_t delay = backoff_next(&bo);
-        if (attempts > 0)
-            log_warning("%s (attempt %d/%d); retrying in %" PRId64 " ms", e ? e->msg : "",
-                        attempt, attempts, delay);
+        if (attempt == 1 && attempts > 0)
+            log_warning("%s (attempt 1/%d); retrying in %" PRId64 " ms, with backoff; "
+                        "further failures are counted", e ? e->msg : "", attempts, delay);
+        else if (attempt == 1)
+            log_warning("%s; retrying in %" PRId64 " ms, with backoff until it answers; "
+                        "further failures are counted", e ? e->msg : "", delay);
         else
-            log_warning("%s (attempt %d); retrying in %" PRId64 " ms", e ? e->msg : "", attempt,
-                        delay);
+            log_debug("%s (attempt %d); retrying in %" PRId64 " ms", e ? e->msg : "", attempt,
+                      delay);
         time_sleep_ms(delay, (volatile const int *)stop);
     }
 }
@@ -120,7 +143,7 @@ int db_conn_clean(struct db_conn *c, struct err *e)
     const struct db_driver *d = driver_for(c);
     if (!d || !db_conn_is_open(c) || c->owner != self_pid())
         return 0;
-    int rc = d->reset(c, e);
+    int rc = d->reset(c, check_timeout_ms(c, 0), e);
     if (rc)
         db_conn_close(c, e ? e->msg : "rollback failed");
     return rc;
@@ -137,11 +160,13 @@ bool db_conn_check_lost(struct db_conn *c)
     return true;
 }
 
-int db_conn_ready(struct db_conn *c, volatile sig_atomic_t *stop, struct err *e)
+int db_conn_ready(struct db_conn *c, int64_t limit_ms, volatile sig_atomic_t *stop,
+                  struct err *e)
 {
     const struct db_driver *d = driver_for(c);
     if (!d)
         return 0;
+    int64_t timeout = check_timeout_ms(c, limit_ms);
     const char *why = NULL;
     char reason[ERR_MSG_MAX + 32];
     if (db_conn_is_open(c) && !owned(c)) {
@@ -161,14 +186,14 @@ int db_conn_ready(struct db_conn *c, volatile sig_atomic_t *stop, struct err *e)
     } else if (db_conn_is_open(c) && c->cfg->idle_check_ms > 0 &&
                time_mono_ms() - c->last_used_ms > c->cfg->idle_check_ms) {
         struct err pe = {0};
-        if (d->ping(c, &pe)) {
+        if (d->ping(c, timeout, &pe)) {
             snprintf(reason, sizeof(reason), "health check failed: %s", pe.msg);
             why = reason;
         }
     }
     if (!why && db_conn_is_open(c)) {
         struct err re = {0};
-        if (d->reset(c, &re) == 0)
+        if (d->reset(c, timeout, &re) == 0)
             return 0;
         snprintf(reason, sizeof(reason), "%s", re.msg);
         why = reason;

@@ -55,7 +55,8 @@ struct db_conn {
 void db_conn_init(struct db_conn *c, const struct db_config *cfg, const char *app_name);
 
 /* Opens the connection, retrying up to `attempts` times (0 = until *stop)
- * with exponential backoff and jitter, logging each failure. Returns 0, or
+ * with exponential backoff and jitter. Logs the first failure and the end of
+ * the episode with the number of attempts (the rest at debug). Returns 0, or
  * E_CONN_LOST with "connect to 'host:port' failed: <reason>" in e. */
 int db_conn_open(struct db_conn *c, int attempts, volatile sig_atomic_t *stop, struct err *e);
 
@@ -68,12 +69,17 @@ bool db_conn_is_open(const struct db_conn *c);
 /* Before a task: makes sure the handle is live and clean. Detects a connection
  * lost while idle (server restart, pg_terminate_backend) without a round trip,
  * pings after idle_check_ms, rolls back a transaction left open, and reopens a
- * lost connection (retrying until *stop). Returns 0, or E_CONN_LOST when it
- * could not reconnect before *stop was set. */
-int db_conn_ready(struct db_conn *c, volatile sig_atomic_t *stop, struct err *e);
+ * lost connection (retrying until *stop). The ping and the rollback wait at
+ * most connect_timeout_s, and at most limit_ms when that is > 0 (the hard
+ * time limit of the task about to run); a server that does not answer in
+ * time counts as lost. Returns 0, or E_CONN_LOST when it could not
+ * reconnect before *stop was set. */
+int db_conn_ready(struct db_conn *c, int64_t limit_ms, volatile sig_atomic_t *stop,
+                  struct err *e);
 
-/* Right after a task: rolls back a transaction it left open (logged). Cheap
- * when there is none (no round trip). Returns 0, or E_CONN_LOST (the handle
+/* Right after a task: rolls back a transaction it left open (logged), waiting
+ * at most connect_timeout_s for it. Cheap when there is none (no round
+ * trip). Returns 0, or E_CONN_LOST (the handle
  * is then closed and db_conn_ready reopens it). */
 int db_conn_clean(struct db_conn *c, struct err *e);
 

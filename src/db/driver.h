@@ -18,10 +18,12 @@ struct db_driver {
     /* No round trip: true when the handle is known dead (e.g. the server
      * closed the socket while we were idle). */
     bool (*is_lost)(struct db_conn *c);
-    /* One round trip proving the connection works. 0 or E_CONN_LOST. */
-    int (*ping)(struct db_conn *c, struct err *e);
-    /* Rolls back a transaction a task left open. 0, or E_CONN_LOST. */
-    int (*reset)(struct db_conn *c, struct err *e);
+    /* One round trip proving the connection works, answered within
+     * timeout_ms. 0 or E_CONN_LOST (also when no answer came in time). */
+    int (*ping)(struct db_conn *c, int64_t timeout_ms, struct err *e);
+    /* Rolls back a transaction a task left open, within timeout_ms. 0, or
+     * E_CONN_LOST. */
+    int (*reset)(struct db_conn *c, int64_t timeout_ms, struct err *e);
     /* Async-signal-safe: asks the server to cancel the running statement
      * (PostgreSQL) or interrupts it (SQLite). Best effort, no result. */
     void (*cancel)(struct db_conn *c);

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT
  * db/pg.c: the PostgreSQL driver (libpq): connect options, zero-round-trip
- * loss detection, ping, rollback of a transaction left open, and the
+ * loss detection, ping and rollback bounded by a deadline, and the
  * classification of libpq failures as "connection lost".
  */
 #include "common.h"
@@ -8,8 +8,10 @@
 #include "db/driver.h"
 #include "util/buf.h"
 #include "util/log.h"
+#include "util/time.h"
 
 #include <libpq-fe.h>
+#include <limits.h>
 #include <poll.h>
 
 /* libpq's messages span lines ("...failed: Connection refused\n\tIs the server
@@ -78,14 +80,17 @@ static int pg_open(struct db_conn *c, struct err *e)
     snprintf(timeout, sizeof(timeout), "%d", c->cfg->connect_timeout_s);
     /* Our defaults come before dbname (which expands the user's string and
      * overrides them); application_name comes after, so it always names us.
+     * Keepalives and tcp_user_timeout find a peer that vanished (black-holed
+     * network, dead host) in about 30 s, idle or sending, instead of TCP's
+     * ~15 minutes of retransmissions; libpq ignores them on unix sockets.
      * gssencmode=disable: libpq's default "prefer" initialises Kerberos in
      * every child (about 1 MB resident and a slower connect) to negotiate an
      * encryption almost no server offers; a URL that asks for it still gets it. */
     const char *keys[] = {"connect_timeout", "keepalives", "keepalives_idle",
-                          "keepalives_interval", "keepalives_count", "gssencmode", "dbname",
-                          "application_name", NULL};
-    const char *vals[] = {timeout, "1", "30", "10", "3", "disable", c->cfg->url, c->app_name,
-                          NULL};
+                          "keepalives_interval", "keepalives_count", "tcp_user_timeout",
+                          "gssencmode", "dbname", "application_name", NULL};
+    const char *vals[] = {timeout, "1", "15", "5", "3", "30000", "disable", c->cfg->url,
+                          c->app_name, NULL};
     PGconn *pg = PQconnectdbParams(keys, vals, 1);
     if (!pg)
         return err_set(e, E_CONN_LOST, "connect to '%s' failed: out of memory", c->cfg->where);
@@ -109,6 +114,9 @@ static void pg_close(struct db_conn *c)
     PGcancel *cancel = c->pg_cancel;
     c->pg_cancel = NULL;
     PQfreeCancel(cancel);
+    /* PQfinish sends a Terminate message: to a peer that stopped reading it
+     * must not wait for room in the socket buffer. */
+    PQsetnonblocking(c->pg, 1);
     PQfinish(c->pg);
     c->pg = NULL;
 }
@@ -148,30 +156,91 @@ static bool sqlstate_is_loss(const char *state)
            !strcmp(state, "57P03");
 }
 
-static int run_simple(struct db_conn *c, const char *sql, struct err *e)
+/* Waits until c's socket is ready for events, or deadline_ms (monotonic)
+ * passes. Returns 1 ready, 0 timed out, or -errno. */
+static int wait_socket(struct db_conn *c, short events, int64_t deadline_ms)
 {
-    PGresult *r = PQexec(c->pg, sql);
-    ExecStatusType st = PQresultStatus(r);
-    int rc = 0;
-    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && st != PGRES_EMPTY_QUERY) {
-        char msg[ERR_MSG_MAX];
-        snprintf(msg, sizeof(msg), "%s", PQerrorMessage(c->pg));
-        one_line(msg);
-        bool lost = PQstatus(c->pg) == CONNECTION_BAD ||
-                    sqlstate_is_loss(PQresultErrorField(r, PG_DIAG_SQLSTATE));
-        rc = err_set(e, lost ? E_CONN_LOST : E_DB, "'%s' failed: %s", sql, msg);
+    for (;;) {
+        int64_t left = deadline_ms - time_mono_ms();
+        if (left <= 0)
+            return 0;
+        struct pollfd p = {.fd = PQsocket(c->pg), .events = events};
+        if (p.fd < 0)
+            return -EBADF;
+        int n = poll(&p, 1, left > INT_MAX ? INT_MAX : (int)left);
+        if (n > 0)
+            return 1;
+        if (n == 0)
+            return 0;
+        if (errno != EINTR)
+            return -errno;
     }
-    PQclear(r);
-    return rc;
 }
 
-static int pg_ping(struct db_conn *c, struct err *e)
+/* Sends sql and reads its results, giving up after timeout_ms: a backend
+ * that stopped (SIGSTOP, swap storm) or a network that drops packets makes
+ * PQexec wait for ever, as the kernel keeps the socket open. Any failure to
+ * get the answer in time is E_CONN_LOST: the handle is then in an unknown
+ * state and the caller closes it. */
+static int run_bounded(struct db_conn *c, const char *sql, int64_t timeout_ms, struct err *e)
+{
+    PGconn *pg = c->pg;
+    const char *what = *sql ? sql : "ping"; /* the empty query */
+    int64_t deadline = time_mono_ms() + timeout_ms;
+    char msg[ERR_MSG_MAX];
+    int rc = 0, ready = 0;
+    if (PQsetnonblocking(pg, 1) || !PQsendQuery(pg, sql))
+        goto out_libpq_error;
+    int flushed;
+    while ((flushed = PQflush(pg)) == 1) {
+        if ((ready = wait_socket(c, POLLOUT | POLLIN, deadline)) <= 0)
+            goto out_no_answer;
+        if (!PQconsumeInput(pg))
+            goto out_libpq_error;
+    }
+    if (flushed < 0)
+        goto out_libpq_error;
+    for (;;) {
+        while (PQisBusy(pg)) {
+            if ((ready = wait_socket(c, POLLIN, deadline)) <= 0)
+                goto out_no_answer;
+            if (!PQconsumeInput(pg))
+                goto out_libpq_error;
+        }
+        PGresult *r = PQgetResult(pg);
+        if (!r)
+            break;
+        ExecStatusType st = PQresultStatus(r);
+        if (!rc && st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && st != PGRES_EMPTY_QUERY) {
+            snprintf(msg, sizeof(msg), "%s", PQresultErrorMessage(r));
+            one_line(msg);
+            bool lost = PQstatus(pg) == CONNECTION_BAD ||
+                        sqlstate_is_loss(PQresultErrorField(r, PG_DIAG_SQLSTATE));
+            rc = err_set(e, lost ? E_CONN_LOST : E_DB, "'%s' failed: %s", what, msg);
+        }
+        PQclear(r);
+    }
+    PQsetnonblocking(pg, 0); /* tasks get the handle in libpq's default mode */
+    return rc;
+
+out_no_answer:
+    if (ready < 0)
+        return err_set(e, E_CONN_LOST, "'%s' failed: poll: %s", what, strerror(-ready));
+    return err_set(e, E_CONN_LOST, "'%s' failed: no answer within %" PRId64 " ms", what,
+                   timeout_ms);
+out_libpq_error:
+    snprintf(msg, sizeof(msg), "%s", PQerrorMessage(pg));
+    one_line(msg);
+    return err_set(e, E_CONN_LOST, "'%s' failed: %s", what, msg);
+}
+
+static int pg_ping(struct db_conn *c, int64_t timeout_ms, struct err *e)
 {
     /* An empty query is a full round trip with no parse or plan. */
-    return run_simple(c, "", e) ? E_CONN_LOST : 0;
+    return run_bounded(c, "", timeout_ms, e) ? E_CONN_LOST : 0;
 }
 
-static int pg_reset(struct db_conn *c, struct err *e)
+static int pg_reset(struct db_conn *c, int64_t timeout_ms, struct err *e)
 {
     PGTransactionStatusType ts = PQtransactionStatus(c->pg);
     if (ts == PQTRANS_IDLE)
@@ -179,7 +248,7 @@ static int pg_reset(struct db_conn *c, struct err *e)
     if (ts == PQTRANS_ACTIVE || ts == PQTRANS_UNKNOWN)
         return err_set(e, E_CONN_LOST, "connection in an unknown state after a task");
     log_warning("a task left a transaction open on '%s'; rolled back", c->cfg->where);
-    return run_simple(c, "ROLLBACK", e) ? E_CONN_LOST : 0;
+    return run_bounded(c, "ROLLBACK", timeout_ms, e) ? E_CONN_LOST : 0;
 }
 
 static void pg_cancel(struct db_conn *c)

@@ -61,13 +61,17 @@ static bool sqlite_is_lost(struct db_conn *c)
     return c->sqlite == NULL;
 }
 
-static int sqlite_ping(struct db_conn *c, struct err *e)
+/* SQLite has no peer to wait for: its statements are bounded by the busy
+ * timeout, so the deadlines below are not needed. */
+static int sqlite_ping(struct db_conn *c, int64_t timeout_ms, struct err *e)
 {
+    UNUSED(timeout_ms);
     return exec_sql(c, "SELECT 1", e) ? E_CONN_LOST : 0;
 }
 
-static int sqlite_reset(struct db_conn *c, struct err *e)
+static int sqlite_reset(struct db_conn *c, int64_t timeout_ms, struct err *e)
 {
+    UNUSED(timeout_ms);
     if (sqlite3_get_autocommit(c->sqlite))
         return 0;
     return exec_sql(c, "ROLLBACK", e) ? E_CONN_LOST : 0;

@@ -451,7 +451,7 @@ static int run_task(struct child *c, const struct message *m, const struct celer
         log_warning("task %s[%s]: database connection lost (%s)%s", m->task_name, m->task_id,
                     c->task.exc_message.data, retry ? "; re-running after reconnect" : "");
         struct err e = {0};
-        if (db_conn_ready(&c->db, &sig_stop, &e) || !retry) {
+        if (db_conn_ready(&c->db, 0, &sig_stop, &e) || !retry) {
             struct buf text = BUF_INIT;
             buf_addf(&text, "database connection lost: %s", c->task.exc_message.data);
             snprintf(c->task.exc_type, sizeof(c->task.exc_type), "OperationalError");
@@ -581,18 +581,28 @@ static void wait_for_rate(struct child *c, const struct celeriac_task_def *def)
         time_sleep_ms((start - now + 999999) / 1000000, NULL);
 }
 
+/* The task's time limits in seconds (0: none): the message's, else the
+ * ones set at run time (control command), else the worker's flags. */
+static void task_limits(struct child *c, const struct message *m,
+                        const struct celeriac_task_def *def, double *soft, double *hard)
+{
+    struct task_tuning *tune = &c->sb->shared->tasks[task_index_of(c, def)];
+    int64_t tuned_hard = atomic_load(&tune->hard_limit_ms), tuned_soft = atomic_load(&tune->soft_limit_ms);
+    *hard = m->time_limit > 0 ? m->time_limit
+            : tuned_hard      ? (double)tuned_hard / 1000.0
+                              : c->cfg->time_limit;
+    *soft = m->soft_time_limit > 0 ? m->soft_time_limit
+            : tuned_soft           ? (double)tuned_soft / 1000.0
+                                   : c->cfg->soft_time_limit;
+}
+
 static void execute(struct child *c, struct message *m, const struct celeriac_task_def *def)
 {
     bool acks_late = c->cfg->acks_late || (def->flags & CELERIAC_ACKS_LATE);
     bool ignore_result = m->ignore_result || (def->flags & CELERIAC_IGNORE_RESULT);
     struct task_tuning *tune = &c->sb->shared->tasks[task_index_of(c, def)];
-    int64_t tuned_hard = atomic_load(&tune->hard_limit_ms), tuned_soft = atomic_load(&tune->soft_limit_ms);
-    double hard = m->time_limit > 0 ? m->time_limit
-                  : tuned_hard      ? (double)tuned_hard / 1000.0
-                                    : c->cfg->time_limit;
-    double soft = m->soft_time_limit > 0 ? m->soft_time_limit
-                  : tuned_soft           ? (double)tuned_soft / 1000.0
-                                         : c->cfg->soft_time_limit;
+    double soft, hard;
+    task_limits(c, m, def, &soft, &hard);
     atomic_fetch_add(&tune->total, 1);
     char *args = json_dumps(m->args, JSON_COMPACT | JSON_ENCODE_ANY);
     char *kwargs = json_dumps(m->kwargs, JSON_COMPACT);
@@ -759,8 +769,16 @@ static void run_accepted(struct child *c, struct message *m, const struct celeri
         if (!db_conn_is_open(&c->db))
             record_delivery(c, m);
         /* The connection may have died while we waited for this message;
-         * a poll() finds out without a round trip. */
-        if (db_conn_ready(&c->db, &sig_stop, &e)) {
+         * a poll() finds out without a round trip. A health check that
+         * round-trips waits no longer than the task's hard limit would
+         * (its timer is not armed yet): a server that does not answer in
+         * time counts as lost and the task runs on a new connection. */
+        double soft, hard;
+        task_limits(c, m, def, &soft, &hard);
+        int64_t hard_ms = hard > 0 ? (int64_t)(hard * 1000) : 0;
+        if (hard > 0 && hard_ms < 1)
+            hard_ms = 1;
+        if (db_conn_ready(&c->db, hard_ms, &sig_stop, &e)) {
             log_info("task %s[%s] not started: stopping while reconnecting", m->task_name,
                      m->task_id);
             if (give_back(c, m, &e))
@@ -1265,7 +1283,7 @@ void child_main(const struct worker_config *cfg, struct scoreboard *sb, struct s
             /* Down: do not pull tasks it would only fail (an open handle is
              * checked right before each task instead). */
             struct err e = {0};
-            if (db_conn_ready(&c.db, &sig_stop, &e))
+            if (db_conn_ready(&c.db, 0, &sig_stop, &e))
                 break; /* only fails when stopping */
             atomic_store(&slot->reconnects, c.db.reconnects);
         }

@@ -188,6 +188,10 @@ if log_has "retrying in [0-9]+ ms"; then
 else
     not_ok "the children logged their backoff" "$(worker_log_tail 15)"
 fi
+# issue 9: a repeated failure is logged once per episode, with a count at its end
+expect_eq "each child logged its outage once: one 'retrying' line and one 'reachable again after N failed attempts' line" \
+    "$(log_count "retrying in [0-9]+ ms")" "$(log_count "reachable again after [0-9]+ failed attempts?")" \
+    "$(grep -E 'retrying in|reachable again' "$WORKER_LOG" | head -12)"
 expect_eq "every child re-established its connection by itself" 4 \
     "$(grep -E 're-established' "$WORKER_LOG" | grep -oE 'ForkPoolWorker-[0-9]+' | sort -u | wc -l)" \
     "$(grep -E 're-established|unusable' "$WORKER_LOG" | head)"

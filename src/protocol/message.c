@@ -21,6 +21,7 @@ void message_init(struct message *m)
 void message_release(struct message *m)
 {
     json_decref(m->body);
+    json_decref(m->proto1_headers);
     json_decref(m->envelope);
     message_init(m);
 }
@@ -242,18 +243,10 @@ static bool python_specials_to_null(struct buf *text)
     return changed;
 }
 
-int message_decode_task(struct message *m, enum message_settle *settle, struct err *e)
+/* The body as JSON (Python's NaN and Infinity read as null). 0, or a code
+ * with *settle set. */
+static int load_body(struct message *m, json_t **out, enum message_settle *settle, struct err *e)
 {
-    *settle = SETTLE_REJECT;
-    json_t *headers = json_object_get(m->envelope, "headers");
-    if (!json_is_object(headers))
-        return err_set(e, E_PROTOCOL, "unknown message: headers is not an object");
-    m->task_name = str_field(headers, "task");
-    if (!m->task_name)
-        return err_set(e, E_PROTOCOL, "unknown message: no 'task' header (protocol v1 is "
-                                      "not supported)");
-    if (!m->task_id)
-        return err_set(e, E_PROTOCOL, "invalid task: no 'id' header");
     const char *ctype = str_field(m->envelope, "content-type");
     if (!ctype || strcasecmp(ctype, "application/json"))
         return err_set(e, E_PROTOCOL, "content disallowed: refusing to deserialize content type "
@@ -261,11 +254,6 @@ int message_decode_task(struct message *m, enum message_settle *settle, struct e
     const char *cenc = str_field(m->envelope, "content-encoding");
     if (cenc && strcasecmp(cenc, "utf-8") && strcasecmp(cenc, "utf8"))
         return err_set(e, E_PROTOCOL, "unsupported content-encoding '%.32s'", cenc);
-    if (json_object_get(headers, "compression"))
-        return err_set(e, E_PROTOCOL, "compressed bodies are not supported");
-    if (decode_headers(m, headers, e))
-        return E_PROTOCOL;
-
     struct buf raw = BUF_INIT;
     int rc = body_bytes(m, &raw, settle, e);
     if (rc) {
@@ -273,15 +261,65 @@ int message_decode_task(struct message *m, enum message_settle *settle, struct e
         return rc;
     }
     json_error_t jerr;
-    m->body = json_loadb(raw.data, raw.len, JSON_DECODE_ANY, &jerr);
-    if (!m->body && python_specials_to_null(&raw))
-        m->body = json_loadb(raw.data, raw.len, JSON_DECODE_ANY, &jerr);
+    *out = json_loadb(raw.data, raw.len, JSON_DECODE_ANY, &jerr);
+    if (!*out && python_specials_to_null(&raw))
+        *out = json_loadb(raw.data, raw.len, JSON_DECODE_ANY, &jerr);
     buf_release(&raw);
-    if (!m->body) {
+    if (!*out) {
         *settle = SETTLE_ACK;
         return err_set(e, E_PROTOCOL, "body is not JSON: %s", jerr.text);
     }
     *settle = SETTLE_REJECT;
+    return 0;
+}
+
+/* Copies body[key] into headers[key] when present. */
+static void carry(json_t *headers, json_t *body, const char *from, const char *to)
+{
+    json_t *v = json_object_get(body, from);
+    if (v)
+        json_object_set(headers, to, v);
+}
+
+/* Protocol 1 (Celery still reads it; celery-node and gocelery send it): no
+ * 'task' header, the body a mapping {task, id, args, kwargs, retries, eta,
+ * expires, timelimit, taskset, callbacks, errbacks, chord}. Converts it to the
+ * v2 headers and [args, kwargs, embed] body the rest of the worker knows, as
+ * Celery's own worker does. Takes body. */
+static int decode_proto1(struct message *m, json_t *body, struct err *e)
+{
+    m->body = body;
+    if (!json_is_string(json_object_get(body, "task")))
+        return err_set(e, E_PROTOCOL, "unknown message: no 'task' header and no protocol 1 "
+                                      "'task' field");
+    json_t *h = json_object();
+    m->proto1_headers = h;
+    carry(h, body, "task", "task");
+    carry(h, body, "id", "id");
+    carry(h, body, "retries", "retries");
+    carry(h, body, "eta", "eta");
+    carry(h, body, "expires", "expires");
+    carry(h, body, "timelimit", "timelimit");
+    carry(h, body, "taskset", "group");
+    m->task_name = str_field(h, "task");
+    m->task_id = str_field(h, "id");
+    if (!m->task_id)
+        return err_set(e, E_PROTOCOL, "invalid task: no 'id' field (protocol 1)");
+    json_t *args = json_object_get(body, "args"), *kwargs = json_object_get(body, "kwargs");
+    json_t *embed = json_pack("{s:O?, s:O?, s:O?, s:n}", "callbacks",
+                              json_object_get(body, "callbacks"), "errbacks",
+                              json_object_get(body, "errbacks"), "chord",
+                              json_object_get(body, "chord"), "chain");
+    m->body = json_pack("[o, o, o]", args ? json_incref(args) : json_array(),
+                        kwargs ? json_incref(kwargs) : json_object(),
+                        embed ? embed : json_object());
+    json_decref(body);
+    return decode_headers(m, h, e);
+}
+
+/* Checks [args, kwargs, embed] and points m at its parts. */
+static int take_body_parts(struct message *m, struct err *e)
+{
     if (!json_is_array(m->body) || json_array_size(m->body) != 3)
         return err_set(e, E_PROTOCOL, "invalid task: body is not [args, kwargs, embed]");
     m->args = json_array_get(m->body, 0);
@@ -295,6 +333,41 @@ int message_decode_task(struct message *m, enum message_settle *settle, struct e
         m->embed = NULL;
     else if (!json_is_object(m->embed))
         return err_set(e, E_PROTOCOL, "invalid task: embed is not a mapping");
+    return 0;
+}
+
+int message_decode_task(struct message *m, enum message_settle *settle, struct err *e)
+{
+    *settle = SETTLE_REJECT;
+    json_t *headers = json_object_get(m->envelope, "headers");
+    if (headers && !json_is_object(headers))
+        return err_set(e, E_PROTOCOL, "unknown message: headers is not an object");
+    if (json_object_get(headers, "compression"))
+        return err_set(e, E_PROTOCOL, "compressed bodies are not supported");
+    m->task_name = str_field(headers, "task");
+    if (!m->task_name) {
+        json_t *body = NULL;
+        int rc = load_body(m, &body, settle, e);
+        if (rc)
+            return rc;
+        if (!json_is_object(body)) {
+            json_decref(body);
+            return err_set(e, E_PROTOCOL, "unknown message: no 'task' header");
+        }
+        if (decode_proto1(m, body, e) || take_body_parts(m, e))
+            return E_PROTOCOL;
+        *settle = SETTLE_NONE;
+        return 0;
+    }
+    if (!m->task_id)
+        return err_set(e, E_PROTOCOL, "invalid task: no 'id' header");
+    if (decode_headers(m, headers, e))
+        return E_PROTOCOL;
+    int rc = load_body(m, &m->body, settle, e);
+    if (rc)
+        return rc;
+    if (take_body_parts(m, e))
+        return E_PROTOCOL;
     *settle = SETTLE_NONE;
     return 0;
 }

@@ -26,7 +26,9 @@ enum message_settle {
  * which the struct owns; message_release() frees both. */
 struct message {
     json_t *envelope;          /* the list element as parsed */
-    json_t *body;              /* [args, kwargs, embed] after base64 + JSON decoding */
+    json_t *body;              /* [args, kwargs, embed] after base64 + JSON decoding (a
+                                  protocol 1 body is converted to this form) */
+    json_t *proto1_headers;    /* protocol 1: the v2 headers its body stood for, or NULL */
     const char *delivery_tag;  /* properties.delivery_tag */
     const char *exchange;      /* properties.delivery_info.exchange */
     const char *routing_key;   /* properties.delivery_info.routing_key */

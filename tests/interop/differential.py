@@ -60,6 +60,15 @@ CASES = [
     ("echo_kw", "tasks.echo", None, {"x": "kw"}, {}),
     ("sleep_short", "tasks.sleep", [0.2], None, {}),
     ("sleep_negative", "tasks.sleep", [-1], None, {}),
+    # Protocol 1 (task_protocol=1, as celery-node and gocelery send): the
+    # same tasks, the same answers.
+    ("p1_add", "tasks.add", [2, 3], None, {"_protocol": 1}),
+    ("p1_add_kwargs", "tasks.add", None, {"x": 2, "y": 40}, {"_protocol": 1}),
+    ("p1_fail", "tasks.fail", ["boom"], None, {"_protocol": 1}),
+    ("p1_echo", "tasks.echo", [{"a": [1, None, "\u2603"]}], None, {"_protocol": 1}),
+    ("p1_countdown", "tasks.add", [1, 1], None, {"_protocol": 1, "countdown": 0.5}),
+    ("p1_unknown", "tasks.nosuch", [1], None, {"_protocol": 1}),
+    ("p1_ignored", "tasks.add", [1, 2], None, {"_protocol": 1, "ignore_result": True}),
 ]
 
 # Fields not compared: they legitimately differ between two runs.
@@ -78,6 +87,8 @@ def client_view(res, timeout):
 
 def cmd_run(out_path):
     app = make_app()
+    app_v1 = make_app()
+    app_v1.conf.task_protocol = 1
     rds = redis.Redis.from_url(os.environ["REDIS_URL"])
     db = psycopg2.connect(os.environ["PG_URL"])
     db.autocommit = True
@@ -87,7 +98,9 @@ def cmd_run(out_path):
         cur.execute("UPDATE books SET title = %s WHERE id = 8", ("Caf\u00e9 \u2603 \U0001F4DA",))
     sent = []
     for name, task, args, kwargs, opts in CASES:
-        sent.append((name, opts, app.send_task(task, args=args, kwargs=kwargs, **opts)))
+        sender = app_v1 if opts.get("_protocol") == 1 else app
+        send_opts = {k: v for k, v in opts.items() if not k.startswith("_")}
+        sent.append((name, opts, sender.send_task(task, args=args, kwargs=kwargs, **send_opts)))
     out = {}
     for name, opts, res in sent:
         rec = {"id": res.id}

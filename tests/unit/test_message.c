@@ -532,13 +532,41 @@ TEST(v4_missing_content_type_rejected)
 }
 
 /* V5: protocol v1 (task in the body, headers {}) is not supported: reject. */
-TEST(v5_protocol_v1_rejected)
+/* V5: protocol 1 (body {task, id, args, ...}, no 'task' header) runs as
+ * Celery's worker runs it: converted to v2 headers and [args, kwargs, embed]. */
+TEST(v5_protocol_v1_converted)
 {
     const char *body = "{\"task\": \"tasks.add\", \"id\": \"" TASK_ID "\", \"args\": [2, 2], "
-                       "\"kwargs\": {}, \"retries\": 0, \"eta\": null, \"expires\": null, "
-                       "\"utc\": true, \"callbacks\": null, \"errbacks\": null, \"timelimit\": "
-                       "[null, null], \"taskset\": null, \"chord\": null}";
-    expect_task_fail(&(struct env){.body = body, .headers = "{}"}, SETTLE_REJECT, NULL);
+                       "\"kwargs\": {\"z\": 1}, \"retries\": 2, \"eta\": \"2030-01-01T00:00:00+00:00\", "
+                       "\"expires\": null, \"utc\": true, \"callbacks\": [{\"task\": \"t.cb\"}], "
+                       "\"errbacks\": null, \"timelimit\": [5, 3], \"taskset\": \"g-1\", "
+                       "\"chord\": null}";
+    struct message m;
+    decode_env_ok(&m, &(struct env){.body = body, .headers = "{}"});
+    ASSERT_EQ_STR(m.task_name, "tasks.add");
+    ASSERT_EQ_STR(m.task_id, TASK_ID);
+    ASSERT_EQ_INT(json_array_size(m.args), 2);
+    ASSERT_EQ_INT(json_integer_value(json_object_get(m.kwargs, "z")), 1);
+    ASSERT_EQ_INT(m.retries, 2);
+    ASSERT_NEAR(m.eta, 1893456000.0, 1e-6);
+    ASSERT_NEAR(m.time_limit, 5, 0);
+    ASSERT_NEAR(m.soft_time_limit, 3, 0);
+    ASSERT_EQ_STR(m.group, "g-1");
+    ASSERT_TRUE(json_is_array(json_object_get(m.embed, "callbacks")));
+    message_release(&m);
+}
+
+/* V5b: a protocol 1 body without a task name, or without an id, is rejected. */
+TEST(v5_protocol_v1_incomplete_rejected)
+{
+    expect_task_fail(&(struct env){.body = "{\"args\": []}", .headers = "{}"}, SETTLE_REJECT, NULL);
+    expect_task_fail(&(struct env){.body = "{\"task\": \"tasks.add\", \"args\": []}",
+                                   .headers = "{}"},
+                     SETTLE_REJECT, NULL);
+    expect_task_fail(&(struct env){.body = "{\"task\": \"tasks.add\", \"id\": \"" TASK_ID
+                                           "\", \"args\": 5}",
+                                   .headers = "{}"},
+                     SETTLE_REJECT, TASK_ID);
 }
 
 /* V6: expires in the past is parsed (the caller revokes it, not the decoder). */

@@ -10,6 +10,7 @@
 #include "util/time.h"
 #include "util/uuid.h"
 
+#include <ctype.h>
 #include <math.h>
 #include <strings.h>
 
@@ -370,6 +371,32 @@ int message_decode_task(struct message *m, enum message_settle *settle, struct e
         return E_PROTOCOL;
     *settle = SETTLE_NONE;
     return 0;
+}
+
+bool message_peek_id(const char *raw, size_t len, char *out, size_t out_size)
+{
+    static const char key[] = "\"correlation_id\"";
+    size_t tail = len < 16384 ? len : 16384;
+    const char *start = raw + len - tail, *hit = NULL;
+    for (const char *p = start; (p = memmem(p, (size_t)(raw + len - p), key, sizeof(key) - 1));
+         p++)
+        hit = p; /* the last one: a body cannot end after properties */
+    if (!hit)
+        return false;
+    const char *p = hit + sizeof(key) - 1, *end = raw + len;
+    while (p < end && (*p == ' ' || *p == ':'))
+        p++;
+    if (p >= end || *p++ != '"')
+        return false;
+    size_t n = 0;
+    while (p + n < end && n + 1 < out_size &&
+           (isalnum((unsigned char)p[n]) || p[n] == '-' || p[n] == '_'))
+        n++;
+    if (!n || p + n >= end || p[n] != '"')
+        return false;
+    memcpy(out, p, n);
+    out[n] = '\0';
+    return true;
 }
 
 char *message_envelope_json(const struct message *m)

@@ -72,6 +72,13 @@ int message_decode_envelope(struct message *m, const char *data, size_t len, con
  * settle; m->task_id is set whenever the headers carried one. */
 int message_decode_task(struct message *m, enum message_settle *settle, struct err *e);
 
+/* The task id of an envelope too large to decode, read without parsing it:
+ * kombu writes properties (with correlation_id, the task id for Celery's
+ * messages) after the body, so only the last few kilobytes are looked at.
+ * Copies a plausible id (letters, digits, '-', at most out_size - 1 bytes)
+ * into out and returns true, or returns false. */
+bool message_peek_id(const char *raw, size_t len, char *out, size_t out_size);
+
 /* The envelope re-serialised compactly (for the unacked hash entry). */
 char *message_envelope_json(const struct message *m);
 

@@ -905,6 +905,27 @@ static void restore_held(struct child *c)
     c->held_cap = 0;
 }
 
+/* A message over --max-message-size is not decoded; when its task id can
+ * be read cheaply, a FAILURE is stored under it so its client does not wait
+ * for ever. */
+static void drop_oversized(struct child *c, const struct delivery *d)
+{
+    char id[64];
+    bool known = message_peek_id(d->raw, d->len, id, sizeof(id));
+    log_error("dropped a message of %zu bytes from queue '%s'%s%s: larger than the %zu byte "
+              "limit", d->len, d->queue, known ? " for task " : "", known ? id : "",
+              c->cfg->broker.max_message);
+    if (!known)
+        return;
+    struct message m;
+    message_init(&m);
+    m.task_id = id;
+    char text[160];
+    snprintf(text, sizeof(text), "message of %zu bytes exceeds the worker's limit of %zu bytes "
+             "(--max-message-size)", d->len, c->cfg->broker.max_message);
+    store_invalid(c, &m, "InvalidTaskError", text);
+}
+
 static void handle(struct child *c, struct delivery *d)
 {
     struct message m;
@@ -915,8 +936,7 @@ static void handle(struct child *c, struct delivery *d)
     if (c->hand_full)
         c->hand_hash = broker_redis_hand_hash(d->raw, d->len);
     if (d->len > c->cfg->broker.max_message) {
-        log_error("dropped a message of %zu bytes from queue '%s': larger than the %zu byte limit",
-                  d->len, d->queue, c->cfg->broker.max_message);
+        drop_oversized(c, d);
         goto out_settle;
     }
     if (message_decode_envelope(&m, d->raw, d->len, d->queue, &settle, &e)) {

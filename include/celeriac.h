@@ -169,7 +169,7 @@ int celeriac_arg_json(struct celeriac_task *task, size_t index, const char *name
  * Setting a result replaces any earlier one. Strings are copied. */
 void celeriac_return_null(struct celeriac_task *task);
 void celeriac_return_int(struct celeriac_task *task, int64_t value);
-void celeriac_return_double(struct celeriac_task *task, double value); /* NaN/inf become null */
+void celeriac_return_double(struct celeriac_task *task, double value); /* NaN/inf as Python writes them */
 void celeriac_return_bool(struct celeriac_task *task, bool value);
 /* A UTF-8 string of len bytes (len may be (size_t)-1 for NUL-terminated). */
 void celeriac_return_str(struct celeriac_task *task, const char *value, size_t len);

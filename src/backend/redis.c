@@ -4,6 +4,7 @@
 #include "common.h"
 #include "util/buf.h"
 #include "backend/redis.h"
+#include "protocol/pyjson.h"
 #include "util/log.h"
 #include "util/time.h"
 
@@ -151,7 +152,7 @@ int backend_redis_open(struct backend_redis *b, struct err *e)
 
 static void add_json(struct buf *out, json_t *v)
 {
-    char *s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+    char *s = pyjson_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
     buf_adds(out, s ? s : "null");
     free(s);
 }

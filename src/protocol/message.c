@@ -5,6 +5,7 @@
  */
 #include "common.h"
 #include "protocol/message.h"
+#include "protocol/pyjson.h"
 #include "util/base64.h"
 #include "util/buf.h"
 #include "util/time.h"
@@ -198,53 +199,7 @@ static int body_bytes(const struct message *m, struct buf *out, enum message_set
     return 0;
 }
 
-/* Python's json writes NaN, Infinity and -Infinity, which are not JSON and
- * which jansson refuses. Replaces them (outside strings) with null, the
- * closest value C can carry, so such a message still runs. Returns true when
- * anything was replaced. */
-static bool python_specials_to_null(struct buf *text)
-{
-    static const struct { const char *tok; size_t len; } specials[] = {
-        {"-Infinity", 9}, {"Infinity", 8}, {"NaN", 3},
-    };
-    bool in_string = false, changed = false;
-    struct buf out = BUF_INIT;
-    for (size_t i = 0; i < text->len; i++) {
-        char c = text->data[i];
-        if (in_string) {
-            if (c == '\\' && i + 1 < text->len) {
-                buf_add(&out, text->data + i, 2);
-                i++;
-                continue;
-            }
-            in_string = c != '"';
-        } else if (c == '"') {
-            in_string = true;
-        } else {
-            bool hit = false;
-            for (size_t k = 0; k < ARRAY_SIZE(specials) && !hit; k++) {
-                if (text->len - i >= specials[k].len &&
-                    !memcmp(text->data + i, specials[k].tok, specials[k].len)) {
-                    buf_adds(&out, "null");
-                    i += specials[k].len - 1;
-                    hit = changed = true;
-                }
-            }
-            if (hit)
-                continue;
-        }
-        buf_addch(&out, c);
-    }
-    if (changed) {
-        buf_release(text);
-        *text = out;
-    } else {
-        buf_release(&out);
-    }
-    return changed;
-}
-
-/* The body as JSON (Python's NaN and Infinity read as null). 0, or a code
+/* The body as JSON (Python's NaN and Infinity as pyjson carries them). 0, or a code
  * with *settle set. */
 static int load_body(struct message *m, json_t **out, enum message_settle *settle, struct err *e)
 {
@@ -262,9 +217,7 @@ static int load_body(struct message *m, json_t **out, enum message_settle *settl
         return rc;
     }
     json_error_t jerr;
-    *out = json_loadb(raw.data, raw.len, JSON_DECODE_ANY, &jerr);
-    if (!*out && python_specials_to_null(&raw))
-        *out = json_loadb(raw.data, raw.len, JSON_DECODE_ANY, &jerr);
+    *out = pyjson_loadb(raw.data, raw.len, JSON_DECODE_ANY, &jerr);
     buf_release(&raw);
     if (!*out) {
         *settle = SETTLE_ACK;
@@ -502,10 +455,10 @@ void message_encode_task(struct buf *out, const struct task_send *t, char *id_ou
     json_t *embed = t->embed ? json_incref(t->embed)
                              : json_pack("{s:n, s:n, s:n, s:n}", "callbacks", "errbacks",
                                          "chain", "chord");
-    char *argsrepr = json_dumps(args, JSON_COMPACT | JSON_ENCODE_ANY);
-    char *kwargsrepr = json_dumps(kwargs, JSON_COMPACT);
+    char *argsrepr = pyjson_dumps(args, JSON_COMPACT | JSON_ENCODE_ANY);
+    char *kwargsrepr = pyjson_dumps(kwargs, JSON_COMPACT);
     json_t *body = json_pack("[ooo]", args, kwargs, embed);
-    char *body_text = json_dumps(body, JSON_COMPACT);
+    char *body_text = pyjson_dumps(body, JSON_COMPACT);
     json_decref(body);
     struct buf b64 = BUF_INIT;
     base64_encode(&b64, body_text, strlen(body_text));

@@ -6,6 +6,7 @@
 #include "common.h"
 #include "db/conn.h"
 #include "protocol/message.h"
+#include "protocol/pyjson.h"
 #include "task/context.h"
 #include "util/log.h"
 
@@ -136,6 +137,8 @@ static json_t *find_arg(const struct celeriac_task *t, size_t index, const char 
 
 static const char *json_type_name(const json_t *v)
 {
+    if (pyjson_is_special(v))
+        return "float";
     switch (json_typeof(v)) {
     case JSON_OBJECT:
         return "dict";
@@ -218,9 +221,8 @@ CELERIAC_API int celeriac_arg_double(struct celeriac_task *task, size_t index, c
     json_t *v = require_arg(task, index, name);
     if (!v)
         return CELERIAC_FAILED;
-    if (!json_is_number(v))
+    if (!pyjson_number(v, out)) /* NaN and ±inf too, as Python's float() */
         return wrong_type(task, index, name, "float", v);
-    *out = json_number_value(v);
     return CELERIAC_OK;
 }
 
@@ -242,7 +244,7 @@ CELERIAC_API int celeriac_arg_str(struct celeriac_task *task, size_t index, cons
     json_t *v = require_arg(task, index, name);
     if (!v)
         return CELERIAC_FAILED;
-    if (!json_is_string(v))
+    if (!json_is_string(v) || pyjson_is_special(v))
         return wrong_type(task, index, name, "str", v);
     *out = json_string_value(v);
     if (len)
@@ -256,7 +258,7 @@ CELERIAC_API int celeriac_arg_json(struct celeriac_task *task, size_t index, con
     json_t *v = require_arg(task, index, name);
     if (!v)
         return CELERIAC_FAILED;
-    char *s = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+    char *s = pyjson_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
     if (!s)
         return fail(task, "ValueError", "argument cannot be rendered as JSON");
     size_t n = strlen(s) + 1;
@@ -287,7 +289,7 @@ CELERIAC_API void celeriac_return_int(struct celeriac_task *task, int64_t value)
 
 CELERIAC_API void celeriac_return_double(struct celeriac_task *task, double value)
 {
-    set_result(task, isfinite(value) ? json_real(value) : NULL);
+    set_result(task, pyjson_real(value));
 }
 
 CELERIAC_API void celeriac_return_bool(struct celeriac_task *task, bool value)
@@ -312,7 +314,7 @@ CELERIAC_API void celeriac_return_str(struct celeriac_task *task, const char *va
 CELERIAC_API int celeriac_return_json(struct celeriac_task *task, const char *json)
 {
     json_error_t jerr;
-    json_t *v = json_loads(json, JSON_DECODE_ANY, &jerr);
+    json_t *v = pyjson_loadb(json, strlen(json), JSON_DECODE_ANY, &jerr);
     if (!v)
         return fail(task, "TypeError", "result is not valid JSON: %s", jerr.text);
     set_result(task, json_is_null(v) ? (json_decref(v), NULL) : v);

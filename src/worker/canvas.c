@@ -7,6 +7,7 @@
 #include "backend/redis.h"
 #include "broker/redis.h"
 #include "protocol/message.h"
+#include "protocol/pyjson.h"
 #include "util/buf.h"
 #include "util/log.h"
 #include "util/time.h"
@@ -211,7 +212,7 @@ static int finish_chord(const struct canvas *cv, const struct message *m, json_t
     if (failed_id) {
         const char *body_id = json_string_value(
             json_object_get(json_object_get(body, "options"), "task_id"));
-        char *repr = json_dumps(failed_result, JSON_COMPACT | JSON_ENCODE_ANY);
+        char *repr = pyjson_dumps(failed_result, JSON_COMPACT | JSON_ENCODE_ANY);
         struct buf why = BUF_INIT;
         buf_addf(&why, "Dependency %s raised %s", failed_id, repr ? repr : "?");
         free(repr);
@@ -246,7 +247,7 @@ int canvas_chord_part(const struct canvas *cv, const struct message *m, const ch
         return rc;
     struct redis_link *l = &cv->backend->link;
     json_t *part = json_pack("[i, s, s, O]", 1, m->task_id, state, result ? result : json_null());
-    char *part_text = json_dumps(part, JSON_COMPACT);
+    char *part_text = pyjson_dumps(part, JSON_COMPACT);
     json_decref(part);
     struct buf j = BUF_INIT, t = BUF_INIT, s = BUF_INIT;
     buf_addf(&j, CHORD_KEY_PREFIX "%s.j", m->group);

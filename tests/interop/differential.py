@@ -58,6 +58,9 @@ CASES = [
     ("echo_null", "tasks.echo", [None], None, {}),
     ("echo_big_int", "tasks.echo", [2 ** 63 - 1], None, {}),
     ("echo_kw", "tasks.echo", None, {"x": "kw"}, {}),
+    # Python's json writes NaN and Infinity; they must come back as written.
+    ("echo_specials", "tasks.echo", [[float("nan"), float("inf"), float("-inf"), 0.5]], None, {}),
+    ("echo_specials_kw", "tasks.echo", None, {"x": {"n": float("nan")}}, {}),
     ("sleep_short", "tasks.sleep", [0.2], None, {}),
     ("sleep_negative", "tasks.sleep", [-1], None, {}),
     # Protocol 1 (task_protocol=1, as celery-node and gocelery send): the

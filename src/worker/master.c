@@ -425,6 +425,10 @@ static int supervise(struct master *m)
             signal_children(m, SIGTERM);
             m->stop_sent = true;
         }
+        if (sig_hup) {
+            sig_hup = 0;
+            log_warning("SIGHUP received: reload is not supported yet; ignored");
+        }
         salvage_due(m);
         if (m->stop_sent) {
             if (!alive_count(m))

@@ -39,8 +39,8 @@ struct child_entry {
         char tag[40];
         uint64_t hand_settled; /* its slot's hand_settled, for the next child */
     } lost;
-    bool hand_check;         /* died uncleanly and no replacement came: its hand may
-                                hold a message it never started (salvage_due) */
+    bool hand_check;         /* died and no replacement comes: its task, held
+                                messages or hand are for the salvage process */
 };
 
 struct master {
@@ -57,7 +57,7 @@ struct master {
     int salvage_runs;               /* bounded: the broker may be gone for good */
 };
 
-/* A salvage run is tried this many times in a worker's life before the
+/* A salvage run may fail this many times in a worker's life before the
  * master gives up (each run already retries for seconds). */
 #define SALVAGE_RUNS_MAX 3
 
@@ -149,6 +149,43 @@ static void remember_lost_task(struct child_entry *ce, struct slot *s, int statu
 }
 
 
+/* A child of slot i died and no replacement will come (stopping, or the
+ * pool shrank): what it left is for the salvage process (salvage_due). The
+ * task it was running (a cold shutdown kills children mid-task), or one it
+ * inherited and never settled; ETA messages it held; in plain-pop mode, its
+ * hand, if it did not leave through its exit path. */
+static void leave_to_salvage(struct master *m, int i, int status)
+{
+    struct child_entry *ce = &m->children[i];
+    bool clean = WIFEXITED(status) && (WEXITSTATUS(status) == EXIT_OK ||
+                                       WEXITSTATUS(status) == EXIT_RECYCLED ||
+                                       WEXITSTATUS(status) == EXIT_CANNOT_SERVE);
+    bool hand = !clean && !m->cfg->broker.record_unacked;
+    bool held = atomic_load(&m->sb.held[i].n) > 0;
+    if (!hand && !held && ce->lost.reason == LOST_NONE)
+        return;
+    ce->hand_check = true;
+    pass_lost_task(ce, &m->sb.slots[i]);
+    atomic_store(&m->sb.slots[i].hand_check, 1);
+}
+
+/* The salvage process ended: slots it could not finish stay marked for the
+ * next run; a failed run counts towards SALVAGE_RUNS_MAX. */
+static void salvage_reaped(struct master *m, int status)
+{
+    m->salvage_pid = 0;
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != EXIT_OK)
+        m->salvage_runs++;
+    for (size_t i = 0; i < m->sb.n; i++) {
+        struct child_entry *ce = &m->children[i];
+        if (ce->pid)
+            continue;
+        ce->hand_check = atomic_load(&m->sb.slots[i].hand_check);
+        if (atomic_load(&m->sb.slots[i].lost_reason) == LOST_NONE)
+            ce->lost.reason = LOST_NONE; /* settled: a child forked later must not again */
+    }
+}
+
 static int find_child(struct master *m, pid_t pid)
 {
     for (int i = 0; i < (int)m->sb.n; i++)
@@ -167,9 +204,7 @@ static void reap(struct master *m)
         if (pid <= 0)
             return; /* 0: none left to reap; ECHILD: no children at all */
         if (pid == m->salvage_pid) {
-            m->salvage_pid = 0;
-            for (size_t i = 0; i < m->sb.n; i++)
-                m->children[i].hand_check = atomic_load(&m->sb.slots[i].hand_check);
+            salvage_reaped(m, status);
             continue;
         }
         if (pid == m->control.pid) {
@@ -214,14 +249,7 @@ static void reap(struct master *m)
         }
         if (m->stop_sent || i >= pool_target(m)) {
             ce->retiring = false;
-            bool clean = WIFEXITED(status) && (WEXITSTATUS(status) == EXIT_OK ||
-                                               WEXITSTATUS(status) == EXIT_RECYCLED ||
-                                               WEXITSTATUS(status) == EXIT_CANNOT_SERVE);
-            if (!clean && !m->cfg->broker.record_unacked) {
-                ce->hand_check = true; /* no replacement will look: salvage_due */
-                pass_lost_task(ce, &m->sb.slots[i]);
-                atomic_store(&m->sb.slots[i].hand_check, 1);
-            }
+            leave_to_salvage(m, i, status);
             continue;
         }
         if (lived >= HEALTHY_LIFETIME_MS)
@@ -238,9 +266,9 @@ static void reap(struct master *m)
     }
 }
 
-/* Forks the salvage process when a child died uncleanly in a slot no
- * replacement will take (the worker is stopping, the pool shrank): its hand
- * may hold a message it never started. */
+/* Forks the salvage process when a child died in a slot no replacement will
+ * take (the worker is stopping, the pool shrank) leaving something to settle
+ * (leave_to_salvage). */
 static void salvage_due(struct master *m)
 {
     if (m->salvage_pid || m->salvage_runs >= SALVAGE_RUNS_MAX)
@@ -251,11 +279,12 @@ static void salvage_due(struct master *m)
     if (!wanted)
         return;
     pid_t pid = spawn_salvage(m->cfg, &m->sb, m->deathwatch);
-    m->salvage_runs++;
-    if (pid > 0)
+    if (pid > 0) {
         m->salvage_pid = pid;
-    else
+    } else {
+        m->salvage_runs++;
         log_error("fork of the salvage process failed: %s", strerror(-pid));
+    }
 }
 
 static int alive_count(struct master *m)

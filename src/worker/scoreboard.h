@@ -72,7 +72,7 @@ struct slot {
     char lost_tag[40];
     _Atomic uint64_t lost_hand_settled; /* the dead child's hand_settled */
     _Atomic int hand_check;         /* no replacement comes: the salvage process must
-                                       look in this slot's hand (broker/redis.h) */
+                                       settle lost_*, held tags and this slot's hand */
 };
 
 /* ETA messages a child holds while running others (Celery raises its

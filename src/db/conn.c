@@ -91,7 +91,8 @@ int db_conn_open(struct db_conn *c, int attempts, volatile sig_atomic_t *stop, s
         bool last = (attempts > 0 && attempt >= attempts) || (stop && *stop);
         if (last) {
             if (attempts > 0)
-                log_error("database unreachable after %d attempt%s: %s", attempt,
+                log_write(c->quiet ? LOG_DEBUG : LOG_ERROR,
+                          "database unreachable after %d attempt%s: %s", attempt,
                           attempt == 1 ? "" : "s", e ? e->msg : "");
             return rc;
         }

@@ -48,6 +48,9 @@ struct slot {
     _Atomic int outage_mode;        /* set by the master once the worker has served: a
                                        database that is down is an outage to wait out,
                                        not a reason to give up ("cannot serve") */
+    _Atomic int probe;              /* set by the master: this child retries a slot whose
+                                       last child could not serve; it tries its database
+                                       once and gives up quietly (the master reports) */
     double time_start;              /* Unix time the running task started */
     char task_id[40];               /* hint: may be torn while being written */
     char task_name[96];

@@ -183,8 +183,8 @@ static void salvage_reaped(struct master *m, int status)
         m->salvage_runs++;
     for (size_t i = 0; i < m->sb.n; i++) {
         struct child_entry *ce = &m->children[i];
-        if (ce->pid)
-            continue;
+        if (ce->pid || !ce->hand_check)
+            continue; /* not the salvage's: a slot awaiting its replacement keeps its task */
         ce->hand_check = atomic_load(&m->sb.slots[i].hand_check);
         if (atomic_load(&m->sb.slots[i].lost_reason) == LOST_NONE)
             ce->lost.reason = LOST_NONE; /* settled: a child forked later must not again */

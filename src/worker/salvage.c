@@ -122,7 +122,10 @@ static int settle_lost(struct salvage *sv, struct slot *s)
     s->lost_task_name[sizeof(s->lost_task_name) - 1] = '\0';
     if (reason == LOST_UNSTARTED || (reason == LOST_CRASH && atomic_load(&s->lost_acks_late))) {
         rc = broker_redis_restore(&sv->broker, s->lost_tag, false, &e);
-        if (rc == BROKER_RESTORED)
+        if (rc == BROKER_RESTORED && reason == LOST_UNSTARTED)
+            log_warning("message %s: its child was stopped before starting it; restored to its "
+                        "queue", s->lost_tag);
+        else if (rc == BROKER_RESTORED)
             log_warning("Task %s[%s]: its process was stopped before it finished; restored to "
                         "its queue (%s)", s->lost_task_name, s->lost_task_id, s->lost_tag);
     } else if (reason == LOST_CRASH) {

@@ -310,9 +310,10 @@ static json_t *cmd_revoke(struct pidbox *p, json_t *args, bool force_terminate)
     json_t *list = json_is_array(ids) ? json_incref(ids) : json_pack("[O]", ids ? ids : json_null());
     bool terminate = force_terminate || json_is_true(json_object_get(args, "terminate"));
     int sig = signal_number(json_object_get(args, "signal"));
-    /* TERM asks a celeriac child to finish its task and stop: terminating
-     * the task needs KILL (its replacement reports it as revoked). */
-    if (sig == SIGTERM || sig == SIGINT)
+    /* TERM asks a celeriac child to finish its task and stop, and a child
+     * ignores HUP: terminating the task needs KILL (its replacement reports
+     * it as revoked). */
+    if (sig == SIGTERM || sig == SIGINT || sig == SIGHUP)
         sig = SIGKILL;
     if (terminate && sig <= 0) {
         json_decref(list);

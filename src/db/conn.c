@@ -108,7 +108,8 @@ int db_conn_open(struct db_conn *c, int attempts, volatile sig_atomic_t *stop, s
         bool last = (attempts > 0 && attempt >= attempts) || (stop && *stop);
         if (last) {
             if (attempts > 0)
-                log_error("database unreachable after %d attempt%s in %.1f s: %s", attempt,
+                log_write(c->quiet ? LOG_DEBUG : LOG_ERROR,
+                          "database unreachable after %d attempt%s in %.1f s: %s", attempt,
                           attempt == 1 ? "" : "s", took, e ? e->msg : "");
             else if (attempt > 1)
                 log_info("stopped retrying database '%s' after %d failed attempts in %.1f s",

@@ -46,6 +46,8 @@ struct db_conn {
     int64_t recycle_at_ms;        /* jittered max_age deadline; 0 = none */
     uint64_t recycle_after;       /* jittered max_uses; 0 = none */
     char app_name[64];            /* PostgreSQL application_name */
+    bool quiet;                   /* db_conn_open logs failures at debug level: the
+                                     caller reports them (a worker's capacity probe) */
     db_hook_fn on_open;           /* NULL or library hook glue */
     db_hook_fn on_close;
     void *hook_arg;

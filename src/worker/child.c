@@ -1217,6 +1217,18 @@ ATTR_NORETURN static void leave(struct child *c, int code)
     _exit(code);
 }
 
+/* Gives up at start: the master does not replace a child that cannot serve
+ * until the worker serves. A capacity probe (the master retrying such a
+ * slot) fails quietly: the master reports the shortage once. */
+ATTR_NORETURN static void give_up(struct child *c, const char *why)
+{
+    if (atomic_load(&c->slot->probe))
+        log_debug("cannot serve yet: %s", why);
+    else
+        log_critical("cannot serve: %s", why);
+    leave(c, EXIT_CANNOT_SERVE);
+}
+
 void child_main(const struct worker_config *cfg, struct scoreboard *sb, struct slot *slot,
                 int index, int deathwatch_fd)
 {
@@ -1263,21 +1275,22 @@ void child_main(const struct worker_config *cfg, struct scoreboard *sb, struct s
         struct err e = {0};
         /* At the worker's start an unreachable database is a configuration
          * problem: give up after the configured attempts. A replacement for a
-         * child that served waits the outage out (retrying with backoff). */
-        int attempts = atomic_load(&slot->outage_mode) ? 0 : cfg->db.attempts;
+         * child that served waits the outage out (retrying with backoff). A
+         * probe tries once: the master retries the slot with its backoff. */
+        int attempts = atomic_load(&slot->probe)        ? 1
+                       : atomic_load(&slot->outage_mode) ? 0
+                                                         : cfg->db.attempts;
+        c.db.quiet = atomic_load(&slot->probe);
         if (db_conn_open(&c.db, attempts, &sig_stop, &e)) {
             if (sig_stop)
                 leave(&c, EXIT_OK);
-            log_critical("cannot serve: %s", e.msg);
-            leave(&c, EXIT_CANNOT_SERVE);
+            give_up(&c, e.msg);
         }
         log_info("database connection to '%s' opened by pid %d (after fork, application_name "
                  "'%s')", cfg->db.where, (int)getpid(), app_name);
     }
-    if (cfg->lib.desc->process_init && cfg->lib.desc->process_init(&c.proc)) {
-        log_critical("cannot serve: the task library's process_init hook failed");
-        leave(&c, EXIT_CANNOT_SERVE);
-    }
+    if (cfg->lib.desc->process_init && cfg->lib.desc->process_init(&c.proc))
+        give_up(&c, "the task library's process_init hook failed");
     if (ensure_broker(&c) || ensure_backend(&c))
         leave(&c, EXIT_OK);
     timer_child = &c;

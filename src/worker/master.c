@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT
  * worker/master.c: supervision of the children: fork them, reap them, replace
- * the dead with backoff, stop warm or cold on signals, and stop for good when
- * no child can serve. The master never opens a broker or database connection,
+ * the dead with backoff, stop warm or cold on signals, stop for good when no
+ * child can serve at start, and retry slots that could not serve once some
+ * child does. The master never opens a broker or database connection,
  * so nothing it holds can leak into a fork.
  */
 #include "common.h"
@@ -25,7 +26,8 @@ struct child_entry {
     pid_t pid;               /* 0 when the slot has no process */
     int64_t started_ms;
     int64_t respawn_at_ms;   /* when to fork a replacement; 0 = not scheduled */
-    bool cannot_serve;       /* exited EXIT_CANNOT_SERVE: never respawned */
+    bool cannot_serve;       /* its last child exited EXIT_CANNOT_SERVE and none has
+                                served since: retried (a probe) once the worker serves */
     bool killed_for_limit;   /* the master killed it past its hard time limit */
     bool retiring;           /* asked to stop because the pool shrank */
     struct backoff respawn;
@@ -39,8 +41,8 @@ struct child_entry {
         char tag[40];
         uint64_t hand_settled; /* its slot's hand_settled, for the next child */
     } lost;
-    bool hand_check;         /* died uncleanly and no replacement came: its hand may
-                                hold a message it never started (salvage_due) */
+    bool hand_check;         /* died and no replacement comes: its task, held
+                                messages or hand are for the salvage process */
 };
 
 struct master {
@@ -51,13 +53,15 @@ struct master {
     int deathwatch[2];
     bool stop_sent;
     bool kill_sent;
-    bool ready_logged;
+    bool ready_logged;              /* some child became ready: the worker serves */
+    bool short_logged;              /* a capacity shortage was reported (once per episode) */
+    unsigned short_retries;         /* failed probes in this episode */
     bool trimmed;
     pid_t salvage_pid;              /* returning what dead children's hands held */
     int salvage_runs;               /* bounded: the broker may be gone for good */
 };
 
-/* A salvage run is tried this many times in a worker's life before the
+/* A salvage run may fail this many times in a worker's life before the
  * master gives up (each run already retries for seconds). */
 #define SALVAGE_RUNS_MAX 3
 
@@ -87,6 +91,7 @@ static void start_child(struct master *m, int i)
     memset(&m->sb.slots[i], 0, sizeof(m->sb.slots[i]));
     pass_lost_task(ce, &m->sb.slots[i]);
     atomic_store(&m->sb.slots[i].outage_mode, m->ready_logged);
+    atomic_store(&m->sb.slots[i].probe, ce->cannot_serve);
     pid_t pid = spawn_child(m->cfg, &m->sb, i, m->deathwatch);
     if (pid < 0) {
         int64_t delay = backoff_next(&ce->respawn);
@@ -149,6 +154,99 @@ static void remember_lost_task(struct child_entry *ce, struct slot *s, int statu
 }
 
 
+/* A child of slot i died and no replacement will come (stopping, or the
+ * pool shrank): what it left is for the salvage process (salvage_due). The
+ * task it was running (a cold shutdown kills children mid-task), or one it
+ * inherited and never settled; ETA messages it held; in plain-pop mode, its
+ * hand, if it did not leave through its exit path. */
+static void leave_to_salvage(struct master *m, int i, int status)
+{
+    struct child_entry *ce = &m->children[i];
+    bool clean = WIFEXITED(status) && (WEXITSTATUS(status) == EXIT_OK ||
+                                       WEXITSTATUS(status) == EXIT_RECYCLED ||
+                                       WEXITSTATUS(status) == EXIT_CANNOT_SERVE);
+    bool hand = !clean && !m->cfg->broker.record_unacked;
+    bool held = atomic_load(&m->sb.held[i].n) > 0;
+    if (!hand && !held && ce->lost.reason == LOST_NONE)
+        return;
+    ce->hand_check = true;
+    pass_lost_task(ce, &m->sb.slots[i]);
+    atomic_store(&m->sb.slots[i].hand_check, 1);
+}
+
+/* The salvage process ended: slots it could not finish stay marked for the
+ * next run; a failed run counts towards SALVAGE_RUNS_MAX. */
+static void salvage_reaped(struct master *m, int status)
+{
+    m->salvage_pid = 0;
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != EXIT_OK)
+        m->salvage_runs++;
+    for (size_t i = 0; i < m->sb.n; i++) {
+        struct child_entry *ce = &m->children[i];
+        if (ce->pid || !ce->hand_check)
+            continue; /* not the salvage's: a slot awaiting its replacement keeps its task */
+        ce->hand_check = atomic_load(&m->sb.slots[i].hand_check);
+        if (atomic_load(&m->sb.slots[i].lost_reason) == LOST_NONE)
+            ce->lost.reason = LOST_NONE; /* settled: a child forked later must not again */
+    }
+}
+
+/* A child gave up at start (its database refused it, process_init failed).
+ * Before any child has served, that may be a configuration error, and when
+ * every child does, the worker stops (none_can_serve). Once the worker
+ * serves, it is a shortage that may pass (max_connections, a role's
+ * connection limit): the slot is retried with its own backoff by a probe
+ * child, which fails quietly; capacity_check reports the episode once. */
+static void cannot_serve_exit(struct master *m, int i, pid_t pid)
+{
+    struct child_entry *ce = &m->children[i];
+    bool was_probe = ce->cannot_serve;
+    ce->cannot_serve = true;
+    ce->respawn_at_ms = time_mono_ms() + backoff_next(&ce->respawn);
+    if (was_probe) {
+        m->short_retries++;
+        log_debug("child %d (pid %d) still cannot serve; next try in %" PRId64 " ms", i,
+                  (int)pid, ce->respawn_at_ms - time_mono_ms());
+    } else {
+        log_error("child %d (pid %d) cannot serve; %s", i, (int)pid,
+                  m->ready_logged ? "retrying it with backoff"
+                                  : "retrying it with backoff once another child serves");
+    }
+}
+
+/* Once per loop: slots whose probe became ready serve again; a shortage
+ * (slots that cannot serve while the worker serves) is logged once when it
+ * starts, with the count and the next attempt, and once when it ends. */
+static void capacity_check(struct master *m)
+{
+    int target = pool_target(m), short_now = 0;
+    int64_t next = 0, now = time_mono_ms();
+    for (int i = 0; i < target && i < (int)m->sb.n; i++) {
+        struct child_entry *ce = &m->children[i];
+        int state = atomic_load(&m->sb.slots[i].state);
+        if (ce->cannot_serve && ce->pid && (state == CHILD_IDLE || state == CHILD_BUSY)) {
+            ce->cannot_serve = false;
+            backoff_reset(&ce->respawn);
+        }
+        if (!ce->cannot_serve)
+            continue;
+        short_now++;
+        if (!ce->pid && ce->respawn_at_ms && (!next || ce->respawn_at_ms < next))
+            next = ce->respawn_at_ms;
+    }
+    if (m->ready_logged && short_now && !m->short_logged) {
+        log_warning("%d of %d children cannot serve; retrying each with backoff (next attempt "
+                    "in %.1f s), quietly until they serve",
+                    short_now, target, next > now ? (double)(next - now) / 1000.0 : 0.0);
+        m->short_logged = true;
+        m->short_retries = 0;
+    } else if (!short_now && m->short_logged) {
+        log_info("all %d children serve again (after %u failed retries)", target,
+                 m->short_retries);
+        m->short_logged = false;
+    }
+}
+
 static int find_child(struct master *m, pid_t pid)
 {
     for (int i = 0; i < (int)m->sb.n; i++)
@@ -167,9 +265,7 @@ static void reap(struct master *m)
         if (pid <= 0)
             return; /* 0: none left to reap; ECHILD: no children at all */
         if (pid == m->salvage_pid) {
-            m->salvage_pid = 0;
-            for (size_t i = 0; i < m->sb.n; i++)
-                m->children[i].hand_check = atomic_load(&m->sb.slots[i].hand_check);
+            salvage_reaped(m, status);
             continue;
         }
         if (pid == m->control.pid) {
@@ -193,9 +289,8 @@ static void reap(struct master *m)
         atomic_store(&m->sb.slots[i].state, CHILD_EMPTY);
         if (WIFEXITED(status)) {
             int code = WEXITSTATUS(status);
-            if (code == EXIT_CANNOT_SERVE) {
-                ce->cannot_serve = true;
-                log_error("child %d (pid %d) cannot serve; not replacing it", i, (int)pid);
+            if (code == EXIT_CANNOT_SERVE && !m->stop_sent && i < pool_target(m)) {
+                cannot_serve_exit(m, i, pid);
                 continue;
             }
             if (code == EXIT_RECYCLED && !m->stop_sent) {
@@ -214,14 +309,7 @@ static void reap(struct master *m)
         }
         if (m->stop_sent || i >= pool_target(m)) {
             ce->retiring = false;
-            bool clean = WIFEXITED(status) && (WEXITSTATUS(status) == EXIT_OK ||
-                                               WEXITSTATUS(status) == EXIT_RECYCLED ||
-                                               WEXITSTATUS(status) == EXIT_CANNOT_SERVE);
-            if (!clean && !m->cfg->broker.record_unacked) {
-                ce->hand_check = true; /* no replacement will look: salvage_due */
-                pass_lost_task(ce, &m->sb.slots[i]);
-                atomic_store(&m->sb.slots[i].hand_check, 1);
-            }
+            leave_to_salvage(m, i, status);
             continue;
         }
         if (lived >= HEALTHY_LIFETIME_MS)
@@ -238,9 +326,9 @@ static void reap(struct master *m)
     }
 }
 
-/* Forks the salvage process when a child died uncleanly in a slot no
- * replacement will take (the worker is stopping, the pool shrank): its hand
- * may hold a message it never started. */
+/* Forks the salvage process when a child died in a slot no replacement will
+ * take (the worker is stopping, the pool shrank) leaving something to settle
+ * (leave_to_salvage). */
 static void salvage_due(struct master *m)
 {
     if (m->salvage_pid || m->salvage_runs >= SALVAGE_RUNS_MAX)
@@ -251,11 +339,12 @@ static void salvage_due(struct master *m)
     if (!wanted)
         return;
     pid_t pid = spawn_salvage(m->cfg, &m->sb, m->deathwatch);
-    m->salvage_runs++;
-    if (pid > 0)
+    if (pid > 0) {
         m->salvage_pid = pid;
-    else
+    } else {
+        m->salvage_runs++;
         log_error("fork of the salvage process failed: %s", strerror(-pid));
+    }
 }
 
 static int alive_count(struct master *m)
@@ -283,6 +372,12 @@ static void signal_children(struct master *m, int sig)
             kill(m->children[i].pid, sig);
 }
 
+/* A slot that could not serve is retried only once the worker serves. */
+static bool wants_child(const struct master *m, const struct child_entry *ce)
+{
+    return !ce->cannot_serve || m->ready_logged;
+}
+
 /* Milliseconds until the next scheduled respawn, capped at `cap`. */
 static int next_timeout(struct master *m, int cap)
 {
@@ -291,7 +386,7 @@ static int next_timeout(struct master *m, int cap)
         best = m->control.respawn_at_ms - now < best ? m->control.respawn_at_ms - now : best;
     for (int i = 0; i < (int)m->sb.n; i++) {
         struct child_entry *ce = &m->children[i];
-        if (!ce->pid && ce->respawn_at_ms && !ce->cannot_serve)
+        if (!ce->pid && ce->respawn_at_ms && wants_child(m, ce))
             best = ce->respawn_at_ms - now < best ? ce->respawn_at_ms - now : best;
     }
     return best < 0 ? 0 : (int)best;
@@ -316,7 +411,7 @@ static void respawn_due(struct master *m)
         if (!ce->pid && !ce->cannot_serve && !ce->respawn_at_ms)
             ce->respawn_at_ms = now; /* newly wanted after pool_grow */
         /* Not while a salvage run may be emptying this slot's hand. */
-        if (!ce->pid && !ce->cannot_serve && ce->respawn_at_ms && ce->respawn_at_ms <= now &&
+        if (!ce->pid && wants_child(m, ce) && ce->respawn_at_ms && ce->respawn_at_ms <= now &&
             !(m->salvage_pid && ce->hand_check))
             start_child(m, i);
     }
@@ -425,16 +520,21 @@ static int supervise(struct master *m)
             signal_children(m, SIGTERM);
             m->stop_sent = true;
         }
+        if (sig_hup) {
+            sig_hup = 0;
+            log_warning("SIGHUP received: reload is not supported yet; ignored");
+        }
         salvage_due(m);
         if (m->stop_sent) {
             if (!alive_count(m))
                 return EXIT_OK; /* both were asked for */
             continue;
         }
-        if (none_can_serve(m)) {
+        if (!m->ready_logged && none_can_serve(m)) {
             log_critical("no child could connect to its database; stopping");
             return EXIT_CANNOT_SERVE;
         }
+        capacity_check(m);
         respawn_due(m);
     }
 }

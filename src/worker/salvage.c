@@ -1,11 +1,12 @@
 /* SPDX-License-Identifier: MIT
- * worker/salvage.c: returning unstarted messages left in dead children's
- * hands (see salvage.h).
+ * worker/salvage.c: settling what dead children left when no replacement
+ * will: their tasks, held messages and hands (see salvage.h).
  */
 #include "common.h"
 #include "util/backoff.h"
 #include "util/log.h"
 #include "util/time.h"
+#include "protocol/message.h"
 #include "worker/salvage.h"
 
 #include <signal.h>
@@ -75,12 +76,124 @@ int hand_adopt_orphans(struct broker_redis *b, const char *node, pid_t self_mast
     return rc;
 }
 
+struct salvage {
+    const struct worker_config *cfg;
+    struct scoreboard *sb;
+    struct broker_redis broker;
+    struct backend_redis backend;   /* opened only when a result must be stored */
+};
+
+/* FAILURE WorkerLostError for an early-acked task whose child was killed,
+ * in the JSON a replacement child stores (redelivered: a SUCCESS it stored
+ * just before dying is kept). 0, or E_CONN_LOST. */
+static int store_worker_lost(struct salvage *sv, struct slot *s, struct err *e)
+{
+    if (!sv->cfg->backend.enabled || !s->lost_task_id[0])
+        return 0;
+    if (!redis_link_is_open(&sv->backend.link) && backend_redis_open(&sv->backend, e))
+        return E_CONN_LOST;
+    char text[128];
+    int sig = atomic_load(&s->lost_signal);
+    snprintf(text, sizeof(text), "Worker exited prematurely: signal %d (%s).", sig,
+             sig ? strsignal(sig) : "exit");
+    json_t *exc = message_exception("WorkerLostError", "billiard.exceptions", text);
+    struct result_meta meta = {.status = "FAILURE", .result = exc, .task_id = s->lost_task_id,
+                               .redelivered = true};
+    int rc = backend_redis_store(&sv->backend, &meta, e);
+    json_decref(exc);
+    if (!rc)
+        log_error("Task %s[%s] raised WorkerLostError: %s", s->lost_task_name, s->lost_task_id,
+                  text);
+    return rc;
+}
+
+/* What a dead child ran when no replacement will settle it (a cold
+ * shutdown killed it, or it died while the worker was stopping or the pool
+ * shrinking): a late-ack message goes back to its queue, as kombu restores a
+ * closing channel's unacked messages; an early-acked task would stay PENDING
+ * forever, so it is stored as WorkerLostError, as a replacement child does.
+ * 0 when settled (or nothing can be done), or E_CONN_LOST to try again. */
+static int settle_lost(struct salvage *sv, struct slot *s)
+{
+    int reason = atomic_load(&s->lost_reason);
+    struct err e = {0};
+    int rc = 0;
+    s->lost_tag[sizeof(s->lost_tag) - 1] = s->lost_task_id[sizeof(s->lost_task_id) - 1] = '\0';
+    s->lost_task_name[sizeof(s->lost_task_name) - 1] = '\0';
+    if (reason == LOST_UNSTARTED || (reason == LOST_CRASH && atomic_load(&s->lost_acks_late))) {
+        rc = broker_redis_restore(&sv->broker, s->lost_tag, false, &e);
+        if (rc == BROKER_RESTORED && reason == LOST_UNSTARTED)
+            log_warning("message %s: its child was stopped before starting it; restored to its "
+                        "queue", s->lost_tag);
+        else if (rc == BROKER_RESTORED)
+            log_warning("Task %s[%s]: its process was stopped before it finished; restored to "
+                        "its queue (%s)", s->lost_task_name, s->lost_task_id, s->lost_tag);
+    } else if (reason == LOST_CRASH) {
+        rc = store_worker_lost(sv, s, &e);
+    } else if (reason != LOST_NONE) {
+        log_warning("Task %s[%s]: left unsettled by a child that was stopped; a late-ack "
+                    "message is restored by the visibility sweep", s->lost_task_name,
+                    s->lost_task_id);
+    }
+    if (rc < 0 && rc != E_CONN_LOST) {
+        log_error("salvage: settling %s: %s", s->lost_task_id, e.msg);
+        rc = 0; /* not a connection problem: retrying would not help */
+    } else if (rc < 0) {
+        log_error("salvage: %s", e.msg);
+        return rc;
+    }
+    atomic_store(&s->lost_reason, LOST_NONE);
+    return 0;
+}
+
+/* The ETA messages a dead child held: back to their queues now. */
+static int restore_held_of(struct salvage *sv, struct held_tags *board)
+{
+    int n = atomic_load(&board->n), restored = 0;
+    for (int i = 0; i < n && i < HELD_MAX; i++) {
+        struct err e = {0};
+        board->tag[i][sizeof(board->tag[i]) - 1] = '\0';
+        int rc = broker_redis_restore(&sv->broker, board->tag[i], false, &e);
+        if (rc == E_CONN_LOST) {
+            log_error("salvage: %s", e.msg);
+            return rc; /* the restores done are compare-and-swap: redoing them is safe */
+        }
+        restored += rc == BROKER_RESTORED;
+    }
+    atomic_store(&board->n, 0);
+    if (restored)
+        log_warning("restored %d ETA message(s) held by a stopped child", restored);
+    return 0;
+}
+
+/* Everything slot i's dead child left: its task, its held messages, its
+ * hand. 0, or E_CONN_LOST when the salvage must try again. */
+static int salvage_slot(struct salvage *sv, int i)
+{
+    struct slot *s = &sv->sb->slots[i];
+    int rc = settle_lost(sv, s);
+    if (!rc)
+        rc = restore_held_of(sv, &sv->sb->held[i]);
+    if (!rc && !sv->cfg->broker.record_unacked) {
+        broker_redis_set_hand(&sv->broker, sv->cfg->node_name, getppid(), i);
+        struct err e = {0};
+        rc = hand_salvage(&sv->broker, atomic_load(&s->lost_hand_settled), &e);
+        if (rc < 0)
+            log_error("salvage: %s", e.msg);
+        rc = rc == E_CONN_LOST ? rc : 0;
+    }
+    if (!rc)
+        atomic_store(&s->hand_check, 0);
+    return rc;
+}
+
 void salvage_main(const struct worker_config *cfg, struct scoreboard *sb)
 {
     log_set_process("Salvage");
     prctl(PR_SET_NAME, "celeriac:salvage", 0, 0, 0);
-    struct broker_redis b;
-    broker_redis_init(&b, &cfg->broker);
+    struct salvage sv = {.cfg = cfg, .sb = sb};
+    broker_redis_init(&sv.broker, &cfg->broker);
+    backend_redis_init(&sv.backend, &cfg->backend);
     struct backoff bo;
     backoff_init(&bo, 100, 2000);
     int64_t give_up = time_mono_ms() + SALVAGE_PATIENCE_MS;
@@ -88,30 +201,23 @@ void salvage_main(const struct worker_config *cfg, struct scoreboard *sb)
     do {
         left = 0;
         struct err e = {0};
-        if (!redis_link_is_open(&b.link) && broker_redis_open(&b, &e)) {
+        if (!redis_link_is_open(&sv.broker.link) && broker_redis_open(&sv.broker, &e)) {
             left = 1;
             log_error("salvage: %s", e.msg);
         }
-        for (int i = 0; i < (int)sb->n && redis_link_is_open(&b.link); i++) {
+        for (int i = 0; i < (int)sb->n && redis_link_is_open(&sv.broker.link); i++) {
             struct slot *s = &sb->slots[i];
-            if (atomic_load(&s->pid) || !atomic_load(&s->hand_check))
-                continue;
-            broker_redis_set_hand(&b, cfg->node_name, getppid(), i);
-            struct err re = {0};
-            int rc = hand_salvage(&b, atomic_load(&s->lost_hand_settled), &re);
-            if (rc >= 0) {
-                atomic_store(&s->hand_check, 0);
-            } else {
-                log_error("salvage: %s", re.msg);
-                left += rc == E_CONN_LOST;
-            }
+            if (!atomic_load(&s->pid) && atomic_load(&s->hand_check))
+                left += salvage_slot(&sv, i) == E_CONN_LOST;
         }
         if (left && time_mono_ms() < give_up)
             time_sleep_ms(backoff_next(&bo), NULL);
     } while (left && time_mono_ms() < give_up);
     if (left)
-        log_critical("salvage: the broker stayed unreachable; the hands of %d dead children "
-                     "are left in Redis for the next start of %s", left, cfg->node_name);
-    broker_redis_release(&b, NULL);
+        log_critical("salvage: the broker stayed unreachable; what %d dead children left is "
+                     "left in Redis for the next start of %s or the visibility sweep", left,
+                     cfg->node_name);
+    broker_redis_release(&sv.broker, NULL);
+    backend_redis_release(&sv.backend, NULL);
     _exit(left ? EXIT_FAILED : EXIT_OK);
 }

@@ -1,13 +1,15 @@
 /* SPDX-License-Identifier: MIT
- * worker/salvage.h: putting back a message a dead child popped into its hand
- * (broker/redis.h) and never started. A child looks in its own hand when it
- * starts; when no child will start in that slot (the worker is stopping, the
- * pool shrank), a short-lived salvage process does, so the master still
+ * worker/salvage.h: what a dead child leaves when no child will start in its
+ * slot again (the worker is stopping, the pool shrank): the task it was
+ * running, the ETA messages it held, and a message it popped into its hand
+ * (broker/redis.h) and never started. A new child settles these itself; a
+ * short-lived salvage process does when none comes, so the master still
  * holds no connection.
  */
 #ifndef CELERIAC_WORKER_SALVAGE_H
 #define CELERIAC_WORKER_SALVAGE_H
 
+#include "backend/redis.h"
 #include "broker/redis.h"
 #include "worker/config.h"
 #include "worker/scoreboard.h"
@@ -25,9 +27,12 @@ int hand_salvage(struct broker_redis *b, uint64_t settled, struct err *e);
 int hand_adopt_orphans(struct broker_redis *b, const char *node, pid_t self_master, int slot,
                        struct err *e);
 
-/* The salvage process: empties the hand of every slot with no process and
- * hand_check set, trying the broker for a few seconds, then _exit()s with
- * EXIT_OK when all were done, else EXIT_FAILED. Never returns. */
+/* The salvage process: for every slot with no process and hand_check set,
+ * settles what its dead child left when no replacement will (the task it
+ * was killed running: a late-ack message restored to its queue, an early-ack
+ * one stored as WorkerLostError; the ETA messages it held; the message in
+ * its hand), trying the broker for a few seconds, then _exit()s with EXIT_OK
+ * when all were done, else EXIT_FAILED. Never returns. */
 ATTR_NORETURN void salvage_main(const struct worker_config *cfg, struct scoreboard *sb);
 
 #endif /* CELERIAC_WORKER_SALVAGE_H */

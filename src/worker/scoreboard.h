@@ -48,6 +48,9 @@ struct slot {
     _Atomic int outage_mode;        /* set by the master once the worker has served: a
                                        database that is down is an outage to wait out,
                                        not a reason to give up ("cannot serve") */
+    _Atomic int probe;              /* set by the master: this child retries a slot whose
+                                       last child could not serve; it tries its database
+                                       once and gives up quietly (the master reports) */
     double time_start;              /* Unix time the running task started */
     char task_id[40];               /* hint: may be torn while being written */
     char task_name[96];
@@ -72,7 +75,7 @@ struct slot {
     char lost_tag[40];
     _Atomic uint64_t lost_hand_settled; /* the dead child's hand_settled */
     _Atomic int hand_check;         /* no replacement comes: the salvage process must
-                                       look in this slot's hand (broker/redis.h) */
+                                       settle lost_*, held tags and this slot's hand */
 };
 
 /* ETA messages a child holds while running others: any number (Celery

@@ -12,6 +12,7 @@ volatile sig_atomic_t sig_cold;
 volatile sig_atomic_t sig_child;
 volatile sig_atomic_t sig_status;
 volatile sig_atomic_t sig_resize;
+volatile sig_atomic_t sig_hup;
 
 static int wake_pipe[2] = {-1, -1};
 
@@ -61,6 +62,15 @@ static void on_resize(int sig)
     wake();
 }
 
+/* HUP: Celery re-executes itself; we cannot yet, and the default action
+ * (terminate, with no log line) is the worst answer, so the master notes it. */
+static void on_hup(int sig)
+{
+    UNUSED(sig);
+    sig_hup = 1;
+    wake();
+}
+
 static int install(int sig, void (*fn)(int))
 {
     struct sigaction sa;
@@ -82,6 +92,7 @@ int signals_master_install(void)
     rc = rc ? rc : install(SIGCHLD, on_child);
     rc = rc ? rc : install(SIGUSR1, on_status);
     rc = rc ? rc : install(SIGUSR2, on_resize);
+    rc = rc ? rc : install(SIGHUP, on_hup);
     rc = rc ? rc : install(SIGPIPE, SIG_IGN);
     return rc;
 }
@@ -105,7 +116,7 @@ void signals_child_install(void)
     if (wake_pipe[1] >= 0)
         close(wake_pipe[1]);
     wake_pipe[0] = wake_pipe[1] = -1;
-    sig_stop = sig_cold = sig_child = sig_status = sig_resize = 0;
+    sig_stop = sig_cold = sig_child = sig_status = sig_resize = sig_hup = 0;
     for (int s = 1; s < NSIG; s++) {
         if (s == SIGKILL || s == SIGSTOP)
             continue;
@@ -119,6 +130,9 @@ void signals_child_install(void)
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
+    /* A hangup sent to the whole process group (a closed terminal) must not
+     * kill children mid-task: the master decides what HUP means. */
+    signal(SIGHUP, SIG_IGN);
 }
 
 void signals_block_all(sigset_t *old)

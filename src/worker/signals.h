@@ -13,15 +13,17 @@ extern volatile sig_atomic_t sig_cold;     /* QUIT, or a second TERM/INT */
 extern volatile sig_atomic_t sig_child;    /* SIGCHLD arrived (master) */
 extern volatile sig_atomic_t sig_status;   /* SIGUSR1: log the scoreboard (master) */
 extern volatile sig_atomic_t sig_resize;   /* SIGUSR2: pool_target changed (master) */
+extern volatile sig_atomic_t sig_hup;      /* SIGHUP: reload asked for, not supported (master) */
 
 /* Master: creates the non-blocking, close-on-exec wake pipe and installs
- * handlers for TERM, INT, QUIT, CHLD, USR1; ignores PIPE. Returns 0 or -errno. */
+ * handlers for TERM, INT, QUIT, CHLD, USR1, USR2, HUP; ignores PIPE. Returns 0 or -errno. */
 int signals_master_install(void);
 /* The read end of the wake pipe (poll it), drained by signals_drain(). */
 int signals_wake_fd(void);
 void signals_drain(void);
 /* Child: closes the master's wake pipe, resets every handler, installs the
- * child's (TERM/INT: finish the task and stop; QUIT: default, die now). */
+ * child's (TERM/INT: finish the task and stop; QUIT: default, die now;
+ * HUP: ignored). Also used by the control and salvage processes. */
 void signals_child_install(void);
 /* Blocks all signals, saving the old mask in old (for spawn). */
 void signals_block_all(sigset_t *old);

@@ -236,10 +236,13 @@ static const struct celeriac_task_def rel_tasks[] = {
 };
 
 /* process_init: sleeps REL_INIT_SLEEP seconds when that is set, so a test
- * can kill a child while it is still starting. */
+ * can kill a child while it is still starting; segfaults in every child of
+ * slot REL_INIT_SEGV_INDEX (one slot in a crash loop). */
 static int rel_process_init(struct celeriac_process *proc)
 {
-    (void)proc;
+    const char *crash = getenv("REL_INIT_SEGV_INDEX");
+    if (crash && atoi(crash) == celeriac_process_index(proc))
+        raise(SIGSEGV);
     const char *s = getenv("REL_INIT_SLEEP");
     double secs = s ? atof(s) : 0;
     struct timespec ts = {(time_t)secs, (long)((secs - (double)(time_t)secs) * 1e9)};

@@ -18,6 +18,7 @@
 #define UNACKED_KEY "unacked"
 #define UNACKED_INDEX_KEY "unacked_index"
 #define UNACKED_MUTEX_KEY "unacked_mutex"
+#define HANDS_MUTEX_KEY "celeriac.hands_mutex"
 #define PRIORITY_SEP "\x06\x16"
 
 /* KEYS: unacked, unacked_index, lists...; ARGV: now, max envelope size.
@@ -64,6 +65,22 @@ static struct redis_script restore_script = {
     "return 1\n",
 };
 
+/* KEYS: hand, list[, alive]; ARGV: the message read from the hand, the
+ * payload to push. Puts a hand's message back at the consumer end of its list
+ * and empties the hand in one step, only if the hand still holds what was
+ * read (a sweeper and a same-name adoption may race for a dead worker's
+ * hand: exactly one of them returns it) and, given an alive key, only while
+ * that key is missing (the owner is still gone). 1 done, 0 the owner is
+ * alive, -1 the hand changed. */
+static struct redis_script return_hand = {
+    .body =
+    "if KEYS[3] and redis.call('EXISTS', KEYS[3]) == 1 then return 0 end\n"
+    "if redis.call('LINDEX', KEYS[1], 0) ~= ARGV[1] then return -1 end\n"
+    "redis.call('RPUSH', KEYS[2], ARGV[2])\n"
+    "redis.call('DEL', KEYS[1])\n"
+    "return 1\n",
+};
+
 /* Compare-and-delete, so we never release a mutex another process took after
  * ours expired. */
 static struct redis_script release_mutex = {
@@ -76,7 +93,7 @@ void broker_redis_init(struct broker_redis *b, const struct broker_config *cfg)
 {
     memset(b, 0, sizeof(*b));
     static struct redis_script *const scripts[] = {&pop_and_record, &release_mutex,
-                                                   &restore_script, NULL};
+                                                   &restore_script, &return_hand, NULL};
     redis_link_init(&b->link, "broker");
     b->link.scripts = scripts;
     b->cfg = cfg;
@@ -589,6 +606,32 @@ int broker_redis_restore(struct broker_redis *b, const char *tag, bool to_back, 
     return err_set(e, E_PROTOCOL, "restore of %s kept conflicting; left for the sweep", tag);
 }
 
+/* SCANs every key matching the glob pattern, calling found(key, arg) for
+ * each (SCAN may report a key twice). 0 or a negative code. */
+static int scan_keys(struct broker_redis *b, const char *pattern,
+                     void (*found)(const char *key, void *arg), void *arg, struct err *e)
+{
+    char cursor[32] = "0";
+    do {
+        const char *argv[] = {"SCAN", cursor, "MATCH", pattern, "COUNT", "1000"};
+        redisReply *r = redis_link_argv(&b->link, e, 6, argv, NULL);
+        if (!r)
+            return E_CONN_LOST;
+        if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+            r->element[0]->type != REDIS_REPLY_STRING ||
+            r->element[1]->type != REDIS_REPLY_ARRAY) {
+            freeReplyObject(r);
+            return err_set(e, E_PROTOCOL, "unexpected reply to SCAN");
+        }
+        snprintf(cursor, sizeof(cursor), "%s", r->element[0]->str);
+        for (size_t i = 0; i < r->element[1]->elements; i++)
+            if (r->element[1]->element[i]->type == REDIS_REPLY_STRING)
+                found(r->element[1]->element[i]->str, arg);
+        freeReplyObject(r);
+    } while (strcmp(cursor, "0"));
+    return 0;
+}
+
 int broker_redis_scan_hands(struct broker_redis *b, const char *node, int slot,
                             void (*found)(const char *key, void *arg), void *arg,
                             struct err *e)
@@ -602,28 +645,7 @@ int broker_redis_scan_hands(struct broker_redis *b, const char *node, int slot,
         buf_addch(&pattern, *p);
     }
     buf_addf(&pattern, ".*.%d", slot);
-    char cursor[32] = "0";
-    int rc = 0;
-    do {
-        const char *argv[] = {"SCAN", cursor, "MATCH", pattern.data, "COUNT", "1000"};
-        redisReply *r = redis_link_argv(&b->link, e, 6, argv, NULL);
-        if (!r) {
-            rc = E_CONN_LOST;
-            break;
-        }
-        if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
-            r->element[0]->type != REDIS_REPLY_STRING ||
-            r->element[1]->type != REDIS_REPLY_ARRAY) {
-            rc = err_set(e, E_PROTOCOL, "unexpected reply to SCAN");
-            freeReplyObject(r);
-            break;
-        }
-        snprintf(cursor, sizeof(cursor), "%s", r->element[0]->str);
-        for (size_t i = 0; i < r->element[1]->elements; i++)
-            if (r->element[1]->element[i]->type == REDIS_REPLY_STRING)
-                found(r->element[1]->element[i]->str, arg);
-        freeReplyObject(r);
-    } while (strcmp(cursor, "0"));
+    int rc = scan_keys(b, pattern.data, found, arg, e);
     buf_release(&pattern);
     return rc;
 }
@@ -661,6 +683,59 @@ static char *return_list(struct broker_redis *b, json_t *env, struct err *e)
     return buf_detach(&list, NULL);
 }
 
+/* Puts the message raw (read from hand) back on its queue, marked
+ * redelivered, through the return_hand script (alive: NULL, or the owner's
+ * alive key, which must still be missing). list (if not NULL, size 264) gets
+ * the list's name. 1 returned, 0 not (the hand changed, or its owner is
+ * alive), or a negative code. */
+static int return_from_hand(struct broker_redis *b, const char *hand, const char *alive,
+                            const char *raw, size_t len, char *list, struct err *e)
+{
+    json_t *env = json_loadb(raw, len, 0, NULL);
+    char *edited = NULL, *to = NULL;
+    if (json_is_object(env)) {
+        mark_redelivered(env);
+        edited = json_dumps(env, JSON_COMPACT);
+        to = return_list(b, env, e);
+    } else {
+        to = xstrdup(b->keys[2]);
+    }
+    json_decref(env);
+    if (!to) {
+        free(edited);
+        return E_CONN_LOST;
+    }
+    if (list)
+        snprintf(list, 264, "%s", to);
+    const char *args[] = {hand, to, alive ? alive : "", raw, edited ? edited : raw};
+    size_t lens[] = {strlen(hand), strlen(to), alive ? strlen(alive) : 0, len,
+                     edited ? strlen(edited) : len};
+    int nkeys = alive ? 3 : 2;
+    /* Without an alive key the slot is skipped: keys first, then the ARGV. */
+    const char *argv[5];
+    size_t argl[5];
+    int n = 0;
+    for (int i = 0; i < 5; i++) {
+        if (i == 2 && !alive)
+            continue;
+        argv[n] = args[i];
+        argl[n++] = lens[i];
+    }
+    int rc = redis_link_append_script(&b->link, &return_hand, n, argv, argl, nkeys);
+    free(edited);
+    free(to);
+    if (rc)
+        return err_set(e, E_CONN_LOST, "broker connection is not usable");
+    redisReply *r = redis_link_read(&b->link, e);
+    if (!r)
+        return E_CONN_LOST;
+    rc = r->type == REDIS_REPLY_INTEGER && r->integer == 1;
+    if (r->type == REDIS_REPLY_ERROR)
+        rc = err_set(e, E_PROTOCOL, "returning the message in %s failed: %s", hand, r->str);
+    freeReplyObject(r);
+    return rc;
+}
+
 int broker_redis_hand_return(struct broker_redis *b, uint64_t settled_hash, char *list,
                              struct err *e)
 {
@@ -679,51 +754,185 @@ int broker_redis_hand_return(struct broker_redis *b, uint64_t settled_hash, char
         b->hand_release = true;
         return broker_redis_hand_clear(b, e);
     }
-    json_t *env = json_loadb(r->str, r->len, 0, NULL);
-    char *edited = NULL, *to = NULL;
-    if (json_is_object(env)) {
-        mark_redelivered(env);
-        edited = json_dumps(env, JSON_COMPACT);
-        to = return_list(b, env, e);
-    } else {
-        to = xstrdup(b->keys[2]);
-    }
-    json_decref(env);
-    if (!to) {
-        free(edited);
-        freeReplyObject(r);
-        return E_CONN_LOST;
-    }
-    const char *push[] = {"RPUSH", to, edited ? edited : r->str};
-    const size_t push_lens[] = {5, strlen(to), edited ? strlen(edited) : r->len};
-    const char *del[] = {"DEL", b->hand};
-    const char *const *argvs[] = {push, del};
-    const size_t *lens[] = {push_lens, NULL};
-    int argcs[] = {3, 2};
-    if (list)
-        snprintf(list, 264, "%s", to);
-    int rc = transaction(b, 2, argvs, lens, argcs, e);
-    free(edited);
-    free(to);
+    int rc = return_from_hand(b, b->hand, NULL, r->str, r->len, list, e);
     freeReplyObject(r);
-    if (!rc)
-        b->hand_release = false;
-    return rc ? rc : 1;
+    if (rc >= 0)
+        b->hand_release = false; /* returned, or emptied by someone else */
+    return rc;
+}
+
+/* ---- the visibility rule for hands */
+
+void broker_redis_alive_key(struct buf *out, const char *node, pid_t master)
+{
+    buf_addf(out, "celeriac.alive.%s.%d", node, (int)master);
+}
+
+int broker_redis_advertise_alive(struct redis_link *l, const char *node, pid_t master,
+                                 int ttl_s, struct err *e)
+{
+    struct buf key = BUF_INIT;
+    broker_redis_alive_key(&key, node, master);
+    char ttl[16];
+    snprintf(ttl, sizeof(ttl), "%d", ttl_s);
+    const char *argv[] = {"SET", key.data, "1", "EX", ttl};
+    redisReply *r = redis_link_argv(l, e, 5, argv, NULL);
+    buf_release(&key);
+    if (!r)
+        return E_CONN_LOST;
+    int rc = r->type == REDIS_REPLY_ERROR ? err_set(e, E_PROTOCOL, "SET failed: %s", r->str) : 0;
+    freeReplyObject(r);
+    return rc;
+}
+
+/* The alive key of the worker that owns hand "celeriac.hand.<node>.<pid>.<slot>":
+ * "celeriac.alive.<node>.<pid>" (the node may hold dots: the slot is cut
+ * from the end). NULL for a key not of that shape. Caller frees. */
+static char *owner_alive_key(const char *hand)
+{
+    static const char prefix[] = "celeriac.hand.";
+    const char *slot = strrchr(hand, '.');
+    if (strncmp(hand, prefix, sizeof(prefix) - 1) || !slot || !slot[1] ||
+        slot <= hand + sizeof(prefix) - 1 || strspn(slot + 1, "0123456789") != strlen(slot + 1))
+        return NULL;
+    struct buf key = BUF_INIT;
+    buf_addf(&key, "celeriac.alive.%.*s", (int)(slot - hand - (sizeof(prefix) - 1)),
+             hand + sizeof(prefix) - 1);
+    return buf_detach(&key, NULL);
+}
+
+/* Takes a fleet-wide mutex for ttl_ms (SET NX PX) with a fresh token.
+ * 1 taken, 0 someone holds it, or E_CONN_LOST. */
+static int take_mutex(struct broker_redis *b, const char *key, int64_t ttl_ms, char *token,
+                      struct err *e)
+{
+    uuid_generate(token);
+    redisReply *r = redis_link_command(&b->link, e, "SET %s %s PX %lld NX", key, token,
+                                       (long long)ttl_ms);
+    if (!r)
+        return E_CONN_LOST;
+    int locked = r->type == REDIS_REPLY_STATUS;
+    freeReplyObject(r);
+    return locked;
+}
+
+/* Idle seconds of key (OBJECT IDLETIME does not touch it), -1 when it is
+ * gone, or a negative code; E_PROTOCOL when the server does not track it
+ * (an LFU maxmemory-policy). */
+static long long key_idle_s(struct broker_redis *b, const char *key, struct err *e)
+{
+    const char *argv[] = {"OBJECT", "IDLETIME", key};
+    redisReply *r = redis_link_argv(&b->link, e, 3, argv, NULL);
+    if (!r)
+        return E_CONN_LOST;
+    long long idle = r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
+    if (r->type == REDIS_REPLY_ERROR)
+        idle = err_set(e, E_PROTOCOL, "OBJECT IDLETIME failed: %s", r->str);
+    freeReplyObject(r);
+    return idle;
+}
+
+/* Whether the hand's owner advertises itself alive: 1 yes, 0 no, or a
+ * negative code. */
+static int owner_is_alive(struct broker_redis *b, const char *alive, struct err *e)
+{
+    redisReply *r = redis_link_command(&b->link, e, "EXISTS %s", alive);
+    if (!r)
+        return E_CONN_LOST;
+    int rc = r->type == REDIS_REPLY_INTEGER && r->integer > 0;
+    freeReplyObject(r);
+    return rc;
+}
+
+/* One hand found by the sweep: returned when its owner's alive key is
+ * missing and the hand has sat untouched longer than the visibility
+ * timeout. The owner's death also lost the shared memory that told a
+ * started message from an unstarted one, so a message whose task had
+ * started (early ack: already acked) is returned too and may run again, as
+ * the same-name adoption does (hand_adopt_orphans): at least once, never
+ * lost. 1 returned, 0 left alone, or a negative code. */
+static int sweep_one_hand(struct broker_redis *b, const char *hand, double visibility_timeout,
+                          struct err *e)
+{
+    char *alive = owner_alive_key(hand);
+    if (!alive || (b->hand && !strcmp(hand, b->hand))) {
+        free(alive);
+        return 0; /* not a hand, or our own */
+    }
+    int rc = owner_is_alive(b, alive, e);
+    long long idle = 0;
+    if (!rc) {
+        /* Checked after the alive key: a live owner's hand is never read,
+         * and reading it (LINDEX) would reset its idle time. */
+        idle = key_idle_s(b, hand, e);
+        rc = idle < -1 ? (int)idle : 0;
+    }
+    if (rc || idle < 0 || (double)idle <= visibility_timeout) {
+        free(alive);
+        return rc < 0 ? rc : 0;
+    }
+    const char *get[] = {"LINDEX", hand, "0"};
+    redisReply *r = redis_link_argv(&b->link, e, 3, get, NULL);
+    if (!r)
+        rc = E_CONN_LOST;
+    else if (r->type == REDIS_REPLY_STRING)
+        rc = return_from_hand(b, hand, alive, r->str, r->len, NULL, e);
+    if (rc == 1)
+        log_warning("returned the message left %lld s in the hand %s of a worker that is gone "
+                    "(no %s) to its queue, marked redelivered", idle, hand, alive);
+    freeReplyObject(r);
+    free(alive);
+    return rc;
+}
+
+struct key_list {
+    char **v;
+    size_t n;
+};
+
+static void collect_key(const char *key, void *arg)
+{
+    struct key_list *keys = arg;
+    keys->v = xrealloc(keys->v, (keys->n + 1) * sizeof(*keys->v));
+    keys->v[keys->n++] = xstrdup(key);
+}
+
+int broker_redis_sweep_hands(struct broker_redis *b, double visibility_timeout,
+                             int64_t period_ms, struct err *e)
+{
+    /* The mutex is not released: it expires after period_ms, so the whole
+     * fleet SCANs the keyspace once per period, not once per child. */
+    char token[UUID_STR_LEN];
+    int rc = take_mutex(b, HANDS_MUTEX_KEY, period_ms, token, e);
+    if (rc <= 0)
+        return rc;
+    struct key_list keys = {NULL, 0};
+    rc = scan_keys(b, "celeriac.hand.*", collect_key, &keys, e);
+    if (rc == E_PROTOCOL)
+        log_warning("hand sweep: %s", e ? e->msg : "SCAN failed");
+    int returned = 0;
+    for (size_t i = 0; i < keys.n; i++) {
+        int got = rc == E_CONN_LOST ? 0 : sweep_one_hand(b, keys.v[i], visibility_timeout, e);
+        if (got == E_CONN_LOST)
+            rc = got;
+        else if (got < 0)
+            log_warning("hand sweep: %s", e ? e->msg : "protocol error");
+        else
+            returned += got;
+        free(keys.v[i]);
+    }
+    free(keys.v);
+    return rc == E_CONN_LOST ? rc : returned;
 }
 
 int broker_redis_sweep(struct broker_redis *b, double visibility_timeout, struct err *e)
 {
     char token[UUID_STR_LEN];
-    uuid_generate(token);
-    redisReply *r = redis_link_command(&b->link, e, "SET %s %s PX 300000 NX", UNACKED_MUTEX_KEY,
-                                       token);
-    if (!r)
-        return E_CONN_LOST;
-    bool locked = r->type == REDIS_REPLY_STATUS;
-    freeReplyObject(r);
-    if (!locked)
-        return 0;
+    int locked = take_mutex(b, UNACKED_MUTEX_KEY, 300000, token, e);
+    if (locked <= 0)
+        return locked;
     char ceil[32];
+    redisReply *r;
     snprintf(ceil, sizeof(ceil), "%.7f", time_now() - visibility_timeout);
     r = redis_link_command(&b->link, e, "ZREVRANGEBYSCORE %s %s 0 WITHSCORES",
                            UNACKED_INDEX_KEY, ceil);

@@ -1065,8 +1065,21 @@ static void empty_hand_left(struct child *c)
     }
 }
 
+/* The alive key's expiry when a child refreshes it: children refresh it
+ * only on their sweep schedule (the control process every few seconds),
+ * so it must outlast a sweep interval or two. */
+static int child_alive_ttl_s(const struct worker_config *cfg)
+{
+    int ttl = 3 * cfg->sweep_interval_s;
+    return ttl > BROKER_ALIVE_TTL_S ? ttl : BROKER_ALIVE_TTL_S;
+}
+
 /* Every child tries the sweep on its own schedule; kombu's mutex makes sure
- * only one process in the fleet (Python or C) sweeps at a time. */
+ * only one process in the fleet (Python or C) sweeps at a time. The first
+ * call runs before the child's first pop, so the worker is advertised alive
+ * before any of its hands can hold a message. Children refresh the alive key
+ * too, not only the control process: with --without-remote-control there is
+ * none, and a busy child does not refresh it, hence the longer expiry. */
 static void maybe_sweep(struct child *c)
 {
     int64_t now = time_mono_ms();
@@ -1075,8 +1088,13 @@ static void maybe_sweep(struct child *c)
     int64_t interval = (int64_t)c->cfg->sweep_interval_s * 1000;
     c->next_sweep_ms = now + interval / 2 + (int64_t)(getpid() % 1000) * interval / 2000;
     struct err e = {0};
+    if (broker_redis_advertise_alive(&c->broker.link, c->cfg->node_name, getppid(),
+                                     child_alive_ttl_s(c->cfg), &e) == E_PROTOCOL)
+        log_warning("advertising this worker alive failed: %s", e.msg);
     if (broker_redis_sweep(&c->broker, c->cfg->visibility_timeout, &e) < 0)
         log_warning("visibility sweep failed: %s", e.msg);
+    if (broker_redis_sweep_hands(&c->broker, c->cfg->visibility_timeout, interval, &e) < 0)
+        log_warning("sweep of dead workers' hands failed: %s", e.msg);
 }
 
 /* --max-tasks-per-child and --max-memory-per-child: true when this child

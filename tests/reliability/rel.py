@@ -5,6 +5,7 @@ and the broker's bookkeeping, and plays a kombu consumer where a test needs a
 Python process to leave or restore an unacked message.
 
     rel.py send NAME [--args JSON] [--count N] [--time-limit S] [--soft-time-limit S] [--countdown S]
+                                   [--queue Q]
                                    -> one task id per line
     rel.py bulk NAME N --out FILE [--mod M]
                                    -> N tasks NAME(i % M + 1), ids to FILE
@@ -63,6 +64,8 @@ def cmd_send(ns):
         opts["soft_time_limit"] = ns.soft_time_limit
     if ns.countdown is not None:
         opts["countdown"] = ns.countdown
+    if ns.queue is not None:
+        opts["queue"] = ns.queue
     for _ in range(ns.count):
         print(app.send_task(ns.name, args=args, **opts).id, flush=True)
     return 0
@@ -193,6 +196,7 @@ def main():
     s.add_argument("--time-limit", type=float)
     s.add_argument("--soft-time-limit", type=float)
     s.add_argument("--countdown", type=float)
+    s.add_argument("--queue")
     b = sub.add_parser("bulk")
     b.add_argument("name")
     b.add_argument("n", type=int)

@@ -533,13 +533,70 @@ static char *restore_queue(struct broker_redis *b, const char *exchange, const c
     return queue ? queue : xstrdup(rk);
 }
 
+/* How often a late-ack message was requeued because its child died running
+ * it: a count the message carries in its properties (kombu and Celery ignore
+ * properties they do not know, and every restore keeps them), so it survives
+ * any number of workers. A value that is not a small count reads as 0. */
+#define WORKER_LOST_PROPERTY "celeriac_worker_lost"
+
+static int lost_count(json_t *env)
+{
+    json_t *v = json_object_get(json_object_get(env, "properties"), WORKER_LOST_PROPERTY);
+    json_int_t n = json_is_integer(v) ? json_integer_value(v) : 0;
+    return n < 0 ? 0 : n > 1000000 ? 1000000 : (int)n;
+}
+
+/* The payload and list a restore pushes, from the stored [envelope,
+ * exchange, routing_key]: the envelope marked redelivered and, when
+ * lost_limit >= 0 (a requeue after a worker loss), its loss count
+ * incremented (*losses gets the new count). Returns 0 (*payload NULL for a
+ * malformed entry, which is dropped), BROKER_EXHAUSTED when the message was
+ * already requeued lost_limit times (nothing filled), or E_CONN_LOST. */
+static int restore_payload(struct broker_redis *b, const char *stored_raw, size_t len,
+                           int lost_limit, int *losses, char **payload, struct buf *list,
+                           struct err *e)
+{
+    json_t *stored = json_loadb(stored_raw, len, 0, NULL);
+    json_t *env = json_array_get(stored, 0);
+    const char *exchange = json_string_value(json_array_get(stored, 1));
+    const char *rk = json_string_value(json_array_get(stored, 2));
+    int rc = 0;
+    *payload = NULL;
+    json_t *props = json_object_get(env, "properties");
+    if (!json_is_object(env) || !exchange || !rk) {
+        /* left with no payload: the caller drops it */
+    } else if (lost_limit >= 0 && lost_count(env) >= lost_limit) {
+        *losses = lost_count(env) + 1;
+        rc = BROKER_EXHAUSTED;
+    } else {
+        if (lost_limit >= 0 && json_is_object(props)) {
+            *losses = lost_count(env) + 1;
+            json_object_set_new(props, WORKER_LOST_PROPERTY, json_integer(*losses));
+        }
+        mark_redelivered(env);
+        char *queue = restore_queue(b, exchange, rk, e);
+        if (queue) {
+            json_int_t prio = json_integer_value(json_object_get(props, "priority"));
+            message_priority_list(list, queue, prio < 0 ? 0 : prio > 9 ? 9 : (int)prio);
+            free(queue);
+            *payload = json_dumps(env, JSON_COMPACT);
+        } else {
+            rc = E_CONN_LOST;
+        }
+    }
+    json_decref(stored);
+    return rc;
+}
+
 /* One restore attempt: HGET, edit in C, then a compare-and-swap script that
  * removes the entry and pushes the edited payload only if the entry still
  * holds what we read (the spec's alternative to WATCH: a WATCH on the whole
  * hash fails whenever any other delivery is recorded or acked, which on a
  * busy queue is all the time). Returns 1 when done (restored, or the tag was
- * no longer held), 0 when the entry changed under us, or a negative code. */
-static int restore_once(struct broker_redis *b, const char *tag, bool to_back, struct err *e)
+ * no longer held), 0 when the entry changed under us, 3 when the loss limit
+ * is reached (the entry is left as it is), or a negative code. */
+static int restore_once(struct broker_redis *b, const char *tag, bool to_back, int lost_limit,
+                        int *losses, struct err *e)
 {
     redisReply *r = redis_link_command(&b->link, e, "HGET %s %s", UNACKED_KEY, tag);
     if (!r)
@@ -552,34 +609,21 @@ static int restore_once(struct broker_redis *b, const char *tag, bool to_back, s
         freeReplyObject(r);
         return 1; /* not held any more: acked or restored by someone else */
     }
-    json_t *stored = json_loadb(r->str, r->len, 0, NULL);
-    json_t *env = json_array_get(stored, 0);
-    const char *exchange = json_string_value(json_array_get(stored, 1));
-    const char *rk = json_string_value(json_array_get(stored, 2));
-    char *payload = NULL;
+    char *payload;
     struct buf list = BUF_INIT;
-    if (json_is_object(env) && exchange && rk) {
-        mark_redelivered(env);
-        char *queue = restore_queue(b, exchange, rk, e);
-        if (!queue) {
-            json_decref(stored);
-            freeReplyObject(r);
-            return E_CONN_LOST;
-        }
-        json_int_t prio = json_integer_value(
-            json_object_get(json_object_get(env, "properties"), "priority"));
-        message_priority_list(&list, queue, prio < 0 ? 0 : prio > 9 ? 9 : (int)prio);
-        free(queue);
-        payload = json_dumps(env, JSON_COMPACT);
-    } else {
-        log_error("unacked entry %s is not [envelope, exchange, routing_key]; dropped it", tag);
+    int rc = restore_payload(b, r->str, r->len, lost_limit, losses, &payload, &list, e);
+    if (rc) {
+        freeReplyObject(r);
+        buf_release(&list);
+        return rc == BROKER_EXHAUSTED ? 3 : rc;
     }
-    json_decref(stored);
+    if (!payload)
+        log_error("unacked entry %s is not [envelope, exchange, routing_key]; dropped it", tag);
     const char *args[] = {UNACKED_KEY, UNACKED_INDEX_KEY, list.len ? list.data : "-", tag, r->str,
                           payload ? payload : "", to_back ? "L" : "R"};
     size_t lens[] = {strlen(UNACKED_KEY), strlen(UNACKED_INDEX_KEY), list.len ? list.len : 1,
                      strlen(tag), r->len, payload ? strlen(payload) : 0, 1};
-    int rc = redis_link_append_script(&b->link, &restore_script, 7, args, lens, 3);
+    rc = redis_link_append_script(&b->link, &restore_script, 7, args, lens, 3);
     freeReplyObject(r);
     free(payload);
     buf_release(&list);
@@ -596,14 +640,29 @@ static int restore_once(struct broker_redis *b, const char *tag, bool to_back, s
     return result;
 }
 
-int broker_redis_restore(struct broker_redis *b, const char *tag, bool to_back, struct err *e)
+static int restore_retrying(struct broker_redis *b, const char *tag, bool to_back,
+                            int lost_limit, int *losses, struct err *e)
 {
     for (int attempt = 0; attempt < 16; attempt++) {
-        int rc = restore_once(b, tag, to_back, e);
+        int rc = restore_once(b, tag, to_back, lost_limit, losses, e);
         if (rc)
-            return rc < 0 ? rc : rc == 2 ? BROKER_RESTORED : BROKER_NOT_HELD;
+            return rc < 0 ? rc : rc == 3 ? BROKER_EXHAUSTED
+                                 : rc == 2 ? BROKER_RESTORED : BROKER_NOT_HELD;
     }
     return err_set(e, E_PROTOCOL, "restore of %s kept conflicting; left for the sweep", tag);
+}
+
+int broker_redis_restore(struct broker_redis *b, const char *tag, bool to_back, struct err *e)
+{
+    int unused = 0;
+    return restore_retrying(b, tag, to_back, -1, &unused, e);
+}
+
+int broker_redis_requeue_lost(struct broker_redis *b, const char *tag, int max_requeues,
+                              int *losses, struct err *e)
+{
+    *losses = 0;
+    return restore_retrying(b, tag, true, max_requeues < 0 ? 0 : max_requeues, losses, e);
 }
 
 /* SCANs every key matching the glob pattern, calling found(key, arg) for

@@ -146,8 +146,20 @@ int broker_redis_touch(struct broker_redis *b, const char *tag, struct err *e);
  * routing and priority name, and removes it from unacked, all in one
  * compare-and-swap step. Returns BROKER_RESTORED, BROKER_NOT_HELD (already
  * acked or restored by someone else: not an error), or E_CONN_LOST / E_PROTOCOL. */
-enum { BROKER_NOT_HELD = 0, BROKER_RESTORED = 1 };
+enum { BROKER_NOT_HELD = 0, BROKER_RESTORED = 1, BROKER_EXHAUSTED = 2 };
 int broker_redis_restore(struct broker_redis *b, const char *tag, bool to_back, struct err *e);
+
+/* The requeue of a late-ack message whose child died running it
+ * (reject_on_worker_lost): as broker_redis_restore to the far end, and
+ * counting the loss in the message itself (properties.celeriac_worker_lost),
+ * so a task that kills every child cannot circulate for ever. When the
+ * message has already been requeued max_requeues times it is not requeued:
+ * BROKER_EXHAUSTED, with the entry left held for the caller to settle (store
+ * a WorkerLostError, then ack). *losses gets the deaths counted so far,
+ * this one included (0 when the tag was not held). Returns BROKER_RESTORED,
+ * BROKER_NOT_HELD, BROKER_EXHAUSTED, or E_CONN_LOST / E_PROTOCOL. */
+int broker_redis_requeue_lost(struct broker_redis *b, const char *tag, int max_requeues,
+                              int *losses, struct err *e);
 
 /* Looks in the hand: a message hashing to settled_hash (0: none) is emptied
  * out; any other is put back at the consumer end of its queue's list, marked

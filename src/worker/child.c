@@ -949,6 +949,50 @@ out:
 
 /* ---- what the previous process in this slot left behind */
 
+/* The lost task m fails with WorkerLostError, as Celery reports it; a
+ * late-ack message is then acked. */
+static void fail_lost(struct child *c, struct message *m, bool late)
+{
+    char text[128];
+    int sig = atomic_load(&c->slot->lost_signal);
+    snprintf(text, sizeof(text), "Worker exited prematurely: signal %d (%s).", sig,
+             sig ? strsignal(sig) : "exit");
+    log_error("Task %s[%s] raised WorkerLostError: %s", m->task_name, m->task_id, text);
+    store_exception(c, m, "FAILURE", "WorkerLostError", "billiard.exceptions", text);
+    if (late)
+        ack(c, c->slot->lost_tag);
+}
+
+/* Late ack with reject_on_worker_lost: the lost task m goes back to the far
+ * end of its queue, unless its message has already been requeued
+ * --max-worker-lost-requeues times after killing its child: a poison task
+ * would otherwise crash a child after child for ever, so it fails with
+ * WorkerLostError instead. */
+static void requeue_lost(struct child *c, struct message *m)
+{
+    struct err e = {0};
+    int losses = 0, sig = atomic_load(&c->slot->lost_signal);
+    int max = c->cfg->max_worker_lost_requeues;
+    int rc = ensure_broker(c) ? E_CONN_LOST
+                              : broker_redis_requeue_lost(&c->broker, c->slot->lost_tag, max,
+                                                          &losses, &e);
+    if (rc < 0) {
+        log_error("requeue of %s failed: %s", m->task_id, e.msg);
+    } else if (rc == BROKER_RESTORED) {
+        log_error("Task %s[%s]: its process died (signal %d); requeued (acks_late, "
+                  "reject_on_worker_lost; death %d of at most %d)",
+                  m->task_name, m->task_id, sig, losses, max + 1);
+    } else if (rc == BROKER_EXHAUSTED) {
+        log_error("Task %s[%s]: its process died (signal %d) in each of its %d runs; not "
+                  "requeued again (--max-worker-lost-requeues %d): storing WorkerLostError "
+                  "and acking the message", m->task_name, m->task_id, sig, losses, max);
+        fail_lost(c, m, true);
+    } else {
+        log_warning("Task %s[%s]: its process died (signal %d) after settling it; nothing "
+                    "to requeue", m->task_name, m->task_id, sig);
+    }
+}
+
 /* Settles the task the previous process in our slot died running, as Celery
  * reports a lost worker: TimeLimitExceeded after a hard limit, otherwise
  * WorkerLostError, or, for a late-ack task with reject_on_worker_lost, back on
@@ -995,26 +1039,9 @@ static void settle_lost_task(struct child *c)
         json_decref(exc);
         ack(c, s->lost_tag);
     } else if (late && c->cfg->reject_on_worker_lost) {
-        int rc = ensure_broker(c) ? E_CONN_LOST
-                                  : broker_redis_restore(&c->broker, s->lost_tag, true, &e);
-        if (rc < 0)
-            log_error("requeue of %s failed: %s", m.task_id, e.msg);
-        else if (rc == BROKER_RESTORED)
-            log_error("Task %s[%s]: its process died (signal %d); requeued (acks_late, "
-                      "reject_on_worker_lost)",
-                      m.task_name, m.task_id, atomic_load(&s->lost_signal));
-        else
-            log_warning("Task %s[%s]: its process died (signal %d) after settling it; nothing "
-                        "to requeue", m.task_name, m.task_id, atomic_load(&s->lost_signal));
+        requeue_lost(c, &m);
     } else {
-        char text[128];
-        int sig = atomic_load(&s->lost_signal);
-        snprintf(text, sizeof(text), "Worker exited prematurely: signal %d (%s).", sig,
-                 sig ? strsignal(sig) : "exit");
-        log_error("Task %s[%s] raised WorkerLostError: %s", m.task_name, m.task_id, text);
-        store_exception(c, &m, "FAILURE", "WorkerLostError", "billiard.exceptions", text);
-        if (late)
-            ack(c, s->lost_tag);
+        fail_lost(c, &m, late);
     }
     atomic_store(&s->lost_reason, LOST_NONE);
 }

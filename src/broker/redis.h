@@ -163,7 +163,8 @@ int broker_redis_requeue_lost(struct broker_redis *b, const char *tag, int max_r
 
 /* Looks in the hand: a message hashing to settled_hash (0: none) is emptied
  * out; any other is put back at the consumer end of its queue's list, marked
- * redelivered, in one transaction with the emptying. Returns 1 when a message
+ * redelivered, in one compare-and-swap step with the emptying (a hand another
+ * process emptied meanwhile is left: 0). Returns 1 when a message
  * went back, 0 when none did, or E_CONN_LOST / E_PROTOCOL; list (if not NULL,
  * size 264) gets the list's name. */
 int broker_redis_hand_return(struct broker_redis *b, uint64_t settled_hash, char *list,

@@ -766,20 +766,19 @@ static int return_from_hand(struct broker_redis *b, const char *hand, const char
     }
     if (list)
         snprintf(list, 264, "%s", to);
-    const char *args[] = {hand, to, alive ? alive : "", raw, edited ? edited : raw};
-    size_t lens[] = {strlen(hand), strlen(to), alive ? strlen(alive) : 0, len,
-                     edited ? strlen(edited) : len};
-    int nkeys = alive ? 3 : 2;
-    /* Without an alive key the slot is skipped: keys first, then the ARGV. */
-    const char *argv[5];
-    size_t argl[5];
-    int n = 0;
-    for (int i = 0; i < 5; i++) {
-        if (i == 2 && !alive)
-            continue;
-        argv[n] = args[i];
-        argl[n++] = lens[i];
+    /* KEYS hand, list and (if given) alive, then ARGV. */
+    const char *argv[5] = {hand, to};
+    size_t argl[5] = {strlen(hand), strlen(to)};
+    int n = 2;
+    if (alive) {
+        argv[n] = alive;
+        argl[n++] = strlen(alive);
     }
+    int nkeys = n;
+    argv[n] = raw;
+    argl[n++] = len;
+    argv[n] = edited ? edited : raw;
+    argl[n++] = edited ? strlen(edited) : len;
     int rc = redis_link_append_script(&b->link, &return_hand, n, argv, argl, nkeys);
     free(edited);
     free(to);

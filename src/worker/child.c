@@ -1115,7 +1115,9 @@ static void maybe_sweep(struct child *c)
     int64_t interval = (int64_t)c->cfg->sweep_interval_s * 1000;
     c->next_sweep_ms = now + interval / 2 + (int64_t)(getpid() % 1000) * interval / 2000;
     struct err e = {0};
-    if (broker_redis_advertise_alive(&c->broker.link, c->cfg->node_name, getppid(),
+    /* The master pid the hands are named by (events.master_pid, taken at
+     * start): after the master's death getppid() would name another process. */
+    if (broker_redis_advertise_alive(&c->broker.link, c->cfg->node_name, c->events.master_pid,
                                      child_alive_ttl_s(c->cfg), &e) == E_PROTOCOL)
         log_warning("advertising this worker alive failed: %s", e.msg);
     if (broker_redis_sweep(&c->broker, c->cfg->visibility_timeout, &e) < 0)

@@ -18,6 +18,7 @@
 #define UNACKED_KEY "unacked"
 #define UNACKED_INDEX_KEY "unacked_index"
 #define UNACKED_MUTEX_KEY "unacked_mutex"
+#define HANDS_MUTEX_KEY "celeriac.hands_mutex"
 #define PRIORITY_SEP "\x06\x16"
 
 /* KEYS: unacked, unacked_index, lists...; ARGV: now, max envelope size.
@@ -64,6 +65,22 @@ static struct redis_script restore_script = {
     "return 1\n",
 };
 
+/* KEYS: hand, list[, alive]; ARGV: the message read from the hand, the
+ * payload to push. Puts a hand's message back at the consumer end of its list
+ * and empties the hand in one step, only if the hand still holds what was
+ * read (a sweeper and a same-name adoption may race for a dead worker's
+ * hand: exactly one of them returns it) and, given an alive key, only while
+ * that key is missing (the owner is still gone). 1 done, 0 the owner is
+ * alive, -1 the hand changed. */
+static struct redis_script return_hand = {
+    .body =
+    "if KEYS[3] and redis.call('EXISTS', KEYS[3]) == 1 then return 0 end\n"
+    "if redis.call('LINDEX', KEYS[1], 0) ~= ARGV[1] then return -1 end\n"
+    "redis.call('RPUSH', KEYS[2], ARGV[2])\n"
+    "redis.call('DEL', KEYS[1])\n"
+    "return 1\n",
+};
+
 /* Compare-and-delete, so we never release a mutex another process took after
  * ours expired. */
 static struct redis_script release_mutex = {
@@ -90,7 +107,8 @@ void broker_redis_init(struct broker_redis *b, const struct broker_config *cfg)
 {
     memset(b, 0, sizeof(*b));
     static struct redis_script *const scripts[] = {&pop_and_record, &release_mutex,
-                                                   &restore_script, &move_to_hand, NULL};
+                                                   &restore_script, &move_to_hand,
+                                                   &return_hand, NULL};
     redis_link_init(&b->link, "broker");
     b->link.scripts = scripts;
     b->cfg = cfg;
@@ -605,13 +623,70 @@ static char *restore_queue(struct broker_redis *b, const char *exchange, const c
     return queue ? queue : xstrdup(rk);
 }
 
+/* How often a late-ack message was requeued because its child died running
+ * it: a count the message carries in its properties (kombu and Celery ignore
+ * properties they do not know, and every restore keeps them), so it survives
+ * any number of workers. A value that is not a small count reads as 0. */
+#define WORKER_LOST_PROPERTY "celeriac_worker_lost"
+
+static int lost_count(json_t *env)
+{
+    json_t *v = json_object_get(json_object_get(env, "properties"), WORKER_LOST_PROPERTY);
+    json_int_t n = json_is_integer(v) ? json_integer_value(v) : 0;
+    return n < 0 ? 0 : n > 1000000 ? 1000000 : (int)n;
+}
+
+/* The payload and list a restore pushes, from the stored [envelope,
+ * exchange, routing_key]: the envelope marked redelivered and, when
+ * lost_limit >= 0 (a requeue after a worker loss), its loss count
+ * incremented (*losses gets the new count). Returns 0 (*payload NULL for a
+ * malformed entry, which is dropped), BROKER_EXHAUSTED when the message was
+ * already requeued lost_limit times (nothing filled), or E_CONN_LOST. */
+static int restore_payload(struct broker_redis *b, const char *stored_raw, size_t len,
+                           int lost_limit, int *losses, char **payload, struct buf *list,
+                           struct err *e)
+{
+    json_t *stored = json_loadb(stored_raw, len, 0, NULL);
+    json_t *env = json_array_get(stored, 0);
+    const char *exchange = json_string_value(json_array_get(stored, 1));
+    const char *rk = json_string_value(json_array_get(stored, 2));
+    int rc = 0;
+    *payload = NULL;
+    json_t *props = json_object_get(env, "properties");
+    if (!json_is_object(env) || !exchange || !rk) {
+        /* left with no payload: the caller drops it */
+    } else if (lost_limit >= 0 && lost_count(env) >= lost_limit) {
+        *losses = lost_count(env) + 1;
+        rc = BROKER_EXHAUSTED;
+    } else {
+        if (lost_limit >= 0 && json_is_object(props)) {
+            *losses = lost_count(env) + 1;
+            json_object_set_new(props, WORKER_LOST_PROPERTY, json_integer(*losses));
+        }
+        mark_redelivered(env);
+        char *queue = restore_queue(b, exchange, rk, e);
+        if (queue) {
+            json_int_t prio = json_integer_value(json_object_get(props, "priority"));
+            message_priority_list(list, queue, prio < 0 ? 0 : prio > 9 ? 9 : (int)prio);
+            free(queue);
+            *payload = json_dumps(env, JSON_COMPACT);
+        } else {
+            rc = E_CONN_LOST;
+        }
+    }
+    json_decref(stored);
+    return rc;
+}
+
 /* One restore attempt: HGET, edit in C, then a compare-and-swap script that
  * removes the entry and pushes the edited payload only if the entry still
  * holds what we read (the spec's alternative to WATCH: a WATCH on the whole
  * hash fails whenever any other delivery is recorded or acked, which on a
  * busy queue is all the time). Returns 1 when done (restored, or the tag was
- * no longer held), 0 when the entry changed under us, or a negative code. */
-static int restore_once(struct broker_redis *b, const char *tag, bool to_back, struct err *e)
+ * no longer held), 0 when the entry changed under us, 3 when the loss limit
+ * is reached (the entry is left as it is), or a negative code. */
+static int restore_once(struct broker_redis *b, const char *tag, bool to_back, int lost_limit,
+                        int *losses, struct err *e)
 {
     redisReply *r = redis_link_command(&b->link, e, "HGET %s %s", UNACKED_KEY, tag);
     if (!r)
@@ -624,34 +699,21 @@ static int restore_once(struct broker_redis *b, const char *tag, bool to_back, s
         freeReplyObject(r);
         return 1; /* not held any more: acked or restored by someone else */
     }
-    json_t *stored = json_loadb(r->str, r->len, 0, NULL);
-    json_t *env = json_array_get(stored, 0);
-    const char *exchange = json_string_value(json_array_get(stored, 1));
-    const char *rk = json_string_value(json_array_get(stored, 2));
-    char *payload = NULL;
+    char *payload;
     struct buf list = BUF_INIT;
-    if (json_is_object(env) && exchange && rk) {
-        mark_redelivered(env);
-        char *queue = restore_queue(b, exchange, rk, e);
-        if (!queue) {
-            json_decref(stored);
-            freeReplyObject(r);
-            return E_CONN_LOST;
-        }
-        json_int_t prio = json_integer_value(
-            json_object_get(json_object_get(env, "properties"), "priority"));
-        message_priority_list(&list, queue, prio < 0 ? 0 : prio > 9 ? 9 : (int)prio);
-        free(queue);
-        payload = json_dumps(env, JSON_COMPACT);
-    } else {
-        log_error("unacked entry %s is not [envelope, exchange, routing_key]; dropped it", tag);
+    int rc = restore_payload(b, r->str, r->len, lost_limit, losses, &payload, &list, e);
+    if (rc) {
+        freeReplyObject(r);
+        buf_release(&list);
+        return rc == BROKER_EXHAUSTED ? 3 : rc;
     }
-    json_decref(stored);
+    if (!payload)
+        log_error("unacked entry %s is not [envelope, exchange, routing_key]; dropped it", tag);
     const char *args[] = {UNACKED_KEY, UNACKED_INDEX_KEY, list.len ? list.data : "-", tag, r->str,
                           payload ? payload : "", to_back ? "L" : "R"};
     size_t lens[] = {strlen(UNACKED_KEY), strlen(UNACKED_INDEX_KEY), list.len ? list.len : 1,
                      strlen(tag), r->len, payload ? strlen(payload) : 0, 1};
-    int rc = redis_link_append_script(&b->link, &restore_script, 7, args, lens, 3);
+    rc = redis_link_append_script(&b->link, &restore_script, 7, args, lens, 3);
     freeReplyObject(r);
     free(payload);
     buf_release(&list);
@@ -668,14 +730,55 @@ static int restore_once(struct broker_redis *b, const char *tag, bool to_back, s
     return result;
 }
 
-int broker_redis_restore(struct broker_redis *b, const char *tag, bool to_back, struct err *e)
+static int restore_retrying(struct broker_redis *b, const char *tag, bool to_back,
+                            int lost_limit, int *losses, struct err *e)
 {
     for (int attempt = 0; attempt < 16; attempt++) {
-        int rc = restore_once(b, tag, to_back, e);
+        int rc = restore_once(b, tag, to_back, lost_limit, losses, e);
         if (rc)
-            return rc < 0 ? rc : rc == 2 ? BROKER_RESTORED : BROKER_NOT_HELD;
+            return rc < 0 ? rc : rc == 3 ? BROKER_EXHAUSTED
+                                 : rc == 2 ? BROKER_RESTORED : BROKER_NOT_HELD;
     }
     return err_set(e, E_PROTOCOL, "restore of %s kept conflicting; left for the sweep", tag);
+}
+
+int broker_redis_restore(struct broker_redis *b, const char *tag, bool to_back, struct err *e)
+{
+    int unused = 0;
+    return restore_retrying(b, tag, to_back, -1, &unused, e);
+}
+
+int broker_redis_requeue_lost(struct broker_redis *b, const char *tag, int max_requeues,
+                              int *losses, struct err *e)
+{
+    *losses = 0;
+    return restore_retrying(b, tag, true, max_requeues < 0 ? 0 : max_requeues, losses, e);
+}
+
+/* SCANs every key matching the glob pattern, calling found(key, arg) for
+ * each (SCAN may report a key twice). 0 or a negative code. */
+static int scan_keys(struct broker_redis *b, const char *pattern,
+                     void (*found)(const char *key, void *arg), void *arg, struct err *e)
+{
+    char cursor[32] = "0";
+    do {
+        const char *argv[] = {"SCAN", cursor, "MATCH", pattern, "COUNT", "1000"};
+        redisReply *r = redis_link_argv(&b->link, e, 6, argv, NULL);
+        if (!r)
+            return E_CONN_LOST;
+        if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+            r->element[0]->type != REDIS_REPLY_STRING ||
+            r->element[1]->type != REDIS_REPLY_ARRAY) {
+            freeReplyObject(r);
+            return err_set(e, E_PROTOCOL, "unexpected reply to SCAN");
+        }
+        snprintf(cursor, sizeof(cursor), "%s", r->element[0]->str);
+        for (size_t i = 0; i < r->element[1]->elements; i++)
+            if (r->element[1]->element[i]->type == REDIS_REPLY_STRING)
+                found(r->element[1]->element[i]->str, arg);
+        freeReplyObject(r);
+    } while (strcmp(cursor, "0"));
+    return 0;
 }
 
 int broker_redis_scan_hands(struct broker_redis *b, const char *node, int slot,
@@ -691,28 +794,7 @@ int broker_redis_scan_hands(struct broker_redis *b, const char *node, int slot,
         buf_addch(&pattern, *p);
     }
     buf_addf(&pattern, ".*.%d", slot);
-    char cursor[32] = "0";
-    int rc = 0;
-    do {
-        const char *argv[] = {"SCAN", cursor, "MATCH", pattern.data, "COUNT", "1000"};
-        redisReply *r = redis_link_argv(&b->link, e, 6, argv, NULL);
-        if (!r) {
-            rc = E_CONN_LOST;
-            break;
-        }
-        if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
-            r->element[0]->type != REDIS_REPLY_STRING ||
-            r->element[1]->type != REDIS_REPLY_ARRAY) {
-            rc = err_set(e, E_PROTOCOL, "unexpected reply to SCAN");
-            freeReplyObject(r);
-            break;
-        }
-        snprintf(cursor, sizeof(cursor), "%s", r->element[0]->str);
-        for (size_t i = 0; i < r->element[1]->elements; i++)
-            if (r->element[1]->element[i]->type == REDIS_REPLY_STRING)
-                found(r->element[1]->element[i]->str, arg);
-        freeReplyObject(r);
-    } while (strcmp(cursor, "0"));
+    int rc = scan_keys(b, pattern.data, found, arg, e);
     buf_release(&pattern);
     return rc;
 }
@@ -750,6 +832,58 @@ static char *return_list(struct broker_redis *b, json_t *env, struct err *e)
     return buf_detach(&list, NULL);
 }
 
+/* Puts the message raw (read from hand) back on its queue, marked
+ * redelivered, through the return_hand script (alive: NULL, or the owner's
+ * alive key, which must still be missing). list (if not NULL, size 264) gets
+ * the list's name. 1 returned, 0 not (the hand changed, or its owner is
+ * alive), or a negative code. */
+static int return_from_hand(struct broker_redis *b, const char *hand, const char *alive,
+                            const char *raw, size_t len, char *list, struct err *e)
+{
+    json_t *env = json_loadb(raw, len, 0, NULL);
+    char *edited = NULL, *to = NULL;
+    if (json_is_object(env)) {
+        mark_redelivered(env);
+        edited = json_dumps(env, JSON_COMPACT);
+        to = return_list(b, env, e);
+    } else {
+        to = xstrdup(b->keys[2]);
+    }
+    json_decref(env);
+    if (!to) {
+        free(edited);
+        return E_CONN_LOST;
+    }
+    if (list)
+        snprintf(list, 264, "%s", to);
+    /* KEYS hand, list and (if given) alive, then ARGV. */
+    const char *argv[5] = {hand, to};
+    size_t argl[5] = {strlen(hand), strlen(to)};
+    int n = 2;
+    if (alive) {
+        argv[n] = alive;
+        argl[n++] = strlen(alive);
+    }
+    int nkeys = n;
+    argv[n] = raw;
+    argl[n++] = len;
+    argv[n] = edited ? edited : raw;
+    argl[n++] = edited ? strlen(edited) : len;
+    int rc = redis_link_append_script(&b->link, &return_hand, n, argv, argl, nkeys);
+    free(edited);
+    free(to);
+    if (rc)
+        return err_set(e, E_CONN_LOST, "broker connection is not usable");
+    redisReply *r = redis_link_read(&b->link, e);
+    if (!r)
+        return E_CONN_LOST;
+    rc = r->type == REDIS_REPLY_INTEGER && r->integer == 1;
+    if (r->type == REDIS_REPLY_ERROR)
+        rc = err_set(e, E_PROTOCOL, "returning the message in %s failed: %s", hand, r->str);
+    freeReplyObject(r);
+    return rc;
+}
+
 int broker_redis_hand_return(struct broker_redis *b, uint64_t settled_hash, char *list,
                              struct err *e)
 {
@@ -768,51 +902,185 @@ int broker_redis_hand_return(struct broker_redis *b, uint64_t settled_hash, char
         b->hand_release = true;
         return broker_redis_hand_clear(b, e);
     }
-    json_t *env = json_loadb(r->str, r->len, 0, NULL);
-    char *edited = NULL, *to = NULL;
-    if (json_is_object(env)) {
-        mark_redelivered(env);
-        edited = json_dumps(env, JSON_COMPACT);
-        to = return_list(b, env, e);
-    } else {
-        to = xstrdup(b->keys[2]);
-    }
-    json_decref(env);
-    if (!to) {
-        free(edited);
-        freeReplyObject(r);
-        return E_CONN_LOST;
-    }
-    const char *push[] = {"RPUSH", to, edited ? edited : r->str};
-    const size_t push_lens[] = {5, strlen(to), edited ? strlen(edited) : r->len};
-    const char *del[] = {"DEL", b->hand};
-    const char *const *argvs[] = {push, del};
-    const size_t *lens[] = {push_lens, NULL};
-    int argcs[] = {3, 2};
-    if (list)
-        snprintf(list, 264, "%s", to);
-    int rc = transaction(b, 2, argvs, lens, argcs, e);
-    free(edited);
-    free(to);
+    int rc = return_from_hand(b, b->hand, NULL, r->str, r->len, list, e);
     freeReplyObject(r);
-    if (!rc)
-        b->hand_release = false;
-    return rc ? rc : 1;
+    if (rc >= 0)
+        b->hand_release = false; /* returned, or emptied by someone else */
+    return rc;
+}
+
+/* ---- the visibility rule for hands */
+
+void broker_redis_alive_key(struct buf *out, const char *node, pid_t master)
+{
+    buf_addf(out, "celeriac.alive.%s.%d", node, (int)master);
+}
+
+int broker_redis_advertise_alive(struct redis_link *l, const char *node, pid_t master,
+                                 int ttl_s, struct err *e)
+{
+    struct buf key = BUF_INIT;
+    broker_redis_alive_key(&key, node, master);
+    char ttl[16];
+    snprintf(ttl, sizeof(ttl), "%d", ttl_s);
+    const char *argv[] = {"SET", key.data, "1", "EX", ttl};
+    redisReply *r = redis_link_argv(l, e, 5, argv, NULL);
+    buf_release(&key);
+    if (!r)
+        return E_CONN_LOST;
+    int rc = r->type == REDIS_REPLY_ERROR ? err_set(e, E_PROTOCOL, "SET failed: %s", r->str) : 0;
+    freeReplyObject(r);
+    return rc;
+}
+
+/* The alive key of the worker that owns hand "celeriac.hand.<node>.<pid>.<slot>":
+ * "celeriac.alive.<node>.<pid>" (the node may hold dots: the slot is cut
+ * from the end). NULL for a key not of that shape. Caller frees. */
+static char *owner_alive_key(const char *hand)
+{
+    static const char prefix[] = "celeriac.hand.";
+    const char *slot = strrchr(hand, '.');
+    if (strncmp(hand, prefix, sizeof(prefix) - 1) || !slot || !slot[1] ||
+        slot <= hand + sizeof(prefix) - 1 || strspn(slot + 1, "0123456789") != strlen(slot + 1))
+        return NULL;
+    struct buf key = BUF_INIT;
+    buf_addf(&key, "celeriac.alive.%.*s", (int)(slot - hand - (sizeof(prefix) - 1)),
+             hand + sizeof(prefix) - 1);
+    return buf_detach(&key, NULL);
+}
+
+/* Takes a fleet-wide mutex for ttl_ms (SET NX PX) with a fresh token.
+ * 1 taken, 0 someone holds it, or E_CONN_LOST. */
+static int take_mutex(struct broker_redis *b, const char *key, int64_t ttl_ms, char *token,
+                      struct err *e)
+{
+    uuid_generate(token);
+    redisReply *r = redis_link_command(&b->link, e, "SET %s %s PX %lld NX", key, token,
+                                       (long long)ttl_ms);
+    if (!r)
+        return E_CONN_LOST;
+    int locked = r->type == REDIS_REPLY_STATUS;
+    freeReplyObject(r);
+    return locked;
+}
+
+/* Idle seconds of key (OBJECT IDLETIME does not touch it), -1 when it is
+ * gone, or a negative code; E_PROTOCOL when the server does not track it
+ * (an LFU maxmemory-policy). */
+static long long key_idle_s(struct broker_redis *b, const char *key, struct err *e)
+{
+    const char *argv[] = {"OBJECT", "IDLETIME", key};
+    redisReply *r = redis_link_argv(&b->link, e, 3, argv, NULL);
+    if (!r)
+        return E_CONN_LOST;
+    long long idle = r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
+    if (r->type == REDIS_REPLY_ERROR)
+        idle = err_set(e, E_PROTOCOL, "OBJECT IDLETIME failed: %s", r->str);
+    freeReplyObject(r);
+    return idle;
+}
+
+/* Whether the hand's owner advertises itself alive: 1 yes, 0 no, or a
+ * negative code. */
+static int owner_is_alive(struct broker_redis *b, const char *alive, struct err *e)
+{
+    redisReply *r = redis_link_command(&b->link, e, "EXISTS %s", alive);
+    if (!r)
+        return E_CONN_LOST;
+    int rc = r->type == REDIS_REPLY_INTEGER && r->integer > 0;
+    freeReplyObject(r);
+    return rc;
+}
+
+/* One hand found by the sweep: returned when its owner's alive key is
+ * missing and the hand has sat untouched longer than the visibility
+ * timeout. The owner's death also lost the shared memory that told a
+ * started message from an unstarted one, so a message whose task had
+ * started (early ack: already acked) is returned too and may run again, as
+ * the same-name adoption does (hand_adopt_orphans): at least once, never
+ * lost. 1 returned, 0 left alone, or a negative code. */
+static int sweep_one_hand(struct broker_redis *b, const char *hand, double visibility_timeout,
+                          struct err *e)
+{
+    char *alive = owner_alive_key(hand);
+    if (!alive || (b->hand && !strcmp(hand, b->hand))) {
+        free(alive);
+        return 0; /* not a hand, or our own */
+    }
+    int rc = owner_is_alive(b, alive, e);
+    long long idle = 0;
+    if (!rc) {
+        /* Checked after the alive key: a live owner's hand is never read,
+         * and reading it (LINDEX) would reset its idle time. */
+        idle = key_idle_s(b, hand, e);
+        rc = idle < -1 ? (int)idle : 0;
+    }
+    if (rc || idle < 0 || (double)idle <= visibility_timeout) {
+        free(alive);
+        return rc < 0 ? rc : 0;
+    }
+    const char *get[] = {"LINDEX", hand, "0"};
+    redisReply *r = redis_link_argv(&b->link, e, 3, get, NULL);
+    if (!r)
+        rc = E_CONN_LOST;
+    else if (r->type == REDIS_REPLY_STRING)
+        rc = return_from_hand(b, hand, alive, r->str, r->len, NULL, e);
+    if (rc == 1)
+        log_warning("returned the message left %lld s in the hand %s of a worker that is gone "
+                    "(no %s) to its queue, marked redelivered", idle, hand, alive);
+    freeReplyObject(r);
+    free(alive);
+    return rc;
+}
+
+struct key_list {
+    char **v;
+    size_t n;
+};
+
+static void collect_key(const char *key, void *arg)
+{
+    struct key_list *keys = arg;
+    keys->v = xrealloc(keys->v, (keys->n + 1) * sizeof(*keys->v));
+    keys->v[keys->n++] = xstrdup(key);
+}
+
+int broker_redis_sweep_hands(struct broker_redis *b, double visibility_timeout,
+                             int64_t period_ms, struct err *e)
+{
+    /* The mutex is not released: it expires after period_ms, so the whole
+     * fleet SCANs the keyspace once per period, not once per child. */
+    char token[UUID_STR_LEN];
+    int rc = take_mutex(b, HANDS_MUTEX_KEY, period_ms, token, e);
+    if (rc <= 0)
+        return rc;
+    struct key_list keys = {NULL, 0};
+    rc = scan_keys(b, "celeriac.hand.*", collect_key, &keys, e);
+    if (rc == E_PROTOCOL)
+        log_warning("hand sweep: %s", e ? e->msg : "SCAN failed");
+    int returned = 0;
+    for (size_t i = 0; i < keys.n; i++) {
+        int got = rc == E_CONN_LOST ? 0 : sweep_one_hand(b, keys.v[i], visibility_timeout, e);
+        if (got == E_CONN_LOST)
+            rc = got;
+        else if (got < 0)
+            log_warning("hand sweep: %s", e ? e->msg : "protocol error");
+        else
+            returned += got;
+        free(keys.v[i]);
+    }
+    free(keys.v);
+    return rc == E_CONN_LOST ? rc : returned;
 }
 
 int broker_redis_sweep(struct broker_redis *b, double visibility_timeout, struct err *e)
 {
     char token[UUID_STR_LEN];
-    uuid_generate(token);
-    redisReply *r = redis_link_command(&b->link, e, "SET %s %s PX 300000 NX", UNACKED_MUTEX_KEY,
-                                       token);
-    if (!r)
-        return E_CONN_LOST;
-    bool locked = r->type == REDIS_REPLY_STATUS;
-    freeReplyObject(r);
-    if (!locked)
-        return 0;
+    int locked = take_mutex(b, UNACKED_MUTEX_KEY, 300000, token, e);
+    if (locked <= 0)
+        return locked;
     char ceil[32];
+    redisReply *r;
     snprintf(ceil, sizeof(ceil), "%.7f", time_now() - visibility_timeout);
     r = redis_link_command(&b->link, e, "ZREVRANGEBYSCORE %s %s 0 WITHSCORES",
                            UNACKED_INDEX_KEY, ceil);

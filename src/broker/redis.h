@@ -7,6 +7,7 @@
 #ifndef CELERIAC_BROKER_REDIS_H
 #define CELERIAC_BROKER_REDIS_H
 
+#include "util/buf.h"
 #include "util/redis_link.h"
 #include "util/url.h"
 
@@ -76,6 +77,33 @@ uint64_t broker_redis_hand_hash(const char *raw, size_t len);
  * next pop empties the hand. No I/O. */
 void broker_redis_hand_settled(struct broker_redis *b, uint64_t hash);
 
+/* The visibility rule for hands: a worker SIGKILLed whole and never started
+ * again under its name (a new pod, a new host) would leave its hands for
+ * ever: kombu's sweep does not see them, and a reused master pid hides them
+ * from hand_adopt_orphans. So each worker advertises itself with a key per
+ * master, "celeriac.alive.<node>.<master pid>", SET with an expiry and
+ * refreshed (broker_redis_advertise_alive), and the sweep returns the hands
+ * whose owner's key is missing once they have sat untouched (OBJECT
+ * IDLETIME) longer than the visibility timeout. A live worker's hand is never
+ * touched. */
+#define BROKER_ALIVE_TTL_S 20        /* the control process refreshes every 5 s */
+/* out gets the alive key of worker node's master. */
+void broker_redis_alive_key(struct buf *out, const char *node, pid_t master);
+/* SET the alive key of node's master to expire in ttl_s seconds, on any link
+ * (children and the control process). 0 or E_CONN_LOST / E_PROTOCOL. */
+int broker_redis_advertise_alive(struct redis_link *l, const char *node, pid_t master,
+                                 int ttl_s, struct err *e);
+/* Under the fleet-wide "celeriac.hands_mutex" (taken for period_ms and left
+ * to expire, so one process in the fleet sweeps per period), SCANs every
+ * hand and returns to its queue, marked redelivered, the message of each
+ * hand whose owner's alive key is missing and that is idle longer than
+ * visibility_timeout seconds; the check of the alive key and the return are
+ * one atomic step. Also returns a message that had started: its owner took
+ * the knowledge of that with it. Returns the number returned (0 when another
+ * process holds the mutex), or E_CONN_LOST. Child processes. */
+int broker_redis_sweep_hands(struct broker_redis *b, double visibility_timeout,
+                             int64_t period_ms, struct err *e);
+
 /* Pops the next message, highest priority bucket first, waiting up to
  * timeout_s seconds when every list is empty. With cfg->record_unacked the
  * pop also records it as unacked in the same atomic step (d->recorded_tag);
@@ -122,12 +150,25 @@ int broker_redis_touch(struct broker_redis *b, const char **tags, size_t n, stru
  * routing and priority name, and removes it from unacked, all in one
  * compare-and-swap step. Returns BROKER_RESTORED, BROKER_NOT_HELD (already
  * acked or restored by someone else: not an error), or E_CONN_LOST / E_PROTOCOL. */
-enum { BROKER_NOT_HELD = 0, BROKER_RESTORED = 1 };
+enum { BROKER_NOT_HELD = 0, BROKER_RESTORED = 1, BROKER_EXHAUSTED = 2 };
 int broker_redis_restore(struct broker_redis *b, const char *tag, bool to_back, struct err *e);
+
+/* The requeue of a late-ack message whose child died running it
+ * (reject_on_worker_lost): as broker_redis_restore to the far end, and
+ * counting the loss in the message itself (properties.celeriac_worker_lost),
+ * so a task that kills every child cannot circulate for ever. When the
+ * message has already been requeued max_requeues times it is not requeued:
+ * BROKER_EXHAUSTED, with the entry left held for the caller to settle (store
+ * a WorkerLostError, then ack). *losses gets the deaths counted so far,
+ * this one included (0 when the tag was not held). Returns BROKER_RESTORED,
+ * BROKER_NOT_HELD, BROKER_EXHAUSTED, or E_CONN_LOST / E_PROTOCOL. */
+int broker_redis_requeue_lost(struct broker_redis *b, const char *tag, int max_requeues,
+                              int *losses, struct err *e);
 
 /* Looks in the hand: a message hashing to settled_hash (0: none) is emptied
  * out; any other is put back at the consumer end of its queue's list, marked
- * redelivered, in one transaction with the emptying. Returns 1 when a message
+ * redelivered, in one compare-and-swap step with the emptying (a hand another
+ * process emptied meanwhile is left: 0). Returns 1 when a message
  * went back, 0 when none did, or E_CONN_LOST / E_PROTOCOL; list (if not NULL,
  * size 264) gets the list's name. */
 int broker_redis_hand_return(struct broker_redis *b, uint64_t settled_hash, char *list,

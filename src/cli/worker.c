@@ -29,6 +29,7 @@ enum {
     OPT_SOFT_TIME_LIMIT,
     OPT_VISIBILITY_TIMEOUT,
     OPT_NO_REJECT_ON_WORKER_LOST,
+    OPT_MAX_WORKER_LOST_REQUEUES,
     OPT_MAX_TASKS_PER_CHILD,
     OPT_MAX_MEMORY_PER_CHILD,
     OPT_DB_MAX_AGE,
@@ -60,6 +61,7 @@ static const struct option options[] = {
     {"soft-time-limit", required_argument, NULL, OPT_SOFT_TIME_LIMIT},
     {"visibility-timeout", required_argument, NULL, OPT_VISIBILITY_TIMEOUT},
     {"no-reject-on-worker-lost", no_argument, NULL, OPT_NO_REJECT_ON_WORKER_LOST},
+    {"max-worker-lost-requeues", required_argument, NULL, OPT_MAX_WORKER_LOST_REQUEUES},
     {"max-tasks-per-child", required_argument, NULL, OPT_MAX_TASKS_PER_CHILD},
     {"max-memory-per-child", required_argument, NULL, OPT_MAX_MEMORY_PER_CHILD},
     {"db-max-age", required_argument, NULL, OPT_DB_MAX_AGE},
@@ -113,6 +115,9 @@ static const char usage_text[] =
     "      --no-reject-on-worker-lost\n"
     "                              a late-ack task whose child died fails with\n"
     "                              WorkerLostError instead of going back to the queue\n"
+    "      --max-worker-lost-requeues N\n"
+    "                              a late-ack message whose child died is requeued at most\n"
+    "                              N times, then fails with WorkerLostError (default: 3)\n"
     "      --max-tasks-per-child N replace a child after N tasks (default: never)\n"
     "      --max-memory-per-child KIB\n"
     "                              replace a child whose RSS exceeds KIB after a task\n"
@@ -350,6 +355,11 @@ static int parse_flags(struct worker_config *cfg, int argc, char **argv, const c
             break;
         case OPT_NO_REJECT_ON_WORKER_LOST:
             cfg->reject_on_worker_lost = false;
+            break;
+        case OPT_MAX_WORKER_LOST_REQUEUES:
+            if (parse_long("--max-worker-lost-requeues", optarg, 0, 1000000, &n))
+                return EXIT_USAGE;
+            cfg->max_worker_lost_requeues = (int)n;
             break;
         case OPT_MAX_TASKS_PER_CHILD:
             if (parse_long("--max-tasks-per-child", optarg, 1, LONG_MAX, &n))

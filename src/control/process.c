@@ -21,6 +21,9 @@
 #include <sys/prctl.h>
 
 #define HEARTBEAT_MS 2000
+/* How often the worker's alive key (broker/redis.h) is refreshed; it
+ * expires after BROKER_ALIVE_TTL_S. */
+#define ALIVE_REFRESH_MS 5000
 
 struct control {
     const struct worker_config *cfg;
@@ -144,7 +147,7 @@ void control_main(const struct worker_config *cfg, struct scoreboard *sb, int de
                                .master_pid = master};
     struct retry connecting;
     retry_init(&connecting, 200, 10000, "remote control: connecting to the broker");
-    int64_t next_beat = 0;
+    int64_t next_beat = 0, next_alive = 0;
 
     while (!sig_stop && !master_gone(&c)) {
         struct err e = {0};
@@ -156,12 +159,19 @@ void control_main(const struct worker_config *cfg, struct scoreboard *sb, int de
                 continue;
             }
             retry_succeeded(&connecting);
+            next_alive = 0; /* advertise at once on a new connection */
             if (!c.cfg->without_heartbeat && !c.online_sent) {
                 event_send(&c.events, "worker-online", worker_fields(&c, true));
                 c.online_sent = true;
             }
         }
         int64_t now = time_mono_ms();
+        if (now >= next_alive) {
+            if (broker_redis_advertise_alive(&c.cmd, cfg->node_name, master, BROKER_ALIVE_TTL_S,
+                                             &e) == E_PROTOCOL)
+                log_warning("advertising this worker alive failed: %s", e.msg);
+            next_alive = now + ALIVE_REFRESH_MS;
+        }
         if (!c.cfg->without_heartbeat && (now >= next_beat || c.pidbox.heartbeat_requested)) {
             event_send(&c.events, "worker-heartbeat",
                        worker_fields(&c, !c.pidbox.heartbeat_requested || now >= next_beat));

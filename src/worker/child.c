@@ -1023,6 +1023,50 @@ out:
 
 /* ---- what the previous process in this slot left behind */
 
+/* The lost task m fails with WorkerLostError, as Celery reports it; a
+ * late-ack message is then acked. */
+static void fail_lost(struct child *c, struct message *m, bool late)
+{
+    char text[128];
+    int sig = atomic_load(&c->slot->lost_signal);
+    snprintf(text, sizeof(text), "Worker exited prematurely: signal %d (%s).", sig,
+             sig ? strsignal(sig) : "exit");
+    log_error("Task %s[%s] raised WorkerLostError: %s", m->task_name, m->task_id, text);
+    store_exception(c, m, "FAILURE", "WorkerLostError", "billiard.exceptions", text);
+    if (late)
+        ack(c, c->slot->lost_tag);
+}
+
+/* Late ack with reject_on_worker_lost: the lost task m goes back to the far
+ * end of its queue, unless its message has already been requeued
+ * --max-worker-lost-requeues times after killing its child: a poison task
+ * would otherwise crash a child after child for ever, so it fails with
+ * WorkerLostError instead. */
+static void requeue_lost(struct child *c, struct message *m)
+{
+    struct err e = {0};
+    int losses = 0, sig = atomic_load(&c->slot->lost_signal);
+    int max = c->cfg->max_worker_lost_requeues;
+    int rc = ensure_broker(c) ? E_CONN_LOST
+                              : broker_redis_requeue_lost(&c->broker, c->slot->lost_tag, max,
+                                                          &losses, &e);
+    if (rc < 0) {
+        log_error("requeue of %s failed: %s", m->task_id, e.msg);
+    } else if (rc == BROKER_RESTORED) {
+        log_error("Task %s[%s]: its process died (signal %d); requeued (acks_late, "
+                  "reject_on_worker_lost; death %d of at most %d)",
+                  m->task_name, m->task_id, sig, losses, max + 1);
+    } else if (rc == BROKER_EXHAUSTED) {
+        log_error("Task %s[%s]: its process died (signal %d) in each of its %d runs; not "
+                  "requeued again (--max-worker-lost-requeues %d): storing WorkerLostError "
+                  "and acking the message", m->task_name, m->task_id, sig, losses, max);
+        fail_lost(c, m, true);
+    } else {
+        log_warning("Task %s[%s]: its process died (signal %d) after settling it; nothing "
+                    "to requeue", m->task_name, m->task_id, sig);
+    }
+}
+
 /* Settles the task the previous process in our slot died running, as Celery
  * reports a lost worker: TimeLimitExceeded after a hard limit, otherwise
  * WorkerLostError, or, for a late-ack task with reject_on_worker_lost, back on
@@ -1069,26 +1113,9 @@ static void settle_lost_task(struct child *c)
         json_decref(exc);
         ack(c, s->lost_tag);
     } else if (late && c->cfg->reject_on_worker_lost) {
-        int rc = ensure_broker(c) ? E_CONN_LOST
-                                  : broker_redis_restore(&c->broker, s->lost_tag, true, &e);
-        if (rc < 0)
-            log_error("requeue of %s failed: %s", m.task_id, e.msg);
-        else if (rc == BROKER_RESTORED)
-            log_error("Task %s[%s]: its process died (signal %d); requeued (acks_late, "
-                      "reject_on_worker_lost)",
-                      m.task_name, m.task_id, atomic_load(&s->lost_signal));
-        else
-            log_warning("Task %s[%s]: its process died (signal %d) after settling it; nothing "
-                        "to requeue", m.task_name, m.task_id, atomic_load(&s->lost_signal));
+        requeue_lost(c, &m);
     } else {
-        char text[128];
-        int sig = atomic_load(&s->lost_signal);
-        snprintf(text, sizeof(text), "Worker exited prematurely: signal %d (%s).", sig,
-                 sig ? strsignal(sig) : "exit");
-        log_error("Task %s[%s] raised WorkerLostError: %s", m.task_name, m.task_id, text);
-        store_exception(c, &m, "FAILURE", "WorkerLostError", "billiard.exceptions", text);
-        if (late)
-            ack(c, s->lost_tag);
+        fail_lost(c, &m, late);
     }
     atomic_store(&s->lost_reason, LOST_NONE);
 }
@@ -1099,24 +1126,14 @@ static void settle_lost_task(struct child *c)
 static void restore_left_held(struct child *c)
 {
     struct held_board *board = &c->sb->held[c->index];
-    int n = atomic_load(&board->n);
-    if (n <= 0 || n > HELD_BOARD_MAX)
-        return;
     int restored = 0;
-    for (int i = 0; i < n; i++) {
+    while (atomic_load(&board->n) > 0) {
         struct err e = {0};
-        char *tag = board->e[i].tag;
-        tag[sizeof(board->e[i].tag) - 1] = '\0';
         if (ensure_broker(c))
-            return; /* stopping: the tags stay for the next child */
-        int rc = broker_redis_restore(&c->broker, tag, false, &e);
-        if (rc == BROKER_RESTORED)
-            restored++;
-        else if (rc < 0)
-            log_warning("held message %s not restored (%s); the visibility sweep will", tag,
-                        e.msg);
+            return; /* stopping: the board stays for the next child */
+        if (held_board_restore(&c->broker, board, &restored, &e) == 0)
+            break;
     }
-    atomic_store(&board->n, 0);
     if (restored)
         log_warning("restored %d ETA message(s) the previous child of this slot held", restored);
 }
@@ -1146,8 +1163,21 @@ static void empty_hand_left(struct child *c)
     }
 }
 
+/* The alive key's expiry when a child refreshes it: children refresh it
+ * only on their sweep schedule (the control process every few seconds),
+ * so it must outlast a sweep interval or two. */
+static int child_alive_ttl_s(const struct worker_config *cfg)
+{
+    int ttl = 3 * cfg->sweep_interval_s;
+    return ttl > BROKER_ALIVE_TTL_S ? ttl : BROKER_ALIVE_TTL_S;
+}
+
 /* Every child tries the sweep on its own schedule; kombu's mutex makes sure
- * only one process in the fleet (Python or C) sweeps at a time. */
+ * only one process in the fleet (Python or C) sweeps at a time. The first
+ * call runs before the child's first pop, so the worker is advertised alive
+ * before any of its hands can hold a message. Children refresh the alive key
+ * too, not only the control process: with --without-remote-control there is
+ * none, and a busy child does not refresh it, hence the longer expiry. */
 static void maybe_sweep(struct child *c)
 {
     int64_t now = time_mono_ms();
@@ -1156,8 +1186,15 @@ static void maybe_sweep(struct child *c)
     int64_t interval = (int64_t)c->cfg->sweep_interval_s * 1000;
     c->next_sweep_ms = now + interval / 2 + (int64_t)(getpid() % 1000) * interval / 2000;
     struct err e = {0};
+    /* The master pid the hands are named by (events.master_pid, taken at
+     * start): after the master's death getppid() would name another process. */
+    if (broker_redis_advertise_alive(&c->broker.link, c->cfg->node_name, c->events.master_pid,
+                                     child_alive_ttl_s(c->cfg), &e) == E_PROTOCOL)
+        log_warning("advertising this worker alive failed: %s", e.msg);
     if (broker_redis_sweep(&c->broker, c->cfg->visibility_timeout, &e) < 0)
         log_warning("visibility sweep failed: %s", e.msg);
+    if (broker_redis_sweep_hands(&c->broker, c->cfg->visibility_timeout, interval, &e) < 0)
+        log_warning("sweep of dead workers' hands failed: %s", e.msg);
 }
 
 /* --max-tasks-per-child and --max-memory-per-child: true when this child

@@ -20,6 +20,7 @@ void worker_config_init(struct worker_config *cfg)
     cfg->db.busy_timeout_ms = 5000;
     cfg->db.idle_check_ms = 30000;
     cfg->reject_on_worker_lost = true;
+    cfg->max_worker_lost_requeues = 3;
     cfg->remote_control = true;
     cfg->visibility_timeout = 3600;
     cfg->sweep_interval_s = 60;

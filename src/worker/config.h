@@ -33,6 +33,7 @@ struct worker_config {
     struct db_config db;
     bool acks_late;                 /* --acks-late: every task acks after its result */
     bool reject_on_worker_lost;     /* late-ack task of a dead child goes back to the queue */
+    int max_worker_lost_requeues;   /* ... at most this often per message, then WorkerLostError */
     double visibility_timeout;      /* seconds before anyone's unacked message is restored */
     int sweep_interval_s;           /* how often a child tries the visibility sweep */
     double time_limit;              /* --time-limit seconds, 0 = none */

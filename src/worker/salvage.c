@@ -146,21 +146,40 @@ static int settle_lost(struct salvage *sv, struct slot *s)
     return 0;
 }
 
-/* The ETA messages a dead child held: back to their queues now. */
-static int restore_held_of(struct salvage *sv, struct held_tags *board)
+int held_board_restore(struct broker_redis *b, struct held_board *board, int *restored,
+                       struct err *e)
 {
-    int n = atomic_load(&board->n), restored = 0;
-    for (int i = 0; i < n && i < HELD_MAX; i++) {
-        struct err e = {0};
-        board->tag[i][sizeof(board->tag[i]) - 1] = '\0';
-        int rc = broker_redis_restore(&sv->broker, board->tag[i], false, &e);
+    int n = atomic_load(&board->n);
+    *restored = 0;
+    for (int i = 0; i < n && i < HELD_BOARD_MAX; i++) {
+        char *tag = board->e[i].tag;
+        tag[sizeof(board->e[i].tag) - 1] = '\0';
+        struct err re = {0};
+        int rc = broker_redis_restore(b, tag, false, &re);
         if (rc == E_CONN_LOST) {
-            log_error("salvage: %s", e.msg);
+            if (e)
+                *e = re;
             return rc; /* the restores done are compare-and-swap: redoing them is safe */
         }
-        restored += rc == BROKER_RESTORED;
+        if (rc < 0)
+            log_warning("held message %s not restored (%s); the visibility sweep will", tag,
+                        re.msg);
+        *restored += rc == BROKER_RESTORED;
     }
     atomic_store(&board->n, 0);
+    return 0;
+}
+
+/* The ETA messages a dead child held: back to their queues now. */
+static int restore_held_of(struct salvage *sv, struct held_board *board)
+{
+    int restored;
+    struct err e = {0};
+    int rc = held_board_restore(&sv->broker, board, &restored, &e);
+    if (rc) {
+        log_error("salvage: %s", e.msg);
+        return rc;
+    }
     if (restored)
         log_warning("restored %d ETA message(s) held by a stopped child", restored);
     return 0;

@@ -19,6 +19,14 @@
  * none did, or E_CONN_LOST / E_PROTOCOL. */
 int hand_salvage(struct broker_redis *b, uint64_t settled, struct err *e);
 
+struct held_board;
+/* Puts the ETA messages a gone child described on its board back on their
+ * queues (compare-and-swap: one acked meanwhile is left alone) and empties
+ * the board; *restored counts those put back. 0, or E_CONN_LOST (the board
+ * is kept: call again after reconnecting). Child or salvage process. */
+int held_board_restore(struct broker_redis *b, struct held_board *board, int *restored,
+                       struct err *e);
+
 /* Takes over the hands of slot `slot` left by workers named node that are
  * gone (a whole worker SIGKILLed): their messages go back to their queues,
  * run again even if they had started (the shared memory that told started

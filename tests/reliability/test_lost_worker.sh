@@ -196,8 +196,10 @@ stop_worker TERM 20
 # ---- a task that crashes every child: no fork bomb --------------------------------------------
 # rel.segv_late acks late, so each replacement requeues it, takes it again and
 # dies: a crash loop. The master must back off instead of forking flat out.
+# (--max-worker-lost-requeues ends such a loop after a few deaths, see
+# test_poison.sh; here it is set high to watch the backoff.)
 redis_cli del celery unacked unacked_index >/dev/null
-start_worker "${W[@]}" -n loop@localhost
+start_worker "${W[@]}" -n loop@localhost --max-worker-lost-requeues 1000
 wait_children 1 20
 send rel.segv_late >/dev/null
 sleep 10

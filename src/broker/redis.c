@@ -249,23 +249,30 @@ static int take_reply(struct delivery *d, redisReply *r, struct err *e)
     return 0;
 }
 
-/* Runs the pop-and-record script once. Returns 0 with d filled or empty. */
-static int pop_script(struct broker_redis *b, struct delivery *d, struct err *e)
+/* Runs a popping script over the keys first_key (if not NULL) and
+ * b->keys[from..], followed by the n_extra arguments extra. The script returns
+ * [list, message, ...] or nil. 1 with d filled, 0 when nothing was popped,
+ * or a negative code. */
+static int run_pop_script(struct broker_redis *b, const struct redis_script *script,
+                          const char *first_key, size_t from, const char *const *extra,
+                          size_t n_extra, struct delivery *d, struct err *e)
 {
-    char now[32], max[32];
-    snprintf(now, sizeof(now), "%.7f", time_now());
-    snprintf(max, sizeof(max), "%zu", b->cfg->max_message);
-    size_t n = b->n_keys + 2;
+    size_t n_lists = b->n_keys - from, head = first_key != NULL;
+    size_t n = head + n_lists + n_extra;
     const char **args = xcalloc(n, sizeof(*args));
     size_t *lens = xcalloc(n, sizeof(*lens));
-    memcpy(args, b->keys, b->n_keys * sizeof(*args));
-    memcpy(lens, b->key_lens, b->n_keys * sizeof(*lens));
-    args[b->n_keys] = now;
-    lens[b->n_keys] = strlen(now);
-    args[b->n_keys + 1] = max;
-    lens[b->n_keys + 1] = strlen(max);
-    int rc = redis_link_append_script(&b->link, &pop_and_record, (int)n, args, lens,
-                                      (int)b->n_keys);
+    if (head) {
+        args[0] = first_key;
+        lens[0] = strlen(first_key);
+    }
+    memcpy(args + head, b->keys + from, n_lists * sizeof(*args));
+    memcpy(lens + head, b->key_lens + from, n_lists * sizeof(*lens));
+    for (size_t i = 0; i < n_extra; i++) {
+        args[head + n_lists + i] = extra[i];
+        lens[head + n_lists + i] = strlen(extra[i]);
+    }
+    int rc = redis_link_append_script(&b->link, script, (int)n, args, lens,
+                                      (int)(head + n_lists));
     free(args);
     free(lens);
     if (rc)
@@ -273,12 +280,24 @@ static int pop_script(struct broker_redis *b, struct delivery *d, struct err *e)
     redisReply *r = redis_link_read(&b->link, e);
     if (!r)
         return E_CONN_LOST;
-    if (r->type == REDIS_REPLY_ARRAY)
-        return take_reply(d, r, e);
-    if (r->type == REDIS_REPLY_ERROR)
-        rc = redis_link_reply_error(e, "pop script", r->str);
+    if (r->type == REDIS_REPLY_ARRAY) {
+        rc = take_reply(d, r, e);
+        return rc ? rc : 1;
+    }
+    rc = r->type == REDIS_REPLY_ERROR ? redis_link_reply_error(e, "pop script", r->str) : 0;
     freeReplyObject(r);
     return rc;
+}
+
+/* Runs the pop-and-record script once. Returns 0 with d filled or empty. */
+static int pop_script(struct broker_redis *b, struct delivery *d, struct err *e)
+{
+    char now[32], max[32];
+    snprintf(now, sizeof(now), "%.7f", time_now());
+    snprintf(max, sizeof(max), "%zu", b->cfg->max_message);
+    const char *extra[] = {now, max};
+    int rc = run_pop_script(b, &pop_and_record, NULL, 0, extra, 2, d, e);
+    return rc < 0 ? rc : 0;
 }
 
 /* Blocks until the first queue's base list holds a message, without popping
@@ -383,30 +402,10 @@ static int move_one(struct broker_redis *b, size_t k, struct delivery *d, struct
  * filled, 0 when every list is empty, or a negative code. */
 static int move_first(struct broker_redis *b, size_t from, struct delivery *d, struct err *e)
 {
-    size_t n = 1 + (b->n_keys - from) + 1;
-    const char **args = xcalloc(n, sizeof(*args));
-    size_t *lens = xcalloc(n, sizeof(*lens));
-    args[0] = b->hand;
-    lens[0] = strlen(b->hand);
-    memcpy(args + 1, b->keys + from, (b->n_keys - from) * sizeof(*args));
-    memcpy(lens + 1, b->key_lens + from, (b->n_keys - from) * sizeof(*lens));
-    args[n - 1] = b->hand_release ? "1" : "0";
-    lens[n - 1] = 1;
-    int rc = redis_link_append_script(&b->link, &move_to_hand, (int)n, args, lens, (int)n - 1);
-    free(args);
-    free(lens);
-    if (rc)
-        return err_set(e, E_CONN_LOST, "broker connection is not usable");
-    redisReply *r = redis_link_read(&b->link, e);
-    if (!r)
-        return E_CONN_LOST;
-    b->hand_release = false; /* the script emptied it first */
-    if (r->type == REDIS_REPLY_ARRAY) {
-        rc = take_reply(d, r, e);
-        return rc ? rc : 1;
-    }
-    rc = r->type == REDIS_REPLY_ERROR ? redis_link_reply_error(e, "move script", r->str) : 0;
-    freeReplyObject(r);
+    const char *extra[] = {b->hand_release ? "1" : "0"};
+    int rc = run_pop_script(b, &move_to_hand, b->hand, from, extra, 1, d, e);
+    if (rc >= 0)
+        b->hand_release = false; /* the script emptied it first */
     return rc;
 }
 

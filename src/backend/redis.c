@@ -4,6 +4,7 @@
 #include "common.h"
 #include "util/buf.h"
 #include "backend/redis.h"
+#include "protocol/message.h"
 #include "protocol/pyjson.h"
 #include "util/log.h"
 #include "util/time.h"
@@ -174,10 +175,18 @@ void result_meta_encode(struct buf *out, const struct result_meta *m)
     buf_adds(out, ", \"result\": ");
     add_json(out, m->result ? m->result : json_null());
     buf_adds(out, ", \"traceback\": ");
-    if (m->traceback)
+    if (m->traceback) {
         add_string(out, m->traceback);
-    else
+    } else if (!strcmp(m->status, "FAILURE")) {
+        /* Celery stores the formatted traceback with every failure; clients
+         * print it (AsyncResult.traceback), so it is never null. */
+        struct buf tb = BUF_INIT;
+        message_traceback(&tb, m->result, m->task_name, m->task_id);
+        add_string(out, tb.data);
+        buf_release(&tb);
+    } else {
         buf_adds(out, "null");
+    }
     buf_adds(out, ", \"children\": [], \"date_done\": ");
     if (ready) {
         buf_addch(out, '"');

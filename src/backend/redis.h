@@ -35,7 +35,8 @@ struct backend_redis {
 struct result_meta {
     const char *status;        /* "SUCCESS", "FAILURE", "RETRY", "REVOKED", "STARTED" */
     json_t *result;            /* borrowed: the value, or an exception dict */
-    const char *traceback;     /* text or NULL */
+    const char *traceback;     /* text, or NULL: a FAILURE gets one made from result */
+    const char *task_name;     /* for that traceback only (not stored as a key); may be NULL */
     const char *task_id;
     const char *parent_id;     /* NULL = omitted */
     const char *group_id;      /* NULL = omitted */

@@ -407,6 +407,33 @@ json_t *message_exception(const char *exc_type, const char *exc_module, const ch
                      exc_module);
 }
 
+void message_traceback(struct buf *out, const json_t *exc, const char *task_name,
+                       const char *task_id)
+{
+    const char *type = json_string_value(json_object_get(exc, "exc_type"));
+    const char *module = json_string_value(json_object_get(exc, "exc_module"));
+    json_t *args = json_object_get(exc, "exc_message");
+    buf_adds(out, "Traceback (most recent call last):\n");
+    if (task_name)
+        buf_addf(out, "  File \"celeriac\", in %s[%s]\n    (a C task function; no Python "
+                      "frames)\n", task_name, task_id ? task_id : "?");
+    else
+        buf_adds(out, "  File \"celeriac\", in the worker\n");
+    if (module && strcmp(module, "builtins") && strcmp(module, "__main__"))
+        buf_addf(out, "%s.", module);
+    buf_adds(out, type ? type : "Exception");
+    /* Python prints str(exc): the single argument, or the tuple of them */
+    json_t *only = json_is_array(args) && json_array_size(args) == 1 ? json_array_get(args, 0)
+                                                                     : args;
+    char *text = json_is_string(only) ? NULL
+                                      : pyjson_dumps(only, JSON_COMPACT | JSON_ENCODE_ANY);
+    const char *shown = json_is_string(only) ? json_string_value(only) : text;
+    if (shown && *shown)
+        buf_addf(out, ": %s", shown);
+    buf_addch(out, '\n');
+    free(text);
+}
+
 void message_priority_list(struct buf *out, const char *queue, int priority)
 {
     static const int steps[] = {0, 3, 6, 9};

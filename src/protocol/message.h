@@ -119,6 +119,13 @@ void message_encode_task(struct buf *out, const struct task_send *t, char *id_ou
 
 /* Which priority list of `queue` a message with priority p goes to / comes
  * from: "queue" for 0..2, "queue\x06\x163" for 3..5, etc. Appends to out. */
+/* Appends the traceback text Celery stores with a FAILURE, for an exception
+ * dict as message_exception makes: Python's header, where it was raised
+ * (task_name and task_id when known, may be NULL), and the last line Python
+ * prints ("ValueError: boom", "billiard.exceptions.WorkerLostError: ..."). */
+void message_traceback(struct buf *out, const json_t *exc, const char *task_name,
+                       const char *task_id);
+
 void message_priority_list(struct buf *out, const char *queue, int priority);
 
 #endif /* CELERIAC_MESSAGE_H */

@@ -409,7 +409,7 @@ static bool store_exception_as(struct child *c, const struct message *m, const c
 {
     json_t *exc = message_exception(exc_type, exc_module, text);
     struct result_meta meta = {.status = status, .result = exc, .task_id = m->task_id,
-                               .redelivered = m->redelivered,
+                               .task_name = m->task_name, .redelivered = m->redelivered,
                                .parent_id = m->parent_id, .group_id = m->group};
     bool stored = confirmed ? store(c, &meta) : store_sent(c, &meta);
     json_decref(exc);
@@ -698,11 +698,15 @@ static void execute(struct child *c, struct message *m, const struct celeriac_ta
         log_error("Task %s[%s] raised unexpected: %s('%s')", m->task_name, m->task_id,
                   c->task.exc_type, c->task.exc_message.data);
         if (events_task_enabled(&c->events)) {
-            struct buf exc = BUF_INIT;
+            struct buf exc = BUF_INIT, tb = BUF_INIT;
             buf_addf(&exc, "%s('%s')", c->task.exc_type, c->task.exc_message.data);
+            json_t *d = message_exception(c->task.exc_type, NULL, c->task.exc_message.data);
+            message_traceback(&tb, d, m->task_name, m->task_id);
+            json_decref(d);
             task_event(c, "task-failed", m,
-                       json_pack("{s:s, s:s}", "exception", exc.data, "traceback", ""));
+                       json_pack("{s:s, s:s}", "exception", exc.data, "traceback", tb.data));
             buf_release(&exc);
+            buf_release(&tb);
         }
         /* Errors are stored even with ignore_result in the message, as Celery
          * 5.2 does; a task that ignores results ignores its errors too. */
@@ -1108,7 +1112,7 @@ static void settle_lost_task(struct child *c)
                                 "billiard.exceptions");
         /* It may have stored SUCCESS before dying: keep that. */
         struct result_meta meta = {.status = "FAILURE", .result = exc, .task_id = m.task_id,
-                                   .redelivered = true};
+                                   .task_name = m.task_name, .redelivered = true};
         store(c, &meta);
         json_decref(exc);
         ack(c, s->lost_tag);

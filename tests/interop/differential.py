@@ -129,6 +129,11 @@ def cmd_run(out_path):
     return 0
 
 
+def last_line(text):
+    lines = [l for l in text.splitlines() if l.strip()]
+    return lines[-1] if lines else ""
+
+
 def strict(v):
     """JSON text that tells 5 from 5.0 and True from 1."""
     return json.dumps(v, sort_keys=True)
@@ -185,6 +190,15 @@ def cmd_compare(py_path, c_path):
                 if meta.get("status") in ("SUCCESS", "FAILURE") and not (
                         isinstance(dd, str) and re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", dd)):
                     problems.append("%s date_done %r" % (run, dd))
+            # A FAILURE carries a traceback whose last line is what Python
+            # prints for the exception ("ValueError: boom").
+            if pm.get("status") == "FAILURE":
+                ptb, ctb = pm.get("traceback"), cm.get("traceback")
+                if not isinstance(ctb, str) or not ctb.startswith("Traceback"):
+                    problems.append("celeriac traceback %r" % (ctb,))
+                elif isinstance(ptb, str) and last_line(ptb) != last_line(ctb):
+                    problems.append("traceback ends: python %r" % last_line(ptb))
+                    problems.append("              celeriac %r" % last_line(ctb))
             if p.get("ttl_minutes") != q.get("ttl_minutes"):
                 problems.append("ttl minutes: python %r, celeriac %r" % (p.get("ttl_minutes"),
                                                                          q.get("ttl_minutes")))

@@ -119,3 +119,103 @@ bool pyjson_number(const json_t *v, double *out)
     *out = !strcmp(s, "NaN") ? NAN : s[0] == '-' ? -INFINITY : INFINITY;
     return true;
 }
+
+/* Python's str repr: single quotes unless the text has a single quote and no
+ * double one; backslash, the quote and control characters escaped. */
+static void repr_string(struct buf *out, const char *s, size_t len)
+{
+    char q = memchr(s, '\'', len) && !memchr(s, '"', len) ? '"' : '\'';
+    buf_addch(out, q);
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '\\' || c == (unsigned char)q)
+            buf_addf(out, "\\%c", c);
+        else if (c == '\n')
+            buf_adds(out, "\\n");
+        else if (c == '\r')
+            buf_adds(out, "\\r");
+        else if (c == '\t')
+            buf_adds(out, "\\t");
+        else if (c < 0x20 || c == 0x7f)
+            buf_addf(out, "\\x%02x", c);
+        else
+            buf_addch(out, (char)c);
+    }
+    buf_addch(out, q);
+}
+
+void pyjson_repr(struct buf *out, const json_t *v)
+{
+    double d;
+    size_t i;
+    const char *key;
+    json_t *item;
+    if (pyjson_is_special(v)) {
+        pyjson_number(v, &d);
+        buf_adds(out, isnan(d) ? "nan" : d > 0 ? "inf" : "-inf");
+        return;
+    }
+    switch (json_typeof(v)) {
+    case JSON_STRING:
+        repr_string(out, json_string_value(v), json_string_length(v));
+        return;
+    case JSON_ARRAY:
+        buf_addch(out, '[');
+        json_array_foreach(v, i, item) {
+            if (i)
+                buf_adds(out, ", ");
+            pyjson_repr(out, item);
+        }
+        buf_addch(out, ']');
+        return;
+    case JSON_OBJECT:
+        buf_addch(out, '{');
+        i = 0;
+        json_object_foreach((json_t *)v, key, item) {
+            if (i++)
+                buf_adds(out, ", ");
+            repr_string(out, key, strlen(key));
+            buf_adds(out, ": ");
+            pyjson_repr(out, item);
+        }
+        buf_addch(out, '}');
+        return;
+    case JSON_TRUE:
+        buf_adds(out, "True");
+        return;
+    case JSON_FALSE:
+        buf_adds(out, "False");
+        return;
+    case JSON_NULL:
+        buf_adds(out, "None");
+        return;
+    default: {
+        char *text = json_dumps(v, JSON_ENCODE_ANY);
+        buf_adds(out, text ? text : "?");
+        free(text);
+    }
+    }
+}
+
+void pyjson_exc_repr(struct buf *out, const json_t *exc)
+{
+    const char *type = json_string_value(json_object_get(exc, "exc_type"));
+    json_t *args = json_object_get(exc, "exc_message");
+    if (!type) {
+        pyjson_repr(out, exc);
+        return;
+    }
+    buf_addf(out, "%s(", type);
+    size_t i;
+    json_t *item;
+    if (json_is_array(args)) {
+        json_array_foreach(args, i, item) {
+            if (i)
+                buf_adds(out, ", ");
+            pyjson_repr(out, item);
+        }
+    } else if (args && !json_is_null(args)) {
+        pyjson_repr(out, args);
+    }
+    buf_addch(out, ')');
+}

@@ -23,4 +23,12 @@ bool pyjson_number(const json_t *v, double *out);
 /* True when v is a marked string (a non-finite float). */
 bool pyjson_is_special(const json_t *v);
 
+struct buf;
+/* Appends Python's repr() of v: 'text' (quoted and escaped as Python does),
+ * None, True, False, numbers, [..], {..}; NaN and inf as nan and inf. */
+void pyjson_repr(struct buf *out, const json_t *v);
+/* Appends the repr of an exception dict {"exc_type", "exc_message": [args]}
+ * as Python prints it: ValueError('boom'). Anything else as pyjson_repr. */
+void pyjson_exc_repr(struct buf *out, const json_t *exc);
+
 #endif /* CELERIAC_PYJSON_H */

@@ -212,10 +212,10 @@ static int finish_chord(const struct canvas *cv, const struct message *m, json_t
     if (failed_id) {
         const char *body_id = json_string_value(
             json_object_get(json_object_get(body, "options"), "task_id"));
-        char *repr = pyjson_dumps(failed_result, JSON_COMPACT | JSON_ENCODE_ANY);
+        /* Celery's message: Dependency <id> raised ValueError('c-boom') */
         struct buf why = BUF_INIT;
-        buf_addf(&why, "Dependency %s raised %s", failed_id, repr ? repr : "?");
-        free(repr);
+        buf_addf(&why, "Dependency %s raised ", failed_id);
+        pyjson_exc_repr(&why, failed_result);
         log_error("chord %s: %s", m->group, why.data);
         if (body_id) {
             json_t *exc = message_exception("ChordError", "celery.exceptions", why.data);

@@ -143,6 +143,10 @@ res = chord([sig("tasks.add", (1, 1)), sig("tasks.fail", ("member",))], sig("tas
 m = wait_meta(res.id, 15)
 check("chord with a failing member: the body is FAILURE ChordError", summary(m).startswith("FAILURE ChordError"),
       summary(m), *w.log_tail(5))
+culprit = res.parent.results[1].id
+eq("ChordError says what Celery says: Dependency <id> raised ValueError('member')",
+   ["Dependency %s raised ValueError('member')" % culprit],
+   ((m or {}).get("result") or {}).get("exc_message"))
 g = group(sig("tasks.echo"), sig("tasks.echo"))
 g.freeze()
 r = app.send_task("tasks.add", args=[1, 1], link=g)

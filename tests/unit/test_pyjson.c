@@ -4,6 +4,7 @@
  */
 #include "common.h"
 #include "protocol/pyjson.h"
+#include "util/buf.h"
 
 #include <math.h>
 
@@ -69,6 +70,40 @@ TEST(invalid_json_stays_invalid)
     ASSERT_NULL(pyjson_loadb("[NaNa]", 6, 0, &jerr));
     ASSERT_NULL(pyjson_loadb("[nan]", 5, 0, &jerr));
     ASSERT_NULL(pyjson_loadb("[Infinit]", 9, 0, &jerr));
+}
+
+static void repr_is(const char *json, const char *want, bool exc)
+{
+    json_error_t jerr;
+    json_t *v = pyjson_loadb(json, strlen(json), JSON_DECODE_ANY, &jerr);
+    ASSERT_NOT_NULL(v);
+    struct buf out = BUF_INIT;
+    if (exc)
+        pyjson_exc_repr(&out, v);
+    else
+        pyjson_repr(&out, v);
+    ASSERT_EQ_STR(out.data, want);
+    buf_release(&out);
+    json_decref(v);
+}
+
+TEST(repr_as_python_prints_it)
+{
+    repr_is("\"boom\"", "'boom'", false);
+    repr_is("\"it's\"", "\"it's\"", false);
+    repr_is("\"a'b\\\"c\"", "'a\\'b\"c'", false);
+    repr_is("\"l1\\nl2\\\\\"", "'l1\\nl2\\\\'", false);
+    repr_is("[1, 2.5, null, true, false, NaN, -Infinity]", "[1, 2.5, None, True, False, nan, -inf]",
+            false);
+    repr_is("{\"k\": [\"v\"]}", "{'k': ['v']}", false);
+}
+
+TEST(exception_repr_as_python_prints_it)
+{
+    repr_is("{\"exc_type\": \"ValueError\", \"exc_message\": [\"c-boom\"], \"exc_module\": "
+            "\"builtins\"}", "ValueError('c-boom')", true);
+    repr_is("{\"exc_type\": \"KeyError\", \"exc_message\": [\"a\", 1]}", "KeyError('a', 1)", true);
+    repr_is("{\"exc_type\": \"RuntimeError\", \"exc_message\": []}", "RuntimeError()", true);
 }
 
 RUN_TESTS()

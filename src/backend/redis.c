@@ -187,7 +187,12 @@ void result_meta_encode(struct buf *out, const struct result_meta *m)
     } else {
         buf_adds(out, "null");
     }
-    buf_adds(out, ", \"children\": [], \"date_done\": ");
+    buf_adds(out, ", \"children\": ");
+    if (m->children)
+        add_json(out, m->children);
+    else
+        buf_adds(out, "[]");
+    buf_adds(out, ", \"date_done\": ");
     if (ready) {
         buf_addch(out, '"');
         time_format_iso(out, time_now(), false);

@@ -41,6 +41,8 @@ struct result_meta {
     const char *parent_id;     /* NULL = omitted */
     const char *group_id;      /* NULL = omitted */
     bool redelivered;          /* the message may have run before: never overwrite SUCCESS */
+    json_t *children;          /* borrowed: result tuples of the tasks it sent (callbacks,
+                                  the next chain step) as Celery stores them, or NULL */
 };
 
 void backend_redis_init(struct backend_redis *b, const struct backend_config *cfg);

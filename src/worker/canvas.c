@@ -11,16 +11,23 @@
 #include "util/buf.h"
 #include "util/log.h"
 #include "util/time.h"
+#include "util/uuid.h"
 #include "worker/canvas.h"
 
 #include <math.h>
 
 #define CHORD_KEY_PREFIX "celery-taskset-meta-"
 
-static int publish(const struct canvas *cv, const struct task_send *t, struct err *e)
+/* Sends t; when children is not NULL, appends the result tuple Celery
+ * records for it ([[id, null], null], as AsyncResult.as_tuple()). */
+static int publish(const struct canvas *cv, const struct task_send *t, json_t *children,
+                   struct err *e)
 {
     struct buf env = BUF_INIT;
-    message_encode_task(&env, t, NULL);
+    char id[UUID_STR_LEN];
+    message_encode_task(&env, t, id);
+    if (children)
+        json_array_append_new(children, json_pack("[[s, n], n]", id));
     int rc = broker_redis_publish(cv->broker, t->queue ? t->queue : "celery", t->priority,
                                   env.data, env.len, e);
     buf_release(&env);
@@ -38,7 +45,7 @@ int canvas_retry(const struct canvas *cv, const struct message *m, double eta, s
         .time_limit = m->time_limit, .soft_time_limit = m->soft_time_limit,
         .ignore_result = m->ignore_result,
     };
-    return publish(cv, &t, e);
+    return publish(cv, &t, NULL, e);
 }
 
 /* A list of signatures from a value that may be one signature or a list. */
@@ -68,11 +75,19 @@ static void refuse(const struct canvas *cv, json_t *sig, const char *why)
     json_decref(exc);
 }
 
-/* Applies one signature as a new task message. prepend: a value to put
- * before its args (the parent's result or id), or NULL. chain_rest: the
- * remaining chain steps to carry in its embed, or NULL. */
+/* How a signature is applied. */
+struct sig_send {
+    json_t *prepend;             /* a value put before its args (the parent's result or id) */
+    json_t *chain_rest;          /* the remaining chain steps for its embed */
+    json_t *children;            /* where its result tuple is appended */
+    const char *group;           /* sent as a member of this group (at group_index) */
+    int group_index;
+};
+
+/* Applies one signature as a new task message; how may leave any field
+ * NULL. */
 static int send_signature(const struct canvas *cv, const struct message *parent, json_t *sig,
-                          json_t *prepend, json_t *chain_rest, struct err *e)
+                          const struct sig_send *how, struct err *e)
 {
     const char *name = json_string_value(json_object_get(sig, "task"));
     json_t *type = json_object_get(sig, "subtask_type");
@@ -88,8 +103,8 @@ static int send_signature(const struct canvas *cv, const struct message *parent,
     json_t *opts = json_object_get(sig, "options");
     json_t *sargs = json_object_get(sig, "args"), *skwargs = json_object_get(sig, "kwargs");
     json_t *args = json_array();
-    if (prepend && !json_is_true(json_object_get(sig, "immutable")))
-        json_array_append(args, prepend);
+    if (how->prepend && !json_is_true(json_object_get(sig, "immutable")))
+        json_array_append(args, how->prepend);
     if (json_is_array(sargs))
         json_array_extend(args, sargs);
     json_t *links = as_list(json_object_get(opts, "link"));
@@ -99,8 +114,9 @@ static int send_signature(const struct canvas *cv, const struct message *parent,
                               json_array_size(links) ? json_incref(links) : json_null(),
                               "errbacks", json_array_size(errlinks) ? json_incref(errlinks)
                                                                     : json_null(),
-                              "chain", chain_rest && json_array_size(chain_rest) ? chain_rest
-                                                                                 : json_null(),
+                              "chain", how->chain_rest && json_array_size(how->chain_rest)
+                                           ? how->chain_rest
+                                           : json_null(),
                               "chord", json_is_object(chord) ? chord : json_null());
     json_decref(links);
     json_decref(errlinks);
@@ -127,45 +143,74 @@ static int send_signature(const struct canvas *cv, const struct message *parent,
         .expires = expires, .priority = json_is_integer(prio) ? (int)json_integer_value(prio) : 0,
         .root_id = parent->root_id ? parent->root_id : parent->task_id,
         .parent_id = parent->task_id,
-        .group = json_string_value(json_object_get(opts, "group_id")),
-        .group_index = json_is_integer(gi) ? (int)json_integer_value(gi) : 0,
-        .has_group_index = json_is_integer(gi),
+        .group = how->group ? how->group : json_string_value(json_object_get(opts, "group_id")),
+        .group_index = how->group ? how->group_index
+                       : json_is_integer(gi) ? (int)json_integer_value(gi)
+                                             : 0,
+        .has_group_index = how->group || json_is_integer(gi),
     };
     if (t.priority < 0 || t.priority > 9)
         t.priority = t.priority < 0 ? 0 : 9;
-    int rc = publish(cv, &t, e);
+    int rc = publish(cv, &t, how->children, e);
     json_decref(args);
     json_decref(embed);
     return rc;
 }
 
+/* Several link callbacks go out as one group, as Celery's worker sends
+ * them: each a member of a fresh group id, recorded in children as the
+ * group's tuple [[group id, null], [member tuples]]. */
+static int send_callback_group(const struct canvas *cv, const struct message *m,
+                               json_t *callbacks, json_t *value, json_t *children, struct err *e)
+{
+    char gid[UUID_STR_LEN];
+    uuid_generate(gid);
+    json_t *members = json_array();
+    struct sig_send how = {.prepend = value, .children = members, .group = gid};
+    size_t i;
+    json_t *sig;
+    int rc = 0;
+    json_array_foreach(callbacks, i, sig) {
+        how.group_index = (int)i;
+        if ((rc = send_signature(cv, m, sig, &how, e)))
+            break;
+    }
+    if (children)
+        json_array_append_new(children, json_pack("[[s, n], o]", gid, members));
+    else
+        json_decref(members);
+    return rc;
+}
+
 int canvas_on_success(const struct canvas *cv, const struct message *m, json_t *result,
-                      struct err *e)
+                      json_t *children, struct err *e)
 {
     if (!m->embed)
         return 0;
     json_t *value = result ? result : json_null();
-    size_t i;
-    json_t *sig;
     json_t *callbacks = json_object_get(m->embed, "callbacks");
-    if (json_is_array(callbacks))
-        json_array_foreach(callbacks, i, sig) {
-            int rc = send_signature(cv, m, sig, value, NULL, e);
-            if (rc)
-                return rc;
-        }
+    size_t n = json_array_size(callbacks);
+    int rc = 0;
+    if (n == 1) {
+        struct sig_send how = {.prepend = value, .children = children};
+        rc = send_signature(cv, m, json_array_get(callbacks, 0), &how, e);
+    } else if (n > 1) {
+        rc = send_callback_group(cv, m, callbacks, value, children, e);
+    }
+    if (rc)
+        return rc;
     /* The chain is stored reversed: the next step is the last element. */
     json_t *chain = json_object_get(m->embed, "chain");
-    size_t n = json_array_size(chain);
+    n = json_array_size(chain);
     if (n) {
         json_t *rest = json_array();
-        for (i = 0; i + 1 < n; i++)
+        for (size_t i = 0; i + 1 < n; i++)
             json_array_append(rest, json_array_get(chain, i));
-        int rc = send_signature(cv, m, json_array_get(chain, n - 1), value, rest, e);
+        struct sig_send how = {.prepend = value, .chain_rest = rest, .children = children};
+        rc = send_signature(cv, m, json_array_get(chain, n - 1), &how, e);
         json_decref(rest);
-        return rc;
     }
-    return 0;
+    return rc;
 }
 
 int canvas_on_failure(const struct canvas *cv, const struct message *m, struct err *e)
@@ -178,7 +223,8 @@ int canvas_on_failure(const struct canvas *cv, const struct message *m, struct e
     json_t *sig;
     int rc = 0;
     json_array_foreach(errbacks, i, sig) {
-        if ((rc = send_signature(cv, m, sig, id, NULL, e)))
+        struct sig_send how = {.prepend = id};
+        if ((rc = send_signature(cv, m, sig, &how, e)))
             break;
     }
     json_decref(id);
@@ -225,7 +271,8 @@ static int finish_chord(const struct canvas *cv, const struct message *m, json_t
         }
         buf_release(&why);
     } else {
-        rc = send_signature(cv, m, body, results, NULL, e);
+        struct sig_send how = {.prepend = results};
+        rc = send_signature(cv, m, body, &how, e);
     }
     json_decref(results);
     json_decref(decoded);

@@ -23,9 +23,12 @@ struct canvas {
 int canvas_retry(const struct canvas *cv, const struct message *m, double eta, struct err *e);
 
 /* After m succeeded with result: sends each link callback with the result
- * prepended to its args (unless immutable) and the next chain step. */
+ * prepended to its args (unless immutable; several go out as one group, as
+ * Celery's worker sends them) and the next chain step, and appends their
+ * result tuples to children (a JSON array; NULL: not wanted), as Celery
+ * records them in the parent's result. */
 int canvas_on_success(const struct canvas *cv, const struct message *m, json_t *result,
-                      struct err *e);
+                      json_t *children, struct err *e);
 
 /* After m failed: sends each link_error errback with m's id prepended. */
 int canvas_on_failure(const struct canvas *cv, const struct message *m, struct err *e);

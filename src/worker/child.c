@@ -675,7 +675,8 @@ static void execute(struct child *c, struct message *m, const struct celeriac_ta
     } else if (rc == CELERIAC_OK) {
         log_debug("Task %s[%s] succeeded in %.4fs", m->task_name, m->task_id, secs);
         struct err e = {0};
-        if (canvas_on_success(&c->canvas, m, c->task.result, &e))
+        json_t *children = json_array();
+        if (canvas_on_success(&c->canvas, m, c->task.result, children, &e))
             log_error("task %s: sending its callbacks failed: %s", m->task_id, e.msg);
         if (events_task_enabled(&c->events)) {
             char *r = json_dumps(c->task.result ? c->task.result : json_null(),
@@ -687,11 +688,12 @@ static void execute(struct child *c, struct message *m, const struct celeriac_ta
         bool chord = m->group && m->embed && json_is_object(json_object_get(m->embed, "chord"));
         if (!ignore_result) {
             struct result_meta meta = {.status = "SUCCESS", .result = c->task.result,
-                                       .redelivered = m->redelivered,
+                                       .redelivered = m->redelivered, .children = children,
                                        .task_id = m->task_id, .parent_id = m->parent_id,
                                        .group_id = m->group};
             stored = acks_late || chord ? store(c, &meta) : store_sent(c, &meta);
         }
+        json_decref(children);
         if (chord && canvas_chord_part(&c->canvas, m, "SUCCESS", c->task.result, &e))
             log_error("task %s: chord join failed: %s", m->task_id, e.msg);
     } else {

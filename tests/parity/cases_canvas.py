@@ -96,6 +96,8 @@ eq("add.s(1, 1) | add.s(2) | add.s(3) | echo.s(): 7", 7,
    get((sig("tasks.add", (1, 1)) | sig("tasks.add", (2,)) | sig("tasks.add", (3,)) | sig("tasks.echo"))()))
 c = chain(sig("tasks.add", (1, 1)), sig("tasks.add", (2,)))()
 eq("chain: the parent step's result is readable too", [4, 2], [get(c), get(c.parent)])
+eq("chain: the first step's AsyncResult.children is the next step", [c.id],
+   [ch.id for ch in (app.AsyncResult(c.parent.id).children or [])])
 c = chain(sig("tasks.fail", ("stop",)), sig("tasks.add", (2,)))()
 first = summary(wait_meta(c.parent.id, 8))
 time.sleep(0.5)
@@ -108,6 +110,8 @@ cb_sig.freeze()
 r = app.send_task("tasks.add", args=[2, 2], link=cb_sig)
 eq("link: the callback gets the parent's result (echo -> 4)", ["SUCCESS 4", "SUCCESS 4"],
    [summary(wait_meta(r.id)), summary(wait_meta(cb_sig.id))])
+eq("link: the parent's AsyncResult.children is the callback", [cb_sig.id],
+   [ch.id for ch in (app.AsyncResult(r.id).children or [])])
 cbs = [sig("tasks.echo"), sig("tasks.add", (10,))]
 for s in cbs:
     s.freeze()

@@ -262,20 +262,24 @@ static bool store(struct child *c, const struct result_meta *m)
     if (!c->cfg->backend.enabled)
         return true;
     struct retry r;
-    retry_init(&r, 100, 5000, "storing the result of %s", m->task_id);
+    bool failed = false; /* r is set up at the first failure: none on the task path */
     for (;;) {
         if (ensure_backend(c))
             return false;
         struct err e = {0};
         int rc = backend_redis_store(&c->backend, m, &e);
         if (!rc) {
-            retry_succeeded(&r);
+            if (failed)
+                retry_succeeded(&r);
             return true;
         }
         if (!worth_retrying(c, rc)) {
             log_error("result of %s not stored: %s", m->task_id, e.msg);
             return false;
         }
+        if (!failed)
+            retry_init(&r, 100, 5000, "storing the result of %s", m->task_id);
+        failed = true;
         retry_wait(&r, LOG_WARNING, &e, &sig_stop);
     }
 }
@@ -287,10 +291,12 @@ static void confirm_results(struct child *c)
 {
     if ((!c->backend.unconfirmed && !c->backend.refused) || !redis_link_is_open(&c->backend.link))
         return;
-    struct retry r;
-    retry_init(&r, 100, 5000, "storing a result sent earlier");
     struct err e = {0};
     int rc = backend_redis_confirm(&c->backend, &e);
+    if (!rc)
+        return;
+    struct retry r;
+    retry_init(&r, 100, 5000, "storing a result sent earlier");
     while (rc) {
         if (!worth_retrying(c, rc)) {
             log_error("a result sent earlier was not stored: %s", e.msg);

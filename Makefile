@@ -30,7 +30,7 @@ UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 # The binary exports only the task-library API (celeriac_*) to dlopen()ed libraries.
 EXPORTS  := -Wl,--export-dynamic-symbol=celeriac_*
 
-.PHONY: all deps test unit unit-bins demo clean fuzz bench chaos format
+.PHONY: all deps test unit unit-bins demo clean fuzz bench bench-idle chaos format
 all: $(BUILD)/celeriac $(BUILD)/examples/libbooks.so
 
 $(BUILD)/%.o: %.c
@@ -79,6 +79,11 @@ demo: deps
 bench: deps
 	@$(MAKE) --no-print-directory all
 	@BUILD=$(BUILD) bench/run.sh
+
+# What an idle worker costs in Redis commands and CPU, beside Python Celery.
+bench-idle: deps
+	@$(MAKE) --no-print-directory all
+	@BUILD=$(BUILD) bench/idle.sh
 
 # 10,000 late-ack tasks while children are killed and PostgreSQL and Redis restart.
 chaos: deps

@@ -112,23 +112,48 @@ void broker_redis_init(struct broker_redis *b, const struct broker_config *cfg)
     redis_link_init(&b->link, "broker");
     b->link.scripts = scripts;
     b->cfg = cfg;
+    broker_redis_set_queues(b, cfg->queues, cfg->n_queues);
+}
+
+static void free_keys(struct broker_redis *b)
+{
+    for (size_t i = 0; b->keys && i < b->n_keys; i++)
+        free((char *)b->keys[i]);
+    free(b->keys);
+    free(b->key_lens);
+    b->keys = NULL;
+    b->key_lens = NULL;
+    b->n_keys = 0;
+}
+
+void broker_redis_set_queues(struct broker_redis *b, char *const *queues, size_t n)
+{
+    free_keys(b);
     /* kombu's order: for each priority step, for each queue. */
     static const int steps[] = {0, 3, 6, 9};
-    b->n_keys = 2 + cfg->n_queues * ARRAY_SIZE(steps);
+    b->n_keys = 2 + n * ARRAY_SIZE(steps);
     b->keys = xcalloc(b->n_keys, sizeof(*b->keys));
     b->key_lens = xcalloc(b->n_keys, sizeof(*b->key_lens));
     b->keys[0] = xstrdup(UNACKED_KEY);
     b->keys[1] = xstrdup(UNACKED_INDEX_KEY);
     size_t k = 2;
     for (size_t s = 0; s < ARRAY_SIZE(steps); s++) {
-        for (size_t q = 0; q < cfg->n_queues; q++) {
+        for (size_t q = 0; q < n; q++) {
             struct buf name = BUF_INIT;
-            message_priority_list(&name, cfg->queues[q], steps[s]);
+            message_priority_list(&name, queues[q], steps[s]);
             b->keys[k++] = buf_detach(&name, NULL);
         }
     }
     for (size_t i = 0; i < b->n_keys; i++)
         b->key_lens[i] = strlen(b->keys[i]);
+    b->idle = false;
+}
+
+/* The list a message of unknown origin goes back to: the first consumed,
+ * or Celery's default queue when none is. */
+static const char *first_list(const struct broker_redis *b)
+{
+    return b->n_keys > 2 ? b->keys[2] : "celery";
 }
 
 void broker_redis_set_hand(struct broker_redis *b, const char *node, pid_t owner, int slot)
@@ -144,13 +169,7 @@ void broker_redis_release(struct broker_redis *b, const char *reason)
     redis_link_close(&b->link, reason);
     free(b->hand);
     b->hand = NULL;
-    for (size_t i = 0; b->keys && i < b->n_keys; i++)
-        free((char *)b->keys[i]);
-    free(b->keys);
-    free(b->key_lens);
-    b->keys = NULL;
-    b->key_lens = NULL;
-    b->n_keys = 0;
+    free_keys(b);
 }
 
 int broker_redis_open(struct broker_redis *b, struct err *e)
@@ -363,7 +382,7 @@ static int hand_recover(struct broker_redis *b, struct delivery *d, struct err *
         return 0;
     }
     b->hand_release = false;
-    take_moved(d, r, b->keys[2], b->key_lens[2]);
+    take_moved(d, r, first_list(b), strlen(first_list(b)));
     return 0;
 }
 
@@ -461,6 +480,10 @@ int broker_redis_fetch(struct broker_redis *b, double timeout_s, struct delivery
     int rc = broker_redis_confirm(b, e);
     if (rc)
         return rc;
+    if (b->n_keys <= 2) { /* every queue cancelled (cancel_consumer): nothing to pop */
+        time_sleep_ms((int64_t)(timeout_s * 1000), NULL);
+        return 0;
+    }
     if (b->hand)
         return pop_hand(b, timeout_s, d, e);
     /* Pop and record happen in one script, so there is no moment in which a
@@ -820,7 +843,7 @@ static char *return_list(struct broker_redis *b, json_t *env, struct err *e)
     const char *exchange = json_string_value(json_object_get(info, "exchange"));
     const char *rk = json_string_value(json_object_get(info, "routing_key"));
     if (!exchange || !rk || !*rk)
-        return xstrdup(b->keys[2]);
+        return xstrdup(first_list(b));
     char *queue = restore_queue(b, exchange, rk, e);
     if (!queue)
         return NULL;
@@ -846,7 +869,7 @@ static int return_from_hand(struct broker_redis *b, const char *hand, const char
         edited = json_dumps(env, JSON_COMPACT);
         to = return_list(b, env, e);
     } else {
-        to = xstrdup(b->keys[2]);
+        to = xstrdup(first_list(b));
     }
     json_decref(env);
     if (!to) {

@@ -48,6 +48,9 @@ struct broker_redis {
 };
 
 void broker_redis_init(struct broker_redis *b, const struct broker_config *cfg);
+/* Consumes queues[0..n) from the next fetch on (n may be 0: nothing is
+ * popped). No I/O. */
+void broker_redis_set_queues(struct broker_redis *b, char *const *queues, size_t n);
 /* Frees the key table and closes the connection (logging reason if not NULL). */
 void broker_redis_release(struct broker_redis *b, const char *reason);
 /* Connects (no retry: the caller backs off). Returns 0 or E_CONN_LOST. */

@@ -9,6 +9,7 @@
 #include "util/url.h"
 #include "worker/config.h"
 #include "worker/master.h"
+#include "worker/scoreboard.h"
 
 #include <getopt.h>
 #include <limits.h>
@@ -207,6 +208,8 @@ static int set_queues(struct worker_config *cfg, const char *list)
     }
     if (!cfg->broker.n_queues)
         return usage_error("-Q names no queue");
+    if (cfg->broker.n_queues > QUEUES_MAX)
+        return usage_error("-Q names more than 1024 queues");
     return 0;
 }
 

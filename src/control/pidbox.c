@@ -190,8 +190,11 @@ static json_t *cmd_revoked(struct pidbox *p)
 static json_t *cmd_active_queues(struct pidbox *p)
 {
     json_t *list = json_array();
-    for (size_t i = 0; i < p->cfg->broker.n_queues; i++) {
-        const char *q = p->cfg->broker.queues[i];
+    char **names;
+    size_t n;
+    scoreboard_queues_read(p->sb, &names, &n);
+    for (size_t i = 0; i < n; i++) {
+        const char *q = names[i];
         json_array_append_new(
             list,
             json_pack("{s:s, s:{s:s, s:s, s:n, s:b, s:b, s:b, s:n, s:b}, s:s, s:n, s:n, s:n, "
@@ -202,8 +205,32 @@ static json_t *cmd_active_queues(struct pidbox *p)
                       "consumer_arguments", "durable", 1, "exclusive", 0, "auto_delete", 0,
                       "no_ack", 0, "alias", "bindings", "no_declare", "expires", "message_ttl",
                       "max_length", "max_length_bytes", "max_priority"));
+        free(names[i]);
     }
+    free(names);
     return list;
+}
+
+/* add_consumer / cancel_consumer: the children pick the new set up before
+ * their next fetch. Celery answers the same whether or not anything changed. */
+static json_t *cmd_consumer(struct pidbox *p, json_t *args, bool add)
+{
+    const char *queue = json_string_value(json_object_get(args, "queue"));
+    if (!queue || !*queue || strlen(queue) >= QUEUE_NAME_MAX)
+        return error("queue must be a queue name of at most 200 bytes");
+    struct buf text = BUF_INIT;
+    if (add) {
+        if (scoreboard_queue_add(p->sb, queue))
+            log_info("Started consuming from %s", queue);
+        buf_addf(&text, "add consumer %s", queue);
+    } else {
+        if (scoreboard_queue_remove(p->sb, queue))
+            log_info("Canceling queue %s", queue);
+        buf_addf(&text, "no longer consuming from %s", queue);
+    }
+    json_t *reply = ok(text.data);
+    buf_release(&text);
+    return reply;
 }
 
 static json_t *rusage_json(void)
@@ -304,16 +331,38 @@ static int signal_number(json_t *v)
     return -1;
 }
 
+void pidbox_escalate(struct pidbox *p)
+{
+    int64_t now = time_mono_ms();
+    for (size_t k = 0; k < p->n_terminating;) {
+        struct terminating *t = &p->terminating[k];
+        if (now < t->kill_at_ms) {
+            k++;
+            continue;
+        }
+        for (size_t i = 0; i < p->sb->n; i++) {
+            struct slot *s = &p->sb->slots[i];
+            if (atomic_load(&s->pid) == t->pid && busy(s) && !strcmp(s->task_id, t->task_id)) {
+                log_warning("task %s still running %d s after terminate; killing pid %d",
+                            t->task_id, TERMINATE_GRACE_MS / 1000, (int)t->pid);
+                kill(t->pid, SIGKILL);
+            }
+        }
+        *t = p->terminating[--p->n_terminating];
+    }
+}
+
 static json_t *cmd_revoke(struct pidbox *p, json_t *args, bool force_terminate)
 {
     json_t *ids = json_object_get(args, "task_id");
     json_t *list = json_is_array(ids) ? json_incref(ids) : json_pack("[O]", ids ? ids : json_null());
     bool terminate = force_terminate || json_is_true(json_object_get(args, "terminate"));
     int sig = signal_number(json_object_get(args, "signal"));
-    /* TERM asks a celeriac child to finish its task and stop, and a child
-     * ignores HUP: terminating the task needs KILL (its replacement reports
-     * it as revoked). */
-    if (sig == SIGTERM || sig == SIGINT || sig == SIGHUP)
+    /* A child ignores HUP (a terminal hangup must not stop tasks): terminating
+     * with it needs KILL. TERM and INT end a child whose terminate flag is
+     * set (signals_child_terminate_on); any signal escalates to KILL after
+     * TERMINATE_GRACE_MS. The replacement reports the task as revoked. */
+    if (sig == SIGHUP)
         sig = SIGKILL;
     if (terminate && sig <= 0) {
         json_decref(list);
@@ -337,6 +386,12 @@ static json_t *cmd_revoke(struct pidbox *p, json_t *args, bool force_terminate)
                 atomic_store(&s->revoke_terminate, 1);
                 kill(pid, sig);
                 buf_addf(&killed, "%s%s", killed.len ? ", " : "", id);
+                if (sig != SIGKILL && p->n_terminating < ARRAY_SIZE(p->terminating)) {
+                    struct terminating *t = &p->terminating[p->n_terminating++];
+                    t->pid = pid;
+                    snprintf(t->task_id, sizeof(t->task_id), "%s", id);
+                    t->kill_at_ms = time_mono_ms() + TERMINATE_GRACE_MS;
+                }
             }
         }
     }
@@ -502,6 +557,8 @@ json_t *pidbox_dispatch(struct pidbox *p, const char *method, json_t *args)
         return cmd_query_task(p, args);
     if (!strcmp(method, "active_queues"))
         return cmd_active_queues(p);
+    if (!strcmp(method, "add_consumer") || !strcmp(method, "cancel_consumer"))
+        return cmd_consumer(p, args, method[0] == 'a');
     if (!strcmp(method, "clock"))
         return json_pack("{s:I}", "clock", (json_int_t)scoreboard_clock(p->sb, 0));
     if (!strcmp(method, "conf") || !strcmp(method, "dump_conf"))

@@ -23,7 +23,21 @@ struct pidbox {
     pid_t master_pid;
     bool shutdown_requested;           /* `control shutdown` arrived */
     bool heartbeat_requested;          /* `heartbeat` arrived: send one now */
+    struct terminating {               /* revoke --terminate sent, KILL if still running */
+        pid_t pid;
+        char task_id[40];
+        int64_t kill_at_ms;            /* monotonic */
+    } terminating[16];
+    size_t n_terminating;
 };
+
+/* revoke --terminate gives a task this long to die of the signal asked for
+ * before its process is killed. */
+#define TERMINATE_GRACE_MS 5000
+
+/* Kills the processes whose terminate grace period ran out while they still
+ * run the task (call it from the control loop, about once a second). */
+void pidbox_escalate(struct pidbox *p);
 
 /* Handles one message published on the pidbox channel (hostile input:
  * anything malformed is logged and ignored). Returns 0, or E_CONN_LOST when

@@ -179,6 +179,7 @@ void control_main(const struct worker_config *cfg, struct scoreboard *sb, int de
             next_beat = now + HEARTBEAT_MS;
             redis_link_drain(&c.cmd, &e);
         }
+        pidbox_escalate(&c.pidbox);
         /* Without heartbeats there is no beat to wake for: wait the full
          * second (it bounds how late a stop or a gone master is noticed). */
         int wait = c.cfg->without_heartbeat ? 1000 : (int)(next_beat - time_mono_ms());

@@ -52,6 +52,7 @@ struct child {
     uint64_t hand_hash;             /* ... whose bytes hash to this */
     struct message *current;        /* the delivery being handled, if any */
     struct retry fetch_retry;       /* the fetch's failures, across loop turns */
+    uint64_t queues_gen;            /* generation of the queue set the broker consumes */
 };
 
 /* ---- time limits
@@ -1209,6 +1210,21 @@ static void maybe_sweep(struct child *c)
         log_warning("sweep of dead workers' hands failed: %s", e.msg);
 }
 
+/* Remote control changed the queues (add_consumer, cancel_consumer):
+ * consume the new set from the next fetch on. */
+static void follow_queues(struct child *c)
+{
+    if (scoreboard_queues_gen(c->sb) == c->queues_gen)
+        return;
+    char **names;
+    size_t n;
+    c->queues_gen = scoreboard_queues_read(c->sb, &names, &n);
+    broker_redis_set_queues(&c->broker, names, n);
+    for (size_t i = 0; i < n; i++)
+        free(names[i]);
+    free(names);
+}
+
 /* --max-tasks-per-child and --max-memory-per-child: true when this child
  * should retire after the task it just finished. */
 static bool should_retire(struct child *c)
@@ -1343,6 +1359,7 @@ void child_main(const struct worker_config *cfg, struct scoreboard *sb, struct s
     if (ensure_broker(&c) || ensure_backend(&c))
         leave(&c, EXIT_OK);
     timer_child = &c;
+    signals_child_terminate_on(&slot->revoke_terminate);
     struct sigaction sa;
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = on_timer;
@@ -1372,6 +1389,7 @@ void child_main(const struct worker_config *cfg, struct scoreboard *sb, struct s
         if (ensure_broker(&c))
             break;
         maybe_sweep(&c);
+        follow_queues(&c);
         run_due(&c);
         refresh_held(&c);
         if (sig_stop)

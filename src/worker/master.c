@@ -558,6 +558,7 @@ int master_run(struct worker_config *cfg)
     }
     prctl(PR_SET_NAME, "celeriac:master", 0, 0, 0);
     m.sb.shared->pool_target = cfg->concurrency;
+    scoreboard_queues_set(&m.sb, cfg->broker.queues, cfg->broker.n_queues); /* -Q is capped */
     m.sb.shared->events_enabled = cfg->task_events;
     m.sb.shared->started = time_now();
     m.children = xcalloc(m.sb.n, sizeof(*m.children));

@@ -81,3 +81,97 @@ const char *child_state_name(enum child_state s)
                                         "stopping"};
     return (size_t)s < ARRAY_SIZE(names) ? names[s] : "unknown";
 }
+
+/* ---- the consumed queues: a sequence lock, one writer */
+
+static void queues_write_begin(struct queue_set *q)
+{
+    atomic_fetch_add(&q->gen, 1); /* odd: readers retry */
+}
+
+static void queues_write_end(struct queue_set *q)
+{
+    atomic_fetch_add(&q->gen, 1);
+}
+
+int scoreboard_queues_set(struct scoreboard *sb, char *const *names, size_t n)
+{
+    struct queue_set *q = &sb->shared->queues;
+    if (n > QUEUES_MAX)
+        return -E2BIG;
+    queues_write_begin(q);
+    for (size_t i = 0; i < n; i++)
+        snprintf(q->name[i], sizeof(q->name[i]), "%s", names[i]);
+    atomic_store(&q->n, (int)n);
+    queues_write_end(q);
+    return 0;
+}
+
+static int queue_index(const struct queue_set *q, const char *name)
+{
+    int n = atomic_load(&q->n);
+    for (int i = 0; i < n; i++)
+        if (!strcmp(q->name[i], name))
+            return i;
+    return -1;
+}
+
+bool scoreboard_queue_add(struct scoreboard *sb, const char *name)
+{
+    struct queue_set *q = &sb->shared->queues;
+    int n = atomic_load(&q->n);
+    if (queue_index(q, name) >= 0 || n >= QUEUES_MAX || strlen(name) >= QUEUE_NAME_MAX)
+        return false;
+    queues_write_begin(q);
+    snprintf(q->name[n], sizeof(q->name[n]), "%s", name);
+    atomic_store(&q->n, n + 1);
+    queues_write_end(q);
+    return true;
+}
+
+bool scoreboard_queue_remove(struct scoreboard *sb, const char *name)
+{
+    struct queue_set *q = &sb->shared->queues;
+    int i = queue_index(q, name), n = atomic_load(&q->n);
+    if (i < 0)
+        return false;
+    queues_write_begin(q);
+    memmove(q->name[i], q->name[i + 1], (size_t)(n - i - 1) * sizeof(q->name[0]));
+    atomic_store(&q->n, n - 1);
+    queues_write_end(q);
+    return true;
+}
+
+uint64_t scoreboard_queues_gen(const struct scoreboard *sb)
+{
+    return atomic_load(&sb->shared->queues.gen);
+}
+
+uint64_t scoreboard_queues_read(const struct scoreboard *sb, char ***names, size_t *n)
+{
+    const struct queue_set *q = &sb->shared->queues;
+    for (unsigned tries = 0;; tries++) {
+        uint64_t gen = atomic_load(&q->gen);
+        /* A write takes microseconds; a writer killed halfway leaves the
+         * number odd for ever, so after a while the set is taken as it is. */
+        if ((gen & 1) && tries < 1000) {
+            if (tries > 100)
+                usleep(1000);
+            continue;
+        }
+        int count = atomic_load(&q->n);
+        if (count < 0 || count > QUEUES_MAX)
+            count = 0;
+        char **out = xcalloc((size_t)count + 1, sizeof(*out));
+        for (int i = 0; i < count; i++)
+            out[i] = xstrndup(q->name[i], QUEUE_NAME_MAX - 1);
+        if (atomic_load(&q->gen) == gen || tries >= 1000) {
+            *names = out;
+            *n = (size_t)count;
+            return gen;
+        }
+        for (int i = 0; i < count; i++)
+            free(out[i]);
+        free(out);
+    }
+}

@@ -120,6 +120,18 @@ struct task_tuning {
 
 #define REVOKED_MAX 4096
 
+/* The queues the worker consumes, changed at run time by remote control
+ * (add_consumer, cancel_consumer). One writer at a time (the master before
+ * forking, then the control process); readers copy it under the generation
+ * number, which is odd while it is being written. */
+#define QUEUES_MAX 1024
+#define QUEUE_NAME_MAX 201            /* -Q allows 200 bytes */
+struct queue_set {
+    _Atomic uint64_t gen;
+    _Atomic int n;
+    char name[QUEUES_MAX][QUEUE_NAME_MAX];
+};
+
 /* Worker-wide state in the same mapping. */
 struct board_shared {
     _Atomic uint64_t clock;            /* Lamport clock of events and replies */
@@ -132,6 +144,7 @@ struct board_shared {
     _Atomic uint64_t revoked_count;
     _Atomic uint64_t revoked_hash[REVOKED_MAX];
     char revoked_id[REVOKED_MAX][40];
+    struct queue_set queues;           /* what the children consume */
     struct task_tuning tasks[];        /* one per registered task */
 };
 
@@ -154,6 +167,18 @@ uint64_t scoreboard_clock(struct scoreboard *sb, uint64_t received);
 void scoreboard_revoke(struct scoreboard *sb, const char *id);
 /* True if id was revoked (any process; lock-free). */
 bool scoreboard_is_revoked(const struct scoreboard *sb, const char *id);
+/* Replaces the consumed queues with names[0..n) (the master, before fork).
+ * Returns 0, or -E2BIG when there are more than QUEUES_MAX. */
+int scoreboard_queues_set(struct scoreboard *sb, char *const *names, size_t n);
+/* Adds (true: it was not there) or removes (true: it was there) one queue.
+ * Control process only. */
+bool scoreboard_queue_add(struct scoreboard *sb, const char *name);
+bool scoreboard_queue_remove(struct scoreboard *sb, const char *name);
+/* The generation of the queue set: cheap, for "has it changed?". */
+uint64_t scoreboard_queues_gen(const struct scoreboard *sb);
+/* Copies the queue set: *names (caller frees each and the array) and *n.
+ * Returns the generation read. Any process. */
+uint64_t scoreboard_queues_read(const struct scoreboard *sb, char ***names, size_t *n);
 void scoreboard_destroy(struct scoreboard *sb);
 const char *child_state_name(enum child_state s);
 

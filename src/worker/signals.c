@@ -33,6 +33,26 @@ static void on_stop(int sig)
     wake();
 }
 
+/* A child's TERM/INT: a warm stop, unless remote control asked to terminate
+ * the running task with this signal (revoke --terminate): then the child
+ * dies by it, as a Celery pool process does. */
+static _Atomic int *terminate_flag;
+
+static void on_child_stop(int sig)
+{
+    if (terminate_flag && atomic_load(terminate_flag)) {
+        signal(sig, SIG_DFL);
+        raise(sig); /* delivered when this handler returns */
+        return;
+    }
+    on_stop(sig);
+}
+
+void signals_child_terminate_on(_Atomic int *flag)
+{
+    terminate_flag = flag;
+}
+
 static void on_quit(int sig)
 {
     UNUSED(sig);
@@ -125,7 +145,7 @@ void signals_child_install(void)
     /* Not SA_RESTART here: a TERM should interrupt a blocking sleep. */
     struct sigaction sa;
     memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = on_stop;
+    sa.sa_handler = on_child_stop;
     sigfillset(&sa.sa_mask);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);

@@ -6,6 +6,7 @@
 #define CELERIAC_WORKER_SIGNALS_H
 
 #include <signal.h>
+#include <stdatomic.h>
 
 /* Set by handlers; read and cleared by the owning loop. */
 extern volatile sig_atomic_t sig_stop;     /* TERM/INT: 1 = warm, 2+ = cold */
@@ -25,6 +26,10 @@ void signals_drain(void);
  * child's (TERM/INT: finish the task and stop; QUIT: default, die now;
  * HUP: ignored). Also used by the control and salvage processes. */
 void signals_child_install(void);
+/* Child: once *flag is set (by the control process, before it signals us),
+ * TERM and INT end the process by that signal instead of a warm stop.
+ * Async-signal-safe to read; flag lives in the scoreboard. */
+void signals_child_terminate_on(_Atomic int *flag);
 /* Blocks all signals, saving the old mask in old (for spawn). */
 void signals_block_all(sigset_t *old);
 void signals_restore(const sigset_t *old);

@@ -11,8 +11,8 @@ import uuid
 from kombu import Exchange, Queue
 
 from parity import (BROKER, REDIS_PORT, TMP, Worker, celery, celery_json, check, done, eq, flatten,
-                    make_app, not_ok, os_children, parse_iso, pid_alive, redis_client, summary,
-                    wait_meta, wait_until)
+                    make_app, meta, not_ok, os_children, parse_iso, pid_alive, redis_client,
+                    summary, wait_meta, wait_until)
 
 N = "parity@localhost"
 SILENT = "silent@localhost"
@@ -336,6 +336,25 @@ ms = [wait_meta(app.send_task("tasks.add", args=[i, i]).id, 10) for i in range(6
 eq("the resized pool runs tasks", ["SUCCESS %d" % (2 * i) for i in range(6)], [summary(m) for m in ms])
 eq("pool_grow beyond --max-concurrency (64) gives a reply, not a crash", True,
    reply_of(ctl().pool_grow(1000, destination=[N], reply=True, timeout=1)) is not None)
+# ---- add_consumer / cancel_consumer: the running worker follows ----------------------------------
+eq("control add_consumer extra: Celery's reply", {"ok": "add consumer extra"},
+   reply_of(ctl().add_consumer("extra", destination=[N], reply=True, timeout=1.5)))
+got = wait_meta(app.send_task("tasks.add", args=[20, 22], queue="extra").id, 10)
+eq("a task sent to the added queue runs", "SUCCESS 42", summary(got))
+names = [q["name"] for q in (node(ctl().inspect(destination=[N], timeout=1.5).active_queues())
+                             or [])]
+eq("inspect active_queues shows the added queue", ["celery", "extra"], names)
+eq("control cancel_consumer extra: Celery's reply", {"ok": "no longer consuming from extra"},
+   reply_of(ctl().cancel_consumer("extra", destination=[N], reply=True, timeout=1.5)))
+time.sleep(1.5)  # every child picks the change up before its next fetch
+left = app.send_task("tasks.add", args=[1, 1], queue="extra")
+time.sleep(2)
+eq("a task sent to the cancelled queue stays queued", [None, 1],
+   [meta(left.id), redis_client(BROKER).llen("extra")])
+redis_client(BROKER).delete("extra")
+eq("the default queue still runs", "SUCCESS 4",
+   summary(wait_meta(app.send_task("tasks.add", args=[2, 2]).id, 10)))
+
 check("the worker is alive after all control commands", w.alive() and pid_alive(w.control_pid() or 0),
       *w.log_tail())
 

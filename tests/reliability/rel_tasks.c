@@ -174,6 +174,26 @@ static int rel_abort(struct celeriac_task *task)
 
 /* rel.wedge(seconds): blocks SIGALRM (the child's time-limit timer) and
  * sleeps: a task the child cannot interrupt, for the master's backstop. */
+/* rel.deaf(seconds): blocks TERM and INT too and sleeps: a task that does
+ * not die of revoke --terminate's signal, for its escalation to KILL. */
+static int rel_deaf(struct celeriac_task *task)
+{
+    double s;
+    if (celeriac_arg_double(task, 0, "seconds", &s) != CELERIAC_OK)
+        return CELERIAC_FAILED;
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGALRM);
+    sigprocmask(SIG_BLOCK, &set, NULL);
+    struct timespec ts = {(time_t)s, (long)((s - (double)(time_t)s) * 1e9)};
+    while (nanosleep(&ts, &ts) != 0)
+        ;
+    sigprocmask(SIG_UNBLOCK, &set, NULL);
+    return return_ids(task, NULL);
+}
+
 static int rel_wedge(struct celeriac_task *task)
 {
     double s;
@@ -231,6 +251,7 @@ static const struct celeriac_task_def rel_tasks[] = {
     {"rel.segv_late", rel_segv, LATE},
     {"rel.abort", rel_abort, 0},
     {"rel.wedge", rel_wedge, 0},
+    {"rel.deaf", rel_deaf, 0},
     {"rel.grow", rel_grow, 0},
     {NULL, NULL, 0},
 };

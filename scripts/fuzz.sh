@@ -35,7 +35,7 @@ if ! pkg_cflags=$(pkg-config --cflags $pkgs) || ! pkg_libs=$(pkg-config --libs $
 fi
 
 # The decoder and the utilities it uses; nothing that opens a connection runs.
-srcs="tests/fuzz/fuzz_message.c src/protocol/message.c $(ls src/util/*.c)"
+srcs="tests/fuzz/fuzz_message.c $(ls src/protocol/*.c src/util/*.c)"
 
 mkdir -p "$out/corpus"
 bin=$out/fuzz_message

@@ -175,15 +175,15 @@ static json_t *cmd_registered(struct pidbox *p)
     return list;
 }
 
+static void append_id(const char *id, void *list)
+{
+    json_array_append_new(list, json_string(id));
+}
+
 static json_t *cmd_revoked(struct pidbox *p)
 {
     json_t *list = json_array();
-    struct board_shared *s = p->sb->shared;
-    uint64_t n = atomic_load(&s->revoked_count);
-    size_t used = n < REVOKED_MAX ? (size_t)n : REVOKED_MAX;
-    for (size_t i = 0; i < used; i++)
-        if (atomic_load(&s->revoked_hash[i]))
-            json_array_append_new(list, json_string(s->revoked_id[i]));
+    scoreboard_revoked_list(p->sb, append_id, list);
     return list;
 }
 

@@ -3,6 +3,7 @@
  */
 #include "common.h"
 #include "util/hash.h"
+#include "util/time.h"
 #include "worker/scoreboard.h"
 
 #include <sys/mman.h>
@@ -48,31 +49,90 @@ static uint64_t id_hash(const char *id)
     return hash_nonzero(id, strlen(id));
 }
 
+/* The revoked index: linear probing over REVOKED_INDEX_SIZE words, each 0
+ * (never used) or (the upper 48 bits of the id's hash << 16 | ring entry + 1).
+ * Entries are never emptied: one whose ring entry now holds another id is
+ * stale, skipped by readers and reused by the writer, so a reader's probe
+ * never stops early; it stops at a never-used word or after the longest
+ * probe any insert has made. */
+#define INDEX_MASK (REVOKED_INDEX_SIZE - 1)
+
+static uint64_t index_word(uint64_t h, size_t entry)
+{
+    return (h & ~(uint64_t)0xffff) | (uint64_t)(entry + 1);
+}
+
+static bool index_word_is_current(const struct board_shared *s, uint64_t w)
+{
+    size_t entry = (size_t)(w & 0xffff) - 1;
+    return entry < REVOKED_MAX &&
+           (atomic_load(&s->revoked_hash[entry]) & ~(uint64_t)0xffff) == (w & ~(uint64_t)0xffff);
+}
+
+static bool revoked_entry_matches(const struct board_shared *s, size_t entry, uint64_t h,
+                                  const char *id, double now)
+{
+    return atomic_load(&s->revoked_hash[entry]) == h && !strcmp(s->revoked_id[entry], id) &&
+           now - s->revoked_at[entry] < REVOKED_EXPIRES_S;
+}
+
 void scoreboard_revoke(struct scoreboard *sb, const char *id)
 {
     struct board_shared *s = sb->shared;
     if (scoreboard_is_revoked(sb, id))
         return;
-    uint64_t n = atomic_load(&s->revoked_count);
-    size_t i = (size_t)(n % REVOKED_MAX);
-    atomic_store(&s->revoked_hash[i], 0); /* readers skip the entry while it changes */
-    snprintf(s->revoked_id[i], sizeof(s->revoked_id[i]), "%s", id);
-    atomic_store(&s->revoked_hash[i], id_hash(id));
+    uint64_t n = atomic_load(&s->revoked_count), h = id_hash(id);
+    size_t entry = (size_t)(n % REVOKED_MAX);
+    atomic_store(&s->revoked_hash[entry], 0); /* the old id's index word goes stale */
+    snprintf(s->revoked_id[entry], sizeof(s->revoked_id[entry]), "%s", id);
+    s->revoked_at[entry] = time_now();
+    atomic_store(&s->revoked_hash[entry], h);
+    for (unsigned probe = 0; probe < REVOKED_INDEX_SIZE; probe++) {
+        size_t at = (size_t)(h + probe) & INDEX_MASK;
+        uint64_t w = atomic_load(&s->revoked_index[at]);
+        if (w && index_word_is_current(s, w))
+            continue;
+        atomic_store(&s->revoked_index[at], index_word(h, entry));
+        if (probe > atomic_load(&s->revoked_max_probe))
+            atomic_store(&s->revoked_max_probe, probe);
+        break;
+    }
     atomic_store(&s->revoked_count, n + 1);
 }
 
 bool scoreboard_is_revoked(const struct scoreboard *sb, const char *id)
 {
     const struct board_shared *s = sb->shared;
-    uint64_t n = atomic_load(&s->revoked_count);
-    if (!n)
+    if (!atomic_load(&s->revoked_count))
         return false;
     uint64_t h = id_hash(id);
-    size_t used = n < REVOKED_MAX ? (size_t)n : REVOKED_MAX;
-    for (size_t i = 0; i < used; i++)
-        if (atomic_load(&s->revoked_hash[i]) == h && !strcmp(s->revoked_id[i], id))
+    unsigned max_probe = atomic_load(&s->revoked_max_probe);
+    double now = time_now();
+    for (unsigned probe = 0; probe <= max_probe && probe < REVOKED_INDEX_SIZE; probe++) {
+        uint64_t w = atomic_load(&s->revoked_index[(size_t)(h + probe) & INDEX_MASK]);
+        if (!w)
+            return false;
+        size_t entry = (size_t)(w & 0xffff) - 1;
+        if (entry < REVOKED_MAX && revoked_entry_matches(s, entry, h, id, now))
             return true;
+    }
     return false;
+}
+
+size_t scoreboard_revoked_list(const struct scoreboard *sb, void (*each)(const char *, void *),
+                               void *arg)
+{
+    const struct board_shared *s = sb->shared;
+    uint64_t n = atomic_load(&s->revoked_count);
+    size_t used = n < REVOKED_MAX ? (size_t)n : REVOKED_MAX, listed = 0;
+    double now = time_now();
+    for (size_t i = 0; i < used; i++) {
+        if (atomic_load(&s->revoked_hash[i]) && now - s->revoked_at[i] < REVOKED_EXPIRES_S) {
+            each(s->revoked_id[i], arg);
+            listed++;
+        }
+    }
+    return listed;
 }
 
 const char *child_state_name(enum child_state s)

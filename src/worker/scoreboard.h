@@ -118,7 +118,11 @@ struct task_tuning {
     char rate_text[24];                /* the rate as given, for inspect registered */
 };
 
-#define REVOKED_MAX 4096
+/* Revoked ids are remembered as Celery's worker remembers them: the last
+ * 50,000, each for three hours. */
+#define REVOKED_MAX 50000
+#define REVOKED_EXPIRES_S 10800.0
+#define REVOKED_INDEX_SIZE 131072     /* power of two, about 2.6 x REVOKED_MAX */
 
 /* The queues the worker consumes, changed at run time by remote control
  * (add_consumer, cancel_consumer). One writer at a time (the master before
@@ -139,11 +143,15 @@ struct board_shared {
     _Atomic int pool_target;           /* children wanted (pool_grow / pool_shrink) */
     double started;                    /* Unix time the worker started */
     /* Revoked task ids: written only by the control process (one writer),
-     * read by every child before running a task. Slot i holds the
-     * (count-1-i)th most recent when count > REVOKED_MAX. */
+     * read by every child before running a task. A ring of the last
+     * REVOKED_MAX (entry count % REVOKED_MAX is the next to be replaced)
+     * and an open-addressing index into it (see scoreboard.c). */
     _Atomic uint64_t revoked_count;
-    _Atomic uint64_t revoked_hash[REVOKED_MAX];
+    _Atomic uint64_t revoked_hash[REVOKED_MAX];  /* 0 while the entry is written */
+    double revoked_at[REVOKED_MAX];              /* Unix time of the revoke */
     char revoked_id[REVOKED_MAX][40];
+    _Atomic uint64_t revoked_index[REVOKED_INDEX_SIZE];
+    _Atomic unsigned revoked_max_probe;          /* longest probe any insert made */
     struct queue_set queues;           /* what the children consume */
     struct task_tuning tasks[];        /* one per registered task */
 };
@@ -167,6 +175,10 @@ uint64_t scoreboard_clock(struct scoreboard *sb, uint64_t received);
 void scoreboard_revoke(struct scoreboard *sb, const char *id);
 /* True if id was revoked (any process; lock-free). */
 bool scoreboard_is_revoked(const struct scoreboard *sb, const char *id);
+/* Calls each(id, arg) for every revoked id not yet expired; returns how
+ * many. Any process. */
+size_t scoreboard_revoked_list(const struct scoreboard *sb, void (*each)(const char *, void *),
+                               void *arg);
 /* Replaces the consumed queues with names[0..n) (the master, before fork).
  * Returns 0, or -E2BIG when there are more than QUEUES_MAX. */
 int scoreboard_queues_set(struct scoreboard *sb, char *const *names, size_t n);

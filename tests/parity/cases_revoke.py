@@ -88,6 +88,15 @@ eq("a countdown task that expires before it is due is REVOKED 'expired'",
 r = app.send_task("tasks.add", args=[1, 2], expires=30)
 eq("a task with expires in the future runs", "SUCCESS 3", summary(wait_meta(r.id, 8)))
 
+# ---- many revoked ids: the last 50,000 are remembered, as Celery's worker does ---------------
+many = [str(uuid.uuid4()) for _ in range(6000)]
+make_app().control.revoke(many, destination=[N], reply=True, timeout=5)
+first = app.send_task("tasks.add", args=[1, 1], task_id=many[0])
+eq("the first of 6000 ids revoked at once is still revoked (a 4,096-entry memory forgot it)",
+   "REVOKED TaskRevokedError('revoked')", summary(wait_meta(first.id, 8)))
+rc, doc, text = celery_json("inspect", "revoked", "-d", N)
+check("inspect revoked lists all 6000", set(many) <= set(node(doc) or []), len(node(doc) or []))
+
 # ---- revoke --terminate of a running task -------------------------------------------------------------
 for how in ("control.revoke(id, terminate=True)", "celery control terminate SIGKILL ID"):
     r = app.send_task("tasks.sleep", args=[30])

@@ -39,6 +39,7 @@ enum {
     OPT_WITHOUT_HEARTBEAT,
     OPT_WITHOUT_CONTROL,
     OPT_MAX_CONCURRENCY,
+    OPT_STATEDB,
 };
 
 static const struct option options[] = {
@@ -72,6 +73,7 @@ static const struct option options[] = {
     {"without-heartbeat", no_argument, NULL, OPT_WITHOUT_HEARTBEAT},
     {"without-remote-control", no_argument, NULL, OPT_WITHOUT_CONTROL},
     {"max-concurrency", required_argument, NULL, OPT_MAX_CONCURRENCY},
+    {"statedb", required_argument, NULL, OPT_STATEDB},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -132,6 +134,8 @@ static const char usage_text[] =
     "                              no control process: celery inspect/control and\n"
     "                              revoke do not reach this worker\n"
     "      --max-concurrency N     how far `celery control pool_grow` may go\n"
+    "      --statedb FILE          keep revoked task ids in FILE across restarts (Celery's\n"
+    "                              --statedb; each is refused for three hours)\n"
     "                              (default: the larger of -c and 64)\n"
     "  -h, --help                  this help\n"
     "\n"
@@ -392,6 +396,10 @@ static int parse_flags(struct worker_config *cfg, int argc, char **argv, const c
             break;
         case OPT_WITHOUT_CONTROL:
             cfg->remote_control = false;
+            break;
+        case OPT_STATEDB:
+            free(cfg->statedb);
+            cfg->statedb = xstrdup(optarg);
             break;
         case OPT_MAX_CONCURRENCY:
             if (parse_long("--max-concurrency", optarg, 1, 4096, &n))

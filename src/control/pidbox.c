@@ -12,6 +12,7 @@
 #include "util/time.h"
 #include "worker/config.h"
 #include "worker/scoreboard.h"
+#include "worker/statedb.h"
 
 #include <fnmatch.h>
 #include <regex.h>
@@ -375,6 +376,8 @@ static json_t *cmd_revoke(struct pidbox *p, json_t *args, bool force_terminate)
         const char *id = json_string_value(v);
         if (!id || !*id || strlen(id) > 39)
             continue;
+        if (!scoreboard_is_revoked(p->sb, id) && p->cfg->statedb)
+            statedb_append(p->cfg->statedb, id, time_now());
         scoreboard_revoke(p->sb, id);
         buf_addf(&text, "%s%s", text.len ? ", " : "", id);
         if (!terminate)

@@ -34,6 +34,7 @@ void worker_config_release(struct worker_config *cfg)
     free(cfg->node_name);
     free(cfg->broker_url);
     free(cfg->backend_url);
+    free(cfg->statedb);
     redis_url_release(&cfg->broker.url);
     redis_url_release(&cfg->backend.url);
     for (size_t i = 0; i < cfg->broker.n_queues; i++)

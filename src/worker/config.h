@@ -42,6 +42,7 @@ struct worker_config {
     uint64_t max_memory_per_child;  /* KiB of RSS after which a child retires; 0 = never */
     int max_concurrency;            /* scoreboard capacity: pool_grow stops here */
     bool remote_control;            /* run the control process (pidbox, heartbeats) */
+    char *statedb;                  /* --statedb: file of revoked ids, or NULL */
     bool without_heartbeat;         /* send no worker-online/heartbeat/offline events */
     bool task_events;               /* -E: send task events from the start */
     int64_t respawn_base_ms;        /* first delay before replacing a dead child */

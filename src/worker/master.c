@@ -10,6 +10,7 @@
 #include "util/time.h"
 #include "worker/master.h"
 #include "worker/scoreboard.h"
+#include "worker/statedb.h"
 #include "worker/signals.h"
 #include "worker/spawn.h"
 #include "worker/trim.h"
@@ -559,6 +560,18 @@ int master_run(struct worker_config *cfg)
     prctl(PR_SET_NAME, "celeriac:master", 0, 0, 0);
     m.sb.shared->pool_target = cfg->concurrency;
     scoreboard_queues_set(&m.sb, cfg->broker.queues, cfg->broker.n_queues); /* -Q is capped */
+    if (cfg->statedb) {
+        struct err e = {0};
+        int loaded = statedb_load(cfg->statedb, &m.sb, &e);
+        if (loaded < 0) {
+            log_critical("%s", e.msg);
+            scoreboard_destroy(&m.sb);
+            return EXIT_USAGE;
+        }
+        if (loaded)
+            log_info("%d revoked task id%s loaded from --statedb '%s'", loaded,
+                     loaded == 1 ? "" : "s", cfg->statedb);
+    }
     m.sb.shared->events_enabled = cfg->task_events;
     m.sb.shared->started = time_now();
     m.children = xcalloc(m.sb.n, sizeof(*m.children));

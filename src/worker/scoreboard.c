@@ -78,6 +78,11 @@ static bool revoked_entry_matches(const struct board_shared *s, size_t entry, ui
 
 void scoreboard_revoke(struct scoreboard *sb, const char *id)
 {
+    scoreboard_revoke_at(sb, id, time_now());
+}
+
+void scoreboard_revoke_at(struct scoreboard *sb, const char *id, double when)
+{
     struct board_shared *s = sb->shared;
     if (scoreboard_is_revoked(sb, id))
         return;
@@ -85,7 +90,7 @@ void scoreboard_revoke(struct scoreboard *sb, const char *id)
     size_t entry = (size_t)(n % REVOKED_MAX);
     atomic_store(&s->revoked_hash[entry], 0); /* the old id's index word goes stale */
     snprintf(s->revoked_id[entry], sizeof(s->revoked_id[entry]), "%s", id);
-    s->revoked_at[entry] = time_now();
+    s->revoked_at[entry] = when;
     atomic_store(&s->revoked_hash[entry], h);
     for (unsigned probe = 0; probe < REVOKED_INDEX_SIZE; probe++) {
         size_t at = (size_t)(h + probe) & INDEX_MASK;

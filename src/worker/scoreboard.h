@@ -174,6 +174,8 @@ uint64_t scoreboard_clock(struct scoreboard *sb, uint64_t received);
 /* Adds id to the revoked set (control process only). */
 void scoreboard_revoke(struct scoreboard *sb, const char *id);
 /* True if id was revoked (any process; lock-free). */
+/* The same, revoked at Unix time when (ids loaded from --statedb). */
+void scoreboard_revoke_at(struct scoreboard *sb, const char *id, double when);
 bool scoreboard_is_revoked(const struct scoreboard *sb, const char *id);
 /* Calls each(id, arg) for every revoked id not yet expired; returns how
  * many. Any process. */

@@ -5,7 +5,7 @@ and the broker's bookkeeping, and plays a kombu consumer where a test needs a
 Python process to leave or restore an unacked message.
 
     rel.py send NAME [--args JSON] [--count N] [--time-limit S] [--soft-time-limit S] [--countdown S]
-                     [--queue Q]
+                     [--queue Q] [--task-id ID]
                                    -> one task id per line
     rel.py roundtrip NAME [--queue Q] [--count N]
                                    -> the worst send-to-result seconds of N tasks
@@ -68,6 +68,8 @@ def cmd_send(ns):
         opts["countdown"] = ns.countdown
     if ns.queue is not None:
         opts["queue"] = ns.queue
+    if ns.task_id is not None:
+        opts["task_id"] = ns.task_id
     for _ in range(ns.count):
         print(app.send_task(ns.name, args=args, **opts).id, flush=True)
     return 0
@@ -219,6 +221,7 @@ def main():
     s.add_argument("--soft-time-limit", type=float)
     s.add_argument("--countdown", type=float)
     s.add_argument("--queue")
+    s.add_argument("--task-id")
     rt = sub.add_parser("roundtrip")
     rt.add_argument("name")
     rt.add_argument("--queue")

@@ -82,22 +82,24 @@ struct sig_send {
     json_t *children;            /* where its result tuple is appended */
     const char *group;           /* sent as a member of this group (at group_index) */
     int group_index;
+    json_t *chord;               /* the chord body a header member carries, or NULL */
+    int depth;                   /* nesting of groups, chords and chains so far */
 };
 
-/* Applies one signature as a new task message; how may leave any field
- * NULL. */
+/* Signatures are hostile input: nesting deeper than this is refused. */
+#define CANVAS_DEPTH_MAX 16
+
+static int apply_signature(const struct canvas *cv, const struct message *parent, json_t *sig,
+                           const struct sig_send *how, struct err *e);
+
+/* Applies one task signature as a new task message; how may leave any
+ * field NULL. */
 static int send_signature(const struct canvas *cv, const struct message *parent, json_t *sig,
                           const struct sig_send *how, struct err *e)
 {
     const char *name = json_string_value(json_object_get(sig, "task"));
-    json_t *type = json_object_get(sig, "subtask_type");
     if (!json_is_object(sig) || !name) {
         log_error("task %s: ignored a callback that is not a signature", parent->task_id);
-        return 0;
-    }
-    if (type && !json_is_null(type)) {
-        refuse(cv, sig, "celeriac applies task signatures only, not groups or nested canvases "
-                        "as callbacks");
         return 0;
     }
     json_t *opts = json_object_get(sig, "options");
@@ -109,7 +111,7 @@ static int send_signature(const struct canvas *cv, const struct message *parent,
         json_array_extend(args, sargs);
     json_t *links = as_list(json_object_get(opts, "link"));
     json_t *errlinks = as_list(json_object_get(opts, "link_error"));
-    json_t *chord = json_object_get(opts, "chord");
+    json_t *chord = how->chord ? how->chord : json_object_get(opts, "chord");
     json_t *embed = json_pack("{s:o, s:o, s:O, s:O}", "callbacks",
                               json_array_size(links) ? json_incref(links) : json_null(),
                               "errbacks", json_array_size(errlinks) ? json_incref(errlinks)
@@ -157,6 +159,161 @@ static int send_signature(const struct canvas *cv, const struct message *parent,
     return rc;
 }
 
+/* The member signatures of a group signature (kwargs.tasks), or of a list. */
+static json_t *group_members(json_t *sig)
+{
+    if (json_is_array(sig))
+        return sig;
+    return json_object_get(json_object_get(sig, "kwargs"), "tasks");
+}
+
+/* A group: every member sent with the group's id and its index, each
+ * getting the value passed on; recorded in children as the group's tuple. */
+static int apply_group(const struct canvas *cv, const struct message *parent, json_t *sig,
+                       const struct sig_send *how, struct err *e)
+{
+    json_t *members = group_members(sig);
+    if (!json_is_array(members)) {
+        refuse(cv, sig, "a group signature without kwargs.tasks");
+        return 0;
+    }
+    char gid[UUID_STR_LEN];
+    const char *id = json_string_value(json_object_get(json_object_get(sig, "options"), "task_id"));
+    snprintf(gid, sizeof(gid), "%s", id && strlen(id) < sizeof(gid) ? id : "");
+    if (!gid[0])
+        uuid_generate(gid);
+    json_t *tuples = json_array();
+    struct sig_send member = *how;
+    member.group = gid;
+    member.children = tuples;
+    member.chain_rest = NULL; /* Celery makes a chain step after a group a chord body */
+    member.depth = how->depth + 1;
+    size_t i;
+    json_t *m;
+    int rc = 0;
+    json_array_foreach(members, i, m) {
+        json_t *gi = json_object_get(json_object_get(m, "options"), "group_index");
+        member.group_index = json_is_integer(gi) ? (int)json_integer_value(gi) : (int)i;
+        if ((rc = apply_signature(cv, parent, m, &member, e)))
+            break;
+    }
+    if (how->children)
+        json_array_append_new(how->children, json_pack("[[s, n], o]", gid, tuples));
+    else
+        json_decref(tuples);
+    return rc;
+}
+
+/* A chord: the header's size goes to the backend (as Celery's Redis backend
+ * stores it), then every header member is sent carrying the body; the last
+ * one to finish sends the body (canvas_chord_part). */
+static int apply_chord(const struct canvas *cv, const struct message *parent, json_t *sig,
+                       const struct sig_send *how, struct err *e)
+{
+    json_t *kwargs = json_object_get(sig, "kwargs");
+    json_t *header = json_object_get(kwargs, "header"), *body = json_object_get(kwargs, "body");
+    json_t *members = group_members(header);
+    if (!json_is_array(members) || !json_is_object(body)) {
+        refuse(cv, sig, "a chord signature without a header and a body");
+        return 0;
+    }
+    if (!cv->backend->cfg->enabled) {
+        refuse(cv, body, "a chord needs a result backend");
+        return 0;
+    }
+    const char *id = json_string_value(
+        json_object_get(json_object_get(json_is_object(header) ? header : sig, "options"), "task_id"));
+    if (!id)
+        id = json_string_value(json_object_get(json_object_get(sig, "options"), "task_id"));
+    char gid[UUID_STR_LEN];
+    snprintf(gid, sizeof(gid), "%s", id && strlen(id) < sizeof(gid) ? id : "");
+    if (!gid[0])
+        uuid_generate(gid);
+    char size[24], ttl[16];
+    snprintf(size, sizeof(size), "%zu", json_array_size(members));
+    snprintf(ttl, sizeof(ttl), "%d", cv->backend->cfg->expires_s ? cv->backend->cfg->expires_s
+                                                                   : 86400);
+    struct buf key = BUF_INIT;
+    buf_addf(&key, CHORD_KEY_PREFIX "%s.s", gid);
+    redisReply *r = redis_link_command(&cv->backend->link, e, "SETEX %s %s %s", key.data, ttl,
+                                       size);
+    buf_release(&key);
+    if (!r)
+        return E_CONN_LOST;
+    int rc = r->type == REDIS_REPLY_ERROR ? redis_link_reply_error(e, "chord size", r->str) : 0;
+    freeReplyObject(r);
+    if (rc)
+        return rc;
+    struct sig_send member = *how;
+    member.group = gid;
+    member.chord = body;
+    member.depth = how->depth + 1;
+    member.children = NULL;
+    member.chain_rest = NULL;
+    size_t i;
+    json_t *m;
+    json_array_foreach(members, i, m) {
+        member.group_index = (int)i;
+        if (json_string_value(json_object_get(m, "subtask_type"))) {
+            refuse(cv, m, "a chord header member must be a task signature");
+            continue;
+        }
+        if ((rc = send_signature(cv, parent, m, &member, e)))
+            break;
+    }
+    if (how->children) /* the chord's result is its body's */
+        json_array_append_new(how->children, json_pack("[[s?, n], n]", json_string_value(
+            json_object_get(json_object_get(body, "options"), "task_id"))));
+    return rc;
+}
+
+/* A nested chain: its first task, carrying the rest (and whatever followed
+ * the chain where it stood). */
+static int apply_chain(const struct canvas *cv, const struct message *parent, json_t *sig,
+                       const struct sig_send *how, struct err *e)
+{
+    json_t *tasks = json_object_get(json_object_get(sig, "kwargs"), "tasks");
+    size_t n = json_array_size(tasks);
+    if (!n) {
+        refuse(cv, sig, "a chain signature without kwargs.tasks");
+        return 0;
+    }
+    /* embed.chain is stored reversed: the next step last */
+    json_t *rest = json_array();
+    for (size_t i = 0; how->chain_rest && i < json_array_size(how->chain_rest); i++)
+        json_array_append(rest, json_array_get(how->chain_rest, i));
+    for (size_t i = n; i-- > 1;)
+        json_array_append(rest, json_array_get(tasks, i));
+    struct sig_send first = *how;
+    first.chain_rest = rest;
+    first.depth = how->depth + 1;
+    int rc = apply_signature(cv, parent, json_array_get(tasks, 0), &first, e);
+    json_decref(rest);
+    return rc;
+}
+
+/* Applies a signature of any kind Celery's canvas sends: a task, a group, a
+ * chord or a chain. */
+static int apply_signature(const struct canvas *cv, const struct message *parent, json_t *sig,
+                           const struct sig_send *how, struct err *e)
+{
+    const char *type = json_string_value(json_object_get(sig, "subtask_type"));
+    if (how->depth > CANVAS_DEPTH_MAX) {
+        refuse(cv, sig, "canvas nested too deeply");
+        return 0;
+    }
+    if (!type)
+        return send_signature(cv, parent, sig, how, e);
+    if (!strcmp(type, "group"))
+        return apply_group(cv, parent, sig, how, e);
+    if (!strcmp(type, "chord"))
+        return apply_chord(cv, parent, sig, how, e);
+    if (!strcmp(type, "chain"))
+        return apply_chain(cv, parent, sig, how, e);
+    refuse(cv, sig, "unknown signature type");
+    return 0;
+}
+
 /* Several link callbacks go out as one group, as Celery's worker sends
  * them: each a member of a fresh group id, recorded in children as the
  * group's tuple [[group id, null], [member tuples]]. */
@@ -172,7 +329,7 @@ static int send_callback_group(const struct canvas *cv, const struct message *m,
     int rc = 0;
     json_array_foreach(callbacks, i, sig) {
         how.group_index = (int)i;
-        if ((rc = send_signature(cv, m, sig, &how, e)))
+        if ((rc = apply_signature(cv, m, sig, &how, e)))
             break;
     }
     if (children)
@@ -193,7 +350,7 @@ int canvas_on_success(const struct canvas *cv, const struct message *m, json_t *
     int rc = 0;
     if (n == 1) {
         struct sig_send how = {.prepend = value, .children = children};
-        rc = send_signature(cv, m, json_array_get(callbacks, 0), &how, e);
+        rc = apply_signature(cv, m, json_array_get(callbacks, 0), &how, e);
     } else if (n > 1) {
         rc = send_callback_group(cv, m, callbacks, value, children, e);
     }
@@ -207,7 +364,7 @@ int canvas_on_success(const struct canvas *cv, const struct message *m, json_t *
         for (size_t i = 0; i + 1 < n; i++)
             json_array_append(rest, json_array_get(chain, i));
         struct sig_send how = {.prepend = value, .chain_rest = rest, .children = children};
-        rc = send_signature(cv, m, json_array_get(chain, n - 1), &how, e);
+        rc = apply_signature(cv, m, json_array_get(chain, n - 1), &how, e);
         json_decref(rest);
     }
     return rc;
@@ -224,7 +381,7 @@ int canvas_on_failure(const struct canvas *cv, const struct message *m, struct e
     int rc = 0;
     json_array_foreach(errbacks, i, sig) {
         struct sig_send how = {.prepend = id};
-        if ((rc = send_signature(cv, m, sig, &how, e)))
+        if ((rc = apply_signature(cv, m, sig, &how, e)))
             break;
     }
     json_decref(id);
@@ -272,7 +429,7 @@ static int finish_chord(const struct canvas *cv, const struct message *m, json_t
         buf_release(&why);
     } else {
         struct sig_send how = {.prepend = results};
-        rc = send_signature(cv, m, body, &how, e);
+        rc = apply_signature(cv, m, body, &how, e);
     }
     json_decref(results);
     json_decref(decoded);

@@ -79,7 +79,45 @@ CASES = [
     ("link_two", "tasks.add", [2, 2], None,
      {"_link": [("tasks.echo", "0d4c6f1e-0000-4000-8000-00000000000b"),
                 ("tasks.echo", "0d4c6f1e-0000-4000-8000-00000000000c")]}),
+    # Canvas built with Celery's own primitives (cv_*: the ids differ in
+    # every run, so the client's view, the state and the stored status and
+    # result are compared).
+    ("cv_chain_group_echo", None, None, None, {"_canvas": "chain_group_echo"}),
+    ("cv_group_group", None, None, None, {"_canvas": "group_group"}),
+    ("cv_chain_chord", None, None, None, {"_canvas": "chain_chord"}),
+    ("cv_chain_chain", None, None, None, {"_canvas": "chain_chain"}),
+    ("cv_link_group", None, None, None, {"_canvas": "link_group"}),
+    ("cv_link_chord", None, None, None, {"_canvas": "link_chord"}),
 ]
+
+
+def build_canvas(app, which):
+    """Applies one canvas; returns the result the application holds."""
+    from celery import chain, chord, group
+    s = app.signature
+    if which == "chain_group_echo":
+        return chain(s("tasks.add", (1, 1)), group(s("tasks.add", (1,)), s("tasks.add", (2,))),
+                     s("tasks.echo"))()
+    if which == "group_group":
+        return (group(s("tasks.add", (1, 1)), s("tasks.add", (2, 2)))
+                | group(s("tasks.echo"), s("tasks.echo")))()
+    if which == "chain_chord":
+        return chain(s("tasks.add", (2, 2)),
+                     chord([s("tasks.add", (10,)), s("tasks.add", (20,))], s("tasks.echo")))()
+    if which == "chain_chain":
+        return chain(s("tasks.add", (1, 1)), chain(s("tasks.add", (1,)), s("tasks.add", (1,))),
+                     s("tasks.echo"))()
+    if which == "link_group":
+        g = group(s("tasks.echo"), s("tasks.echo"))
+        g.freeze()
+        app.send_task("tasks.add", args=[3, 4], link=g)
+        return g
+    if which == "link_chord":
+        c = chord([s("tasks.add", (1,)), s("tasks.add", (2,))], s("tasks.echo"))
+        res = c.freeze()
+        app.send_task("tasks.add", args=[5, 5], link=c)
+        return res
+    raise ValueError(which)
 
 # Fields not compared: they legitimately differ between two runs.
 VOLATILE = {"date_done", "traceback", "task_id"}
@@ -108,6 +146,9 @@ def cmd_run(out_path):
         cur.execute("UPDATE books SET title = %s WHERE id = 8", ("Caf\u00e9 \u2603 \U0001F4DA",))
     sent = []
     for name, task, args, kwargs, opts in CASES:
+        if opts.get("_canvas"):
+            sent.append((name, opts, build_canvas(app, opts["_canvas"])))
+            continue
         sender = app_v1 if opts.get("_protocol") == 1 else app
         send_opts = {k: v for k, v in opts.items() if not k.startswith("_")}
         if opts.get("_link"):
@@ -120,7 +161,7 @@ def cmd_run(out_path):
             rec["client"] = None
         else:
             rec["client"] = client_view(res, 20)
-            rec["state"] = res.state
+            rec["state"] = getattr(res, "state", None)
         out[name] = rec
     # The ignore_result cases were sent first, so they have run by now; give
     # a late writer a moment anyway before looking for their keys.
@@ -188,6 +229,19 @@ def cmd_compare(py_path, c_path):
             tap.not_ok("%s: recorded in both runs" % name)
             continue
         problems = []
+        if name.startswith("cv_"):
+            # the ids differ between runs: the value, the state, and what was stored
+            for k in ("client", "state"):
+                if strict(p.get(k)) != strict(q.get(k)):
+                    problems.append("%s: python %s, celeriac %s" % (k, strict(p.get(k)),
+                                                                    strict(q.get(k))))
+            pm, cm = p.get("meta") or {}, q.get("meta") or {}
+            for k in ("status", "result"):
+                if strict(pm.get(k)) != strict(cm.get(k)):
+                    problems.append("meta[%r]: python %s, celeriac %s" % (k, strict(pm.get(k)),
+                                                                          strict(cm.get(k))))
+            tap.check("%s: celeriac matches the Python worker" % name, not problems, *problems)
+            continue
         if strict(p.get("client")) != strict(q.get("client")):
             problems.append("client saw:  python %s" % strict(p.get("client")))
             problems.append("             celeriac %s" % strict(q.get("client")))

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT
- * worker/canvas.c: retries, callbacks, chains and chord joins (see canvas.h).
- * Only plain task signatures are applied; a group or nested chain given as a
- * callback is refused with a FAILURE on its task id, never dropped silently.
+ * worker/canvas.c: retries, callbacks, chains, groups and chords (see
+ * canvas.h): every signature kind Celery's canvas sends is applied as
+ * Celery's worker applies it; one nested past CANVAS_DEPTH_MAX or of an
+ * unknown kind is refused with a FAILURE on its id, never dropped silently.
  */
 #include "common.h"
 #include "backend/redis.h"

@@ -11,20 +11,12 @@ cd "$(dirname "$0")/.."
 export BUILD=${BUILD:-build}
 SECONDS_IDLE=${BENCH_IDLE_SECONDS:-10}
 OUT=${BENCH_OUT:-bench}/IDLE.md
-# The test library starts and stops Redis and workers by pid; its TAP output
-# is not used here.
-. tests/integration/services.sh >/dev/null
+# The test library starts and stops Redis and workers by pid and measures
+# CPU (cpu_ticks); its TAP output is not used here.
+. tests/reliability/lib.sh >/dev/null
 
 say() { printf 'bench-idle: %s\n' "$*" >&2; }
 
-ticks_of() { # pids...: user + system CPU in clock ticks
-    local pid sum=0 f
-    for pid in "$@"; do
-        f=$(cut -d')' -f2- "/proc/$pid/stat" 2>/dev/null) || continue
-        sum=$((sum + $(awk '{print $12 + $13}' <<<"$f")))
-    done
-    echo "$sum"
-}
 family() { echo "$1 $(pgrep -P "$1" | tr '\n' ' ')"; }
 commands_sent() { # seconds
     timeout "$1" redis-cli -p "$REDIS_PORT" monitor 2>/dev/null |
@@ -37,9 +29,9 @@ measure() {
     local label=$1 pid=$2 procs t0 n t1
     sleep 4
     read -ra procs <<<"$(family "$pid")"
-    t0=$(ticks_of "${procs[@]}")
+    t0=$(cpu_ticks "${procs[@]}")
     n=$(commands_sent "$SECONDS_IDLE")
-    t1=$(ticks_of "${procs[@]}")
+    t1=$(cpu_ticks "${procs[@]}")
     ROWS+=("| $label | $(awk -v n="$n" -v s="$SECONDS_IDLE" 'BEGIN {printf "%.1f", n / s}') | $(awk -v t=$((t1 - t0)) -v s="$SECONDS_IDLE" 'BEGIN {printf "%.1f", t * 10 / s}') |")
     say "$label: $n commands, $((t1 - t0)) ticks in $SECONDS_IDLE s"
 }

@@ -185,3 +185,8 @@ redis_commands_sent() {
 
 # log_bytes [LOG]: the size of the worker log.
 log_bytes() { stat -c %s "${1:-$WORKER_LOG}" 2>/dev/null || echo 0; }
+
+# rate_limit NODE RATE: the real `celery control rate_limit rel.pid`; prints its reply.
+rate_limit() {
+    "$PY" -m celery -b "$REDIS_URL" control -d "$1" rate_limit rel.pid "$2" 2>&1
+}

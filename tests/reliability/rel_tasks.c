@@ -172,20 +172,16 @@ static int rel_abort(struct celeriac_task *task)
     abort();
 }
 
-/* rel.wedge(seconds): blocks SIGALRM (the child's time-limit timer) and
- * sleeps: a task the child cannot interrupt, for the master's backstop. */
-/* rel.deaf(seconds): blocks TERM and INT too and sleeps: a task that does
- * not die of revoke --terminate's signal, for its escalation to KILL. */
-static int rel_deaf(struct celeriac_task *task)
+/* Sleeps the task's "seconds" argument with the given signals blocked. */
+static int sleep_deaf_to(struct celeriac_task *task, const int *sigs, size_t n)
 {
     double s;
     if (celeriac_arg_double(task, 0, "seconds", &s) != CELERIAC_OK)
         return CELERIAC_FAILED;
     sigset_t set;
     sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGALRM);
+    for (size_t i = 0; i < n; i++)
+        sigaddset(&set, sigs[i]);
     sigprocmask(SIG_BLOCK, &set, NULL);
     struct timespec ts = {(time_t)s, (long)((s - (double)(time_t)s) * 1e9)};
     while (nanosleep(&ts, &ts) != 0)
@@ -194,20 +190,20 @@ static int rel_deaf(struct celeriac_task *task)
     return return_ids(task, NULL);
 }
 
+/* rel.wedge(seconds): blocks SIGALRM (the child's time-limit timer) and
+ * sleeps: a task the child cannot interrupt, for the master's backstop. */
 static int rel_wedge(struct celeriac_task *task)
 {
-    double s;
-    if (celeriac_arg_double(task, 0, "seconds", &s) != CELERIAC_OK)
-        return CELERIAC_FAILED;
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGALRM);
-    sigprocmask(SIG_BLOCK, &set, NULL);
-    struct timespec ts = {(time_t)s, (long)((s - (double)(time_t)s) * 1e9)};
-    while (nanosleep(&ts, &ts) != 0)
-        ;
-    sigprocmask(SIG_UNBLOCK, &set, NULL);
-    return return_ids(task, NULL);
+    static const int sigs[] = {SIGALRM};
+    return sleep_deaf_to(task, sigs, 1);
+}
+
+/* rel.deaf(seconds): blocks TERM and INT too: a task that does not die of
+ * revoke --terminate's signal, for its escalation to KILL. */
+static int rel_deaf(struct celeriac_task *task)
+{
+    static const int sigs[] = {SIGALRM, SIGTERM, SIGINT};
+    return sleep_deaf_to(task, sigs, 3);
 }
 
 static void *volatile grown;

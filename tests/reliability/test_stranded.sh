@@ -15,10 +15,6 @@ start_redis
 build_rel_lib early || tap_done
 W=(-A "$REL_LIB" -c 1 -b "$REDIS_URL" --result-backend "$REDIS_URL" -l debug)
 
-# rate_limit NODE RATE: the real celery control command; prints its reply.
-rate_limit() {
-    "$PY" -m celery -b "$REDIS_URL" control -d "$1" rate_limit rel.pid "$2" 2>&1
-}
 # hold_unstarted NODE RATE [QUEUE]: one task run, then a second (id in
 # $second) popped and waiting for its rate-limit turn: in the hand, unstarted.
 hold_unstarted() {

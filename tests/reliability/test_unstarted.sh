@@ -15,10 +15,6 @@ start_redis
 build_rel_lib early || tap_done
 W=(-A "$REL_LIB" -c 1 -b "$REDIS_URL" --result-backend "$REDIS_URL" -l debug)
 
-# rate_limit NODE RATE: the real celery control command; prints its reply.
-rate_limit() {
-    "$PY" -m celery -b "$REDIS_URL" control -d "$1" rate_limit rel.pid "$2" 2>&1
-}
 _popped() { [[ $(queue_len) == 0 ]]; }
 
 # hold_unstarted NODE: a rate limit of one start every 3 s, one task run, and

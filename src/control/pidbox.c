@@ -74,6 +74,32 @@ static bool busy(const struct slot *s)
            atomic_load(&s->task_started_ms);
 }
 
+/* Received by a child and not started yet (waiting for a rate limit or its
+ * database): Celery's reserved request, not acknowledged, in no process. */
+static bool reserved(const struct slot *s)
+{
+    return atomic_load(&s->pid) && atomic_load(&s->reserved) && !busy(s);
+}
+
+static json_t *reserved_info(const struct pidbox *p, const struct slot *s, bool safe)
+{
+    json_t *info = request_info(p, s, safe);
+    json_object_set_new(info, "time_start", json_null());
+    json_object_set_new(info, "acknowledged", json_false());
+    json_object_set_new(info, "worker_pid", json_null());
+    return info;
+}
+
+static json_t *cmd_reserved(struct pidbox *p, json_t *args)
+{
+    bool safe = json_is_true(json_object_get(args, "safe"));
+    json_t *list = json_array();
+    for (size_t i = 0; i < p->sb->n; i++)
+        if (reserved(&p->sb->slots[i]))
+            json_array_append_new(list, reserved_info(p, &p->sb->slots[i], safe));
+    return list;
+}
+
 /* ---- inspect */
 
 static json_t *cmd_active(struct pidbox *p, json_t *args)
@@ -132,7 +158,8 @@ static json_t *cmd_query_task(struct pidbox *p, json_t *args)
     json_t *ids = json_object_get(args, "ids"), *out = json_object(); /* a list, or one id */
     for (size_t i = 0; i < p->sb->n; i++) {
         struct slot *s = &p->sb->slots[i];
-        if (!busy(s))
+        bool running = busy(s);
+        if (!running && !reserved(s))
             continue;
         bool wanted = json_is_string(ids) && !strcmp(json_string_value(ids), s->task_id);
         size_t k;
@@ -140,8 +167,10 @@ static json_t *cmd_query_task(struct pidbox *p, json_t *args)
         json_array_foreach(ids, k, v) wanted |= json_is_string(v) &&
                                                 !strcmp(json_string_value(v), s->task_id);
         if (wanted)
-            json_object_set_new(out, s->task_id, json_pack("[s, o]", "active",
-                                                           request_info(p, s, false)));
+            json_object_set_new(out, s->task_id,
+                                json_pack("[s, o]", running ? "active" : "reserved",
+                                          running ? request_info(p, s, false)
+                                                  : reserved_info(p, s, false)));
     }
     return out;
 }
@@ -549,7 +578,7 @@ json_t *pidbox_dispatch(struct pidbox *p, const char *method, json_t *args)
     if (!strcmp(method, "active") || !strcmp(method, "dump_active"))
         return cmd_active(p, args);
     if (!strcmp(method, "reserved") || !strcmp(method, "dump_reserved"))
-        return json_array(); /* celeriac children take one message at a time */
+        return cmd_reserved(p, args);
     if (!strcmp(method, "scheduled") || !strcmp(method, "dump_schedule"))
         return cmd_scheduled(p);
     if (!strcmp(method, "registered") || !strcmp(method, "dump_tasks"))

@@ -603,14 +603,10 @@ static void task_limits(struct child *c, const struct message *m,
                                    : c->cfg->soft_time_limit;
 }
 
-static void execute(struct child *c, struct message *m, const struct celeriac_task_def *def)
+/* Describes m in this child's slot for remote control (inspect reserved,
+ * then active, and query_task) and for the master. */
+static void slot_describe(struct child *c, const struct message *m)
 {
-    bool acks_late = c->cfg->acks_late || (def->flags & CELERIAC_ACKS_LATE);
-    bool ignore_result = m->ignore_result || (def->flags & CELERIAC_IGNORE_RESULT);
-    struct task_tuning *tune = &c->sb->shared->tasks[task_index_of(c, def)];
-    double soft, hard;
-    task_limits(c, m, def, &soft, &hard);
-    atomic_fetch_add(&tune->total, 1);
     char *args = json_dumps(m->args, JSON_COMPACT | JSON_ENCODE_ANY);
     char *kwargs = json_dumps(m->kwargs, JSON_COMPACT);
     snprintf(c->slot->argsrepr, sizeof(c->slot->argsrepr), "%s", args ? args : "[]");
@@ -622,15 +618,27 @@ static void execute(struct child *c, struct message *m, const struct celeriac_ta
     snprintf(c->slot->kwargsrepr_text, sizeof(c->slot->kwargsrepr_text), "%s",
              m->kwargsrepr ? m->kwargsrepr : c->slot->kwargsrepr);
     snprintf(c->slot->routing_key, sizeof(c->slot->routing_key), "%s", m->routing_key);
-    c->slot->time_start = time_now();
     snprintf(c->slot->task_id, sizeof(c->slot->task_id), "%s", m->task_id);
     snprintf(c->slot->task_name, sizeof(c->slot->task_name), "%s", m->task_name);
     snprintf(c->slot->delivery_tag, sizeof(c->slot->delivery_tag), "%s", m->delivery_tag);
+}
+
+/* Runs m, described in the slot by slot_describe. */
+static void execute(struct child *c, struct message *m, const struct celeriac_task_def *def)
+{
+    bool acks_late = c->cfg->acks_late || (def->flags & CELERIAC_ACKS_LATE);
+    bool ignore_result = m->ignore_result || (def->flags & CELERIAC_IGNORE_RESULT);
+    struct task_tuning *tune = &c->sb->shared->tasks[task_index_of(c, def)];
+    double soft, hard;
+    task_limits(c, m, def, &soft, &hard);
+    atomic_fetch_add(&tune->total, 1);
+    c->slot->time_start = time_now();
     atomic_store(&c->slot->acks_late, acks_late);
     atomic_store(&c->slot->time_limit_ms, (int64_t)(hard * 1000));
     int64_t t0 = time_mono_ms();
     atomic_store(&c->slot->task_started_ms, t0);
     atomic_store(&c->slot->state, CHILD_BUSY);
+    atomic_store(&c->slot->reserved, 0);
     /* Acked when execution starts, as Celery, and only once the slot says
      * so: a death from here on is a lost running task, never a lost message. */
     if (!acks_late)
@@ -774,6 +782,10 @@ static void run_accepted(struct child *c, struct message *m, const struct celeri
         settle_delivery(c, m);
         return;
     }
+    /* Received and not started (a rate limit, a database to wait for):
+     * Celery's "reserved". */
+    slot_describe(c, m);
+    atomic_store(&c->slot->reserved, 1);
     wait_for_rate(c, def);
     if (c->cfg->db.kind != DB_NONE) {
         /* A reconnect can take as long as an outage: make the message
@@ -796,6 +808,7 @@ static void run_accepted(struct child *c, struct message *m, const struct celeri
                      m->task_id);
             if (give_back(c, m, &e))
                 log_warning("task %s[%s] not put back (%s)", m->task_name, m->task_id, e.msg);
+            atomic_store(&c->slot->reserved, 0);
             return;
         }
         atomic_store(&c->slot->reconnects, c->db.reconnects);

@@ -45,6 +45,7 @@ struct slot {
     _Atomic int hard_limit_hit;     /* set by the child's timer handler */
     _Atomic int revoke_terminate;   /* set by the control process before it kills us */
     _Atomic int scheduled;          /* ETA messages the child holds */
+    _Atomic int reserved;           /* the described task is received, not yet started */
     _Atomic int outage_mode;        /* set by the master once the worker has served: a
                                        database that is down is an outage to wait out,
                                        not a reason to give up ("cannot serve") */

@@ -3,6 +3,7 @@
  */
 #include "common.h"
 #include "control/events.h"
+#include "protocol/message.h"
 #include "util/base64.h"
 #include "util/buf.h"
 #include "util/redis_link.h"
@@ -79,4 +80,38 @@ int event_send(struct event_sender *s, const char *type, json_t *fields)
     buf_release(&env);
     buf_release(&channel);
     return rc;
+}
+
+void events_task(struct event_sender *s, const char *type, const struct message *m, json_t *fields)
+{
+    if (!events_task_enabled(s)) {
+        json_decref(fields);
+        return;
+    }
+    json_object_set_new(fields, "uuid", json_string(m->task_id));
+    event_send(s, type, fields);
+}
+
+void events_task_received(struct event_sender *s, const struct message *m)
+{
+    if (!events_task_enabled(s))
+        return;
+    char *args = json_dumps(m->args, JSON_COMPACT | JSON_ENCODE_ANY);
+    char *kwargs = json_dumps(m->kwargs, JSON_COMPACT);
+    struct buf eta = BUF_INIT, expires = BUF_INIT;
+    if (m->eta > 0)
+        time_format_iso(&eta, m->eta, true);
+    if (m->expires > 0)
+        time_format_iso(&expires, m->expires, true);
+    /* Celery sends the sender's repr (argsrepr); a C client's JSON otherwise. */
+    json_t *f = json_pack("{s:s, s:s, s:s, s:s?, s:s?, s:i, s:s?, s:s?}", "name", m->task_name,
+                          "args", m->argsrepr ? m->argsrepr : args ? args : "[]", "kwargs",
+                          m->kwargsrepr ? m->kwargsrepr : kwargs ? kwargs : "{}", "root_id",
+                          m->root_id, "parent_id", m->parent_id, "retries", m->retries, "eta",
+                          eta.len ? eta.data : NULL, "expires", expires.len ? expires.data : NULL);
+    free(args);
+    free(kwargs);
+    buf_release(&eta);
+    buf_release(&expires);
+    events_task(s, "task-received", m, f);
 }

@@ -10,6 +10,7 @@
 #include <jansson.h>
 
 struct buf;
+struct message;
 struct redis_link;
 struct scoreboard;
 
@@ -29,6 +30,14 @@ int event_send(struct event_sender *s, const char *type, json_t *fields);
 
 /* True when task events are on (-E or enable_events). */
 bool events_task_enabled(const struct event_sender *s);
+
+/* A task event of `type` about m (its uuid added to fields, whose reference
+ * is stolen); nothing while task events are off. */
+void events_task(struct event_sender *s, const char *type, const struct message *m,
+                 json_t *fields);
+
+/* task-received, carrying the request as Celery's does (args as text). */
+void events_task_received(struct event_sender *s, const struct message *m);
 
 /* Appends a kombu envelope carrying body_json to out: JSON content,
  * base64 body, a fresh delivery tag, the given exchange and routing key. */

@@ -1,0 +1,125 @@
+/* SPDX-License-Identifier: MIT
+ * worker/child_internal.h: the state of one worker child and the functions
+ * its parts share. Only the files of the child include it:
+ *   child.c       its life: connections after fork, the loop, the one exit
+ *   intake.c      a delivery: decode, validate, route to run / hold / settle
+ *   execute.c     running an accepted message and storing its outcome
+ *   task_retry.c  Celery's retry policy and the retry message
+ *   settle.c      acks, results, the delivery in hand (with backoff)
+ *   held.c        ETA / countdown messages held unacked until due
+ *   limits.c      soft and hard time limits, rate limits
+ *   recover.c     what the previous process of this slot left behind
+ */
+#ifndef CELERIAC_WORKER_CHILD_INTERNAL_H
+#define CELERIAC_WORKER_CHILD_INTERNAL_H
+
+#include "control/events.h"
+#include "protocol/message.h"
+#include "task/context.h"
+#include "util/retry.h"
+#include "worker/canvas.h"
+#include "worker/child.h"
+
+struct held {                       /* an ETA message held unacked until due */
+    struct message m;
+    const struct celeriac_task_def *def;
+};
+
+struct child {
+    const struct worker_config *cfg;
+    struct scoreboard *sb;
+    struct event_sender events;
+    struct canvas canvas;
+    struct slot *slot;
+    int index;
+    int deathwatch_fd;              /* read end; EOF = master gone */
+    struct broker_redis broker;
+    struct backend_redis backend;
+    struct db_conn db;
+    struct celeriac_process proc;
+    struct celeriac_task task;
+    int64_t next_sweep_ms;          /* monotonic time of the next visibility sweep */
+    struct held *held;              /* any number: grown as needed */
+    size_t n_held;
+    size_t held_cap;
+    int64_t next_refresh_ms;        /* next refresh of the held messages' unacked scores */
+    bool hand_full;                 /* the hand holds the delivery being handled */
+    uint64_t hand_hash;             /* ... whose bytes hash to this */
+    struct message *current;        /* the delivery being handled, if any */
+    struct retry fetch_retry;       /* the fetch's failures, across loop turns */
+    uint64_t queues_gen;            /* generation of the queue set the broker consumes */
+};
+
+/* Position of def in the library's task table (the scoreboard's index). */
+static inline int child_task_index(const struct child *c, const struct celeriac_task_def *def)
+{
+    return (int)(def - c->cfg->lib.desc->tasks);
+}
+
+/* child.c */
+/* True once asked to stop or when the master is gone. */
+bool child_should_stop(struct child *c);
+/* Open the broker / result backend connection unless open, retrying with
+ * backoff. 0, or E_CONN_LOST when stopping. */
+int child_ensure_broker(struct child *c);
+int child_ensure_backend(struct child *c);
+
+/* intake.c: everything about one fetched delivery; settles it or hands it on. */
+void intake_handle(struct child *c, struct delivery *d);
+
+/* execute.c: runs a message that passed its receipt checks (revoked and
+ * expiry are checked again: it may have waited), and settles it. */
+void execute_accepted(struct child *c, struct message *m, const struct celeriac_task_def *def);
+
+/* task_retry.c */
+/* The retry options that apply to a run that ended with rc (CELERIAC_RETRY,
+ * a failure with an autoretry rule, a lost connection of an idempotent
+ * task), or NULL. */
+const struct celeriac_retry_options *task_retry_pick(struct child *c, const struct message *m,
+                                                     const struct celeriac_task_def *def, int rc);
+/* Sends the retry message and stores RETRY. False when the message could
+ * not be sent (the task then fails). */
+bool task_retry_send(struct child *c, const struct message *m,
+                     const struct celeriac_retry_options *o);
+
+/* settle.c */
+bool settle_worth_retrying(struct child *c, int rc);
+void settle_ack(struct child *c, const char *tag);
+void settle_ack_async(struct child *c, struct message *m);
+bool settle_store(struct child *c, const struct result_meta *m);
+bool settle_store_sent(struct child *c, const struct result_meta *m);
+void settle_confirm_results(struct child *c);
+void settle_release_hand(struct child *c);
+void settle_record(struct child *c, struct message *m);
+void settle_discard(struct child *c, struct message *m);
+int settle_give_back(struct child *c, struct message *m, struct err *e);
+bool settle_store_exception_as(struct child *c, const struct message *m, const char *status,
+                               const char *exc_type, const char *exc_module, const char *text,
+                               bool confirmed);
+void settle_store_exception(struct child *c, const struct message *m, const char *status,
+                            const char *exc_type, const char *exc_module, const char *text);
+void settle_store_invalid(struct child *c, const struct message *m, const char *exc_type,
+                          const char *text);
+
+/* held.c */
+void held_add(struct child *c, struct message *m, const struct celeriac_task_def *def);
+double held_next_due(const struct child *c);
+void held_run_due(struct child *c);
+void held_refresh(struct child *c);
+void held_restore(struct child *c);
+void held_restore_left(struct child *c);
+
+/* limits.c */
+/* Installs the SIGALRM handler that acts on c's running task. */
+void limits_install(struct child *c);
+void limits_arm(double soft, double hard);
+void limits_disarm(void);
+void limits_for_task(struct child *c, const struct message *m,
+                     const struct celeriac_task_def *def, double *soft, double *hard);
+void limits_wait_for_rate(struct child *c, const struct celeriac_task_def *def);
+
+/* recover.c */
+void recover_lost_task(struct child *c);
+void recover_hand(struct child *c);
+
+#endif /* CELERIAC_WORKER_CHILD_INTERNAL_H */

@@ -1,0 +1,267 @@
+/* SPDX-License-Identifier: MIT
+ * worker/execute.c: running one accepted message: the last checks (revoked,
+ * expired, rate limit, a live database connection), the task under its time
+ * limits, then its outcome: result, callbacks, chord part, retry, ack.
+ */
+#include "common.h"
+#include "util/buf.h"
+#include "util/time.h"
+#include "worker/child_internal.h"
+#include "worker/signals.h"
+
+/* An idempotent task that loses its connection is re-run after reconnecting,
+ * at most this many times (a server restart can take more than one). */
+#define IDEMPOTENT_RERUNS 3
+
+/* Runs the task, re-running an idempotent one after a lost connection has
+ * been re-established. Returns CELERIAC_OK or CELERIAC_FAILED. */
+static int run_task(struct child *c, const struct message *m, const struct celeriac_task_def *def)
+{
+    for (int attempt = 0;; attempt++) {
+        task_context_begin(&c->task, m);
+        int rc = task_context_run(&c->task, def);
+        if (rc == CELERIAC_OK || !c->task.db_failure || !db_conn_check_lost(&c->db))
+            return rc;
+        /* The connection died under the task. */
+        atomic_store(&c->slot->db_state, DBS_DOWN);
+        bool retry = (def->flags & CELERIAC_IDEMPOTENT) && attempt < IDEMPOTENT_RERUNS;
+        log_warning("task %s[%s]: database connection lost (%s)%s", m->task_name, m->task_id,
+                    c->task.exc_message.data, retry ? "; re-running after reconnect" : "");
+        struct err e = {0};
+        if (db_conn_ready(&c->db, 0, &sig_stop, &e) || !retry) {
+            struct buf text = BUF_INIT;
+            buf_addf(&text, "database connection lost: %s", c->task.exc_message.data);
+            snprintf(c->task.exc_type, sizeof(c->task.exc_type), "OperationalError");
+            buf_reset(&c->task.exc_message);
+            buf_add(&c->task.exc_message, text.data, text.len);
+            buf_release(&text);
+            return CELERIAC_FAILED;
+        }
+    }
+}
+
+/* Describes m in this child's slot for remote control (inspect reserved,
+ * then active, and query_task) and for the master. */
+static void slot_describe(struct child *c, const struct message *m)
+{
+    char *args = json_dumps(m->args, JSON_COMPACT | JSON_ENCODE_ANY);
+    char *kwargs = json_dumps(m->kwargs, JSON_COMPACT);
+    snprintf(c->slot->argsrepr, sizeof(c->slot->argsrepr), "%s", args ? args : "[]");
+    snprintf(c->slot->kwargsrepr, sizeof(c->slot->kwargsrepr), "%s", kwargs ? kwargs : "{}");
+    free(args);
+    free(kwargs);
+    snprintf(c->slot->argsrepr_text, sizeof(c->slot->argsrepr_text), "%s",
+             m->argsrepr ? m->argsrepr : c->slot->argsrepr);
+    snprintf(c->slot->kwargsrepr_text, sizeof(c->slot->kwargsrepr_text), "%s",
+             m->kwargsrepr ? m->kwargsrepr : c->slot->kwargsrepr);
+    snprintf(c->slot->routing_key, sizeof(c->slot->routing_key), "%s", m->routing_key);
+    snprintf(c->slot->task_id, sizeof(c->slot->task_id), "%s", m->task_id);
+    snprintf(c->slot->task_name, sizeof(c->slot->task_name), "%s", m->task_name);
+    snprintf(c->slot->delivery_tag, sizeof(c->slot->delivery_tag), "%s", m->delivery_tag);
+}
+
+/* The task succeeded: callbacks, the event, the result, the chord part.
+ * False when the result could not be stored. */
+static bool on_success(struct child *c, const struct message *m, bool acks_late,
+                       bool ignore_result, double secs)
+{
+    log_debug("Task %s[%s] succeeded in %.4fs", m->task_name, m->task_id, secs);
+    struct err e = {0};
+    bool stored = true;
+    json_t *children = json_array();
+    if (canvas_on_success(&c->canvas, m, c->task.result, children, &e))
+        log_error("task %s: sending its callbacks failed: %s", m->task_id, e.msg);
+    if (events_task_enabled(&c->events)) {
+        char *r = json_dumps(c->task.result ? c->task.result : json_null(),
+                             JSON_COMPACT | JSON_ENCODE_ANY);
+        events_task(&c->events, "task-succeeded", m,
+                    json_pack("{s:s, s:f}", "result", r ? r : "null", "runtime", secs));
+        free(r);
+    }
+    bool chord = m->group && m->embed && json_is_object(json_object_get(m->embed, "chord"));
+    if (!ignore_result) {
+        struct result_meta meta = {.status = "SUCCESS", .result = c->task.result,
+                                   .redelivered = m->redelivered, .children = children,
+                                   .task_id = m->task_id, .parent_id = m->parent_id,
+                                   .group_id = m->group};
+        stored = acks_late || chord ? settle_store(c, &meta) : settle_store_sent(c, &meta);
+    }
+    json_decref(children);
+    if (chord && canvas_chord_part(&c->canvas, m, "SUCCESS", c->task.result, &e))
+        log_error("task %s: chord join failed: %s", m->task_id, e.msg);
+    return stored;
+}
+
+/* The task failed: the event, the FAILURE, errbacks, the chord part. False
+ * when the result could not be stored. */
+static bool on_failure(struct child *c, const struct message *m,
+                       const struct celeriac_task_def *def, bool acks_late)
+{
+    log_error("Task %s[%s] raised unexpected: %s('%s')", m->task_name, m->task_id,
+              c->task.exc_type, c->task.exc_message.data);
+    if (events_task_enabled(&c->events)) {
+        struct buf exc = BUF_INIT, tb = BUF_INIT;
+        buf_addf(&exc, "%s('%s')", c->task.exc_type, c->task.exc_message.data);
+        json_t *d = message_exception(c->task.exc_type, NULL, c->task.exc_message.data);
+        message_traceback(&tb, d, m->task_name, m->task_id);
+        json_decref(d);
+        events_task(&c->events, "task-failed", m,
+                    json_pack("{s:s, s:s}", "exception", exc.data, "traceback", tb.data));
+        buf_release(&exc);
+        buf_release(&tb);
+    }
+    /* Errors are stored even with ignore_result in the message, as Celery
+     * 5.2 does; a task that ignores results ignores its errors too. */
+    bool stored = true;
+    bool chord = m->group && m->embed && json_is_object(json_object_get(m->embed, "chord"));
+    const char *module = strcmp(c->task.exc_type, "SoftTimeLimitExceeded")
+                             ? NULL
+                             : "billiard.exceptions";
+    if (!(def->flags & CELERIAC_IGNORE_RESULT))
+        stored = settle_store_exception_as(c, m, "FAILURE", c->task.exc_type, module,
+                                           c->task.exc_message.data, acks_late || chord);
+    struct err e = {0};
+    if (canvas_on_failure(&c->canvas, m, &e))
+        log_error("task %s: sending its errbacks failed: %s", m->task_id, e.msg);
+    if (chord) {
+        json_t *exc = message_exception(c->task.exc_type, module, c->task.exc_message.data);
+        if (canvas_chord_part(&c->canvas, m, "FAILURE", exc, &e))
+            log_error("task %s: chord join failed: %s", m->task_id, e.msg);
+        json_decref(exc);
+    }
+    return stored;
+}
+
+/* Runs the task under its time limits; a soft limit that cancelled the
+ * statement is reported as SoftTimeLimitExceeded. */
+static int run_limited(struct child *c, const struct message *m,
+                       const struct celeriac_task_def *def, double soft, double hard)
+{
+    limits_arm(soft, hard);
+    int rc = run_task(c, m, def);
+    limits_disarm();
+    if (task_soft_limit_hit) {
+        /* The statement was cancelled mid-flight: make sure the connection
+         * is clean (rolled back, pinged) before another task sees it. */
+        c->db.last_used_ms = 0;
+        if (rc != CELERIAC_OK && strcmp(c->task.exc_type, "SoftTimeLimitExceeded")) {
+            snprintf(c->task.exc_type, sizeof(c->task.exc_type), "SoftTimeLimitExceeded");
+            buf_reset(&c->task.exc_message);
+            buf_addf(&c->task.exc_message, "SoftTimeLimitExceeded(%g)", soft);
+        }
+    }
+    return rc;
+}
+
+/* After the outcome: a task's open transaction rolled back now (it must not
+ * hold locks until the next task arrives), the slot idle again. */
+static void finish(struct child *c, const struct message *m)
+{
+    c->db.uses++;
+    struct err re = {0};
+    if (db_conn_is_open(&c->db) && db_conn_clean(&c->db, &re))
+        log_warning("database connection after task %s: %s", m->task_id, re.msg);
+    atomic_store(&c->slot->task_started_ms, 0);
+    atomic_store(&c->slot->time_limit_ms, 0);
+    atomic_fetch_add(&c->slot->tasks_done, 1);
+    atomic_store(&c->slot->state, CHILD_IDLE);
+}
+
+/* Runs m, described in the slot by slot_describe. */
+static void execute(struct child *c, struct message *m, const struct celeriac_task_def *def)
+{
+    bool acks_late = c->cfg->acks_late || (def->flags & CELERIAC_ACKS_LATE);
+    bool ignore_result = m->ignore_result || (def->flags & CELERIAC_IGNORE_RESULT);
+    struct task_tuning *tune = &c->sb->shared->tasks[child_task_index(c, def)];
+    double soft, hard;
+    limits_for_task(c, m, def, &soft, &hard);
+    atomic_fetch_add(&tune->total, 1);
+    c->slot->time_start = time_now();
+    atomic_store(&c->slot->acks_late, acks_late);
+    atomic_store(&c->slot->time_limit_ms, (int64_t)(hard * 1000));
+    int64_t t0 = time_mono_ms();
+    atomic_store(&c->slot->task_started_ms, t0);
+    atomic_store(&c->slot->state, CHILD_BUSY);
+    atomic_store(&c->slot->reserved, 0);
+    /* Acked when execution starts, as Celery, and only once the slot says
+     * so: a death from here on is a lost running task, never a lost message. */
+    if (!acks_late)
+        settle_ack_async(c, m);
+
+    events_task(&c->events, "task-started", m, json_object());
+    int rc = run_limited(c, m, def, soft, hard);
+    int64_t t1 = time_mono_ms();
+    if (c->db.last_used_ms)
+        c->db.last_used_ms = t1;
+
+    const struct celeriac_retry_options *retry = task_retry_pick(c, m, def, rc);
+    bool stored = true;
+    if (retry && task_retry_send(c, m, retry)) {
+        /* settled by the retry */
+    } else if (rc == CELERIAC_OK) {
+        stored = on_success(c, m, acks_late, ignore_result, (double)(t1 - t0) / 1000.0);
+    } else { /* a failure, or a retry that could not be sent (as Celery's Reject) */
+        stored = on_failure(c, m, def, acks_late);
+    }
+    if (acks_late && stored)
+        settle_ack_async(c, m); /* after the result was confirmed stored */
+    else if (acks_late)
+        log_warning("task %s[%s]: its result is not stored; the message stays unacked and will "
+                    "be delivered again", m->task_name, m->task_id);
+    finish(c, m);
+}
+
+/* Runs a message that passed every check of its receipt: revoked? still
+ * not expired? rate limit, a live connection, then the task. */
+void execute_accepted(struct child *c, struct message *m, const struct celeriac_task_def *def)
+{
+    struct err e = {0};
+    if (scoreboard_is_revoked(c->sb, m->task_id)) {
+        log_info("Discarding revoked task %s[%s]", m->task_name, m->task_id);
+        settle_store_exception(c, m, "REVOKED", "TaskRevokedError", "celery.exceptions", "revoked");
+        events_task(&c->events, "task-revoked", m,
+                   json_pack("{s:b, s:n, s:b}", "terminated", 0, "signum", "expired", 0));
+        settle_discard(c, m);
+        return;
+    }
+    if (m->expires > 0 && time_now() > m->expires) { /* checked again: it may have waited */
+        log_info("Discarding expired task %s[%s]", m->task_name, m->task_id);
+        settle_store_exception(c, m, "REVOKED", "TaskRevokedError", "celery.exceptions", "expired");
+        events_task(&c->events, "task-revoked", m,
+                   json_pack("{s:b, s:n, s:b}", "terminated", 0, "signum", "expired", 1));
+        settle_discard(c, m);
+        return;
+    }
+    /* Received and not started (a rate limit, a database to wait for):
+     * Celery's "reserved". */
+    slot_describe(c, m);
+    atomic_store(&c->slot->reserved, 1);
+    limits_wait_for_rate(c, def);
+    if (c->cfg->db.kind != DB_NONE) {
+        /* A reconnect can take as long as an outage: make the message
+         * durable first (a loss found by db_conn_ready records it from the
+         * close hook). */
+        if (!db_conn_is_open(&c->db))
+            settle_record(c, m);
+        /* The connection may have died while we waited for this message;
+         * a poll() finds out without a round trip. A health check that
+         * round-trips waits no longer than the task's hard limit would
+         * (its timer is not armed yet): a server that does not answer in
+         * time counts as lost and the task runs on a new connection. */
+        double soft, hard;
+        limits_for_task(c, m, def, &soft, &hard);
+        int64_t hard_ms = hard > 0 ? (int64_t)(hard * 1000) : 0;
+        if (hard > 0 && hard_ms < 1)
+            hard_ms = 1;
+        if (db_conn_ready(&c->db, hard_ms, &sig_stop, &e)) {
+            log_info("task %s[%s] not started: stopping while reconnecting", m->task_name,
+                     m->task_id);
+            if (settle_give_back(c, m, &e))
+                log_warning("task %s[%s] not put back (%s)", m->task_name, m->task_id, e.msg);
+            atomic_store(&c->slot->reserved, 0);
+            return;
+        }
+        atomic_store(&c->slot->reconnects, c->db.reconnects);
+    }
+    execute(c, m, def);
+}

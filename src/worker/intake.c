@@ -1,0 +1,143 @@
+/* SPDX-License-Identifier: MIT
+ * worker/intake.c: one fetched delivery: size and envelope checks, its record
+ * as unacked, decoding and validation (spec §5.1 says how a bad one is
+ * settled), then run now, hold for its ETA, or discard.
+ */
+#include "common.h"
+#include "util/time.h"
+#include "worker/child_internal.h"
+
+/* A message over --max-message-size is not decoded; when its task id can
+ * be read cheaply, a FAILURE is stored under it so its client does not wait
+ * for ever. */
+static void drop_oversized(struct child *c, const struct delivery *d)
+{
+    char id[64];
+    bool known = message_peek_id(d->raw, d->len, id, sizeof(id));
+    log_error("dropped a message of %zu bytes from queue '%s'%s%s: larger than the %zu byte "
+              "limit", d->len, d->queue, known ? " for task " : "", known ? id : "",
+              c->cfg->broker.max_message);
+    if (!known)
+        return;
+    struct message m;
+    message_init(&m);
+    m.task_id = id;
+    char text[160];
+    snprintf(text, sizeof(text), "message of %zu bytes exceeds the worker's limit of %zu bytes "
+             "(--max-message-size)", d->len, c->cfg->broker.max_message);
+    settle_store_invalid(c, &m, "InvalidTaskError", text);
+}
+
+/* Makes sure the delivery is tracked until it is settled: in kombu's
+ * unacked hash (by the pop, corrected or written here) or in the hand. */
+static void track(struct child *c, struct delivery *d, struct message *m)
+{
+    struct err e = {0};
+    if (d->recorded_tag && (strcmp(d->recorded_tag, m->delivery_tag) ||
+                            strcmp(d->recorded_exchange, m->exchange) ||
+                            strcmp(d->recorded_routing_key, m->routing_key))) {
+        /* The pop's patterns were fooled (nested keys of the same names):
+         * drop that record and write the right one below. */
+        log_warning("message %s: unacked record corrected (tag %.40s)",
+                    m->task_id ? m->task_id : "?", m->delivery_tag);
+        settle_ack(c, d->recorded_tag);
+        d->recorded_tag = NULL;
+    }
+    m->recorded = d->recorded_tag != NULL;
+    if (!m->recorded && !c->hand_full) {
+        /* Not recorded by the pop (it could not be tracked): record it as
+         * kombu would. */
+        char *env = message_envelope_json(m);
+        if (child_ensure_broker(c) == 0 &&
+            broker_redis_record(&c->broker, m->delivery_tag, env, m->exchange, m->routing_key, &e))
+            log_warning("recording delivery %s as unacked failed: %s", m->delivery_tag, e.msg);
+        else
+            m->recorded = true;
+        free(env);
+    }
+    /* From here until it is settled or started, a death of this child leaves
+     * the message to its replacement to put back: from unacked by this tag
+     * (see recover_lost_task), or from the hand. */
+    if (m->recorded)
+        snprintf(c->slot->popped_tag, sizeof(c->slot->popped_tag), "%s", m->delivery_tag);
+}
+
+/* Decodes and validates a tracked message, then runs it, holds it for its
+ * ETA, or settles it. Takes m's contents when it is held. */
+static void route(struct child *c, struct message *m, const char *queue)
+{
+    struct err e = {0};
+    enum message_settle settle;
+    if (message_decode_task(m, &settle, &e)) {
+        log_error("%s message %s from queue '%s': %s",
+                  settle == SETTLE_ACK ? "acked undecodable" : "rejected invalid",
+                  m->task_id ? m->task_id : "(no id)", queue, e.msg);
+        const char *exc = strstr(e.msg, "content disallowed") ? "ContentDisallowed"
+                          : settle == SETTLE_ACK                ? "DecodeError"
+                                                                : "InvalidTaskError";
+        settle_store_invalid(c, m, exc, e.msg);
+        settle_discard(c, m);
+        return;
+    }
+    const struct celeriac_task_def *def = library_find(&c->cfg->lib, m->task_name);
+    if (!def) {
+        log_error("Received unregistered task of type '%s' (id %s); rejected", m->task_name,
+                  m->task_id);
+        settle_store_exception(c, m, "FAILURE", "NotRegistered", "celery.exceptions",
+                               m->task_name);
+        settle_discard(c, m);
+        return;
+    }
+    if (m->expires > 0 && time_now() > m->expires) {
+        log_info("Discarding expired task %s[%s]", m->task_name, m->task_id);
+        settle_store_exception(c, m, "REVOKED", "TaskRevokedError", "celery.exceptions",
+                               "expired");
+        events_task(&c->events, "task-revoked", m,
+                    json_pack("{s:b, s:n, s:b}", "terminated", 0, "signum", "expired", 1));
+        settle_discard(c, m);
+        return;
+    }
+    events_task_received(&c->events, m);
+    if (m->eta > time_now()) {
+        settle_record(c, m); /* held for later: it must outlive this worker */
+        held_add(c, m, def); /* scheduled: the held list owns it now */
+        return;
+    }
+    execute_accepted(c, m, def);
+}
+
+void intake_handle(struct child *c, struct delivery *d)
+{
+    struct message m;
+    struct err e = {0};
+    enum message_settle settle;
+    message_init(&m);
+    c->hand_full = c->broker.hand != NULL;
+    if (c->hand_full)
+        c->hand_hash = broker_redis_hand_hash(d->raw, d->len);
+    if (d->len > c->cfg->broker.max_message) {
+        drop_oversized(c, d);
+        goto out_settle;
+    }
+    if (message_decode_envelope(&m, d->raw, d->len, d->queue, &settle, &e)) {
+        log_error("dropped a message from queue '%s': %s", d->queue, e.msg);
+        goto out_settle;
+    }
+    if (m.repaired)
+        log_warning("message %s from queue '%s' lacked properties.delivery_tag or delivery_info "
+                    "(a Python worker would have died on it); repaired",
+                    m.task_id ? m.task_id : "(no id)", d->queue);
+    track(c, d, &m);
+    c->current = &m;
+    route(c, &m, d->queue);
+    goto out;
+
+out_settle:
+    if (d->recorded_tag)
+        settle_ack(c, d->recorded_tag);
+out:
+    settle_release_hand(c);
+    c->current = NULL;
+    c->slot->popped_tag[0] = '\0';
+    message_release(&m);
+}

@@ -1,0 +1,133 @@
+/* SPDX-License-Identifier: MIT
+ * worker/recover.c: what the previous process of this slot left behind: the
+ * task it died running (WorkerLostError, TimeLimitExceeded, REVOKED, or back
+ * on its queue) and the message left in its hand.
+ */
+#include "common.h"
+#include "worker/child_internal.h"
+#include "worker/salvage.h"
+#include "worker/signals.h"
+
+#include <math.h>
+
+/* The lost task m fails with WorkerLostError, as Celery reports it; a
+ * late-ack message is then acked. */
+static void fail_lost(struct child *c, struct message *m, bool late)
+{
+    char text[128];
+    int sig = atomic_load(&c->slot->lost_signal);
+    snprintf(text, sizeof(text), "Worker exited prematurely: signal %d (%s).", sig,
+             sig ? strsignal(sig) : "exit");
+    log_error("Task %s[%s] raised WorkerLostError: %s", m->task_name, m->task_id, text);
+    settle_store_exception(c, m, "FAILURE", "WorkerLostError", "billiard.exceptions", text);
+    if (late)
+        settle_ack(c, c->slot->lost_tag);
+}
+
+/* Late ack with reject_on_worker_lost: the lost task m goes back to the far
+ * end of its queue, unless its message has already been requeued
+ * --max-worker-lost-requeues times after killing its child: a poison task
+ * would otherwise crash a child after child for ever, so it fails with
+ * WorkerLostError instead. */
+static void requeue_lost(struct child *c, struct message *m)
+{
+    struct err e = {0};
+    int losses = 0, sig = atomic_load(&c->slot->lost_signal);
+    int max = c->cfg->max_worker_lost_requeues;
+    int rc = child_ensure_broker(c) ? E_CONN_LOST
+                              : broker_redis_requeue_lost(&c->broker, c->slot->lost_tag, max,
+                                                          &losses, &e);
+    if (rc < 0) {
+        log_error("requeue of %s failed: %s", m->task_id, e.msg);
+    } else if (rc == BROKER_RESTORED) {
+        log_error("Task %s[%s]: its process died (signal %d); requeued (acks_late, "
+                  "reject_on_worker_lost; death %d of at most %d)",
+                  m->task_name, m->task_id, sig, losses, max + 1);
+    } else if (rc == BROKER_EXHAUSTED) {
+        log_error("Task %s[%s]: its process died (signal %d) in each of its %d runs; not "
+                  "requeued again (--max-worker-lost-requeues %d): storing WorkerLostError "
+                  "and acking the message", m->task_name, m->task_id, sig, losses, max);
+        fail_lost(c, m, true);
+    } else {
+        log_warning("Task %s[%s]: its process died (signal %d) after settling it; nothing "
+                    "to requeue", m->task_name, m->task_id, sig);
+    }
+}
+
+/* Settles the task the previous process in our slot died running, as Celery
+ * reports a lost worker: TimeLimitExceeded after a hard limit, otherwise
+ * WorkerLostError, or, for a late-ack task with reject_on_worker_lost, back on
+ * its queue with no result stored. */
+void recover_lost_task(struct child *c)
+{
+    struct slot *s = c->slot;
+    int reason = atomic_load(&s->lost_reason);
+    if (reason == LOST_NONE)
+        return;
+    struct message m;
+    message_init(&m);
+    m.task_id = s->lost_task_id;
+    m.task_name = s->lost_task_name;
+    m.redelivered = true; /* it may have stored SUCCESS just before dying: keep that */
+    bool late = atomic_load(&s->lost_acks_late);
+    struct err e = {0};
+    if (reason == LOST_UNSTARTED) {
+        log_warning("message %s: its child died before starting it; restored to its queue",
+                    s->lost_tag);
+        if (child_ensure_broker(c) || broker_redis_restore(&c->broker, s->lost_tag, false, &e) < 0)
+            log_error("restore of %s failed: %s; the visibility sweep will", s->lost_tag, e.msg);
+    } else if (reason == LOST_REVOKED) {
+        log_info("Task %s[%s] terminated by revoke", m.task_name, m.task_id);
+        settle_store_exception(c, &m, "REVOKED", "TaskRevokedError", "celery.exceptions", "terminated");
+        events_task(&c->events, "task-revoked", &m,
+                   json_pack("{s:b, s:i, s:b}", "terminated", 1, "signum",
+                             atomic_load(&s->lost_signal), "expired", 0));
+        settle_ack(c, s->lost_tag);
+    } else if (reason == LOST_TIME_LIMIT) {
+        log_error("Task %s[%s]: hard time limit (%gs) exceeded; its process was killed",
+                  m.task_name, m.task_id, s->lost_time_limit);
+        /* Celery stores the limit as sent: 2, not 2.0, for a whole number. */
+        double limit = s->lost_time_limit;
+        json_t *limit_json = limit == floor(limit) ? json_integer((json_int_t)limit)
+                                                   : json_real(limit);
+        json_t *exc = json_pack("{s:s, s:[o], s:s}", "exc_type", "TimeLimitExceeded",
+                                "exc_message", limit_json, "exc_module",
+                                "billiard.exceptions");
+        /* It may have stored SUCCESS before dying: keep that. */
+        struct result_meta meta = {.status = "FAILURE", .result = exc, .task_id = m.task_id,
+                                   .task_name = m.task_name, .redelivered = true};
+        settle_store(c, &meta);
+        json_decref(exc);
+        settle_ack(c, s->lost_tag);
+    } else if (late && c->cfg->reject_on_worker_lost) {
+        requeue_lost(c, &m);
+    } else {
+        fail_lost(c, &m, late);
+    }
+    atomic_store(&s->lost_reason, LOST_NONE);
+}
+
+/* A message in our hand now was popped by an earlier process of this slot
+ * (a dead child, or a whole worker of this name) that never started it. */
+void recover_hand(struct child *c)
+{
+    struct retry r;
+    retry_init(&r, 200, 10000, "putting back the message left in this slot's hand");
+    for (;;) {
+        struct err e = {0};
+        if (child_ensure_broker(c))
+            return; /* stopping: the next child of this slot will */
+        int rc = hand_salvage(&c->broker, atomic_load(&c->slot->lost_hand_settled), &e);
+        if (rc >= 0)
+            rc = hand_adopt_orphans(&c->broker, c->cfg->node_name, getppid(), c->index, &e);
+        if (rc >= 0) {
+            retry_succeeded(&r);
+            return;
+        }
+        if (!settle_worth_retrying(c, rc)) {
+            log_warning("putting back the message left in this slot's hand: %s", e.msg);
+            return;
+        }
+        retry_wait(&r, LOG_WARNING, &e, &sig_stop);
+    }
+}

@@ -14,7 +14,8 @@ trap 'rabbitmq_stop; rm -rf "$TEST_TMP"' EXIT
 
 CASES=$TEST_TMP/amqp_cases
 SAN=()
-if nm "$BUILD_DIR/libceleriac.a" 2>/dev/null | grep -q ' U __asan_'; then
+# grep reads all of nm's output: with -q, nm's SIGPIPE fails the pipeline
+if nm "$BUILD_DIR/libceleriac.a" 2>/dev/null | grep ' U __asan_' >/dev/null; then
     SAN=("-fsanitize=address,undefined")
 fi
 # shellcheck disable=SC2046

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT
  * amqp_link.c: a rabbitmq-c connection with one channel: open, the one error
  * mapping, declares, consume and the frame dispatch behind next and publish
- * confirms (see amqp_link.h). Celery's names and arguments live in
- * amqp_topology.c, message conversion in amqp_msg.c.
+ * confirms (see amqp_link.h). Declares and Celery's topology live in
+ * amqp_declare.c, message conversion in amqp_msg.c.
  */
 #include "common.h"
 #include "util/amqp_link.h"

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT
  * amqp_link.c: a rabbitmq-c connection with one channel: open, the one error
- * mapping, declares, consume and the frame dispatch behind next and publish
+ * mapping, QoS, consume, ack/reject and the frame dispatch behind next and publish
  * confirms (see amqp_link.h). Declares and Celery's topology live in
  * amqp_declare.c, message conversion in amqp_msg.c.
  */

@@ -1,0 +1,152 @@
+# SPDX-License-Identifier: MIT
+# rabbitmq.sh: sourced by tests that need a real RabbitMQ. rabbitmq_start runs
+# a private node (Debian's rabbitmq-server, no plugins) on free loopback ports
+# with its own epmd, data, logs, config and Erlang cookie in a temporary
+# directory; rabbitmq_stop stops exactly the two processes it started (beam and
+# epmd), by pid, and removes that directory. One node per test file: start it
+# once and let every case use it. Works as root and as any other user; it never
+# touches the system's rabbitmq-server service, /etc/rabbitmq or ~/.erlang.cookie.
+#
+#   . tests/lib/rabbitmq.sh
+#   rabbitmq_start || exit 1     # exports RABBITMQ_URL, RABBITMQ_PORT, RABBITMQ_START_MS
+#   ...
+#   rabbitmq_stop                # also run by the EXIT trap it installs
+#
+# When CELERIAC_PIDS_FILE is set (tests/run-all.sh), the pids are recorded
+# there as "pid beam.smp" / "pid epmd" so a test killed by its timeout leaves
+# nothing running.
+
+RMQ_SCRIPTS=${RMQ_SCRIPTS:-/usr/lib/rabbitmq/bin}
+RMQ_DIR=
+RMQ_BEAM_PID=
+RMQ_EPMD_PID=
+
+_rmq_free_port() {
+    /usr/bin/python3 -c 'import socket
+s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+_rmq_record() { # pid kind
+    [[ -n ${CELERIAC_PIDS_FILE:-} ]] && echo "$1 $2" >>"$CELERIAC_PIDS_FILE"
+    return 0
+}
+
+# True while pid runs the program we started (guards against pid reuse).
+_rmq_pid_is() { # pid word
+    local cmd
+    [[ -n $1 && -r /proc/$1/cmdline ]] || return 1
+    cmd=$(tr '\0' ' ' 2>/dev/null <"/proc/$1/cmdline") || return 1
+    [[ $cmd == *"$2"* ]]
+}
+
+_rmq_stop_pid() { # pid word
+    local pid=$1 i
+    _rmq_pid_is "$pid" "$2" || { wait "$pid" 2>/dev/null; return 0; }
+    kill -TERM "$pid" 2>/dev/null
+    for ((i = 0; i < 100; i++)); do
+        _rmq_pid_is "$pid" "$2" || break
+        [[ $(ps -o stat= -p "$pid" 2>/dev/null) == Z* ]] && break
+        sleep 0.1
+    done
+    _rmq_pid_is "$pid" "$2" && kill -KILL "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+    return 0
+}
+
+# True once the node completes an AMQP handshake and login as guest.
+_rmq_answers() {
+    /usr/bin/python3 - "$RABBITMQ_PORT" <<'EOF' >/dev/null 2>&1
+import sys, amqp
+c = amqp.Connection(host="127.0.0.1:%s" % sys.argv[1], connect_timeout=1)
+c.connect()
+c.close()
+EOF
+}
+
+# rabbitmq_start: starts the node and waits (up to 60 s) until it accepts
+# AMQP. Exports RABBITMQ_URL (amqp://guest:guest@127.0.0.1:PORT//),
+# RABBITMQ_PORT, RABBITMQ_NODENAME and RABBITMQ_START_MS (boot time).
+rabbitmq_start() {
+    local t0 i
+    t0=$(date +%s%N)
+    RMQ_DIR=$(mktemp -d "${TMPDIR:-/tmp}/celeriac-rmq.XXXXXX")
+    mkdir -p "$RMQ_DIR/home" "$RMQ_DIR/mnesia" "$RMQ_DIR/log"
+    RABBITMQ_PORT=$(_rmq_free_port)
+    local dist_port epmd_port
+    dist_port=$(_rmq_free_port)
+    epmd_port=$(_rmq_free_port)
+    RABBITMQ_NODENAME="celeriac-$$-${RANDOM}@localhost"
+    echo '[].' >"$RMQ_DIR/enabled_plugins"
+    : >"$RMQ_DIR/rabbitmq-env.conf"
+    {
+        # a nearly full disk on a build machine must not block publishers
+        echo "disk_free_limit.absolute = 1MB"
+        echo "log.console = false"
+        echo "log.file.level = warning"
+    } >"$RMQ_DIR/rabbitmq.conf"
+
+    # epmd first, in the foreground, loopback only: erl then uses it instead
+    # of daemonising one we could not stop by pid.
+    ERL_EPMD_ADDRESS=127.0.0.1 epmd -port "$epmd_port" -address 127.0.0.1 \
+        </dev/null >"$RMQ_DIR/log/epmd.log" 2>&1 &
+    RMQ_EPMD_PID=$!
+    _rmq_record "$RMQ_EPMD_PID" epmd
+    for ((i = 0; i < 50; i++)); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$epmd_port") 2>/dev/null && break
+        sleep 0.05
+    done
+
+    # RABBITMQ_ALLOW_INPUT makes the script exec erl (so $! is beam's pid)
+    # instead of waiting on it from a shell; -noinput keeps it from reading stdin.
+    # +S 1 and no busy-waiting schedulers: the test machine is small and shared.
+    env HOME="$RMQ_DIR/home" \
+        ERL_EPMD_PORT="$epmd_port" ERL_EPMD_ADDRESS=127.0.0.1 \
+        RABBITMQ_CONF_ENV_FILE="$RMQ_DIR/rabbitmq-env.conf" \
+        RABBITMQ_NODENAME="$RABBITMQ_NODENAME" \
+        RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT="$RABBITMQ_PORT" \
+        RABBITMQ_DIST_PORT="$dist_port" \
+        RABBITMQ_MNESIA_BASE="$RMQ_DIR/mnesia" RABBITMQ_LOG_BASE="$RMQ_DIR/log" \
+        RABBITMQ_CONFIG_FILE="$RMQ_DIR/rabbitmq.conf" \
+        RABBITMQ_ADVANCED_CONFIG_FILE="$RMQ_DIR/advanced.config" \
+        RABBITMQ_ENABLED_PLUGINS_FILE="$RMQ_DIR/enabled_plugins" \
+        RABBITMQ_PID_FILE="$RMQ_DIR/rabbit.pid" \
+        RABBITMQ_ALLOW_INPUT=1 \
+        RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-noinput -kernel inet_dist_use_interface {127,0,0,1} +S 1:1 +sbwt none +sbwtdcpu none +sbwtdio none" \
+        "$RMQ_SCRIPTS/rabbitmq-server" </dev/null >"$RMQ_DIR/log/stdout.log" 2>&1 &
+    RMQ_BEAM_PID=$!
+    _rmq_record "$RMQ_BEAM_PID" beam.smp
+    trap rabbitmq_stop EXIT
+
+    RABBITMQ_URL="amqp://guest:guest@127.0.0.1:$RABBITMQ_PORT//"
+    export RABBITMQ_URL RABBITMQ_PORT RABBITMQ_NODENAME
+    local deadline=$((SECONDS + 60))
+    until (exec 3<>"/dev/tcp/127.0.0.1/$RABBITMQ_PORT") 2>/dev/null && _rmq_answers; do
+        if ((SECONDS >= deadline)) || ! kill -0 "$RMQ_BEAM_PID" 2>/dev/null; then
+            echo "# rabbitmq_start: node did not accept AMQP on 127.0.0.1:$RABBITMQ_PORT"
+            tail -20 "$RMQ_DIR/log/stdout.log" "$RMQ_DIR"/log/*.log 2>/dev/null | sed 's/^/#   /'
+            rabbitmq_stop
+            return 1
+        fi
+        sleep 0.1
+    done
+    RABBITMQ_START_MS=$((($(date +%s%N) - t0) / 1000000))
+    export RABBITMQ_START_MS
+}
+
+# rabbitmq_stop: stops the node and its epmd (ours only, by pid), removes the
+# temporary directory. Idempotent.
+rabbitmq_stop() {
+    if [[ -n $RMQ_BEAM_PID ]]; then
+        _rmq_stop_pid "$RMQ_BEAM_PID" beam
+        RMQ_BEAM_PID=
+    fi
+    if [[ -n $RMQ_EPMD_PID ]]; then
+        _rmq_stop_pid "$RMQ_EPMD_PID" epmd
+        RMQ_EPMD_PID=
+    fi
+    if [[ -n $RMQ_DIR && -d $RMQ_DIR ]]; then
+        rm -rf "$RMQ_DIR"
+        RMQ_DIR=
+    fi
+    return 0
+}

@@ -208,16 +208,36 @@ static int apply_group(const struct canvas *cv, const struct message *parent, js
 /* A chord: the header's size goes to the backend (as Celery's Redis backend
  * stores it), then every header member is sent carrying the body; the last
  * one to finish sends the body (canvas_chord_part). */
-static int apply_chord(const struct canvas *cv, const struct message *parent, json_t *sig,
-                       const struct sig_send *how, struct err *e)
+/* Appends to out the task signatures of a chord header, a group inside it
+ * standing for its members as Celery unrolls it (each group's members taken
+ * next, in reverse order). False when a member is neither a task nor a group,
+ * or groups nest deeper than depth allows. */
+static bool unroll_header(json_t *members, bool reversed, json_t *out, int depth)
 {
-    json_t *kwargs = json_object_get(sig, "kwargs");
-    json_t *header = json_object_get(kwargs, "header"), *body = json_object_get(kwargs, "body");
-    json_t *members = group_members(header);
-    if (!json_is_array(members) || !json_is_object(body)) {
-        refuse(cv, sig, "a chord signature without a header and a body");
-        return 0;
+    size_t n = json_array_size(members);
+    for (size_t k = 0; k < n; k++) {
+        json_t *m = json_array_get(members, reversed ? n - 1 - k : k);
+        const char *type = json_string_value(json_object_get(m, "subtask_type"));
+        if (!json_is_object(m))
+            return false;
+        if (!type) {
+            json_array_append(out, m);
+            continue;
+        }
+        json_t *inner = group_members(m);
+        if (strcmp(type, "group") || !json_is_array(inner) || depth >= CANVAS_DEPTH_MAX ||
+            !unroll_header(inner, true, out, depth + 1))
+            return false;
     }
+    return true;
+}
+
+/* Sends the (unrolled) chord header members, each carrying the body, after
+ * storing the chord's size where the last member's join finds it. */
+static int send_chord(const struct canvas *cv, const struct message *parent, json_t *members,
+                      json_t *body, json_t *header, json_t *sig, const struct sig_send *how,
+                      struct err *e)
+{
     if (!cv->backend->cfg->enabled) {
         refuse(cv, body, "a chord needs a result backend");
         return 0;
@@ -255,16 +275,33 @@ static int apply_chord(const struct canvas *cv, const struct message *parent, js
     json_t *m;
     json_array_foreach(members, i, m) {
         member.group_index = (int)i;
-        if (json_string_value(json_object_get(m, "subtask_type"))) {
-            refuse(cv, m, "a chord header member must be a task signature");
-            continue;
-        }
         if ((rc = send_signature(cv, parent, m, &member, e)))
             break;
     }
     if (how->children) /* the chord's result is its body's */
         json_array_append_new(how->children, json_pack("[[s?, n], n]", json_string_value(
             json_object_get(json_object_get(body, "options"), "task_id"))));
+    return rc;
+}
+
+static int apply_chord(const struct canvas *cv, const struct message *parent, json_t *sig,
+                       const struct sig_send *how, struct err *e)
+{
+    json_t *kwargs = json_object_get(sig, "kwargs");
+    json_t *header = json_object_get(kwargs, "header"), *body = json_object_get(kwargs, "body");
+    json_t *given = group_members(header);
+    if (!json_is_array(given) || !json_is_object(body)) {
+        refuse(cv, sig, "a chord signature without a header and a body");
+        return 0;
+    }
+    json_t *members = json_array();
+    if (!unroll_header(given, false, members, how->depth)) {
+        json_decref(members);
+        refuse(cv, body, "a chord header member must be a task or a group of tasks");
+        return 0;
+    }
+    int rc = send_chord(cv, parent, members, body, header, sig, how, e);
+    json_decref(members);
     return rc;
 }
 

@@ -88,6 +88,8 @@ CASES = [
     ("cv_chain_chain", None, None, None, {"_canvas": "chain_chain"}),
     ("cv_link_group", None, None, None, {"_canvas": "link_group"}),
     ("cv_link_chord", None, None, None, {"_canvas": "link_chord"}),
+    ("cv_chord_nested_group", None, None, None, {"_canvas": "chord_nested_group"}),
+    ("cv_link_chord_nested", None, None, None, {"_canvas": "link_chord_nested"}),
 ]
 
 
@@ -104,6 +106,12 @@ def build_canvas(app, which):
     if which == "chain_chord":
         return chain(s("tasks.add", (2, 2)),
                      chord([s("tasks.add", (10,)), s("tasks.add", (20,))], s("tasks.echo")))()
+    if which == "chord_nested_group":
+        # a chord header member that is itself a group, applied by the worker
+        return chain(s("tasks.add", (2, 2)),
+                     chord([s("tasks.add", (10,)),
+                            group(s("tasks.add", (20,)), s("tasks.add", (30,)))],
+                           s("tasks.echo")))()
     if which == "chain_chain":
         return chain(s("tasks.add", (1, 1)), chain(s("tasks.add", (1,)), s("tasks.add", (1,))),
                      s("tasks.echo"))()
@@ -117,6 +125,15 @@ def build_canvas(app, which):
         res = c.freeze()
         app.send_task("tasks.add", args=[5, 5], link=c)
         return res
+    if which == "link_chord_nested":
+        # sent unfrozen: the worker meets the nested group in the header
+        from celery.result import AsyncResult
+        from celery.utils import uuid
+        body_id = uuid()
+        c = chord([s("tasks.add", (1,)), group(s("tasks.add", (2,)), s("tasks.add", (3,)))],
+                  s("tasks.echo").set(task_id=body_id))
+        app.send_task("tasks.add", args=[5, 5], link=c)
+        return AsyncResult(body_id, app=app)
     raise ValueError(which)
 
 # Fields not compared: they legitimately differ between two runs.

@@ -6,6 +6,7 @@
 #include "common.h"
 #include "util/amqp_url.h"
 #include "util/buf.h"
+#include "util/url.h"
 
 #include <ctype.h>
 #include <math.h>
@@ -26,45 +27,6 @@ bool amqp_url_is_amqp(const char *s)
         if (!strncasecmp(s, schemes[i].prefix, strlen(schemes[i].prefix)))
             return true;
     return false;
-}
-
-/* Percent-decodes [s, s+len) into a new string; NULL on a bad escape or an
- * encoded NUL (which no C string can carry). */
-static char *decode(const char *s, size_t len)
-{
-    char *out = xmalloc(len + 1), *o = out;
-    for (size_t i = 0; i < len; i++) {
-        if (s[i] != '%') {
-            *o++ = s[i];
-            continue;
-        }
-        if (i + 2 >= len + 0 || !isxdigit((unsigned char)s[i + 1]) ||
-            !isxdigit((unsigned char)s[i + 2]) || (s[i + 1] == '0' && s[i + 2] == '0')) {
-            free(out);
-            return NULL;
-        }
-        char hex[3] = {s[i + 1], s[i + 2], 0};
-        *o++ = (char)strtol(hex, NULL, 16);
-        i += 2;
-    }
-    *o = '\0';
-    return out;
-}
-
-static int parse_long(const char *s, size_t len, long lo, long hi, long *out)
-{
-    if (!len || len > 10)
-        return -EINVAL;
-    long v = 0;
-    for (size_t i = 0; i < len; i++) {
-        if (!isdigit((unsigned char)s[i]))
-            return -EINVAL;
-        v = v * 10 + (s[i] - '0');
-    }
-    if (v < lo || v > hi)
-        return -EINVAL;
-    *out = v;
-    return 0;
 }
 
 void amqp_url_release(struct amqp_url *u)
@@ -142,7 +104,7 @@ static int set_option(struct amqp_url *u, const char *k, const char *v, struct e
         if (!rc)
             u->heartbeat = (ms + 999) / 1000;
     } else if (!strcmp(k, "frame_max")) {
-        rc = parse_long(v, strlen(v), 4096, INT32_MAX, &n);
+        rc = url_parse_number(v, strlen(v), 4096, INT32_MAX, &n);
         if (!rc)
             u->frame_max = (int)n;
     } else if (!strcmp(k, "connect_timeout")) {
@@ -159,8 +121,8 @@ static int parse_query(struct amqp_url *u, const char *q, struct err *e)
         size_t n = strcspn(q, "&;");
         const char *eq = memchr(q, '=', n);
         if (n && eq) {
-            char *k = decode(q, (size_t)(eq - q));
-            char *v = decode(eq + 1, (size_t)(q + n - eq - 1));
+            char *k = url_pct_decode(q, (size_t)(eq - q));
+            char *v = url_pct_decode(eq + 1, (size_t)(q + n - eq - 1));
             int rc = k && v ? set_option(u, k, v, e)
                             : err_set(e, -EINVAL, "amqp URL query has a bad percent escape");
             free(k);
@@ -182,12 +144,12 @@ static int parse_userinfo(struct amqp_url *u, const char *p, const char *at, str
     const char *uend = colon ? colon : at;
     if (uend > p) {
         free(u->user);
-        if (!(u->user = decode(p, (size_t)(uend - p))))
+        if (!(u->user = url_pct_decode(p, (size_t)(uend - p))))
             return err_set(e, -EINVAL, "amqp URL has a bad percent escape in the user name");
     }
     if (colon) {
         free(u->password);
-        if (!(u->password = decode(colon + 1, (size_t)(at - colon - 1))))
+        if (!(u->password = url_pct_decode(colon + 1, (size_t)(at - colon - 1))))
             return err_set(e, -EINVAL, "amqp URL has a bad percent escape in the password");
     }
     return 0;
@@ -214,7 +176,7 @@ static int parse_hostport(struct amqp_url *u, const char *p, const char *end, st
     }
     long port;
     if (hend < end) {
-        if (*hend != ':' || parse_long(hend + 1, (size_t)(end - hend - 1), 1, 65535, &port))
+        if (*hend != ':' || url_parse_number(hend + 1, (size_t)(end - hend - 1), 1, 65535, &port))
             return err_set(e, -EINVAL, "amqp URL port is not a number in 1..65535");
         u->port = (int)port;
     }
@@ -258,7 +220,7 @@ int amqp_url_parse(struct amqp_url *u, const char *s, struct err *e)
     if (rc)
         return rc;
     size_t plen = *end == '/' ? strcspn(end + 1, "?#") : 0;
-    u->vhost = plen ? decode(end + 1, plen) : xstrdup("/");
+    u->vhost = plen ? url_pct_decode(end + 1, plen) : xstrdup("/");
     if (!u->vhost)
         return err_set(e, -EINVAL, "amqp URL has a bad percent escape in the vhost");
     const char *q = strchr(end, '?');

@@ -8,11 +8,11 @@
 #include <ctype.h>
 #include <strings.h>
 
-static int parse_int(const char *s, size_t len, int lo, int hi, int *out)
+int url_parse_number(const char *s, size_t len, long lo, long hi, long *out)
 {
-    if (!len || len > 9)
+    if (!len || len > 10)
         return -EINVAL;
-    int v = 0;
+    long v = 0;
     for (size_t i = 0; i < len; i++) {
         if (!isdigit((unsigned char)s[i]))
             return -EINVAL;
@@ -24,23 +24,32 @@ static int parse_int(const char *s, size_t len, int lo, int hi, int *out)
     return 0;
 }
 
-/* Percent-decodes [s, s+len) into a new string; NULL on a bad escape. */
-static char *pct_decode(const char *s, size_t len)
+/* An int field through url_parse_number. */
+static int parse_int(const char *s, size_t len, int lo, int hi, int *out)
+{
+    long v;
+    if (url_parse_number(s, len, lo, hi, &v))
+        return -EINVAL;
+    *out = (int)v;
+    return 0;
+}
+
+char *url_pct_decode(const char *s, size_t len)
 {
     char *out = xmalloc(len + 1), *o = out;
     for (size_t i = 0; i < len; i++) {
-        if (s[i] == '%') {
-            if (i + 2 >= len + 0 || !isxdigit((unsigned char)s[i + 1]) ||
-                !isxdigit((unsigned char)s[i + 2])) {
-                free(out);
-                return NULL;
-            }
-            char hex[3] = {s[i + 1], s[i + 2], 0};
-            *o++ = (char)strtol(hex, NULL, 16);
-            i += 2;
-        } else {
+        if (s[i] != '%') {
             *o++ = s[i];
+            continue;
         }
+        if (i + 2 >= len || !isxdigit((unsigned char)s[i + 1]) ||
+            !isxdigit((unsigned char)s[i + 2]) || (s[i + 1] == '0' && s[i + 2] == '0')) {
+            free(out);
+            return NULL;
+        }
+        char hex[3] = {s[i + 1], s[i + 2], 0};
+        *o++ = (char)strtol(hex, NULL, 16);
+        i += 2;
     }
     *o = '\0';
     return out;
@@ -92,9 +101,9 @@ int redis_url_parse(struct redis_url *u, const char *s, struct err *e)
     if (at) {
         const char *colon = memchr(p, ':', (size_t)(at - p));
         const char *uend = colon ? colon : at;
-        if (uend > p && !(u->username = pct_decode(p, (size_t)(uend - p))))
+        if (uend > p && !(u->username = url_pct_decode(p, (size_t)(uend - p))))
             return err_set(e, -EINVAL, "redis URL has a bad percent escape in the user name");
-        if (colon && !(u->password = pct_decode(colon + 1, (size_t)(at - colon - 1))))
+        if (colon && !(u->password = url_pct_decode(colon + 1, (size_t)(at - colon - 1))))
             return err_set(e, -EINVAL, "redis URL has a bad percent escape in the password");
         p = at + 1;
     }

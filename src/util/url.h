@@ -33,6 +33,14 @@ enum db_kind {
  * the file path (caller frees). Returns 0 or -EINVAL with the reason in e. */
 int db_url_classify(const char *s, enum db_kind *kind, char **path, struct err *e);
 
+/* A decimal number of at most 10 digits in [lo, hi] from [s, s+len).
+ * 0 or -EINVAL. */
+int url_parse_number(const char *s, size_t len, long lo, long hi, long *out);
+
+/* Percent-decodes [s, s+len) into a new string; NULL on a bad escape or an
+ * encoded NUL (which no C string can carry). */
+char *url_pct_decode(const char *s, size_t len);
+
 /* Appends s with any password replaced by "***": URL userinfo, "password=" in a
  * conninfo string and "?password=" in a URI query. */
 void url_mask(struct buf *out, const char *s);

@@ -98,6 +98,9 @@ bool settle_store_exception_as(struct child *c, const struct message *m, const c
                                bool confirmed);
 void settle_store_exception(struct child *c, const struct message *m, const char *status,
                             const char *exc_type, const char *exc_module, const char *text);
+/* Discards a revoked or expired message as Celery does: REVOKED stored,
+ * task-revoked sent, the delivery settled. */
+void settle_revoked(struct child *c, struct message *m, bool expired);
 void settle_store_invalid(struct child *c, const struct message *m, const char *exc_type,
                           const char *text);
 

@@ -217,19 +217,11 @@ void execute_accepted(struct child *c, struct message *m, const struct celeriac_
 {
     struct err e = {0};
     if (scoreboard_is_revoked(c->sb, m->task_id)) {
-        log_info("Discarding revoked task %s[%s]", m->task_name, m->task_id);
-        settle_store_exception(c, m, "REVOKED", "TaskRevokedError", "celery.exceptions", "revoked");
-        events_task(&c->events, "task-revoked", m,
-                   json_pack("{s:b, s:n, s:b}", "terminated", 0, "signum", "expired", 0));
-        settle_discard(c, m);
+        settle_revoked(c, m, false);
         return;
     }
     if (m->expires > 0 && time_now() > m->expires) { /* checked again: it may have waited */
-        log_info("Discarding expired task %s[%s]", m->task_name, m->task_id);
-        settle_store_exception(c, m, "REVOKED", "TaskRevokedError", "celery.exceptions", "expired");
-        events_task(&c->events, "task-revoked", m,
-                   json_pack("{s:b, s:n, s:b}", "terminated", 0, "signum", "expired", 1));
-        settle_discard(c, m);
+        settle_revoked(c, m, true);
         return;
     }
     /* Received and not started (a rate limit, a database to wait for):

@@ -89,12 +89,7 @@ static void route(struct child *c, struct message *m, const char *queue)
         return;
     }
     if (m->expires > 0 && time_now() > m->expires) {
-        log_info("Discarding expired task %s[%s]", m->task_name, m->task_id);
-        settle_store_exception(c, m, "REVOKED", "TaskRevokedError", "celery.exceptions",
-                               "expired");
-        events_task(&c->events, "task-revoked", m,
-                    json_pack("{s:b, s:n, s:b}", "terminated", 0, "signum", "expired", 1));
-        settle_discard(c, m);
+        settle_revoked(c, m, true);
         return;
     }
     events_task_received(&c->events, m);

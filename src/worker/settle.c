@@ -226,3 +226,13 @@ void settle_store_invalid(struct child *c, const struct message *m, const char *
     if (m->task_id && *m->task_id)
         settle_store_exception(c, m, "FAILURE", exc_type, "celery.exceptions", text);
 }
+
+void settle_revoked(struct child *c, struct message *m, bool expired)
+{
+    const char *why = expired ? "expired" : "revoked";
+    log_info("Discarding %s task %s[%s]", why, m->task_name, m->task_id);
+    settle_store_exception(c, m, "REVOKED", "TaskRevokedError", "celery.exceptions", why);
+    events_task(&c->events, "task-revoked", m,
+                json_pack("{s:b, s:n, s:b}", "terminated", 0, "signum", "expired", expired));
+    settle_discard(c, m);
+}

@@ -227,10 +227,10 @@ int broker_redis_ack_send(struct broker_redis *b, const char *tag, struct err *e
     return redis_link_flush(&b->link, e);
 }
 
-void delivery_release(struct delivery *d)
+void broker_redis_delivery_release(struct delivery *d)
 {
-    if (d->reply)
-        freeReplyObject(d->reply);
+    if (d->owner)
+        freeReplyObject(d->owner);
     memset(d, 0, sizeof(*d));
 }
 
@@ -255,15 +255,15 @@ static int take_reply(struct delivery *d, redisReply *r, struct err *e)
         freeReplyObject(r);
         return E_PROTOCOL;
     }
-    d->reply = r;
+    d->owner = r;
     d->raw = r->element[1]->str;
     d->len = r->element[1]->len;
     bool recorded = r->elements == 5 && r->element[2]->type == REDIS_REPLY_STRING &&
                     r->element[3]->type == REDIS_REPLY_STRING &&
                     r->element[4]->type == REDIS_REPLY_STRING;
-    d->recorded_tag = recorded ? r->element[2]->str : NULL;
-    d->recorded_exchange = recorded ? r->element[3]->str : NULL;
-    d->recorded_routing_key = recorded ? r->element[4]->str : NULL;
+    d->recorded.tag = recorded ? r->element[2]->str : NULL;
+    d->recorded.exchange = recorded ? r->element[3]->str : NULL;
+    d->recorded.routing_key = recorded ? r->element[4]->str : NULL;
     set_queue(d, r->element[0]->str, r->element[0]->len);
     return 0;
 }
@@ -356,7 +356,7 @@ void broker_redis_hand_settled(struct broker_redis *b, uint64_t hash)
 /* Fills d from a bulk string reply (the moved message), taking r. */
 static void take_moved(struct delivery *d, redisReply *r, const char *list, size_t list_len)
 {
-    d->reply = r;
+    d->owner = r;
     d->raw = r->str;
     d->len = r->len;
     set_queue(d, list, list_len);
@@ -436,7 +436,7 @@ static int pop_hand(struct broker_redis *b, double timeout_s, struct delivery *d
 {
     if (b->hand_unknown) {
         int rc = hand_recover(b, d, e);
-        if (rc || d->reply)
+        if (rc || d->raw)
             return rc;
     }
     size_t from = 2;
@@ -489,7 +489,7 @@ int broker_redis_fetch(struct broker_redis *b, double timeout_s, struct delivery
     /* Pop and record happen in one script, so there is no moment in which a
      * message is neither in a list nor in the unacked hash. */
     rc = pop_script(b, d, e);
-    if (rc || d->reply)
+    if (rc || d->raw)
         return rc;
     rc = wait_for_message(b, timeout_s, e);
     if (rc <= 0)

@@ -7,6 +7,7 @@
 #ifndef CELERIAC_BROKER_REDIS_H
 #define CELERIAC_BROKER_REDIS_H
 
+#include "broker/broker.h"
 #include "util/buf.h"
 #include "util/redis_link.h"
 #include "util/url.h"
@@ -21,16 +22,6 @@ struct broker_config {
                                     hand (see broker_redis_set_hand) */
 };
 
-/* One popped message. */
-struct delivery {
-    redisReply *reply;           /* owns the bytes below; NULL when nothing arrived */
-    const char *raw;             /* the envelope as stored in the list */
-    size_t len;
-    char queue[256];             /* queue it came from (priority suffix removed) */
-    const char *recorded_tag;    /* tag already written to unacked by the pop, or NULL */
-    const char *recorded_exchange;     /* ... with this exchange */
-    const char *recorded_routing_key;  /* ... and routing key */
-};
 
 struct broker_redis {
     struct redis_link link;
@@ -111,10 +102,10 @@ int broker_redis_sweep_hands(struct broker_redis *b, double visibility_timeout,
  * timeout_s seconds when every list is empty. With cfg->record_unacked the
  * pop also records it as unacked in the same atomic step (d->recorded_tag);
  * otherwise it pops into the hand. Returns 0 with d->reply NULL when nothing
- * arrived, 0 with a delivery, or E_CONN_LOST. Release d with delivery_release(). */
+ * arrived (d->raw NULL), 0 with a delivery, or E_CONN_LOST. Release d with broker_redis_delivery_release(). */
 int broker_redis_fetch(struct broker_redis *b, double timeout_s, struct delivery *d,
                        struct err *e);
-void delivery_release(struct delivery *d);
+void broker_redis_delivery_release(struct delivery *d);
 
 /* Records a delivery in the unacked hash and index (kombu's QoS.append), with
  * envelope_json as the stored payload (the repaired envelope if it was fixed),
@@ -153,7 +144,6 @@ int broker_redis_touch(struct broker_redis *b, const char **tags, size_t n, stru
  * routing and priority name, and removes it from unacked, all in one
  * compare-and-swap step. Returns BROKER_RESTORED, BROKER_NOT_HELD (already
  * acked or restored by someone else: not an error), or E_CONN_LOST / E_PROTOCOL. */
-enum { BROKER_NOT_HELD = 0, BROKER_RESTORED = 1, BROKER_EXHAUSTED = 2 };
 int broker_redis_restore(struct broker_redis *b, const char *tag, bool to_back, struct err *e);
 
 /* The requeue of a late-ack message whose child died running it
@@ -185,5 +175,13 @@ int broker_redis_hand_clear(struct broker_redis *b, struct err *e);
  * it. Returns the number restored (0 when another process holds the mutex),
  * or a negative code. */
 int broker_redis_sweep(struct broker_redis *b, double visibility_timeout, struct err *e);
+
+/* The Redis transport behind broker.h (redis_transport.c): sets b up over
+ * cfg for owner (nothing opened). 0. */
+int broker_redis_transport_init(struct broker *b, const struct broker_config *cfg,
+                                const struct broker_owner *owner);
+/* NEEDSWORK(#11): events still PUBLISH on the child's Redis link; they move
+ * behind broker.h with the control process. */
+struct redis_link *broker_redis_transport_link(struct broker *b);
 
 #endif /* CELERIAC_BROKER_REDIS_H */

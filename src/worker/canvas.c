@@ -5,6 +5,7 @@
  * unknown kind is refused with a FAILURE on its id, never dropped silently.
  */
 #include "common.h"
+#include "broker/broker.h"
 #include "backend/redis.h"
 #include "broker/redis.h"
 #include "protocol/message.h"
@@ -29,8 +30,8 @@ static int publish(const struct canvas *cv, const struct task_send *t, json_t *c
     message_encode_task(&env, t, id);
     if (children)
         json_array_append_new(children, json_pack("[[s, n], n]", id));
-    int rc = broker_redis_publish(cv->broker, t->queue ? t->queue : "celery", t->priority,
-                                  env.data, env.len, e);
+    int rc = cv->broker->ops->publish(cv->broker, t->queue ? t->queue : "celery", t->priority,
+                                      env.data, env.len, e);
     buf_release(&env);
     return rc;
 }

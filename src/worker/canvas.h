@@ -10,11 +10,11 @@
 #include <jansson.h>
 
 struct backend_redis;
-struct broker_redis;
+struct broker;
 struct message;
 
 struct canvas {
-    struct broker_redis *broker;     /* where new task messages go */
+    struct broker *broker;           /* where new task messages go */
     struct backend_redis *backend;   /* chord counters; FAILURE of refused signatures */
 };
 

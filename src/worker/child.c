@@ -36,9 +36,9 @@ static int hook_db_close(void *arg)
     struct child *c = arg;
     atomic_store(&c->slot->db_state, DBS_DOWN);
     /* Reconnecting may take an outage's length: a delivery not yet started
-     * is recorded in unacked first (a task running now has been acked). */
-    if (c->current && !c->current->recorded && c->hand_full)
-        settle_record(c, c->current);
+     * is made durable first (a task running now has been acked). */
+    if (c->current && !atomic_load(&c->slot->task_started_ms))
+        settle_protect(c, c->current);
     const struct celeriac_library *lib = c->cfg->lib.desc;
     if (lib->db_closing)
         lib->db_closing(&c->proc);
@@ -85,7 +85,8 @@ static int open_with_backoff(struct child *c, int (*open)(void *, struct err *),
 
 static int open_broker(void *b, struct err *e)
 {
-    return broker_redis_open(b, e);
+    struct broker *broker = b;
+    return broker->ops->open(broker, e);
 }
 
 static int open_backend(void *b, struct err *e)
@@ -95,7 +96,7 @@ static int open_backend(void *b, struct err *e)
 
 int child_ensure_broker(struct child *c)
 {
-    if (redis_link_is_open(&c->broker.link))
+    if (c->broker.ops->is_open(&c->broker))
         return 0;
     atomic_store(&c->slot->state, CHILD_CONNECTING);
     return open_with_backoff(c, open_broker, &c->broker, "broker");
@@ -109,40 +110,6 @@ int child_ensure_backend(struct child *c)
     return open_with_backoff(c, open_backend, &c->backend, "result backend");
 }
 
-/* The alive key's expiry when a child refreshes it: children refresh it
- * only on their sweep schedule (the control process every few seconds),
- * so it must outlast a sweep interval or two. */
-static int child_alive_ttl_s(const struct worker_config *cfg)
-{
-    int ttl = 3 * cfg->sweep_interval_s;
-    return ttl > BROKER_ALIVE_TTL_S ? ttl : BROKER_ALIVE_TTL_S;
-}
-
-/* Every child tries the sweep on its own schedule; kombu's mutex makes sure
- * only one process in the fleet (Python or C) sweeps at a time. The first
- * call runs before the child's first pop, so the worker is advertised alive
- * before any of its hands can hold a message. Children refresh the alive key
- * too, not only the control process: with --without-remote-control there is
- * none, and a busy child does not refresh it, hence the longer expiry. */
-static void maybe_sweep(struct child *c)
-{
-    int64_t now = time_mono_ms();
-    if (now < c->next_sweep_ms)
-        return;
-    int64_t interval = (int64_t)c->cfg->sweep_interval_s * 1000;
-    c->next_sweep_ms = now + interval / 2 + (int64_t)(getpid() % 1000) * interval / 2000;
-    struct err e = {0};
-    /* The master pid the hands are named by (events.master_pid, taken at
-     * start): after the master's death getppid() would name another process. */
-    if (broker_redis_advertise_alive(&c->broker.link, c->cfg->node_name, c->events.master_pid,
-                                     child_alive_ttl_s(c->cfg), &e) == E_PROTOCOL)
-        log_warning("advertising this worker alive failed: %s", e.msg);
-    if (broker_redis_sweep(&c->broker, c->cfg->visibility_timeout, &e) < 0)
-        log_warning("visibility sweep failed: %s", e.msg);
-    if (broker_redis_sweep_hands(&c->broker, c->cfg->visibility_timeout, interval, &e) < 0)
-        log_warning("sweep of dead workers' hands failed: %s", e.msg);
-}
-
 /* Remote control changed the queues (add_consumer, cancel_consumer):
  * consume the new set from the next fetch on. */
 static void follow_queues(struct child *c)
@@ -152,7 +119,7 @@ static void follow_queues(struct child *c)
     char **names;
     size_t n;
     c->queues_gen = scoreboard_queues_read(c->sb, &names, &n);
-    broker_redis_set_queues(&c->broker, names, n);
+    c->broker.ops->consume(&c->broker, names, n);
     for (size_t i = 0; i < n; i++)
         free(names[i]);
     free(names);
@@ -191,22 +158,17 @@ ATTR_NORETURN static void leave(struct child *c, int code)
 {
     atomic_store(&c->slot->state, CHILD_STOPPING);
     held_restore(c);
-    settle_release_hand(c);
-    struct err he = {0};
-    if (redis_link_is_open(&c->broker.link) && broker_redis_hand_clear(&c->broker, &he))
-        log_warning("emptying the hand: %s; the next child of this slot will", he.msg);
     const struct celeriac_library *lib = c->cfg->lib.desc;
     if (code != EXIT_CANNOT_SERVE && lib->process_shutdown)
         lib->process_shutdown(&c->proc);
     /* Read the replies of what was sent without waiting; a connection that
      * died in between gets one reconnect, which sends those commands again. */
+    c->broker.ops->leave(&c->broker);
     struct err e = {0};
-    if (redis_link_is_open(&c->broker.link) && broker_redis_confirm(&c->broker, &e))
-        broker_redis_open(&c->broker, &e);
     if (redis_link_is_open(&c->backend.link) && backend_redis_confirm(&c->backend, &e))
         backend_redis_open(&c->backend, &e);
     db_conn_close(&c->db, "worker child exiting");
-    broker_redis_release(&c->broker, NULL);
+    c->broker.ops->release(&c->broker);
     backend_redis_release(&c->backend, NULL);
     task_context_release(&c->task);
     atomic_store(&c->slot->db_state, DBS_NONE);
@@ -236,7 +198,7 @@ static void child_setup(struct child *c, const struct worker_config *cfg, struct
     c->cfg = cfg;
     c->sb = sb;
     c->canvas = (struct canvas){.broker = &c->broker, .backend = &c->backend};
-    c->events = (struct event_sender){.link = &c->broker.link, .sb = sb,
+    c->events = (struct event_sender){.sb = sb,
                                       .hostname = cfg->node_name, .db = cfg->broker.url.db,
                                       .master_pid = getppid()};
     c->slot = slot;
@@ -254,9 +216,16 @@ static void child_setup(struct child *c, const struct worker_config *cfg, struct
 
     atomic_store(&slot->state, CHILD_STARTING);
     atomic_store(&slot->db_state, cfg->db.kind == DB_NONE ? DBS_NONE : DBS_DOWN);
-    broker_redis_init(&c->broker, &cfg->broker);
-    if (!cfg->broker.record_unacked)
-        broker_redis_set_hand(&c->broker, cfg->node_name, getppid(), index);
+    struct broker_owner owner = {.node = cfg->node_name, .master_pid = c->events.master_pid,
+                                 .index = index, .slot = slot, .held_board = &sb->held[index],
+                                 .sweep_interval_s = cfg->sweep_interval_s,
+                                 .visibility_timeout = cfg->visibility_timeout};
+    struct err e = {0};
+    if (broker_init(&c->broker, &cfg->broker, &owner, &e)) {
+        log_critical("cannot serve: %s", e.msg); /* the CLI checked the URL first */
+        _exit(EXIT_CANNOT_SERVE);
+    }
+    c->events.link = broker_redis_transport_link(&c->broker);
     backend_redis_init(&c->backend, &cfg->backend);
     c->proc.index = index;
     c->proc.db = &c->db;
@@ -312,7 +281,7 @@ static void serve(struct child *c)
         }
         if (child_ensure_broker(c))
             break;
-        maybe_sweep(c);
+        c->broker.ops->maintain(&c->broker);
         follow_queues(c);
         held_run_due(c);
         held_refresh(c);
@@ -321,9 +290,8 @@ static void serve(struct child *c)
         struct delivery d;
         struct err e = {0};
         double due = held_next_due(c);
-        int rc = broker_redis_fetch(&c->broker, due < FETCH_TIMEOUT_S ? (due > 0.05 ? due : 0.05)
-                                                                      : FETCH_TIMEOUT_S,
-                                    &d, &e);
+        double timeout = due < FETCH_TIMEOUT_S ? (due > 0.05 ? due : 0.05) : FETCH_TIMEOUT_S;
+        int rc = c->broker.ops->fetch(&c->broker, timeout, &d, &e);
         if (rc) {
             /* Backs off on every class of failure: a connection that opens
              * and dies at once must not turn this loop into a spin. */
@@ -332,13 +300,13 @@ static void serve(struct child *c)
             continue;
         }
         retry_succeeded(&c->fetch_retry);
-        bool ran = d.reply != NULL;
+        bool ran = d.raw != NULL;
         settle_confirm_results(c); /* its reply has arrived by now: no wait */
         if (!ran)
             loops = 0; /* idle: check the master next time round */
         if (ran)
             intake_handle(c, &d);
-        delivery_release(&d);
+        c->broker.ops->delivery_release(&d);
         if (ran && should_retire(c))
             leave(c, EXIT_RECYCLED);
     }
@@ -358,11 +326,7 @@ void child_main(const struct worker_config *cfg, struct scoreboard *sb, struct s
     limits_install(&c);
     signals_child_terminate_on(&slot->revoke_terminate);
     recover_lost_task(&c);
-    held_restore_left(&c);
-    uint64_t settled = atomic_load(&slot->lost_hand_settled);
-    if (settled)
-        broker_redis_hand_settled(&c.broker, settled); /* so a reconnect does not deliver it */
-    recover_hand(&c);
+    recover_slot(&c);
     atomic_store(&slot->state, CHILD_IDLE);
     log_debug("child %d ready", index);
     serve(&c);

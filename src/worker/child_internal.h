@@ -13,6 +13,7 @@
 #ifndef CELERIAC_WORKER_CHILD_INTERNAL_H
 #define CELERIAC_WORKER_CHILD_INTERNAL_H
 
+#include "broker/broker.h"
 #include "control/events.h"
 #include "protocol/message.h"
 #include "task/context.h"
@@ -33,18 +34,15 @@ struct child {
     struct slot *slot;
     int index;
     int deathwatch_fd;              /* read end; EOF = master gone */
-    struct broker_redis broker;
+    struct broker broker;
     struct backend_redis backend;
     struct db_conn db;
     struct celeriac_process proc;
     struct celeriac_task task;
-    int64_t next_sweep_ms;          /* monotonic time of the next visibility sweep */
     struct held *held;              /* any number: grown as needed */
     size_t n_held;
     size_t held_cap;
     int64_t next_refresh_ms;        /* next refresh of the held messages' unacked scores */
-    bool hand_full;                 /* the hand holds the delivery being handled */
-    uint64_t hand_hash;             /* ... whose bytes hash to this */
     struct message *current;        /* the delivery being handled, if any */
     struct retry fetch_retry;       /* the fetch's failures, across loop turns */
     uint64_t queues_gen;            /* generation of the queue set the broker consumes */
@@ -82,15 +80,22 @@ const struct celeriac_retry_options *task_retry_pick(struct child *c, const stru
 bool task_retry_send(struct child *c, const struct message *m,
                      const struct celeriac_retry_options *o);
 
-/* settle.c */
+/* settle.c: each call retries with backoff while the connection is lost or
+ * the server refuses (the child pulls nothing new meanwhile). */
 bool settle_worth_retrying(struct child *c, int rc);
-void settle_ack(struct child *c, const char *tag);
+/* m is settled for good (acked; in the hand: forgotten). */
+void settle_ack(struct child *c, struct message *m);
+/* The same, sent without waiting for the reply. */
 void settle_ack_async(struct child *c, struct message *m);
+/* A delivery that will never be decoded: removed for good. */
+void settle_drop(struct child *c, struct delivery *d);
+/* m must outlive a long wait: made findable by any worker's recovery. */
+void settle_protect(struct child *c, struct message *m);
+/* Settles the message the previous process of the slot left (its token). */
+int settle_lost(struct child *c, enum broker_lost how, int *losses, struct err *e);
 bool settle_store(struct child *c, const struct result_meta *m);
 bool settle_store_sent(struct child *c, const struct result_meta *m);
 void settle_confirm_results(struct child *c);
-void settle_release_hand(struct child *c);
-void settle_record(struct child *c, struct message *m);
 void settle_discard(struct child *c, struct message *m);
 int settle_give_back(struct child *c, struct message *m, struct err *e);
 bool settle_store_exception_as(struct child *c, const struct message *m, const char *status,
@@ -110,7 +115,6 @@ double held_next_due(const struct child *c);
 void held_run_due(struct child *c);
 void held_refresh(struct child *c);
 void held_restore(struct child *c);
-void held_restore_left(struct child *c);
 
 /* limits.c */
 /* Installs the SIGALRM handler that acts on c's running task. */
@@ -123,6 +127,8 @@ void limits_wait_for_rate(struct child *c, const struct celeriac_task_def *def);
 
 /* recover.c */
 void recover_lost_task(struct child *c);
-void recover_hand(struct child *c);
+/* What earlier processes of this slot held and never started, back on its
+ * queue (with backoff until done or stopping). */
+void recover_slot(struct child *c);
 
 #endif /* CELERIAC_WORKER_CHILD_INTERNAL_H */

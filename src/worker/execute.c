@@ -234,7 +234,7 @@ void execute_accepted(struct child *c, struct message *m, const struct celeriac_
          * durable first (a loss found by db_conn_ready records it from the
          * close hook). */
         if (!db_conn_is_open(&c->db))
-            settle_record(c, m);
+            settle_protect(c, m);
         /* The connection may have died while we waited for this message;
          * a poll() finds out without a round trip. A health check that
          * round-trips waits no longer than the task's hard limit would

@@ -7,7 +7,6 @@
 #include "common.h"
 #include "util/time.h"
 #include "worker/child_internal.h"
-#include "worker/salvage.h"
 #include "worker/signals.h"
 
 /* Describes held message i on this child's board (if it has room). */
@@ -92,13 +91,13 @@ void held_refresh(struct child *c)
     if (!c->n_held || now < c->next_refresh_ms)
         return;
     c->next_refresh_ms = now + (every > 1000 ? every : 1000);
-    const char **tags = xcalloc(c->n_held, sizeof(*tags));
+    struct message **held = xcalloc(c->n_held, sizeof(*held));
     for (size_t i = 0; i < c->n_held; i++)
-        tags[i] = c->held[i].m.delivery_tag;
+        held[i] = &c->held[i].m;
     struct err e = {0};
-    if (broker_redis_touch(&c->broker, tags, c->n_held, &e))
+    if (c->broker.ops->keepalive(&c->broker, held, c->n_held, &e))
         log_warning("refreshing %zu held messages in unacked: %s", c->n_held, e.msg);
-    free(tags);
+    free(held);
 }
 
 /* Stopping: every held message goes back to its queue now. */
@@ -107,8 +106,7 @@ void held_restore(struct child *c)
     for (size_t i = 0; i < c->n_held; i++) {
         struct err e = {0};
         struct message *m = &c->held[i].m;
-        if (redis_link_is_open(&c->broker.link) &&
-            broker_redis_restore(&c->broker, m->delivery_tag, false, &e) >= 0)
+        if (c->broker.ops->is_open(&c->broker) && c->broker.ops->requeue(&c->broker, m, &e) >= 0)
             log_info("task %s[%s] not due before shutdown; restored to its queue", m->task_name,
                      m->task_id);
         else
@@ -121,22 +119,4 @@ void held_restore(struct child *c)
     free(c->held);
     c->held = NULL;
     c->held_cap = 0;
-}
-
-/* The ETA messages the previous child of this slot held: back to their
- * queues now (compare-and-swap: one already acked is left alone), not after
- * the visibility timeout. */
-void held_restore_left(struct child *c)
-{
-    struct held_board *board = &c->sb->held[c->index];
-    int restored = 0;
-    while (atomic_load(&board->n) > 0) {
-        struct err e = {0};
-        if (child_ensure_broker(c))
-            return; /* stopping: the board stays for the next child */
-        if (held_board_restore(&c->broker, board, &restored, &e) == 0)
-            break;
-    }
-    if (restored)
-        log_warning("restored %d ETA message(s) the previous child of this slot held", restored);
 }

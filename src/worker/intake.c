@@ -28,40 +28,6 @@ static void drop_oversized(struct child *c, const struct delivery *d)
     settle_store_invalid(c, &m, "InvalidTaskError", text);
 }
 
-/* Makes sure the delivery is tracked until it is settled: in kombu's
- * unacked hash (by the pop, corrected or written here) or in the hand. */
-static void track(struct child *c, struct delivery *d, struct message *m)
-{
-    struct err e = {0};
-    if (d->recorded_tag && (strcmp(d->recorded_tag, m->delivery_tag) ||
-                            strcmp(d->recorded_exchange, m->exchange) ||
-                            strcmp(d->recorded_routing_key, m->routing_key))) {
-        /* The pop's patterns were fooled (nested keys of the same names):
-         * drop that record and write the right one below. */
-        log_warning("message %s: unacked record corrected (tag %.40s)",
-                    m->task_id ? m->task_id : "?", m->delivery_tag);
-        settle_ack(c, d->recorded_tag);
-        d->recorded_tag = NULL;
-    }
-    m->recorded = d->recorded_tag != NULL;
-    if (!m->recorded && !c->hand_full) {
-        /* Not recorded by the pop (it could not be tracked): record it as
-         * kombu would. */
-        char *env = message_envelope_json(m);
-        if (child_ensure_broker(c) == 0 &&
-            broker_redis_record(&c->broker, m->delivery_tag, env, m->exchange, m->routing_key, &e))
-            log_warning("recording delivery %s as unacked failed: %s", m->delivery_tag, e.msg);
-        else
-            m->recorded = true;
-        free(env);
-    }
-    /* From here until it is settled or started, a death of this child leaves
-     * the message to its replacement to put back: from unacked by this tag
-     * (see recover_lost_task), or from the hand. */
-    if (m->recorded)
-        snprintf(c->slot->popped_tag, sizeof(c->slot->popped_tag), "%s", m->delivery_tag);
-}
-
 /* Decodes and validates a tracked message, then runs it, holds it for its
  * ETA, or settles it. Takes m's contents when it is held. */
 static void route(struct child *c, struct message *m, const char *queue)
@@ -94,7 +60,7 @@ static void route(struct child *c, struct message *m, const char *queue)
     }
     events_task_received(&c->events, m);
     if (m->eta > time_now()) {
-        settle_record(c, m); /* held for later: it must outlive this worker */
+        settle_protect(c, m); /* held for later: it must outlive this worker */
         held_add(c, m, def); /* scheduled: the held list owns it now */
         return;
     }
@@ -107,9 +73,6 @@ void intake_handle(struct child *c, struct delivery *d)
     struct err e = {0};
     enum message_settle settle;
     message_init(&m);
-    c->hand_full = c->broker.hand != NULL;
-    if (c->hand_full)
-        c->hand_hash = broker_redis_hand_hash(d->raw, d->len);
     if (d->len > c->cfg->broker.max_message) {
         drop_oversized(c, d);
         goto out_settle;
@@ -122,17 +85,17 @@ void intake_handle(struct child *c, struct delivery *d)
         log_warning("message %s from queue '%s' lacked properties.delivery_tag or delivery_info "
                     "(a Python worker would have died on it); repaired",
                     m.task_id ? m.task_id : "(no id)", d->queue);
-    track(c, d, &m);
+    /* From here until it is settled or started, a death of this child
+     * leaves the message to be put back (see recover_lost_task). */
+    c->broker.ops->track(&c->broker, d, &m);
     c->current = &m;
     route(c, &m, d->queue);
     goto out;
 
 out_settle:
-    if (d->recorded_tag)
-        settle_ack(c, d->recorded_tag);
+    settle_drop(c, d);
 out:
-    settle_release_hand(c);
+    c->broker.ops->done(&c->broker);
     c->current = NULL;
-    c->slot->popped_tag[0] = '\0';
     message_release(&m);
 }

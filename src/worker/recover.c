@@ -5,7 +5,6 @@
  */
 #include "common.h"
 #include "worker/child_internal.h"
-#include "worker/salvage.h"
 #include "worker/signals.h"
 
 #include <math.h>
@@ -20,8 +19,9 @@ static void fail_lost(struct child *c, struct message *m, bool late)
              sig ? strsignal(sig) : "exit");
     log_error("Task %s[%s] raised WorkerLostError: %s", m->task_name, m->task_id, text);
     settle_store_exception(c, m, "FAILURE", "WorkerLostError", "billiard.exceptions", text);
+    struct err e = {0};
     if (late)
-        settle_ack(c, c->slot->lost_tag);
+        settle_lost(c, BROKER_LOST_ACK, NULL, &e);
 }
 
 /* Late ack with reject_on_worker_lost: the lost task m goes back to the far
@@ -34,9 +34,10 @@ static void requeue_lost(struct child *c, struct message *m)
     struct err e = {0};
     int losses = 0, sig = atomic_load(&c->slot->lost_signal);
     int max = c->cfg->max_worker_lost_requeues;
-    int rc = child_ensure_broker(c) ? E_CONN_LOST
-                              : broker_redis_requeue_lost(&c->broker, c->slot->lost_tag, max,
-                                                          &losses, &e);
+    int rc = child_ensure_broker(c)
+                 ? E_CONN_LOST
+                 : c->broker.ops->settle_lost(&c->broker, c->slot->lost_tag, BROKER_LOST_REQUEUE,
+                                              max, &losses, &e);
     if (rc < 0) {
         log_error("requeue of %s failed: %s", m->task_id, e.msg);
     } else if (rc == BROKER_RESTORED) {
@@ -74,7 +75,9 @@ void recover_lost_task(struct child *c)
     if (reason == LOST_UNSTARTED) {
         log_warning("message %s: its child died before starting it; restored to its queue",
                     s->lost_tag);
-        if (child_ensure_broker(c) || broker_redis_restore(&c->broker, s->lost_tag, false, &e) < 0)
+        if (child_ensure_broker(c) ||
+            c->broker.ops->settle_lost(&c->broker, s->lost_tag, BROKER_LOST_RESTORE, 0, NULL,
+                                       &e) < 0)
             log_error("restore of %s failed: %s; the visibility sweep will", s->lost_tag, e.msg);
     } else if (reason == LOST_REVOKED) {
         log_info("Task %s[%s] terminated by revoke", m.task_name, m.task_id);
@@ -82,7 +85,7 @@ void recover_lost_task(struct child *c)
         events_task(&c->events, "task-revoked", &m,
                    json_pack("{s:b, s:i, s:b}", "terminated", 1, "signum",
                              atomic_load(&s->lost_signal), "expired", 0));
-        settle_ack(c, s->lost_tag);
+        settle_lost(c, BROKER_LOST_ACK, NULL, &e);
     } else if (reason == LOST_TIME_LIMIT) {
         log_error("Task %s[%s]: hard time limit (%gs) exceeded; its process was killed",
                   m.task_name, m.task_id, s->lost_time_limit);
@@ -98,7 +101,7 @@ void recover_lost_task(struct child *c)
                                    .task_name = m.task_name, .redelivered = true};
         settle_store(c, &meta);
         json_decref(exc);
-        settle_ack(c, s->lost_tag);
+        settle_lost(c, BROKER_LOST_ACK, NULL, &e);
     } else if (late && c->cfg->reject_on_worker_lost) {
         requeue_lost(c, &m);
     } else {
@@ -107,25 +110,21 @@ void recover_lost_task(struct child *c)
     atomic_store(&s->lost_reason, LOST_NONE);
 }
 
-/* A message in our hand now was popped by an earlier process of this slot
- * (a dead child, or a whole worker of this name) that never started it. */
-void recover_hand(struct child *c)
+void recover_slot(struct child *c)
 {
     struct retry r;
-    retry_init(&r, 200, 10000, "putting back the message left in this slot's hand");
+    retry_init(&r, 200, 10000, "putting back what earlier processes of this slot held");
     for (;;) {
         struct err e = {0};
         if (child_ensure_broker(c))
             return; /* stopping: the next child of this slot will */
-        int rc = hand_salvage(&c->broker, atomic_load(&c->slot->lost_hand_settled), &e);
-        if (rc >= 0)
-            rc = hand_adopt_orphans(&c->broker, c->cfg->node_name, getppid(), c->index, &e);
+        int rc = c->broker.ops->recover_slot(&c->broker, &e);
         if (rc >= 0) {
             retry_succeeded(&r);
             return;
         }
         if (!settle_worth_retrying(c, rc)) {
-            log_warning("putting back the message left in this slot's hand: %s", e.msg);
+            log_warning("putting back what earlier processes of this slot held: %s", e.msg);
             return;
         }
         retry_wait(&r, LOG_WARNING, &e, &sig_stop);

@@ -22,28 +22,86 @@ bool settle_worth_retrying(struct child *c, int rc)
     return rc == E_REFUSED && !child_should_stop(c);
 }
 
-/* Acks tag, reconnecting as often as needed: an ack lost to a broker restart
- * would leave the message to be redelivered after the visibility timeout. */
-void settle_ack(struct child *c, const char *tag)
+/* One attempt of a broker step. */
+typedef int broker_step_fn(struct child *c, void *arg, struct err *e);
+
+/* Runs step until it succeeds, reopening the connection and backing off while
+ * it is lost or the broker refuses. Ends on an error asking again will not
+ * fix, when the connection cannot be reopened while stopping, and, with
+ * stop_ends, at any failure while stopping (the caller says what is left
+ * behind). Returns the last code, 0 on success. */
+static int with_retry(struct child *c, const char *what, const char *id, broker_step_fn *step,
+                      void *arg, bool stop_ends, struct err *e)
 {
     struct retry r;
-    retry_init(&r, 100, 5000, "ack of %s", tag);
+    bool failed = false; /* r is set up at the first failure: none on the task path */
+    int rc;
     for (;;) {
-        if (child_ensure_broker(c))
-            return;
-        struct err e = {0};
-        int rc = broker_redis_ack(&c->broker, tag, &e);
-        if (!rc) {
-            retry_succeeded(&r);
-            return;
-        }
-        if (!settle_worth_retrying(c, rc)) {
-            log_error("ack of %s failed: %s%s", tag, e.msg,
-                      rc == E_REFUSED ? "; left unacked for redelivery" : "");
-            return;
-        }
-        retry_wait(&r, LOG_WARNING, &e, &sig_stop);
+        if ((rc = child_ensure_broker(c)))
+            return err_set(e, rc, "stopping");
+        rc = step(c, arg, e);
+        if (!rc || !settle_worth_retrying(c, rc) || (stop_ends && child_should_stop(c)))
+            break;
+        if (!failed)
+            retry_init(&r, 100, 5000, "%s of %s", what, id);
+        failed = true;
+        retry_wait(&r, LOG_WARNING, e, &sig_stop);
     }
+    if (failed && !rc)
+        retry_succeeded(&r);
+    return rc;
+}
+
+static int ack_step(struct child *c, void *m, struct err *e)
+{
+    return c->broker.ops->ack(&c->broker, m, 0, e);
+}
+
+/* Acks m, reconnecting as often as needed: an ack lost to a broker restart
+ * would leave the message to be redelivered after the visibility timeout. */
+void settle_ack(struct child *c, struct message *m)
+{
+    struct err e = {0};
+    int rc = with_retry(c, "ack", m->delivery_tag, ack_step, m, false, &e);
+    if (rc && rc != E_CONN_LOST)
+        log_error("ack of %s failed: %s%s", m->delivery_tag, e.msg,
+                  rc == E_REFUSED ? "; left unacked for redelivery" : "");
+}
+
+static int drop_step(struct child *c, void *d, struct err *e)
+{
+    return c->broker.ops->drop(&c->broker, d, e);
+}
+
+void settle_drop(struct child *c, struct delivery *d)
+{
+    struct err e = {0};
+    int rc = with_retry(c, "removing an undecodable message", d->queue, drop_step, d, false, &e);
+    if (rc && rc != E_CONN_LOST)
+        log_error("removing an undecodable message from '%s' failed: %s", d->queue, e.msg);
+}
+
+struct lost_step_args {
+    enum broker_lost how;
+    int *losses;
+};
+
+static int lost_step(struct child *c, void *arg, struct err *e)
+{
+    struct lost_step_args *a = arg;
+    return c->broker.ops->settle_lost(&c->broker, c->slot->lost_tag, a->how,
+                                      c->cfg->max_worker_lost_requeues, a->losses, e);
+}
+
+int settle_lost(struct child *c, enum broker_lost how, int *losses, struct err *e)
+{
+    int ignored = 0;
+    struct lost_step_args a = {.how = how, .losses = losses ? losses : &ignored};
+    int rc = with_retry(c, "settling the message a lost child held", c->slot->lost_tag,
+                        lost_step, &a, false, e);
+    if (rc < 0 && rc != E_CONN_LOST && how == BROKER_LOST_ACK)
+        log_error("ack of %s failed: %s", c->slot->lost_tag, e->msg);
+    return rc;
 }
 
 /* Stores m; false when it could not be stored (stopping while Redis
@@ -101,89 +159,43 @@ void settle_confirm_results(struct child *c)
     retry_succeeded(&r);
 }
 
-/* ---- the delivery in hand: in kombu's unacked hash (recorded), or, when
- * every task acks early, in this child's hand (broker/redis.h), which a
- * later child of this slot empties back into the queue if we die first. */
-
-/* The hand's message started or was settled: from now on a later child of
- * this slot must not put it back (it is emptied with our next pop). */
-void settle_release_hand(struct child *c)
+static int protect_step(struct child *c, void *m, struct err *e)
 {
-    if (!c->hand_full)
-        return;
-    c->hand_full = false;
-    atomic_store(&c->slot->hand_settled, c->hand_hash);
-    broker_redis_hand_settled(&c->broker, c->hand_hash);
+    return c->broker.ops->protect(&c->broker, m, e);
 }
 
-/* Before a delivery may be held for long (ETA, a database outage): record
- * it in unacked as kombu does, where the visibility sweep of any worker finds
- * it (the same transaction empties the hand). */
-void settle_record(struct child *c, struct message *m)
+/* Before a delivery may be held for long (ETA, a database outage): held
+ * where any worker's recovery finds it (on Redis, in kombu's unacked hash;
+ * the same transaction empties the hand). While stopping it is left where
+ * it is (the hand still has it). */
+void settle_protect(struct child *c, struct message *m)
 {
-    if (m->recorded)
-        return;
-    char *env = message_envelope_json(m);
-    struct retry r;
-    retry_init(&r, 100, 5000, "recording delivery %s as unacked", m->delivery_tag);
-    for (;;) {
-        struct err e = {0};
-        if (child_ensure_broker(c))
-            break; /* stopping: the hand still has it */
-        int rc = broker_redis_record(&c->broker, m->delivery_tag, env, m->exchange,
-                                     m->routing_key, &e);
-        if (rc == 0) {
-            retry_succeeded(&r);
-            m->recorded = true;
-            c->hand_full = false;
-            snprintf(c->slot->popped_tag, sizeof(c->slot->popped_tag), "%s", m->delivery_tag);
-            break;
-        }
-        if (child_should_stop(c) || !settle_worth_retrying(c, rc))
-            break; /* the hand still has it */
-        retry_wait(&r, LOG_WARNING, &e, &sig_stop);
-    }
-    free(env);
+    struct err e = {0};
+    with_retry(c, "recording delivery", m->delivery_tag, protect_step, m, true, &e);
 }
 
-/* Done with a delivery that will not run (bad, revoked, expired): ack it if
- * it was recorded, forget it otherwise. */
+/* Done with a delivery that will not run (bad, revoked, expired). */
 void settle_discard(struct child *c, struct message *m)
 {
-    if (m->recorded)
-        settle_ack(c, m->delivery_tag);
-    else
-        settle_release_hand(c);
+    settle_ack(c, m);
 }
 
 /* The ack at task start (early) or after the confirmed result (late): sent
  * without waiting (the reply is read with the next pop, and the ack is sent
- * again after a reconnect), so it costs no round trip; an unrecorded
- * delivery needs no ack at all. */
+ * again after a reconnect), so it costs no round trip; a delivery in the
+ * hand needs no ack at all. */
 void settle_ack_async(struct child *c, struct message *m)
 {
-    if (!m->recorded) {
-        settle_release_hand(c);
-        return;
-    }
     struct err e = {0};
-    if (child_ensure_broker(c) == 0 && broker_redis_ack_send(&c->broker, m->delivery_tag, &e) == 0)
+    if (c->broker.ops->ack(&c->broker, m, BROKER_NOWAIT, &e) == 0)
         return;
-    settle_ack(c, m->delivery_tag);
+    settle_ack(c, m);
 }
 
 /* Puts a delivery that will not run now back on its queue. */
 int settle_give_back(struct child *c, struct message *m, struct err *e)
 {
-    if (m->recorded)
-        return broker_redis_restore(&c->broker, m->delivery_tag, false, e) < 0 ? -1 : 0;
-    if (!c->hand_full)
-        return err_set(e, E_PROTOCOL, "the message is no longer in the hand");
-    int rc = broker_redis_hand_return(&c->broker, 0, NULL, e);
-    if (rc < 0)
-        return rc;
-    c->hand_full = false;
-    return 0;
+    return c->broker.ops->requeue(&c->broker, m, e);
 }
 
 /* A result sent without waiting: once written to the socket it reaches Redis

@@ -1,0 +1,136 @@
+/* SPDX-License-Identifier: MIT
+ * broker/broker.h: what a worker child needs from a message broker, one
+ * transport per file behind a table of operations (redis_transport.c today),
+ * as db/driver.h is for databases. The child's code (worker/) never names a
+ * transport: it fetches deliveries, has them tracked until settled, acks,
+ * requeues and publishes through these calls, and tests a capability where
+ * brokers differ.
+ *
+ * Every operation makes one attempt and returns 0 or a negative code:
+ * E_CONN_LOST (the connection is gone: reopen, with backoff, and try again),
+ * E_REFUSED (the server refuses for now: wait it out), or another code that
+ * asking again will not fix. Retry and backoff policy is the worker's.
+ */
+#ifndef CELERIAC_BROKER_BROKER_H
+#define CELERIAC_BROKER_BROKER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+struct broker_config;
+struct held_board;
+struct message;
+struct slot;
+
+/* What differs between brokers, as the worker must know it. */
+enum broker_caps {
+    /* A message a dead process held can be put back by another process, by
+     * its tag (Redis: kombu's unacked hash). Without it the server returns
+     * it when the holder's connection closes (AMQP). */
+    BROKER_CAP_RESTORE_BY_TAG = 1 << 0,
+};
+
+/* One fetched message, before it is decoded. */
+struct delivery {
+    const char *raw;             /* the envelope as the decoder reads it; NULL: nothing came */
+    size_t len;
+    char queue[256];             /* queue it came from */
+    void *owner;                 /* the transport's: owns raw */
+    struct {                     /* Redis: what the pop already wrote to unacked */
+        const char *tag, *exchange, *routing_key;
+    } recorded;
+};
+
+/* Who is consuming: a child's place in its worker, which the transport
+ * uses to leave what it holds findable by the next process of the slot. */
+struct broker_owner {
+    const char *node;            /* worker node name */
+    pid_t master_pid;            /* the worker's main process */
+    int index;                   /* child slot number */
+    struct slot *slot;           /* the slot in shared memory */
+    struct held_board *held_board; /* the ETA messages the slot's last process held */
+    int sweep_interval_s;        /* how often maintenance may run */
+    double visibility_timeout;   /* seconds before an unacked message is redelivered */
+};
+
+/* How a message the previous process of a slot left is settled. */
+enum broker_lost {
+    BROKER_LOST_RESTORE,         /* never started: back to the front of its queue */
+    BROKER_LOST_REQUEUE,         /* died running (reject_on_worker_lost): to the back,
+                                    counting the death */
+    BROKER_LOST_ACK,             /* its outcome is stored: settle it for good */
+};
+
+/* Results of a restore or requeue. */
+enum { BROKER_NOT_HELD = 0, BROKER_RESTORED = 1, BROKER_EXHAUSTED = 2 };
+
+enum broker_ack_flags {
+    BROKER_NOWAIT = 1 << 0,      /* send without waiting; broker_flush confirms */
+};
+
+struct broker;
+
+struct broker_ops {
+    const char *name;
+    unsigned caps;               /* enum broker_caps */
+    /* Connects (no retry). */
+    int (*open)(struct broker *b, struct err *e);
+    bool (*is_open)(const struct broker *b);
+    /* Consume queues[0..n) from the next fetch on. No I/O. */
+    void (*consume)(struct broker *b, char *const *queues, size_t n);
+    /* Waits up to timeout_s for the next message; d->raw NULL when none came. */
+    int (*fetch)(struct broker *b, double timeout_s, struct delivery *d, struct err *e);
+    void (*delivery_release)(struct delivery *d);
+    /* A delivery that will never be decoded: removed for good. */
+    int (*drop)(struct broker *b, struct delivery *d, struct err *e);
+    /* Its envelope is decoded into m (tag, exchange, routing key): from now
+     * until m is settled, a death of this process leaves it to be put back. */
+    void (*track)(struct broker *b, struct delivery *d, struct message *m);
+    /* m must outlive a long wait (an ETA, a database outage): held where
+     * any worker's recovery finds it. 0 when it already is. */
+    int (*protect)(struct broker *b, struct message *m, struct err *e);
+    /* m is settled for good: acked, or rejected without requeue. */
+    int (*ack)(struct broker *b, struct message *m, unsigned flags, struct err *e);
+    /* m goes back to the front of its queue, marked redelivered. */
+    int (*requeue)(struct broker *b, struct message *m, struct err *e);
+    /* This process is done with the delivery (run, held, or settled). */
+    void (*done)(struct broker *b);
+    /* Keeps n held messages from being redelivered meanwhile. */
+    int (*keepalive)(struct broker *b, struct message *const *held, size_t n, struct err *e);
+    /* Confirms what was sent without waiting. */
+    int (*flush)(struct broker *b, struct err *e);
+    /* Periodic upkeep (redelivery of what dead workers held), on the
+     * transport's own schedule: cheap to call every loop. */
+    void (*maintain)(struct broker *b);
+    /* Puts back what an earlier process of this slot held and never started. */
+    int (*recover_slot)(struct broker *b, struct err *e);
+    /* Settles the message (by its token from the slot) the previous process
+     * of this slot died holding. *losses: deaths counted for a requeue. */
+    int (*settle_lost)(struct broker *b, const char *token, enum broker_lost how, int max,
+                       int *losses, struct err *e);
+    /* Publishes a task envelope to queue, confirmed before it returns. */
+    int (*publish)(struct broker *b, const char *queue, int priority, const char *envelope,
+                   size_t len, struct err *e);
+    /* Leaving: settles what can be settled, then closes (no retry). */
+    void (*leave)(struct broker *b);
+    /* Frees everything (closes without further I/O). */
+    void (*release)(struct broker *b);
+};
+
+struct broker {
+    const struct broker_ops *ops;
+    void *impl;                  /* the transport's state */
+};
+
+/* Sets b up for the transport cfg names (nothing opened). 0 or -EINVAL. */
+int broker_init(struct broker *b, const struct broker_config *cfg,
+                const struct broker_owner *owner, struct err *e);
+
+static inline bool broker_has(const struct broker *b, enum broker_caps cap)
+{
+    return (b->ops->caps & cap) != 0;
+}
+
+#endif /* CELERIAC_BROKER_BROKER_H */

@@ -417,7 +417,8 @@ static bool store_exception_as(struct child *c, const struct message *m, const c
     json_t *exc = message_exception(exc_type, exc_module, text);
     struct result_meta meta = {.status = status, .result = exc, .task_id = m->task_id,
                                .task_name = m->task_name, .redelivered = m->redelivered,
-                               .parent_id = m->parent_id, .group_id = m->group};
+                               .parent_id = m->parent_id, .group_id = m->group,
+                               .arrived_in = m->serializer};
     bool stored = confirmed ? store(c, &meta) : store_sent(c, &meta);
     json_decref(exc);
     return stored;
@@ -514,7 +515,7 @@ static bool retry_later(struct child *c, const struct message *m,
     struct result_meta meta = {.status = "RETRY", .result = exc, .traceback = tb.data,
                                .redelivered = m->redelivered,
                                .task_id = m->task_id, .parent_id = m->parent_id,
-                               .group_id = m->group};
+                               .group_id = m->group, .arrived_in = m->serializer};
     store(c, &meta);
     if (events_task_enabled(&c->events)) {
         struct buf text = BUF_INIT;
@@ -705,7 +706,7 @@ static void execute(struct child *c, struct message *m, const struct celeriac_ta
             struct result_meta meta = {.status = "SUCCESS", .result = c->task.result,
                                        .redelivered = m->redelivered, .children = children,
                                        .task_id = m->task_id, .parent_id = m->parent_id,
-                                       .group_id = m->group};
+                                       .group_id = m->group, .arrived_in = m->serializer};
             stored = acks_late || chord ? store(c, &meta) : store_sent(c, &meta);
         }
         json_decref(children);
@@ -1134,7 +1135,8 @@ static void settle_lost_task(struct child *c)
                                 "billiard.exceptions");
         /* It may have stored SUCCESS before dying: keep that. */
         struct result_meta meta = {.status = "FAILURE", .result = exc, .task_id = m.task_id,
-                                   .task_name = m.task_name, .redelivered = true};
+                                   .task_name = m.task_name, .redelivered = true,
+                                   .arrived_in = m.serializer};
         store(c, &meta);
         json_decref(exc);
         ack(c, s->lost_tag);

@@ -112,7 +112,8 @@ static int check_shape(const unsigned char *p, size_t len, struct err *e)
 /* A string JSON can hold: valid UTF-8 and no NUL, as the JSON decoder wants. */
 static json_t *string_from(const char *s, size_t n, const char *what, struct err *e)
 {
-    json_t *v = memchr(s, '\0', n) ? NULL : json_stringn(s, n);
+    /* msgpack-c gives no pointer at all for an empty string */
+    json_t *v = !n ? json_string("") : memchr(s, '\0', n) ? NULL : json_stringn(s, n);
     if (!v)
         err_set(e, E_PROTOCOL, "msgpack %s is not valid UTF-8 text without NUL", what);
     return v;

@@ -99,6 +99,8 @@ TEST(scalars_and_int_forms)
     expect_json(MP("\xd9\x01\x61"), "\"a\"");
     expect_json(MP("\xde\x00\x01\xa1\x61\xc3"), "{\"a\":true}");
     expect_json(MP("\xdc\x00\x00"), "[]");
+    expect_json(MP("\xa0"), "\"\"");
+    expect_json(MP("\x81\xa0\xa0"), "{\"\":\"\"}");
 }
 
 TEST(repeated_key_last_wins)

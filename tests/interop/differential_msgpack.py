@@ -142,6 +142,14 @@ def held_messages(rds):
     return out
 
 
+def state_of(res):
+    """res.state, or what stopped the client reading it (meta it cannot decode)."""
+    try:
+        return res.state
+    except Exception as exc:
+        return "unreadable: %s" % type(exc).__name__
+
+
 def cmd_run(mode, out_path):
     app = msgpack_app(mode)
     rds = redis.Redis.from_url(os.environ["REDIS_URL"])
@@ -158,7 +166,7 @@ def cmd_run(mode, out_path):
         extra["yaml"] = raw_envelope(rds, "application/x-yaml", b"- [2, 3]\n- {}\n- {}\n")
     out = {}
     for name, opts, res in sent:
-        rec = {"id": res.id, "client": client_view(res, 20), "state": res.state}
+        rec = {"id": res.id, "client": client_view(res, 20), "state": state_of(res)}
         if opts.get("_link") and not opts["_link"][2]:
             cb = app.AsyncResult(opts["_link"][1])
             rec["callback"] = client_view(cb, 20)

@@ -119,7 +119,8 @@ struct task_send {
 };
 
 /* Appends the envelope JSON for t to out and copies the task id it used into
- * id_out (37 bytes) when not NULL. */
+ * id_out (37 bytes) when not NULL. The body is encoded with t->serializer and
+ * base64-encoded, with kombu's content-type and content-encoding for it. */
 void message_encode_task(struct buf *out, const struct task_send *t, char *id_out);
 
 /* Which priority list of `queue` a message with priority p goes to / comes

@@ -48,8 +48,9 @@ int celeriac_send(struct celeriac_client *client, const char *name, const char *
                   char id_out[37], char *err, size_t errlen);
 
 /* Waits up to timeout seconds for the task's result (SUCCESS, FAILURE or
- * REVOKED). On 0, *meta_json holds the stored JSON (status, result,
- * traceback, task_id, ...); the caller frees it with free(). Returns -1 with
+ * REVOKED). On 0, *meta_json holds the stored meta as JSON (status, result,
+ * traceback, task_id, ...), also when a worker stored it as msgpack
+ * (--result-serializer); the caller frees it with free(). Returns -1 with
  * the reason in err on timeout or error. */
 int celeriac_wait(struct celeriac_client *client, const char *task_id, double timeout,
                   char **meta_json, char *err, size_t errlen);

@@ -11,7 +11,8 @@
 
 #define TASK_KEY_PREFIX "celery-task-meta-"
 
-/* KEYS[1]: result key; ARGV: meta, ttl. Celery's rule: a stored SUCCESS is
+/* KEYS[1]: result key; ARGV: meta, ttl. The stored meta may be JSON or
+ * msgpack (--result-serializer changed, or auto). Celery's rule: a stored SUCCESS is
  * never overwritten (a redelivered task must not turn it into FAILURE). Python
  * does GET, then MULTI SETEX PUBLISH EXEC; one script is the same, atomically. */
 static struct redis_script store_script = {
@@ -19,6 +20,7 @@ static struct redis_script store_script = {
     "local cur = redis.call('GET', KEYS[1])\n"
     "if cur then\n"
     "  local ok, m = pcall(cjson.decode, cur)\n"
+    "  if not ok then ok, m = pcall(cmsgpack.unpack, cur) end\n"
     "  if ok and type(m) == 'table' and m['status'] == 'SUCCESS' then return 0 end\n"
     "end\n"
     "if tonumber(ARGV[2]) > 0 then\n"
@@ -151,66 +153,83 @@ int backend_redis_open(struct backend_redis *b, struct err *e)
     return rc == E_CONN_LOST ? rc : 0;
 }
 
-static void add_json(struct buf *out, json_t *v)
+enum serializer backend_redis_serializer(const struct backend_config *cfg,
+                                         enum serializer arrived_in)
 {
-    char *s = pyjson_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
-    buf_adds(out, s ? s : "null");
-    free(s);
+    switch (cfg->serializer) {
+    case RESULT_SERIALIZER_MSGPACK:
+        return SERIALIZER_MSGPACK;
+    case RESULT_SERIALIZER_AUTO:
+        return arrived_in;
+    case RESULT_SERIALIZER_JSON:
+        break;
+    }
+    return SERIALIZER_JSON;
 }
 
-static void add_string(struct buf *out, const char *s)
+static json_t *string_or_null(const char *s)
 {
-    json_t *v = json_string(s);
-    add_json(out, v ? v : json_null());
-    json_decref(v);
+    json_t *v = s ? json_string(s) : NULL;
+    return v ? v : json_null();
 }
 
-void result_meta_encode(struct buf *out, const struct result_meta *m)
+/* The meta as an object whose keys are in the order Python writes them
+ * (jansson keeps insertion order); date_done is naive UTC like Celery 5.2. */
+static json_t *result_meta_object(const struct result_meta *m)
 {
-    /* Key order as Python writes it; date_done is naive UTC like Celery 5.2. */
     bool ready = !strcmp(m->status, "SUCCESS") || !strcmp(m->status, "FAILURE") ||
                  !strcmp(m->status, "REVOKED");
-    buf_adds(out, "{\"status\": ");
-    add_string(out, m->status);
-    buf_adds(out, ", \"result\": ");
-    add_json(out, m->result ? m->result : json_null());
-    buf_adds(out, ", \"traceback\": ");
+    json_t *o = json_object();
+    json_object_set_new(o, "status", string_or_null(m->status));
+    json_object_set(o, "result", m->result ? m->result : json_null());
     if (m->traceback) {
-        add_string(out, m->traceback);
+        json_object_set_new(o, "traceback", string_or_null(m->traceback));
     } else if (!strcmp(m->status, "FAILURE")) {
         /* Celery stores the formatted traceback with every failure; clients
          * print it (AsyncResult.traceback), so it is never null. */
         struct buf tb = BUF_INIT;
         message_traceback(&tb, m->result, m->task_name, m->task_id);
-        add_string(out, tb.data);
+        json_object_set_new(o, "traceback", string_or_null(tb.data));
         buf_release(&tb);
     } else {
-        buf_adds(out, "null");
+        json_object_set_new(o, "traceback", json_null());
     }
-    buf_adds(out, ", \"children\": ");
-    if (m->children)
-        add_json(out, m->children);
-    else
-        buf_adds(out, "[]");
-    buf_adds(out, ", \"date_done\": ");
+    json_object_set_new(o, "children", m->children ? json_incref(m->children) : json_array());
+    json_t *done = json_null();
     if (ready) {
-        buf_addch(out, '"');
-        time_format_iso(out, time_now(), false);
-        buf_addch(out, '"');
-    } else {
-        buf_adds(out, "null");
+        struct buf when = BUF_INIT;
+        time_format_iso(&when, time_now(), false);
+        done = string_or_null(when.data);
+        buf_release(&when);
     }
-    if (m->group_id) {
-        buf_adds(out, ", \"group_id\": ");
-        add_string(out, m->group_id);
+    json_object_set_new(o, "date_done", done);
+    if (m->group_id)
+        json_object_set_new(o, "group_id", string_or_null(m->group_id));
+    if (m->parent_id)
+        json_object_set_new(o, "parent_id", string_or_null(m->parent_id));
+    json_object_set_new(o, "task_id", string_or_null(m->task_id));
+    return o;
+}
+
+void result_meta_encode(struct buf *out, const struct result_meta *m, enum serializer s)
+{
+    json_t *o = result_meta_object(m);
+    if (s == SERIALIZER_MSGPACK) {
+        serializer_dump(out, s, o);
+        json_decref(o);
+        return;
     }
-    if (m->parent_id) {
-        buf_adds(out, ", \"parent_id\": ");
-        add_string(out, m->parent_id);
+    /* Python's separators at the top level, as this meta was always written */
+    const char *key;
+    json_t *v;
+    const char *sep = "{";
+    json_object_foreach(o, key, v) {
+        buf_addf(out, "%s\"%s\": ", sep, key);
+        serializer_dump(out, s, v);
+        sep = ", ";
     }
-    buf_adds(out, ", \"task_id\": ");
-    add_string(out, m->task_id);
     buf_addch(out, '}');
+    json_decref(o);
 }
 
 /* Confirms the previous store, then prepares key and meta for m. */
@@ -222,7 +241,7 @@ static int prepare_store(struct backend_redis *b, const struct result_meta *m, s
     if (rc)
         return rc;
     buf_reset(b->scratch);
-    result_meta_encode(b->scratch, m);
+    result_meta_encode(b->scratch, m, backend_redis_serializer(b->cfg, m->arrived_in));
     buf_reset(b->key);
     buf_addf(b->key, TASK_KEY_PREFIX "%s", m->task_id);
     b->check_existing = m->redelivered;

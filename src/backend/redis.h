@@ -8,15 +8,24 @@
 
 #include <jansson.h>
 
+#include "protocol/serializer.h"
 #include "util/redis_link.h"
 #include "util/url.h"
 
 struct buf;
 
+/* --result-serializer: what result meta and chord parts are written in. */
+enum result_serializer {
+    RESULT_SERIALIZER_JSON = 0,    /* Celery's default result_serializer */
+    RESULT_SERIALIZER_MSGPACK,     /* as Celery with result_serializer='msgpack' */
+    RESULT_SERIALIZER_AUTO,        /* in kind: the serializer the task arrived in */
+};
+
 struct backend_config {
     bool enabled;              /* false: results are not stored (no --result-backend) */
     struct redis_url url;      /* parsed --result-backend URL */
     int expires_s;             /* SETEX ttl; 0 = keep for ever (plain SET) */
+    enum result_serializer serializer;
 };
 
 struct backend_redis {
@@ -43,6 +52,8 @@ struct result_meta {
     bool redelivered;          /* the message may have run before: never overwrite SUCCESS */
     json_t *children;          /* borrowed: result tuples of the tasks it sent (callbacks,
                                   the next chain step) as Celery stores them, or NULL */
+    enum serializer arrived_in; /* the task message's serializer (JSON when unknown), for
+                                  RESULT_SERIALIZER_AUTO */
 };
 
 void backend_redis_init(struct backend_redis *b, const struct backend_config *cfg);
@@ -50,8 +61,13 @@ void backend_redis_release(struct backend_redis *b, const char *reason);
 /* Connects (no retry). Returns 0 or E_CONN_LOST. A disabled backend opens nothing. */
 int backend_redis_open(struct backend_redis *b, struct err *e);
 
-/* Appends the meta JSON Celery stores (spec §6.2) to out. */
-void result_meta_encode(struct buf *out, const struct result_meta *m);
+/* What cfg writes a result in for a task that arrived in `arrived_in`. */
+enum serializer backend_redis_serializer(const struct backend_config *cfg,
+                                         enum serializer arrived_in);
+
+/* Appends the meta Celery stores (spec §6.2) to out, in Python's key order,
+ * encoded with s (msgpack output holds NUL bytes: use out->len). */
+void result_meta_encode(struct buf *out, const struct result_meta *m, enum serializer s);
 
 /* Stores m: GET-check, SETEX and PUBLISH in one atomic script. Returns 0 (also
  * when an existing SUCCESS was kept), E_CONN_LOST, E_REFUSED (retry later) or

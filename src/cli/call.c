@@ -5,6 +5,7 @@
 #include "common.h"
 #include "celeriac_client.h"
 #include "cli/cli.h"
+#include "protocol/pyjson.h"
 #include "util/buf.h"
 #include "util/time.h"
 #include "worker/config.h"
@@ -106,13 +107,15 @@ static int parse_call_flags(int argc, char **argv, struct call_opts *o)
     return 0;
 }
 
-/* Prints the meta's result (SUCCESS) or exception; returns the exit code. */
+/* Prints the meta's result (SUCCESS) or exception; returns the exit code.
+ * celeriac_wait gives JSON text whatever the worker stored (JSON or msgpack);
+ * NaN and Infinity are printed as Python writes them. */
 static int print_result(const char *meta_text)
 {
-    json_t *m = json_loads(meta_text, 0, NULL);
+    json_t *m = pyjson_loadb(meta_text, strlen(meta_text), 0, NULL);
     const char *status = json_string_value(json_object_get(m, "status"));
     json_t *result = json_object_get(m, "result");
-    char *text = json_dumps(result ? result : json_null(), JSON_ENCODE_ANY | JSON_COMPACT);
+    char *text = pyjson_dumps(result ? result : json_null(), JSON_ENCODE_ANY | JSON_COMPACT);
     int code = EXIT_OK;
     if (status && !strcmp(status, "SUCCESS")) {
         printf("%s\n", text ? text : "null");

@@ -40,6 +40,7 @@ enum {
     OPT_WITHOUT_CONTROL,
     OPT_MAX_CONCURRENCY,
     OPT_STATEDB,
+    OPT_RESULT_SERIALIZER,
 };
 
 static const struct option options[] = {
@@ -58,6 +59,7 @@ static const struct option options[] = {
     {"db-connect-timeout", required_argument, NULL, OPT_DB_CONNECT_TIMEOUT},
     {"db-idle-check", required_argument, NULL, OPT_DB_IDLE_CHECK},
     {"result-expires", required_argument, NULL, OPT_RESULT_EXPIRES},
+    {"result-serializer", required_argument, NULL, OPT_RESULT_SERIALIZER},
     {"max-message-size", required_argument, NULL, OPT_MAX_MESSAGE},
     {"time-limit", required_argument, NULL, OPT_TIME_LIMIT},
     {"soft-time-limit", required_argument, NULL, OPT_SOFT_TIME_LIMIT},
@@ -107,6 +109,8 @@ static const char usage_text[] =
     "      --db-idle-check MS      ping a connection idle this long before use\n"
     "                              (default: 30000; 0 = never)\n"
     "      --result-expires S      result TTL in seconds, 0 = never (default: 86400)\n"
+    "      --result-serializer S   json, msgpack, or auto (in the task's own serializer);\n"
+    "                              default: json, Celery's result_serializer default\n"
     "      --max-message-size B    larger messages are dropped unread (default: 16777216)\n"
     "      --time-limit S          hard time limit per task: the statement is cancelled and\n"
     "                              the child killed and replaced (default: none)\n"
@@ -151,6 +155,25 @@ ATTR_PRINTF(1, 2) static int usage_error(const char *fmt, ...)
     va_end(ap);
     fprintf(stderr, "celeriac worker: %s (see --help)\n", line);
     return EXIT_USAGE;
+}
+
+/* --result-serializer: json (Celery's default), msgpack, or auto. */
+static int parse_result_serializer(const char *s, enum result_serializer *out)
+{
+    static const struct {
+        const char *name;
+        enum result_serializer value;
+    } names[] = {
+        {"json", RESULT_SERIALIZER_JSON},
+        {"msgpack", RESULT_SERIALIZER_MSGPACK},
+        {"auto", RESULT_SERIALIZER_AUTO},
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(names); i++)
+        if (!strcmp(s, names[i].name)) {
+            *out = names[i].value;
+            return 0;
+        }
+    return usage_error("--result-serializer wants json, msgpack or auto, got '%s'", s);
 }
 
 static int parse_long(const char *flag, const char *s, long lo, long hi, long *out)
@@ -337,6 +360,10 @@ static int parse_flags(struct worker_config *cfg, int argc, char **argv, const c
             if (parse_long("--result-expires", optarg, 0, INT32_MAX, &n))
                 return EXIT_USAGE;
             cfg->backend.expires_s = (int)n;
+            break;
+        case OPT_RESULT_SERIALIZER:
+            if (parse_result_serializer(optarg, &cfg->backend.serializer))
+                return EXIT_USAGE;
             break;
         case OPT_MAX_MESSAGE:
             if (parse_long("--max-message-size", optarg, 1024, 512L * 1024 * 1024, &n))

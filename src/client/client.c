@@ -7,6 +7,8 @@
 #include "celeriac.h"
 #include "celeriac_client.h"
 #include "protocol/message.h"
+#include "protocol/pyjson.h"
+#include "protocol/serializer.h"
 #include "util/buf.h"
 #include "util/redis_link.h"
 #include "util/time.h"
@@ -162,16 +164,18 @@ out:
     return rc;
 }
 
-/* True when meta is a ready state; then *out takes the text. */
-static bool take_if_ready(const char *text, size_t len, char **out)
+/* True when meta (stored as JSON or msgpack: a worker's --result-serializer
+ * decides) is a ready state; then *out takes it as JSON text. */
+static bool take_if_ready(const char *data, size_t len, char **out)
 {
-    json_t *m = json_loadb(text, len, 0, NULL);
+    enum serializer found;
+    json_t *m = serializer_load_sniffed(data, len, &found, NULL);
     const char *st = json_string_value(json_object_get(m, "status"));
     bool ready = st && (!strcmp(st, "SUCCESS") || !strcmp(st, "FAILURE") || !strcmp(st, "REVOKED"));
-    json_decref(m);
     if (ready)
-        *out = xstrndup(text, len);
-    return ready;
+        *out = found == SERIALIZER_JSON ? xstrndup(data, len) : pyjson_dumps(m, 0);
+    json_decref(m);
+    return ready && *out;
 }
 
 API int celeriac_wait(struct celeriac_client *c, const char *id, double timeout, char **meta_json,

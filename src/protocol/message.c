@@ -5,6 +5,7 @@
  */
 #include "common.h"
 #include "protocol/message.h"
+#include "protocol/msgpack.h"
 #include "protocol/pyjson.h"
 #include "util/base64.h"
 #include "util/buf.h"
@@ -91,6 +92,11 @@ int message_decode_envelope(struct message *m, const char *data, size_t len, con
         m->task_id = str_field(headers, "id");
     m->redelivered = json_is_true(json_object_get(headers, "redelivered")) ||
                      json_is_true(json_object_get(info, "redelivered"));
+    /* Known before the body is decoded, so even the FAILURE of a body that
+     * will not decode can be answered in kind. */
+    const char *ctype = str_field(m->envelope, "content-type");
+    if (ctype && !strcasecmp(ctype, serializer_content_type(SERIALIZER_MSGPACK)))
+        m->serializer = SERIALIZER_MSGPACK;
     *settle = SETTLE_NONE;
     return 0;
 }
@@ -199,17 +205,38 @@ static int body_bytes(const struct message *m, struct buf *out, enum message_set
     return 0;
 }
 
-/* The body as JSON (Python's NaN and Infinity as pyjson carries them). 0, or a code
- * with *settle set. */
-static int load_body(struct message *m, json_t **out, enum message_settle *settle, struct err *e)
+/* Which serializer the envelope's content-type and content-encoding name;
+ * anything but kombu's json and msgpack is refused, as a Python worker
+ * refuses what is not in accept_content. */
+static int body_serializer(const struct message *m, enum serializer *out, struct err *e)
 {
     const char *ctype = str_field(m->envelope, "content-type");
-    if (!ctype || strcasecmp(ctype, "application/json"))
-        return err_set(e, E_PROTOCOL, "content disallowed: refusing to deserialize content type "
-                                      "'%.64s'", ctype ? ctype : "application/data");
     const char *cenc = str_field(m->envelope, "content-encoding");
-    if (cenc && strcasecmp(cenc, "utf-8") && strcasecmp(cenc, "utf8"))
-        return err_set(e, E_PROTOCOL, "unsupported content-encoding '%.32s'", cenc);
+    if (ctype && !strcasecmp(ctype, "application/json")) {
+        *out = SERIALIZER_JSON;
+        if (cenc && strcasecmp(cenc, "utf-8") && strcasecmp(cenc, "utf8"))
+            return err_set(e, E_PROTOCOL, "unsupported content-encoding '%.32s'", cenc);
+        return 0;
+    }
+    if (ctype && !strcasecmp(ctype, serializer_content_type(SERIALIZER_MSGPACK))) {
+        *out = SERIALIZER_MSGPACK;
+        if (cenc && strcasecmp(cenc, "binary"))
+            return err_set(e, E_PROTOCOL, "unsupported content-encoding '%.32s' for msgpack",
+                           cenc);
+        return 0;
+    }
+    return err_set(e, E_PROTOCOL, "content disallowed: refusing to deserialize content type "
+                                  "'%.64s'", ctype ? ctype : "application/data");
+}
+
+/* The body as jansson values: JSON (Python's NaN and Infinity as pyjson
+ * carries them) or msgpack. 0, or a code with *settle set. */
+static int load_body(struct message *m, json_t **out, enum message_settle *settle, struct err *e)
+{
+    enum serializer ser = SERIALIZER_JSON;
+    if (body_serializer(m, &ser, e))
+        return E_PROTOCOL;
+    m->serializer = ser;
     struct buf raw = BUF_INIT;
     int rc = body_bytes(m, &raw, settle, e);
     if (rc) {
@@ -217,10 +244,16 @@ static int load_body(struct message *m, json_t **out, enum message_settle *settl
         return rc;
     }
     json_error_t jerr;
-    *out = pyjson_loadb(raw.data, raw.len, JSON_DECODE_ANY, &jerr);
+    struct err why = {0};
+    if (ser == SERIALIZER_MSGPACK)
+        *out = protocol_msgpack_load(raw.data, raw.len, &why);
+    else
+        *out = pyjson_loadb(raw.data, raw.len, JSON_DECODE_ANY, &jerr);
     buf_release(&raw);
     if (!*out) {
         *settle = SETTLE_ACK;
+        if (ser == SERIALIZER_MSGPACK)
+            return err_set(e, E_PROTOCOL, "body is not msgpack celeriac can take: %s", why.msg);
         return err_set(e, E_PROTOCOL, "body is not JSON: %s", jerr.text);
     }
     *settle = SETTLE_REJECT;
@@ -485,11 +518,11 @@ void message_encode_task(struct buf *out, const struct task_send *t, char *id_ou
     char *argsrepr = pyjson_dumps(args, JSON_COMPACT | JSON_ENCODE_ANY);
     char *kwargsrepr = pyjson_dumps(kwargs, JSON_COMPACT);
     json_t *body = json_pack("[ooo]", args, kwargs, embed);
-    char *body_text = pyjson_dumps(body, JSON_COMPACT);
+    struct buf encoded = BUF_INIT, b64 = BUF_INIT;
+    serializer_dump(&encoded, t->serializer, body);
     json_decref(body);
-    struct buf b64 = BUF_INIT;
-    base64_encode(&b64, body_text, strlen(body_text));
-    free(body_text);
+    base64_encode(&b64, encoded.data, encoded.len);
+    buf_release(&encoded);
 
     char origin[128], host[64] = "localhost";
     gethostname(host, sizeof(host) - 1);
@@ -511,7 +544,8 @@ void message_encode_task(struct buf *out, const struct task_send *t, char *id_ou
         "delivery_mode", 2, "delivery_info", "exchange", "", "routing_key", queue, "priority",
         t->priority, "body_encoding", "base64", "delivery_tag", tag);
     json_t *env = json_pack("{s:s, s:s, s:s, s:o, s:o}", "body", b64.data, "content-encoding",
-                            "utf-8", "content-type", "application/json", "headers", headers,
+                            serializer_content_encoding(t->serializer), "content-type",
+                            serializer_content_type(t->serializer), "headers", headers,
                             "properties", props);
     buf_release(&b64);
     char *text = json_dumps(env, JSON_COMPACT);

@@ -9,6 +9,8 @@
 
 #include <jansson.h>
 
+#include "protocol/serializer.h"
+
 struct buf;
 
 /* Largest envelope accepted by default: bigger ones are rejected unread. */
@@ -29,6 +31,8 @@ struct message {
     json_t *body;              /* [args, kwargs, embed] after base64 + JSON decoding (a
                                   protocol 1 body is converted to this form) */
     json_t *proto1_headers;    /* protocol 1: the v2 headers its body stood for, or NULL */
+    enum serializer serializer; /* the body's, from content-type (set by the envelope step);
+                                  what it sends on is sent in the same */
     const char *delivery_tag;  /* properties.delivery_tag */
     const char *exchange;      /* properties.delivery_info.exchange */
     const char *routing_key;   /* properties.delivery_info.routing_key */
@@ -111,10 +115,12 @@ struct task_send {
     double time_limit;         /* 0 = none */
     double soft_time_limit;    /* 0 = none */
     bool ignore_result;
+    enum serializer serializer; /* of the body: JSON (zero) or msgpack */
 };
 
 /* Appends the envelope JSON for t to out and copies the task id it used into
- * id_out (37 bytes) when not NULL. */
+ * id_out (37 bytes) when not NULL. The body is encoded with t->serializer and
+ * base64-encoded, with kombu's content-type and content-encoding for it. */
 void message_encode_task(struct buf *out, const struct task_send *t, char *id_out);
 
 /* Which priority list of `queue` a message with priority p goes to / comes

@@ -10,6 +10,7 @@
 #include "broker/redis.h"
 #include "protocol/message.h"
 #include "protocol/pyjson.h"
+#include "protocol/serializer.h"
 #include "util/buf.h"
 #include "util/log.h"
 #include "util/time.h"
@@ -45,7 +46,7 @@ int canvas_retry(const struct canvas *cv, const struct message *m, double eta, s
         .root_id = m->root_id ? m->root_id : m->task_id, .parent_id = m->task_id,
         .group = m->group, .group_index = m->group_index, .has_group_index = m->group_index >= 0,
         .time_limit = m->time_limit, .soft_time_limit = m->soft_time_limit,
-        .ignore_result = m->ignore_result,
+        .ignore_result = m->ignore_result, .serializer = m->serializer,
     };
     return publish(cv, &t, NULL, e);
 }
@@ -61,7 +62,8 @@ static json_t *as_list(json_t *v)
 }
 
 /* Stores FAILURE for a signature we will not apply, so nobody waits for it. */
-static void refuse(const struct canvas *cv, json_t *sig, const char *why)
+static void refuse(const struct canvas *cv, const struct message *parent, json_t *sig,
+                   const char *why)
 {
     json_t *opts = json_object_get(sig, "options");
     const char *id = json_string_value(json_object_get(opts, "task_id"));
@@ -70,7 +72,8 @@ static void refuse(const struct canvas *cv, json_t *sig, const char *why)
     if (!id)
         return;
     json_t *exc = message_exception("NotImplementedError", NULL, why);
-    struct result_meta meta = {.status = "FAILURE", .result = exc, .task_id = id};
+    struct result_meta meta = {.status = "FAILURE", .result = exc, .task_id = id,
+                               .arrived_in = parent->serializer};
     struct err e = {0};
     if (backend_redis_store(cv->backend, &meta, &e))
         log_error("storing the refusal of %s failed: %s", id, e.msg);
@@ -152,6 +155,7 @@ static int send_signature(const struct canvas *cv, const struct message *parent,
                        : json_is_integer(gi) ? (int)json_integer_value(gi)
                                              : 0,
         .has_group_index = how->group || json_is_integer(gi),
+        .serializer = parent->serializer, /* in kind, as a Python worker's task_serializer */
     };
     if (t.priority < 0 || t.priority > 9)
         t.priority = t.priority < 0 ? 0 : 9;
@@ -176,7 +180,7 @@ static int apply_group(const struct canvas *cv, const struct message *parent, js
 {
     json_t *members = group_members(sig);
     if (!json_is_array(members)) {
-        refuse(cv, sig, "a group signature without kwargs.tasks");
+        refuse(cv, parent, sig, "a group signature without kwargs.tasks");
         return 0;
     }
     char gid[UUID_STR_LEN];
@@ -240,7 +244,7 @@ static int send_chord(const struct canvas *cv, const struct message *parent, jso
                       struct err *e)
 {
     if (!cv->backend->cfg->enabled) {
-        refuse(cv, body, "a chord needs a result backend");
+        refuse(cv, parent, body, "a chord needs a result backend");
         return 0;
     }
     const char *id = json_string_value(
@@ -292,13 +296,13 @@ static int apply_chord(const struct canvas *cv, const struct message *parent, js
     json_t *header = json_object_get(kwargs, "header"), *body = json_object_get(kwargs, "body");
     json_t *given = group_members(header);
     if (!json_is_array(given) || !json_is_object(body)) {
-        refuse(cv, sig, "a chord signature without a header and a body");
+        refuse(cv, parent, sig, "a chord signature without a header and a body");
         return 0;
     }
     json_t *members = json_array();
     if (!unroll_header(given, false, members, how->depth)) {
         json_decref(members);
-        refuse(cv, body, "a chord header member must be a task or a group of tasks");
+        refuse(cv, parent, body, "a chord header member must be a task or a group of tasks");
         return 0;
     }
     int rc = send_chord(cv, parent, members, body, header, sig, how, e);
@@ -314,7 +318,7 @@ static int apply_chain(const struct canvas *cv, const struct message *parent, js
     json_t *tasks = json_object_get(json_object_get(sig, "kwargs"), "tasks");
     size_t n = json_array_size(tasks);
     if (!n) {
-        refuse(cv, sig, "a chain signature without kwargs.tasks");
+        refuse(cv, parent, sig, "a chain signature without kwargs.tasks");
         return 0;
     }
     /* embed.chain is stored reversed: the next step last */
@@ -338,7 +342,7 @@ static int apply_signature(const struct canvas *cv, const struct message *parent
 {
     const char *type = json_string_value(json_object_get(sig, "subtask_type"));
     if (how->depth > CANVAS_DEPTH_MAX) {
-        refuse(cv, sig, "canvas nested too deeply");
+        refuse(cv, parent, sig, "canvas nested too deeply");
         return 0;
     }
     if (!type)
@@ -349,7 +353,7 @@ static int apply_signature(const struct canvas *cv, const struct message *parent
         return apply_chord(cv, parent, sig, how, e);
     if (!strcmp(type, "chain"))
         return apply_chain(cv, parent, sig, how, e);
-    refuse(cv, sig, "unknown signature type");
+    refuse(cv, parent, sig, "unknown signature type");
     return 0;
 }
 
@@ -437,7 +441,10 @@ static int finish_chord(const struct canvas *cv, const struct message *m, json_t
     json_t *decoded = json_array(); /* keeps decoded parts alive */
     for (size_t i = 0; parts->type == REDIS_REPLY_ARRAY && i < parts->elements; i++) {
         redisReply *p = parts->element[i];
-        json_t *part = p->type == REDIS_REPLY_STRING ? json_loadb(p->str, p->len, 0, NULL) : NULL;
+        /* parts are in JSON or msgpack, whichever each member's worker wrote */
+        json_t *part = p->type == REDIS_REPLY_STRING
+                           ? serializer_load_sniffed(p->str, p->len, NULL, NULL)
+                           : NULL;
         if (!json_is_array(part) || json_array_size(part) < 4) {
             json_decref(part);
             continue;
@@ -461,7 +468,8 @@ static int finish_chord(const struct canvas *cv, const struct message *m, json_t
         log_error("chord %s: %s", m->group, why.data);
         if (body_id) {
             json_t *exc = message_exception("ChordError", "celery.exceptions", why.data);
-            struct result_meta meta = {.status = "FAILURE", .result = exc, .task_id = body_id};
+            struct result_meta meta = {.status = "FAILURE", .result = exc, .task_id = body_id,
+                                       .arrived_in = m->serializer};
             rc = backend_redis_store(cv->backend, &meta, e);
             json_decref(exc);
         }
@@ -490,7 +498,8 @@ int canvas_chord_part(const struct canvas *cv, const struct message *m, const ch
         return rc;
     struct redis_link *l = &cv->backend->link;
     json_t *part = json_pack("[i, s, s, O]", 1, m->task_id, state, result ? result : json_null());
-    char *part_text = pyjson_dumps(part, JSON_COMPACT);
+    struct buf part_bytes = BUF_INIT;
+    serializer_dump(&part_bytes, backend_redis_serializer(cv->backend->cfg, m->serializer), part);
     json_decref(part);
     struct buf j = BUF_INIT, t = BUF_INIT, s = BUF_INIT;
     buf_addf(&j, CHORD_KEY_PREFIX "%s.j", m->group);
@@ -505,14 +514,15 @@ int canvas_chord_part(const struct canvas *cv, const struct message *m, const ch
     snprintf(ttl, sizeof(ttl), "%d", cv->backend->cfg->expires_s ? cv->backend->cfg->expires_s
                                                                   : 86400);
     const char *cmds[][4] = {
-        {"MULTI"}, {"ZADD", j.data, score, part_text}, {"ZCOUNT", j.data, "-inf", "+inf"},
+        {"MULTI"}, {"ZADD", j.data, score, part_bytes.data}, {"ZCOUNT", j.data, "-inf", "+inf"},
         {"GET", t.data}, {"GET", s.data}, {"EXPIRE", j.data, ttl}, {"EXPIRE", t.data, ttl},
         {"EXPIRE", s.data, ttl}, {"EXEC"},
     };
     static const int argcs[] = {1, 4, 4, 2, 2, 3, 3, 3, 1};
+    size_t zadd_lens[] = {4, j.len, strlen(score), part_bytes.len}; /* msgpack holds NULs */
     rc = 0;
     for (size_t i = 0; i < ARRAY_SIZE(argcs) && !rc; i++)
-        rc = redis_link_append_argv(l, argcs[i], cmds[i], NULL);
+        rc = redis_link_append_argv(l, argcs[i], cmds[i], i == 1 ? zadd_lens : NULL);
     redisReply *exec = NULL;
     for (size_t i = 0; i < ARRAY_SIZE(argcs) && !rc; i++) {
         redisReply *r = redis_link_read(l, e);
@@ -525,7 +535,7 @@ int canvas_chord_part(const struct canvas *cv, const struct message *m, const ch
         else
             freeReplyObject(r);
     }
-    free(part_text);
+    buf_release(&part_bytes);
     if (!rc && exec && exec->type == REDIS_REPLY_ARRAY && exec->elements == 7) {
         long long count = exec->element[1]->integer;
         redisReply *rt = exec->element[2], *rs = exec->element[3];

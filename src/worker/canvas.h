@@ -2,7 +2,10 @@
  * worker/canvas.h: what a worker does after a task so Celery's canvas keeps
  * going: retries (Task.retry), link callbacks and errbacks, the next step of
  * a chain, and the chord join on the Redis result backend (spec §5.6, §5.10,
- * §6.6). Signatures come from the message and are hostile input. Child only.
+ * §6.6). Signatures come from the message and are hostile input. Every
+ * message sent goes in the serializer of the message that led to it; chord
+ * parts are written as the backend's --result-serializer says and read in
+ * either. Child only.
  */
 #ifndef CELERIAC_WORKER_CANVAS_H
 #define CELERIAC_WORKER_CANVAS_H

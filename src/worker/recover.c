@@ -98,7 +98,8 @@ void recover_lost_task(struct child *c)
                                 "billiard.exceptions");
         /* It may have stored SUCCESS before dying: keep that. */
         struct result_meta meta = {.status = "FAILURE", .result = exc, .task_id = m.task_id,
-                                   .task_name = m.task_name, .redelivered = true};
+                                   .task_name = m.task_name, .redelivered = true,
+                                   .arrived_in = m.serializer};
         settle_store(c, &meta);
         json_decref(exc);
         settle_lost(c, BROKER_LOST_ACK, NULL, &e);

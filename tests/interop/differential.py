@@ -220,6 +220,54 @@ def strict(v):
     return json.dumps(v, sort_keys=True)
 
 
+def case_problems(p, q):
+    """What differs between two runs' records of one case: the client's
+    view, the state, and the stored meta (keys, values except VOLATILE,
+    task_id, date_done, the traceback's last line, the TTL)."""
+    problems = []
+    if strict(p.get("client")) != strict(q.get("client")):
+        problems.append("client saw:  python %s" % strict(p.get("client")))
+        problems.append("             celeriac %s" % strict(q.get("client")))
+    if p.get("state") != q.get("state"):
+        problems.append("state: python %r, celeriac %r" % (p.get("state"), q.get("state")))
+    pm, cm = p.get("meta"), q.get("meta")
+    if (pm is None) != (cm is None):
+        problems.append("stored: python %s, celeriac %s" % (
+            "nothing" if pm is None else "a result", "nothing" if cm is None else "a result"))
+    elif pm is not None:
+        if sorted(pm) != sorted(cm):
+            problems.append("meta keys: python %s, celeriac %s" % (sorted(pm), sorted(cm)))
+        for k in sorted(set(pm) | set(cm)):
+            if k in VOLATILE:
+                continue
+            pv, cv = pm.get(k), cm.get(k)
+            if k == "children":
+                pv, cv = group_ids_blanked(pv), group_ids_blanked(cv)
+            if strict(pv) != strict(cv):
+                problems.append("meta[%r]: python %s" % (k, strict(pm.get(k))))
+                problems.append("%s  celeriac %s" % (" " * len(k), strict(cm.get(k))))
+        for run, meta, rec in (("python", pm, p), ("celeriac", cm, q)):
+            if meta.get("task_id") != rec["id"]:
+                problems.append("%s stored task_id %r for %r" % (run, meta.get("task_id"), rec["id"]))
+            dd = meta.get("date_done")
+            if meta.get("status") in ("SUCCESS", "FAILURE") and not (
+                    isinstance(dd, str) and re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", dd)):
+                problems.append("%s date_done %r" % (run, dd))
+        # A FAILURE carries a traceback whose last line is what Python
+        # prints for the exception ("ValueError: boom").
+        if pm.get("status") == "FAILURE":
+            ptb, ctb = pm.get("traceback"), cm.get("traceback")
+            if not isinstance(ctb, str) or not ctb.startswith("Traceback"):
+                problems.append("celeriac traceback %r" % (ctb,))
+            elif isinstance(ptb, str) and last_line(ptb) != last_line(ctb):
+                problems.append("traceback ends: python %r" % last_line(ptb))
+                problems.append("              celeriac %r" % last_line(ctb))
+        if p.get("ttl_minutes") != q.get("ttl_minutes"):
+            problems.append("ttl minutes: python %r, celeriac %r" % (p.get("ttl_minutes"),
+                                                                     q.get("ttl_minutes")))
+    return problems
+
+
 def cmd_compare(py_path, c_path):
     with open(py_path) as f:
         py = json.load(f)
@@ -259,46 +307,7 @@ def cmd_compare(py_path, c_path):
                                                                           strict(cm.get(k))))
             tap.check("%s: celeriac matches the Python worker" % name, not problems, *problems)
             continue
-        if strict(p.get("client")) != strict(q.get("client")):
-            problems.append("client saw:  python %s" % strict(p.get("client")))
-            problems.append("             celeriac %s" % strict(q.get("client")))
-        if p.get("state") != q.get("state"):
-            problems.append("state: python %r, celeriac %r" % (p.get("state"), q.get("state")))
-        pm, cm = p.get("meta"), q.get("meta")
-        if (pm is None) != (cm is None):
-            problems.append("stored: python %s, celeriac %s" % (
-                "nothing" if pm is None else "a result", "nothing" if cm is None else "a result"))
-        elif pm is not None:
-            if sorted(pm) != sorted(cm):
-                problems.append("meta keys: python %s, celeriac %s" % (sorted(pm), sorted(cm)))
-            for k in sorted(set(pm) | set(cm)):
-                if k in VOLATILE:
-                    continue
-                pv, cv = pm.get(k), cm.get(k)
-                if k == "children":
-                    pv, cv = group_ids_blanked(pv), group_ids_blanked(cv)
-                if strict(pv) != strict(cv):
-                    problems.append("meta[%r]: python %s" % (k, strict(pm.get(k))))
-                    problems.append("%s  celeriac %s" % (" " * len(k), strict(cm.get(k))))
-            for run, meta, rec in (("python", pm, p), ("celeriac", cm, q)):
-                if meta.get("task_id") != rec["id"]:
-                    problems.append("%s stored task_id %r for %r" % (run, meta.get("task_id"), rec["id"]))
-                dd = meta.get("date_done")
-                if meta.get("status") in ("SUCCESS", "FAILURE") and not (
-                        isinstance(dd, str) and re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", dd)):
-                    problems.append("%s date_done %r" % (run, dd))
-            # A FAILURE carries a traceback whose last line is what Python
-            # prints for the exception ("ValueError: boom").
-            if pm.get("status") == "FAILURE":
-                ptb, ctb = pm.get("traceback"), cm.get("traceback")
-                if not isinstance(ctb, str) or not ctb.startswith("Traceback"):
-                    problems.append("celeriac traceback %r" % (ctb,))
-                elif isinstance(ptb, str) and last_line(ptb) != last_line(ctb):
-                    problems.append("traceback ends: python %r" % last_line(ptb))
-                    problems.append("              celeriac %r" % last_line(ctb))
-            if p.get("ttl_minutes") != q.get("ttl_minutes"):
-                problems.append("ttl minutes: python %r, celeriac %r" % (p.get("ttl_minutes"),
-                                                                         q.get("ttl_minutes")))
+        problems = case_problems(p, q)
         summary = (q.get("client") or {}).get("raised") or (
             "no result" if q.get("client") is None else "value")
         tap.check("%s: celeriac matches the Python worker (%s)" % (name, summary), not problems,

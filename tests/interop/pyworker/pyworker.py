@@ -6,7 +6,9 @@ with the usual per-process connection recipe (worker_process_init opens a
 psycopg2 connection, worker_process_shutdown closes it).
 
 Run: python3 -m celery -A pyworker worker -P prefork -c 2 (from this directory)
-Environment: BROKER_URL, RESULT_URL, PG_URL.
+Environment: BROKER_URL, RESULT_URL, PG_URL; TASK_SERIALIZER,
+RESULT_SERIALIZER (default json) and ACCEPT_CONTENT (comma-separated, default
+json) for the msgpack differential (test_differential_msgpack.sh).
 """
 import os
 import time
@@ -17,9 +19,9 @@ from celery.signals import worker_process_init, worker_process_shutdown
 
 app = Celery("pyworker", broker=os.environ["BROKER_URL"], backend=os.environ["RESULT_URL"])
 app.conf.update(
-    task_serializer="json",
-    accept_content=["json"],
-    result_serializer="json",
+    task_serializer=os.environ.get("TASK_SERIALIZER", "json"),
+    accept_content=os.environ.get("ACCEPT_CONTENT", "json").split(","),
+    result_serializer=os.environ.get("RESULT_SERIALIZER", "json"),
     result_expires=86400,
     worker_prefetch_multiplier=1,
     broker_connection_retry_on_startup=True,
@@ -79,6 +81,15 @@ def fail(*args, **kwargs):
 @app.task(name="tasks.echo")
 def echo(*args, **kwargs):
     return arg_any(args, kwargs, 0, "x")
+
+
+@app.task(name="tasks.flaky", bind=True)
+def flaky(self, *args, **kwargs):
+    """Retries with KeyError('again') until retried `times` times (books.c)."""
+    times = arg_int(args, kwargs, 0, "times")
+    if self.request.retries < times:
+        raise self.retry(exc=KeyError("again"), countdown=0.1, max_retries=5)
+    return self.request.retries
 
 
 @app.task(name="books.get_book_info")

@@ -153,85 +153,6 @@ int backend_redis_open(struct backend_redis *b, struct err *e)
     return rc == E_CONN_LOST ? rc : 0;
 }
 
-enum serializer backend_redis_serializer(const struct backend_config *cfg,
-                                         enum serializer arrived_in)
-{
-    switch (cfg->serializer) {
-    case RESULT_SERIALIZER_MSGPACK:
-        return SERIALIZER_MSGPACK;
-    case RESULT_SERIALIZER_AUTO:
-        return arrived_in;
-    case RESULT_SERIALIZER_JSON:
-        break;
-    }
-    return SERIALIZER_JSON;
-}
-
-static json_t *string_or_null(const char *s)
-{
-    json_t *v = s ? json_string(s) : NULL;
-    return v ? v : json_null();
-}
-
-/* The meta as an object whose keys are in the order Python writes them
- * (jansson keeps insertion order); date_done is naive UTC like Celery 5.2. */
-static json_t *result_meta_object(const struct result_meta *m)
-{
-    bool ready = !strcmp(m->status, "SUCCESS") || !strcmp(m->status, "FAILURE") ||
-                 !strcmp(m->status, "REVOKED");
-    json_t *o = json_object();
-    json_object_set_new(o, "status", string_or_null(m->status));
-    json_object_set(o, "result", m->result ? m->result : json_null());
-    if (m->traceback) {
-        json_object_set_new(o, "traceback", string_or_null(m->traceback));
-    } else if (!strcmp(m->status, "FAILURE")) {
-        /* Celery stores the formatted traceback with every failure; clients
-         * print it (AsyncResult.traceback), so it is never null. */
-        struct buf tb = BUF_INIT;
-        message_traceback(&tb, m->result, m->task_name, m->task_id);
-        json_object_set_new(o, "traceback", string_or_null(tb.data));
-        buf_release(&tb);
-    } else {
-        json_object_set_new(o, "traceback", json_null());
-    }
-    json_object_set_new(o, "children", m->children ? json_incref(m->children) : json_array());
-    json_t *done = json_null();
-    if (ready) {
-        struct buf when = BUF_INIT;
-        time_format_iso(&when, time_now(), false);
-        done = string_or_null(when.data);
-        buf_release(&when);
-    }
-    json_object_set_new(o, "date_done", done);
-    if (m->group_id)
-        json_object_set_new(o, "group_id", string_or_null(m->group_id));
-    if (m->parent_id)
-        json_object_set_new(o, "parent_id", string_or_null(m->parent_id));
-    json_object_set_new(o, "task_id", string_or_null(m->task_id));
-    return o;
-}
-
-void result_meta_encode(struct buf *out, const struct result_meta *m, enum serializer s)
-{
-    json_t *o = result_meta_object(m);
-    if (s == SERIALIZER_MSGPACK) {
-        serializer_dump(out, s, o);
-        json_decref(o);
-        return;
-    }
-    /* Python's separators at the top level, as this meta was always written */
-    const char *key;
-    json_t *v;
-    const char *sep = "{";
-    json_object_foreach(o, key, v) {
-        buf_addf(out, "%s\"%s\": ", sep, key);
-        serializer_dump(out, s, v);
-        sep = ", ";
-    }
-    buf_addch(out, '}');
-    json_decref(o);
-}
-
 /* Confirms the previous store, then prepares key and meta for m. */
 static int prepare_store(struct backend_redis *b, const struct result_meta *m, struct err *e)
 {
@@ -241,7 +162,7 @@ static int prepare_store(struct backend_redis *b, const struct result_meta *m, s
     if (rc)
         return rc;
     buf_reset(b->scratch);
-    result_meta_encode(b->scratch, m, backend_redis_serializer(b->cfg, m->arrived_in));
+    result_meta_encode(b->scratch, m, result_serializer_pick(b->cfg->serializer, m->arrived_in));
     buf_reset(b->key);
     buf_addf(b->key, TASK_KEY_PREFIX "%s", m->task_id);
     b->check_existing = m->redelivered;

@@ -5,9 +5,8 @@
  * unknown kind is refused with a FAILURE on its id, never dropped silently.
  */
 #include "common.h"
+#include "backend/backend.h"
 #include "broker/broker.h"
-#include "backend/redis.h"
-#include "broker/redis.h"
 #include "protocol/message.h"
 #include "protocol/pyjson.h"
 #include "protocol/serializer.h"
@@ -19,7 +18,6 @@
 
 #include <math.h>
 
-#define CHORD_KEY_PREFIX "celery-taskset-meta-"
 
 /* Sends t; when children is not NULL, appends the result tuple Celery
  * records for it ([[id, null], null], as AsyncResult.as_tuple()). */
@@ -75,7 +73,7 @@ static void refuse(const struct canvas *cv, const struct message *parent, json_t
     struct result_meta meta = {.status = "FAILURE", .result = exc, .task_id = id,
                                .arrived_in = parent->serializer};
     struct err e = {0};
-    if (backend_redis_store(cv->backend, &meta, &e))
+    if (cv->backend->ops->store(cv->backend, &meta, 0, &e))
         log_error("storing the refusal of %s failed: %s", id, e.msg);
     json_decref(exc);
 }
@@ -255,19 +253,7 @@ static int send_chord(const struct canvas *cv, const struct message *parent, jso
     snprintf(gid, sizeof(gid), "%s", id && strlen(id) < sizeof(gid) ? id : "");
     if (!gid[0])
         uuid_generate(gid);
-    char size[24], ttl[16];
-    snprintf(size, sizeof(size), "%zu", json_array_size(members));
-    snprintf(ttl, sizeof(ttl), "%d", cv->backend->cfg->expires_s ? cv->backend->cfg->expires_s
-                                                                   : 86400);
-    struct buf key = BUF_INIT;
-    buf_addf(&key, CHORD_KEY_PREFIX "%s.s", gid);
-    redisReply *r = redis_link_command(&cv->backend->link, e, "SETEX %s %s %s", key.data, ttl,
-                                       size);
-    buf_release(&key);
-    if (!r)
-        return E_CONN_LOST;
-    int rc = r->type == REDIS_REPLY_ERROR ? redis_link_reply_error(e, "chord size", r->str) : 0;
-    freeReplyObject(r);
+    int rc = cv->backend->ops->chord_size(cv->backend, gid, json_array_size(members), e);
     if (rc)
         return rc;
     struct sig_send member = *how;
@@ -431,25 +417,17 @@ int canvas_on_failure(const struct canvas *cv, const struct message *m, struct e
     return rc;
 }
 
-/* Sends the chord body with the header's results, or marks it failed. */
+/* Sends the chord body with the header's results (parts, in header order),
+ * or marks it failed. */
 static int finish_chord(const struct canvas *cv, const struct message *m, json_t *body,
-                        redisReply *parts, struct err *e)
+                        json_t *parts, struct err *e)
 {
     json_t *results = json_array();
     const char *failed_id = NULL;
     json_t *failed_result = NULL;
-    json_t *decoded = json_array(); /* keeps decoded parts alive */
-    for (size_t i = 0; parts->type == REDIS_REPLY_ARRAY && i < parts->elements; i++) {
-        redisReply *p = parts->element[i];
-        /* parts are in JSON or msgpack, whichever each member's worker wrote */
-        json_t *part = p->type == REDIS_REPLY_STRING
-                           ? serializer_load_sniffed(p->str, p->len, NULL, NULL)
-                           : NULL;
-        if (!json_is_array(part) || json_array_size(part) < 4) {
-            json_decref(part);
-            continue;
-        }
-        json_array_append_new(decoded, part);
+    size_t i;
+    json_t *part;
+    json_array_foreach(parts, i, part) {
         const char *state = json_string_value(json_array_get(part, 2));
         if (state && (!strcmp(state, "FAILURE") || !strcmp(state, "REVOKED")) && !failed_id) {
             failed_id = json_string_value(json_array_get(part, 1));
@@ -470,7 +448,7 @@ static int finish_chord(const struct canvas *cv, const struct message *m, json_t
             json_t *exc = message_exception("ChordError", "celery.exceptions", why.data);
             struct result_meta meta = {.status = "FAILURE", .result = exc, .task_id = body_id,
                                        .arrived_in = m->serializer};
-            rc = backend_redis_store(cv->backend, &meta, e);
+            rc = cv->backend->ops->store(cv->backend, &meta, 0, e);
             json_decref(exc);
         }
         buf_release(&why);
@@ -479,7 +457,6 @@ static int finish_chord(const struct canvas *cv, const struct message *m, json_t
         rc = apply_signature(cv, m, body, &how, e);
     }
     json_decref(results);
-    json_decref(decoded);
     return rc;
 }
 
@@ -493,75 +470,14 @@ int canvas_chord_part(const struct canvas *cv, const struct message *m, const ch
         log_error("chord %s needs a result backend to join; body not sent", m->group);
         return 0;
     }
-    int rc = backend_redis_confirm(cv->backend, e);
-    if (rc)
-        return rc;
-    struct redis_link *l = &cv->backend->link;
     json_t *part = json_pack("[i, s, s, O]", 1, m->task_id, state, result ? result : json_null());
-    struct buf part_bytes = BUF_INIT;
-    serializer_dump(&part_bytes, backend_redis_serializer(cv->backend->cfg, m->serializer), part);
+    json_t *parts = NULL;
+    int rc = cv->backend->ops->chord_part(cv->backend, m->group, m->group_index, part,
+                                          backend_serializer(cv->backend, m->serializer),
+                                          &parts, e);
     json_decref(part);
-    struct buf j = BUF_INIT, t = BUF_INIT, s = BUF_INIT;
-    buf_addf(&j, CHORD_KEY_PREFIX "%s.j", m->group);
-    buf_addf(&t, CHORD_KEY_PREFIX "%s.t", m->group);
-    buf_addf(&s, CHORD_KEY_PREFIX "%s.s", m->group);
-    char score[32];
-    if (m->group_index >= 0)
-        snprintf(score, sizeof(score), "%d", m->group_index);
-    else
-        snprintf(score, sizeof(score), "+inf");
-    char ttl[16];
-    snprintf(ttl, sizeof(ttl), "%d", cv->backend->cfg->expires_s ? cv->backend->cfg->expires_s
-                                                                  : 86400);
-    const char *cmds[][4] = {
-        {"MULTI"}, {"ZADD", j.data, score, part_bytes.data}, {"ZCOUNT", j.data, "-inf", "+inf"},
-        {"GET", t.data}, {"GET", s.data}, {"EXPIRE", j.data, ttl}, {"EXPIRE", t.data, ttl},
-        {"EXPIRE", s.data, ttl}, {"EXEC"},
-    };
-    static const int argcs[] = {1, 4, 4, 2, 2, 3, 3, 3, 1};
-    size_t zadd_lens[] = {4, j.len, strlen(score), part_bytes.len}; /* msgpack holds NULs */
-    rc = 0;
-    for (size_t i = 0; i < ARRAY_SIZE(argcs) && !rc; i++)
-        rc = redis_link_append_argv(l, argcs[i], cmds[i], i == 1 ? zadd_lens : NULL);
-    redisReply *exec = NULL;
-    for (size_t i = 0; i < ARRAY_SIZE(argcs) && !rc; i++) {
-        redisReply *r = redis_link_read(l, e);
-        if (!r) {
-            rc = E_CONN_LOST;
-            break;
-        }
-        if (i == ARRAY_SIZE(argcs) - 1)
-            exec = r;
-        else
-            freeReplyObject(r);
-    }
-    buf_release(&part_bytes);
-    if (!rc && exec && exec->type == REDIS_REPLY_ARRAY && exec->elements == 7) {
-        long long count = exec->element[1]->integer;
-        redisReply *rt = exec->element[2], *rs = exec->element[3];
-        long long total = rs->type == REDIS_REPLY_STRING ? atoll(rs->str) : -1;
-        long long extra = rt->type == REDIS_REPLY_STRING ? atoll(rt->str) : 0;
-        if (total >= 0 && count == total + extra) {
-            /* The last member: join and clean up. */
-            redisReply *parts = redis_link_command(l, e, "ZRANGE %s 0 -1", j.data);
-            if (!parts) {
-                rc = E_CONN_LOST;
-            } else {
-                rc = finish_chord(cv, m, body, parts, e);
-                freeReplyObject(parts);
-                redisReply *d = redis_link_command(l, e, "DEL %s %s %s", j.data, t.data, s.data);
-                if (d)
-                    freeReplyObject(d);
-            }
-        } else if (total < 0) {
-            log_debug("chord %s: no size stored under %s yet; not joined by this member",
-                        m->group, s.data);
-        }
-    }
-    if (exec)
-        freeReplyObject(exec);
-    buf_release(&j);
-    buf_release(&t);
-    buf_release(&s);
+    if (!rc && parts) /* the last member: join */
+        rc = finish_chord(cv, m, body, parts, e);
+    json_decref(parts);
     return rc;
 }

@@ -12,13 +12,13 @@
 
 #include <jansson.h>
 
-struct backend_redis;
+struct backend;
 struct broker;
 struct message;
 
 struct canvas {
     struct broker *broker;           /* where new task messages go */
-    struct backend_redis *backend;   /* chord counters; FAILURE of refused signatures */
+    struct backend *backend;         /* chord counters; FAILURE of refused signatures */
 };
 
 /* Sends m again for a retry: same id, args and embed, retries + 1, due at

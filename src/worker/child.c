@@ -91,7 +91,8 @@ static int open_broker(void *b, struct err *e)
 
 static int open_backend(void *b, struct err *e)
 {
-    return backend_redis_open(b, e);
+    struct backend *backend = b;
+    return backend->ops->open(backend, e);
 }
 
 int child_ensure_broker(struct child *c)
@@ -104,7 +105,7 @@ int child_ensure_broker(struct child *c)
 
 int child_ensure_backend(struct child *c)
 {
-    if (!c->cfg->backend.enabled || redis_link_is_open(&c->backend.link))
+    if (c->backend.ops->is_open(&c->backend))
         return 0;
     atomic_store(&c->slot->state, CHILD_CONNECTING);
     return open_with_backoff(c, open_backend, &c->backend, "result backend");
@@ -164,12 +165,10 @@ ATTR_NORETURN static void leave(struct child *c, int code)
     /* Read the replies of what was sent without waiting; a connection that
      * died in between gets one reconnect, which sends those commands again. */
     c->broker.ops->leave(&c->broker);
-    struct err e = {0};
-    if (redis_link_is_open(&c->backend.link) && backend_redis_confirm(&c->backend, &e))
-        backend_redis_open(&c->backend, &e);
+    c->backend.ops->leave(&c->backend);
     db_conn_close(&c->db, "worker child exiting");
     c->broker.ops->release(&c->broker);
-    backend_redis_release(&c->backend, NULL);
+    c->backend.ops->release(&c->backend);
     task_context_release(&c->task);
     atomic_store(&c->slot->db_state, DBS_NONE);
     atomic_store(&c->slot->state, CHILD_EMPTY);
@@ -226,7 +225,7 @@ static void child_setup(struct child *c, const struct worker_config *cfg, struct
         _exit(EXIT_CANNOT_SERVE);
     }
     c->events.link = broker_redis_transport_link(&c->broker);
-    backend_redis_init(&c->backend, &cfg->backend);
+    backend_init(&c->backend, &cfg->backend);
     c->proc.index = index;
     c->proc.db = &c->db;
     task_context_init(&c->task, &c->proc);

@@ -13,6 +13,7 @@
 #ifndef CELERIAC_WORKER_CHILD_INTERNAL_H
 #define CELERIAC_WORKER_CHILD_INTERNAL_H
 
+#include "backend/backend.h"
 #include "broker/broker.h"
 #include "control/events.h"
 #include "protocol/message.h"
@@ -35,7 +36,7 @@ struct child {
     int index;
     int deathwatch_fd;              /* read end; EOF = master gone */
     struct broker broker;
-    struct backend_redis backend;
+    struct backend backend;
     struct db_conn db;
     struct celeriac_process proc;
     struct celeriac_task task;

@@ -116,7 +116,7 @@ bool settle_store(struct child *c, const struct result_meta *m)
         if (child_ensure_backend(c))
             return false;
         struct err e = {0};
-        int rc = backend_redis_store(&c->backend, m, &e);
+        int rc = c->backend.ops->store(&c->backend, m, 0, &e);
         if (!rc) {
             if (failed)
                 retry_succeeded(&r);
@@ -138,10 +138,10 @@ bool settle_store(struct child *c, const struct result_meta *m)
  * send it again with backoff (the child pulls nothing meanwhile). */
 void settle_confirm_results(struct child *c)
 {
-    if ((!c->backend.unconfirmed && !c->backend.refused) || !redis_link_is_open(&c->backend.link))
+    if (!c->backend.ops->has_pending(&c->backend) || !c->backend.ops->is_open(&c->backend))
         return;
     struct err e = {0};
-    int rc = backend_redis_confirm(&c->backend, &e);
+    int rc = c->backend.ops->confirm(&c->backend, &e);
     if (!rc)
         return;
     struct retry r;
@@ -154,7 +154,7 @@ void settle_confirm_results(struct child *c)
         retry_wait(&r, LOG_WARNING, &e, &sig_stop);
         if (child_ensure_backend(c))
             return;
-        rc = backend_redis_resend(&c->backend, &e);
+        rc = c->backend.ops->resend(&c->backend, &e);
     }
     retry_succeeded(&r);
 }
@@ -206,7 +206,8 @@ bool settle_store_sent(struct child *c, const struct result_meta *m)
     if (!c->cfg->backend.enabled)
         return true;
     struct err e = {0};
-    if (child_ensure_backend(c) == 0 && backend_redis_store_send(&c->backend, m, &e) == 0)
+    if (child_ensure_backend(c) == 0 &&
+        c->backend.ops->store(&c->backend, m, BACKEND_NOWAIT, &e) == 0)
         return true;
     return settle_store(c, m);
 }

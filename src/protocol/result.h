@@ -1,0 +1,44 @@
+/* SPDX-License-Identifier: MIT
+ * protocol/result.h: the result meta Celery stores for a task (spec §6.2), in
+ * the key order and encodings Python writes, whatever backend stores it.
+ */
+#ifndef CELERIAC_PROTOCOL_RESULT_H
+#define CELERIAC_PROTOCOL_RESULT_H
+
+#include <jansson.h>
+
+#include "protocol/serializer.h"
+
+struct buf;
+
+/* --result-serializer: what result meta and chord parts are written in. */
+enum result_serializer {
+    RESULT_SERIALIZER_JSON = 0,    /* Celery's default result_serializer */
+    RESULT_SERIALIZER_MSGPACK,     /* as Celery with result_serializer='msgpack' */
+    RESULT_SERIALIZER_AUTO,        /* in kind: the serializer the task arrived in */
+};
+
+/* What a result written for a task that arrived in `arrived_in` is encoded in. */
+enum serializer result_serializer_pick(enum result_serializer choice, enum serializer arrived_in);
+
+/* What a stored result says. */
+struct result_meta {
+    const char *status;        /* "SUCCESS", "FAILURE", "RETRY", "REVOKED", "STARTED" */
+    json_t *result;            /* borrowed: the value, or an exception dict */
+    const char *traceback;     /* text, or NULL: a FAILURE gets one made from result */
+    const char *task_name;     /* for that traceback only (not stored as a key); may be NULL */
+    const char *task_id;
+    const char *parent_id;     /* NULL = omitted */
+    const char *group_id;      /* NULL = omitted */
+    bool redelivered;          /* the message may have run before: never overwrite SUCCESS */
+    json_t *children;          /* borrowed: result tuples of the tasks it sent (callbacks,
+                                  the next chain step) as Celery stores them, or NULL */
+    enum serializer arrived_in; /* the task message's serializer (JSON when unknown), for
+                                  RESULT_SERIALIZER_AUTO */
+};
+
+/* Appends the meta Celery stores to out, in Python's key order, encoded with
+ * s (msgpack output holds NUL bytes: use out->len). */
+void result_meta_encode(struct buf *out, const struct result_meta *m, enum serializer s);
+
+#endif /* CELERIAC_PROTOCOL_RESULT_H */

@@ -100,6 +100,16 @@ int amqp_link_qos(struct amqp_link *l, uint16_t prefetch, struct err *e);
 /* basic.consume on queue; call once per queue. no_ack for pidbox queues. */
 int amqp_link_consume(struct amqp_link *l, const char *queue, bool no_ack, struct err *e);
 
+/* basic.cancel of every consumer of the link (the channel keeps its unacked
+ * deliveries; deliveries already on the way are kept for amqp_link_next).
+ * 0 or a code of amqp_link_check. */
+int amqp_link_cancel_all(struct amqp_link *l, struct err *e);
+
+/* Turns on TCP keepalive on the link's socket: probes after idle_s seconds
+ * of silence, then every interval_s, giving up after count misses, so a
+ * dead peer is noticed without AMQP heartbeats. 0 or -errno. */
+int amqp_link_keepalive(struct amqp_link *l, int idle_s, int interval_s, int count);
+
 /* A received message: rabbitmq-c's envelope (channel, delivery_tag,
  * redelivered, exchange, routing_key, message.properties, message.body).
  * Owned: release with amqp_link_delivery_release (amqp_destroy_envelope). */

@@ -104,8 +104,9 @@ static void drop(struct amqp_link *l, const char *reason)
 {
     if (!l->conn)
         return;
-    log_warning("%s connection to %s lost after %.1f s: %s", l->role, l->where,
-                (double)(time_mono_ms() - l->connected_ms) / 1000.0, reason);
+    if (!l->opening)
+        log_warning("%s connection to %s lost after %.1f s: %s", l->role, l->where,
+                    (double)(time_mono_ms() - l->connected_ms) / 1000.0, reason);
     channel_gone(l);
     if (l->owner == self_pid() || !l->tls)
         amqp_destroy_connection(l->conn);
@@ -294,11 +295,13 @@ int amqp_link_open(struct amqp_link *l, const struct amqp_url *u, struct err *e)
     }
     amqp_set_handshake_timeout(l->conn, &ct);
     amqp_set_rpc_timeout(l->conn, &rt);
+    l->opening = true;
     int rc = amqp_link_check(l, login(l, u), "login", e);
     if (!rc) {
         l->heartbeat = amqp_get_heartbeat(l->conn);
         rc = open_channel(l, e);
     }
+    l->opening = false;
     return rc;
 }
 

@@ -51,6 +51,8 @@ struct amqp_link {
     const char *role;              /* "broker", "control", ...: names the link in messages */
     char where[300];               /* "host:port vhost 'v'", never credentials */
     int heartbeat;                 /* negotiated seconds, 0 = none */
+    bool opening;                  /* inside amqp_link_open: a failure is the caller's
+                                      to report (once per episode), not logged here */
     bool confirming;               /* confirm.select done on this channel */
     uint64_t publish_seq;          /* sequence number of the last confirmed-mode publish */
     int reply_code;                /* the last server close code (403, 404, 406, 530...) or 0 */

@@ -19,7 +19,27 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-struct broker_config;
+#include "util/amqp_url.h"
+#include "util/url.h"
+
+/* The transports a --broker URL can name. */
+enum broker_kind {
+    BROKER_REDIS,                /* redis://, redis+socket://, unix:// */
+    BROKER_AMQP,                 /* amqp://, amqps://, pyamqp:// (RabbitMQ) */
+};
+
+struct broker_config {
+    enum broker_kind kind;       /* picked by the URL's scheme */
+    struct redis_url url;        /* parsed --broker URL (BROKER_REDIS) */
+    struct amqp_url amqp;        /* parsed --broker URL (BROKER_AMQP) */
+    char **queues;               /* queue names to consume, in order */
+    size_t n_queues;
+    size_t max_message;          /* envelopes larger than this are dropped unread */
+    bool record_unacked;         /* Redis: pop and record in kombu's unacked hash in one
+                                    step (some task acks late); false: pop into the
+                                    child's hand (see broker_redis_set_hand) */
+};
+
 struct held_board;
 struct message;
 struct slot;

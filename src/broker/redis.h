@@ -12,16 +12,6 @@
 #include "util/redis_link.h"
 #include "util/url.h"
 
-struct broker_config {
-    struct redis_url url;        /* parsed --broker URL */
-    char **queues;               /* queue names to consume, in order */
-    size_t n_queues;
-    size_t max_message;          /* envelopes larger than this are dropped unread */
-    bool record_unacked;         /* pop and record in kombu's unacked hash in one step
-                                    (some task acks late); false: pop into the child's
-                                    hand (see broker_redis_set_hand) */
-};
-
 
 struct broker_redis {
     struct redis_link link;

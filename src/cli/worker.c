@@ -447,6 +447,45 @@ static int parse_flags(struct worker_config *cfg, int argc, char **argv, const c
     return 0;
 }
 
+/* The broker URL picks the transport by its scheme: amqp://, amqps:// and
+ * pyamqp:// are RabbitMQ, everything else goes to the Redis parser, which
+ * refuses a scheme it does not know. 0 or -EINVAL with the reason in e. */
+static int parse_broker_url(struct worker_config *cfg, struct err *e)
+{
+    if (!amqp_url_is_amqp(cfg->broker_url)) {
+        cfg->broker.kind = BROKER_REDIS;
+        int rc = redis_url_parse(&cfg->broker.url, cfg->broker_url, e);
+        const char *sep = strstr(cfg->broker_url, "://");
+        if (rc && sep && strstr(e->msg, "unsupported scheme"))
+            err_set(e, rc, "unsupported scheme '%.*s' (want redis://, redis+socket://, "
+                    "amqp://, amqps:// or pyamqp://)",
+                    (int)(sep - cfg->broker_url > 32 ? 32 : sep - cfg->broker_url),
+                    cfg->broker_url);
+        return rc;
+    }
+    cfg->broker.kind = BROKER_AMQP;
+    return amqp_url_parse(&cfg->broker.amqp, cfg->broker_url, e);
+}
+
+/* What has no AMQP implementation yet is turned off, said once: remote
+ * control and events ride on Redis pub/sub (control/), and so does the
+ * master's salvage of dead children's hands, which AMQP does not need (the
+ * server requeues what a closed connection held). */
+static void gate_amqp(struct worker_config *cfg)
+{
+    if (cfg->broker.kind != BROKER_AMQP)
+        return;
+    /* NEEDSWORK(#11): pidbox over celery.pidbox and events over celeryev. */
+    log_warning("remote control (celery inspect/control) and events are not available on "
+                "amqp:// yet: running without them");
+    cfg->remote_control = false;
+    cfg->task_events = false;
+    cfg->broker.record_unacked = false;
+    if (!cfg->backend_url)
+        log_warning("no --result-backend: task results are not stored (with an amqp:// "
+                    "broker results go to Redis: --result-backend redis://...)");
+}
+
 static int validate(struct worker_config *cfg, const char *db_url)
 {
     struct err e = {0};
@@ -454,10 +493,14 @@ static int validate(struct worker_config *cfg, const char *db_url)
         return usage_error("no task library: pass -A LIB.so");
     if (!cfg->broker_url)
         cfg->broker_url = xstrdup("redis://localhost:6379/0");
-    if (redis_url_parse(&cfg->broker.url, cfg->broker_url, &e))
+    if (parse_broker_url(cfg, &e))
         return usage_error("bad broker URL: %s", e.msg);
     if (!cfg->broker.n_queues && set_queues(cfg, "celery"))
         return EXIT_USAGE;
+    if (cfg->backend_url && !strncasecmp(cfg->backend_url, "rpc://", 6))
+        /* NEEDSWORK(#11): results to the client's reply_to queue. */
+        return usage_error("bad result backend URL: rpc:// is not supported yet; use "
+                           "--result-backend redis://...");
     if (cfg->backend_url) {
         if (redis_url_parse(&cfg->backend.url, cfg->backend_url, &e))
             return usage_error("bad result backend URL: %s", e.msg);
@@ -490,6 +533,7 @@ static int validate(struct worker_config *cfg, const char *db_url)
     for (size_t i = 0; i < cfg->lib.n_tasks; i++)
         if (cfg->lib.desc->tasks[i].flags & CELERIAC_ACKS_LATE)
             cfg->broker.record_unacked = true;
+    gate_amqp(cfg);
     return 0;
 }
 

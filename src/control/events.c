@@ -35,7 +35,7 @@ void envelope_encode(struct buf *out, const char *body_json, json_t *headers, co
 
 bool events_task_enabled(const struct event_sender *s)
 {
-    return atomic_load(&s->sb->shared->events_enabled) != 0;
+    return s->link && atomic_load(&s->sb->shared->events_enabled) != 0;
 }
 
 /* Hours west of UTC, as Python's time.timezone // 3600. */
@@ -49,7 +49,7 @@ static int utcoffset_hours(void)
 
 int event_send(struct event_sender *s, const char *type, json_t *fields)
 {
-    if (!strncmp(type, "task-", 5) && !events_task_enabled(s)) {
+    if (!s->link || (!strncmp(type, "task-", 5) && !events_task_enabled(s))) {
         json_decref(fields);
         return 0;
     }

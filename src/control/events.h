@@ -15,7 +15,8 @@ struct redis_link;
 struct scoreboard;
 
 struct event_sender {
-    struct redis_link *link;     /* borrowed: the process's broker connection */
+    struct redis_link *link;     /* borrowed: the process's broker connection; NULL:
+                                    no events on this broker (AMQP for now) */
     struct scoreboard *sb;       /* for the shared Lamport clock and the on/off flag */
     const char *hostname;        /* node name */
     int db;                      /* broker database number: channel prefix "/<db>." */
@@ -25,10 +26,10 @@ struct event_sender {
 /* Publishes one event of `type` ("task-succeeded", ...) with the common
  * fields added to `fields` (a JSON object; the reference is stolen). Task
  * events are dropped while task events are disabled. Sent without waiting
- * for the reply. Returns 0 or E_CONN_LOST. */
+ * for the reply; nothing without a link. Returns 0 or E_CONN_LOST. */
 int event_send(struct event_sender *s, const char *type, json_t *fields);
 
-/* True when task events are on (-E or enable_events). */
+/* True when task events are on (-E or enable_events) and can be sent. */
 bool events_task_enabled(const struct event_sender *s);
 
 /* A task event of `type` about m (its uuid added to fields, whose reference

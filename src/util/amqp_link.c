@@ -14,6 +14,9 @@
 
 #include <amqp_ssl_socket.h>
 #include <amqp_tcp_socket.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
 #include <sys/time.h>
 
 struct amqp_link_pending {
@@ -101,8 +104,9 @@ static void drop(struct amqp_link *l, const char *reason)
 {
     if (!l->conn)
         return;
-    log_warning("%s connection to %s lost after %.1f s: %s", l->role, l->where,
-                (double)(time_mono_ms() - l->connected_ms) / 1000.0, reason);
+    if (!l->opening)
+        log_warning("%s connection to %s lost after %.1f s: %s", l->role, l->where,
+                    (double)(time_mono_ms() - l->connected_ms) / 1000.0, reason);
     channel_gone(l);
     if (l->owner == self_pid() || !l->tls)
         amqp_destroy_connection(l->conn);
@@ -291,11 +295,13 @@ int amqp_link_open(struct amqp_link *l, const struct amqp_url *u, struct err *e)
     }
     amqp_set_handshake_timeout(l->conn, &ct);
     amqp_set_rpc_timeout(l->conn, &rt);
+    l->opening = true;
     int rc = amqp_link_check(l, login(l, u), "login", e);
     if (!rc) {
         l->heartbeat = amqp_get_heartbeat(l->conn);
         rc = open_channel(l, e);
     }
+    l->opening = false;
     return rc;
 }
 
@@ -323,6 +329,39 @@ int amqp_link_consume(struct amqp_link *l, const char *queue, bool no_ack, struc
     l->consumers[l->nconsumers].tag = xstrndup(ok->consumer_tag.bytes, ok->consumer_tag.len);
     l->consumers[l->nconsumers].queue = xstrdup(queue);
     l->nconsumers++;
+    return 0;
+}
+
+int amqp_link_cancel_all(struct amqp_link *l, struct err *e)
+{
+    if (!amqp_link_can_use(l, e))
+        return E_CONN_LOST;
+    while (l->nconsumers) {
+        struct amqp_link_consumer *k = &l->consumers[l->nconsumers - 1];
+        /* rabbitmq-c queues the deliveries that arrive before cancel-ok */
+        amqp_basic_cancel(l->conn, l->channel, amqp_cstring_bytes(k->tag));
+        int rc = amqp_link_check(l, amqp_get_rpc_reply(l->conn), "basic.cancel", e);
+        if (rc)
+            return rc; /* a closed channel took its consumers with it */
+        free(k->tag);
+        free(k->queue);
+        l->nconsumers--;
+    }
+    return 0;
+}
+
+int amqp_link_keepalive(struct amqp_link *l, int idle_s, int interval_s, int count)
+{
+    if (!l->conn)
+        return -ENOTCONN;
+    int fd = amqp_get_sockfd(l->conn), on = 1;
+    if (fd < 0)
+        return -EBADF;
+    if (setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(on)) ||
+        setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle_s, sizeof(idle_s)) ||
+        setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval_s, sizeof(interval_s)) ||
+        setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof(count)))
+        return -errno;
     return 0;
 }
 

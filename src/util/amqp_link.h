@@ -51,6 +51,8 @@ struct amqp_link {
     const char *role;              /* "broker", "control", ...: names the link in messages */
     char where[300];               /* "host:port vhost 'v'", never credentials */
     int heartbeat;                 /* negotiated seconds, 0 = none */
+    bool opening;                  /* inside amqp_link_open: a failure is the caller's
+                                      to report (once per episode), not logged here */
     bool confirming;               /* confirm.select done on this channel */
     uint64_t publish_seq;          /* sequence number of the last confirmed-mode publish */
     int reply_code;                /* the last server close code (403, 404, 406, 530...) or 0 */
@@ -99,6 +101,16 @@ int amqp_link_check(struct amqp_link *l, amqp_rpc_reply_t r, const char *what, s
 int amqp_link_qos(struct amqp_link *l, uint16_t prefetch, struct err *e);
 /* basic.consume on queue; call once per queue. no_ack for pidbox queues. */
 int amqp_link_consume(struct amqp_link *l, const char *queue, bool no_ack, struct err *e);
+
+/* basic.cancel of every consumer of the link (the channel keeps its unacked
+ * deliveries; deliveries already on the way are kept for amqp_link_next).
+ * 0 or a code of amqp_link_check. */
+int amqp_link_cancel_all(struct amqp_link *l, struct err *e);
+
+/* Turns on TCP keepalive on the link's socket: probes after idle_s seconds
+ * of silence, then every interval_s, giving up after count misses, so a
+ * dead peer is noticed without AMQP heartbeats. 0 or -errno. */
+int amqp_link_keepalive(struct amqp_link *l, int idle_s, int interval_s, int count);
 
 /* A received message: rabbitmq-c's envelope (channel, delivery_tag,
  * redelivered, exchange, routing_key, message.properties, message.body).

@@ -101,8 +101,10 @@ static int set_option(struct amqp_url *u, const char *k, const char *v, struct e
         rc = set_seconds_ms(v, &ms);
         if (!rc && ms > 65535 * 1000)
             rc = -EINVAL;
-        if (!rc)
+        if (!rc) {
             u->heartbeat = (ms + 999) / 1000;
+            u->heartbeat_given = true;
+        }
     } else if (!strcmp(k, "frame_max")) {
         rc = url_parse_number(v, strlen(v), 4096, INT32_MAX, &n);
         if (!rc)

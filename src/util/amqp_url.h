@@ -44,6 +44,7 @@ struct amqp_url {
     char *ssl_keyfile;     /* owned or NULL */
     bool ssl_verify;       /* ssl_cert_reqs != none */
     int heartbeat;         /* seconds; 0 = off */
+    bool heartbeat_given;  /* heartbeat= was in the URL (not the default) */
     int frame_max;         /* bytes */
     int connect_timeout_ms;
 };

@@ -224,7 +224,9 @@ static void child_setup(struct child *c, const struct worker_config *cfg, struct
         log_critical("cannot serve: %s", e.msg); /* the CLI checked the URL first */
         _exit(EXIT_CANNOT_SERVE);
     }
-    c->events.link = broker_redis_transport_link(&c->broker);
+    /* NEEDSWORK(#11): events over the celeryev exchange on AMQP. */
+    c->events.link = cfg->broker.kind == BROKER_REDIS ? broker_redis_transport_link(&c->broker)
+                                                      : NULL;
     backend_init(&c->backend, &cfg->backend);
     c->proc.index = index;
     c->proc.db = &c->db;

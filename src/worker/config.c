@@ -36,6 +36,7 @@ void worker_config_release(struct worker_config *cfg)
     free(cfg->backend_url);
     free(cfg->statedb);
     redis_url_release(&cfg->broker.url);
+    amqp_url_release(&cfg->broker.amqp);
     redis_url_release(&cfg->backend.url);
     for (size_t i = 0; i < cfg->broker.n_queues; i++)
         free(cfg->broker.queues[i]);

@@ -163,6 +163,11 @@ static void remember_lost_task(struct child_entry *ce, struct slot *s, int statu
 static void leave_to_salvage(struct master *m, int i, int status)
 {
     struct child_entry *ce = &m->children[i];
+    /* NEEDSWORK(#11): the salvage process speaks Redis. On AMQP the server
+     * requeued what the dead child's connection held (late ack, ETA, never
+     * started); an early-ack task it was running gets no WorkerLostError. */
+    if (m->cfg->broker.kind != BROKER_REDIS)
+        return;
     bool clean = WIFEXITED(status) && (WEXITSTATUS(status) == EXIT_OK ||
                                        WEXITSTATUS(status) == EXIT_RECYCLED ||
                                        WEXITSTATUS(status) == EXIT_CANNOT_SERVE);

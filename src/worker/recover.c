@@ -34,6 +34,14 @@ static void requeue_lost(struct child *c, struct message *m)
     struct err e = {0};
     int losses = 0, sig = atomic_load(&c->slot->lost_signal);
     int max = c->cfg->max_worker_lost_requeues;
+    if (!broker_has(&c->broker, BROKER_CAP_RESTORE_BY_TAG)) {
+        /* NEEDSWORK(#11): no count of deaths per message here, so a task
+         * that kills every child it runs on circulates until it is purged. */
+        log_error("Task %s[%s]: its process died (signal %d); the broker requeued its "
+                  "message when the process's connection closed (acks_late, "
+                  "reject_on_worker_lost): it will run again", m->task_name, m->task_id, sig);
+        return;
+    }
     int rc = child_ensure_broker(c)
                  ? E_CONN_LOST
                  : c->broker.ops->settle_lost(&c->broker, c->slot->lost_tag, BROKER_LOST_REQUEUE,
@@ -72,7 +80,11 @@ void recover_lost_task(struct child *c)
     m.redelivered = true; /* it may have stored SUCCESS just before dying: keep that */
     bool late = atomic_load(&s->lost_acks_late);
     struct err e = {0};
-    if (reason == LOST_UNSTARTED) {
+    bool by_tag = broker_has(&c->broker, BROKER_CAP_RESTORE_BY_TAG);
+    if (reason == LOST_UNSTARTED && !by_tag) {
+        log_warning("message %s: its child died before starting it; the broker requeued it "
+                    "when the child's connection closed", s->lost_tag);
+    } else if (reason == LOST_UNSTARTED) {
         log_warning("message %s: its child died before starting it; restored to its queue",
                     s->lost_tag);
         if (child_ensure_broker(c) ||
@@ -103,8 +115,20 @@ void recover_lost_task(struct child *c)
         settle_store(c, &meta);
         json_decref(exc);
         settle_lost(c, BROKER_LOST_ACK, NULL, &e);
+        if (late && !by_tag) /* NEEDSWORK(#11): as for a crash below */
+            log_warning("Task %s[%s]: the broker requeued its message when the process's "
+                        "connection closed (acks_late): it will run again", m.task_name,
+                        m.task_id);
     } else if (late && c->cfg->reject_on_worker_lost) {
         requeue_lost(c, &m);
+    } else if (late && !by_tag) {
+        /* The delivery died with the child's channel and the server put it
+         * back: storing WorkerLostError now would be overwritten by its
+         * next run. NEEDSWORK(#11): settle it from a process that outlives
+         * the child to honour reject_on_worker_lost=false. */
+        log_error("Task %s[%s]: its process died (signal %d); the broker requeued its "
+                  "message when the process's connection closed (acks_late): it will run "
+                  "again", m.task_name, m.task_id, atomic_load(&s->lost_signal));
     } else {
         fail_lost(c, &m, late);
     }

@@ -1,0 +1,166 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+# test_amqp_worker.sh (issue 11): celeriac workers consuming Celery tasks from
+# a private RabbitMQ (tests/lib/rabbitmq.sh, one node for the file), results
+# in a throwaway Redis, sent by Debian's Python Celery
+# (amqp_worker_py.py) to the tasks of amqp_tasks.c: results, a failure, a
+# retry, a chain step published by celeriac, ETA held while others run, a
+# late-ack child SIGKILLed mid-task, priorities, a quorum queue, -Q with two
+# queues, -c 2, a bad password, a deleted queue, warm shutdown with held ETA.
+. "$(dirname "$0")/../reliability/lib.sh"
+. "$(dirname "$0")/../lib/rabbitmq.sh"
+# rabbitmq_start installs its own EXIT trap: this one (set again after it)
+# stops the node and then everything services.sh started, keeping the status.
+cleanup_all() {
+    local rc=$?
+    rabbitmq_stop
+    (exit "$rc")
+    services_cleanup
+}
+trap cleanup_all EXIT
+HERE=$CELERIAC_ROOT/tests/amqp
+
+LIB=$TEST_TMP/libamqpt.so
+if ! cc -std=c11 -Wall -Wextra -Werror -O1 -g -fPIC -shared -I"$CELERIAC_ROOT/include" \
+    -o "$LIB" "$HERE/amqp_tasks.c" 2>"$TEST_TMP/cc.log"; then
+    not_ok "build the amqp task library" "$(cat "$TEST_TMP/cc.log")"
+    tap_done
+fi
+start_redis
+if ! rabbitmq_start; then
+    not_ok "start a private RabbitMQ"
+    tap_done
+fi
+trap cleanup_all EXIT
+diag "rabbitmq started in ${RABBITMQ_START_MS} ms on port $RABBITMQ_PORT"
+AMQP=$RABBITMQ_URL
+export AMQPT_RUNS=$TEST_TMP/runs
+: >"$AMQPT_RUNS"
+
+py() { "$PY" "$HERE/amqp_worker_py.py" "$@"; }
+psend() { py send "$AMQP" "$REDIS_URL" "$@"; }
+pwait() { py wait "$AMQP" "$REDIS_URL" "$@"; }
+qcount() { py count "$AMQP" "$1" 2>/dev/null; }
+runs_of() { grep -c "^$1 " "$AMQPT_RUNS"; }
+worker() { start_worker -A "$LIB" -b "$AMQP" --result-backend "$REDIS_URL" "$@"; }
+
+# ---- the scheme picks the transport ---------------------------------------------
+out=$("$CELERIAC_BIN" worker -A "$LIB" -b "foo://127.0.0.1/" 2>&1)
+rc=$?
+if [[ $rc == 2 && $(wc -l <<<"$out") == 1 && $out == *"unsupported scheme 'foo'"*amqp://* ]]; then
+    ok "unknown broker scheme: one line, exit status 2"
+else
+    not_ok "unknown broker scheme: one line, exit status 2" "rc $rc" "$out"
+fi
+
+# ---- priorities, a quorum queue, -Q with two queues (one child) --------------------------
+py declare "$AMQP" || not_ok "python declares pq (x-max-priority) and qq (quorum)"
+for p in 1 5 9; do psend amqpt.mark "[\"prio$p\", 0.2]" --queue pq --priority "$p" >/dev/null; done
+qid=$(psend amqpt.add '[2, 3]' --queue qq)
+worker -c 1 -Q pq,qq -n amqpt-q@localhost
+got=$(pwait "$qid" 20)
+expect_eq "a task on a quorum queue declared by python (adopted, no PRECONDITION_FAILED)" \
+    "SUCCESS 5" "$got"
+wait_for 10 bash -c "[[ \$(grep -c '^prio' '$AMQPT_RUNS') == 3 ]]"
+order=$(grep '^prio' "$AMQPT_RUNS" | cut -d' ' -f1 | tr '\n' ' ')
+expect_eq "x-max-priority queue served higher priority first" "prio9 prio5 prio1 " "$order"
+if log_has "not available on amqp:// yet" && ! log_has "PRECONDITION_FAILED"; then
+    ok "the log says remote control and events are not available on amqp:// yet"
+else
+    not_ok "the log says remote control and events are not available on amqp:// yet" \
+        "$(worker_log_tail 8)"
+fi
+if [[ -z $(control_pid) ]]; then ok "no control process on amqp://"; else not_ok "no control process on amqp://"; fi
+stop_worker TERM 20
+expect_eq "warm shutdown exit status" 0 "$WORKER_RC"
+
+# ---- results, failure, retry, chain, ETA (two children) ----------------------------
+worker -c 2 -n amqpt@localhost
+wait_children 2 20 || not_ok "worker -c 2 started" "$(worker_log_tail)"
+out=$(py basic "$AMQP" "$REDIS_URL" 2>&1)
+expect_eq "-c 2: six adds, FAILURE with traceback, a retry, a chain step published by celeriac" \
+    ok "$out"
+
+# ---- a deleted queue: the cancelled consumer is declared and consumed again ----------------
+py delete "$AMQP" celery
+if wait_for 10 log_has "cancelled by the server"; then
+    ok "the server's cancel notice is logged"
+else
+    not_ok "the server's cancel notice is logged" "$(worker_log_tail 6)"
+fi
+sleep 0.5
+got=$(pwait "$(psend amqpt.add '[4, 4]')" 20)
+expect_eq "after the queue was deleted and declared again, tasks still run" "SUCCESS 8" "$got"
+stop_worker TERM 20
+
+# ---- one child: ETA held while others run; late ack, SIGKILL mid-task ------------------
+worker -c 1 -n amqpt-late@localhost
+wait_children 1 20
+out=$(py eta "$AMQP" "$REDIS_URL" 2>&1)
+if [[ $out == ok* ]]; then
+    ok "-c 1: two countdown messages held unacked do not block the child: $out"
+else
+    not_ok "-c 1: countdown messages held unacked do not block the child" "$out" "$(worker_log_tail 8)"
+fi
+lid=$(psend amqpt.mark_late '["late1", 2]')
+if wait_for 15 bash -c "grep -q '^late1 ' '$AMQPT_RUNS'"; then
+    victim=$(grep '^late1 ' "$AMQPT_RUNS" | head -1 | cut -d' ' -f2)
+    kill -KILL "$victim"
+    got=$(pwait "$lid" 30)
+    expect_eq "late-ack task of a SIGKILLed child comes back and succeeds" 'SUCCESS "late1"' "$got"
+    expect_eq "it ran twice: once killed, once to the end" 2 "$(runs_of late1)"
+    last=$(grep '^late1 ' "$AMQPT_RUNS" | tail -1 | cut -d' ' -f2)
+    [[ $last != "$victim" ]] && ok "the second run was in the replacement child" ||
+        not_ok "the second run was in the replacement child" "both in $victim"
+    if log_has "requeued its message when the process's connection closed"; then
+        ok "the replacement's log says the broker requeued it"
+    else
+        not_ok "the replacement's log says the broker requeued it" "$(worker_log_tail 8)"
+    fi
+else
+    not_ok "late-ack task started" "$(worker_log_tail 8)"
+fi
+
+# ---- warm shutdown with held ETA messages: back in the queue --------------------------
+psend amqpt.mark '["held1"]' --countdown 120 >/dev/null
+psend amqpt.mark '["held2"]' --countdown 120 >/dev/null
+wait_for 10 bash -c "[[ \$('$PY' '$HERE/amqp_worker_py.py' count '$AMQP' celery) == 0 ]]"
+sleep 0.5
+expect_eq "held ETA messages are out of the queue while held" 0 "$(qcount celery)"
+stop_worker TERM 20
+expect_eq "warm shutdown exit status" 0 "$WORKER_RC"
+expect_eq "held ETA messages are back in the queue after a warm shutdown" 2 "$(qcount celery)"
+if log_has "not due before shutdown; restored to its queue"; then
+    ok "the log says each held message was restored"
+else
+    not_ok "the log says each held message was restored" "$(worker_log_tail 8)"
+fi
+py delete "$AMQP" celery
+
+# ---- a bad password: one clear line, retried without spinning -------------------------
+bad_url="amqp://guest:wrong@127.0.0.1:$RABBITMQ_PORT//"
+start_worker -A "$LIB" -b "$bad_url" --result-backend "$REDIS_URL" -c 1 -n amqpt-bad@localhost
+wait_children 1 20
+sleep 1.5
+procs=("$WORKER_PID" $(worker_all_children))
+t0=$(cpu_ticks "${procs[@]}")
+b0=$(log_bytes)
+sleep 4
+ticks=$(($(cpu_ticks "${procs[@]}") - t0))
+grown=$(($(log_bytes) - b0))
+if ((ticks <= 20 && grown <= 400)); then
+    ok "bad password: $((ticks * 10)) ms CPU and $grown log bytes in 4 s"
+else
+    not_ok "bad password: at most 5 % CPU and 400 log bytes in 4 s" "$((ticks * 10)) ms CPU, $grown bytes" \
+        "$(worker_log_tail 6)"
+fi
+if log_has "127\.0\.0\.1:$RABBITMQ_PORT vhost '/'.*ACCESS_REFUSED" && ! grep -q wrong "$WORKER_LOG"; then
+    ok "bad password: the log names host, port, vhost and the server's reason, never the password"
+else
+    not_ok "bad password: the log names host, vhost and the server's reason" "$(worker_log_tail 6)"
+fi
+worker_alive && ok "bad password: the worker keeps retrying" || not_ok "bad password: the worker keeps retrying"
+stop_worker TERM 20
+
+check_worker_logs_clean
+tap_done

@@ -28,7 +28,8 @@ else
     exit 2
 fi
 
-pkgs="jansson hiredis libpq sqlite3 msgpack"
+# The libraries the Makefile links (PKGS): src/util links rabbitmq-c too.
+pkgs=$(sed -n 's/^PKGS *:= *//p' Makefile)
 if ! pkg_cflags=$(pkg-config --cflags $pkgs) || ! pkg_libs=$(pkg-config --libs $pkgs); then
     echo "fuzz.sh: pkg-config cannot find $pkgs (run make deps)" >&2
     exit 2

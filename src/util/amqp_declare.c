@@ -8,30 +8,29 @@
 #include "util/amqp_link.h"
 #include "util/buf.h"
 
+/* One integer queue argument, as py-amqp sends it (32 bits). */
+static void i32_arg(amqp_table_entry_t *entry, const char *key, int32_t value)
+{
+    entry->key = amqp_cstring_bytes(key);
+    entry->value.kind = AMQP_FIELD_KIND_I32;
+    entry->value.value.i32 = value;
+}
+
 /* Arguments of q as a table in entries (room for 4). */
 static amqp_table_t queue_args(const struct amqp_declare_queue *q, amqp_table_entry_t *entries)
 {
     int n = 0;
-    if (q->max_priority) {
-        entries[n].key = amqp_cstring_bytes("x-max-priority");
-        entries[n].value.kind = AMQP_FIELD_KIND_I32;
-        entries[n++].value.value.i32 = q->max_priority;
-    }
+    if (q->max_priority)
+        i32_arg(&entries[n++], "x-max-priority", q->max_priority);
     if (q->queue_type) {
         entries[n].key = amqp_cstring_bytes("x-queue-type");
         entries[n].value.kind = AMQP_FIELD_KIND_UTF8;
         entries[n++].value.value.bytes = amqp_cstring_bytes(q->queue_type);
     }
-    if (q->message_ttl_ms) {
-        entries[n].key = amqp_cstring_bytes("x-message-ttl");
-        entries[n].value.kind = AMQP_FIELD_KIND_I32;
-        entries[n++].value.value.i32 = q->message_ttl_ms;
-    }
-    if (q->expires_ms) {
-        entries[n].key = amqp_cstring_bytes("x-expires");
-        entries[n].value.kind = AMQP_FIELD_KIND_I32;
-        entries[n++].value.value.i32 = q->expires_ms;
-    }
+    if (q->message_ttl_ms)
+        i32_arg(&entries[n++], "x-message-ttl", q->message_ttl_ms);
+    if (q->expires_ms)
+        i32_arg(&entries[n++], "x-expires", q->expires_ms);
     amqp_table_t t = {.num_entries = n, .entries = n ? entries : NULL};
     return t;
 }

@@ -97,7 +97,6 @@ int settle_lost(struct child *c, enum broker_lost how, int *losses, struct err *
 bool settle_store(struct child *c, const struct result_meta *m);
 bool settle_store_sent(struct child *c, const struct result_meta *m);
 void settle_confirm_results(struct child *c);
-void settle_discard(struct child *c, struct message *m);
 int settle_give_back(struct child *c, struct message *m, struct err *e);
 bool settle_store_exception_as(struct child *c, const struct message *m, const char *status,
                                const char *exc_type, const char *exc_module, const char *text,

@@ -42,7 +42,7 @@ static void route(struct child *c, struct message *m, const char *queue)
                           : settle == SETTLE_ACK                ? "DecodeError"
                                                                 : "InvalidTaskError";
         settle_store_invalid(c, m, exc, e.msg);
-        settle_discard(c, m);
+        settle_ack(c, m);
         return;
     }
     const struct celeriac_task_def *def = library_find(&c->cfg->lib, m->task_name);
@@ -51,7 +51,7 @@ static void route(struct child *c, struct message *m, const char *queue)
                   m->task_id);
         settle_store_exception(c, m, "FAILURE", "NotRegistered", "celery.exceptions",
                                m->task_name);
-        settle_discard(c, m);
+        settle_ack(c, m);
         return;
     }
     if (m->expires > 0 && time_now() > m->expires) {

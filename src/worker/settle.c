@@ -174,12 +174,6 @@ void settle_protect(struct child *c, struct message *m)
     with_retry(c, "recording delivery", m->delivery_tag, protect_step, m, true, &e);
 }
 
-/* Done with a delivery that will not run (bad, revoked, expired). */
-void settle_discard(struct child *c, struct message *m)
-{
-    settle_ack(c, m);
-}
-
 /* The ack at task start (early) or after the confirmed result (late): sent
  * without waiting (the reply is read with the next pop, and the ack is sent
  * again after a reconnect), so it costs no round trip; a delivery in the
@@ -248,5 +242,5 @@ void settle_revoked(struct child *c, struct message *m, bool expired)
     settle_store_exception(c, m, "REVOKED", "TaskRevokedError", "celery.exceptions", why);
     events_task(&c->events, "task-revoked", m,
                 json_pack("{s:b, s:n, s:b}", "terminated", 0, "signum", "expired", expired));
-    settle_discard(c, m);
+    settle_ack(c, m);
 }

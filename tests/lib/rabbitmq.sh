@@ -10,6 +10,8 @@
 #   . tests/lib/rabbitmq.sh
 #   rabbitmq_start || exit 1     # exports RABBITMQ_URL, RABBITMQ_PORT, RABBITMQ_START_MS
 #   ...
+#   rabbitmq_restart 2           # stop, 2 s down, start again on the same data
+#   rabbitmq_ctl list_queues     # rabbitmqctl against the node
 #   rabbitmq_stop                # also run by the EXIT trap it installs
 #
 # When CELERIAC_PIDS_FILE is set (tests/run-all.sh), the pids are recorded
@@ -20,6 +22,8 @@ RMQ_SCRIPTS=${RMQ_SCRIPTS:-/usr/lib/rabbitmq/bin}
 RMQ_DIR=
 RMQ_BEAM_PID=
 RMQ_EPMD_PID=
+RMQ_DIST_PORT=
+RMQ_EPMD_PORT=
 
 _rmq_free_port() {
     /usr/bin/python3 -c 'import socket
@@ -72,9 +76,8 @@ rabbitmq_start() {
     RMQ_DIR=$(mktemp -d "${TMPDIR:-/tmp}/celeriac-rmq.XXXXXX")
     mkdir -p "$RMQ_DIR/home" "$RMQ_DIR/mnesia" "$RMQ_DIR/log"
     RABBITMQ_PORT=$(_rmq_free_port)
-    local dist_port epmd_port
-    dist_port=$(_rmq_free_port)
-    epmd_port=$(_rmq_free_port)
+    RMQ_DIST_PORT=$(_rmq_free_port)
+    RMQ_EPMD_PORT=$(_rmq_free_port)
     RABBITMQ_NODENAME="celeriac-$$-${RANDOM}@localhost"
     echo '[].' >"$RMQ_DIR/enabled_plugins"
     : >"$RMQ_DIR/rabbitmq-env.conf"
@@ -87,24 +90,35 @@ rabbitmq_start() {
 
     # epmd first, in the foreground, loopback only: erl then uses it instead
     # of daemonising one we could not stop by pid.
-    ERL_EPMD_ADDRESS=127.0.0.1 epmd -port "$epmd_port" -address 127.0.0.1 \
+    ERL_EPMD_ADDRESS=127.0.0.1 epmd -port "$RMQ_EPMD_PORT" -address 127.0.0.1 \
         </dev/null >"$RMQ_DIR/log/epmd.log" 2>&1 &
     RMQ_EPMD_PID=$!
     _rmq_record "$RMQ_EPMD_PID" epmd
     for ((i = 0; i < 50; i++)); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$epmd_port") 2>/dev/null && break
+        (exec 3<>"/dev/tcp/127.0.0.1/$RMQ_EPMD_PORT") 2>/dev/null && break
         sleep 0.05
     done
+    trap rabbitmq_stop EXIT
+    RABBITMQ_URL="amqp://guest:guest@127.0.0.1:$RABBITMQ_PORT//"
+    export RABBITMQ_URL RABBITMQ_PORT RABBITMQ_NODENAME
+    _rmq_launch || return 1
+    RABBITMQ_START_MS=$((($(date +%s%N) - t0) / 1000000))
+    export RABBITMQ_START_MS
+}
 
+# _rmq_launch: starts beam for the node rabbitmq_start set up (ports, data,
+# name) and waits (up to 60 s) until it accepts AMQP; on failure, shows its
+# logs and stops everything.
+_rmq_launch() {
     # RABBITMQ_ALLOW_INPUT makes the script exec erl (so $! is beam's pid)
     # instead of waiting on it from a shell; -noinput keeps it from reading stdin.
     # +S 1 and no busy-waiting schedulers: the test machine is small and shared.
     env HOME="$RMQ_DIR/home" \
-        ERL_EPMD_PORT="$epmd_port" ERL_EPMD_ADDRESS=127.0.0.1 \
+        ERL_EPMD_PORT="$RMQ_EPMD_PORT" ERL_EPMD_ADDRESS=127.0.0.1 \
         RABBITMQ_CONF_ENV_FILE="$RMQ_DIR/rabbitmq-env.conf" \
         RABBITMQ_NODENAME="$RABBITMQ_NODENAME" \
         RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT="$RABBITMQ_PORT" \
-        RABBITMQ_DIST_PORT="$dist_port" \
+        RABBITMQ_DIST_PORT="$RMQ_DIST_PORT" \
         RABBITMQ_MNESIA_BASE="$RMQ_DIR/mnesia" RABBITMQ_LOG_BASE="$RMQ_DIR/log" \
         RABBITMQ_CONFIG_FILE="$RMQ_DIR/rabbitmq.conf" \
         RABBITMQ_ADVANCED_CONFIG_FILE="$RMQ_DIR/advanced.config" \
@@ -112,13 +126,10 @@ rabbitmq_start() {
         RABBITMQ_PID_FILE="$RMQ_DIR/rabbit.pid" \
         RABBITMQ_ALLOW_INPUT=1 \
         RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-noinput -kernel inet_dist_use_interface {127,0,0,1} +S 1:1 +sbwt none +sbwtdcpu none +sbwtdio none" \
-        "$RMQ_SCRIPTS/rabbitmq-server" </dev/null >"$RMQ_DIR/log/stdout.log" 2>&1 &
+        "$RMQ_SCRIPTS/rabbitmq-server" </dev/null >>"$RMQ_DIR/log/stdout.log" 2>&1 &
     RMQ_BEAM_PID=$!
     _rmq_record "$RMQ_BEAM_PID" beam.smp
-    trap rabbitmq_stop EXIT
 
-    RABBITMQ_URL="amqp://guest:guest@127.0.0.1:$RABBITMQ_PORT//"
-    export RABBITMQ_URL RABBITMQ_PORT RABBITMQ_NODENAME
     local deadline=$((SECONDS + 60))
     until (exec 3<>"/dev/tcp/127.0.0.1/$RABBITMQ_PORT") 2>/dev/null && _rmq_answers; do
         if ((SECONDS >= deadline)) || ! kill -0 "$RMQ_BEAM_PID" 2>/dev/null; then
@@ -129,8 +140,33 @@ rabbitmq_start() {
         fi
         sleep 0.1
     done
-    RABBITMQ_START_MS=$((($(date +%s%N) - t0) / 1000000))
-    export RABBITMQ_START_MS
+}
+
+# rabbitmq_restart [DOWN_SECONDS]: stops the node (TERM: a clean shutdown,
+# which writes out durable queues and persistent messages), stays down
+# DOWN_SECONDS (default 1), then starts it again with the same name, ports
+# and data directory, and waits until it accepts AMQP. epmd keeps running.
+# Sets RABBITMQ_RESTART_MS (from the stop to accepting AMQP again).
+rabbitmq_restart() {
+    local t0
+    t0=$(date +%s%N)
+    [[ -n $RMQ_DIR && -n $RMQ_EPMD_PID ]] || return 1
+    if [[ -n $RMQ_BEAM_PID ]]; then
+        _rmq_stop_pid "$RMQ_BEAM_PID" beam
+        RMQ_BEAM_PID=
+    fi
+    sleep "${1:-1}"
+    _rmq_launch || return 1
+    RABBITMQ_RESTART_MS=$((($(date +%s%N) - t0) / 1000000))
+}
+
+# rabbitmq_ctl ARGS...: rabbitmqctl against the private node (slow: it boots
+# an Erlang VM each time), e.g. rabbitmq_ctl list_queues -q name messages.
+rabbitmq_ctl() {
+    env HOME="$RMQ_DIR/home" ERL_EPMD_PORT="$RMQ_EPMD_PORT" \
+        RABBITMQ_CONF_ENV_FILE="$RMQ_DIR/rabbitmq-env.conf" \
+        RABBITMQ_NODENAME="$RABBITMQ_NODENAME" \
+        "$RMQ_SCRIPTS/rabbitmqctl" -n "$RABBITMQ_NODENAME" "$@"
 }
 
 # rabbitmq_stop: stops the node and its epmd (ours only, by pid), removes the

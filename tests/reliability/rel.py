@@ -21,8 +21,13 @@ Python process to leave or restore an unacked message.
                                    -> writes an unacked entry as kombu's QoS.append does,
                                       scored now - AGE; prints the task id
     rel.py restore-visible VT      -> kombu QoS.restore_visible with visibility_timeout VT
+    rel.py qlen [QUEUE]            -> messages ready in QUEUE (default celery): LLEN on
+                                      Redis, a passive queue.declare on RabbitMQ
 
-Environment: REDIS_URL (broker), RESULT_URL (results, default REDIS_URL).
+Environment: REDIS_URL (broker), RESULT_URL (results, default REDIS_URL);
+BROKER_URL, when set, is the broker instead of REDIS_URL: amqp://... is
+RabbitMQ through py-amqp, where send and bulk publish as Celery does
+(persistent, to a durable queue).
 """
 import argparse
 import base64
@@ -37,7 +42,10 @@ import redis
 
 
 def broker_url():
-    return os.environ["REDIS_URL"]
+    url = os.environ.get("BROKER_URL") or os.environ["REDIS_URL"]
+    if url.startswith("amqp://"):
+        url = "py" + url  # kombu's py-amqp transport, whatever else is installed
+    return url
 
 
 def result_url():
@@ -210,6 +218,17 @@ def cmd_restore_visible(ns):
     return 0
 
 
+def cmd_qlen(ns):
+    url = broker_url()
+    if url.startswith("redis"):
+        print(redis.Redis.from_url(url).llen(ns.queue))
+        return 0
+    from kombu import Connection
+    with Connection(url, connect_timeout=5) as conn:
+        print(conn.default_channel.queue_declare(ns.queue, passive=True).message_count)
+    return 0
+
+
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -249,10 +268,12 @@ def main():
     h.add_argument("--priority", type=int, default=0)
     rv = sub.add_parser("restore-visible")
     rv.add_argument("vt", type=float)
+    ql = sub.add_parser("qlen")
+    ql.add_argument("queue", nargs="?", default="celery")
     ns = p.parse_args()
     return {"send": cmd_send, "roundtrip": cmd_roundtrip, "bulk": cmd_bulk, "wait": cmd_wait,
             "tally": cmd_tally, "orphan": cmd_orphan, "handwrite": cmd_handwrite,
-            "restore-visible": cmd_restore_visible}[ns.cmd](ns)
+            "restore-visible": cmd_restore_visible, "qlen": cmd_qlen}[ns.cmd](ns)
 
 
 if __name__ == "__main__":

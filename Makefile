@@ -85,10 +85,12 @@ bench-idle: deps
 	@$(MAKE) --no-print-directory all
 	@BUILD=$(BUILD) bench/idle.sh
 
-# 10,000 late-ack tasks while children are killed and PostgreSQL and Redis restart.
+# 10,000 late-ack tasks while children are killed and PostgreSQL and the broker
+# restart: Redis, or RabbitMQ with `make chaos CHAOS_BROKER=amqp`.
+CHAOS_BROKER ?= redis
 chaos: deps
 	@$(MAKE) --no-print-directory all
-	@BUILD=$(BUILD) tests/reliability/chaos.sh
+	@BUILD=$(BUILD) CHAOS_BROKER=$(CHAOS_BROKER) tests/reliability/chaos.sh
 
 # libFuzzer over the message decoder, bounded by FUZZ_SECONDS (default 60).
 fuzz: deps

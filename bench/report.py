@@ -267,6 +267,21 @@ def write_plot_data(runs, lats):
                 + "'\n")
 
 
+# Sections recorded by other commands than `make bench`, from this heading to
+# the end of RESULTS.md: carried over when the file is written again.
+KEPT_FROM = "## Chaos on RabbitMQ"
+
+
+def kept_sections(path):
+    try:
+        with open(path) as f:
+            old = f.read()
+    except OSError:
+        return ""
+    at = old.find("\n" + KEPT_FROM + "\n")
+    return "\n" + old[at + 1:].rstrip("\n") + "\n" if at >= 0 else ""
+
+
 def main():
     runs = bench.load_runs()
     with open(os.path.join(bench.TMP, "latency.jsonl")) as f:
@@ -284,7 +299,8 @@ def main():
     text = f"""# celeriac benchmark results
 
 Written by `make bench` (`bench/run.sh`) in {elapsed // 60} min {elapsed % 60} s; every figure
-below was measured in that one run. Do not edit by hand: run `make bench` again.
+below was measured in that one run, except the last section (a chaos run, recorded by hand from
+`make chaos CHAOS_BROKER=amqp` and carried over). Do not edit the rest by hand: run `make bench` again.
 
 ## Machine
 
@@ -429,7 +445,9 @@ building) to the result being read, as above.
 
 </details>
 """
-    with open(os.path.join(bench.OUT, "RESULTS.md"), "w") as f:
+    path = os.path.join(bench.OUT, "RESULTS.md")
+    text += kept_sections(path)
+    with open(path, "w") as f:
         f.write(text)
 
     with open(os.path.join(bench.OUT, "runs.json"), "w") as f:

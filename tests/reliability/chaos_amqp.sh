@@ -9,8 +9,9 @@
 # so does one whose ack was lost with the restart. There is nothing like the
 # MONITOR accounting of Redis; instead the worker log's successful runs are
 # counted against N: the duplicates must be no more than the kills plus what
-# the children could hold unacked at the restart (CONC x prefetch 1). The
-# hooks chaos.sh calls are described there.
+# the children could hold unacked at the restart (CONC x prefetch 1), and
+# those not caused by a kill no more than the latter. The hooks chaos.sh
+# calls are described there.
 . "$(dirname "${BASH_SOURCE[0]}")/../lib/rabbitmq.sh"
 
 BROKER_LABEL="RabbitMQ"
@@ -29,11 +30,13 @@ chaos_amqp_cleanup() {
 
 broker_start() {
     start_redis # results only
-    if ! rabbitmq_start; then
+    local rc=0
+    rabbitmq_start || rc=$?
+    trap chaos_amqp_cleanup EXIT
+    if ((rc)); then
         not_ok "chaos: start a private RabbitMQ"
         tap_done
     fi
-    trap chaos_amqp_cleanup EXIT
     diag "RabbitMQ started in ${RABBITMQ_START_MS} ms on port $RABBITMQ_PORT"
     BROKER_URL=$RABBITMQ_URL
 }
@@ -42,7 +45,7 @@ broker_before_worker() { :; }
 
 broker_restart() {
     if rabbitmq_restart 2; then
-        diag "RabbitMQ restarted (2 s down, same data directory) at $1 done: accepting AMQP again after ${RABBITMQ_RESTART_MS} ms"
+        diag "RabbitMQ restarted (2 s down, same data directory) at $1 done: accepting AMQP again ${RABBITMQ_RESTART_MS} ms after the stop began"
     else
         not_ok "chaos: RabbitMQ starts again on its data directory"
         tap_done

@@ -158,6 +158,7 @@ rabbitmq_restart() {
     sleep "${1:-1}"
     _rmq_launch || return 1
     RABBITMQ_RESTART_MS=$((($(date +%s%N) - t0) / 1000000))
+    export RABBITMQ_RESTART_MS
 }
 
 # rabbitmq_ctl ARGS...: rabbitmqctl against the private node (slow: it boots

@@ -67,6 +67,7 @@ KILLS=$TEST_TMP/kills
 PAUSE=$TEST_TMP/killer.pause
 STOP=$TEST_TMP/chaos.stop
 : >"$KILLS"
+# shellcheck source=chaos_redis.sh # or chaos_amqp.sh
 . "$REL_DIR/chaos_$BROKER.sh"
 
 broker_start
@@ -78,6 +79,11 @@ done_count() { redis_cli -n 1 dbsize 2>/dev/null | grep -E '^[0-9]+$' || echo -1
 
 t_pub=$SECONDS
 rel bulk books.get_book_info "$N" --out "$IDS" || { not_ok "chaos: publish $N tasks"; tap_done; }
+_all_queued() { [[ $(rel qlen 2>/dev/null) == "$N" ]]; }
+if ! wait_for 30 _all_queued; then
+    not_ok "chaos: the $N tasks published are all in the queue" "queue: $(rel qlen 2>&1)"
+    tap_done
+fi
 diag "published $N books.get_book_info to $BROKER_LABEL in $((SECONDS - t_pub)) s"
 broker_before_worker
 
@@ -107,8 +113,25 @@ KILLER=$!
 _svc_record_pid "$KILLER" bash
 
 # ---- drive: restarts at 25 % and 60 %, stop killing at 98 % ----------------------------------
+# PostgreSQL restarts in the background, so that the loop keeps watching the
+# count: the worker can run the tasks from 25 % to 60 % in less time than a
+# restart takes.
+pg_restart() {
+    stop_pg fast
+    sleep 2
+    start_pg_again
+}
+pg_restart_reap() { # once pg_restart has ended: its outcome, and the new postmaster's pid
+    if wait "$pg_restarter"; then
+        diag "PostgreSQL restarted (2 s down) at $pg_at done"
+    else
+        not_ok "chaos: PostgreSQL starts again" "$(cat "$TEST_TMP/pg-restart.log")"
+    fi
+    PG_PID=$(head -1 "$PGDATA_DIR/postmaster.pid" 2>/dev/null) # set in the subshell only
+    pg_restarted=yes
+}
 pg_restarted=no broker_restarted=no killing=yes
-pg_at="" broker_at="" last_report=$SECONDS
+pg_at="" broker_at="" last_report=$SECONDS pg_restarter=""
 deadline=$((SECONDS + LIMIT))
 worker_died=no
 while ((SECONDS < deadline)); do
@@ -121,11 +144,13 @@ while ((SECONDS < deadline)); do
     fi
     if [[ $pg_restarted == no ]] && ((d >= N / 4)); then
         pg_at=$d
-        stop_pg fast
-        sleep 2
-        start_pg_again
-        pg_restarted=yes
-        diag "PostgreSQL restarted (2 s down) at $pg_at done"
+        pg_restart >"$TEST_TMP/pg-restart.log" 2>&1 &
+        pg_restarter=$!
+        _svc_record_pid "$pg_restarter" bash
+        pg_restarted=running
+    fi
+    if [[ $pg_restarted == running ]] && ! kill -0 "$pg_restarter" 2>/dev/null; then
+        pg_restart_reap
     fi
     if [[ $broker_restarted == no ]] && ((d >= N * 3 / 5)); then
         broker_at=$d
@@ -141,9 +166,10 @@ while ((SECONDS < deadline)); do
         diag "progress: $d/$N done, $(wc -l <"$KILLS") kills, $(broker_progress)"
         last_report=$SECONDS
     fi
-    sleep 0.2
+    sleep 0.1
 done
 touch "$PAUSE"
+[[ $pg_restarted == running ]] && pg_restart_reap
 _settled() { (($(done_count) >= N)) && broker_settled; }
 [[ $worker_died == no ]] && wait_for "$BROKER_SETTLE_WAIT" _settled
 t1=$(date +%s.%N)

@@ -1,4 +1,5 @@
 # SPDX-License-Identifier: MIT
+# shellcheck shell=bash disable=SC2034,SC2154 # variables shared with chaos.sh
 # chaos_amqp.sh: sourced by chaos.sh for CHAOS_BROKER=amqp: the broker is a
 # private RabbitMQ (tests/lib/rabbitmq.sh), the results go to a throwaway
 # Redis (db 1). The tasks are published as Celery publishes them (persistent,

@@ -1,4 +1,5 @@
 # SPDX-License-Identifier: MIT
+# shellcheck shell=bash disable=SC2034,SC2154 # variables shared with chaos.sh
 # chaos_redis.sh: sourced by chaos.sh for CHAOS_BROKER=redis (the default):
 # the broker is a Redis with AOF (appendfsync always) that also holds the
 # results (db 1), restarted once; a MONITOR counts the pushes of redelivered

@@ -84,15 +84,20 @@ def cmd_send(ns):
 
 
 def cmd_bulk(ns):
+    # One connection of our own, not the pool's: a pooled connection is
+    # dropped at exit without the AMQP close, and RabbitMQ then loses the
+    # publishes it had not read yet (there are no publisher confirms). On
+    # RabbitMQ a passive declare on the same channel after the last publish
+    # returns once the server has routed them all; then the connection is
+    # closed with the handshake.
     app = make_app()
-    with open(ns.out, "w") as out, app.producer_or_acquire() as producer:
+    with app.connection_for_write() as conn, open(ns.out, "w") as out:
+        producer = app.amqp.Producer(conn)
         for i in range(ns.n):
             res = app.send_task(ns.name, args=[i % ns.mod + 1], producer=producer)
             out.write(res.id + "\n")
-    # Close the pooled connection with the AMQP handshake: left to the
-    # interpreter's exit, the socket is closed under RabbitMQ, and the last
-    # publishes it had not read yet (no publisher confirms) are lost.
-    app.close()
+        if not broker_url().startswith("redis"):
+            producer.channel.queue_declare(app.conf.task_default_queue, passive=True)
     return 0
 
 

@@ -5,10 +5,11 @@
  * recover a message, and there is no sweep: a dead child's messages come
  * back by themselves. Delivery tags die with their channel; this file keeps
  * the tags of the open channel and never acks a dead one on a new channel.
- * Remote control and events are not here (NEEDSWORK(#11)).
+ * A child's events ride on its connection (amqp_bus.c).
  */
 #include "common.h"
 #include "broker/amqp.h"
+#include "broker/bus.h"
 #include "protocol/message.h"
 #include "util/amqp_declare.h"
 #include "util/amqp_link.h"
@@ -44,6 +45,7 @@ struct amqp_transport {
     amqp_channel_t channel;            /* belong to */
     struct unsettled *tags;
     size_t n_tags, cap_tags;
+    struct bus events;           /* riding on link */
 };
 
 /* What a delivery owns (struct delivery's owner). */
@@ -458,11 +460,17 @@ static void at_leave(struct broker *b)
     follow_channel(t);
 }
 
+static struct bus *at_bus(struct broker *b)
+{
+    return &impl(b)->events;
+}
+
 static void at_release(struct broker *b)
 {
     struct amqp_transport *t = impl(b);
     if (!t)
         return;
+    t->events.ops->release(&t->events);
     amqp_link_close(&t->link, NULL);
     free_queues(t);
     free(t->tags);
@@ -490,6 +498,7 @@ static const struct broker_ops amqp_transport_ops = {
     .recover_slot = at_recover_slot,
     .settle_lost = at_settle_lost,
     .publish = at_publish,
+    .bus = at_bus,
     .leave = at_leave,
     .release = at_release,
 };
@@ -502,6 +511,7 @@ int broker_amqp_transport_init(struct broker *b, const struct broker_config *cfg
     amqp_link_init(&t->link, "broker");
     t->cfg = cfg;
     at_consume(&(struct broker){.impl = t}, cfg->queues, cfg->n_queues);
+    bus_amqp_init(&t->events, cfg, NULL, &t->link);
     b->ops = &amqp_transport_ops;
     b->impl = t;
     return 0;

@@ -91,6 +91,7 @@ enum broker_ack_flags {
 };
 
 struct broker;
+struct bus;
 
 struct broker_ops {
     const char *name;
@@ -133,6 +134,9 @@ struct broker_ops {
     /* Publishes a task envelope to queue, confirmed before it returns. */
     int (*publish)(struct broker *b, const char *queue, int priority, const char *envelope,
                    size_t len, struct err *e);
+    /* The bus riding on this connection, for the child's events (owned by
+     * b; see bus.h). */
+    struct bus *(*bus)(struct broker *b);
     /* Leaving: settles what can be settled, then closes (no retry). */
     void (*leave)(struct broker *b);
     /* Frees everything (closes without further I/O). */

@@ -467,19 +467,12 @@ static int parse_broker_url(struct worker_config *cfg, struct err *e)
     return amqp_url_parse(&cfg->broker.amqp, cfg->broker_url, e);
 }
 
-/* What has no AMQP implementation yet is turned off, said once: remote
- * control and events ride on Redis pub/sub (control/), and so does the
- * master's salvage of dead children's hands, which AMQP does not need (the
- * server requeues what a closed connection held). */
+/* What AMQP does not need is turned off: kombu's unacked hash (the server
+ * requeues what a closed connection held). */
 static void gate_amqp(struct worker_config *cfg)
 {
     if (cfg->broker.kind != BROKER_AMQP)
         return;
-    /* NEEDSWORK(#11): pidbox over celery.pidbox and events over celeryev. */
-    log_warning("remote control (celery inspect/control) and events are not available on "
-                "amqp:// yet: running without them");
-    cfg->remote_control = false;
-    cfg->task_events = false;
     cfg->broker.record_unacked = false;
     if (!cfg->backend_url)
         log_warning("no --result-backend: task results are not stored (with an amqp:// "

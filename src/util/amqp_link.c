@@ -610,3 +610,19 @@ int amqp_link_publish(struct amqp_link *l, const char *exchange, const char *rou
     uint64_t seq = ++l->publish_seq;
     return await_confirm(l, seq, time_mono_ms() + (timeout_ms > 0 ? timeout_ms : 0), what, e);
 }
+
+int amqp_link_publish_nowait(struct amqp_link *l, const char *exchange, const char *routing_key,
+                             const amqp_basic_properties_t *props, amqp_bytes_t body,
+                             struct err *e)
+{
+    if (!amqp_link_can_use(l, e))
+        return E_CONN_LOST;
+    amqp_maybe_release_buffers(l->conn);
+    int st = amqp_basic_publish(l->conn, l->channel, amqp_cstring_bytes(exchange),
+                                amqp_cstring_bytes(routing_key), false, 0, props, body);
+    if (st < 0)
+        return status_lost(l, st, "publish an event", e);
+    if (l->confirming)
+        l->publish_seq++; /* the broker confirms it too; await_confirm skips it */
+    return 0;
+}

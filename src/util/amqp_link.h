@@ -147,4 +147,12 @@ int amqp_link_publish(struct amqp_link *l, const char *exchange, const char *rou
                       bool mandatory, const amqp_basic_properties_t *props, amqp_bytes_t body,
                       int timeout_ms, struct err *e);
 
+/* Publishes body without waiting for the broker (events, which are
+ * transient: a lost one is not worth a round trip each). Not mandatory; on a
+ * confirming channel the confirm that comes later is skipped. 0 or
+ * E_CONN_LOST. */
+int amqp_link_publish_nowait(struct amqp_link *l, const char *exchange, const char *routing_key,
+                             const amqp_basic_properties_t *props, amqp_bytes_t body,
+                             struct err *e);
+
 #endif /* CELERIAC_AMQP_LINK_H */

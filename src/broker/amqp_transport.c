@@ -460,6 +460,32 @@ static void at_leave(struct broker *b)
     follow_channel(t);
 }
 
+static int at_reply(struct broker *b, const char *reply_to, const char *correlation_id,
+                    const char *content_type, const char *body, size_t len, struct err *e)
+{
+    struct amqp_transport *t = impl(b);
+    bool json = !strcmp(content_type, "application/json");
+    amqp_basic_properties_t props = {
+        ._flags = AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_CONTENT_ENCODING_FLAG |
+                  AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_CORRELATION_ID_FLAG,
+        .content_type = amqp_cstring_bytes(content_type),
+        .content_encoding = amqp_cstring_bytes(json ? "utf-8" : "binary"),
+        .delivery_mode = 1, /* Celery's result_persistent is off by default */
+        .correlation_id = amqp_cstring_bytes(correlation_id),
+    };
+    /* Not mandatory: a client that left took its auto-delete queue along,
+     * and Celery drops such a reply too. */
+    int rc = amqp_link_publish(&t->link, "", reply_to, false, &props,
+                               (amqp_bytes_t){.len = len, .bytes = (void *)body},
+                               AMQP_LINK_RPC_TIMEOUT_MS, e);
+    if (rc == -ETIMEDOUT) {
+        amqp_link_close(&t->link, e ? e->msg : "no publisher confirm");
+        rc = E_CONN_LOST;
+    }
+    follow_channel(t);
+    return rc;
+}
+
 static struct bus *at_bus(struct broker *b)
 {
     return &impl(b)->events;
@@ -498,6 +524,7 @@ static const struct broker_ops amqp_transport_ops = {
     .recover_slot = at_recover_slot,
     .settle_lost = at_settle_lost,
     .publish = at_publish,
+    .reply = at_reply,
     .bus = at_bus,
     .leave = at_leave,
     .release = at_release,

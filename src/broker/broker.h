@@ -134,6 +134,13 @@ struct broker_ops {
     /* Publishes a task envelope to queue, confirmed before it returns. */
     int (*publish)(struct broker *b, const char *queue, int priority, const char *envelope,
                    size_t len, struct err *e);
+    /* Sends a task's result to the client's reply queue as Celery's rpc://
+     * backend does: the default exchange with routing key reply_to, the
+     * correlation id, transient; confirmed before it returns. A reply queue
+     * that is gone (the client left) is not an error. -ENOTSUP on a
+     * transport without it. */
+    int (*reply)(struct broker *b, const char *reply_to, const char *correlation_id,
+                 const char *content_type, const char *body, size_t len, struct err *e);
     /* The bus riding on this connection, for the child's events (owned by
      * b; see bus.h). */
     struct bus *(*bus)(struct broker *b);

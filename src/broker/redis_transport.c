@@ -294,6 +294,18 @@ static void rt_release(struct broker *b)
     b->impl = NULL;
 }
 
+static int rt_reply(struct broker *b, const char *reply_to, const char *correlation_id,
+                    const char *content_type, const char *body, size_t len, struct err *e)
+{
+    UNUSED(b);
+    UNUSED(reply_to);
+    UNUSED(correlation_id);
+    UNUSED(content_type);
+    UNUSED(body);
+    UNUSED(len);
+    return err_set(e, -ENOTSUP, "rpc:// results need an amqp:// broker");
+}
+
 static struct bus *rt_bus(struct broker *b)
 {
     return &impl(b)->events;
@@ -319,6 +331,7 @@ static const struct broker_ops redis_transport_ops = {
     .recover_slot = rt_recover_slot,
     .settle_lost = rt_settle_lost,
     .publish = rt_publish,
+    .reply = rt_reply,
     .bus = rt_bus,
     .leave = rt_leave,
     .release = rt_release,

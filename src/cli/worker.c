@@ -476,7 +476,7 @@ static void gate_amqp(struct worker_config *cfg)
     cfg->broker.record_unacked = false;
     if (!cfg->backend_url)
         log_warning("no --result-backend: task results are not stored (with an amqp:// "
-                    "broker results go to Redis: --result-backend redis://...)");
+                    "broker: --result-backend redis://... or rpc://)");
 }
 
 static int validate(struct worker_config *cfg, const char *db_url)
@@ -490,11 +490,13 @@ static int validate(struct worker_config *cfg, const char *db_url)
         return usage_error("bad broker URL: %s", e.msg);
     if (!cfg->broker.n_queues && set_queues(cfg, "celery"))
         return EXIT_USAGE;
-    if (cfg->backend_url && !strncasecmp(cfg->backend_url, "rpc://", 6))
-        /* NEEDSWORK(#11): results to the client's reply_to queue. */
-        return usage_error("bad result backend URL: rpc:// is not supported yet; use "
-                           "--result-backend redis://...");
-    if (cfg->backend_url) {
+    if (cfg->backend_url && !strncasecmp(cfg->backend_url, "rpc://", 6)) {
+        if (cfg->broker.kind != BROKER_AMQP)
+            return usage_error("bad result backend URL: rpc:// needs an amqp:// broker here; "
+                               "with Redis use --result-backend redis://...");
+        cfg->backend.kind = BACKEND_RPC;
+        cfg->backend.enabled = true;
+    } else if (cfg->backend_url) {
         if (redis_url_parse(&cfg->backend.url, cfg->backend_url, &e))
             return usage_error("bad result backend URL: %s", e.msg);
         cfg->backend.enabled = true;

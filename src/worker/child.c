@@ -224,7 +224,7 @@ static void child_setup(struct child *c, const struct worker_config *cfg, struct
         _exit(EXIT_CANNOT_SERVE);
     }
     c->events.bus = c->broker.ops->bus(&c->broker);
-    backend_init(&c->backend, &cfg->backend);
+    backend_init(&c->backend, &cfg->backend, &c->broker);
     c->proc.index = index;
     c->proc.db = &c->db;
     task_context_init(&c->task, &c->proc);

@@ -64,13 +64,12 @@ expect_eq "a task on a quorum queue declared by python (adopted, no PRECONDITION
 wait_for 10 bash -c "[[ \$(grep -c '^prio' '$AMQPT_RUNS') == 3 ]]"
 order=$(grep '^prio' "$AMQPT_RUNS" | cut -d' ' -f1 | tr '\n' ' ')
 expect_eq "x-max-priority queue served higher priority first" "prio9 prio5 prio1 " "$order"
-if log_has "not available on amqp:// yet" && ! log_has "PRECONDITION_FAILED"; then
-    ok "the log says remote control and events are not available on amqp:// yet"
+if ! log_has "PRECONDITION_FAILED"; then
+    ok "no PRECONDITION_FAILED in the log"
 else
-    not_ok "the log says remote control and events are not available on amqp:// yet" \
-        "$(worker_log_tail 8)"
+    not_ok "no PRECONDITION_FAILED in the log" "$(worker_log_tail 8)"
 fi
-if [[ -z $(control_pid) ]]; then ok "no control process on amqp://"; else not_ok "no control process on amqp://"; fi
+if [[ -n $(control_pid) ]]; then ok "a control process on amqp://"; else not_ok "a control process on amqp://"; fi
 stop_worker TERM 20
 expect_eq "warm shutdown exit status" 0 "$WORKER_RC"
 
@@ -92,6 +91,22 @@ sleep 0.5
 got=$(pwait "$(psend amqpt.add '[4, 4]')" 20)
 expect_eq "after the queue was deleted and declared again, tasks still run" "SUCCESS 8" "$got"
 stop_worker TERM 20
+
+# ---- rpc:// results: each state a reply to the client's queue ----------------------------
+start_worker -A "$LIB" -b "$AMQP" --result-backend rpc:// -c 2 -n amqpt-rpc@localhost
+wait_children 2 20 || not_ok "worker --result-backend rpc:// started" "$(worker_log_tail)"
+out=$(py basic "$AMQP" rpc:// 2>&1)
+expect_eq "rpc://: six adds, FAILURE with traceback, a retry, a chain, read by AsyncResult.get()" \
+    ok "$out"
+stop_worker TERM 20
+expect_eq "rpc://: warm shutdown exit status" 0 "$WORKER_RC"
+out=$("$CELERIAC_BIN" worker -A "$LIB" -b "$REDIS_URL" --result-backend rpc:// 2>&1)
+rc=$?
+if [[ $rc == 2 && $(wc -l <<<"$out") == 1 && $out == *"rpc:// needs an amqp:// broker"* ]]; then
+    ok "rpc:// with a Redis broker: one line, exit status 2"
+else
+    not_ok "rpc:// with a Redis broker: one line, exit status 2" "rc $rc" "$out"
+fi
 
 # ---- one child: ETA held while others run; late ack, SIGKILL mid-task ------------------
 worker -c 1 -n amqpt-late@localhost

@@ -19,10 +19,6 @@
 
 #include <inttypes.h>
 
-/* Deliveries a child may hold beyond those it holds for an ETA: Celery's
- * worker_prefetch_multiplier (1 here) times the child's one process. */
-#define AMQP_PREFETCH 1
-
 /* TCP keepalive on connections without AMQP heartbeats (see open_url):
  * a peer that vanished is noticed after about idle + interval * count s. */
 #define KEEPALIVE_IDLE_S 60
@@ -155,7 +151,7 @@ static int subscribe(struct amqp_transport *t, struct err *e)
     if (!rc)
         t->declared = true;
     if (!rc)
-        rc = amqp_link_qos(&t->link, AMQP_PREFETCH, e);
+        rc = amqp_link_qos(&t->link, (uint16_t)t->cfg->prefetch, e);
     for (size_t i = 0; !rc && i < t->n_queues; i++)
         rc = amqp_link_consume(&t->link, t->queues[i], false, e);
     follow_channel(t);

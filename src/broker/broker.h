@@ -35,6 +35,8 @@ struct broker_config {
     char **queues;               /* queue names to consume, in order */
     size_t n_queues;
     size_t max_message;          /* envelopes larger than this are dropped unread */
+    int prefetch;                /* AMQP: unacked deliveries per consumer (basic.qos), 0 =
+                                    unlimited; Celery's worker_prefetch_multiplier */
     bool record_unacked;         /* Redis: pop and record in kombu's unacked hash in one
                                     step (some task acks late); false: pop into the
                                     child's hand (see broker_redis_set_hand) */

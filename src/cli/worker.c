@@ -31,6 +31,7 @@ enum {
     OPT_VISIBILITY_TIMEOUT,
     OPT_NO_REJECT_ON_WORKER_LOST,
     OPT_MAX_WORKER_LOST_REQUEUES,
+    OPT_PREFETCH_MULTIPLIER,
     OPT_MAX_TASKS_PER_CHILD,
     OPT_MAX_MEMORY_PER_CHILD,
     OPT_DB_MAX_AGE,
@@ -66,6 +67,7 @@ static const struct option options[] = {
     {"visibility-timeout", required_argument, NULL, OPT_VISIBILITY_TIMEOUT},
     {"no-reject-on-worker-lost", no_argument, NULL, OPT_NO_REJECT_ON_WORKER_LOST},
     {"max-worker-lost-requeues", required_argument, NULL, OPT_MAX_WORKER_LOST_REQUEUES},
+    {"prefetch-multiplier", required_argument, NULL, OPT_PREFETCH_MULTIPLIER},
     {"max-tasks-per-child", required_argument, NULL, OPT_MAX_TASKS_PER_CHILD},
     {"max-memory-per-child", required_argument, NULL, OPT_MAX_MEMORY_PER_CHILD},
     {"db-max-age", required_argument, NULL, OPT_DB_MAX_AGE},
@@ -125,6 +127,9 @@ static const char usage_text[] =
     "      --max-worker-lost-requeues N\n"
     "                              a late-ack message whose child died is requeued at most\n"
     "                              N times, then fails with WorkerLostError (default: 3)\n"
+    "      --prefetch-multiplier N amqp://: messages each child may hold unacked per\n"
+    "                              queue, beyond the ETA messages it holds (Celery's\n"
+    "                              worker_prefetch_multiplier; 0 = no limit; default: 1)\n"
     "      --max-tasks-per-child N replace a child after N tasks (default: never)\n"
     "      --max-memory-per-child KIB\n"
     "                              replace a child whose RSS exceeds KIB after a task\n"
@@ -394,6 +399,11 @@ static int parse_flags(struct worker_config *cfg, int argc, char **argv, const c
             if (parse_long("--max-worker-lost-requeues", optarg, 0, 1000000, &n))
                 return EXIT_USAGE;
             cfg->max_worker_lost_requeues = (int)n;
+            break;
+        case OPT_PREFETCH_MULTIPLIER:
+            if (parse_long("--prefetch-multiplier", optarg, 0, 65535, &n))
+                return EXIT_USAGE;
+            cfg->broker.prefetch = (int)n;
             break;
         case OPT_MAX_TASKS_PER_CHILD:
             if (parse_long("--max-tasks-per-child", optarg, 1, LONG_MAX, &n))

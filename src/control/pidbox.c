@@ -336,7 +336,7 @@ static json_t *cmd_stats(struct pidbox *p)
         mtpc, "put-guarded-by-semaphore", 0, "timeouts", cfg->soft_time_limit, cfg->time_limit,
         "writes", "total", 0, "avg", "0.00", "all", "", "raw", "", "strategy", "fair",
         "celeriac-children", dbs, "broker", broker, "prefetch_count",
-        atomic_load(&p->sb->shared->pool_target), "rusage", rusage_json(), "sw_ident",
+        atomic_load(&p->sb->shared->pool_target) * (cfg->broker.prefetch ? cfg->broker.prefetch : 1), "rusage", rusage_json(), "sw_ident",
         "celeriac", "sw_ver", CELERIAC_VERSION);
 }
 

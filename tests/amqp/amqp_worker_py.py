@@ -4,8 +4,8 @@ A Celery 5 app with broker amqp://... and the Redis result backend sends
 tasks by name to celeriac workers consuming from RabbitMQ.
 
   declare BROKER                 pq (x-max-priority 10) and qq (quorum) as Python declares them
-  send BROKER BACKEND NAME ARGS [--queue Q] [--priority P] [--countdown S]
-                                 prints the task id
+  send BROKER BACKEND NAME ARGS [--queue Q] [--priority P] [--countdown S] [--count N]
+                                 prints the task id (N ids, one a line)
   wait BROKER BACKEND ID [TIMEOUT]  prints "STATUS json(result)" (and TRACEBACK? on failure)
   basic BROKER BACKEND           several tasks, a failure, a retry, a chain: checks results
   eta BROKER BACKEND             two countdown tasks held while four others finish first
@@ -42,6 +42,7 @@ def declare(broker):
 def send(broker, backend, name, args, opts):
     app = app_for(broker, backend)
     kw = {}
+    count = 1
     i = 0
     while i < len(opts):
         k, v = opts[i], opts[i + 1]
@@ -52,8 +53,10 @@ def send(broker, backend, name, args, opts):
             kw["priority"] = int(v)
         elif k == "--countdown":
             kw["countdown"] = float(v)
-    r = app.send_task(name, args=json.loads(args), **kw)
-    print(r.id)
+        elif k == "--count":
+            count = int(v)
+    for _ in range(count):
+        print(app.send_task(name, args=json.loads(args), **kw).id)
 
 
 def describe(r):

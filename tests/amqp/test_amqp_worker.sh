@@ -92,6 +92,17 @@ got=$(pwait "$(psend amqpt.add '[4, 4]')" 20)
 expect_eq "after the queue was deleted and declared again, tasks still run" "SUCCESS 8" "$got"
 stop_worker TERM 20
 
+# ---- --prefetch-multiplier: what one child holds unacked -------------------------------
+worker -c 1 -Q pf --prefetch-multiplier 3 -n amqpt-pf@localhost
+wait_children 1 20
+# Early ack: the running message is acked, so the child reserves 3 more, as
+# Celery's prefetch counts unacked messages only.
+mapfile -t ids < <(psend amqpt.mark '["pf", 1.5]' --queue pf --count 5)
+expect_eq "--prefetch-multiplier 3: a busy child runs 1 and reserves 3 of 5 messages" 1 "$(qcount pf)"
+got=$(pwait "${ids[4]}" 20)
+expect_eq "... and all five run" 'SUCCESS "pf"' "$got"
+stop_worker TERM 20
+
 # ---- rpc:// results: each state a reply to the client's queue ----------------------------
 start_worker -A "$LIB" -b "$AMQP" --result-backend rpc:// -c 2 -n amqpt-rpc@localhost
 wait_children 2 20 || not_ok "worker --result-backend rpc:// started" "$(worker_log_tail)"

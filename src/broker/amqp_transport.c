@@ -403,8 +403,8 @@ static int at_settle_lost(struct broker *b, const char *token, enum broker_lost 
 /* One publish of a task envelope as Celery's client does it: to the
  * default exchange with the queue's name as routing key, persistent,
  * mandatory (so a queue that does not exist yet is noticed), and confirmed. */
-static int publish_once(struct amqp_transport *t, const char *queue, int priority,
-                        const json_t *env, struct err *e)
+static int publish_once(struct amqp_link *l, const char *queue, int priority, const json_t *env,
+                        struct err *e)
 {
     struct amqp_msg_outgoing out;
     int rc = amqp_msg_from_envelope(&out, env, e);
@@ -413,11 +413,35 @@ static int publish_once(struct amqp_transport *t, const char *queue, int priorit
             out.props._flags |= AMQP_BASIC_PRIORITY_FLAG;
             out.props.priority = (uint8_t)priority;
         }
-        rc = amqp_link_publish(&t->link, "", queue, true, &out.props, out.body,
+        rc = amqp_link_publish(l, "", queue, true, &out.props, out.body,
                                AMQP_LINK_RPC_TIMEOUT_MS, e);
     }
     amqp_msg_outgoing_release(&out);
-    follow_channel(t);
+    return rc;
+}
+
+int broker_amqp_publish_task(struct amqp_link *l, const char *queue, int priority,
+                             const char *envelope, size_t len, struct err *e)
+{
+    json_error_t jerr;
+    json_t *env = json_loadb(envelope, len, 0, &jerr);
+    if (!env)
+        return err_set(e, -EINVAL, "envelope to publish is not JSON: %s", jerr.text);
+    int rc = publish_once(l, queue, priority, env, e);
+    if (rc == -ENOENT) {
+        /* No such queue yet: declare it as a Python client would, then
+         * publish again. */
+        rc = amqp_declare_task_queue(l, queue, 0, NULL, AMQP_DECLARE_ADOPT, e);
+        if (!rc)
+            rc = publish_once(l, queue, priority, env, e);
+    }
+    if (rc == -ETIMEDOUT) {
+        /* Its fate is unknown: start over on a new connection (the caller
+         * publishes again; a duplicate is better than a loss). */
+        amqp_link_close(l, e ? e->msg : "no publisher confirm");
+        rc = E_CONN_LOST;
+    }
+    json_decref(env);
     return rc;
 }
 
@@ -425,27 +449,8 @@ static int at_publish(struct broker *b, const char *queue, int priority, const c
                       size_t len, struct err *e)
 {
     struct amqp_transport *t = impl(b);
-    json_error_t jerr;
-    json_t *env = json_loadb(envelope, len, 0, &jerr);
-    if (!env)
-        return err_set(e, -EINVAL, "envelope to publish is not JSON: %s", jerr.text);
-    int rc = publish_once(t, queue, priority, env, e);
-    if (rc == -ENOENT) {
-        /* No such queue yet: declare it as a Python client would, then
-         * publish again. */
-        rc = amqp_declare_task_queue(&t->link, queue, 0, NULL, AMQP_DECLARE_ADOPT, e);
-        follow_channel(t);
-        if (!rc)
-            rc = publish_once(t, queue, priority, env, e);
-    }
-    if (rc == -ETIMEDOUT) {
-        /* Its fate is unknown: start over on a new connection (the caller
-         * publishes again; a duplicate is better than a loss). */
-        amqp_link_close(&t->link, e ? e->msg : "no publisher confirm");
-        follow_channel(t);
-        rc = E_CONN_LOST;
-    }
-    json_decref(env);
+    int rc = broker_amqp_publish_task(&t->link, queue, priority, envelope, len, e);
+    follow_channel(t);
     return rc;
 }
 

@@ -13,7 +13,7 @@ import time
 
 from celery import chain
 
-from parity import (AMQP, BIN, BROKER, RESULT, Events, PyWorker, Worker, celery, celery_json, check, diag, done,
+from parity import (BIN, BROKER, RESULT, Events, PyWorker, Worker, celery, celery_json, check, done,
                     eq, flatten, make_app, not_ok, summary, wait_meta)
 
 C = "cfleet@localhost"
@@ -82,30 +82,26 @@ def call(*args, timeout=30, cmd="call"):
     return p.returncode, p.stdout.strip(), p.stderr.strip()
 
 
-if AMQP:
-    # NEEDSWORK(#11): the C client (celeriac call / result) speaks Redis only.
-    diag("skipped on RabbitMQ: celeriac call / result (the C client speaks Redis only)")
-else:
-    rc, out, err = call("tasks.add", 2, 3, "--queue", "pyonly")
-    check("celeriac call tasks.add 2 3 --queue pyonly: prints the id", rc == 0 and len(out) == 36, rc, out, err)
-    if rc == 0:
-        eq("... the Python worker runs it: 5", ["SUCCESS 5", P], [summary(wait_meta(out)), ran_on(out)],
-           *py.log_tail(5))
-        eq("... celeriac result ID --wait reads it", [0, "5"], list(call(out, "--wait", cmd="result")[:2]))
-    rc, out, err = call("tasks.add", "--kwargs", json.dumps({"x": 1, "y": 2}), "--queue", "pyonly", "--wait")
-    eq("celeriac call tasks.add --kwargs '{\"x\":1,\"y\":2}' --queue pyonly --wait: 3", [0, "3"], [rc, out], err)
-    rc, out, err = call("tasks.echo", "--args", json.dumps([{"a": [1, "two", None]}]), "--queue", "pyonly", "--wait")
-    eq("celeriac call tasks.echo --args JSON --queue pyonly --wait: the value round-trips",
-       [0, {"a": [1, "two", None]}], [rc, json.loads(out) if out.startswith("{") else out], err)
-    rc, out, err = call("tasks.fail", "boom", "--queue", "pyonly", "--wait")
-    check("celeriac call tasks.fail boom --queue pyonly --wait: exit 1, the ValueError shown",
-          rc == 1 and "ValueError" in out + err and "boom" in out + err, rc, out, err)
-    t0 = time.time()
-    rc, out, err = call("tasks.add", 1, 1, "--countdown", 2, "--queue", "pyonly")
-    m = wait_meta(out, 10) if rc == 0 else None
-    took = time.time() - t0
-    check("celeriac call --countdown 2 --queue pyonly: the Python worker runs it after >= 1.8 s (%.1f s)" % took,
-          summary(m) == "SUCCESS 2" and took >= 1.8, summary(m), err)
+rc, out, err = call("tasks.add", 2, 3, "--queue", "pyonly")
+check("celeriac call tasks.add 2 3 --queue pyonly: prints the id", rc == 0 and len(out) == 36, rc, out, err)
+if rc == 0:
+    eq("... the Python worker runs it: 5", ["SUCCESS 5", P], [summary(wait_meta(out)), ran_on(out)],
+       *py.log_tail(5))
+    eq("... celeriac result ID --wait reads it", [0, "5"], list(call(out, "--wait", cmd="result")[:2]))
+rc, out, err = call("tasks.add", "--kwargs", json.dumps({"x": 1, "y": 2}), "--queue", "pyonly", "--wait")
+eq("celeriac call tasks.add --kwargs '{\"x\":1,\"y\":2}' --queue pyonly --wait: 3", [0, "3"], [rc, out], err)
+rc, out, err = call("tasks.echo", "--args", json.dumps([{"a": [1, "two", None]}]), "--queue", "pyonly", "--wait")
+eq("celeriac call tasks.echo --args JSON --queue pyonly --wait: the value round-trips",
+   [0, {"a": [1, "two", None]}], [rc, json.loads(out) if out.startswith("{") else out], err)
+rc, out, err = call("tasks.fail", "boom", "--queue", "pyonly", "--wait")
+check("celeriac call tasks.fail boom --queue pyonly --wait: exit 1, the ValueError shown",
+      rc == 1 and "ValueError" in out + err and "boom" in out + err, rc, out, err)
+t0 = time.time()
+rc, out, err = call("tasks.add", 1, 1, "--countdown", 2, "--queue", "pyonly")
+m = wait_meta(out, 10) if rc == 0 else None
+took = time.time() - t0
+check("celeriac call --countdown 2 --queue pyonly: the Python worker runs it after >= 1.8 s (%.1f s)" % took,
+      summary(m) == "SUCCESS 2" and took >= 1.8, summary(m), err)
 
 
 # ---- a chain across both kinds of worker ------------------------------------------------------------------

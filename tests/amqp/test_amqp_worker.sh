@@ -138,7 +138,7 @@ if wait_for 15 bash -c "grep -q '^late1 ' '$AMQPT_RUNS'"; then
     last=$(grep '^late1 ' "$AMQPT_RUNS" | tail -1 | cut -d' ' -f2)
     [[ $last != "$victim" ]] && ok "the second run was in the replacement child" ||
         not_ok "the second run was in the replacement child" "both in $victim"
-    if log_has "requeued its message when the process's connection closed"; then
+    if log_has "the broker requeued its message .acks_late, reject_on_worker_lost; death 1 of at most 4"; then
         ok "the replacement's log says the broker requeued it"
     else
         not_ok "the replacement's log says the broker requeued it" "$(worker_log_tail 8)"
@@ -162,6 +162,45 @@ else
     not_ok "the log says each held message was restored" "$(worker_log_tail 8)"
 fi
 py delete "$AMQP" celery
+
+# ---- a dead child's late-ack task, settled once by whichever child gets it back -------------
+# The server requeues the delivery when the child's connection closes; the
+# master notes the death and the child it comes back to (here usually the idle
+# sibling, racing the master's reaping) settles it as Celery's worker would.
+kill_first_run() { # label: SIGKILLs the child of the label's latest run
+    wait_for 15 bash -c "grep -q '^$1 ' '$AMQPT_RUNS'" || return 1
+    kill -KILL "$(grep "^$1 " "$AMQPT_RUNS" | tail -1 | cut -d' ' -f2)"
+}
+lost_wait() { # id label: the result, a second for a wrong re-run to show, the runs
+    local got
+    got=$(pwait "$1" 20)
+    sleep 1
+    echo "${got%% traceback=*} runs=$(runs_of "$2")"
+}
+worker -c 2 --no-reject-on-worker-lost --time-limit 2.5 -n amqpt-lost@localhost
+wait_children 2 20
+lid=$(psend amqpt.mark_late '["nrl", 2]')
+kill_first_run nrl
+got=$(lost_wait "$lid" nrl)
+expect_eq "--no-reject-on-worker-lost: a late-ack task whose child was SIGKILLed fails with WorkerLostError, run once" \
+    'FAILURE "WorkerLostError(Worker exited prematurely: signal 9 (Killed).)" runs=1' "$got" "$(worker_log_tail 8)"
+tid=$(psend amqpt.mark_late '["tl", 5]')
+got=$(lost_wait "$tid" tl)
+expect_eq "--time-limit 2.5: a late-ack task killed by its hard limit is TimeLimitExceeded, run once" \
+    'FAILURE "TimeLimitExceeded(TimeLimitExceeded(2.5,))" runs=1' "$got" "$(worker_log_tail 8)"
+expect_eq "the copies the broker requeued were acked without running" 2 \
+    "$(grep -c 'acked without running it again' "$WORKER_LOG")"
+stop_worker TERM 20
+worker -c 2 --max-worker-lost-requeues 1 -n amqpt-poison@localhost
+wait_children 2 20
+pid_=$(psend amqpt.mark_late '["poison", 3]')
+kill_first_run poison
+wait_for 15 bash -c "[[ \$(grep -c '^poison ' '$AMQPT_RUNS') == 2 ]]" && kill_first_run poison
+got=$(lost_wait "$pid_" poison)
+expect_eq "--max-worker-lost-requeues 1: a task whose child dies each run fails with WorkerLostError after 2 runs" \
+    'FAILURE "WorkerLostError(Worker exited prematurely: the task'"'"'s process died in each of its 2 runs.)" runs=2' \
+    "$got" "$(worker_log_tail 8)"
+stop_worker TERM 20
 
 # ---- a bad password: one clear line, retried without spinning -------------------------
 bad_url="amqp://guest:wrong@127.0.0.1:$RABBITMQ_PORT//"

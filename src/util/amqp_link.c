@@ -6,13 +6,13 @@
  */
 #include "common.h"
 #include "util/amqp_link.h"
+#include "util/amqp_tls.h"
 #include "util/amqp_url.h"
 #include "util/buf.h"
 #include "util/log.h"
 #include "util/self.h"
 #include "util/time.h"
 
-#include <amqp_ssl_socket.h>
 #include <amqp_tcp_socket.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -182,9 +182,27 @@ static int server_connection_close(struct amqp_link *l, const amqp_connection_cl
     return code;
 }
 
+/* What a library status means, in why (size n). A plain connection that
+ * the server drops during the handshake is likely aimed at a TLS port: the
+ * message says so. Returns true when the server's TLS certificate failed
+ * verification (configuration, not an outage). */
+static bool describe_status(struct amqp_link *l, const struct amqp_url *u, int status, char *why,
+                            size_t n)
+{
+    if (l->tls)
+        return amqp_tls_describe(status, &l->tls_check, u, l->opening, why, n);
+    if (l->opening && (status == AMQP_STATUS_SOCKET_ERROR ||
+                       status == AMQP_STATUS_CONNECTION_CLOSED ||
+                       status == AMQP_STATUS_BAD_AMQP_DATA))
+        snprintf(why, n, "%s (if that port is TLS, use amqps://)", amqp_error_string2(status));
+    else
+        snprintf(why, n, "%s", amqp_error_string2(status));
+    return false;
+}
+
 int amqp_link_check(struct amqp_link *l, amqp_rpc_reply_t r, const char *what, struct err *e)
 {
-    char why[200];
+    char why[240];
     switch (r.reply_type) {
     case AMQP_RESPONSE_NORMAL:
         return 0;
@@ -196,7 +214,7 @@ int amqp_link_check(struct amqp_link *l, amqp_rpc_reply_t r, const char *what, s
         snprintf(why, sizeof(why), "unexpected server method 0x%08x", (unsigned)r.reply.id);
         break;
     case AMQP_RESPONSE_LIBRARY_EXCEPTION:
-        snprintf(why, sizeof(why), "%s", amqp_error_string2(r.library_error));
+        describe_status(l, NULL, r.library_error, why, sizeof(why));
         break;
     case AMQP_RESPONSE_NONE:
     default:
@@ -217,29 +235,11 @@ static int status_lost(struct amqp_link *l, int status, const char *what, struct
 
 static amqp_socket_t *new_socket(struct amqp_link *l, const struct amqp_url *u, struct err *e)
 {
-    if (!u->tls) {
-        amqp_socket_t *s = amqp_tcp_socket_new(l->conn);
-        if (!s)
-            err_set(e, E_CONN_LOST, "connect to %s failed: out of memory", l->where);
-        return s;
-    }
-    amqp_socket_t *s = amqp_ssl_socket_new(l->conn);
-    if (!s) {
-        err_set(e, E_CONN_LOST, "connect to %s failed: cannot create a TLS socket", l->where);
-        return NULL;
-    }
-    amqp_ssl_socket_set_verify_peer(s, u->ssl_verify);
-    amqp_ssl_socket_set_verify_hostname(s, u->ssl_verify);
-    if (u->ssl_ca_certs && amqp_ssl_socket_set_cacert(s, u->ssl_ca_certs)) {
-        err_set(e, E_CONFIG, "TLS CA file '%s' for %s cannot be loaded", u->ssl_ca_certs,
-                l->where);
-        return NULL;
-    }
-    if (u->ssl_certfile && amqp_ssl_socket_set_key(s, u->ssl_certfile, u->ssl_keyfile)) {
-        err_set(e, E_CONFIG, "TLS certificate '%s' or key '%s' for %s cannot be loaded",
-                u->ssl_certfile, u->ssl_keyfile, l->where);
-        return NULL;
-    }
+    if (u->tls)
+        return amqp_tls_socket_new(l->conn, u, l->where, &l->tls_check, e);
+    amqp_socket_t *s = amqp_tcp_socket_new(l->conn);
+    if (!s)
+        err_set(e, E_CONN_LOST, "connect to %s failed: out of memory", l->where);
     return s;
 }
 
@@ -285,10 +285,14 @@ int amqp_link_open(struct amqp_link *l, const struct amqp_url *u, struct err *e)
     amqp_socket_t *s = new_socket(l, u, e);
     struct timeval ct = tv_ms(u->connect_timeout_ms), rt = tv_ms(AMQP_LINK_RPC_TIMEOUT_MS);
     int st = s ? amqp_socket_open_noblock(s, u->host, u->port, &ct) : AMQP_STATUS_OK;
+    if (s && l->tls)
+        amqp_tls_handshake_done(s);
     if (!s || st != AMQP_STATUS_OK) {
-        if (s)
-            err_set(e, E_CONN_LOST, "connect to %s failed: %s", l->where,
-                    amqp_error_string2(st));
+        char why[240];
+        if (s && describe_status(l, u, st, why, sizeof(why)))
+            err_set(e, E_CONFIG, "connect to %s failed: %s", l->where, why);
+        else if (s)
+            err_set(e, E_CONN_LOST, "connect to %s failed: %s", l->where, why);
         amqp_destroy_connection(l->conn);
         l->conn = NULL;
         return e ? e->code : E_CONN_LOST;

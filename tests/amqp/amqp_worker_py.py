@@ -11,8 +11,14 @@ tasks by name to celeriac workers consuming from RabbitMQ.
   eta BROKER BACKEND             two countdown tasks held while four others finish first
   count BROKER QUEUE             messages ready in QUEUE
   delete BROKER QUEUE            deletes QUEUE
+
+With AMQPT_TLS_CA set (test_amqp_tls.sh), the connection is TLS as Celery's
+broker_use_ssl makes it: that CA, the client certificate AMQPT_TLS_CERT with
+key AMQPT_TLS_KEY, cert_reqs CERT_REQUIRED.
 """
 import json
+import os
+import ssl
 import sys
 import time
 
@@ -28,6 +34,13 @@ def app_for(broker, backend=None):
         Queue("qq", Exchange("qq"), "qq", queue_arguments={"x-queue-type": "quorum"}),
     ]
     app.conf.broker_connection_retry_on_startup = False
+    if os.environ.get("AMQPT_TLS_CA"):
+        app.conf.broker_use_ssl = {
+            "ca_certs": os.environ["AMQPT_TLS_CA"],
+            "certfile": os.environ["AMQPT_TLS_CERT"],
+            "keyfile": os.environ["AMQPT_TLS_KEY"],
+            "cert_reqs": ssl.CERT_REQUIRED,
+        }
     return app
 
 

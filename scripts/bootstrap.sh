@@ -8,9 +8,11 @@ set -euo pipefail
 PACKAGES=(
     # build
     gcc make pkg-config libpq-dev libhiredis-dev libjansson-dev libsqlite3-dev librabbitmq-dev
-    libmsgpack-dev
+    libmsgpack-dev libssl-dev
     # services the tests and the demo start privately
     redis-server postgresql sqlite3 rabbitmq-server
+    # throwaway certificates for the TLS listener of the RabbitMQ tests
+    openssl
     # the Python Celery client the interop tests drive
     python3 python3-celery python3-redis python3-psycopg2 python3-amqp python3-kombu
     python3-msgpack

@@ -73,10 +73,14 @@ static const struct backend_ops none_ops = {
     .release = none_done,
 };
 
-void backend_init(struct backend *b, const struct backend_config *cfg)
+void backend_init(struct backend *b, const struct backend_config *cfg, struct broker *broker)
 {
     if (!cfg->enabled) {
         *b = (struct backend){.ops = &none_ops, .cfg = cfg};
+        return;
+    }
+    if (cfg->kind == BACKEND_RPC) {
+        backend_rpc_ops_init(b, cfg, broker);
         return;
     }
     backend_redis_ops_init(b, cfg);

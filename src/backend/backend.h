@@ -16,10 +16,17 @@
 #include "util/url.h"
 
 struct backend;
+struct broker;
+
+enum backend_kind {
+    BACKEND_REDIS,             /* redis:// (the default) */
+    BACKEND_RPC,               /* rpc://: replies to the client's queue on the broker */
+};
 
 struct backend_config {
     bool enabled;              /* false: results are not stored (no --result-backend) */
-    struct redis_url url;      /* parsed --result-backend URL */
+    enum backend_kind kind;
+    struct redis_url url;      /* parsed --result-backend URL (BACKEND_REDIS) */
     int expires_s;             /* SETEX ttl; 0 = keep for ever (plain SET) */
     enum result_serializer serializer;
 };
@@ -61,8 +68,12 @@ struct backend {
 };
 
 /* Sets b up for the backend cfg names (nothing opened; a disabled backend
- * stores nothing and is always open). */
-void backend_init(struct backend *b, const struct backend_config *cfg);
+ * stores nothing and is always open); rpc:// replies through broker
+ * (borrowed, outlives b). */
+void backend_init(struct backend *b, const struct backend_config *cfg, struct broker *broker);
+/* The rpc:// backend over broker (rpc_backend.c). */
+void backend_rpc_ops_init(struct backend *b, const struct backend_config *cfg,
+                          struct broker *broker);
 
 /* What a result of a task that arrived in `arrived_in` is written in. */
 enum serializer backend_serializer(const struct backend *b, enum serializer arrived_in);

@@ -5,10 +5,11 @@
  * recover a message, and there is no sweep: a dead child's messages come
  * back by themselves. Delivery tags die with their channel; this file keeps
  * the tags of the open channel and never acks a dead one on a new channel.
- * Remote control and events are not here (NEEDSWORK(#11)).
+ * A child's events ride on its connection (amqp_bus.c).
  */
 #include "common.h"
 #include "broker/amqp.h"
+#include "broker/bus.h"
 #include "protocol/message.h"
 #include "util/amqp_declare.h"
 #include "util/amqp_link.h"
@@ -17,10 +18,6 @@
 #include "util/log.h"
 
 #include <inttypes.h>
-
-/* Deliveries a child may hold beyond those it holds for an ETA: Celery's
- * worker_prefetch_multiplier (1 here) times the child's one process. */
-#define AMQP_PREFETCH 1
 
 /* TCP keepalive on connections without AMQP heartbeats (see open_url):
  * a peer that vanished is noticed after about idle + interval * count s. */
@@ -44,6 +41,7 @@ struct amqp_transport {
     amqp_channel_t channel;            /* belong to */
     struct unsettled *tags;
     size_t n_tags, cap_tags;
+    struct bus events;           /* riding on link */
 };
 
 /* What a delivery owns (struct delivery's owner). */
@@ -153,7 +151,7 @@ static int subscribe(struct amqp_transport *t, struct err *e)
     if (!rc)
         t->declared = true;
     if (!rc)
-        rc = amqp_link_qos(&t->link, AMQP_PREFETCH, e);
+        rc = amqp_link_qos(&t->link, (uint16_t)t->cfg->prefetch, e);
     for (size_t i = 0; !rc && i < t->n_queues; i++)
         rc = amqp_link_consume(&t->link, t->queues[i], false, e);
     follow_channel(t);
@@ -405,8 +403,8 @@ static int at_settle_lost(struct broker *b, const char *token, enum broker_lost 
 /* One publish of a task envelope as Celery's client does it: to the
  * default exchange with the queue's name as routing key, persistent,
  * mandatory (so a queue that does not exist yet is noticed), and confirmed. */
-static int publish_once(struct amqp_transport *t, const char *queue, int priority,
-                        const json_t *env, struct err *e)
+static int publish_once(struct amqp_link *l, const char *queue, int priority, const json_t *env,
+                        struct err *e)
 {
     struct amqp_msg_outgoing out;
     int rc = amqp_msg_from_envelope(&out, env, e);
@@ -415,11 +413,35 @@ static int publish_once(struct amqp_transport *t, const char *queue, int priorit
             out.props._flags |= AMQP_BASIC_PRIORITY_FLAG;
             out.props.priority = (uint8_t)priority;
         }
-        rc = amqp_link_publish(&t->link, "", queue, true, &out.props, out.body,
+        rc = amqp_link_publish(l, "", queue, true, &out.props, out.body,
                                AMQP_LINK_RPC_TIMEOUT_MS, e);
     }
     amqp_msg_outgoing_release(&out);
-    follow_channel(t);
+    return rc;
+}
+
+int broker_amqp_publish_task(struct amqp_link *l, const char *queue, int priority,
+                             const char *envelope, size_t len, struct err *e)
+{
+    json_error_t jerr;
+    json_t *env = json_loadb(envelope, len, 0, &jerr);
+    if (!env)
+        return err_set(e, -EINVAL, "envelope to publish is not JSON: %s", jerr.text);
+    int rc = publish_once(l, queue, priority, env, e);
+    if (rc == -ENOENT) {
+        /* No such queue yet: declare it as a Python client would, then
+         * publish again. */
+        rc = amqp_declare_task_queue(l, queue, 0, NULL, AMQP_DECLARE_ADOPT, e);
+        if (!rc)
+            rc = publish_once(l, queue, priority, env, e);
+    }
+    if (rc == -ETIMEDOUT) {
+        /* Its fate is unknown: start over on a new connection (the caller
+         * publishes again; a duplicate is better than a loss). */
+        amqp_link_close(l, e ? e->msg : "no publisher confirm");
+        rc = E_CONN_LOST;
+    }
+    json_decref(env);
     return rc;
 }
 
@@ -427,27 +449,8 @@ static int at_publish(struct broker *b, const char *queue, int priority, const c
                       size_t len, struct err *e)
 {
     struct amqp_transport *t = impl(b);
-    json_error_t jerr;
-    json_t *env = json_loadb(envelope, len, 0, &jerr);
-    if (!env)
-        return err_set(e, -EINVAL, "envelope to publish is not JSON: %s", jerr.text);
-    int rc = publish_once(t, queue, priority, env, e);
-    if (rc == -ENOENT) {
-        /* No such queue yet: declare it as a Python client would, then
-         * publish again. */
-        rc = amqp_declare_task_queue(&t->link, queue, 0, NULL, AMQP_DECLARE_ADOPT, e);
-        follow_channel(t);
-        if (!rc)
-            rc = publish_once(t, queue, priority, env, e);
-    }
-    if (rc == -ETIMEDOUT) {
-        /* Its fate is unknown: start over on a new connection (the caller
-         * publishes again; a duplicate is better than a loss). */
-        amqp_link_close(&t->link, e ? e->msg : "no publisher confirm");
-        follow_channel(t);
-        rc = E_CONN_LOST;
-    }
-    json_decref(env);
+    int rc = broker_amqp_publish_task(&t->link, queue, priority, envelope, len, e);
+    follow_channel(t);
     return rc;
 }
 
@@ -458,11 +461,43 @@ static void at_leave(struct broker *b)
     follow_channel(t);
 }
 
+static int at_reply(struct broker *b, const char *reply_to, const char *correlation_id,
+                    const char *content_type, const char *body, size_t len, struct err *e)
+{
+    struct amqp_transport *t = impl(b);
+    bool json = !strcmp(content_type, "application/json");
+    amqp_basic_properties_t props = {
+        ._flags = AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_CONTENT_ENCODING_FLAG |
+                  AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_CORRELATION_ID_FLAG,
+        .content_type = amqp_cstring_bytes(content_type),
+        .content_encoding = amqp_cstring_bytes(json ? "utf-8" : "binary"),
+        .delivery_mode = 1, /* Celery's result_persistent is off by default */
+        .correlation_id = amqp_cstring_bytes(correlation_id),
+    };
+    /* Not mandatory: a client that left took its auto-delete queue along,
+     * and Celery drops such a reply too. */
+    int rc = amqp_link_publish(&t->link, "", reply_to, false, &props,
+                               (amqp_bytes_t){.len = len, .bytes = (void *)body},
+                               AMQP_LINK_RPC_TIMEOUT_MS, e);
+    if (rc == -ETIMEDOUT) {
+        amqp_link_close(&t->link, e ? e->msg : "no publisher confirm");
+        rc = E_CONN_LOST;
+    }
+    follow_channel(t);
+    return rc;
+}
+
+static struct bus *at_bus(struct broker *b)
+{
+    return &impl(b)->events;
+}
+
 static void at_release(struct broker *b)
 {
     struct amqp_transport *t = impl(b);
     if (!t)
         return;
+    t->events.ops->release(&t->events);
     amqp_link_close(&t->link, NULL);
     free_queues(t);
     free(t->tags);
@@ -490,6 +525,8 @@ static const struct broker_ops amqp_transport_ops = {
     .recover_slot = at_recover_slot,
     .settle_lost = at_settle_lost,
     .publish = at_publish,
+    .reply = at_reply,
+    .bus = at_bus,
     .leave = at_leave,
     .release = at_release,
 };
@@ -502,6 +539,7 @@ int broker_amqp_transport_init(struct broker *b, const struct broker_config *cfg
     amqp_link_init(&t->link, "broker");
     t->cfg = cfg;
     at_consume(&(struct broker){.impl = t}, cfg->queues, cfg->n_queues);
+    bus_amqp_init(&t->events, cfg, NULL, &t->link);
     b->ops = &amqp_transport_ops;
     b->impl = t;
     return 0;

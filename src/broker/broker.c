@@ -1,9 +1,11 @@
 /* SPDX-License-Identifier: MIT
- * broker/broker.c: picking the transport a worker's --broker URL names.
+ * broker/broker.c: picking the transport (and the bus) a worker's --broker
+ * URL names.
  */
 #include "common.h"
 #include "broker/amqp.h"
 #include "broker/broker.h"
+#include "broker/bus.h"
 #include "broker/redis.h"
 
 int broker_init(struct broker *b, const struct broker_config *cfg,
@@ -17,4 +19,15 @@ int broker_init(struct broker *b, const struct broker_config *cfg,
         return broker_amqp_transport_init(b, cfg, owner);
     }
     return err_set(e, -EINVAL, "unknown broker transport %d", (int)cfg->kind);
+}
+
+int bus_init(struct bus *b, const struct broker_config *cfg, const char *node)
+{
+    switch (cfg->kind) {
+    case BROKER_REDIS:
+        return bus_redis_init(b, cfg, node, NULL);
+    case BROKER_AMQP:
+        return bus_amqp_init(b, cfg, node, NULL);
+    }
+    return -EINVAL;
 }

@@ -35,6 +35,8 @@ struct broker_config {
     char **queues;               /* queue names to consume, in order */
     size_t n_queues;
     size_t max_message;          /* envelopes larger than this are dropped unread */
+    int prefetch;                /* AMQP: unacked deliveries per consumer (basic.qos), 0 =
+                                    unlimited; Celery's worker_prefetch_multiplier */
     bool record_unacked;         /* Redis: pop and record in kombu's unacked hash in one
                                     step (some task acks late); false: pop into the
                                     child's hand (see broker_redis_set_hand) */
@@ -91,6 +93,7 @@ enum broker_ack_flags {
 };
 
 struct broker;
+struct bus;
 
 struct broker_ops {
     const char *name;
@@ -133,6 +136,16 @@ struct broker_ops {
     /* Publishes a task envelope to queue, confirmed before it returns. */
     int (*publish)(struct broker *b, const char *queue, int priority, const char *envelope,
                    size_t len, struct err *e);
+    /* Sends a task's result to the client's reply queue as Celery's rpc://
+     * backend does: the default exchange with routing key reply_to, the
+     * correlation id, transient; confirmed before it returns. A reply queue
+     * that is gone (the client left) is not an error. -ENOTSUP on a
+     * transport without it. */
+    int (*reply)(struct broker *b, const char *reply_to, const char *correlation_id,
+                 const char *content_type, const char *body, size_t len, struct err *e);
+    /* The bus riding on this connection, for the child's events (owned by
+     * b; see bus.h). */
+    struct bus *(*bus)(struct broker *b);
     /* Leaving: settles what can be settled, then closes (no retry). */
     void (*leave)(struct broker *b);
     /* Frees everything (closes without further I/O). */

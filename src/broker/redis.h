@@ -170,8 +170,5 @@ int broker_redis_sweep(struct broker_redis *b, double visibility_timeout, struct
  * cfg for owner (nothing opened). 0. */
 int broker_redis_transport_init(struct broker *b, const struct broker_config *cfg,
                                 const struct broker_owner *owner);
-/* NEEDSWORK(#11): events still PUBLISH on the child's Redis link; they move
- * behind broker.h with the control process. */
-struct redis_link *broker_redis_transport_link(struct broker *b);
 
 #endif /* CELERIAC_BROKER_REDIS_H */

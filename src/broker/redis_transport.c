@@ -8,6 +8,7 @@
  */
 #include "common.h"
 #include "broker/broker.h"
+#include "broker/bus.h"
 #include "broker/redis.h"
 #include "protocol/message.h"
 #include "util/time.h"
@@ -20,6 +21,7 @@ struct redis_transport {
     bool hand_full;              /* the hand holds the delivery being handled */
     uint64_t hand_hash;          /* ... whose bytes hash to this */
     int64_t next_sweep_ms;       /* monotonic time of the next maintenance */
+    struct bus events;           /* riding on r.link */
 };
 
 static struct redis_transport *impl(const struct broker *b)
@@ -286,9 +288,27 @@ static void rt_release(struct broker *b)
     struct redis_transport *t = impl(b);
     if (!t)
         return;
+    t->events.ops->release(&t->events);
     broker_redis_release(&t->r, NULL);
     free(t);
     b->impl = NULL;
+}
+
+static int rt_reply(struct broker *b, const char *reply_to, const char *correlation_id,
+                    const char *content_type, const char *body, size_t len, struct err *e)
+{
+    UNUSED(b);
+    UNUSED(reply_to);
+    UNUSED(correlation_id);
+    UNUSED(content_type);
+    UNUSED(body);
+    UNUSED(len);
+    return err_set(e, -ENOTSUP, "rpc:// results need an amqp:// broker");
+}
+
+static struct bus *rt_bus(struct broker *b)
+{
+    return &impl(b)->events;
 }
 
 static const struct broker_ops redis_transport_ops = {
@@ -311,6 +331,8 @@ static const struct broker_ops redis_transport_ops = {
     .recover_slot = rt_recover_slot,
     .settle_lost = rt_settle_lost,
     .publish = rt_publish,
+    .reply = rt_reply,
+    .bus = rt_bus,
     .leave = rt_leave,
     .release = rt_release,
 };
@@ -323,12 +345,8 @@ int broker_redis_transport_init(struct broker *b, const struct broker_config *cf
     broker_redis_init(&t->r, cfg);
     if (!cfg->record_unacked)
         broker_redis_set_hand(&t->r, owner->node, owner->master_pid, owner->index);
+    bus_redis_init(&t->events, cfg, NULL, &t->r.link);
     b->ops = &redis_transport_ops;
     b->impl = t;
     return 0;
-}
-
-struct redis_link *broker_redis_transport_link(struct broker *b)
-{
-    return &impl(b)->r.link;
 }

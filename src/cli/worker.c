@@ -31,6 +31,7 @@ enum {
     OPT_VISIBILITY_TIMEOUT,
     OPT_NO_REJECT_ON_WORKER_LOST,
     OPT_MAX_WORKER_LOST_REQUEUES,
+    OPT_PREFETCH_MULTIPLIER,
     OPT_MAX_TASKS_PER_CHILD,
     OPT_MAX_MEMORY_PER_CHILD,
     OPT_DB_MAX_AGE,
@@ -66,6 +67,7 @@ static const struct option options[] = {
     {"visibility-timeout", required_argument, NULL, OPT_VISIBILITY_TIMEOUT},
     {"no-reject-on-worker-lost", no_argument, NULL, OPT_NO_REJECT_ON_WORKER_LOST},
     {"max-worker-lost-requeues", required_argument, NULL, OPT_MAX_WORKER_LOST_REQUEUES},
+    {"prefetch-multiplier", required_argument, NULL, OPT_PREFETCH_MULTIPLIER},
     {"max-tasks-per-child", required_argument, NULL, OPT_MAX_TASKS_PER_CHILD},
     {"max-memory-per-child", required_argument, NULL, OPT_MAX_MEMORY_PER_CHILD},
     {"db-max-age", required_argument, NULL, OPT_DB_MAX_AGE},
@@ -125,6 +127,9 @@ static const char usage_text[] =
     "      --max-worker-lost-requeues N\n"
     "                              a late-ack message whose child died is requeued at most\n"
     "                              N times, then fails with WorkerLostError (default: 3)\n"
+    "      --prefetch-multiplier N amqp://: messages each child may hold unacked per\n"
+    "                              queue, beyond the ETA messages it holds (Celery's\n"
+    "                              worker_prefetch_multiplier; 0 = no limit; default: 1)\n"
     "      --max-tasks-per-child N replace a child after N tasks (default: never)\n"
     "      --max-memory-per-child KIB\n"
     "                              replace a child whose RSS exceeds KIB after a task\n"
@@ -395,6 +400,11 @@ static int parse_flags(struct worker_config *cfg, int argc, char **argv, const c
                 return EXIT_USAGE;
             cfg->max_worker_lost_requeues = (int)n;
             break;
+        case OPT_PREFETCH_MULTIPLIER:
+            if (parse_long("--prefetch-multiplier", optarg, 0, 65535, &n))
+                return EXIT_USAGE;
+            cfg->broker.prefetch = (int)n;
+            break;
         case OPT_MAX_TASKS_PER_CHILD:
             if (parse_long("--max-tasks-per-child", optarg, 1, LONG_MAX, &n))
                 return EXIT_USAGE;
@@ -467,23 +477,16 @@ static int parse_broker_url(struct worker_config *cfg, struct err *e)
     return amqp_url_parse(&cfg->broker.amqp, cfg->broker_url, e);
 }
 
-/* What has no AMQP implementation yet is turned off, said once: remote
- * control and events ride on Redis pub/sub (control/), and so does the
- * master's salvage of dead children's hands, which AMQP does not need (the
- * server requeues what a closed connection held). */
+/* What AMQP does not need is turned off: kombu's unacked hash (the server
+ * requeues what a closed connection held). */
 static void gate_amqp(struct worker_config *cfg)
 {
     if (cfg->broker.kind != BROKER_AMQP)
         return;
-    /* NEEDSWORK(#11): pidbox over celery.pidbox and events over celeryev. */
-    log_warning("remote control (celery inspect/control) and events are not available on "
-                "amqp:// yet: running without them");
-    cfg->remote_control = false;
-    cfg->task_events = false;
     cfg->broker.record_unacked = false;
     if (!cfg->backend_url)
         log_warning("no --result-backend: task results are not stored (with an amqp:// "
-                    "broker results go to Redis: --result-backend redis://...)");
+                    "broker: --result-backend redis://... or rpc://)");
 }
 
 static int validate(struct worker_config *cfg, const char *db_url)
@@ -497,11 +500,13 @@ static int validate(struct worker_config *cfg, const char *db_url)
         return usage_error("bad broker URL: %s", e.msg);
     if (!cfg->broker.n_queues && set_queues(cfg, "celery"))
         return EXIT_USAGE;
-    if (cfg->backend_url && !strncasecmp(cfg->backend_url, "rpc://", 6))
-        /* NEEDSWORK(#11): results to the client's reply_to queue. */
-        return usage_error("bad result backend URL: rpc:// is not supported yet; use "
-                           "--result-backend redis://...");
-    if (cfg->backend_url) {
+    if (cfg->backend_url && !strncasecmp(cfg->backend_url, "rpc://", 6)) {
+        if (cfg->broker.kind != BROKER_AMQP)
+            return usage_error("bad result backend URL: rpc:// needs an amqp:// broker here; "
+                               "with Redis use --result-backend redis://...");
+        cfg->backend.kind = BACKEND_RPC;
+        cfg->backend.enabled = true;
+    } else if (cfg->backend_url) {
         if (redis_url_parse(&cfg->backend.url, cfg->backend_url, &e))
             return usage_error("bad result backend URL: %s", e.msg);
         cfg->backend.enabled = true;

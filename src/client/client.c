@@ -1,14 +1,18 @@
 /* SPDX-License-Identifier: MIT
  * client/client.c: the C client (celeriac_client.h): publish a task message
- * as Celery's client does (spec §10.1) and wait for its result as
- * AsyncResult.get() does (subscribe, then read the key, then listen).
+ * as Celery's client does (spec §10.1), to Redis or RabbitMQ, and wait for
+ * its result in Redis as AsyncResult.get() does (subscribe, then read the
+ * key, then listen).
  */
 #include "common.h"
 #include "celeriac.h"
 #include "celeriac_client.h"
+#include "broker/amqp.h"
 #include "protocol/message.h"
 #include "protocol/pyjson.h"
 #include "protocol/serializer.h"
+#include "util/amqp_link.h"
+#include "util/amqp_url.h"
 #include "util/buf.h"
 #include "util/redis_link.h"
 #include "util/time.h"
@@ -19,6 +23,9 @@
 #define API __attribute__((visibility("default")))
 
 struct celeriac_client {
+    bool on_amqp;                 /* the broker is RabbitMQ */
+    struct amqp_url amqp_url;
+    struct amqp_link amqp;        /* confirmed publishes of task messages */
     struct redis_url broker_url;
     struct redis_url backend_url;
     bool has_backend;
@@ -38,6 +45,8 @@ API void celeriac_client_free(struct celeriac_client *c)
     if (!c)
         return;
     redis_link_close(&c->broker, NULL);
+    amqp_link_close(&c->amqp, NULL);
+    amqp_url_release(&c->amqp_url);
     redis_link_close(&c->backend, NULL);
     redis_link_close(&c->sub, NULL);
     redis_url_release(&c->broker_url);
@@ -53,9 +62,14 @@ API struct celeriac_client *celeriac_client_new(const char *broker_url, const ch
     redis_link_init(&c->broker, "broker");
     redis_link_init(&c->backend, "result backend");
     redis_link_init(&c->sub, "result backend");
-    if (redis_url_parse(&c->broker_url, broker_url ? broker_url : "redis://localhost:6379/0", &e))
-        goto out_fail;
-    if (redis_link_open(&c->broker, &c->broker_url, &e))
+    amqp_link_init(&c->amqp, "broker");
+    if (!broker_url)
+        broker_url = "redis://localhost:6379/0";
+    c->on_amqp = amqp_url_is_amqp(broker_url);
+    if (c->on_amqp ? amqp_url_parse(&c->amqp_url, broker_url, &e) ||
+                      amqp_link_open(&c->amqp, &c->amqp_url, &e)
+                : redis_url_parse(&c->broker_url, broker_url, &e) ||
+                      redis_link_open(&c->broker, &c->broker_url, &e))
         goto out_fail;
     if (backend_url) {
         if (redis_url_parse(&c->backend_url, backend_url, &e) ||
@@ -135,6 +149,13 @@ API int celeriac_send(struct celeriac_client *c, const char *name, const char *a
     if (o->subscribe && c->has_backend && subscribe(c, id, &e))
         goto out_fail;
     const char *queue = o->queue ? o->queue : "celery";
+    if (c->on_amqp) {
+        /* RabbitMQ serves the higher priority first, as Celery sends it */
+        if (broker_amqp_publish_task(&c->amqp, queue, t.priority, env.data, env.len, &e))
+            goto out_fail;
+        memcpy(id_out, id, 37);
+        goto out;
+    }
     message_priority_list(&list, queue, t.priority);
     buf_addf(&member, "%s\x06\x16\x06\x16%s", queue, queue);
     redisReply *r = redis_link_command(&c->broker, &e, "SADD _kombu.binding.%s %b", queue,

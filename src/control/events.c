@@ -3,39 +3,17 @@
  */
 #include "common.h"
 #include "control/events.h"
+#include "broker/bus.h"
 #include "protocol/message.h"
-#include "util/base64.h"
 #include "util/buf.h"
-#include "util/redis_link.h"
 #include "util/time.h"
-#include "util/uuid.h"
 #include "worker/scoreboard.h"
 
 #include <time.h>
 
-void envelope_encode(struct buf *out, const char *body_json, json_t *headers, const char *exchange,
-                     const char *routing_key, int delivery_mode)
-{
-    char tag[UUID_STR_LEN];
-    uuid_generate(tag);
-    struct buf b64 = BUF_INIT;
-    base64_encode(&b64, body_json, strlen(body_json));
-    json_t *env = json_pack("{s:s, s:s, s:s, s:O, s:{s:i, s:{s:s, s:s}, s:i, s:s, s:s}}", "body",
-                            b64.data, "content-encoding", "utf-8", "content-type",
-                            "application/json", "headers", headers ? headers : json_object(),
-                            "properties", "delivery_mode", delivery_mode, "delivery_info",
-                            "exchange", exchange, "routing_key", routing_key, "priority", 0,
-                            "body_encoding", "base64", "delivery_tag", tag);
-    buf_release(&b64);
-    char *text = json_dumps(env, JSON_COMPACT);
-    buf_adds(out, text);
-    free(text);
-    json_decref(env);
-}
-
 bool events_task_enabled(const struct event_sender *s)
 {
-    return s->link && atomic_load(&s->sb->shared->events_enabled) != 0;
+    return s->bus && atomic_load(&s->sb->shared->events_enabled) != 0;
 }
 
 /* Hours west of UTC, as Python's time.timezone // 3600. */
@@ -49,7 +27,7 @@ static int utcoffset_hours(void)
 
 int event_send(struct event_sender *s, const char *type, json_t *fields)
 {
-    if (!s->link || (!strncmp(type, "task-", 5) && !events_task_enabled(s))) {
+    if (!s->bus || (!strncmp(type, "task-", 5) && !events_task_enabled(s))) {
         json_decref(fields);
         return 0;
     }
@@ -69,16 +47,9 @@ int event_send(struct event_sender *s, const char *type, json_t *fields)
         if (*p == '-')
             *p = '.';
     json_t *headers = json_pack("{s:s}", "hostname", s->hostname);
-    struct buf env = BUF_INIT, channel = BUF_INIT;
-    envelope_encode(&env, body ? body : "{}", headers, "celeryev", rk, 1);
+    int rc = s->bus->ops->event(s->bus, rk, body ? body : "{}", headers);
     json_decref(headers);
     free(body);
-    buf_addf(&channel, "/%d.celeryev/%s", s->db, rk);
-    const char *argv[] = {"PUBLISH", channel.data, env.data};
-    size_t lens[] = {7, channel.len, env.len};
-    int rc = redis_link_send_argv(s->link, 3, argv, lens);
-    buf_release(&env);
-    buf_release(&channel);
     return rc;
 }
 

@@ -5,10 +5,10 @@
  */
 #include "common.h"
 #include "control/pidbox.h"
+#include "broker/bus.h"
 #include "util/base64.h"
 #include "util/buf.h"
 #include "util/log.h"
-#include "util/redis_link.h"
 #include "util/time.h"
 #include "worker/config.h"
 #include "worker/scoreboard.h"
@@ -277,6 +277,24 @@ static json_t *rusage_json(void)
                      (json_int_t)ru.ru_nvcsw, "nivcsw", (json_int_t)ru.ru_nivcsw);
 }
 
+/* The broker connection as Celery's stats describe it (no password). */
+static json_t *broker_info(const struct broker_config *b)
+{
+    bool amqp = b->kind == BROKER_AMQP;
+    json_t *info = json_pack(
+        "{s:s?, s:s?, s:n, s:i, s:b, s:b, s:s, s:i, s:{}, s:n, s:n, s:f, s:s, s:[]}", "hostname",
+        amqp ? b->amqp.host : b->url.host, "userid", amqp ? b->amqp.user : NULL, "virtual_host",
+        "port", amqp ? b->amqp.port : b->url.port, "insist", 0, "ssl", amqp && b->amqp.tls,
+        "transport", amqp ? "amqp" : "redis", "connect_timeout", 5, "transport_options",
+        "login_method", "uri_prefix", "heartbeat", amqp ? (double)b->amqp.heartbeat : 0.0,
+        "failover_strategy", "round-robin", "alternates");
+    json_object_set_new(info, "virtual_host",
+                        amqp ? json_string(b->amqp.vhost) : json_sprintf("%d", b->url.db));
+    if (amqp)
+        json_object_set_new(info, "login_method", json_string("PLAIN"));
+    return info;
+}
+
 static json_t *cmd_stats(struct pidbox *p)
 {
     const struct worker_config *cfg = p->cfg;
@@ -308,13 +326,7 @@ static json_t *cmd_stats(struct pidbox *p)
     snprintf(clock, sizeof(clock), "%" PRIu64, scoreboard_clock(p->sb, 0));
     json_t *mtpc = cfg->max_tasks_per_child ? json_integer((json_int_t)cfg->max_tasks_per_child)
                                             : json_string("N/A");
-    json_t *broker = json_pack(
-        "{s:s?, s:n, s:s, s:i, s:b, s:b, s:s, s:i, s:{}, s:n, s:n, s:f, s:s, s:[]}", "hostname",
-        cfg->broker.url.host, "userid", "virtual_host", "0", "port", cfg->broker.url.port,
-        "insist", 0, "ssl", 0, "transport", "redis", "connect_timeout", 5, "transport_options",
-        "login_method", "uri_prefix", "heartbeat", 0.0, "failover_strategy", "round-robin",
-        "alternates");
-    json_object_set_new(broker, "virtual_host", json_sprintf("%d", cfg->broker.url.db));
+    json_t *broker = broker_info(&cfg->broker);
     return json_pack(
         "{s:o, s:i, s:s, s:i, s:{s:i, s:o, s:o, s:b, s:[f, f], s:{s:i, s:s, s:s, s:s, s:s}, "
         "s:o}, s:o, s:i, s:o, s:s, s:s}",
@@ -324,7 +336,7 @@ static json_t *cmd_stats(struct pidbox *p)
         mtpc, "put-guarded-by-semaphore", 0, "timeouts", cfg->soft_time_limit, cfg->time_limit,
         "writes", "total", 0, "avg", "0.00", "all", "", "raw", "", "strategy", "fair",
         "celeriac-children", dbs, "broker", broker, "prefetch_count",
-        atomic_load(&p->sb->shared->pool_target), "rusage", rusage_json(), "sw_ident",
+        atomic_load(&p->sb->shared->pool_target) * (cfg->broker.prefetch ? cfg->broker.prefetch : 1), "rusage", rusage_json(), "sw_ident",
         "celeriac", "sw_ver", CELERIAC_VERSION);
 }
 
@@ -667,46 +679,26 @@ static bool addressed_to_us(const struct pidbox *p, json_t *body)
     return true;
 }
 
-/* kombu's reply routing: the binding set of reply.celery.pidbox names the
- * client's list by routing key; no binding (client gone) = no reply. */
+/* The reply Celery's clients wait for: {node: result}, with the request's
+ * ticket and our clock in the headers. */
 static int send_reply(struct pidbox *p, json_t *reply_to, const char *ticket, json_t *result)
 {
     const char *exchange = json_string_value(json_object_get(reply_to, "exchange"));
     const char *rk = json_string_value(json_object_get(reply_to, "routing_key"));
     if (!exchange || !rk || !ticket)
         return 0;
-    struct err e = {0};
-    redisReply *r = redis_link_command(p->cmd, &e, "SMEMBERS _kombu.binding.%s", exchange);
-    if (!r)
-        return E_CONN_LOST;
     json_t *body = json_object();
     json_object_set(body, p->cfg->node_name, result);
     char *body_text = json_dumps(body, JSON_COMPACT);
     json_decref(body);
     json_t *headers = json_pack("{s:s, s:I}", "ticket", ticket, "clock",
                                 (json_int_t)scoreboard_clock(p->sb, 0));
-    struct buf env = BUF_INIT;
-    envelope_encode(&env, body_text ? body_text : "{}", headers, exchange, rk, 1);
+    struct err e = {0};
+    int rc = p->bus->ops->reply(p->bus, exchange, rk, body_text ? body_text : "{}", headers, &e);
+    if (rc)
+        log_warning("remote control: reply to %s: %s", rk, e.msg);
     json_decref(headers);
     free(body_text);
-    int rc = 0;
-    size_t rklen = strlen(rk);
-    for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
-        const char *m = r->element[i]->str;
-        if (!m || strncmp(m, rk, rklen) || strncmp(m + rklen, "\x06\x16", 2))
-            continue;
-        const char *sep = strstr(m + rklen + 2, "\x06\x16");
-        if (!sep)
-            continue;
-        redisReply *pr = redis_link_command(p->cmd, &e, "LPUSH %s %b", sep + 2, env.data, env.len);
-        if (!pr) {
-            rc = E_CONN_LOST;
-            break;
-        }
-        freeReplyObject(pr);
-    }
-    freeReplyObject(r);
-    buf_release(&env);
     return rc;
 }
 

@@ -13,12 +13,12 @@
 
 struct worker_config;
 struct scoreboard;
-struct redis_link;
+struct bus;
 
 struct pidbox {
     const struct worker_config *cfg;   /* borrowed */
     struct scoreboard *sb;             /* borrowed */
-    struct redis_link *cmd;            /* connection for replies */
+    struct bus *bus;                   /* borrowed: requests and replies */
     struct event_sender *events;       /* for the heartbeat command */
     pid_t master_pid;
     bool shutdown_requested;           /* `control shutdown` arrived */

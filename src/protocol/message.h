@@ -36,6 +36,8 @@ struct message {
     const char *delivery_tag;  /* properties.delivery_tag */
     const char *exchange;      /* properties.delivery_info.exchange */
     const char *routing_key;   /* properties.delivery_info.routing_key */
+    const char *reply_to;      /* properties.reply_to (the client's rpc:// queue) or NULL */
+    const char *correlation_id; /* properties.correlation_id or NULL */
     const char *task_name;     /* headers.task */
     const char *task_id;       /* headers.id; may be known even when decoding fails */
     const char *root_id;       /* headers.root_id or NULL */
@@ -116,6 +118,7 @@ struct task_send {
     double soft_time_limit;    /* 0 = none */
     bool ignore_result;
     enum serializer serializer; /* of the body: JSON (zero) or msgpack */
+    const char *reply_to;      /* the client's rpc:// queue; NULL = "" (none) */
 };
 
 /* Appends the envelope JSON for t to out and copies the task id it used into

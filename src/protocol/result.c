@@ -85,3 +85,16 @@ void result_meta_encode(struct buf *out, const struct result_meta *m, enum seria
     json_decref(o);
 }
 
+
+void result_reply_encode(struct buf *out, const struct result_meta *m, enum serializer s)
+{
+    json_t *meta = result_meta_object(m);
+    json_t *o = json_object();
+    json_object_set_new(o, "task_id", string_or_null(m->task_id));
+    static const char *const keys[] = {"status", "result", "traceback", "children"};
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
+        json_object_set(o, keys[i], json_object_get(meta, keys[i]));
+    json_decref(meta);
+    serializer_dump(out, s, o);
+    json_decref(o);
+}

@@ -35,10 +35,16 @@ struct result_meta {
                                   the next chain step) as Celery stores them, or NULL */
     enum serializer arrived_in; /* the task message's serializer (JSON when unknown), for
                                   RESULT_SERIALIZER_AUTO */
+    const char *reply_to;      /* rpc://: the client's queue (NULL: nobody to tell) */
+    const char *correlation_id; /* rpc://: the reply's correlation id (NULL: the task id) */
 };
 
 /* Appends the meta Celery stores to out, in Python's key order, encoded with
  * s (msgpack output holds NUL bytes: use out->len). */
 void result_meta_encode(struct buf *out, const struct result_meta *m, enum serializer s);
+
+/* Appends the reply Celery's rpc:// backend sends to the client's queue:
+ * {task_id, status, result, traceback, children}, encoded with s. */
+void result_reply_encode(struct buf *out, const struct result_meta *m, enum serializer s);
 
 #endif /* CELERIAC_PROTOCOL_RESULT_H */

@@ -6,13 +6,13 @@
  */
 #include "common.h"
 #include "util/amqp_link.h"
+#include "util/amqp_tls.h"
 #include "util/amqp_url.h"
 #include "util/buf.h"
 #include "util/log.h"
 #include "util/self.h"
 #include "util/time.h"
 
-#include <amqp_ssl_socket.h>
 #include <amqp_tcp_socket.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -182,9 +182,27 @@ static int server_connection_close(struct amqp_link *l, const amqp_connection_cl
     return code;
 }
 
+/* What a library status means, in why (size n). A plain connection that
+ * the server drops during the handshake is likely aimed at a TLS port: the
+ * message says so. Returns true when the server's TLS certificate failed
+ * verification (configuration, not an outage). */
+static bool describe_status(struct amqp_link *l, const struct amqp_url *u, int status, char *why,
+                            size_t n)
+{
+    if (l->tls)
+        return amqp_tls_describe(status, &l->tls_check, u, l->opening, why, n);
+    if (l->opening && (status == AMQP_STATUS_SOCKET_ERROR ||
+                       status == AMQP_STATUS_CONNECTION_CLOSED ||
+                       status == AMQP_STATUS_BAD_AMQP_DATA))
+        snprintf(why, n, "%s (if that port is TLS, use amqps://)", amqp_error_string2(status));
+    else
+        snprintf(why, n, "%s", amqp_error_string2(status));
+    return false;
+}
+
 int amqp_link_check(struct amqp_link *l, amqp_rpc_reply_t r, const char *what, struct err *e)
 {
-    char why[200];
+    char why[240];
     switch (r.reply_type) {
     case AMQP_RESPONSE_NORMAL:
         return 0;
@@ -196,7 +214,7 @@ int amqp_link_check(struct amqp_link *l, amqp_rpc_reply_t r, const char *what, s
         snprintf(why, sizeof(why), "unexpected server method 0x%08x", (unsigned)r.reply.id);
         break;
     case AMQP_RESPONSE_LIBRARY_EXCEPTION:
-        snprintf(why, sizeof(why), "%s", amqp_error_string2(r.library_error));
+        describe_status(l, NULL, r.library_error, why, sizeof(why));
         break;
     case AMQP_RESPONSE_NONE:
     default:
@@ -217,29 +235,11 @@ static int status_lost(struct amqp_link *l, int status, const char *what, struct
 
 static amqp_socket_t *new_socket(struct amqp_link *l, const struct amqp_url *u, struct err *e)
 {
-    if (!u->tls) {
-        amqp_socket_t *s = amqp_tcp_socket_new(l->conn);
-        if (!s)
-            err_set(e, E_CONN_LOST, "connect to %s failed: out of memory", l->where);
-        return s;
-    }
-    amqp_socket_t *s = amqp_ssl_socket_new(l->conn);
-    if (!s) {
-        err_set(e, E_CONN_LOST, "connect to %s failed: cannot create a TLS socket", l->where);
-        return NULL;
-    }
-    amqp_ssl_socket_set_verify_peer(s, u->ssl_verify);
-    amqp_ssl_socket_set_verify_hostname(s, u->ssl_verify);
-    if (u->ssl_ca_certs && amqp_ssl_socket_set_cacert(s, u->ssl_ca_certs)) {
-        err_set(e, E_CONFIG, "TLS CA file '%s' for %s cannot be loaded", u->ssl_ca_certs,
-                l->where);
-        return NULL;
-    }
-    if (u->ssl_certfile && amqp_ssl_socket_set_key(s, u->ssl_certfile, u->ssl_keyfile)) {
-        err_set(e, E_CONFIG, "TLS certificate '%s' or key '%s' for %s cannot be loaded",
-                u->ssl_certfile, u->ssl_keyfile, l->where);
-        return NULL;
-    }
+    if (u->tls)
+        return amqp_tls_socket_new(l->conn, u, l->where, &l->tls_check, e);
+    amqp_socket_t *s = amqp_tcp_socket_new(l->conn);
+    if (!s)
+        err_set(e, E_CONN_LOST, "connect to %s failed: out of memory", l->where);
     return s;
 }
 
@@ -285,10 +285,14 @@ int amqp_link_open(struct amqp_link *l, const struct amqp_url *u, struct err *e)
     amqp_socket_t *s = new_socket(l, u, e);
     struct timeval ct = tv_ms(u->connect_timeout_ms), rt = tv_ms(AMQP_LINK_RPC_TIMEOUT_MS);
     int st = s ? amqp_socket_open_noblock(s, u->host, u->port, &ct) : AMQP_STATUS_OK;
+    if (s && l->tls)
+        amqp_tls_handshake_done(s);
     if (!s || st != AMQP_STATUS_OK) {
-        if (s)
-            err_set(e, E_CONN_LOST, "connect to %s failed: %s", l->where,
-                    amqp_error_string2(st));
+        char why[240];
+        if (s && describe_status(l, u, st, why, sizeof(why)))
+            err_set(e, E_CONFIG, "connect to %s failed: %s", l->where, why);
+        else if (s)
+            err_set(e, E_CONN_LOST, "connect to %s failed: %s", l->where, why);
         amqp_destroy_connection(l->conn);
         l->conn = NULL;
         return e ? e->code : E_CONN_LOST;
@@ -405,9 +409,102 @@ struct event {
     char text[160];
 };
 
-/* basic.deliver: the delivery fields, then the content frames. */
+/* The largest body a real RabbitMQ sends: its max_message_size cannot be
+ * set above 512 MiB. A header frame announcing more is hostile or corrupt;
+ * rabbitmq-c's amqp_read_message would allocate whatever it says. */
+#define AMQP_LINK_MAX_BODY ((uint64_t)512 * 1024 * 1024)
+
+/* Copies what the pool of the connection's frame owns into msg's pool:
+ * every flagged bytes field and the headers table. */
+static int clone_properties(const amqp_basic_properties_t *src, amqp_message_t *msg)
+{
+    amqp_basic_properties_t *dst = &msg->properties;
+    *dst = *src;
+    amqp_bytes_t *const fields[] = {
+        &dst->content_type, &dst->content_encoding, &dst->correlation_id, &dst->reply_to,
+        &dst->expiration,   &dst->message_id,       &dst->type,           &dst->user_id,
+        &dst->app_id,       &dst->cluster_id,
+    };
+    const amqp_flags_t flags[] = {
+        AMQP_BASIC_CONTENT_TYPE_FLAG, AMQP_BASIC_CONTENT_ENCODING_FLAG,
+        AMQP_BASIC_CORRELATION_ID_FLAG, AMQP_BASIC_REPLY_TO_FLAG, AMQP_BASIC_EXPIRATION_FLAG,
+        AMQP_BASIC_MESSAGE_ID_FLAG, AMQP_BASIC_TYPE_FLAG, AMQP_BASIC_USER_ID_FLAG,
+        AMQP_BASIC_APP_ID_FLAG, AMQP_BASIC_CLUSTER_ID_FLAG,
+    };
+    for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++) {
+        amqp_bytes_t *b = fields[i];
+        if (!(src->_flags & flags[i]) || !b->len)
+            continue;
+        void *copy = amqp_pool_alloc(&msg->pool, b->len);
+        if (!copy)
+            return AMQP_STATUS_NO_MEMORY;
+        memcpy(copy, b->bytes, b->len);
+        b->bytes = copy;
+    }
+    if (src->_flags & AMQP_BASIC_HEADERS_FLAG)
+        return amqp_table_clone(&src->headers, &dst->headers, &msg->pool);
+    return AMQP_STATUS_OK;
+}
+
+/* The content of a delivery on channel ch: the header frame, then the body
+ * frames, which are read into one buffer of the announced size, or, past
+ * AMQP_LINK_MAX_BODY, read and discarded (*discarded set). As
+ * amqp_read_message, with the allocation bounded. */
+static int read_content(struct amqp_link *l, amqp_channel_t ch, amqp_message_t *msg,
+                        uint64_t *discarded, struct err *e)
+{
+    amqp_frame_t f;
+    memset(msg, 0, sizeof(*msg));
+    *discarded = 0;
+    int st = amqp_simple_wait_frame(l->conn, &f);
+    if (st != AMQP_STATUS_OK)
+        return status_lost(l, st, "read delivery", e);
+    if (f.frame_type == AMQP_FRAME_METHOD) {
+        amqp_rpc_reply_t r = {.reply_type = AMQP_RESPONSE_SERVER_EXCEPTION, .reply = f.payload.method};
+        return amqp_link_check(l, r, "read delivery", e);
+    }
+    if (f.frame_type != AMQP_FRAME_HEADER || f.channel != ch)
+        return status_lost(l, AMQP_STATUS_UNEXPECTED_STATE, "read delivery", e);
+    init_amqp_pool(&msg->pool, 4096);
+    uint64_t size = f.payload.properties.body_size;
+    st = clone_properties(f.payload.properties.decoded, msg);
+    if (st != AMQP_STATUS_OK)
+        goto out_lost;
+    bool keep = size <= AMQP_LINK_MAX_BODY;
+    if (keep && size) {
+        msg->body = amqp_bytes_malloc((size_t)size);
+        if (!msg->body.bytes) {
+            st = AMQP_STATUS_NO_MEMORY;
+            goto out_lost;
+        }
+    }
+    for (uint64_t got = 0; got < size;) {
+        if ((st = amqp_simple_wait_frame(l->conn, &f)) != AMQP_STATUS_OK)
+            goto out_lost;
+        if (f.frame_type != AMQP_FRAME_BODY || f.channel != ch ||
+            f.payload.body_fragment.len > size - got) {
+            st = AMQP_STATUS_BAD_AMQP_DATA;
+            goto out_lost;
+        }
+        if (keep)
+            memcpy((char *)msg->body.bytes + got, f.payload.body_fragment.bytes,
+                   f.payload.body_fragment.len);
+        got += f.payload.body_fragment.len;
+    }
+    if (!keep)
+        *discarded = size;
+    return 0;
+
+out_lost:
+    amqp_destroy_message(msg);
+    memset(msg, 0, sizeof(*msg));
+    return status_lost(l, st, "read delivery", e);
+}
+
+/* basic.deliver: the delivery fields, then the content frames. ev->kind
+ * becomes EV_OTHER when the delivery was rejected unread. */
 static int read_delivery(struct amqp_link *l, const amqp_frame_t *f, amqp_envelope_t *env,
-                         struct err *e)
+                         struct event *ev, struct err *e)
 {
     const amqp_basic_deliver_t *d = f->payload.method.decoded;
     memset(env, 0, sizeof(*env));
@@ -417,17 +514,23 @@ static int read_delivery(struct amqp_link *l, const amqp_frame_t *f, amqp_envelo
     env->consumer_tag = amqp_bytes_malloc_dup(d->consumer_tag);
     env->exchange = amqp_bytes_malloc_dup(d->exchange);
     env->routing_key = amqp_bytes_malloc_dup(d->routing_key);
-    /* NEEDSWORK(#11): rabbitmq-c allocates the body at the size the header
-     * frame announces; RabbitMQ's max_message_size (128 MB) is the bound. */
-    amqp_rpc_reply_t r = amqp_read_message(l->conn, f->channel, &env->message, 0);
-    if (r.reply_type != AMQP_RESPONSE_NORMAL) {
-        amqp_bytes_free(env->consumer_tag);
-        amqp_bytes_free(env->exchange);
-        amqp_bytes_free(env->routing_key);
-        memset(env, 0, sizeof(*env));
-        return amqp_link_check(l, r, "read delivery", e);
+    uint64_t discarded;
+    int rc = read_content(l, f->channel, &env->message, &discarded, e);
+    if (!rc && discarded) {
+        const amqp_basic_properties_t *p = &env->message.properties;
+        bool id = (p->_flags & AMQP_BASIC_CORRELATION_ID_FLAG) && p->correlation_id.len;
+        log_error("rejected a message of %" PRIu64 " bytes from %s%s%.*s: larger than any "
+                  "RabbitMQ sends", discarded, l->where, id ? " for task " : "",
+                  id ? (int)p->correlation_id.len : 0,
+                  id ? (const char *)p->correlation_id.bytes : "");
+        rc = amqp_link_reject(l, f->channel, d->delivery_tag, false, e);
+        ev->kind = EV_OTHER; /* nothing to deliver */
     }
-    return 0;
+    if (rc || ev->kind != EV_DELIVERY) {
+        amqp_destroy_envelope(env);
+        memset(env, 0, sizeof(*env));
+    }
+    return rc;
 }
 
 static void consumer_cancelled(struct amqp_link *l, const amqp_basic_cancel_t *c)
@@ -486,7 +589,7 @@ static int wait_event(struct amqp_link *l, int64_t deadline, amqp_envelope_t *en
     switch (f.payload.method.id) {
     case AMQP_BASIC_DELIVER_METHOD:
         ev->kind = EV_DELIVERY;
-        return read_delivery(l, &f, env, e);
+        return read_delivery(l, &f, env, ev, e);
     case AMQP_BASIC_ACK_METHOD:
         *ev = (struct event){.kind = EV_ACK, .tag = ack->delivery_tag, .multiple = ack->multiple};
         return 0;
@@ -609,4 +712,20 @@ int amqp_link_publish(struct amqp_link *l, const char *exchange, const char *rou
         return status_lost(l, st, what, e);
     uint64_t seq = ++l->publish_seq;
     return await_confirm(l, seq, time_mono_ms() + (timeout_ms > 0 ? timeout_ms : 0), what, e);
+}
+
+int amqp_link_publish_nowait(struct amqp_link *l, const char *exchange, const char *routing_key,
+                             const amqp_basic_properties_t *props, amqp_bytes_t body,
+                             struct err *e)
+{
+    if (!amqp_link_can_use(l, e))
+        return E_CONN_LOST;
+    amqp_maybe_release_buffers(l->conn);
+    int st = amqp_basic_publish(l->conn, l->channel, amqp_cstring_bytes(exchange),
+                                amqp_cstring_bytes(routing_key), false, 0, props, body);
+    if (st < 0)
+        return status_lost(l, st, "publish an event", e);
+    if (l->confirming)
+        l->publish_seq++; /* the broker confirms it too; await_confirm skips it */
+    return 0;
 }

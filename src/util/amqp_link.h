@@ -3,9 +3,9 @@
  * channel, as the future broker/amqp.c uses it: connect with a timeout (TCP or
  * TLS), login, heartbeats, declare, QoS, consume, wait for a delivery, ack and
  * reject, publish with publisher confirms, and one teardown. The analog of
- * redis_link.h. Framing, TLS and heartbeats are rabbitmq-c's job; this file
- * adds the error mapping, pid ownership and the frame dispatch rabbitmq-c
- * leaves to its caller.
+ * redis_link.h. Framing, TLS and heartbeats are rabbitmq-c's job (the TLS
+ * socket is set up by amqp_tls.c); this file adds the error mapping, pid
+ * ownership and the frame dispatch rabbitmq-c leaves to its caller.
  *
  * Facts the transport must know (RabbitMQ 3.10.8, rabbitmq-c 0.11):
  * - Heartbeats are only serviced inside library calls. The owner must call
@@ -29,6 +29,8 @@
 
 #include <amqp.h>
 
+#include "util/amqp_tls.h"
+
 struct amqp_url;
 struct amqp_link_pending;
 
@@ -47,6 +49,7 @@ struct amqp_link {
     amqp_channel_t last_channel;   /* highest channel number used on conn */
     pid_t owner;                   /* pid that connected; any other pid is refused */
     bool tls;                      /* conn is TLS (a non-owner must not shut it down) */
+    struct amqp_tls_check tls_check; /* the certificate check of the last handshake */
     int64_t connected_ms;          /* monotonic time of the connect, for the age in logs */
     const char *role;              /* "broker", "control", ...: names the link in messages */
     char where[300];               /* "host:port vhost 'v'", never credentials */
@@ -70,8 +73,9 @@ void amqp_link_init(struct amqp_link *l, const char *role);
  * Returns 0; E_CONN_LOST when the server cannot be reached or dropped the
  * connection; E_CONFIG when the server refused the login (403
  * ACCESS_REFUSED: user or password; 530 NOT_ALLOWED: vhost missing or not
- * permitted), which a retry will not fix. e names host, port and vhost. The
- * owner process only. */
+ * permitted), when a TLS file of u cannot be loaded, or when the server's
+ * certificate fails verification (amqp_tls.h), which a retry will not fix.
+ * e names host, port and vhost. The owner process only. */
 int amqp_link_open(struct amqp_link *l, const struct amqp_url *u, struct err *e);
 /* Closes the connection (NULL-safe, idempotent): connection.close with the
  * server when healthy and ours, then frees it; logs why with its age when
@@ -146,5 +150,13 @@ int amqp_link_reject(struct amqp_link *l, amqp_channel_t ch, uint64_t tag, bool 
 int amqp_link_publish(struct amqp_link *l, const char *exchange, const char *routing_key,
                       bool mandatory, const amqp_basic_properties_t *props, amqp_bytes_t body,
                       int timeout_ms, struct err *e);
+
+/* Publishes body without waiting for the broker (events, which are
+ * transient: a lost one is not worth a round trip each). Not mandatory; on a
+ * confirming channel the confirm that comes later is skipped. 0 or
+ * E_CONN_LOST. */
+int amqp_link_publish_nowait(struct amqp_link *l, const char *exchange, const char *routing_key,
+                             const amqp_basic_properties_t *props, amqp_bytes_t body,
+                             struct err *e);
 
 #endif /* CELERIAC_AMQP_LINK_H */

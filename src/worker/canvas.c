@@ -45,6 +45,7 @@ int canvas_retry(const struct canvas *cv, const struct message *m, double eta, s
         .group = m->group, .group_index = m->group_index, .has_group_index = m->group_index >= 0,
         .time_limit = m->time_limit, .soft_time_limit = m->soft_time_limit,
         .ignore_result = m->ignore_result, .serializer = m->serializer,
+        .reply_to = m->reply_to, /* as Celery's retry: the same client is waiting */
     };
     return publish(cv, &t, NULL, e);
 }
@@ -154,6 +155,8 @@ static int send_signature(const struct canvas *cv, const struct message *parent,
                                              : 0,
         .has_group_index = how->group || json_is_integer(gi),
         .serializer = parent->serializer, /* in kind, as a Python worker's task_serializer */
+        /* frozen by the client (its rpc:// queue), as Celery's freeze sets it */
+        .reply_to = json_string_value(json_object_get(opts, "reply_to")),
     };
     if (t.priority < 0 || t.priority > 9)
         t.priority = t.priority < 0 ? 0 : 9;

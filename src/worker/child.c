@@ -197,8 +197,7 @@ static void child_setup(struct child *c, const struct worker_config *cfg, struct
     c->cfg = cfg;
     c->sb = sb;
     c->canvas = (struct canvas){.broker = &c->broker, .backend = &c->backend};
-    c->events = (struct event_sender){.sb = sb,
-                                      .hostname = cfg->node_name, .db = cfg->broker.url.db,
+    c->events = (struct event_sender){.sb = sb, .hostname = cfg->node_name,
                                       .master_pid = getppid()};
     c->slot = slot;
     c->index = index;
@@ -224,10 +223,8 @@ static void child_setup(struct child *c, const struct worker_config *cfg, struct
         log_critical("cannot serve: %s", e.msg); /* the CLI checked the URL first */
         _exit(EXIT_CANNOT_SERVE);
     }
-    /* NEEDSWORK(#11): events over the celeryev exchange on AMQP. */
-    c->events.link = cfg->broker.kind == BROKER_REDIS ? broker_redis_transport_link(&c->broker)
-                                                      : NULL;
-    backend_init(&c->backend, &cfg->backend);
+    c->events.bus = c->broker.ops->bus(&c->broker);
+    backend_init(&c->backend, &cfg->backend, &c->broker);
     c->proc.index = index;
     c->proc.db = &c->db;
     task_context_init(&c->task, &c->proc);

@@ -130,5 +130,11 @@ void recover_lost_task(struct child *c);
 /* What earlier processes of this slot held and never started, back on its
  * queue (with backoff until done or stopping). */
 void recover_slot(struct child *c);
+/* A redelivered message that is the late-ack task of a child of this worker
+ * that died (noted by the master; brokers without restore by tag): settled
+ * as Celery settles a lost task (acked: its outcome is stored; or
+ * WorkerLostError past --max-worker-lost-requeues). True when it was
+ * settled; false: run it. */
+bool recover_redelivered(struct child *c, struct message *m);
 
 #endif /* CELERIAC_WORKER_CHILD_INTERNAL_H */

@@ -83,7 +83,8 @@ static bool on_success(struct child *c, const struct message *m, bool acks_late,
         struct result_meta meta = {.status = "SUCCESS", .result = c->task.result,
                                    .redelivered = m->redelivered, .children = children,
                                    .task_id = m->task_id, .parent_id = m->parent_id,
-                                   .group_id = m->group, .arrived_in = m->serializer};
+                                   .group_id = m->group, .arrived_in = m->serializer,
+                                   .reply_to = m->reply_to, .correlation_id = m->correlation_id};
         stored = acks_late || chord ? settle_store(c, &meta) : settle_store_sent(c, &meta);
     }
     json_decref(children);

@@ -89,7 +89,8 @@ void intake_handle(struct child *c, struct delivery *d)
      * leaves the message to be put back (see recover_lost_task). */
     c->broker.ops->track(&c->broker, d, &m);
     c->current = &m;
-    route(c, &m, d->queue);
+    if (!recover_redelivered(c, &m))
+        route(c, &m, d->queue);
     goto out;
 
 out_settle:

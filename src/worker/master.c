@@ -154,6 +154,19 @@ static void remember_lost_task(struct child_entry *ce, struct slot *s, int statu
     snprintf(ce->lost.tag, sizeof(ce->lost.tag), "%.39s", s->delivery_tag);
 }
 
+/* A broker that requeues a dead child's deliveries itself (AMQP) hands the
+ * late-ack task the child was running to any child: note the death for the
+ * one that receives it (recover_redelivered). Before the slot reads empty:
+ * that child waits for it. */
+static void note_lost_delivery(struct master *m, const struct child_entry *ce)
+{
+    int r = ce->lost.reason;
+    if (m->cfg->broker.kind != BROKER_AMQP || !ce->lost.acks_late || !ce->lost.task_id[0] ||
+        (r != LOST_CRASH && r != LOST_TIME_LIMIT && r != LOST_REVOKED))
+        return;
+    scoreboard_lost_note(&m->sb, ce->lost.task_id, r);
+}
+
 
 /* A child of slot i died and no replacement will come (stopping, or the
  * pool shrank): what it left is for the salvage process (salvage_due). The
@@ -289,7 +302,10 @@ static void reap(struct master *m)
             continue;
         struct child_entry *ce = &m->children[i];
         int64_t lived = time_mono_ms() - ce->started_ms;
+        bool handed_on = atomic_load(&m->sb.slots[i].lost_reason) != LOST_NONE;
         remember_lost_task(ce, &m->sb.slots[i], status);
+        if (!handed_on)
+            note_lost_delivery(m, ce);
         ce->pid = 0;
         atomic_store(&m->sb.slots[i].pid, 0);
         atomic_store(&m->sb.slots[i].state, CHILD_EMPTY);

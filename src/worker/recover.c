@@ -1,13 +1,20 @@
 /* SPDX-License-Identifier: MIT
  * worker/recover.c: what the previous process of this slot left behind: the
  * task it died running (WorkerLostError, TimeLimitExceeded, REVOKED, or back
- * on its queue) and the message left in its hand.
+ * on its queue) and the message left in its hand; and, where the broker
+ * itself requeues a dead child's delivery (AMQP), that delivery when it comes
+ * back to any child of this worker.
  */
 #include "common.h"
 #include "worker/child_internal.h"
 #include "worker/signals.h"
 
 #include <math.h>
+#include <time.h>
+
+/* How long a redelivered message waits for the master to reap a sibling
+ * still shown running it, before it runs regardless. */
+#define REAP_WAIT_MS 3000
 
 /* The lost task m fails with WorkerLostError, as Celery reports it; a
  * late-ack message is then acked. */
@@ -35,11 +42,14 @@ static void requeue_lost(struct child *c, struct message *m)
     int losses = 0, sig = atomic_load(&c->slot->lost_signal);
     int max = c->cfg->max_worker_lost_requeues;
     if (!broker_has(&c->broker, BROKER_CAP_RESTORE_BY_TAG)) {
-        /* NEEDSWORK(#11): no count of deaths per message here, so a task
-         * that kills every child it runs on circulates until it is purged. */
+        /* The broker requeued it when the process's connection closed; the
+         * child it comes back to counts the deaths (recover_redelivered). */
+        int reason = LOST_NONE;
+        if (!scoreboard_lost_find(c->sb, m->task_id, &reason, &losses))
+            losses = 1;
         log_error("Task %s[%s]: its process died (signal %d); the broker requeued its "
-                  "message when the process's connection closed (acks_late, "
-                  "reject_on_worker_lost): it will run again", m->task_name, m->task_id, sig);
+                  "message (acks_late, reject_on_worker_lost; death %d of at most %d)",
+                  m->task_name, m->task_id, sig, losses, max + 1);
         return;
     }
     int rc = child_ensure_broker(c)
@@ -115,24 +125,70 @@ void recover_lost_task(struct child *c)
         settle_store(c, &meta);
         json_decref(exc);
         settle_lost(c, BROKER_LOST_ACK, NULL, &e);
-        if (late && !by_tag) /* NEEDSWORK(#11): as for a crash below */
-            log_warning("Task %s[%s]: the broker requeued its message when the process's "
-                        "connection closed (acks_late): it will run again", m.task_name,
-                        m.task_id);
     } else if (late && c->cfg->reject_on_worker_lost) {
         requeue_lost(c, &m);
-    } else if (late && !by_tag) {
-        /* The delivery died with the child's channel and the server put it
-         * back: storing WorkerLostError now would be overwritten by its
-         * next run. NEEDSWORK(#11): settle it from a process that outlives
-         * the child to honour reject_on_worker_lost=false. */
-        log_error("Task %s[%s]: its process died (signal %d); the broker requeued its "
-                  "message when the process's connection closed (acks_late): it will run "
-                  "again", m.task_name, m.task_id, atomic_load(&s->lost_signal));
     } else {
-        fail_lost(c, &m, late);
+        /* Without restore by tag the broker requeued a late-ack message;
+         * the child it comes back to acks it (recover_redelivered). */
+        fail_lost(c, &m, late && by_tag);
     }
     atomic_store(&s->lost_reason, LOST_NONE);
+}
+
+/* Waits (bounded) while another child of this worker is shown running id:
+ * a sibling that just died is still BUSY until the master reaps it and
+ * notes the death. */
+static void wait_for_reaping(struct child *c, const char *id)
+{
+    for (int waited = 0; waited < REAP_WAIT_MS && !child_should_stop(c); waited += 10) {
+        bool shown = false;
+        for (size_t i = 0; i < c->sb->n && !shown; i++) {
+            struct slot *s = &c->sb->slots[i];
+            shown = (int)i != c->index && atomic_load(&s->state) == CHILD_BUSY &&
+                    !strncmp(s->task_id, id, sizeof(s->task_id));
+        }
+        if (!shown)
+            return;
+        nanosleep(&(struct timespec){.tv_nsec = 10 * 1000000}, NULL);
+    }
+}
+
+bool recover_redelivered(struct child *c, struct message *m)
+{
+    if (!m->redelivered || !m->task_id || broker_has(&c->broker, BROKER_CAP_RESTORE_BY_TAG))
+        return false;
+    wait_for_reaping(c, m->task_id);
+    int reason, deaths;
+    if (!scoreboard_lost_find(c->sb, m->task_id, &reason, &deaths))
+        return false; /* not ours to know: a connection lost elsewhere */
+    /* decoded from the headers only later (route): read the name now */
+    const char *name = json_string_value(
+        json_object_get(json_object_get(m->envelope, "headers"), "task"));
+    if (!name)
+        name = "?";
+    if (reason == LOST_CRASH && c->cfg->reject_on_worker_lost) {
+        int max = c->cfg->max_worker_lost_requeues;
+        if (deaths <= max) {
+            log_warning("Task %s[%s]: back after its process died (death %d of at most %d); "
+                        "running it again", name, m->task_id, deaths, max + 1);
+            return false;
+        }
+        char text[160];
+        snprintf(text, sizeof(text), "Worker exited prematurely: the task's process died in "
+                 "each of its %d runs.", deaths);
+        log_error("Task %s[%s]: its process died in each of its %d runs; not run again "
+                  "(--max-worker-lost-requeues %d): storing WorkerLostError and acking the "
+                  "message", name, m->task_id, deaths, max);
+        settle_store_exception(c, m, "FAILURE", "WorkerLostError", "billiard.exceptions", text);
+    } else {
+        log_warning("Task %s[%s]: back after its process died; its outcome (%s) is stored by "
+                    "that process's replacement: acked without running it again", name,
+                    m->task_id, reason == LOST_TIME_LIMIT ? "TimeLimitExceeded"
+                                : reason == LOST_REVOKED  ? "REVOKED"
+                                                          : "WorkerLostError");
+    }
+    settle_ack(c, m);
+    return true;
 }
 
 void recover_slot(struct child *c)

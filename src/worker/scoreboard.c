@@ -240,3 +240,49 @@ uint64_t scoreboard_queues_read(const struct scoreboard *sb, char ***names, size
         free(out);
     }
 }
+
+int scoreboard_lost_note(struct scoreboard *sb, const char *task_id, int reason)
+{
+    struct board_shared *sh = sb->shared;
+    struct lost_note *n = NULL;
+    int deaths = 1;
+    for (size_t i = 0; i < LOST_NOTES && !n; i++) /* the only writer: no lock to read */
+        if (atomic_load(&sh->lost[i].seq) && !strcmp(sh->lost[i].task_id, task_id))
+            n = &sh->lost[i];
+    if (n)
+        deaths = n->deaths + 1;
+    else
+        n = &sh->lost[atomic_fetch_add(&sh->lost_count, 1) % LOST_NOTES];
+    uint64_t seq = atomic_load(&n->seq);
+    atomic_store(&n->seq, seq | 1);
+    snprintf(n->task_id, sizeof(n->task_id), "%s", task_id);
+    n->reason = reason;
+    n->deaths = deaths;
+    atomic_store(&n->seq, (seq | 1) + 1);
+    return deaths;
+}
+
+bool scoreboard_lost_find(struct scoreboard *sb, const char *task_id, int *reason, int *deaths)
+{
+    struct board_shared *sh = sb->shared;
+    for (size_t i = 0; i < LOST_NOTES; i++) {
+        struct lost_note *n = &sh->lost[i];
+        for (;;) {
+            uint64_t before = atomic_load(&n->seq);
+            if (!before)
+                break;
+            if (before & 1)
+                continue; /* the master is writing it: a few stores */
+            bool hit = !strncmp(n->task_id, task_id, sizeof(n->task_id));
+            int r = n->reason, d = n->deaths;
+            if (atomic_load(&n->seq) != before)
+                continue;
+            if (!hit)
+                break;
+            *reason = r;
+            *deaths = d;
+            return true;
+        }
+    }
+    return false;
+}

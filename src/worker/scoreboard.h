@@ -138,6 +138,19 @@ struct queue_set {
 };
 
 /* Worker-wide state in the same mapping. */
+/* Late-ack tasks whose child died, noted by the master for a broker that
+ * requeues a dead child's deliveries itself (AMQP): the child that receives
+ * one again settles it as Celery's worker settles a lost task
+ * (recover_redelivered). A ring of the last LOST_NOTES; one writer (the
+ * master), read under a sequence lock. */
+#define LOST_NOTES 64
+struct lost_note {
+    _Atomic uint64_t seq;              /* odd while being written; 0: never used */
+    char task_id[40];
+    int reason;                        /* enum lost_reason */
+    int deaths;                        /* how often this task's child died running it */
+};
+
 struct board_shared {
     _Atomic uint64_t clock;            /* Lamport clock of events and replies */
     _Atomic int events_enabled;        /* task events on (-E or enable_events) */
@@ -154,6 +167,8 @@ struct board_shared {
     _Atomic uint64_t revoked_index[REVOKED_INDEX_SIZE];
     _Atomic unsigned revoked_max_probe;          /* longest probe any insert made */
     struct queue_set queues;           /* what the children consume */
+    _Atomic uint64_t lost_count;       /* notes ever written; % LOST_NOTES is the next */
+    struct lost_note lost[LOST_NOTES];
     struct task_tuning tasks[];        /* one per registered task */
 };
 
@@ -182,6 +197,13 @@ bool scoreboard_is_revoked(const struct scoreboard *sb, const char *id);
  * many. Any process. */
 size_t scoreboard_revoked_list(const struct scoreboard *sb, void (*each)(const char *, void *),
                                void *arg);
+
+/* Master: the late-ack task id died with its child for reason (enum
+ * lost_reason). Returns the deaths noted for that id, this one included. */
+int scoreboard_lost_note(struct scoreboard *sb, const char *task_id, int reason);
+/* Children: the note of task_id, if one of the last LOST_NOTES: its latest
+ * reason and its deaths. */
+bool scoreboard_lost_find(struct scoreboard *sb, const char *task_id, int *reason, int *deaths);
 /* Replaces the consumed queues with names[0..n) (the master, before fork).
  * Returns 0, or -E2BIG when there are more than QUEUES_MAX. */
 int scoreboard_queues_set(struct scoreboard *sb, char *const *names, size_t n);

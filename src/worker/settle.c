@@ -215,7 +215,8 @@ bool settle_store_exception_as(struct child *c, const struct message *m, const c
     struct result_meta meta = {.status = status, .result = exc, .task_id = m->task_id,
                                .task_name = m->task_name, .redelivered = m->redelivered,
                                .parent_id = m->parent_id, .group_id = m->group,
-                               .arrived_in = m->serializer};
+                               .arrived_in = m->serializer,
+                               .reply_to = m->reply_to, .correlation_id = m->correlation_id};
     bool stored = confirmed ? settle_store(c, &meta) : settle_store_sent(c, &meta);
     json_decref(exc);
     return stored;

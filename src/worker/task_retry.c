@@ -75,7 +75,8 @@ bool task_retry_send(struct child *c, const struct message *m,
     struct result_meta meta = {.status = "RETRY", .result = exc, .traceback = tb.data,
                                .redelivered = m->redelivered,
                                .task_id = m->task_id, .parent_id = m->parent_id,
-                               .group_id = m->group, .arrived_in = m->serializer};
+                               .group_id = m->group, .arrived_in = m->serializer,
+                               .reply_to = m->reply_to, .correlation_id = m->correlation_id};
     settle_store(c, &meta);
     if (events_task_enabled(&c->events)) {
         struct buf text = BUF_INIT;

@@ -4,15 +4,21 @@ A Celery 5 app with broker amqp://... and the Redis result backend sends
 tasks by name to celeriac workers consuming from RabbitMQ.
 
   declare BROKER                 pq (x-max-priority 10) and qq (quorum) as Python declares them
-  send BROKER BACKEND NAME ARGS [--queue Q] [--priority P] [--countdown S]
-                                 prints the task id
+  send BROKER BACKEND NAME ARGS [--queue Q] [--priority P] [--countdown S] [--count N]
+                                 prints the task id (N ids, one a line)
   wait BROKER BACKEND ID [TIMEOUT]  prints "STATUS json(result)" (and TRACEBACK? on failure)
   basic BROKER BACKEND           several tasks, a failure, a retry, a chain: checks results
   eta BROKER BACKEND             two countdown tasks held while four others finish first
   count BROKER QUEUE             messages ready in QUEUE
   delete BROKER QUEUE            deletes QUEUE
+
+With AMQPT_TLS_CA set (test_amqp_tls.sh), the connection is TLS as Celery's
+broker_use_ssl makes it: that CA, the client certificate AMQPT_TLS_CERT with
+key AMQPT_TLS_KEY, cert_reqs CERT_REQUIRED.
 """
 import json
+import os
+import ssl
 import sys
 import time
 
@@ -28,6 +34,13 @@ def app_for(broker, backend=None):
         Queue("qq", Exchange("qq"), "qq", queue_arguments={"x-queue-type": "quorum"}),
     ]
     app.conf.broker_connection_retry_on_startup = False
+    if os.environ.get("AMQPT_TLS_CA"):
+        app.conf.broker_use_ssl = {
+            "ca_certs": os.environ["AMQPT_TLS_CA"],
+            "certfile": os.environ["AMQPT_TLS_CERT"],
+            "keyfile": os.environ["AMQPT_TLS_KEY"],
+            "cert_reqs": ssl.CERT_REQUIRED,
+        }
     return app
 
 
@@ -42,6 +55,7 @@ def declare(broker):
 def send(broker, backend, name, args, opts):
     app = app_for(broker, backend)
     kw = {}
+    count = 1
     i = 0
     while i < len(opts):
         k, v = opts[i], opts[i + 1]
@@ -52,8 +66,10 @@ def send(broker, backend, name, args, opts):
             kw["priority"] = int(v)
         elif k == "--countdown":
             kw["countdown"] = float(v)
-    r = app.send_task(name, args=json.loads(args), **kw)
-    print(r.id)
+        elif k == "--count":
+            count = int(v)
+    for _ in range(count):
+        print(app.send_task(name, args=json.loads(args), **kw).id)
 
 
 def describe(r):

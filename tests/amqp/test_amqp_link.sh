@@ -22,7 +22,7 @@ fi
 if ! cc -std=c11 -Wall -Wextra -Werror -O1 -g "${SAN[@]}" -I"$CELERIAC_ROOT/src" \
     -I"$CELERIAC_ROOT/include" $(pkg-config --cflags hiredis librabbitmq jansson) -o "$CASES" \
     "$HERE/amqp_cases.c" "$BUILD_DIR/libceleriac.a" \
-    $(pkg-config --libs hiredis jansson libpq sqlite3 librabbitmq msgpack) -ldl -lm 2>"$TEST_TMP/cc.log"; then
+    $(pkg-config --libs hiredis jansson libpq sqlite3 librabbitmq msgpack openssl) -ldl -lm 2>"$TEST_TMP/cc.log"; then
     not_ok "build amqp_cases against libceleriac.a" "$(cat "$TEST_TMP/cc.log")"
     tap_done
 fi

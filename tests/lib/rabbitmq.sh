@@ -17,6 +17,14 @@
 # When CELERIAC_PIDS_FILE is set (tests/run-all.sh), the pids are recorded
 # there as "pid beam.smp" / "pid epmd" so a test killed by its timeout leaves
 # nothing running.
+#
+# TLS, opt-in: `RABBITMQ_TLS=1 rabbitmq_start` also opens an amqps listener
+# with a throwaway CA, server certificate (CN localhost, SAN DNS:localhost and
+# IP:127.0.0.1) and client certificate made in the node's directory
+# (rabbitmq_tls_certs), ssl_options.verify = verify_peer, and
+# fail_if_no_peer_cert = $RABBITMQ_TLS_FAIL_IF_NO_PEER_CERT (default false).
+# Exports RABBITMQ_TLS_PORT, RABBITMQ_TLS_CA, RABBITMQ_TLS_CLIENT_CERT and
+# RABBITMQ_TLS_CLIENT_KEY. The plain listener is the same either way.
 
 RMQ_SCRIPTS=${RMQ_SCRIPTS:-/usr/lib/rabbitmq/bin}
 RMQ_DIR=
@@ -57,6 +65,36 @@ _rmq_stop_pid() { # pid word
     return 0
 }
 
+# _rmq_ec_key FILE: a prime256v1 private key (fast, unlike RSA).
+_rmq_ec_key() {
+    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null
+}
+
+# rabbitmq_tls_ca DIR NAME: a self-signed CA, DIR/NAME.pem and DIR/NAME.key.
+rabbitmq_tls_ca() {
+    _rmq_ec_key "$1/$2.key" &&
+        openssl req -x509 -new -key "$1/$2.key" -out "$1/$2.pem" -days 2 \
+            -subj "/CN=celeriac test $2" 2>/dev/null
+}
+
+# _rmq_tls_leaf DIR NAME CN EXTENSIONS: DIR/NAME.{key,pem} signed by DIR/ca.
+_rmq_tls_leaf() {
+    local d=$1
+    _rmq_ec_key "$d/$2.key" &&
+        openssl req -new -key "$d/$2.key" -out "$d/$2.csr" -subj "/CN=$3" 2>/dev/null &&
+        printf '%b' "$4" >"$d/$2.ext" &&
+        openssl x509 -req -in "$d/$2.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" \
+            -CAcreateserial -days 2 -extfile "$d/$2.ext" -out "$d/$2.pem" 2>/dev/null
+}
+
+# rabbitmq_tls_certs DIR: ca, server and client key and certificate in DIR.
+rabbitmq_tls_certs() {
+    rabbitmq_tls_ca "$1" ca &&
+        _rmq_tls_leaf "$1" server localhost \
+            'subjectAltName = DNS:localhost, IP:127.0.0.1\nextendedKeyUsage = serverAuth\n' &&
+        _rmq_tls_leaf "$1" client celeriac-test-client 'extendedKeyUsage = clientAuth\n'
+}
+
 # True once the node completes an AMQP handshake and login as guest.
 _rmq_answers() {
     /usr/bin/python3 - "$RABBITMQ_PORT" <<'EOF' >/dev/null 2>&1
@@ -69,10 +107,12 @@ EOF
 
 # rabbitmq_start: starts the node and waits (up to 60 s) until it accepts
 # AMQP. Exports RABBITMQ_URL (amqp://guest:guest@127.0.0.1:PORT//),
-# RABBITMQ_PORT, RABBITMQ_NODENAME and RABBITMQ_START_MS (boot time).
+# RABBITMQ_PORT, RABBITMQ_NODENAME and RABBITMQ_START_MS (boot time); with
+# RABBITMQ_TLS=1 also the RABBITMQ_TLS_* above, once the TLS port accepts too.
 rabbitmq_start() {
     local t0 i
     t0=$(date +%s%N)
+    RABBITMQ_TLS_PORT=
     RMQ_DIR=$(mktemp -d "${TMPDIR:-/tmp}/celeriac-rmq.XXXXXX")
     mkdir -p "$RMQ_DIR/home" "$RMQ_DIR/mnesia" "$RMQ_DIR/log"
     RABBITMQ_PORT=$(_rmq_free_port)
@@ -87,6 +127,28 @@ rabbitmq_start() {
         echo "log.console = false"
         echo "log.file.level = warning"
     } >"$RMQ_DIR/rabbitmq.conf"
+    if [[ ${RABBITMQ_TLS:-0} == 1 ]]; then
+        local tls=$RMQ_DIR/tls
+        mkdir -p "$tls"
+        if ! rabbitmq_tls_certs "$tls"; then
+            echo "# rabbitmq_start: openssl could not make the test certificates"
+            rabbitmq_stop
+            return 1
+        fi
+        RABBITMQ_TLS_PORT=$(_rmq_free_port)
+        RABBITMQ_TLS_CA=$tls/ca.pem
+        RABBITMQ_TLS_CLIENT_CERT=$tls/client.pem
+        RABBITMQ_TLS_CLIENT_KEY=$tls/client.key
+        export RABBITMQ_TLS_PORT RABBITMQ_TLS_CA RABBITMQ_TLS_CLIENT_CERT RABBITMQ_TLS_CLIENT_KEY
+        {
+            echo "listeners.ssl.default = 127.0.0.1:$RABBITMQ_TLS_PORT"
+            echo "ssl_options.cacertfile = $tls/ca.pem"
+            echo "ssl_options.certfile = $tls/server.pem"
+            echo "ssl_options.keyfile = $tls/server.key"
+            echo "ssl_options.verify = verify_peer"
+            echo "ssl_options.fail_if_no_peer_cert = ${RABBITMQ_TLS_FAIL_IF_NO_PEER_CERT:-false}"
+        } >>"$RMQ_DIR/rabbitmq.conf"
+    fi
 
     # epmd first, in the foreground, loopback only: erl then uses it instead
     # of daemonising one we could not stop by pid.
@@ -131,9 +193,10 @@ _rmq_launch() {
     _rmq_record "$RMQ_BEAM_PID" beam.smp
 
     local deadline=$((SECONDS + 60))
-    until (exec 3<>"/dev/tcp/127.0.0.1/$RABBITMQ_PORT") 2>/dev/null && _rmq_answers; do
+    until (exec 3<>"/dev/tcp/127.0.0.1/$RABBITMQ_PORT") 2>/dev/null && _rmq_answers &&
+        { [[ -z ${RABBITMQ_TLS_PORT:-} ]] || (exec 3<>"/dev/tcp/127.0.0.1/$RABBITMQ_TLS_PORT") 2>/dev/null; }; do
         if ((SECONDS >= deadline)) || ! kill -0 "$RMQ_BEAM_PID" 2>/dev/null; then
-            echo "# rabbitmq_start: node did not accept AMQP on 127.0.0.1:$RABBITMQ_PORT"
+            echo "# rabbitmq_start: node did not accept AMQP on 127.0.0.1:$RABBITMQ_PORT${RABBITMQ_TLS_PORT:+ (TLS $RABBITMQ_TLS_PORT)}"
             tail -20 "$RMQ_DIR/log/stdout.log" "$RMQ_DIR"/log/*.log 2>/dev/null | sed 's/^/#   /'
             rabbitmq_stop
             return 1

@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: MIT
-"""cases_fleet.py (run by test_fleet.sh): a mixed fleet on one Redis, one
+"""cases_fleet.py (run by test_fleet.sh and, on RabbitMQ, test_fleet_amqp.sh): a
+mixed fleet on one broker (Redis or RabbitMQ), one
 Python Celery worker (pyfleet.py, queues celery + pyonly) and one celeriac
 worker (queues celery + conly), both with -E. The same `celery` commands see
 and steer both; tasks from Python are shared between them; messages sent by
@@ -101,6 +102,7 @@ m = wait_meta(out, 10) if rc == 0 else None
 took = time.time() - t0
 check("celeriac call --countdown 2 --queue pyonly: the Python worker runs it after >= 1.8 s (%.1f s)" % took,
       summary(m) == "SUCCESS 2" and took >= 1.8, summary(m), err)
+
 
 # ---- a chain across both kinds of worker ------------------------------------------------------------------
 sig = chain(app.signature("tasks.add", args=(1, 1), queue="conly"),

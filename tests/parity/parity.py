@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "integration"))
 
 from tap import ok, not_ok, check, eq, diag, done  # noqa: E402
 
-__all__ = ["ok", "not_ok", "check", "eq", "diag", "done", "PY", "BROKER", "RESULT", "REDIS_PORT", "BIN",
+__all__ = ["AMQP", "ok", "not_ok", "check", "eq", "diag", "done", "PY", "BROKER", "RESULT", "REDIS_PORT", "BIN",
            "LIB", "TMP", "celery", "celery_json", "flatten", "make_app", "redis_client", "meta", "wait_meta",
            "summary", "wait_until", "parse_iso", "os_children", "pid_alive", "Worker", "PyWorker", "Events"]
 
@@ -36,6 +36,7 @@ PY = "/usr/bin/python3"
 BROKER = os.environ["BROKER_URL"]
 RESULT = os.environ.get("RESULT_URL", BROKER)
 REDIS_PORT = int(os.environ.get("REDIS_PORT", "0"))
+AMQP = BROKER.startswith(("amqp://", "pyamqp://", "amqps://"))
 BIN = os.environ.get("CELERIAC_BIN", "")
 LIB = os.environ.get("BOOKS_LIB", "")
 TMP = os.environ.get("TEST_TMP", "/tmp")
@@ -299,13 +300,19 @@ class Events:
         self.ready = threading.Event()
         self.error = None
         self.recv = None
-        # kombu's Redis transport PSUBSCRIBEs on the first poll: ready once the
-        # server counts one pattern subscription more than before.
-        r = redis_client()
-        before = r.pubsub_numpat()
+        self.consuming = threading.Event()
+        if AMQP:
+            # On RabbitMQ the receiver's queue is bound before consume() yields.
+            probe = self.consuming.is_set
+        else:
+            # kombu's Redis transport PSUBSCRIBEs on the first poll: ready once the
+            # server counts one pattern subscription more than before.
+            r = redis_client()
+            before = r.pubsub_numpat()
+            probe = lambda: r.pubsub_numpat() > before  # noqa: E731
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
-        if wait_until(lambda: self.error or r.pubsub_numpat() > before, 10, 0.02):
+        if wait_until(lambda: self.error or probe(), 10, 0.02):
             self.ready.set()
         if self.error or not self.ready.is_set():
             diag("event receiver did not start: %r" % (self.error,))
@@ -319,6 +326,12 @@ class Events:
         try:
             with self.app.connection() as conn:
                 self.recv = self.app.events.Receiver(conn, handlers={"*": self._on_event})
+                ready = self.recv.on_consume_ready
+
+                def on_consume_ready(*args, **kwargs):
+                    ready(*args, **kwargs)
+                    self.consuming.set()
+                self.recv.on_consume_ready = on_consume_ready
                 for _ in self.recv.consume(limit=None, timeout=None, wakeup=False):
                     pass
         except Exception as e:  # noqa: BLE001

@@ -18,7 +18,7 @@ fi
 # shellcheck disable=SC2046
 if ! cc -std=c11 -Wall -Wextra -Werror -O1 -g "${SAN[@]}" -I"$CELERIAC_ROOT/include" -o "$CLIENT" \
     "$PARITY_DIR/c_client.c" "$BUILD_DIR/libceleriac.a" \
-    $(pkg-config --libs hiredis jansson libpq sqlite3 librabbitmq msgpack) -ldl -lm 2>"$TEST_TMP/cc.log"; then
+    $(pkg-config --libs hiredis jansson libpq sqlite3 librabbitmq msgpack openssl) -ldl -lm 2>"$TEST_TMP/cc.log"; then
     not_ok "build a program against celeriac_client.h and libceleriac.a" "$(cat "$TEST_TMP/cc.log")"
     tap_done
 fi

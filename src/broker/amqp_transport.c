@@ -402,11 +402,14 @@ static int at_settle_lost(struct broker *b, const char *token, enum broker_lost 
     return how == BROKER_LOST_ACK ? 0 : BROKER_NOT_HELD;
 }
 
-/* One publish of a task envelope as Celery's client does it: to the
- * default exchange with the queue's name as routing key, persistent,
- * mandatory (so a queue that does not exist yet is noticed), and confirmed. */
+/* One publish of a task envelope as Celery does it: to the default
+ * exchange with the queue's name as routing key, or to the exchange its
+ * delivery_info names (a retry of a message that came through one) with
+ * its routing key; persistent, mandatory (so a queue that does not exist
+ * yet is noticed), and confirmed. Priority 0 is sent as no priority, as a
+ * Python worker sends a message without one (RabbitMQ reads both as 0). */
 static int publish_once(struct amqp_transport *t, const char *queue, int priority,
-                        const json_t *env, struct err *e)
+                        const json_t *env, bool *via_exchange, struct err *e)
 {
     struct amqp_msg_outgoing out;
     int rc = amqp_msg_from_envelope(&out, env, e);
@@ -415,8 +418,11 @@ static int publish_once(struct amqp_transport *t, const char *queue, int priorit
             out.props._flags |= AMQP_BASIC_PRIORITY_FLAG;
             out.props.priority = (uint8_t)priority;
         }
-        rc = amqp_link_publish(&t->link, "", queue, true, &out.props, out.body,
-                               AMQP_LINK_RPC_TIMEOUT_MS, e);
+        if (!out.props.priority)
+            out.props._flags &= ~AMQP_BASIC_PRIORITY_FLAG;
+        *via_exchange = out.exchange[0] != '\0';
+        rc = amqp_link_publish(&t->link, out.exchange, *via_exchange ? out.routing_key : queue,
+                               true, &out.props, out.body, AMQP_LINK_RPC_TIMEOUT_MS, e);
     }
     amqp_msg_outgoing_release(&out);
     follow_channel(t);
@@ -431,14 +437,17 @@ static int at_publish(struct broker *b, const char *queue, int priority, const c
     json_t *env = json_loadb(envelope, len, 0, &jerr);
     if (!env)
         return err_set(e, -EINVAL, "envelope to publish is not JSON: %s", jerr.text);
-    int rc = publish_once(t, queue, priority, env, e);
-    if (rc == -ENOENT) {
+    bool via_exchange = false;
+    int rc = publish_once(t, queue, priority, env, &via_exchange, e);
+    if (rc == -ENOENT && !via_exchange) {
         /* No such queue yet: declare it as a Python client would, then
-         * publish again. */
+         * publish again. (Through a named exchange, no queue is bound for
+         * the key: an error, where Python's unconfirmed publish would lose
+         * the message without a word.) */
         rc = amqp_declare_task_queue(&t->link, queue, 0, NULL, AMQP_DECLARE_ADOPT, e);
         follow_channel(t);
         if (!rc)
-            rc = publish_once(t, queue, priority, env, e);
+            rc = publish_once(t, queue, priority, env, &via_exchange, e);
     }
     if (rc == -ETIMEDOUT) {
         /* Its fate is unknown: start over on a new connection (the caller

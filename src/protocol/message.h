@@ -36,6 +36,7 @@ struct message {
     const char *delivery_tag;  /* properties.delivery_tag */
     const char *exchange;      /* properties.delivery_info.exchange */
     const char *routing_key;   /* properties.delivery_info.routing_key */
+    const char *reply_to;      /* properties.reply_to or NULL */
     const char *task_name;     /* headers.task */
     const char *task_id;       /* headers.id; may be known even when decoding fails */
     const char *root_id;       /* headers.root_id or NULL */
@@ -100,11 +101,13 @@ struct task_send {
     const char *name;          /* task name */
     const char *id;            /* task id; NULL = a fresh UUID4 */
     const char *queue;         /* routing key, "celery" when NULL */
+    const char *exchange;      /* NULL or "": the default exchange, queue as the routing key */
+    const char *reply_to;      /* properties.reply_to; NULL = "" */
     json_t *args;              /* borrowed; NULL = [] */
     json_t *kwargs;            /* borrowed; NULL = {} */
     json_t *embed;             /* borrowed; NULL = all four keys null */
     double eta;                /* Unix seconds or 0 */
-    double expires;            /* Unix seconds or 0 */
+    double expires;            /* Unix seconds or 0; also properties.expiration (ms left) */
     int retries;
     int priority;
     const char *root_id;       /* NULL = id */

@@ -443,8 +443,11 @@ static int at_publish(struct broker *b, const char *queue, int priority, const c
         /* No such queue yet: declare it as a Python client would, then
          * publish again. (Through a named exchange, no queue is bound for
          * the key: an error, where Python's unconfirmed publish would lose
-         * the message without a word.) */
-        rc = amqp_declare_task_queue(&t->link, queue, 0, NULL, AMQP_DECLARE_ADOPT, e);
+         * the message without a word.) Not a passive declare first: the
+         * queue is known to be missing, and the 404 that would answer it
+         * closes the channel, which puts back every delivery this child
+         * holds (ETA messages it would still run: twice). */
+        rc = amqp_declare_task_queue(&t->link, queue, 0, NULL, 0, e);
         follow_channel(t);
         if (!rc)
             rc = publish_once(t, queue, priority, env, &via_exchange, e);

@@ -340,6 +340,16 @@ static int at_protect(struct broker *b, struct message *m, struct err *e)
     return 0;
 }
 
+/* A tag of the open channel; tags of a channel that closed were forgotten
+ * with it (follow_channel), and the server requeued their messages. */
+static bool at_holds(struct broker *b, const struct message *m)
+{
+    struct amqp_transport *t = impl(b);
+    uint64_t tag = 0;
+    follow_channel(t);
+    return parse_tag(m->delivery_tag, &tag) && find_tag(t, tag);
+}
+
 /* basic.ack never waits for a reply in AMQP: BROKER_NOWAIT is the case. */
 static int at_ack(struct broker *b, struct message *m, unsigned flags, struct err *e)
 {
@@ -496,6 +506,7 @@ static const struct broker_ops amqp_transport_ops = {
     .ack = at_ack,
     .requeue = at_requeue,
     .done = at_done,
+    .holds = at_holds,
     .keepalive = at_keepalive,
     .flush = at_flush,
     .maintain = at_maintain,

@@ -10,6 +10,7 @@
 #   . tests/lib/rabbitmq.sh
 #   rabbitmq_start || exit 1     # exports RABBITMQ_URL, RABBITMQ_PORT, RABBITMQ_START_MS
 #   ...
+#   rabbitmq_ctl close_all_connections why   # rabbitmqctl against this node
 #   rabbitmq_stop                # also run by the EXIT trap it installs
 #
 # When CELERIAC_PIDS_FILE is set (tests/run-all.sh), the pids are recorded
@@ -28,6 +29,7 @@ RMQ_SCRIPTS=${RMQ_SCRIPTS:-/usr/lib/rabbitmq/bin}
 RMQ_DIR=
 RMQ_BEAM_PID=
 RMQ_EPMD_PID=
+RMQ_EPMD_PORT=
 
 _rmq_free_port() {
     /usr/bin/python3 -c 'import socket
@@ -115,6 +117,7 @@ rabbitmq_start() {
     local dist_port epmd_port
     dist_port=$(_rmq_free_port)
     epmd_port=$(_rmq_free_port)
+    RMQ_EPMD_PORT=$epmd_port
     RABBITMQ_NODENAME="celeriac-$$-${RANDOM}@localhost"
     echo '[].' >"$RMQ_DIR/enabled_plugins"
     : >"$RMQ_DIR/rabbitmq-env.conf"
@@ -194,6 +197,13 @@ rabbitmq_start() {
     done
     RABBITMQ_START_MS=$((($(date +%s%N) - t0) / 1000000))
     export RABBITMQ_START_MS
+}
+
+# rabbitmq_ctl ARGS...: rabbitmqctl against the node rabbitmq_start started
+# (its cookie, epmd and name); about 0.4 s a call.
+rabbitmq_ctl() {
+    env HOME="$RMQ_DIR/home" ERL_EPMD_PORT="$RMQ_EPMD_PORT" ERL_EPMD_ADDRESS=127.0.0.1 \
+        "$RMQ_SCRIPTS/rabbitmqctl" -n "$RABBITMQ_NODENAME" "$@"
 }
 
 # rabbitmq_stop: stops the node and its epmd (ours only, by pid), removes the

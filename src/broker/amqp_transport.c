@@ -338,6 +338,16 @@ static int at_protect(struct broker *b, struct message *m, struct err *e)
     return 0;
 }
 
+/* A tag of the open channel; tags of a channel that closed were forgotten
+ * with it (follow_channel), and the server requeued their messages. */
+static bool at_holds(struct broker *b, const struct message *m)
+{
+    struct amqp_transport *t = impl(b);
+    uint64_t tag = 0;
+    follow_channel(t);
+    return parse_tag(m->delivery_tag, &tag) && find_tag(t, tag);
+}
+
 /* basic.ack never waits for a reply in AMQP: BROKER_NOWAIT is the case. */
 static int at_ack(struct broker *b, struct message *m, unsigned flags, struct err *e)
 {
@@ -400,11 +410,14 @@ static int at_settle_lost(struct broker *b, const char *token, enum broker_lost 
     return how == BROKER_LOST_ACK ? 0 : BROKER_NOT_HELD;
 }
 
-/* One publish of a task envelope as Celery's client does it: to the
- * default exchange with the queue's name as routing key, persistent,
- * mandatory (so a queue that does not exist yet is noticed), and confirmed. */
+/* One publish of a task envelope as Celery does it: to the default
+ * exchange with the queue's name as routing key, or to the exchange its
+ * delivery_info names (a retry of a message that came through one) with
+ * its routing key; persistent, mandatory (so a queue that does not exist
+ * yet is noticed), and confirmed. Priority 0 is sent as no priority, as a
+ * Python worker sends a message without one (RabbitMQ reads both as 0). */
 static int publish_once(struct amqp_link *l, const char *queue, int priority, const json_t *env,
-                        struct err *e)
+                        bool *via_exchange, struct err *e)
 {
     struct amqp_msg_outgoing out;
     int rc = amqp_msg_from_envelope(&out, env, e);
@@ -413,8 +426,11 @@ static int publish_once(struct amqp_link *l, const char *queue, int priority, co
             out.props._flags |= AMQP_BASIC_PRIORITY_FLAG;
             out.props.priority = (uint8_t)priority;
         }
-        rc = amqp_link_publish(l, "", queue, true, &out.props, out.body,
-                               AMQP_LINK_RPC_TIMEOUT_MS, e);
+        if (!out.props.priority)
+            out.props._flags &= ~AMQP_BASIC_PRIORITY_FLAG;
+        *via_exchange = out.exchange[0] != '\0';
+        rc = amqp_link_publish(l, out.exchange, *via_exchange ? out.routing_key : queue, true,
+                               &out.props, out.body, AMQP_LINK_RPC_TIMEOUT_MS, e);
     }
     amqp_msg_outgoing_release(&out);
     return rc;
@@ -427,13 +443,19 @@ int broker_amqp_publish_task(struct amqp_link *l, const char *queue, int priorit
     json_t *env = json_loadb(envelope, len, 0, &jerr);
     if (!env)
         return err_set(e, -EINVAL, "envelope to publish is not JSON: %s", jerr.text);
-    int rc = publish_once(l, queue, priority, env, e);
-    if (rc == -ENOENT) {
+    bool via_exchange = false;
+    int rc = publish_once(l, queue, priority, env, &via_exchange, e);
+    if (rc == -ENOENT && !via_exchange) {
         /* No such queue yet: declare it as a Python client would, then
-         * publish again. */
-        rc = amqp_declare_task_queue(l, queue, 0, NULL, AMQP_DECLARE_ADOPT, e);
+         * publish again. (Through a named exchange, no queue is bound for
+         * the key: an error, where Python's unconfirmed publish would lose
+         * the message without a word.) Not a passive declare first: the
+         * queue is known to be missing, and the 404 that would answer it
+         * closes the channel, which puts back every delivery this child
+         * holds (ETA messages it would still run: twice). */
+        rc = amqp_declare_task_queue(l, queue, 0, NULL, 0, e);
         if (!rc)
-            rc = publish_once(l, queue, priority, env, e);
+            rc = publish_once(l, queue, priority, env, &via_exchange, e);
     }
     if (rc == -ETIMEDOUT) {
         /* Its fate is unknown: start over on a new connection (the caller
@@ -519,6 +541,7 @@ static const struct broker_ops amqp_transport_ops = {
     .ack = at_ack,
     .requeue = at_requeue,
     .done = at_done,
+    .holds = at_holds,
     .keepalive = at_keepalive,
     .flush = at_flush,
     .maintain = at_maintain,

@@ -120,6 +120,12 @@ struct broker_ops {
     int (*requeue)(struct broker *b, struct message *m, struct err *e);
     /* This process is done with the delivery (run, held, or settled). */
     void (*done)(struct broker *b);
+    /* False when m's delivery is no longer this process's to settle: its
+     * channel or connection closed and the server put it back in its queue
+     * (AMQP), so a held ETA message must not run here too, as Celery
+     * clears its ETA timer on a connection loss. NULL: always (Redis: the
+     * unacked hash keeps it across reconnects). */
+    bool (*holds)(struct broker *b, const struct message *m);
     /* Keeps n held messages from being redelivered meanwhile. */
     int (*keepalive)(struct broker *b, struct message *const *held, size_t n, struct err *e);
     /* Confirms what was sent without waiting. */

@@ -542,9 +542,18 @@ void message_encode_task(struct buf *out, const struct task_send *t, char *id_ou
     free(argsrepr);
     free(kwargsrepr);
     json_t *props = json_pack(
-        "{s:s, s:s, s:i, s:{s:s, s:s}, s:i, s:s, s:s}", "correlation_id", id, "reply_to", t->reply_to ? t->reply_to : "",
-        "delivery_mode", 2, "delivery_info", "exchange", "", "routing_key", queue, "priority",
-        t->priority, "body_encoding", "base64", "delivery_tag", tag);
+        "{s:s, s:s, s:i, s:{s:s, s:s}, s:i, s:s, s:s}", "correlation_id", id, "reply_to",
+        t->reply_to ? t->reply_to : "", "delivery_mode", 2, "delivery_info", "exchange",
+        t->exchange ? t->exchange : "", "routing_key", queue, "priority", t->priority,
+        "body_encoding", "base64", "delivery_tag", tag);
+    if (t->expires > 0) {
+        /* As kombu's Producer.publish(expiration=s): str(int(s * 1000)), the
+         * time left (0 when past); RabbitMQ drops it from the queue then. */
+        double left_ms = (t->expires - time_now()) * 1000.0;
+        char ms[32];
+        snprintf(ms, sizeof(ms), "%lld", left_ms > 0 ? (long long)left_ms : 0LL);
+        json_object_set_new(props, "expiration", json_string(ms));
+    }
     json_t *env = json_pack("{s:s, s:s, s:s, s:o, s:o}", "body", b64.data, "content-encoding",
                             serializer_content_encoding(t->serializer), "content-type",
                             serializer_content_type(t->serializer), "headers", headers,

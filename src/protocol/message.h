@@ -102,11 +102,13 @@ struct task_send {
     const char *name;          /* task name */
     const char *id;            /* task id; NULL = a fresh UUID4 */
     const char *queue;         /* routing key, "celery" when NULL */
+    const char *exchange;      /* NULL or "": the default exchange, queue as the routing key */
+    const char *reply_to;      /* properties.reply_to (the client's rpc:// queue); NULL = "" */
     json_t *args;              /* borrowed; NULL = [] */
     json_t *kwargs;            /* borrowed; NULL = {} */
     json_t *embed;             /* borrowed; NULL = all four keys null */
     double eta;                /* Unix seconds or 0 */
-    double expires;            /* Unix seconds or 0 */
+    double expires;            /* Unix seconds or 0; also properties.expiration (ms left) */
     int retries;
     int priority;
     const char *root_id;       /* NULL = id */
@@ -118,7 +120,6 @@ struct task_send {
     double soft_time_limit;    /* 0 = none */
     bool ignore_result;
     enum serializer serializer; /* of the body: JSON (zero) or msgpack */
-    const char *reply_to;      /* the client's rpc:// queue; NULL = "" (none) */
 };
 
 /* Appends the envelope JSON for t to out and copies the task id it used into

@@ -567,6 +567,26 @@ static int returned(struct amqp_link *l, const amqp_frame_t *f, struct event *ev
     return 0;
 }
 
+/* A frame of a channel that has closed since: rabbitmq-c queues what
+ * arrives during an RPC (a passive declare the server answers by closing
+ * the channel), so deliveries, returns and confirms of the old channel can
+ * come out after the link moved to a new one. The server requeued those
+ * deliveries when the channel closed, and their tags and confirm numbers
+ * mean something else on the new channel (an ack of one closes it with 406
+ * "unknown delivery tag"): skipped, content and all. */
+static int skip_stale(struct amqp_link *l, const amqp_frame_t *f, struct err *e)
+{
+    if (f->frame_type != AMQP_FRAME_METHOD || (f->payload.method.id != AMQP_BASIC_DELIVER_METHOD &&
+                                               f->payload.method.id != AMQP_BASIC_RETURN_METHOD))
+        return 0;
+    amqp_message_t msg;
+    amqp_rpc_reply_t r = amqp_read_message(l->conn, f->channel, &msg, 0);
+    if (r.reply_type != AMQP_RESPONSE_NORMAL)
+        return amqp_link_check(l, r, "read a message of a closed channel", e);
+    amqp_destroy_message(&msg);
+    return 0;
+}
+
 /* Waits until deadline for one method frame and classifies it into ev.
  * -EAGAIN when the time passed; a code from amqp_link_check on a close. */
 static int wait_event(struct amqp_link *l, int64_t deadline, amqp_envelope_t *env,
@@ -581,6 +601,8 @@ static int wait_event(struct amqp_link *l, int64_t deadline, amqp_envelope_t *en
         return -EAGAIN;
     if (st != AMQP_STATUS_OK)
         return status_lost(l, st, "wait for the broker", e);
+    if (f.channel && f.channel != l->channel)
+        return skip_stale(l, &f, e);
     if (f.frame_type != AMQP_FRAME_METHOD)
         return status_lost(l, AMQP_STATUS_BAD_AMQP_DATA, "wait for the broker", e);
     amqp_rpc_reply_t r = {.reply_type = AMQP_RESPONSE_SERVER_EXCEPTION, .reply = f.payload.method};

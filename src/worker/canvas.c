@@ -37,15 +37,18 @@ static int publish(const struct canvas *cv, const struct task_send *t, json_t *c
 
 int canvas_retry(const struct canvas *cv, const struct message *m, double eta, struct err *e)
 {
+    /* Back where it came from, as Celery's Task.signature_from_request:
+     * through the default exchange to the queue its routing key names, or
+     * through the exchange it came by, with the same routing key. */
     struct task_send t = {
-        .name = m->task_name, .id = m->task_id, .queue = m->routing_key, .args = m->args,
+        .name = m->task_name, .id = m->task_id, .queue = m->routing_key,
+        .exchange = m->exchange, .reply_to = m->reply_to, .args = m->args,
         .kwargs = m->kwargs, .embed = m->embed, .eta = eta, .expires = m->expires,
         .retries = m->retries + 1, .priority = m->priority,
         .root_id = m->root_id ? m->root_id : m->task_id, .parent_id = m->task_id,
         .group = m->group, .group_index = m->group_index, .has_group_index = m->group_index >= 0,
         .time_limit = m->time_limit, .soft_time_limit = m->soft_time_limit,
         .ignore_result = m->ignore_result, .serializer = m->serializer,
-        .reply_to = m->reply_to, /* as Celery's retry: the same client is waiting */
     };
     return publish(cv, &t, NULL, e);
 }
@@ -120,9 +123,7 @@ static int send_signature(const struct canvas *cv, const struct message *parent,
                               json_array_size(links) ? json_incref(links) : json_null(),
                               "errbacks", json_array_size(errlinks) ? json_incref(errlinks)
                                                                     : json_null(),
-                              "chain", how->chain_rest && json_array_size(how->chain_rest)
-                                           ? how->chain_rest
-                                           : json_null(),
+                              "chain", how->chain_rest ? how->chain_rest : json_null(),
                               "chord", json_is_object(chord) ? chord : json_null());
     json_decref(links);
     json_decref(errlinks);
@@ -139,12 +140,22 @@ static int send_signature(const struct canvas *cv, const struct message *parent,
         time_parse_iso(json_string_value(v), &expires);
     json_t *gi = json_object_get(opts, "group_index");
     const char *queue = json_string_value(json_object_get(opts, "queue"));
+    const char *rk = json_string_value(json_object_get(opts, "routing_key"));
+    const char *exchange = json_string_value(json_object_get(opts, "exchange"));
+    /* Celery sends through a named exchange only when it has both the
+     * exchange and the routing key; otherwise to a queue by name. */
+    if (exchange && *exchange && rk && *rk)
+        queue = rk;
+    else
+        exchange = NULL;
     if (!queue)
-        queue = json_string_value(json_object_get(opts, "routing_key"));
+        queue = rk;
     json_t *prio = json_object_get(opts, "priority");
     struct task_send t = {
         .name = name, .id = json_string_value(json_object_get(opts, "task_id")),
-        .queue = queue ? queue : "celery", .args = args,
+        .queue = queue ? queue : "celery", .exchange = exchange,
+        /* the reply queue the signature names (a frozen chain's client) */
+        .reply_to = json_string_value(json_object_get(opts, "reply_to")), .args = args,
         .kwargs = json_is_object(skwargs) ? skwargs : NULL, .embed = embed, .eta = eta,
         .expires = expires, .priority = json_is_integer(prio) ? (int)json_integer_value(prio) : 0,
         .root_id = parent->root_id ? parent->root_id : parent->task_id,
@@ -155,8 +166,6 @@ static int send_signature(const struct canvas *cv, const struct message *parent,
                                              : 0,
         .has_group_index = how->group || json_is_integer(gi),
         .serializer = parent->serializer, /* in kind, as a Python worker's task_serializer */
-        /* frozen by the client (its rpc:// queue), as Celery's freeze sets it */
-        .reply_to = json_string_value(json_object_get(opts, "reply_to")),
     };
     if (t.priority < 0 || t.priority > 9)
         t.priority = t.priority < 0 ? 0 : 9;

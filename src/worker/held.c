@@ -77,7 +77,11 @@ void held_run_due(struct child *c)
         if (i < c->n_held)
             board_fill(c, i); /* the last one moved here */
         board_count(c);
-        execute_accepted(c, &h.m, h.def);
+        if (c->broker.ops->holds && !c->broker.ops->holds(&c->broker, &h.m))
+            log_info("task %s[%s]: its delivery was given back to the queue when the channel "
+                     "closed; it runs from there, not here", h.m.task_name, h.m.task_id);
+        else
+            execute_accepted(c, &h.m, h.def);
         message_release(&h.m);
     }
 }

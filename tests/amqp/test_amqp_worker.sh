@@ -6,7 +6,8 @@
 # (amqp_worker_py.py) to the tasks of amqp_tasks.c: results, a failure, a
 # retry, a chain step published by celeriac, ETA held while others run, a
 # late-ack child SIGKILLed mid-task, priorities, a quorum queue, -Q with two
-# queues, -c 2, a bad password, a deleted queue, warm shutdown with held ETA.
+# queues, -c 2, a bad password, a deleted queue, a connection the server
+# closes while an ETA message is held, warm shutdown with held ETA.
 . "$(dirname "$0")/../reliability/lib.sh"
 . "$(dirname "$0")/../lib/rabbitmq.sh"
 # rabbitmq_start installs its own EXIT trap: this one (set again after it)
@@ -145,6 +146,22 @@ if wait_for 15 bash -c "grep -q '^late1 ' '$AMQPT_RUNS'"; then
     fi
 else
     not_ok "late-ack task started" "$(worker_log_tail 8)"
+fi
+
+# ---- the server closes the connection while an ETA message is held: it runs once ----
+# (the server requeued it; the held copy must not run too, as Celery clears
+# its ETA timer on a connection loss)
+psend amqpt.mark '["conn1"]' --countdown 2.5 >/dev/null
+wait_for 10 bash -c "[[ \$('$PY' '$HERE/amqp_worker_py.py' count '$AMQP' celery) == 0 ]]"
+sleep 0.3
+rabbitmq_ctl close_all_connections "celeriac test" >/dev/null 2>&1 ||
+    not_ok "rabbitmqctl close_all_connections"
+if wait_for 15 bash -c "grep -q '^conn1 ' '$AMQPT_RUNS'"; then
+    sleep 1.5
+    expect_eq "an ETA message held when the connection was closed runs once" 1 \
+        "$(runs_of conn1)" "$(worker_log_tail 8)"
+else
+    not_ok "an ETA message held when the connection was closed runs" "$(worker_log_tail 8)"
 fi
 
 # ---- warm shutdown with held ETA messages: back in the queue --------------------------

@@ -21,9 +21,11 @@ from celery import Celery
 import redis
 
 
-def make_app():
-    broker = os.environ["REDIS_URL"]
-    backend = os.environ.get("RESULT_URL", broker)
+def make_app(broker=None, backend=None):
+    """A client app: broker and backend as given, else REDIS_URL and
+    RESULT_URL (default REDIS_URL)."""
+    broker = broker or os.environ["REDIS_URL"]
+    backend = backend or os.environ.get("RESULT_URL", os.environ.get("REDIS_URL"))
     app = Celery("celeriac_tests", broker=broker, backend=backend)
     app.conf.update(
         broker_connection_retry_on_startup=False,

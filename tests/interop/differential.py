@@ -1,16 +1,24 @@
 # SPDX-License-Identifier: MIT
 """differential.py: one client script, two workers. `run` sends the same cases
-to whatever worker consumes REDIS_URL and records what the Python client saw
-and what was stored; `compare` requires the Python reference worker
+to whatever worker consumes BROKER_URL (default REDIS_URL; Redis or RabbitMQ)
+and records what the Python client saw and what was stored in the result
+backend (REDIS_URL); `compare` requires the Python reference worker
 (pyworker/pyworker.py) and celeriac to agree on every case.
 
-    differential.py run OUT.json          (REDIS_URL, PG_URL)
+    differential.py run OUT.json          (BROKER_URL, REDIS_URL, PG_URL)
+    differential.py left OUT.json         (BROKER_URL; AMQP, after the worker stopped)
     differential.py compare PY.json C.json
 
 Compared: the client's view (value, or exception class, module and args), the
 state, the stored meta's keys and values except date_done, traceback and
 task_id (which must equal the id in each run), the key's TTL (to the minute),
-and for ignore_result cases that no key was written.
+and for ignore_result cases that no key was written. On RabbitMQ also the
+task messages each worker published where no worker consumes them (a link
+callback and a chain step routed to queue diff.held, the retries of a task
+sent through exchange diff.x, copied to diff.tap): exchange, routing key,
+properties, headers and body, ids as the case they belong to. `left` counts
+what is still in the queue once the worker is gone (unacked deliveries come
+back then) and deletes what the run declared, so the next run starts clean.
 """
 import json
 import os
@@ -63,6 +71,10 @@ CASES = [
     ("echo_specials_kw", "tasks.echo", None, {"x": {"n": float("nan")}}, {}),
     ("sleep_short", "tasks.sleep", [0.2], None, {}),
     ("sleep_negative", "tasks.sleep", [-1], None, {}),
+    ("countdown", "tasks.add", [1, 1], None, {"countdown": 0.5}),
+    ("priority", "tasks.add", [2, 2], None, {"priority": 5}),
+    # two retries (countdown 0.1): the retry message goes back where the task came from
+    ("flaky_retry", "tasks.flaky", [2], None, {}),
     # Protocol 1 (task_protocol=1, as celery-node and gocelery send): the
     # same tasks, the same answers.
     ("p1_add", "tasks.add", [2, 3], None, {"_protocol": 1}),
@@ -90,7 +102,33 @@ CASES = [
     ("cv_link_chord", None, None, None, {"_canvas": "link_chord"}),
     ("cv_chord_nested_group", None, None, None, {"_canvas": "chord_nested_group"}),
     ("cv_link_chord_nested", None, None, None, {"_canvas": "link_chord_nested"}),
+    # RabbitMQ only: what a worker publishes, read off queues no worker
+    # consumes (see the module doc). A link callback with priority and
+    # expires to a queue that does not exist yet (the publisher declares it);
+    # a chain step; a task sent through exchange diff.x that retries once
+    # (back through diff.x with its routing key and priority, as Celery's
+    # Task.signature_from_request does).
+    ("amqp_link_held", "tasks.add", [3, 4], None,
+     {"_only": "amqp", "_link": [("tasks.echo", "0d4c6f1e-0000-4000-8000-0000000000b1",
+                                  {"queue": "diff.held", "priority": 2, "expires": 600})]}),
+    ("amqp_chain_held", None, None, None, {"_only": "amqp", "_chain_held": True}),
+    ("amqp_retry_exchange", "tasks.flaky", [1], None,
+     {"_only": "amqp", "exchange": "diff.x", "routing_key": "diff.rk", "priority": 3}),
 ]
+
+# Cases that cannot apply on a broker: name -> (broker, why). Printed as
+# "# SKIP" lines by compare; an "_only" case is skipped on the other broker.
+# None on AMQP: no case here needs remote control or events, and the one
+# Redis-only check (the queue, unacked hash and index left behind) has an
+# AMQP form (`left`).
+SKIPS = {}
+ONLY_WHY = {"amqp": "reads AMQP exchanges, queues and message properties"}
+
+CHAIN_FIRST_ID = "0d4c6f1e-0000-4000-8000-0000000000b2"
+CHAIN_HELD_ID = "0d4c6f1e-0000-4000-8000-0000000000b3"
+HELD = "diff.held"          # routed to, consumed by no worker
+TAP = "diff.tap"            # bound to diff.x as celery is: a copy of what goes through it
+TAP_EXCHANGE, TAP_KEY = "diff.x", "diff.rk"
 
 
 def build_canvas(app, which):
@@ -150,9 +188,143 @@ def client_view(res, timeout):
                          for a in exc.args]}
 
 
+def broker_url():
+    return os.environ.get("BROKER_URL") or os.environ["REDIS_URL"]
+
+
+def broker_kind(url):
+    return "amqp" if url.split("://", 1)[0] in ("amqp", "amqps", "pyamqp") else "redis"
+
+
+def skipped(name, opts, kind):
+    """Why case name does not run on broker kind, or None."""
+    only = opts.get("_only")
+    if only and only != kind:
+        return "%s only: %s" % (only, ONLY_WHY[only])
+    on, why = SKIPS.get(name, (None, None))
+    return why if on == kind else None
+
+
+# ---- RabbitMQ: what the workers publish, read where no worker consumes ----
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+TIME_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
+
+
+def labeled(v, ids):
+    """v with every id the run knows as its label, any other UUID as
+    "<uuid>" and ISO times as "<time>": what must agree between two runs."""
+    if isinstance(v, dict):
+        return {k: labeled(x, ids) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [labeled(x, ids) for x in v]
+    if isinstance(v, bytes):
+        v = v.decode("utf-8", "replace")
+    if isinstance(v, str):
+        if v in ids:
+            return ids[v]
+        if UUID_RE.match(v):
+            return "<uuid>"
+        if TIME_RE.match(v):
+            return "<time>"
+    return v
+
+
+def amqp_setup(conn):
+    """Exchange diff.x, bound to celery (declared as Celery declares it) and
+    to diff.tap with the same routing key. diff.held is left undeclared."""
+    from kombu import Exchange, Queue
+    ch = conn.default_channel
+    Queue("celery", Exchange("celery"), "celery")(ch).declare()
+    x = Exchange(TAP_EXCHANGE, "direct", durable=True)
+    Queue(TAP, x, TAP_KEY)(ch).declare()
+    ch.queue_bind(queue="celery", exchange=TAP_EXCHANGE, routing_key=TAP_KEY)
+
+
+def amqp_record(m, ids):
+    props = dict(m.properties)
+    headers = props.pop("application_headers", None) or {}
+    if isinstance(headers.get("origin"), str) and "@" in headers["origin"]:
+        headers["origin"] = "<origin>"  # gen<pid>@host, celeriac<pid>@host
+    if "expiration" in props:  # ms left when published: to the second
+        props["expiration"] = "%ds" % round(int(props["expiration"]) / 1000)
+    body = m.body
+    try:
+        body = json.loads(body)
+    except ValueError:
+        body = repr(body)
+    return labeled({"exchange": m.delivery_info.get("exchange"),
+                    "routing_key": m.delivery_info.get("routing_key"),
+                    "properties": props, "headers": headers, "body": body}, ids)
+
+
+def amqp_published(conn, ids):
+    """Every message on diff.held and diff.tap (consumed), labeled."""
+    from amqp.exceptions import NotFound
+    out = {}
+    ch = conn.channel()
+    for q in (HELD, TAP):
+        msgs = []
+        try:
+            while True:
+                m = ch.basic_get(q, no_ack=True)
+                if m is None:
+                    break
+                msgs.append(amqp_record(m, ids))
+        except NotFound:
+            out[q] = "no such queue"
+            ch = conn.channel()
+            continue
+        out[q] = sorted(msgs, key=strict)
+    ch.close()
+    return out
+
+
+def cmd_left(out_path):
+    """AMQP, after the worker stopped: the messages left in each queue the
+    run used (its unacked deliveries are back by now), then deletes them and
+    the exchanges, so the next run declares everything itself."""
+    import kombu
+    from amqp.exceptions import NotFound
+    with open(out_path) as f:
+        out = json.load(f)
+    left = {}
+    with kombu.Connection(broker_url()) as conn:
+        ch = conn.channel()
+        for q in ("celery", HELD, TAP, TAP_KEY):
+            try:
+                left[q] = ch.queue_declare(queue=q, passive=True).message_count
+                ch.queue_delete(queue=q)
+            except NotFound:
+                ch = conn.channel()
+        for x in ("celery", TAP_EXCHANGE):
+            ch.exchange_delete(exchange=x)
+    out["_broker_left"] = left
+    with open(out_path, "w") as f:
+        json.dump(out, f, indent=1, sort_keys=True)
+    return 0
+
+
+def send_case(app, app_v1, name, task, args, kwargs, opts):
+    if opts.get("_canvas"):
+        return build_canvas(app, opts["_canvas"])
+    if opts.get("_chain_held"):
+        from celery import chain
+        s = app.signature
+        chain(s("tasks.add", (2, 3)).set(task_id=CHAIN_FIRST_ID, priority=4),
+              s("tasks.echo").set(task_id=CHAIN_HELD_ID, queue=HELD)).apply_async()
+        return app.AsyncResult(CHAIN_FIRST_ID)
+    sender = app_v1 if opts.get("_protocol") == 1 else app
+    send_opts = {k: v for k, v in opts.items() if not k.startswith("_")}
+    if opts.get("_link"):
+        send_opts["link"] = [app.signature(n).set(task_id=i, **(more[0] if more else {}))
+                             for n, i, *more in opts["_link"]]
+    return sender.send_task(task, args=args, kwargs=kwargs, **send_opts)
+
+
 def cmd_run(out_path):
-    app = make_app()
-    app_v1 = make_app()
+    broker, kind = broker_url(), broker_kind(broker_url())
+    app = make_app(broker=broker, backend=os.environ["REDIS_URL"])
+    app_v1 = make_app(broker=broker, backend=os.environ["REDIS_URL"])
     app_v1.conf.task_protocol = 1
     rds = redis.Redis.from_url(os.environ["REDIS_URL"])
     db = psycopg2.connect(os.environ["PG_URL"])
@@ -161,17 +333,20 @@ def cmd_run(out_path):
         # Same starting rows for both runs: a NULL title and a non-ASCII one.
         cur.execute("UPDATE books SET title = NULL WHERE id = 7")
         cur.execute("UPDATE books SET title = %s WHERE id = 8", ("Caf\u00e9 \u2603 \U0001F4DA",))
+    if kind == "amqp":
+        with app.connection_for_write() as conn:
+            amqp_setup(conn)
     sent = []
+    ids = {app.thread_oid: "<client oid>", CHAIN_HELD_ID: "<amqp_chain_held.step>"}
     for name, task, args, kwargs, opts in CASES:
-        if opts.get("_canvas"):
-            sent.append((name, opts, build_canvas(app, opts["_canvas"])))
+        if skipped(name, opts, kind):
             continue
-        sender = app_v1 if opts.get("_protocol") == 1 else app
-        send_opts = {k: v for k, v in opts.items() if not k.startswith("_")}
-        if opts.get("_link"):
-            send_opts["link"] = [app.signature(n).set(task_id=i) for n, i in opts["_link"]]
-        sent.append((name, opts, sender.send_task(task, args=args, kwargs=kwargs, **send_opts)))
-    out = {}
+        res = send_case(app, app_v1, name, task, args, kwargs, opts)
+        sent.append((name, opts, res))
+        ids.setdefault(res.id, "<%s>" % name)
+        for n, i, *_ in opts.get("_link", ()):
+            ids.setdefault(i, "<%s.link>" % name)
+    out = {"_broker": kind}
     for name, opts, res in sent:
         rec = {"id": res.id}
         if opts.get("ignore_result"):
@@ -184,16 +359,32 @@ def cmd_run(out_path):
     # a late writer a moment anyway before looking for their keys.
     time.sleep(1.0)
     for name, rec in out.items():
+        if name.startswith("_"):
+            continue
         meta, ttl = stored_meta(rec["id"])
         rec["meta"] = meta
         rec["ttl_minutes"] = None if ttl is None or ttl < 0 else round(ttl / 60)
     with db.cursor() as cur:
         cur.execute("SELECT fetched_at IS NOT NULL FROM books WHERE id = 3")
         out["_ignored_book_ran"] = cur.fetchone()[0]
-    out["_broker_left"] = [rds.llen("celery"), rds.hlen("unacked"), rds.zcard("unacked_index")]
+    if kind == "amqp":
+        with app.connection_for_read() as conn:
+            out["_published"] = amqp_published(conn, ids)
+        # _broker_left: `left`, once the worker has stopped
+    else:
+        out["_broker_left"] = [rds.llen("celery"), rds.hlen("unacked"), rds.zcard("unacked_index")]
     with open(out_path, "w") as f:
         json.dump(out, f, indent=1, sort_keys=True)
     return 0
+
+
+def self_blanked(rec):
+    """rec with a parent_id naming the task itself (a retried task's) as
+    "<self>": the ids differ between runs, the relation must not."""
+    meta = rec.get("meta")
+    if isinstance(meta, dict) and meta.get("parent_id") == rec.get("id"):
+        rec = dict(rec, meta=dict(meta, parent_id="<self>"))
+    return rec
 
 
 def group_ids_blanked(children):
@@ -283,12 +474,27 @@ def cmd_compare(py_path, c_path):
               py.get("book_unknown"))
     tap.check("reference ran the ignore_result get_book_info", py.get("_ignored_book_ran") is True)
     tap.eq("celeriac ran the ignore_result get_book_info", True, c.get("_ignored_book_ran"))
-    tap.eq("reference left the broker clean (queue, unacked, unacked_index)", [0, 0, 0],
-           py.get("_broker_left"))
-    tap.eq("celeriac left the broker clean (queue, unacked, unacked_index)", [0, 0, 0],
-           c.get("_broker_left"))
+    kind = py.get("_broker", "redis")
+    tap.eq("both runs used the same broker", kind, c.get("_broker", "redis"))
+    if kind == "amqp":
+        # counted after each worker stopped: unacked deliveries are back by then
+        for run, rec in (("reference", py), ("celeriac", c)):
+            left = rec.get("_broker_left") or {}
+            tap.check("%s left no message in any queue the run used" % run,
+                      left and not any(left.values()), left)
+        tap.eq("celeriac declared the queues Python's worker declared",
+               sorted(py.get("_broker_left") or {}), sorted(c.get("_broker_left") or {}))
+    else:
+        tap.eq("reference left the broker clean (queue, unacked, unacked_index)", [0, 0, 0],
+               py.get("_broker_left"))
+        tap.eq("celeriac left the broker clean (queue, unacked, unacked_index)", [0, 0, 0],
+               c.get("_broker_left"))
 
-    for name, *_ in CASES:
+    for name, _, _, _, opts in CASES:
+        why = skipped(name, opts, kind)
+        if why:
+            tap.diag("SKIP %s on %s: %s" % (name, kind, why))
+            continue
         p, q = py.get(name), c.get(name)
         if p is None or q is None:
             tap.not_ok("%s: recorded in both runs" % name)
@@ -307,18 +513,97 @@ def cmd_compare(py_path, c_path):
                                                                           strict(cm.get(k))))
             tap.check("%s: celeriac matches the Python worker" % name, not problems, *problems)
             continue
-        problems = case_problems(p, q)
+        problems = case_problems(self_blanked(p), self_blanked(q))
         summary = (q.get("client") or {}).get("raised") or (
             "no result" if q.get("client") is None else "value")
         tap.check("%s: celeriac matches the Python worker (%s)" % (name, summary), not problems,
                   *problems)
+    if kind == "amqp":
+        compare_published(py.get("_published") or {}, c.get("_published") or {})
     return 0
+
+
+def by_task(msgs):
+    """Published messages by "task id#retries" (ids as labels); a second
+    message under one key gets a "'", so a duplicate publish shows up as a
+    message only one side sent."""
+    out = {}
+    for m in msgs:
+        h = m.get("headers") or {}
+        key = "%s %s#%s" % (h.get("task"), h.get("id"), h.get("retries"))
+        if key in out:
+            key += "'"
+        out[key] = m
+    return out
+
+
+# What celeriac publishes differs from Python's worker here by design (see
+# README, "Differences to know"): (message part, key) -> why. Shown as
+# "# known difference" lines, not failures.
+KNOWN = {
+    ("headers", "lang"): 'celeriac says "c" (the spec allows it; nothing reads it)',
+    ("headers", "argsrepr"): "Python's repr() of the args, celeriac's JSON text of them "
+                             "(display only: inspect, Flower)",
+    ("headers", "kwargsrepr"): "as argsrepr",
+}
+# reply_to of a message the worker sends on its own (a link callback):
+# Python's worker names its own rpc:// reply queue, celeriac has none.
+OWN_REPLY_TO = ("<uuid>", "")
+
+
+def known_difference(part, key, pv, cv):
+    if (part, key) in KNOWN:
+        return KNOWN[(part, key)]
+    if (part, key) == ("properties", "reply_to") and (pv, cv) == OWN_REPLY_TO:
+        return "celeriac has no rpc:// reply queue of its own to name"
+    return None
+
+
+def compare_published(pp, cp):
+    """The messages each worker published to diff.held and diff.tap."""
+    for q, what in ((HELD, "a link callback (priority 2, expires 600) and a chain step"),
+                    (TAP, "a task sent through diff.x and its retry")):
+        pm, cm = pp.get(q), cp.get(q)
+        tap.check("reference published %s to %s" % (what, q),
+                  isinstance(pm, list) and len(pm) == 2, pm)
+        problems = []
+        if not isinstance(pm, list) or not isinstance(cm, list):
+            problems = ["python   %s" % strict(pm), "celeriac %s" % strict(cm)]
+        else:
+            pk, ck = by_task(pm), by_task(cm)
+            for key in sorted(set(pk) | set(ck)):
+                a, b = pk.get(key), ck.get(key)
+                if a is None or b is None:
+                    problems.append("%s: published by %s only: %s" % (
+                        key, "python" if b is None else "celeriac", strict(a or b)))
+                    continue
+                for part in ("exchange", "routing_key", "properties", "headers", "body"):
+                    av, bv = a.get(part), b.get(part)
+                    if isinstance(av, dict) and isinstance(bv, dict):
+                        for k in sorted(set(av) | set(bv)):
+                            pv, cv = av.get(k, "<absent>"), bv.get(k, "<absent>")
+                            if strict(pv) == strict(cv):
+                                continue
+                            why = known_difference(part, k, pv, cv)
+                            if why:
+                                tap.diag("known difference: %s %s[%r]: python %s, celeriac %s: %s"
+                                         % (key, part, k, strict(pv), strict(cv), why))
+                            else:
+                                problems.append("%s %s[%r]: python %s, celeriac %s" % (
+                                    key, part, k, strict(pv), strict(cv)))
+                    elif strict(av) != strict(bv):
+                        problems.append("%s %s: python %s, celeriac %s" % (
+                            key, part, strict(av), strict(bv)))
+        tap.check("celeriac publishes %s to %s as Python's worker does" % (what, q),
+                  not problems, *problems)
 
 
 def main():
     if len(sys.argv) == 3 and sys.argv[1] == "run":
         rc = cmd_run(sys.argv[2])
         sys.exit(rc)
+    if len(sys.argv) == 3 and sys.argv[1] == "left":
+        sys.exit(cmd_left(sys.argv[2]))
     if len(sys.argv) == 4 and sys.argv[1] == "compare":
         cmd_compare(sys.argv[2], sys.argv[3])
         tap.done()

@@ -29,7 +29,7 @@ import psycopg2
 import redis
 
 from client import make_app
-from differential import case_problems, client_view, strict
+from differential import case_problems, client_view, self_blanked, strict
 import tap
 
 HELD = "held"
@@ -188,15 +188,6 @@ def cmd_run(mode, out_path):
     with open(out_path, "w") as f:
         json.dump(out, f, indent=1, sort_keys=True)
     return 0
-
-
-def self_blanked(rec):
-    """rec with a parent_id naming the task itself (a retried task's) as
-    "<self>": the ids differ between runs, the relation must not."""
-    meta = rec.get("meta")
-    if isinstance(meta, dict) and meta.get("parent_id") == rec.get("id"):
-        rec = dict(rec, meta=dict(meta, parent_id="<self>"))
-    return rec
 
 
 def compare_cases(mode, py, c):

@@ -7,6 +7,7 @@
 #include "common.h"
 #include "protocol/message.h"
 #include "util/buf.h"
+#include "util/time.h"
 #include "util/uuid.h"
 
 #include "harness.h"
@@ -1424,6 +1425,51 @@ TEST(encode_priority_kept_in_envelope)
     envelope_ok_len(&m, out.data, out.len, "celery");
     ASSERT_EQ_INT(m.priority, 9);
     message_release(&m);
+    buf_release(&out);
+}
+
+/* What a retry or a signature carries on: the exchange it came through, the
+ * reply queue, and the AMQP expiration kombu derives from expires. */
+TEST(encode_exchange_reply_to_expiration)
+{
+    struct task_send t = {.name = "tasks.noop", .queue = "rk", .exchange = "x",
+                          .reply_to = "0115ef45-31ac-3cfe-81d9-d9c98e109232",
+                          .expires = time_now() + 60};
+    struct buf out = BUF_INIT;
+    message_encode_task(&out, &t, NULL);
+    json_t *env = decode_envelope_text(out.data);
+    json_t *p = json_object_get(env, "properties");
+    ASSERT_JSON_EQ(json_object_get(p, "delivery_info"),
+                   "{\"exchange\": \"x\", \"routing_key\": \"rk\"}");
+    ASSERT_EQ_STR(json_string_value(json_object_get(p, "reply_to")),
+                  "0115ef45-31ac-3cfe-81d9-d9c98e109232");
+    const char *exp = json_string_value(json_object_get(p, "expiration"));
+    ASSERT_NOT_NULL(exp);
+    long ms = strtol(exp, NULL, 10);
+    ASSERT_TRUE(ms > 58000 && ms <= 60000);
+    json_decref(env);
+    struct message m;
+    envelope_ok_len(&m, out.data, out.len, "rk");
+    ASSERT_EQ_STR(m.exchange, "x");
+    ASSERT_EQ_STR(m.reply_to, "0115ef45-31ac-3cfe-81d9-d9c98e109232");
+    message_release(&m);
+    buf_release(&out);
+
+    /* expires already past: 0 (RabbitMQ delivers it only to a waiting
+     * consumer); no expires: no expiration; no reply_to: "" */
+    struct task_send past = {.name = "tasks.noop", .expires = time_now() - 5};
+    message_encode_task(&out, &past, NULL);
+    env = decode_envelope_text(out.data);
+    p = json_object_get(env, "properties");
+    ASSERT_EQ_STR(json_string_value(json_object_get(p, "expiration")), "0");
+    ASSERT_EQ_STR(json_string_value(json_object_get(p, "reply_to")), "");
+    json_decref(env);
+    buf_release(&out);
+    struct task_send none = {.name = "tasks.noop"};
+    message_encode_task(&out, &none, NULL);
+    env = decode_envelope_text(out.data);
+    ASSERT_NULL(json_object_get(json_object_get(env, "properties"), "expiration"));
+    json_decref(env);
     buf_release(&out);
 }
 

@@ -18,7 +18,7 @@
 BROKER_LABEL="RabbitMQ"
 BROKER_WORKER_FLAGS=()
 BROKER_SETTLE_WAIT=30
-AMQP_PREFETCH=1 # per child (src/broker/amqp_transport.c)
+AMQP_PREFETCH=1 # per child: --prefetch-multiplier, whose default the worker runs with here
 
 # rabbitmq_start installs its own EXIT trap: this one (set again after it)
 # stops the node, then everything services.sh started, keeping the status.

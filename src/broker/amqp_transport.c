@@ -147,7 +147,8 @@ static int subscribe(struct amqp_transport *t, struct err *e)
         return 0;
     int rc = amqp_link_cancel_all(&t->link, e);
     for (size_t i = 0; !rc && !t->declared && i < t->n_queues; i++)
-        rc = amqp_declare_task_queue(&t->link, t->queues[i], 0, NULL, AMQP_DECLARE_ADOPT, e);
+        rc = amqp_declare_task_queue(&t->link, t->queues[i], t->cfg->queue_max_priority,
+                                     t->cfg->queue_type, AMQP_DECLARE_ADOPT, e);
     if (!rc)
         t->declared = true;
     if (!rc)

@@ -35,6 +35,9 @@ struct broker_config {
     char **queues;               /* queue names to consume, in order */
     size_t n_queues;
     size_t max_message;          /* envelopes larger than this are dropped unread */
+    int queue_max_priority;      /* AMQP: x-max-priority of queues we declare; 0 = none */
+    const char *queue_type;      /* AMQP: x-queue-type of queues we declare ("quorum",
+                                    "classic"; static); NULL = the server's default */
     int prefetch;                /* AMQP: unacked deliveries per consumer (basic.qos), 0 =
                                     unlimited; Celery's worker_prefetch_multiplier */
     bool record_unacked;         /* Redis: pop and record in kombu's unacked hash in one

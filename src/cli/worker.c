@@ -32,6 +32,8 @@ enum {
     OPT_NO_REJECT_ON_WORKER_LOST,
     OPT_MAX_WORKER_LOST_REQUEUES,
     OPT_PREFETCH_MULTIPLIER,
+    OPT_QUEUE_TYPE,
+    OPT_QUEUE_MAX_PRIORITY,
     OPT_MAX_TASKS_PER_CHILD,
     OPT_MAX_MEMORY_PER_CHILD,
     OPT_DB_MAX_AGE,
@@ -68,6 +70,8 @@ static const struct option options[] = {
     {"no-reject-on-worker-lost", no_argument, NULL, OPT_NO_REJECT_ON_WORKER_LOST},
     {"max-worker-lost-requeues", required_argument, NULL, OPT_MAX_WORKER_LOST_REQUEUES},
     {"prefetch-multiplier", required_argument, NULL, OPT_PREFETCH_MULTIPLIER},
+    {"queue-type", required_argument, NULL, OPT_QUEUE_TYPE},
+    {"queue-max-priority", required_argument, NULL, OPT_QUEUE_MAX_PRIORITY},
     {"max-tasks-per-child", required_argument, NULL, OPT_MAX_TASKS_PER_CHILD},
     {"max-memory-per-child", required_argument, NULL, OPT_MAX_MEMORY_PER_CHILD},
     {"db-max-age", required_argument, NULL, OPT_DB_MAX_AGE},
@@ -130,6 +134,12 @@ static const char usage_text[] =
     "      --prefetch-multiplier N amqp://: messages each child may hold unacked per\n"
     "                              queue, beyond the ETA messages it holds (Celery's\n"
     "                              worker_prefetch_multiplier; 0 = no limit; default: 1)\n"
+    "      --queue-type classic|quorum\n"
+    "                              amqp://: x-queue-type of the queues it declares (Celery's\n"
+    "                              task_default_queue_type; a queue that exists is used as\n"
+    "                              it is; default: the server's)\n"
+    "      --queue-max-priority N  amqp://: x-max-priority of the queues it declares\n"
+    "                              (Celery's task_queue_max_priority; default: none)\n"
     "      --max-tasks-per-child N replace a child after N tasks (default: never)\n"
     "      --max-memory-per-child KIB\n"
     "                              replace a child whose RSS exceeds KIB after a task\n"
@@ -405,6 +415,16 @@ static int parse_flags(struct worker_config *cfg, int argc, char **argv, const c
                 return EXIT_USAGE;
             cfg->broker.prefetch = (int)n;
             break;
+        case OPT_QUEUE_TYPE:
+            if (strcmp(optarg, "classic") && strcmp(optarg, "quorum"))
+                return usage_error("--queue-type must be classic or quorum, not '%s'", optarg);
+            cfg->broker.queue_type = optarg[0] == 'q' ? "quorum" : "classic";
+            break;
+        case OPT_QUEUE_MAX_PRIORITY:
+            if (parse_long("--queue-max-priority", optarg, 1, 255, &n))
+                return EXIT_USAGE;
+            cfg->broker.queue_max_priority = (int)n;
+            break;
         case OPT_MAX_TASKS_PER_CHILD:
             if (parse_long("--max-tasks-per-child", optarg, 1, LONG_MAX, &n))
                 return EXIT_USAGE;
@@ -498,6 +518,10 @@ static int validate(struct worker_config *cfg, const char *db_url)
         cfg->broker_url = xstrdup("redis://localhost:6379/0");
     if (parse_broker_url(cfg, &e))
         return usage_error("bad broker URL: %s", e.msg);
+    if (cfg->broker.queue_max_priority && cfg->broker.queue_type &&
+        !strcmp(cfg->broker.queue_type, "quorum"))
+        return usage_error("--queue-max-priority applies to classic queues only: quorum queues "
+                           "refuse x-max-priority");
     if (!cfg->broker.n_queues && set_queues(cfg, "celery"))
         return EXIT_USAGE;
     if (cfg->backend_url && !strncasecmp(cfg->backend_url, "rpc://", 6)) {

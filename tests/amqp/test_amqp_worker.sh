@@ -104,6 +104,23 @@ got=$(pwait "${ids[4]}" 20)
 expect_eq "... and all five run" 'SUCCESS "pf"' "$got"
 stop_worker TERM 20
 
+# ---- queues celeriac declares: --queue-type, --queue-max-priority ----------------------------
+worker -c 1 -Q qnew --queue-type quorum -n amqpt-qt@localhost
+wait_children 1 20
+# (a Python client would declare qnew classic: celeriac call publishes only)
+got=$("$CELERIAC_BIN" call amqpt.add 1 2 --queue qnew -b "$AMQP" --result-backend "$REDIS_URL" \
+    --wait --timeout 20 2>&1)
+expect_eq "--queue-type quorum: the queue it declares is a quorum queue, and serves" \
+    "qnew quorum 3" "$(rabbitmq_ctl list_queues -q name type | awk '$1 == "qnew" { print $1, $2 }') $got"
+stop_worker TERM 20
+worker -c 1 -Q pnew --queue-max-priority 5 -n amqpt-mp@localhost
+wait_children 1 20
+expect_eq "--queue-max-priority 5: the queue it declares has x-max-priority 5" 1 \
+    "$(rabbitmq_ctl list_queues -q name arguments | grep -c '^pnew.*x-max-priority.*5')"
+stop_worker TERM 20
+out=$("$CELERIAC_BIN" worker -A "$LIB" -b "$AMQP" --queue-type quorum --queue-max-priority 5 2>&1)
+expect_eq "--queue-max-priority with --queue-type quorum: a usage error" "2 1" "$? $(wc -l <<<"$out")" "$out"
+
 # ---- rpc:// results: each state a reply to the client's queue ----------------------------
 start_worker -A "$LIB" -b "$AMQP" --result-backend rpc:// -c 2 -n amqpt-rpc@localhost
 wait_children 2 20 || not_ok "worker --result-backend rpc:// started" "$(worker_log_tail)"

@@ -12,6 +12,9 @@
 #   ...
 #   rabbitmq_stop                # also run by the EXIT trap it installs
 #
+# A caller with an EXIT trap of its own (bench/run.sh) sets RMQ_EXIT_TRAP=0
+# before rabbitmq_start and calls rabbitmq_stop from that trap.
+#
 # When CELERIAC_PIDS_FILE is set (tests/run-all.sh), the pids are recorded
 # there as "pid beam.smp" / "pid epmd" so a test killed by its timeout leaves
 # nothing running.
@@ -115,7 +118,7 @@ rabbitmq_start() {
         "$RMQ_SCRIPTS/rabbitmq-server" </dev/null >"$RMQ_DIR/log/stdout.log" 2>&1 &
     RMQ_BEAM_PID=$!
     _rmq_record "$RMQ_BEAM_PID" beam.smp
-    trap rabbitmq_stop EXIT
+    [[ ${RMQ_EXIT_TRAP:-1} == 0 ]] || trap rabbitmq_stop EXIT
 
     RABBITMQ_URL="amqp://guest:guest@127.0.0.1:$RABBITMQ_PORT//"
     export RABBITMQ_URL RABBITMQ_PORT RABBITMQ_NODENAME

@@ -526,6 +526,7 @@ Including start-up:
 
 """ if runs else ""
     amqp_text = amqp_section(runs, aruns) + "\n\n" if aruns else ""
+    latency_img = "\n![latency](latency.png)\n" if lats else ""
     latency_text = f"""## W3: latency at half load, concurrency {bench.LAT_CONCURRENCY}
 
 **W3a, paced.** Each contender at half its own W1 median at c={bench.LAT_CONCURRENCY}
@@ -563,9 +564,7 @@ below was measured in that one run. Do not edit by hand: run `make bench` again.
 {targets_text}
 
 {redis_text}{amqp_text}{latency_text}![throughput](throughput.png)
-
-![latency](latency.png)
-
+{latency_img}
 ## Method
 
 - **Services**: a private `redis-server` (no persistence: `--save '' --appendonly no`)

@@ -75,7 +75,8 @@ demo: deps
 	@$(MAKE) --no-print-directory all
 	@BUILD=$(BUILD) scripts/demo.sh
 
-# The benchmark of issue 5: celeriac beside Python Celery and a bare C floor.
+# The benchmark of issues 5 and 11: celeriac beside Python Celery and a bare C
+# floor on Redis, and beside Python Celery on RabbitMQ.
 bench: deps
 	@$(MAKE) --no-print-directory all
 	@BUILD=$(BUILD) bench/run.sh

@@ -7,7 +7,9 @@ CPU and memory from /proc, runs the latency test, and writes RESULTS.md plus the
 data files the gnuplot scripts draw.
 
   bench.py enqueue    WORKLOAD N          template list of N real Celery messages
-  bench.py throughput                     every W1/W2 run -> runs.jsonl
+                                          (and, with amqp in BENCH_BROKERS, the same
+                                          messages as Celery sends them over AMQP)
+  bench.py throughput                     every W1/W2 run on each broker -> runs.jsonl
   bench.py latency                        W3 -> latency.jsonl, lat-<contender>.dat
   bench.py report                         RESULTS.md and the plot data
 
@@ -44,12 +46,27 @@ CONTENDERS = ENV.get("BENCH_CONTENDERS", "celeriac python floor floor-kombu").sp
 # W3 for the three the issue names; floor-kombu is a throughput yardstick only.
 LAT_CONTENDERS = [c for c in ENV.get("BENCH_LAT_CONTENDERS", "celeriac python floor").split()
                   if c in CONTENDERS]
+# Brokers the W1/W2 runs use: "redis" (the runs of issue 5, results in Redis db 1)
+# and "amqp" (a private RabbitMQ run.sh starts; results in the same Redis db 1).
+BROKERS = ENV.get("BENCH_BROKERS", "redis amqp").split()
+RABBITMQ_PORT = int(ENV.get("BENCH_RABBITMQ_PORT", "0"))
+RABBITMQ_PID = int(ENV.get("BENCH_RABBITMQ_PID", "0"))
+# On RabbitMQ: celeriac and Python Celery (the floor speaks Redis only); tasks
+# and runs per point default to the Redis part's.
+AMQP_CONTENDERS = [c for c in ENV.get("BENCH_AMQP_CONTENDERS", "celeriac python").split()
+                   if c in ("celeriac", "python")]
+AMQP_TASKS = int(ENV.get("BENCH_AMQP_TASKS", str(TASKS)))
+AMQP_PY_TASKS = int(ENV.get("BENCH_AMQP_PY_TASKS", str(PY_TASKS)))
+AMQP_REPS = int(ENV.get("BENCH_AMQP_REPS", str(REPS)))
+AMQP_PY_REPS = int(ENV.get("BENCH_AMQP_PY_REPS", str(PY_REPS)))
 WORKLOADS = {"W1": "books.get_book_info", "W2": "tasks.add"}
 TASK_OF = dict(WORKLOADS, W3="books.get_book_info")  # W3: latency, W1's task
 
 BROKER = f"redis://127.0.0.1:{REDIS_PORT}/0"
 BACKEND = f"redis://127.0.0.1:{REDIS_PORT}/1"
 STAGING = f"redis://127.0.0.1:{REDIS_PORT}/2"  # template lists live in db 2
+AMQP_BROKER = f"amqp://guest:guest@127.0.0.1:{RABBITMQ_PORT}//"
+AMQP_QUEUE = "celery"
 META = "celery-task-meta-"
 TICK = os.sysconf("SC_CLK_TCK")
 STALL_S = 60.0
@@ -120,6 +137,115 @@ def enqueue(workload, n):
             f.write(f"{tid} {json.dumps(args)}\n")
     log(f"enqueued {n} {TASK_OF[workload]} messages with Celery's send_task in "
         f"{elapsed:.1f} s ({n / elapsed:.0f}/s); template list {template_key(workload)}")
+    if "amqp" in BROKERS and workload in WORKLOADS:
+        enqueue_amqp(workload, sent)
+
+
+def amqp_connect():
+    import amqp
+
+    conn = amqp.Connection(host=f"127.0.0.1:{RABBITMQ_PORT}", userid="guest",
+                           password="guest", virtual_host="/", connect_timeout=10)
+    conn.connect()
+    return conn
+
+
+def amqp_template_file(workload):
+    return os.path.join(TMP, f"amqp-template-{workload}.pickle")
+
+
+def enqueue_amqp(workload, sent):
+    """The same tasks (same ids and args) sent by Celery's send_task with the
+    pyamqp transport into queue `celery` (declared by kombu as Celery's client
+    declares it: durable), then read back as they arrived, bodies and
+    properties (persistent, with Celery's headers) byte for byte, into a
+    template file every run republishes from (RabbitMQ has no COPY)."""
+    from celery import Celery
+
+    conn = amqp_connect()
+    ch = conn.channel()
+    try:
+        ch.queue_purge(AMQP_QUEUE)
+    except Exception:  # not declared yet: send_task declares it
+        ch = conn.channel()
+    app = Celery("benchclient", broker=AMQP_BROKER.replace("amqp://", "pyamqp://", 1))
+    app.conf.broker_connection_retry = False
+    t0 = time.monotonic()
+    with app.producer_or_acquire() as producer:
+        for tid, args in sent:
+            app.send_task(TASK_OF[workload], args=args, task_id=tid, producer=producer)
+    elapsed = time.monotonic() - t0
+    n = len(sent)
+    deadline = time.monotonic() + 60
+    while amqp_queue_depth(ch) < n:
+        if time.monotonic() > deadline:
+            die(f"queue {AMQP_QUEUE} holds {amqp_queue_depth(ch)} messages after send_task, "
+                f"want {n}")
+        time.sleep(0.05)
+    msgs = []
+    ch.basic_qos(0, 1000, False)
+
+    def got(m):
+        msgs.append((m.body, dict(m.properties)))
+        if len(msgs) % 500 == 0:
+            ch.basic_ack(m.delivery_tag, multiple=True)
+
+    tag = ch.basic_consume(AMQP_QUEUE, callback=got)
+    while len(msgs) < n:
+        conn.drain_events(timeout=30)
+    ch.basic_cancel(tag)
+    ch.queue_purge(AMQP_QUEUE)
+    conn.close()
+    ids = [tid for tid, _ in sent]
+    got_ids = [p.get("correlation_id") for _, p in msgs]
+    if got_ids != ids:
+        die(f"AMQP template {workload}: the messages came back in another order or with "
+            f"other ids")
+    if any(p.get("delivery_mode") != 2 for _, p in msgs):
+        die(f"AMQP template {workload}: Celery sent a non-persistent message")
+    import pickle
+
+    with open(amqp_template_file(workload), "wb") as f:
+        pickle.dump(msgs, f)
+    log(f"enqueued {n} {TASK_OF[workload]} messages with Celery's send_task over AMQP in "
+        f"{elapsed:.1f} s ({n / elapsed:.0f}/s); saved as template {amqp_template_file(workload)}")
+
+
+def amqp_queue_depth(ch):
+    """Ready messages in the queue (a passive declare)."""
+    return ch.queue_declare(AMQP_QUEUE, passive=True).message_count
+
+
+_amqp_templates = {}
+
+
+def amqp_fill(workload, n):
+    """Empties queue `celery` and publishes the first n messages of the template
+    into it, as Celery's client did (default exchange, routing key `celery`, the
+    same body and properties); returns once RabbitMQ counts all n as ready."""
+    import amqp
+    import pickle
+
+    if workload not in _amqp_templates:
+        with open(amqp_template_file(workload), "rb") as f:
+            _amqp_templates[workload] = pickle.load(f)
+    msgs = _amqp_templates[workload][:n]
+    conn = amqp_connect()
+    ch = conn.channel()
+    ch.queue_purge(AMQP_QUEUE)
+    t0 = time.monotonic()
+    # No publisher confirms (py-amqp would wait for each): the depth check
+    # below is what says every message arrived.
+    for body, props in msgs:
+        ch.basic_publish(amqp.Message(body, **props), exchange="", routing_key=AMQP_QUEUE)
+    deadline = time.monotonic() + 120
+    while amqp_queue_depth(ch) != n:
+        if time.monotonic() > deadline:
+            die(f"queue {AMQP_QUEUE} holds {amqp_queue_depth(ch)} messages, want {n}")
+        time.sleep(0.05)
+    elapsed = time.monotonic() - t0
+    conn.close()
+    return elapsed
 
 
 def load_ids(workload):
@@ -244,34 +370,37 @@ def is_running(proc):
 
 # ---- contenders -----------------------------------------------------------------
 
-def worker_cmd(contender, concurrency):
-    """(argv, cwd, env) of a contender at this concurrency."""
+def worker_cmd(contender, concurrency, broker="redis"):
+    """(argv, cwd, env) of a contender at this concurrency, consuming from
+    Redis db 0 or from RabbitMQ; results go to Redis db 1 either way."""
     env = dict(ENV)
+    url = AMQP_BROKER if broker == "amqp" else BROKER
     if contender == "celeriac":
         return ([ENV.get("BENCH_CELERIAC", os.path.join(BUILD, "celeriac")), "worker",
                  "-A", ENV.get("BENCH_LIBBOOKS", os.path.join(BUILD, "examples", "libbooks.so")),
                  "-c", str(concurrency),
-                 "-b", BROKER, "--result-backend", BACKEND, "--db", PG_URL, "-l", "warning"],
+                 "-b", url, "--result-backend", BACKEND, "--db", PG_URL, "-l", "warning"],
                 ROOT, env)
     if contender == "python":
-        env.update(BENCH_BROKER=BROKER, BENCH_BACKEND=BACKEND, BENCH_DB=PG_URL,
-                   PYTHONDONTWRITEBYTECODE="1")
+        # Celery's own AMQP transport is py-amqp, spelt pyamqp://.
+        env.update(BENCH_BROKER=url.replace("amqp://", "pyamqp://", 1), BENCH_BACKEND=BACKEND,
+                   BENCH_DB=PG_URL, PYTHONDONTWRITEBYTECODE="1")
         return (["/usr/bin/python3", "-m", "celery", "-A", "benchapp", "worker",
                  "-c", str(concurrency), "-P", "prefork", "--without-gossip",
                  "--without-mingle", "--without-heartbeat", "-l", "warning"],
                 os.path.join(ROOT, "bench", "pyworker"), env)
-    if contender in ("floor", "floor-kombu"):
+    if contender in ("floor", "floor-kombu") and broker == "redis":
         # --idle-exit 0: stopped with TERM like the others, not by an empty queue.
         # floor-kombu: the floor plus kombu's unacked bookkeeping (optional
         # contender, BENCH_CONTENDERS="... floor-kombu").
         return ([os.path.join(BUILD, "bench", "floor"), "-c", str(concurrency),
-                 "-b", BROKER, "-r", BACKEND, "--db", PG_URL, "--idle-exit", "0"]
+                 "-b", url, "-r", BACKEND, "--db", PG_URL, "--idle-exit", "0"]
                 + (["--kombu-ack"] if contender == "floor-kombu" else []), ROOT, env)
     raise ValueError(contender)
 
 
-def start_worker(contender, concurrency, logpath):
-    argv, cwd, env = worker_cmd(contender, concurrency)
+def start_worker(contender, concurrency, logpath, broker="redis"):
+    argv, cwd, env = worker_cmd(contender, concurrency, broker)
     logf = open(logpath, "ab")
     logf.write(f"\n==== {' '.join(argv)}\n".encode())
     logf.flush()
@@ -304,12 +433,15 @@ def pg_maintenance():
 
 
 def service_cpu():
-    """CPU seconds so far of our redis-server and PostgreSQL (all its processes)."""
+    """CPU seconds so far of our redis-server, PostgreSQL (all its processes)
+    and RabbitMQ (beam and what it runs)."""
     out = {}
     if REDIS_PID:
         out["redis"] = tree_cpu(REDIS_PID)
     if PG_PID:
         out["postgres"] = tree_cpu(PG_PID)
+    if RABBITMQ_PID:
+        out["rabbitmq"] = tree_cpu(RABBITMQ_PID)
     return out
 
 
@@ -371,19 +503,23 @@ def check_results(workload, ids):
     return min(stamps), max(stamps)
 
 
-def run_once(contender, workload, concurrency, rep, n):
+def run_once(contender, workload, concurrency, rep, n, broker="redis"):
     ids_all = load_ids(workload)
-    # LPUSH left message 0 at the right end, where the workers pop: keeping the
-    # rightmost n elements keeps messages 0..n-1.
     r0, r1, r2 = redis(0), redis(1), redis(2)
     r0.flushdb()
     r1.flushdb()
-    r2.execute_command("COPY", template_key(workload), "celery", "DB", 0)
-    if n < len(ids_all):
-        r0.ltrim("celery", -n, -1)  # the rightmost n: messages 0..n-1
     ids = ids_all[:n]
-    if r0.llen("celery") != n:
-        die(f"queue holds {r0.llen('celery')} messages, want {n}")
+    fill_s = None
+    if broker == "amqp":
+        fill_s = amqp_fill(workload, n)  # the first n messages, in order
+    else:
+        # LPUSH left message 0 at the right end, where the workers pop: keeping
+        # the rightmost n elements keeps messages 0..n-1.
+        r2.execute_command("COPY", template_key(workload), "celery", "DB", 0)
+        if n < len(ids_all):
+            r0.ltrim("celery", -n, -1)  # the rightmost n: messages 0..n-1
+        if r0.llen("celery") != n:
+            die(f"queue holds {r0.llen('celery')} messages, want {n}")
     if workload == "W1":
         pg_maintenance()
 
@@ -391,9 +527,9 @@ def run_once(contender, workload, concurrency, rep, n):
     r0.config_resetstat()
     svc0 = service_cpu()
     busy0, own0 = machine_busy(), own_cpu()
-    logpath = os.path.join(TMP, f"{contender}.log")
+    logpath = os.path.join(TMP, f"{contender}{'-amqp' if broker == 'amqp' else ''}.log")
     t0 = time.monotonic()
-    proc = start_worker(contender, concurrency, logpath)
+    proc = start_worker(contender, concurrency, logpath, broker)
     done, last_done, last_change = 0, -1, t0
     mem_early = None
     try:
@@ -425,6 +561,7 @@ def run_once(contender, workload, concurrency, rep, n):
     first, last = check_results(workload, ids)
     span = (last - first).total_seconds()
     row = {
+        "broker": broker,
         "contender": contender, "workload": workload, "concurrency": concurrency, "rep": rep,
         "tasks": n, "wall_s": wall, "wall_rate": n / wall,
         "steady_s": span, "rate": (n - 1) / span if span > 0 else float("nan"),
@@ -436,7 +573,9 @@ def run_once(contender, workload, concurrency, rep, n):
         "foreign_cpu": max(0.0, (busy1 - busy0) - cpu - (own1 - own0)
                            - sum(svc1[k] - svc0[k] for k in svc1)) / wall,
     }
-    log(f"{workload} {contender:8s} c={concurrency} rep {rep}: {row['rate']:8.0f} tasks/s "
+    if fill_s is not None:
+        row["fill_s"] = fill_s
+    log(f"{workload} {'amqp ' if broker == 'amqp' else ''}{contender:8s} c={concurrency} rep {rep}: {row['rate']:8.0f} tasks/s "
         f"(wall {row['wall_rate']:.0f}/s incl. start), {row['cpu_ms_per_task']:.3f} CPU ms/task, "
         f"child RSS {[m[0] for m in mem['children']]} kB"
         + (f", others used {100 * row['foreign_cpu']:.0f} % of a CPU"
@@ -444,23 +583,39 @@ def run_once(contender, workload, concurrency, rep, n):
     return row
 
 
+def plan(rep):
+    """(broker, contender, tasks) of the runs of repetition rep at one point:
+    the Redis contenders, then the RabbitMQ ones."""
+    out = []
+    if "redis" in BROKERS:
+        for contender in CONTENDERS:
+            is_py = contender == "python"
+            if rep < (PY_REPS if is_py else REPS):
+                out.append(("redis", contender, PY_TASKS if is_py else TASKS))
+    if "amqp" in BROKERS:
+        for contender in AMQP_CONTENDERS:
+            is_py = contender == "python"
+            if rep < (AMQP_PY_REPS if is_py else AMQP_REPS):
+                out.append(("amqp", contender, AMQP_PY_TASKS if is_py else AMQP_TASKS))
+    return out
+
+
 def throughput():
     path = os.path.join(TMP, "runs.jsonl")
+    reps = max(REPS, PY_REPS) if "redis" in BROKERS else 0
+    if "amqp" in BROKERS:
+        reps = max(reps, AMQP_REPS, AMQP_PY_REPS)
     with open(path, "a") as out:
         for workload in WORKLOADS:
             for concurrency in CONCURRENCIES:
-                # Contenders interleaved within each repetition so drift in the
-                # machine (or the table) hits all of them alike.
-                for rep in range(max(REPS, PY_REPS)):
-                    for contender in CONTENDERS:
-                        is_py = contender == "python"
-                        if rep >= (PY_REPS if is_py else REPS):
-                            continue
+                # Contenders (and brokers) interleaved within each repetition so
+                # drift in the machine (or the table) hits all of them alike.
+                for rep in range(reps):
+                    for broker, contender, n in plan(rep):
                         # A run that others disturbed (over 30 % of a CPU) is run
                         # once more, within an overall budget; the row says so.
                         for attempt in range(2):
-                            row = run_once(contender, workload, concurrency, rep,
-                                           PY_TASKS if is_py else TASKS)
+                            row = run_once(contender, workload, concurrency, rep, n, broker)
                             row["attempt"] = attempt + 1
                             if row["foreign_cpu"] <= 0.3 or attempt == 1 or _reruns[0] <= 0:
                                 break
@@ -474,11 +629,14 @@ def throughput():
 
 def load_runs():
     with open(os.path.join(TMP, "runs.jsonl")) as f:
-        return [json.loads(line) for line in f]
+        runs = [json.loads(line) for line in f]
+    for r in runs:
+        r.setdefault("broker", "redis")
+    return runs
 
 
-def median_rate(runs, contender, workload, concurrency, key="rate"):
-    vals = [r[key] for r in runs if r["contender"] == contender and
+def median_rate(runs, contender, workload, concurrency, key="rate", broker="redis"):
+    vals = [r[key] for r in runs if r["contender"] == contender and r["broker"] == broker and
             r["workload"] == workload and r["concurrency"] == concurrency]
     return statistics.median(vals) if vals else None
 
@@ -634,6 +792,9 @@ def latency_live(contender, rate, seconds):
 
 
 def latency():
+    if "redis" not in BROKERS:  # W3 is measured on Redis only
+        open(os.path.join(TMP, "latency.jsonl"), "w").close()
+        return
     runs = load_runs()
     half = {}
     for contender in LAT_CONTENDERS:
@@ -656,7 +817,8 @@ def latency():
 if __name__ == "__main__":
     cmd = sys.argv[1] if len(sys.argv) > 1 else ""
     if cmd == "enqueue" and len(sys.argv) == 4:
-        enqueue(sys.argv[2], int(sys.argv[3]))
+        # enough for every run that takes its first n messages
+        enqueue(sys.argv[2], max(int(sys.argv[3]), PY_TASKS, AMQP_TASKS, AMQP_PY_TASKS))
     elif cmd == "throughput":
         throughput()
     elif cmd == "latency":

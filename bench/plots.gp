@@ -2,9 +2,10 @@
 # plots.gp: draws bench/throughput.png and bench/latency.png from the data a
 # bench run leaves in its temp dir. Called by run.sh:
 #   gnuplot -e "data='DIR'; out='DIR'" bench/plots.gp
-load data.'/plot.gpvars'   # contenders, latcontenders, w3rates
+load data.'/plot.gpvars'   # contenders, amqpcontenders, latcontenders, w3rates
 
 n = words(contenders)
+na = words(amqpcontenders)
 nl = words(latcontenders)
 label(c) = c eq 'celeriac' ? 'celeriac' : c eq 'python' ? 'Python Celery' : c eq 'floor' ? 'floor (C)' : c eq 'floor-kombu' ? 'floor + kombu acks' : c
 color(c) = c eq 'celeriac' ? '#1b7837' : c eq 'python' ? '#2166ac' : c eq 'floor' ? '#b2182b' : '#e08214'
@@ -22,11 +23,16 @@ set grid
 set key top left
 do for [w in 'W1 W2'] {
     set title (w eq 'W1' ? 'W1: books.get\_book\_info (UPDATE … RETURNING)' : 'W2: tasks.add (no database)')
+    # Redis solid, RabbitMQ (celeriac and Python Celery) dashed
     plot for [i=1:n] data.'/tput-'.w.'.dat' using 1:(column(3*i-1)):(column(3*i)):(column(3*i+1)) \
-        with yerrorlines lw 2 pt 7 lc rgb color(word(contenders, i)) title label(word(contenders, i))
+        with yerrorlines lw 2 pt 7 lc rgb color(word(contenders, i)) title label(word(contenders, i)), \
+        for [i=1:na] data.'/tput-amqp-'.w.'.dat' using 1:(column(3*i-1)):(column(3*i)):(column(3*i+1)) \
+        with yerrorlines lw 2 dt 2 pt 6 lc rgb color(word(amqpcontenders, i)) \
+        title label(word(amqpcontenders, i)).' on RabbitMQ'
 }
 unset multiplot
 
+if (words(latcontenders) == 0) exit
 set output out.'/latency.png'
 set multiplot layout 1,2 title 'Latency at concurrency 2: send → result readable (CDF)'
 unset logscale x

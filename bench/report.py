@@ -51,6 +51,22 @@ def machine():
 
     rev = os.environ.get("BENCH_CELERIAC_REV") or sh("git", "-C", bench.ROOT, "rev-parse",
                                                       "--short", "HEAD")
+    with open("/proc/loadavg") as f:
+        load_end = " ".join(f.read().split()[:3])
+    amqp = []
+    if "amqp" in bench.BROKERS:
+        import amqp as py_amqp
+
+        otp = sh("erl", "-noshell", "-eval",
+                 'io:format("~s", [erlang:system_info(otp_release)]), halt().')
+        rmq = sh("dpkg-query", "-W", "-f", "${Version}", "rabbitmq-server")
+        amqp = [
+            ("rabbitmq-server", f"{rmq} on Erlang/OTP {otp}: a private node started by "
+                                "tests/lib/rabbitmq.sh (one scheduler, `+S 1:1`, no "
+                                "busy-waiting, no plugins)"),
+            ("py-amqp / rabbitmq-c", f"{py_amqp.__version__} / "
+                                     f"{sh('pkg-config', '--modversion', 'librabbitmq')}"),
+        ]
     return [
         ("date", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
         ("CPU", cpu),
@@ -68,6 +84,10 @@ def machine():
         ("gcc", first_line(sh("gcc", "--version"))),
         ("hiredis / libpq / jansson", " / ".join(
             sh("pkg-config", "--modversion", p) for p in ("hiredis", "libpq", "jansson"))),
+    ] + amqp + [
+        ("load average (1, 5, 15 min) at start → end",
+         f"{os.environ.get('BENCH_LOADAVG_START', '?')} → {load_end} (the machine is shared;"
+         " what other processes used during each run is the \"others' CPU\" column)"),
     ]
 
 
@@ -134,12 +154,12 @@ def mb(kb):
     return "–" if kb is None else f"{kb / KB:.1f}"
 
 
-def memory_table(runs):
+def memory_table(runs, contenders=None):
     lines = ["| workload | contender | c | master RSS / PSS | each child RSS / PSS "
              "| child RSS at 10 % → end | other processes RSS / PSS |",
              "|---|---|---:|---:|---|---|---|"]
     for workload in bench.WORKLOADS:
-        for c in bench.CONTENDERS:
+        for c in contenders or bench.CONTENDERS:
             for conc in bench.CONCURRENCIES:
                 sel = select(runs, contender=c, workload=workload, concurrency=conc)
                 if not sel:
@@ -220,6 +240,177 @@ def targets(runs, lats):
     return ("| target (issue 5) | measured in this run | |\n|---|---|---|\n" + "\n".join(out))
 
 
+# ---- RabbitMQ (issue 11) ----------------------------------------------------------
+
+def median_of(runs, key, **kw):
+    return med([r[key] for r in select(runs, **kw)])
+
+
+def spread(runs, key, **kw):
+    vals = [r[key] for r in select(runs, **kw)]
+    return f" ({min(vals):.0f}–{max(vals):.0f})" if len(vals) > 1 else ""
+
+
+def largest_child(runs, contender="celeriac"):
+    """(largest child RSS kB, largest growth kB from 10 % to the end) over the
+    last repetition of contender's runs, as the Redis target reads them."""
+    sel = select(runs, contender=contender)
+    if not sel:
+        return None, None
+    last = [r for r in sel if r["rep"] == max(x["rep"] for x in sel)]
+    child = max(k[0] for r in last for k in r["mem"]["children"])
+    growth = max(((b[0] - a[0]) for r in last if r.get("mem_early")
+                  for a, b in zip(r["mem_early"]["children"], r["mem"]["children"])),
+                 default=None)
+    return child, growth
+
+
+def amqp_targets(runs, aruns):
+    out = []
+
+    def line(name, measured, ok):
+        out.append(f"| {name} | {measured} | {'**met**' if ok else '**not met**'} |")
+
+    cel = median_of(aruns, "rate", contender="celeriac", workload="W1", concurrency=2)
+    py = median_of(aruns, "rate", contender="python", workload="W1", concurrency=2)
+    if cel and py:
+        line("W1 ≥ 4 × Python on RabbitMQ at c=2",
+             f"{cel / py:.1f} × ({cel:.0f} against {py:.0f} tasks/s)", cel / py >= 4)
+    ratios = {}
+    for conc in bench.CONCURRENCIES:
+        a = median_of(aruns, "rate", contender="celeriac", workload="W1", concurrency=conc)
+        r = median_of(runs, "rate", contender="celeriac", workload="W1", concurrency=conc)
+        if a and r:
+            ratios[conc] = (a / r, a, r)
+    if ratios:
+        line("celeriac W1 on RabbitMQ ≥ 0.8 × on Redis (each c)",
+             ", ".join(f"c={c}: {v[0]:.2f} ({v[1]:.0f} / {v[2]:.0f})"
+                       for c, v in ratios.items()),
+             all(v[0] >= 0.8 for v in ratios.values()))
+    child, growth = largest_child(aruns)
+    if child is not None:
+        line("child RSS ≤ 4 MB on RabbitMQ",
+             f"largest child {mb(child)} MB after {bench.AMQP_TASKS} tasks (PSS in the memory "
+             f"table); largest growth from 10 % to the end of a run "
+             f"{'–' if growth is None else growth} kB",
+             child <= 4 * KB)
+    return ("| target (issue 11, RabbitMQ) | measured in this run | |\n|---|---|---|\n"
+            + "\n".join(out))
+
+
+def amqp_throughput_table(runs, aruns, workload, key):
+    """celeriac and Python Celery on RabbitMQ, beside their own Redis medians of
+    this run."""
+    lines = ["| concurrency | celeriac | Python Celery | celeriac / Python "
+             "| celeriac on Redis | celeriac RabbitMQ / Redis "
+             "| Python Celery on Redis | Python RabbitMQ / Redis |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for conc in bench.CONCURRENCIES:
+        kw = dict(workload=workload, concurrency=conc)
+        ca = median_of(aruns, key, contender="celeriac", **kw)
+        pa = median_of(aruns, key, contender="python", **kw)
+        cr = median_of(runs, key, contender="celeriac", **kw)
+        pr = median_of(runs, key, contender="python", **kw)
+        lines.append(
+            f"| {conc} | **{fmt(ca)}**{spread(aruns, key, contender='celeriac', **kw)} | "
+            f"{fmt(pa)}{spread(aruns, key, contender='python', **kw)} | "
+            f"{ratio(ca, pa, '{:.1f}')} | {fmt(cr)} | {ratio(ca, cr)} | {fmt(pr)} | "
+            f"{ratio(pa, pr)} |")
+    return "\n".join(lines)
+
+
+def amqp_cpu_table(runs, aruns, workload):
+    lines = ["| concurrency | celeriac | Python Celery | celeriac on Redis "
+             "| Python Celery on Redis | RabbitMQ: celeriac / python "
+             "| Redis (results): celeriac / python | PostgreSQL: celeriac / python |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for conc in bench.CONCURRENCIES:
+        kw = dict(workload=workload, concurrency=conc)
+        cells = [fmt(median_of(aruns, "cpu_ms_per_task", contender=c, **kw), "{:.3f}")
+                 for c in ("celeriac", "python")]
+        cells += [fmt(median_of(runs, "cpu_ms_per_task", contender=c, **kw), "{:.3f}")
+                  for c in ("celeriac", "python")]
+        for svc in ("rabbitmq", "redis", "postgres"):
+            cells.append(" / ".join(
+                fmt(med([r["svc_cpu_ms_per_task"].get(svc, 0)
+                         for r in select(aruns, contender=c, **kw)]), "{:.3f}")
+                for c in ("celeriac", "python")))
+        lines.append(f"| {conc} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def amqp_section(runs, aruns):
+    reps = max(r["rep"] for r in aruns) + 1
+    py = select(aruns, contender="python")
+    py_reps = max((r["rep"] for r in py), default=-1) + 1
+    py_n = py[0]["tasks"] if py else bench.AMQP_PY_TASKS
+    fill = [r["fill_s"] for r in aruns if "fill_s" in r]
+    fill_rate = med([r["tasks"] / r["fill_s"] for r in aruns if r.get("fill_s")])
+    cut = ""
+    if (bench.AMQP_TASKS, bench.AMQP_REPS) != (bench.TASKS, bench.REPS) or \
+            (bench.AMQP_PY_TASKS, bench.AMQP_PY_REPS) != (bench.PY_TASKS, bench.PY_REPS):
+        cut = ("\n\n**Fewer runs or tasks than on Redis** (to keep the whole bench under about "
+               "25 minutes): on RabbitMQ celeriac ran {} × {} tasks and Python Celery {} × {} "
+               "per point; on Redis {} × {} and {} × {}.".format(
+                   bench.AMQP_REPS, bench.AMQP_TASKS, bench.AMQP_PY_REPS, bench.AMQP_PY_TASKS,
+                   bench.REPS, bench.TASKS, bench.PY_REPS, bench.PY_TASKS))
+    return f"""## On RabbitMQ: W1 and W2 (issue 11)
+
+The same tasks (same ids, same arguments) on a private RabbitMQ node, in the same run
+as the Redis figures above and interleaved with them; results and the done count go
+to the same Redis db 1 as on Redis, so only the broker differs. celeriac: `-b
+amqp://guest:guest@127.0.0.1:PORT//` (one AMQP connection per child, prefetch 1 per
+child, early ack); Python Celery: `pyamqp://…` (py-amqp, prefetch multiplier 4 as on
+Redis). Median of {reps} runs of {bench.AMQP_TASKS} pre-enqueued tasks (Python Celery:
+{py_reps} runs of {py_n}), min–max in brackets; each run's queue was filled in
+{fmt(med(fill), "{:.1f}")} s (median; {fmt(fill_rate)} messages/s), before the worker
+started.{cut}
+
+### W1 on RabbitMQ, `books.get_book_info` (tasks/s)
+
+{amqp_throughput_table(runs, aruns, "W1", "rate")}
+
+Including start-up:
+
+{amqp_throughput_table(runs, aruns, "W1", "wall_rate")}
+
+### Worker CPU per task on RabbitMQ, W1 (ms; median)
+
+{amqp_cpu_table(runs, aruns, "W1")}
+
+### W2 on RabbitMQ, `tasks.add` (tasks/s)
+
+{amqp_throughput_table(runs, aruns, "W2", "rate")}
+
+Including start-up:
+
+{amqp_throughput_table(runs, aruns, "W2", "wall_rate")}
+
+### Worker CPU per task on RabbitMQ, W2 (ms)
+
+{amqp_cpu_table(runs, aruns, "W2")}
+
+### Memory on RabbitMQ (MB, as above)
+
+{memory_table(aruns, bench.AMQP_CONTENDERS)}"""
+
+
+def amqp_method(aruns):
+    return f"""- **On RabbitMQ**: a private RabbitMQ node (`tests/lib/rabbitmq.sh`: its own
+  epmd, Erlang cookie, data and config in a temp dir, one Erlang scheduler, no plugins)
+  on a free 127.0.0.1 port, started and stopped by `bench/run.sh`. Each workload's
+  tasks are sent once by Celery's own client with the pyamqp transport (`send_task`,
+  the same task ids and arguments as the Redis template; kombu declares the durable
+  queue `celery` as Celery does, and sends persistent messages to the default exchange
+  with routing key `celery`), read back as they arrived (body and properties:
+  persistent, Celery's headers) into a template; before each run the queue is purged
+  and the template's first N messages are published again byte for byte with py-amqp
+  (the default exchange, routing key `celery`, no publisher confirms) until RabbitMQ
+  counts N ready messages. Then the worker starts, exactly as on Redis. Not measured
+  on RabbitMQ: the floors (Redis-only C loops) and W3.
+"""
+
+
 def redis_table(runs, workload, conc):
     """What each contender asks of Redis per task (last run at this point)."""
     lines = ["| contender | Redis CPU ms/task | commands per task: calls × µs (a script's or "
@@ -247,21 +438,14 @@ def all_runs_table(runs):
     return "\n".join(lines)
 
 
-def write_plot_data(runs, lats):
+def write_plot_data(runs, lats, aruns):
     for workload in bench.WORKLOADS:
-        with open(os.path.join(bench.TMP, f"tput-{workload}.dat"), "w") as f:
-            f.write("# concurrency, then median min max for " + " ".join(bench.CONTENDERS) + "\n")
-            for conc in bench.CONCURRENCIES:
-                cells = [str(conc)]
-                for c in bench.CONTENDERS:
-                    vals = [r["rate"] for r in select(runs, contender=c, workload=workload,
-                                                      concurrency=conc)]
-                    cells += ([f"{med(vals):.1f}", f"{min(vals):.1f}", f"{max(vals):.1f}"]
-                              if vals else ["NaN"] * 3)
-                f.write(" ".join(cells) + "\n")
+        tput_data(runs, workload, bench.CONTENDERS, f"tput-{workload}.dat")
+        tput_data(aruns, workload, bench.AMQP_CONTENDERS, f"tput-amqp-{workload}.dat")
     with open(os.path.join(bench.TMP, "plot.gpvars"), "w") as f:
-        f.write("contenders = '" + " ".join(bench.CONTENDERS) + "'\n")
-        f.write("latcontenders = '" + " ".join(bench.LAT_CONTENDERS) + "'\n")
+        f.write("contenders = '" + " ".join(bench.CONTENDERS if runs else []) + "'\n")
+        f.write("amqpcontenders = '" + " ".join(bench.AMQP_CONTENDERS if aruns else []) + "'\n")
+        f.write("latcontenders = '" + " ".join(bench.LAT_CONTENDERS if lats else []) + "'\n")
         rates = {r["contender"]: r["achieved_rate"] for r in lats if r["variant"] == "a"}
         f.write("w3rates = '" + " ".join(f"{rates.get(c, 0):.0f}" for c in bench.LAT_CONTENDERS)
                 + "'\n")
@@ -282,12 +466,27 @@ def kept_sections(path):
     return "\n" + old[at + 1:].rstrip("\n") + "\n" if at >= 0 else ""
 
 
+def tput_data(runs, workload, contenders, name):
+    with open(os.path.join(bench.TMP, name), "w") as f:
+        f.write("# concurrency, then median min max for " + " ".join(contenders) + "\n")
+        for conc in bench.CONCURRENCIES:
+            cells = [str(conc)]
+            for c in contenders:
+                vals = [r["rate"] for r in select(runs, contender=c, workload=workload,
+                                                  concurrency=conc)]
+                cells += ([f"{med(vals):.1f}", f"{min(vals):.1f}", f"{max(vals):.1f}"]
+                          if vals else ["NaN"] * 3)
+            f.write(" ".join(cells) + "\n")
+
+
 def main():
-    runs = bench.load_runs()
+    all_runs = bench.load_runs()
+    runs = select(all_runs, broker="redis")  # every table of issue 5 is about these
+    aruns = select(all_runs, broker="amqp")
     with open(os.path.join(bench.TMP, "latency.jsonl")) as f:
         lats = [json.loads(line) for line in f]
-    write_plot_data(runs, lats)
-    reps = max(r["rep"] for r in runs) + 1
+    write_plot_data(runs, lats, aruns)
+    reps = max((r["rep"] for r in runs), default=-1) + 1
     py_reps = max((r["rep"] for r in runs if r["contender"] == "python"), default=-1) + 1
     py_n = next((r["tasks"] for r in runs if r["contender"] == "python"), bench.TASKS)
     a_rates = ", ".join(f"{NAMES[r['contender']]} {r['target_rate']:.0f}/s"
@@ -296,23 +495,16 @@ def main():
     elapsed = int(os.environ.get("BENCH_ELAPSED", "0"))
     facts = "\n".join(f"| {k} | {v} |" for k, v in machine())
 
-    text = f"""# celeriac benchmark results
+    amqp_details = f"""
+<details><summary>Every run on RabbitMQ</summary>
 
-Written by `make bench` (`bench/run.sh`) in {elapsed // 60} min {elapsed % 60} s; every figure
-below was measured in that one run, except the last section (a chaos run, recorded by hand from
-`make chaos CHAOS_BROKER=amqp` and carried over). Do not edit the rest by hand: run `make bench` again.
+{all_runs_table(aruns)}
 
-## Machine
-
-| | |
-|---|---|
-{facts}
-
-## Targets
-
-{targets(runs, lats)}
-
-## W1: the seed workload, `books.get_book_info` (tasks/s)
+</details>
+""" if aruns else ""
+    targets_text = "\n\n".join(t for t in (targets(runs, lats) if runs else "",
+                                            amqp_targets(runs, aruns) if aruns else "") if t)
+    redis_text = f"""## W1: the seed workload, `books.get_book_info` (tasks/s)
 
 Median of {reps} runs of {bench.TASKS} pre-enqueued tasks (Python Celery: {py_reps} runs of
 {py_n}), min–max in brackets; rate from the first result's `date_done` to the last's.
@@ -347,7 +539,10 @@ Including start-up:
 
 {memory_table(runs)}
 
-## W3: latency at half load, concurrency {bench.LAT_CONCURRENCY}
+""" if runs else ""
+    amqp_text = amqp_section(runs, aruns) + "\n\n" if aruns else ""
+    latency_img = "\n![latency](latency.png)\n" if lats else ""
+    latency_text = f"""## W3: latency at half load, concurrency {bench.LAT_CONCURRENCY}
 
 **W3a, paced.** Each contender at half its own W1 median at c={bench.LAT_CONCURRENCY}
 ({a_rates}) for {bench.LAT_SECONDS:.0f} s. Messages made in advance by Celery's
@@ -366,10 +561,26 @@ building) to the result being read, as above.
 
 {latency_table(lats, "b")}
 
-![throughput](throughput.png)
+""" if lats else ""
 
-![latency](latency.png)
+    text = f"""# celeriac benchmark results
 
+Written by `make bench` (`bench/run.sh`) in {elapsed // 60} min {elapsed % 60} s; every figure
+below was measured in that one run, except the last section (a chaos run, recorded by hand from
+`make chaos CHAOS_BROKER=amqp` and carried over). Do not edit the rest by hand: run `make bench` again.
+
+## Machine
+
+| | |
+|---|---|
+{facts}
+
+## Targets
+
+{targets_text}
+
+{redis_text}{amqp_text}{latency_text}![throughput](throughput.png)
+{latency_img}
 ## Method
 
 - **Services**: a private `redis-server` (no persistence: `--save '' --appendonly no`)
@@ -408,15 +619,16 @@ building) to the result being read, as above.
   - The SQL is the same for all of them, books.c's single statement
     `UPDATE books SET fetched_at = now() WHERE id = $1 RETURNING title` (one implicit
     transaction; the issue's "SELECT + UPDATE" is done by this one statement).
-- **Throughput**: the time is taken from the results themselves: (N − 1) / (last
+{amqp_method(aruns) if aruns else ""}- **Throughput**: the time is taken from the results themselves: (N − 1) / (last
   `date_done` − first `date_done`), which leaves out process start-up (about 1 s of
   imports for Python Celery). The wall-clock rate including start-up is shown too. Each
   run checks every result: SUCCESS, the right value, the right id. Runs are interleaved
-  (for each workload, concurrency and repetition: {", ".join(NAMES[c] for c in bench.CONTENDERS)}).
+  (for each workload, concurrency and repetition: {", ".join(NAMES[c] for c in bench.CONTENDERS)}{
+  (", then on RabbitMQ: " + ", ".join(NAMES[c] for c in bench.AMQP_CONTENDERS)) if aruns else ""}).
 - **CPU**: utime + stime (+ cutime + cstime of anything they reaped) of the master and
   every live descendant (pool children, celeriac's control process) from `/proc/PID/stat`, read when the last result appeared and before
-  TERM, divided by N; it includes start-up. Redis and PostgreSQL CPU is the difference
-  over the run for their whole process trees.
+  TERM, divided by N; it includes start-up. Redis, PostgreSQL and RabbitMQ CPU is the
+  difference over the run for their whole process trees.
 - **Memory**: `Rss` and `Pss` from `/proc/PID/smaps_rollup` of the master, each
   pool child and any other process of the worker (celeriac's remote-control process)
   after the last result (and of the children at 10 % of the run, to see growth).
@@ -432,7 +644,7 @@ building) to the result being read, as above.
   waits (at most {bench.ENV.get("BENCH_QUIET_WAIT", "30")} s in all) until processes that
   are not its own use less than 15 % of a CPU, records what they used during each run
   ("others' CPU", as a fraction of one CPU; in this run up to
-  {100 * max(r.get("foreign_cpu", 0) for r in runs):.0f} % in a throughput run), and runs
+  {100 * max(r.get("foreign_cpu", 0) for r in all_runs):.0f} % in a throughput run), and runs
   a throughput run once more when that exceeded 30 % (at most
   {bench.ENV.get("BENCH_RERUNS", "8")} times in all; the table of every run shows the
   kept one).
@@ -444,11 +656,11 @@ building) to the result being read, as above.
 {all_runs_table(runs)}
 
 </details>
-"""
+{amqp_details}"""
     path = os.path.join(bench.OUT, "RESULTS.md")
     text += kept_sections(path)
     with open(path, "w") as f:
         f.write(text)
 
     with open(os.path.join(bench.OUT, "runs.json"), "w") as f:
-        json.dump({"runs": runs, "latency": lats}, f, indent=1)
+        json.dump({"runs": all_runs, "latency": lats}, f, indent=1)

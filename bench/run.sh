@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
 # run.sh: what `make bench` runs after the build. Builds the floor and the
-# latency watcher into $BUILD/bench, starts a private redis-server and a
-# throwaway PostgreSQL 15 on free loopback ports in a temp dir, seeds the books
-# table, then lets bench.py measure celeriac, Python Celery and the floor side
-# by side, write RESULTS.md and the plot data; gnuplot draws the PNGs.
-# Stops everything it started, by pid, on every exit path.
+# latency watcher into $BUILD/bench, starts a private redis-server, a
+# throwaway PostgreSQL 15 and (when BENCH_BROKERS names amqp) a private
+# RabbitMQ (tests/lib/rabbitmq.sh) on free loopback ports in temp dirs, seeds
+# the books table, then lets bench.py measure celeriac, Python Celery and the
+# floor side by side, write RESULTS.md and the plot data; gnuplot draws the
+# PNGs. Stops everything it started, by pid, on every exit path.
 #
 # Knobs (environment):
 #   BENCH_TASKS (20000)       tasks per run      BENCH_REPS (3)      runs per point
 #   BENCH_PY_TASKS, BENCH_PY_REPS  the same for Python Celery (default: as above)
 #   BENCH_BOOKS (10000)       rows in books      BENCH_LATENCY_SECONDS (10)
 #   BENCH_CONCURRENCY ("1 2 4")  BENCH_CONTENDERS ("celeriac python floor")
+#   BENCH_BROKERS ("redis amqp")  where W1 and W2 run: Redis, and a private
+#                             RabbitMQ (celeriac and Python Celery; results in Redis)
+#   BENCH_AMQP_TASKS, BENCH_AMQP_REPS, BENCH_AMQP_PY_TASKS, BENCH_AMQP_PY_REPS
+#                             the same for the RabbitMQ runs (default: as on Redis)
+#   BENCH_AMQP_CONTENDERS ("celeriac python")
 #   BENCH_QUICK=1             2000 tasks, 1 rep, 3 s of W3; writes to $BUILD/bench/
 #                             so a smoke run does not replace the committed results
 #   BENCH_OUT                 where RESULTS.md and the PNGs go (default bench/)
@@ -32,6 +38,9 @@ if [[ ${BENCH_QUICK:-0} == 1 ]]; then
 fi
 export BENCH_TASKS=${BENCH_TASKS:-20000} BENCH_REPS=${BENCH_REPS:-3}
 export BENCH_BOOKS=${BENCH_BOOKS:-10000}
+export BENCH_BROKERS=${BENCH_BROKERS:-redis amqp}
+amqp=0
+[[ " $BENCH_BROKERS " == *" amqp "* ]] && amqp=1
 export BENCH_OUT=${BENCH_OUT:-$root/bench}
 export BENCH_ROOT=$root BENCH_BUILD=$build
 export PYTHONDONTWRITEBYTECODE=1
@@ -50,6 +59,11 @@ done
 [[ -x $pgbin/initdb ]] || fail "$pgbin/initdb not found (apt-get install postgresql-15)"
 "$python" -c 'import celery, redis, psycopg2' 2>/dev/null ||
     fail "$python cannot import celery, redis and psycopg2"
+if ((amqp)); then
+    [[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]] ||
+        fail "rabbitmq-server not found (apt-get install rabbitmq-server, or BENCH_BROKERS=redis)"
+    "$python" -c 'import amqp' 2>/dev/null || fail "$python cannot import amqp (py-amqp)"
+fi
 
 # ---- build the floor and the watcher ------------------------------------------
 mkdir -p "$build/bench" "$BENCH_OUT"
@@ -82,6 +96,7 @@ fi
 export BENCH_CELERIAC_REV=$rev
 redis_pid=
 pg_pid=
+rmq_up=0
 
 as_pg() {
     if [[ $(id -u) -eq 0 ]]; then
@@ -96,6 +111,11 @@ as_pg() {
 cleanup() {
     local rc=$?
     trap - EXIT
+    set +e # stop everything even if one stop fails
+    if ((rmq_up)); then
+        rabbitmq_stop # beam and its epmd, by pid (tests/lib/rabbitmq.sh)
+        rmq_up=0
+    fi
     if [[ -n $pg_pid ]] && kill -0 "$pg_pid" 2>/dev/null; then
         kill -INT "$pg_pid" 2>/dev/null || true # fast shutdown
         for _ in $(seq 100); do kill -0 "$pg_pid" 2>/dev/null || break; sleep 0.1; done
@@ -178,8 +198,23 @@ export BENCH_PG_URL="postgresql://postgres@127.0.0.1:$pg_port/bench" BENCH_PG_PI
 "$root/examples/books/seed.sh" postgres "$BENCH_PG_URL" "$BENCH_BOOKS"
 say "PostgreSQL 15 pid $pg_pid on 127.0.0.1:$pg_port (fsync off), $BENCH_BOOKS books seeded"
 
+# ---- rabbitmq ---------------------------------------------------------------------------
+if ((amqp)); then
+    # shellcheck source=../tests/lib/rabbitmq.sh
+    . "$root/tests/lib/rabbitmq.sh"
+    rmq_up=1 # from here on cleanup stops it (rabbitmq_stop is idempotent)
+    RMQ_EXIT_TRAP=0 rabbitmq_start || fail "RabbitMQ did not start"
+    export BENCH_RABBITMQ_PORT=$RABBITMQ_PORT BENCH_RABBITMQ_PID=$RMQ_BEAM_PID
+    export BENCH_RABBITMQ_START_MS=$RABBITMQ_START_MS
+    say "RabbitMQ $(dpkg-query -W -f '${Version}' rabbitmq-server 2>/dev/null) pid $RMQ_BEAM_PID" \
+        "on 127.0.0.1:$RABBITMQ_PORT (private node, started in $RABBITMQ_START_MS ms)"
+fi
+
 # ---- measure ------------------------------------------------------------------------
 start=$SECONDS
+BENCH_LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)
+export BENCH_LOADAVG_START
+say "load average at start: $BENCH_LOADAVG_START"
 for w in W1 W2; do
     "$python" "$root/bench/bench.py" enqueue "$w" "$BENCH_TASKS"
 done

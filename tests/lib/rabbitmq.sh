@@ -14,6 +14,9 @@
 #   rabbitmq_ctl close_all_connections why   # rabbitmqctl against this node
 #   rabbitmq_stop                # also run by the EXIT trap it installs
 #
+# A caller with an EXIT trap of its own (bench/run.sh) sets RMQ_EXIT_TRAP=0
+# before rabbitmq_start and calls rabbitmq_stop from that trap.
+#
 # When CELERIAC_PIDS_FILE is set (tests/run-all.sh), the pids are recorded
 # there as "pid beam.smp" / "pid epmd" so a test killed by its timeout leaves
 # nothing running.
@@ -160,7 +163,7 @@ rabbitmq_start() {
         (exec 3<>"/dev/tcp/127.0.0.1/$RMQ_EPMD_PORT") 2>/dev/null && break
         sleep 0.05
     done
-    trap rabbitmq_stop EXIT
+    [[ ${RMQ_EXIT_TRAP:-1} == 0 ]] || trap rabbitmq_stop EXIT
     RABBITMQ_URL="amqp://guest:guest@127.0.0.1:$RABBITMQ_PORT//"
     export RABBITMQ_URL RABBITMQ_PORT RABBITMQ_NODENAME
     _rmq_launch || return 1

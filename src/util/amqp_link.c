@@ -717,6 +717,22 @@ static int await_confirm(struct amqp_link *l, uint64_t seq, int64_t deadline, co
     }
 }
 
+/* Writes one basic.publish; on a confirming channel it is numbered, since
+ * the broker confirms it whether or not anyone waits. */
+static int send_publish(struct amqp_link *l, const char *exchange, const char *routing_key,
+                        bool mandatory, const amqp_basic_properties_t *props, amqp_bytes_t body,
+                        const char *what, struct err *e)
+{
+    amqp_maybe_release_buffers(l->conn);
+    int st = amqp_basic_publish(l->conn, l->channel, amqp_cstring_bytes(exchange),
+                                amqp_cstring_bytes(routing_key), mandatory, 0, props, body);
+    if (st < 0)
+        return status_lost(l, st, what, e);
+    if (l->confirming)
+        l->publish_seq++;
+    return 0;
+}
+
 int amqp_link_publish(struct amqp_link *l, const char *exchange, const char *routing_key,
                       bool mandatory, const amqp_basic_properties_t *props, amqp_bytes_t body,
                       int timeout_ms, struct err *e)
@@ -727,13 +743,11 @@ int amqp_link_publish(struct amqp_link *l, const char *exchange, const char *rou
         return e ? e->code : E_CONN_LOST;
     char what[600];
     snprintf(what, sizeof(what), "publish to exchange '%s' with key '%s'", exchange, routing_key);
-    amqp_maybe_release_buffers(l->conn);
-    int st = amqp_basic_publish(l->conn, l->channel, amqp_cstring_bytes(exchange),
-                                amqp_cstring_bytes(routing_key), mandatory, 0, props, body);
-    if (st < 0)
-        return status_lost(l, st, what, e);
-    uint64_t seq = ++l->publish_seq;
-    return await_confirm(l, seq, time_mono_ms() + (timeout_ms > 0 ? timeout_ms : 0), what, e);
+    int rc = send_publish(l, exchange, routing_key, mandatory, props, body, what, e);
+    if (rc)
+        return rc;
+    return await_confirm(l, l->publish_seq, time_mono_ms() + (timeout_ms > 0 ? timeout_ms : 0),
+                         what, e);
 }
 
 int amqp_link_publish_nowait(struct amqp_link *l, const char *exchange, const char *routing_key,
@@ -742,12 +756,6 @@ int amqp_link_publish_nowait(struct amqp_link *l, const char *exchange, const ch
 {
     if (!amqp_link_can_use(l, e))
         return E_CONN_LOST;
-    amqp_maybe_release_buffers(l->conn);
-    int st = amqp_basic_publish(l->conn, l->channel, amqp_cstring_bytes(exchange),
-                                amqp_cstring_bytes(routing_key), false, 0, props, body);
-    if (st < 0)
-        return status_lost(l, st, "publish an event", e);
-    if (l->confirming)
-        l->publish_seq++; /* the broker confirms it too; await_confirm skips it */
-    return 0;
+    /* await_confirm of a later publish skips this one's confirm */
+    return send_publish(l, exchange, routing_key, false, props, body, "publish an event", e);
 }

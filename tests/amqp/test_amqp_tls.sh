@@ -12,29 +12,9 @@
 # exist, plain amqp:// at the TLS port (workers, measured together); a server
 # certificate for another name, no client certificate, amqps:// at the plain
 # port (celeriac call); and ssl_cert_reqs=none without a CA, which works.
-. "$(dirname "$0")/../reliability/lib.sh"
-. "$(dirname "$0")/../lib/rabbitmq.sh"
-cleanup_all() {
-    local rc=$?
-    rabbitmq_stop
-    (exit "$rc")
-    services_cleanup
-}
-trap cleanup_all EXIT
-HERE=$CELERIAC_ROOT/tests/amqp
-
-LIB=$TEST_TMP/libamqpt.so
-if ! cc -std=c11 -Wall -Wextra -Werror -O1 -g -fPIC -shared -I"$CELERIAC_ROOT/include" \
-    -o "$LIB" "$HERE/amqp_tasks.c" 2>"$TEST_TMP/cc.log"; then
-    not_ok "build the amqp task library" "$(cat "$TEST_TMP/cc.log")"
-    tap_done
-fi
+. "$(dirname "$0")/lib.sh"
 start_redis
-if ! RABBITMQ_TLS=1 RABBITMQ_TLS_FAIL_IF_NO_PEER_CERT=true rabbitmq_start; then
-    not_ok "start a private RabbitMQ with a TLS listener"
-    tap_done
-fi
-trap cleanup_all EXIT
+RABBITMQ_TLS=1 RABBITMQ_TLS_FAIL_IF_NO_PEER_CERT=true rabbitmq_test_start
 diag "rabbitmq started in ${RABBITMQ_START_MS} ms; TLS on port $RABBITMQ_TLS_PORT"
 export AMQPT_RUNS=$TEST_TMP/runs
 : >"$AMQPT_RUNS"

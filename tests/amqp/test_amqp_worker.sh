@@ -8,31 +8,9 @@
 # late-ack child SIGKILLed mid-task, priorities, a quorum queue, -Q with two
 # queues, -c 2, a bad password, a deleted queue, a connection the server
 # closes while an ETA message is held, warm shutdown with held ETA.
-. "$(dirname "$0")/../reliability/lib.sh"
-. "$(dirname "$0")/../lib/rabbitmq.sh"
-# rabbitmq_start installs its own EXIT trap: this one (set again after it)
-# stops the node and then everything services.sh started, keeping the status.
-cleanup_all() {
-    local rc=$?
-    rabbitmq_stop
-    (exit "$rc")
-    services_cleanup
-}
-trap cleanup_all EXIT
-HERE=$CELERIAC_ROOT/tests/amqp
-
-LIB=$TEST_TMP/libamqpt.so
-if ! cc -std=c11 -Wall -Wextra -Werror -O1 -g -fPIC -shared -I"$CELERIAC_ROOT/include" \
-    -o "$LIB" "$HERE/amqp_tasks.c" 2>"$TEST_TMP/cc.log"; then
-    not_ok "build the amqp task library" "$(cat "$TEST_TMP/cc.log")"
-    tap_done
-fi
+. "$(dirname "$0")/lib.sh"
 start_redis
-if ! rabbitmq_start; then
-    not_ok "start a private RabbitMQ"
-    tap_done
-fi
-trap cleanup_all EXIT
+rabbitmq_test_start
 diag "rabbitmq started in ${RABBITMQ_START_MS} ms on port $RABBITMQ_PORT"
 AMQP=$RABBITMQ_URL
 export AMQPT_RUNS=$TEST_TMP/runs

@@ -13,24 +13,11 @@
 . "$(dirname "$0")/../integration/services.sh"
 . "$(dirname "$0")/../lib/rabbitmq.sh"
 . "$(dirname "$0")/differential_lib.sh"
-# rabbitmq_start installs its own EXIT trap: this one stops the node and then
-# everything services.sh started, keeping the exit status.
-cleanup_all() {
-    local rc=$?
-    rabbitmq_stop
-    (exit "$rc")
-    services_cleanup
-}
-trap cleanup_all EXIT
 
 start_redis
 start_pg
 seed_books_pg || { not_ok "seed the books table"; tap_done; }
-if ! rabbitmq_start; then
-    not_ok "start a private RabbitMQ"
-    tap_done
-fi
-trap cleanup_all EXIT
+rabbitmq_test_start
 diag "rabbitmq started in ${RABBITMQ_START_MS} ms on port $RABBITMQ_PORT"
 
 diff_left() { BROKER_URL=$RABBITMQ_URL "$PY" "$DIFF_HERE/differential.py" left "$1"; }

@@ -235,6 +235,25 @@ rabbitmq_ctl() {
         "$RMQ_SCRIPTS/rabbitmqctl" -n "$RABBITMQ_NODENAME" "$@"
 }
 
+
+# rabbitmq_test_start: for a test file that sourced services.sh. Starts the
+# node (rabbitmq_start's environment, e.g. RABBITMQ_TLS=1, passes through) or
+# reports "not ok" and ends the test; from before the start, the EXIT trap
+# stops the node and then everything services.sh started, keeping the status.
+_rmq_test_cleanup() {
+    local rc=$?
+    rabbitmq_stop
+    (exit "$rc")
+    services_cleanup
+}
+rabbitmq_test_start() {
+    trap _rmq_test_cleanup EXIT
+    if ! RMQ_EXIT_TRAP=0 rabbitmq_start; then
+        not_ok "start a private RabbitMQ${RABBITMQ_TLS:+ with a TLS listener}"
+        tap_done
+    fi
+}
+
 # rabbitmq_stop: stops the node and its epmd (ours only, by pid), removes the
 # temporary directory. Idempotent.
 rabbitmq_stop() {

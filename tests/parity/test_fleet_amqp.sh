@@ -7,19 +7,9 @@
 # crosses both, revoke and shutdown work. cases_fleet.py.
 . "$(dirname "$0")/lib.sh"
 . "$CELERIAC_ROOT/tests/lib/rabbitmq.sh"
-cleanup_all() {
-    local rc=$?
-    rabbitmq_stop
-    (exit "$rc")
-    services_cleanup
-}
 
 start_redis
-if ! rabbitmq_start; then
-    not_ok "start a private RabbitMQ"
-    tap_done
-fi
-trap cleanup_all EXIT
+rabbitmq_test_start
 parity_env
 export BROKER_URL=$RABBITMQ_URL
 parity_cases 150 cases_fleet.py

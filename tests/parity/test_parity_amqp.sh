@@ -7,19 +7,9 @@
 # Python client code and the same expectations on both brokers.
 . "$(dirname "$0")/lib.sh"
 . "$CELERIAC_ROOT/tests/lib/rabbitmq.sh"
-cleanup_all() {
-    local rc=$?
-    rabbitmq_stop
-    (exit "$rc")
-    services_cleanup
-}
 
 start_redis
-if ! rabbitmq_start; then
-    not_ok "start a private RabbitMQ"
-    tap_done
-fi
-trap cleanup_all EXIT
+rabbitmq_test_start
 parity_env
 # One vhost per case file: what one leaves (queues, a worker that did not
 # stop) cannot take another's messages, as each has its own Redis there.

@@ -15,7 +15,7 @@ PACKAGES=(
     openssl
     # the Python Celery client the interop tests drive
     python3 python3-celery python3-redis python3-psycopg2 python3-amqp python3-kombu
-    python3-msgpack
+    python3-msgpack python3-sqlalchemy
     # make bench draws its plots with it
     gnuplot-nox
 )

@@ -7,6 +7,7 @@
 #include "broker/broker.h"
 #include "broker/bus.h"
 #include "broker/redis.h"
+#include "broker/sql.h"
 
 int broker_init(struct broker *b, const struct broker_config *cfg,
                 const struct broker_owner *owner, struct err *e)
@@ -17,6 +18,8 @@ int broker_init(struct broker *b, const struct broker_config *cfg,
         return broker_redis_transport_init(b, cfg, owner);
     case BROKER_AMQP:
         return broker_amqp_transport_init(b, cfg, owner);
+    case BROKER_SQL:
+        return broker_sql_transport_init(b, cfg, owner);
     }
     return err_set(e, -EINVAL, "unknown broker transport %d", (int)cfg->kind);
 }
@@ -28,6 +31,9 @@ int bus_init(struct bus *b, const struct broker_config *cfg, const char *node)
         return bus_redis_init(b, cfg, node, NULL);
     case BROKER_AMQP:
         return bus_amqp_init(b, cfg, node, NULL);
+    case BROKER_SQL:
+        bus_null_init(b);
+        return 0;
     }
     return -EINVAL;
 }

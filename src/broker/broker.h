@@ -19,6 +19,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "db/conn.h"
 #include "util/amqp_url.h"
 #include "util/url.h"
 
@@ -26,12 +27,14 @@
 enum broker_kind {
     BROKER_REDIS,                /* redis://, redis+socket://, unix:// */
     BROKER_AMQP,                 /* amqp://, amqps://, pyamqp:// (RabbitMQ) */
+    BROKER_SQL,                  /* sqla+postgresql://, sqla+sqlite:/// (kombu's tables) */
 };
 
 struct broker_config {
     enum broker_kind kind;       /* picked by the URL's scheme */
     struct redis_url url;        /* parsed --broker URL (BROKER_REDIS) */
     struct amqp_url amqp;        /* parsed --broker URL (BROKER_AMQP) */
+    struct db_config sql;        /* the broker database (BROKER_SQL) */
     char **queues;               /* queue names to consume, in order */
     size_t n_queues;
     size_t max_message;          /* envelopes larger than this are dropped unread */

@@ -70,4 +70,9 @@ int bus_redis_init(struct bus *b, const struct broker_config *cfg, const char *n
 int bus_amqp_init(struct bus *b, const struct broker_config *cfg, const char *node,
                   struct amqp_link *link);
 
+/* The bus of a transport without broadcast (kombu's SQL transport, where
+ * Celery disables remote control and events too): it cannot open, and
+ * events sent on it are dropped. */
+void bus_null_init(struct bus *b);
+
 #endif /* CELERIAC_BROKER_BUS_H */

@@ -612,16 +612,6 @@ int broker_redis_publish(struct broker_redis *b, const char *queue, int priority
 }
 
 /* Marks a payload redelivered the way kombu does before pushing it back. */
-static void mark_redelivered(json_t *env)
-{
-    json_t *headers = json_object_get(env, "headers");
-    if (json_is_object(headers))
-        json_object_set_new(headers, "redelivered", json_true());
-    json_t *info = json_object_get(json_object_get(env, "properties"), "delivery_info");
-    if (json_is_object(info))
-        json_object_set_new(info, "redelivered", json_true());
-}
-
 /* The queue a restored message goes to: the routing key for the anonymous
  * exchange (what Celery uses for tasks), else the first queue bound to the
  * exchange with that routing key. */
@@ -645,19 +635,6 @@ static char *restore_queue(struct broker_redis *b, const char *exchange, const c
     return queue ? queue : xstrdup(rk);
 }
 
-/* How often a late-ack message was requeued because its child died running
- * it: a count the message carries in its properties (kombu and Celery ignore
- * properties they do not know, and every restore keeps them), so it survives
- * any number of workers. A value that is not a small count reads as 0. */
-#define WORKER_LOST_PROPERTY "celeriac_worker_lost"
-
-static int lost_count(json_t *env)
-{
-    json_t *v = json_object_get(json_object_get(env, "properties"), WORKER_LOST_PROPERTY);
-    json_int_t n = json_is_integer(v) ? json_integer_value(v) : 0;
-    return n < 0 ? 0 : n > 1000000 ? 1000000 : (int)n;
-}
-
 /* The payload and list a restore pushes, from the stored [envelope,
  * exchange, routing_key]: the envelope marked redelivered and, when
  * lost_limit >= 0 (a requeue after a worker loss), its loss count
@@ -677,15 +654,15 @@ static int restore_payload(struct broker_redis *b, const char *stored_raw, size_
     json_t *props = json_object_get(env, "properties");
     if (!json_is_object(env) || !exchange || !rk) {
         /* left with no payload: the caller drops it */
-    } else if (lost_limit >= 0 && lost_count(env) >= lost_limit) {
-        *losses = lost_count(env) + 1;
+    } else if (lost_limit >= 0 && message_envelope_lost_count(env) >= lost_limit) {
+        *losses = message_envelope_lost_count(env) + 1;
         rc = BROKER_EXHAUSTED;
     } else {
         if (lost_limit >= 0 && json_is_object(props)) {
-            *losses = lost_count(env) + 1;
-            json_object_set_new(props, WORKER_LOST_PROPERTY, json_integer(*losses));
+            *losses = message_envelope_lost_count(env) + 1;
+            message_envelope_mark_lost(env, *losses);
         }
-        mark_redelivered(env);
+        message_envelope_mark_redelivered(env);
         char *queue = restore_queue(b, exchange, rk, e);
         if (queue) {
             json_int_t prio = json_integer_value(json_object_get(props, "priority"));
@@ -865,7 +842,7 @@ static int return_from_hand(struct broker_redis *b, const char *hand, const char
     json_t *env = json_loadb(raw, len, 0, NULL);
     char *edited = NULL, *to = NULL;
     if (json_is_object(env)) {
-        mark_redelivered(env);
+        message_envelope_mark_redelivered(env);
         edited = json_dumps(env, JSON_COMPACT);
         to = return_list(b, env, e);
     } else {

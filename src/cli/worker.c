@@ -5,6 +5,9 @@
  */
 #include "common.h"
 #include "cli/cli.h"
+#include "broker/sql.h"
+#include "broker/sql_store.h"
+#include "util/log.h"
 #include "util/buf.h"
 #include "util/url.h"
 #include "worker/config.h"
@@ -478,23 +481,57 @@ static int parse_flags(struct worker_config *cfg, int argc, char **argv, const c
 }
 
 /* The broker URL picks the transport by its scheme: amqp://, amqps:// and
- * pyamqp:// are RabbitMQ, everything else goes to the Redis parser, which
- * refuses a scheme it does not know. 0 or -EINVAL with the reason in e. */
+ * pyamqp:// are RabbitMQ, sqla+... and sqlalchemy+... kombu's SQL transport,
+ * everything else goes to the Redis parser, which refuses a scheme it does
+ * not know. 0 or -EINVAL with the reason in e. */
 static int parse_broker_url(struct worker_config *cfg, struct err *e)
 {
+    if (sql_broker_url_is_sql(cfg->broker_url)) {
+        cfg->broker.kind = BROKER_SQL;
+        return sql_broker_url_parse(cfg->broker_url, &cfg->broker.sql, e);
+    }
     if (!amqp_url_is_amqp(cfg->broker_url)) {
         cfg->broker.kind = BROKER_REDIS;
         int rc = redis_url_parse(&cfg->broker.url, cfg->broker_url, e);
         const char *sep = strstr(cfg->broker_url, "://");
         if (rc && sep && strstr(e->msg, "unsupported scheme"))
             err_set(e, rc, "unsupported scheme '%.*s' (want redis://, redis+socket://, "
-                    "amqp://, amqps:// or pyamqp://)",
+                    "amqp://, amqps://, pyamqp://, sqla+postgresql:// or sqla+sqlite:///)",
                     (int)(sep - cfg->broker_url > 32 ? 32 : sep - cfg->broker_url),
                     cfg->broker_url);
         return rc;
     }
     cfg->broker.kind = BROKER_AMQP;
     return amqp_url_parse(&cfg->broker.amqp, cfg->broker_url, e);
+}
+
+/* kombu's SQL transport has no fanout: Celery runs no remote control and
+ * sends no events on it, and neither do we (one line says so). The broker
+ * connection is opened as the tasks' is, with the same timeouts. Queue
+ * names are kombu's VARCHAR(200). */
+static int gate_sql(struct worker_config *cfg)
+{
+    if (cfg->broker.kind != BROKER_SQL)
+        return 0;
+    for (size_t i = 0; i < cfg->broker.n_queues; i++)
+        if (strlen(cfg->broker.queues[i]) > SQL_QUEUE_NAME_MAX)
+            return usage_error("queue name '%.40s...' is longer than the %d characters of "
+                               "kombu's kombu_queue.name", cfg->broker.queues[i],
+                               SQL_QUEUE_NAME_MAX);
+    if (cfg->remote_control || cfg->task_events)
+        log_info("the SQL transport has no broadcast: no remote control and no events (as "
+                 "with Celery)");
+    cfg->remote_control = false;
+    cfg->task_events = false;
+    cfg->without_heartbeat = true;
+    cfg->broker.record_unacked = false;
+    struct db_config *sql = &cfg->broker.sql;
+    sql->attempts = 1;
+    sql->backoff_base_ms = cfg->db.backoff_base_ms;
+    sql->backoff_cap_ms = cfg->db.backoff_cap_ms;
+    sql->connect_timeout_s = cfg->db.connect_timeout_s;
+    sql->busy_timeout_ms = cfg->db.busy_timeout_ms;
+    return 0;
 }
 
 /* What AMQP does not need is turned off: kombu's unacked hash (the server
@@ -527,7 +564,7 @@ static int validate(struct worker_config *cfg, const char *db_url)
     if (cfg->backend_url && !strncasecmp(cfg->backend_url, "rpc://", 6)) {
         if (cfg->broker.kind != BROKER_AMQP)
             return usage_error("bad result backend URL: rpc:// needs an amqp:// broker here; "
-                               "with Redis use --result-backend redis://...");
+                               "with Redis or SQL use --result-backend redis://...");
         cfg->backend.kind = BACKEND_RPC;
         cfg->backend.enabled = true;
     } else if (cfg->backend_url) {
@@ -563,7 +600,7 @@ static int validate(struct worker_config *cfg, const char *db_url)
         if (cfg->lib.desc->tasks[i].flags & CELERIAC_ACKS_LATE)
             cfg->broker.record_unacked = true;
     gate_amqp(cfg);
-    return 0;
+    return gate_sql(cfg) ? EXIT_USAGE : 0;
 }
 
 static void print_banner(const struct worker_config *cfg)

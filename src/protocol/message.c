@@ -387,6 +387,33 @@ bool message_peek_id(const char *raw, size_t len, char *out, size_t out_size)
     return true;
 }
 
+#define WORKER_LOST_PROPERTY "celeriac_worker_lost"
+
+void message_envelope_mark_redelivered(json_t *env)
+{
+    json_t *headers = json_object_get(env, "headers");
+    if (json_is_object(headers))
+        json_object_set_new(headers, "redelivered", json_true());
+    json_t *info = json_object_get(json_object_get(env, "properties"), "delivery_info");
+    if (json_is_object(info))
+        json_object_set_new(info, "redelivered", json_true());
+}
+
+int message_envelope_lost_count(const json_t *env)
+{
+    json_t *v = json_object_get(json_object_get(env, "properties"), WORKER_LOST_PROPERTY);
+    json_int_t n = json_is_integer(v) ? json_integer_value(v) : 0;
+    return n < 0 ? 0 : n > 1000000 ? 1000000 : (int)n;
+}
+
+void message_envelope_mark_lost(json_t *env, int losses)
+{
+    json_t *props = json_object_get(env, "properties");
+    if (json_is_object(props))
+        json_object_set_new(props, WORKER_LOST_PROPERTY, json_integer(losses));
+    message_envelope_mark_redelivered(env);
+}
+
 char *message_envelope_json(const struct message *m)
 {
     return json_dumps(m->envelope, JSON_COMPACT);

@@ -85,6 +85,19 @@ int message_decode_task(struct message *m, enum message_settle *settle, struct e
  * into out and returns true, or returns false. */
 bool message_peek_id(const char *raw, size_t len, char *out, size_t out_size);
 
+/* Marks an envelope delivered before (headers and delivery_info), as a
+ * restore does. */
+void message_envelope_mark_redelivered(json_t *env);
+
+/* How often a late-ack message was requeued because its child died running
+ * it (a count celeriac keeps in the envelope's properties: kombu and Celery
+ * ignore properties they do not know, and every restore keeps them); a
+ * value that is not a small count reads as 0. */
+int message_envelope_lost_count(const json_t *env);
+
+/* Sets that count to losses and marks the envelope redelivered. */
+void message_envelope_mark_lost(json_t *env, int losses);
+
 /* The envelope re-serialised compactly (for the unacked hash entry). */
 char *message_envelope_json(const struct message *m);
 

@@ -45,6 +45,9 @@ void worker_config_release(struct worker_config *cfg)
     free(cfg->db.url);
     free(cfg->db.sqlite_path);
     free(cfg->db.where);
+    free(cfg->broker.sql.url);
+    free(cfg->broker.sql.sqlite_path);
+    free(cfg->broker.sql.where);
     library_unload(&cfg->lib);
     memset(cfg, 0, sizeof(*cfg));
 }

@@ -1,0 +1,374 @@
+/* SPDX-License-Identifier: MIT
+ * broker/sql_pg.c: kombu's tables on PostgreSQL (see sql_store.h). Claims
+ * take the first ready row with FOR UPDATE SKIP LOCKED, so children never
+ * queue behind each other's claim (kombu's plain FOR UPDATE serialises every
+ * consumer on the head row); a trigger NOTIFYs a channel per queue when a row
+ * becomes ready, and idle children LISTEN, so a Python publisher wakes them
+ * as well as a C one.
+ */
+#include "common.h"
+#include "broker/sql_store.h"
+#include "util/buf.h"
+#include "util/log.h"
+
+#include <inttypes.h>
+#include <libpq-fe.h>
+#include <poll.h>
+
+/* The DDL SQLAlchemy emits for kombu's models on PostgreSQL (ids come from
+ * sequences the inserter calls, no server default), each statement made
+ * idempotent; then what celeriac adds: an index of ready rows in claim order,
+ * and the trigger behind LISTEN. An advisory lock keeps the children of a
+ * starting fleet from creating the same objects at once. */
+static const char schema_sql[] =
+    "BEGIN;"
+    "SET LOCAL client_min_messages = warning;"
+    "SELECT pg_advisory_xact_lock(7361626565720001);"
+    "CREATE SEQUENCE IF NOT EXISTS queue_id_sequence;"
+    "CREATE TABLE IF NOT EXISTS kombu_queue ("
+    " id INTEGER NOT NULL, name VARCHAR(200), PRIMARY KEY (id), UNIQUE (name));"
+    "CREATE SEQUENCE IF NOT EXISTS message_id_sequence;"
+    "CREATE TABLE IF NOT EXISTS kombu_message ("
+    " id INTEGER NOT NULL, visible BOOLEAN, timestamp TIMESTAMP WITHOUT TIME ZONE,"
+    " payload TEXT NOT NULL, version SMALLINT NOT NULL, queue_id INTEGER, PRIMARY KEY (id),"
+    " CONSTRAINT \"FK_kombu_message_queue\" FOREIGN KEY(queue_id) REFERENCES kombu_queue (id));"
+    "CREATE INDEX IF NOT EXISTS ix_kombu_message_visible ON kombu_message (visible);"
+    "CREATE INDEX IF NOT EXISTS ix_kombu_message_timestamp_id ON kombu_message (timestamp, id);"
+    "CREATE INDEX IF NOT EXISTS ix_kombu_message_timestamp ON kombu_message (timestamp);"
+    "CREATE INDEX IF NOT EXISTS celeriac_kombu_message_ready"
+    " ON kombu_message (queue_id, timestamp, id) WHERE visible;"
+    "CREATE OR REPLACE FUNCTION celeriac_kombu_notify() RETURNS trigger LANGUAGE plpgsql AS"
+    " $$BEGIN PERFORM pg_notify('celeriac_q' || NEW.queue_id, ''); RETURN NULL; END$$;"
+    "DO $$BEGIN"
+    " IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'celeriac_kombu_notify'"
+    "   AND tgrelid = 'kombu_message'::regclass) THEN"
+    "  CREATE TRIGGER celeriac_kombu_notify AFTER INSERT OR UPDATE OF visible"
+    "   ON kombu_message FOR EACH ROW WHEN (NEW.visible)"
+    "   EXECUTE FUNCTION celeriac_kombu_notify();"
+    " END IF; END$$;"
+    "COMMIT;";
+
+/* One query answers whether schema_sql has run here already, and what
+ * columns kombu_message has: the common case takes no lock at all. */
+static const char schema_check_sql[] =
+    "SELECT (SELECT string_agg(column_name::text, ',' ORDER BY column_name)"
+    "          FROM information_schema.columns WHERE table_name = 'kombu_message'"
+    "          AND table_schema = current_schema()),"
+    "       to_regclass('celeriac_kombu_message_ready') IS NOT NULL"
+    "       AND EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'celeriac_kombu_notify')";
+
+#define KOMBU_COLUMNS "id,payload,queue_id,timestamp,version,visible"
+
+static PGconn *pg(struct sql_store *s)
+{
+    return s->conn.pg;
+}
+
+int sql_store_failed(struct sql_store *s, const char *what, const char *reason, struct err *e)
+{
+    char msg[ERR_MSG_MAX];
+    snprintf(msg, sizeof(msg), "%s", reason ? reason : "no reason given");
+    for (char *p = msg; *p; p++)
+        if (*p == '\n' || *p == '\t')
+            *p = ' ';
+    size_t n = strlen(msg);
+    while (n && msg[n - 1] == ' ')
+        msg[--n] = '\0';
+    if (db_conn_check_lost(&s->conn))
+        return err_set(e, E_CONN_LOST, "broker database '%s': %s: %s", s->conn.cfg->where, what,
+                       msg);
+    return err_set(e, E_PROTOCOL, "broker database '%s': %s: %s", s->conn.cfg->where, what, msg);
+}
+
+/* Runs sql with text parameters; the result when its status is `want`,
+ * else NULL with the failure in *rc and e. */
+static PGresult *run(struct sql_store *s, const char *what, const char *sql, int n,
+                     const char *const *params, ExecStatusType want, int *rc, struct err *e)
+{
+    PGresult *r = PQexecParams(pg(s), sql, n, NULL, params, NULL, NULL, 0);
+    if (r && PQresultStatus(r) == want) {
+        *rc = 0;
+        return r;
+    }
+    char reason[ERR_MSG_MAX];
+    snprintf(reason, sizeof(reason), "%s",
+             r ? PQresultErrorMessage(r) : PQerrorMessage(pg(s)));
+    PQclear(r);
+    *rc = sql_store_failed(s, what, reason, e);
+    return NULL;
+}
+
+/* Runs a statement that changes rows; 1 when one did, 0 when none, < 0. */
+static int run_change(struct sql_store *s, const char *what, const char *sql, int n,
+                      const char *const *params, struct err *e)
+{
+    int rc;
+    PGresult *r = run(s, what, sql, n, params, PGRES_COMMAND_OK, &rc, e);
+    if (!r)
+        return rc;
+    int changed = atoi(PQcmdTuples(r)) > 0;
+    PQclear(r);
+    return changed;
+}
+
+static int pg_prepare(struct sql_store *s, struct err *e)
+{
+    int rc;
+    PGresult *r = run(s, "checking kombu's tables", schema_check_sql, 0, NULL, PGRES_TUPLES_OK,
+                      &rc, e);
+    if (!r)
+        return rc;
+    bool missing = PQgetisnull(r, 0, 0);
+    bool ours = !strcmp(PQgetvalue(r, 0, 1), "t");
+    char columns[256];
+    snprintf(columns, sizeof(columns), "%s", PQgetvalue(r, 0, 0));
+    PQclear(r);
+    if (!missing && strcmp(columns, KOMBU_COLUMNS))
+        return err_set(e, E_CONFIG, "broker database '%s': table kombu_message has the columns "
+                       "(%s), not kombu's (%s)", s->conn.cfg->where, columns, KOMBU_COLUMNS);
+    if (!missing && ours)
+        return 0;
+    r = PQexec(pg(s), schema_sql);
+    if (!r || PQresultStatus(r) != PGRES_COMMAND_OK) {
+        char reason[ERR_MSG_MAX];
+        snprintf(reason, sizeof(reason), "%s",
+                 r ? PQresultErrorMessage(r) : PQerrorMessage(pg(s)));
+        PQclear(r);
+        PQclear(PQexec(pg(s), "ROLLBACK"));
+        return sql_store_failed(s, "creating kombu's tables", reason, e);
+    }
+    PQclear(r);
+    return 0;
+}
+
+static int pg_queue_id(struct sql_store *s, const char *name, int64_t *id, struct err *e)
+{
+    /* ON CONFLICT spends a sequence number when the queue exists: harmless,
+     * and one round trip instead of kombu's select-then-insert race. */
+    static const char sql[] =
+        "WITH added AS (INSERT INTO kombu_queue (id, name)"
+        "  VALUES (nextval('queue_id_sequence'), $1) ON CONFLICT (name) DO NOTHING"
+        "  RETURNING id)"
+        " SELECT id FROM added UNION ALL SELECT id FROM kombu_queue WHERE name = $1";
+    const char *params[] = {name};
+    int rc;
+    PGresult *r = run(s, "looking up a queue", sql, 1, params, PGRES_TUPLES_OK, &rc, e);
+    if (!r)
+        return rc;
+    if (PQntuples(r) < 1) {
+        PQclear(r);
+        return err_set(e, E_PROTOCOL, "queue '%s' has no row in kombu_queue", name);
+    }
+    *id = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+    PQclear(r);
+    return 0;
+}
+
+static int pg_listen(struct sql_store *s, const int64_t *queue_ids, size_t n, struct err *e)
+{
+    struct buf sql = BUF_INIT;
+    for (size_t i = 0; i < n; i++)
+        buf_addf(&sql, "LISTEN celeriac_q%" PRId64 ";", queue_ids[i]);
+    PGresult *r = PQexec(pg(s), sql.data ? sql.data : "");
+    buf_release(&sql);
+    int rc = 0;
+    if (!r || PQresultStatus(r) != PGRES_COMMAND_OK)
+        rc = sql_store_failed(s, "LISTEN", r ? PQresultErrorMessage(r) : PQerrorMessage(pg(s)),
+                              e);
+    PQclear(r);
+    return rc;
+}
+
+static int pg_claim(struct sql_store *s, const int64_t *queue_ids, size_t n,
+                    struct sql_claim *c, struct err *e)
+{
+    /* kombu's order (timestamp, id) within one queue at a time: with one
+     * queue id the ready index is read in order and LIMIT 1 stops at once;
+     * the caller turns through its queues as kombu's fair cycle does. */
+    static const char sql[] =
+        "UPDATE kombu_message SET visible = false, timestamp = localtimestamp,"
+        "  version = -(abs(version) + 1)"
+        " WHERE id = (SELECT id FROM kombu_message WHERE queue_id = $1 AND visible"
+        "             ORDER BY timestamp, id LIMIT 1 FOR UPDATE SKIP LOCKED)"
+        " RETURNING id, version, queue_id, payload";
+    for (size_t i = 0; i < n; i++) {
+        char qid[24];
+        snprintf(qid, sizeof(qid), "%" PRId64, queue_ids[i]);
+        const char *params[] = {qid};
+        int rc;
+        PGresult *r = run(s, "claiming a message", sql, 1, params, PGRES_TUPLES_OK, &rc, e);
+        if (!r)
+            return rc;
+        if (PQntuples(r) == 1) {
+            c->id = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+            c->version = atoi(PQgetvalue(r, 0, 1));
+            c->queue_id = strtoll(PQgetvalue(r, 0, 2), NULL, 10);
+            c->redelivered = c->version <= -3;
+            c->len = (size_t)PQgetlength(r, 0, 3);
+            c->payload = xmalloc(c->len + 1);
+            memcpy(c->payload, PQgetvalue(r, 0, 3), c->len + 1);
+            PQclear(r);
+            return 1;
+        }
+        PQclear(r);
+    }
+    return 0;
+}
+
+/* Reads what the server sent (notifications) without blocking; true when
+ * a notification came. */
+static int drain_notifies(struct sql_store *s, bool *woken, struct err *e)
+{
+    if (!PQconsumeInput(pg(s)))
+        return sql_store_failed(s, "reading notifications", PQerrorMessage(pg(s)), e);
+    PGnotify *n;
+    while ((n = PQnotifies(pg(s))) != NULL) {
+        *woken = true;
+        PQfreemem(n);
+    }
+    return 0;
+}
+
+static int pg_wait(struct sql_store *s, int timeout_ms, struct err *e)
+{
+    bool woken = false;
+    int rc = drain_notifies(s, &woken, e);
+    if (rc || woken)
+        return rc;
+    struct pollfd p = {.fd = PQsocket(pg(s)), .events = POLLIN};
+    if (p.fd < 0)
+        return sql_store_failed(s, "waiting for notifications", "no socket", e);
+    if (poll(&p, 1, timeout_ms) > 0)
+        rc = drain_notifies(s, &woken, e);
+    return rc;
+}
+
+static void id_params(char id[24], char version[16], int64_t row, int v)
+{
+    snprintf(id, 24, "%" PRId64, row);
+    snprintf(version, 16, "%d", v);
+}
+
+static int pg_remove(struct sql_store *s, int64_t id, int version, struct err *e)
+{
+    char a[24], b[16];
+    id_params(a, b, id, version);
+    const char *params[] = {a, b};
+    return run_change(s, "acking a message",
+                      "DELETE FROM kombu_message WHERE id = $1 AND version = $2", 2, params, e);
+}
+
+static int pg_give_back(struct sql_store *s, int64_t id, int version, struct err *e)
+{
+    char a[24], b[16];
+    id_params(a, b, id, version);
+    const char *params[] = {a, b};
+    return run_change(s, "restoring a message",
+                      "UPDATE kombu_message SET visible = true, timestamp = NULL,"
+                      " version = least(-version + 1, 32001)"
+                      " WHERE id = $1 AND version = $2 AND NOT visible", 2, params, e);
+}
+
+static int pg_read(struct sql_store *s, int64_t id, int version, char **payload,
+                   int64_t *queue_id, struct err *e)
+{
+    char a[24], b[16];
+    id_params(a, b, id, version);
+    const char *params[] = {a, b};
+    int rc;
+    PGresult *r = run(s, "reading a message",
+                      "SELECT payload, queue_id FROM kombu_message"
+                      " WHERE id = $1 AND version = $2 AND NOT visible", 2, params,
+                      PGRES_TUPLES_OK, &rc, e);
+    if (!r)
+        return rc;
+    int found = PQntuples(r) == 1;
+    if (found) {
+        *payload = xstrdup(PQgetvalue(r, 0, 0));
+        *queue_id = strtoll(PQgetvalue(r, 0, 1), NULL, 10);
+    }
+    PQclear(r);
+    return found;
+}
+
+static int pg_replace(struct sql_store *s, int64_t id, int version, const char *payload,
+                      struct err *e)
+{
+    /* One statement, so one transaction: the new row exists exactly when
+     * the old one is gone. */
+    char a[24], b[16];
+    id_params(a, b, id, version);
+    const char *params[] = {a, b, payload};
+    return run_change(s, "requeueing a message",
+                      "WITH old AS (DELETE FROM kombu_message"
+                      "  WHERE id = $1 AND version = $2 AND NOT visible RETURNING queue_id)"
+                      " INSERT INTO kombu_message (id, visible, timestamp, payload, version,"
+                      "  queue_id)"
+                      " SELECT nextval('message_id_sequence'), true, NULL, $3, 1, queue_id"
+                      " FROM old", 3, params, e);
+}
+
+static int pg_touch(struct sql_store *s, const int64_t *ids, const int *versions, size_t n,
+                    struct err *e)
+{
+    for (size_t i = 0; i < n; i++) {
+        char a[24], b[16];
+        id_params(a, b, ids[i], versions[i]);
+        const char *params[] = {a, b};
+        int rc = run_change(s, "keeping a held message",
+                            "UPDATE kombu_message SET timestamp = localtimestamp"
+                            " WHERE id = $1 AND version = $2 AND NOT visible", 2, params, e);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+static int pg_give_back_expired(struct sql_store *s, double visibility_s, int *given,
+                                struct err *e)
+{
+    char secs[32];
+    snprintf(secs, sizeof(secs), "%.3f", visibility_s);
+    const char *params[] = {secs};
+    int rc;
+    PGresult *r = run(s, "restoring messages past the visibility timeout",
+                      "UPDATE kombu_message SET visible = true, timestamp = NULL,"
+                      " version = least(-version + 1, 32001)"
+                      " WHERE NOT visible AND version < 0"
+                      " AND timestamp < localtimestamp - make_interval(secs => $1::float8)",
+                      1, params, PGRES_COMMAND_OK, &rc, e);
+    if (!r)
+        return rc;
+    *given = atoi(PQcmdTuples(r));
+    PQclear(r);
+    return 0;
+}
+
+static int pg_insert(struct sql_store *s, int64_t queue_id, const char *payload, size_t len,
+                     struct err *e)
+{
+    UNUSED(len); /* text parameters are NUL-terminated */
+    char qid[24];
+    snprintf(qid, sizeof(qid), "%" PRId64, queue_id);
+    const char *params[] = {payload, qid};
+    int rc = run_change(s, "publishing a message",
+                        "INSERT INTO kombu_message (id, visible, timestamp, payload, version,"
+                        " queue_id) VALUES (nextval('message_id_sequence'), true, NULL, $1, 1,"
+                        " $2)", 2, params, e);
+    return rc < 0 ? rc : 0;
+}
+
+const struct sql_store_ops sql_pg_store_ops = {
+    .prepare = pg_prepare,
+    .queue_id = pg_queue_id,
+    .listen = pg_listen,
+    .claim = pg_claim,
+    .wait = pg_wait,
+    .remove = pg_remove,
+    .give_back = pg_give_back,
+    .read = pg_read,
+    .replace = pg_replace,
+    .touch = pg_touch,
+    .give_back_expired = pg_give_back_expired,
+    .insert = pg_insert,
+};

@@ -1,0 +1,106 @@
+/* SPDX-License-Identifier: MIT
+ * broker/sql_store.h: kombu's SQLAlchemy transport tables (kombu_queue,
+ * kombu_message) as a message store, one implementation per database
+ * (sql_pg.c, sql_sqlite.c) behind a table of statements; sql_transport.c
+ * makes a broker of it and never names a database.
+ *
+ * How celeriac marks its claims. kombu claims a row by setting visible =
+ * false and bumping version (SQLAlchemy's optimistic lock), and never
+ * touches it again: its ack does nothing in the database and its restore
+ * inserts a new row. A row kombu claimed therefore stays invisible with a
+ * positive version for ever. celeriac claims with a negative version
+ * (-(v + 1)) and deletes the row on ack, so that:
+ *   - invisible rows with a negative version are exactly the messages some
+ *     celeriac process holds, and only those are ever given back by the
+ *     visibility timeout (a Python worker's finished rows are left alone);
+ *   - the version at claim names one claim: "id:version" is the delivery
+ *     tag, and every settle is a compare-and-swap on it, so a process that
+ *     lost its claim (given back by a sweep, claimed by another) cannot ack
+ *     or restore the new holder's message;
+ *   - a visible row with version >= 2 was given back by celeriac, hence
+ *     delivered before (redelivered).
+ * Giving back sets visible, a NULL timestamp and version -v + 1: the row
+ * keeps its id and so its place at the front of kombu's ORDER BY timestamp,
+ * id.
+ */
+#ifndef CELERIAC_BROKER_SQL_STORE_H
+#define CELERIAC_BROKER_SQL_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "db/conn.h"
+
+/* kombu's VARCHAR(200) queue name. */
+#define SQL_QUEUE_NAME_MAX 200
+
+/* One claim: a row this process now holds. */
+struct sql_claim {
+    int64_t id;
+    int version;                 /* the row's version after the claim (negative) */
+    int64_t queue_id;
+    bool redelivered;            /* given back by celeriac before: delivered already */
+    char *payload;               /* owned (malloc'd), NUL-terminated */
+    size_t len;
+};
+
+struct sql_store;
+
+struct sql_store_ops {
+    /* Creates kombu's tables if absent, as kombu does (plus celeriac's index
+     * of ready rows and, on PostgreSQL, the NOTIFY trigger), on the open
+     * connection. 0 or E_CONN_LOST / E_CONFIG. */
+    int (*prepare)(struct sql_store *s, struct err *e);
+    /* The id of queue name, the row created if absent, as kombu does on
+     * publish and consume. */
+    int (*queue_id)(struct sql_store *s, const char *name, int64_t *id, struct err *e);
+    /* From now on fetch wakes up for new rows of these queues (PostgreSQL:
+     * LISTEN). */
+    int (*listen)(struct sql_store *s, const int64_t *queue_ids, size_t n, struct err *e);
+    /* Claims the first ready row of any of the queues, in kombu's order.
+     * 1 with *c filled, 0 when none is ready, or a negative code. */
+    int (*claim)(struct sql_store *s, const int64_t *queue_ids, size_t n, struct sql_claim *c,
+                 struct err *e);
+    /* Waits up to timeout_ms for something worth another claim. 0, or
+     * E_CONN_LOST. */
+    int (*wait)(struct sql_store *s, int timeout_ms, struct err *e);
+    /* Deletes the claimed row (the ack). 1, 0 when the claim is no longer
+     * ours, or a negative code. */
+    int (*remove)(struct sql_store *s, int64_t id, int version, struct err *e);
+    /* Gives the claimed row back to the front of its queue. 1, 0, or < 0. */
+    int (*give_back)(struct sql_store *s, int64_t id, int version, struct err *e);
+    /* The payload and queue of a row we claimed: 1, 0 when no longer ours. */
+    int (*read)(struct sql_store *s, int64_t id, int version, char **payload,
+                int64_t *queue_id, struct err *e);
+    /* Replaces our claimed row by a new ready one with payload, at the back
+     * of the same queue, in one transaction. 1, 0 when no longer ours, < 0. */
+    int (*replace)(struct sql_store *s, int64_t id, int version, const char *payload,
+                   struct err *e);
+    /* Stamps the claims (ids[i], versions[i]) with the current time, so
+     * the visibility timeout counts from now. */
+    int (*touch)(struct sql_store *s, const int64_t *ids, const int *versions, size_t n,
+                 struct err *e);
+    /* Gives back every celeriac claim older than visibility_s seconds;
+     * *given gets how many. */
+    int (*give_back_expired)(struct sql_store *s, double visibility_s, int *given,
+                             struct err *e);
+    /* Inserts a ready row; committed when it returns 0. */
+    int (*insert)(struct sql_store *s, int64_t queue_id, const char *payload, size_t len,
+                  struct err *e);
+};
+
+struct sql_store {
+    const struct sql_store_ops *ops;
+    struct db_conn conn;         /* the broker connection, this process's own */
+    void *impl;                  /* the dialect's state */
+};
+
+extern const struct sql_store_ops sql_pg_store_ops;
+extern const struct sql_store_ops sql_sqlite_store_ops;
+
+/* For the dialects: turns a failed statement into E_CONN_LOST when the
+ * connection is gone (closing it), else E_PROTOCOL; the reason goes to e. */
+int sql_store_failed(struct sql_store *s, const char *what, const char *reason, struct err *e);
+
+#endif /* CELERIAC_BROKER_SQL_STORE_H */

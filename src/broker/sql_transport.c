@@ -1,0 +1,588 @@
+/* SPDX-License-Identifier: MIT
+ * broker/sql_transport.c: kombu's SQL transport behind broker.h (see
+ * broker/sql.h and sql_store.h). A claimed row is durable the moment it is
+ * claimed, so tracking and protecting cost nothing; the delivery tag is
+ * "id:version", which every settle compares. A child that dies holding rows
+ * leaves their tags in its slot (popped, running, held) and its replacement
+ * gives them back at once; any worker gives back celeriac claims older than
+ * the visibility timeout (kombu never does: a crashed kombu consumer's rows
+ * stay claimed for ever).
+ */
+#include "common.h"
+#include "broker/bus.h"
+#include "broker/sql.h"
+#include "broker/sql_store.h"
+#include "protocol/message.h"
+#include "util/buf.h"
+#include "util/log.h"
+#include "util/time.h"
+#include "worker/scoreboard.h"
+
+#include <inttypes.h>
+#include <strings.h>
+
+/* How long one wait lasts at most before the queues are claimed from
+ * again, should a wake-up have been missed (a row unlocked by a consumer
+ * that rolled back sends no notification). */
+#define RECLAIM_MS 1000
+
+struct known_queue {
+    char *name;
+    int64_t id;
+};
+
+struct sql_transport {
+    struct sql_store store;
+    const struct broker_config *cfg;   /* borrowed */
+    struct broker_owner owner;
+    char **queues;               /* the set to consume, owned */
+    size_t n_queues;
+    int64_t *queue_ids;          /* theirs, once resolved on this connection */
+    int64_t *order;              /* queue_ids in this turn's order */
+    bool listening;              /* queue_ids resolved and listened to */
+    size_t turn;                 /* the queue the next claim starts with */
+    struct known_queue *known;   /* every queue id looked up on this connection */
+    size_t n_known;
+    int64_t next_sweep_ms;
+    struct bus events;           /* no broadcast on this transport */
+};
+
+/* What a delivery owns (struct delivery's owner). */
+struct sql_owned {
+    struct sql_claim claim;
+    char tag[40];
+};
+
+static struct sql_transport *impl(const struct broker *b)
+{
+    return b->impl;
+}
+
+static void format_tag(char *out, size_t size, int64_t id, int version)
+{
+    snprintf(out, size, "%" PRId64 ":%d", id, version);
+}
+
+static bool parse_tag(const char *s, int64_t *id, int *version)
+{
+    if (!s)
+        return false;
+    char *end;
+    errno = 0;
+    long long i = strtoll(s, &end, 10);
+    if (errno || end == s || *end != ':' || i <= 0)
+        return false;
+    const char *v = end + 1;
+    long ver = strtol(v, &end, 10);
+    if (errno || end == v || *end || ver >= 0 || ver < -40000)
+        return false;
+    *id = i;
+    *version = (int)ver;
+    return true;
+}
+
+static void forget_queues(struct sql_transport *t)
+{
+    for (size_t i = 0; i < t->n_known; i++)
+        free(t->known[i].name);
+    free(t->known);
+    t->known = NULL;
+    t->n_known = 0;
+    t->listening = false;
+}
+
+/* The queue's id on this connection, looked up (and created) once. */
+static int queue_id(struct sql_transport *t, const char *name, int64_t *id, struct err *e)
+{
+    for (size_t i = 0; i < t->n_known; i++)
+        if (!strcmp(t->known[i].name, name)) {
+            *id = t->known[i].id;
+            return 0;
+        }
+    if (strlen(name) > SQL_QUEUE_NAME_MAX)
+        return err_set(e, -EINVAL, "queue name '%.40s...' is longer than kombu's %d characters",
+                       name, SQL_QUEUE_NAME_MAX);
+    int rc = t->store.ops->queue_id(&t->store, name, id, e);
+    if (rc)
+        return rc;
+    t->known = xrealloc(t->known, (t->n_known + 1) * sizeof(*t->known));
+    t->known[t->n_known++] = (struct known_queue){.name = xstrdup(name), .id = *id};
+    return 0;
+}
+
+static const char *queue_name(const struct sql_transport *t, int64_t id)
+{
+    for (size_t i = 0; i < t->n_known; i++)
+        if (t->known[i].id == id)
+            return t->known[i].name;
+    return "?";
+}
+
+static int listen_queues(struct sql_transport *t, struct err *e)
+{
+    if (t->listening)
+        return 0;
+    for (size_t i = 0; i < t->n_queues; i++) {
+        int rc = queue_id(t, t->queues[i], &t->queue_ids[i], e);
+        if (rc)
+            return rc;
+    }
+    int rc = t->store.ops->listen(&t->store, t->queue_ids, t->n_queues, e);
+    if (!rc)
+        t->listening = true;
+    return rc;
+}
+
+static int st_open(struct broker *b, struct err *e)
+{
+    struct sql_transport *t = impl(b);
+    db_conn_close(&t->store.conn, NULL);
+    forget_queues(t);
+    int rc = db_conn_open(&t->store.conn, 1, NULL, e);
+    if (!rc)
+        rc = t->store.ops->prepare(&t->store, e);
+    if (!rc)
+        rc = listen_queues(t, e);
+    if (rc)
+        db_conn_close(&t->store.conn, NULL);
+    return rc;
+}
+
+static bool st_is_open(const struct broker *b)
+{
+    return db_conn_is_open(&impl(b)->store.conn);
+}
+
+static void free_queue_set(struct sql_transport *t)
+{
+    for (size_t i = 0; i < t->n_queues; i++)
+        free(t->queues[i]);
+    free(t->queues);
+    free(t->queue_ids);
+    free(t->order);
+    t->order = NULL;
+    t->queues = NULL;
+    t->queue_ids = NULL;
+    t->n_queues = 0;
+}
+
+static void st_consume(struct broker *b, char *const *queues, size_t n)
+{
+    struct sql_transport *t = impl(b);
+    free_queue_set(t);
+    t->queues = xcalloc(n ? n : 1, sizeof(*t->queues));
+    t->queue_ids = xcalloc(n ? n : 1, sizeof(*t->queue_ids));
+    t->order = xcalloc(n ? n : 1, sizeof(*t->order));
+    for (size_t i = 0; i < n; i++)
+        t->queues[i] = xstrdup(queues[i]);
+    t->n_queues = n;
+    t->listening = false;
+    t->turn = 0;
+}
+
+/* One claim from the consumed queues, starting with this turn's queue (the
+ * fair cycle kombu runs over its queues). */
+static int claim_next(struct sql_transport *t, struct sql_claim *c, struct err *e)
+{
+    size_t n = t->n_queues;
+    for (size_t i = 0; i < n; i++)
+        t->order[i] = t->queue_ids[(t->turn + i) % n];
+    int rc = t->store.ops->claim(&t->store, t->order, n, c, e);
+    if (n)
+        t->turn = (t->turn + 1) % n;
+    return rc;
+}
+
+static int st_fetch(struct broker *b, double timeout_s, struct delivery *d, struct err *e)
+{
+    struct sql_transport *t = impl(b);
+    memset(d, 0, sizeof(*d));
+    int rc = listen_queues(t, e);
+    int64_t deadline = time_mono_ms() + (int64_t)(timeout_s * 1000);
+    struct sql_claim c = {0};
+    while (!rc) {
+        rc = claim_next(t, &c, e);
+        if (rc)
+            break;
+        int64_t left = deadline - time_mono_ms();
+        if (left <= 0)
+            return 0;
+        rc = t->store.ops->wait(&t->store, left < RECLAIM_MS ? (int)left : RECLAIM_MS, e);
+    }
+    if (rc < 0)
+        return rc;
+    struct sql_owned *o = xcalloc(1, sizeof(*o));
+    o->claim = c;
+    format_tag(o->tag, sizeof(o->tag), c.id, c.version);
+    /* From here a death of this process leaves the row to the slot's next
+     * process (LOST_UNSTARTED), not to the visibility timeout. */
+    snprintf(t->owner.slot->popped_tag, sizeof(t->owner.slot->popped_tag), "%s", o->tag);
+    snprintf(d->queue, sizeof(d->queue), "%s", queue_name(t, c.queue_id));
+    d->raw = o->claim.payload;
+    d->len = o->claim.len;
+    d->owner = o;
+    return 0;
+}
+
+static void st_delivery_release(struct delivery *d)
+{
+    struct sql_owned *o = d->owner;
+    if (o) {
+        free(o->claim.payload);
+        free(o);
+    }
+    d->owner = NULL;
+    d->raw = NULL;
+}
+
+static int st_drop(struct broker *b, struct delivery *d, struct err *e)
+{
+    struct sql_owned *o = d->owner;
+    if (!o)
+        return 0;
+    int rc = impl(b)->store.ops->remove(&impl(b)->store, o->claim.id, o->claim.version, e);
+    return rc < 0 ? rc : 0;
+}
+
+/* The message's tag becomes the row's claim ("id:version"): the slot, the
+ * held board and every settle name the row by it. */
+static void st_track(struct broker *b, struct delivery *d, struct message *m)
+{
+    UNUSED(b);
+    struct sql_owned *o = d->owner;
+    json_t *props = json_object_get(m->envelope, "properties");
+    if (!json_is_object(props)) {
+        props = json_object();
+        json_object_set_new(m->envelope, "properties", props);
+    }
+    json_object_set_new(props, "delivery_tag", json_string(o->tag));
+    m->delivery_tag = json_string_value(json_object_get(props, "delivery_tag"));
+    /* kombu's own restore marks the envelope itself */
+    if (o->claim.redelivered || json_is_true(json_object_get(m->envelope, "redelivered")))
+        m->redelivered = true;
+    m->recorded = true;
+}
+
+static int st_protect(struct broker *b, struct message *m, struct err *e)
+{
+    UNUSED(b);
+    UNUSED(m);
+    UNUSED(e);
+    return 0; /* the claimed row outlives this process; keepalive holds off the sweep */
+}
+
+static int message_claim(const struct message *m, int64_t *id, int *version, struct err *e)
+{
+    if (!parse_tag(m->delivery_tag, id, version))
+        return err_set(e, E_PROTOCOL, "delivery tag '%.40s' names no claimed row",
+                       m->delivery_tag ? m->delivery_tag : "");
+    return 0;
+}
+
+static int st_ack(struct broker *b, struct message *m, unsigned flags, struct err *e)
+{
+    UNUSED(flags);
+    struct sql_transport *t = impl(b);
+    int64_t id;
+    int version;
+    int rc = message_claim(m, &id, &version, e);
+    if (!rc)
+        rc = t->store.ops->remove(&t->store, id, version, e);
+    if (rc == 0)
+        log_warning("message %s (row %s) was no longer this process's to ack: given back by "
+                    "the visibility timeout (--visibility-timeout), it may run again",
+                    m->task_id ? m->task_id : "?", m->delivery_tag);
+    return rc < 0 ? rc : 0;
+}
+
+static int st_requeue(struct broker *b, struct message *m, struct err *e)
+{
+    struct sql_transport *t = impl(b);
+    int64_t id;
+    int version;
+    int rc = message_claim(m, &id, &version, e);
+    if (!rc)
+        rc = t->store.ops->give_back(&t->store, id, version, e);
+    return rc < 0 ? rc : 0;
+}
+
+static void st_done(struct broker *b)
+{
+    impl(b)->owner.slot->popped_tag[0] = '\0';
+}
+
+static int st_keepalive(struct broker *b, struct message *const *held, size_t n, struct err *e)
+{
+    struct sql_transport *t = impl(b);
+    int64_t *ids = xcalloc(n ? n : 1, sizeof(*ids));
+    int *versions = xcalloc(n ? n : 1, sizeof(*versions));
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        if (parse_tag(held[i]->delivery_tag, &ids[k], &versions[k]))
+            k++;
+    int rc = t->store.ops->touch(&t->store, ids, versions, k, e);
+    free(ids);
+    free(versions);
+    return rc;
+}
+
+static int st_flush(struct broker *b, struct err *e)
+{
+    UNUSED(b);
+    UNUSED(e);
+    return 0; /* every statement has committed when it returns */
+}
+
+/* Every child tries the sweep on its own schedule, spread by pid; giving
+ * back is one compare-and-swap statement, so sweeps racing each other are
+ * harmless. */
+static void st_maintain(struct broker *b)
+{
+    struct sql_transport *t = impl(b);
+    int64_t now = time_mono_ms();
+    if (now < t->next_sweep_ms || !db_conn_is_open(&t->store.conn))
+        return;
+    int64_t interval = (int64_t)t->owner.sweep_interval_s * 1000;
+    t->next_sweep_ms = now + interval / 2 + (int64_t)(getpid() % 1000) * interval / 2000;
+    struct err e = {0};
+    int given = 0;
+    if (t->store.ops->give_back_expired(&t->store, t->owner.visibility_timeout, &given, &e))
+        log_warning("visibility sweep failed: %s", e.msg);
+    else if (given)
+        log_warning("gave back %d message(s) claimed more than %g s ago by processes that are "
+                    "gone (or still running them)", given, t->owner.visibility_timeout);
+}
+
+static int give_back_tag(struct sql_transport *t, const char *tag, struct err *e)
+{
+    int64_t id;
+    int version;
+    if (!parse_tag(tag, &id, &version))
+        return err_set(e, E_PROTOCOL, "'%.40s' names no claimed row", tag);
+    int rc = t->store.ops->give_back(&t->store, id, version, e);
+    return rc < 0 ? rc : rc ? BROKER_RESTORED : BROKER_NOT_HELD;
+}
+
+/* The ETA messages the previous process of this slot held go back to their
+ * queues now, not after the visibility timeout. (What it had claimed and
+ * not started, and the task it died running, come through settle_lost.) */
+static int st_recover_slot(struct broker *b, struct err *e)
+{
+    struct sql_transport *t = impl(b);
+    struct held_board *board = t->owner.held_board;
+    int n = atomic_load(&board->n), restored = 0;
+    for (int i = 0; i < n && i < HELD_BOARD_MAX; i++) {
+        char *tag = board->e[i].tag;
+        tag[sizeof(board->e[i].tag) - 1] = '\0';
+        struct err ge = {0};
+        int rc = give_back_tag(t, tag, &ge);
+        if (rc == E_CONN_LOST) {
+            if (e)
+                *e = ge;
+            return rc; /* compare-and-swap: giving back again is safe */
+        }
+        if (rc < 0)
+            log_warning("held message %s not given back (%s); the visibility sweep will", tag,
+                        ge.msg);
+        restored += rc == BROKER_RESTORED;
+    }
+    atomic_store(&board->n, 0);
+    if (restored)
+        log_warning("restored %d ETA message(s) the previous child of this slot held", restored);
+    return 0;
+}
+
+/* Back to the far end of its queue as a new row, counting the death in
+ * the envelope (message_envelope_lost_count), as kombu's restore inserts
+ * a new row; past max deaths, left for the caller to fail. */
+static int requeue_lost(struct sql_transport *t, const char *token, int max, int *losses,
+                        struct err *e)
+{
+    int64_t id, queue;
+    int version;
+    char *payload = NULL;
+    if (!parse_tag(token, &id, &version))
+        return err_set(e, E_PROTOCOL, "'%.40s' names no claimed row", token);
+    int rc = t->store.ops->read(&t->store, id, version, &payload, &queue, e);
+    if (rc <= 0)
+        return rc < 0 ? rc : BROKER_NOT_HELD;
+    json_t *env = json_loads(payload, 0, NULL);
+    free(payload);
+    if (!json_is_object(env)) {
+        json_decref(env);
+        return err_set(e, E_PROTOCOL, "row %" PRId64 " is not a kombu envelope", id);
+    }
+    *losses = message_envelope_lost_count(env) + 1;
+    if (*losses > (max < 0 ? 0 : max)) {
+        json_decref(env);
+        return BROKER_EXHAUSTED;
+    }
+    message_envelope_mark_lost(env, *losses);
+    char *text = json_dumps(env, JSON_COMPACT);
+    json_decref(env);
+    rc = t->store.ops->replace(&t->store, id, version, text, e);
+    free(text);
+    return rc < 0 ? rc : rc ? BROKER_RESTORED : BROKER_NOT_HELD;
+}
+
+static int st_settle_lost(struct broker *b, const char *token, enum broker_lost how, int max,
+                          int *losses, struct err *e)
+{
+    struct sql_transport *t = impl(b);
+    int64_t id;
+    int version;
+    switch (how) {
+    case BROKER_LOST_RESTORE:
+        return give_back_tag(t, token, e);
+    case BROKER_LOST_REQUEUE:
+        return requeue_lost(t, token, max, losses, e);
+    case BROKER_LOST_ACK:
+        if (!parse_tag(token, &id, &version))
+            return 0; /* nothing claimed: nothing to settle */
+        return t->store.ops->remove(&t->store, id, version, e) < 0 ? E_CONN_LOST : 0;
+    }
+    return err_set(e, E_PROTOCOL, "unknown settlement of a lost message");
+}
+
+/* kombu's _put: the queue's row (created if absent), then the message row.
+ * Committed when it returns: nothing is reported published that is not. */
+static int st_publish(struct broker *b, const char *queue, int priority, const char *envelope,
+                      size_t len, struct err *e)
+{
+    UNUSED(priority); /* stored in the envelope; kombu's SQL transport has no priorities */
+    struct sql_transport *t = impl(b);
+    int64_t id;
+    int rc = queue_id(t, queue, &id, e);
+    if (rc)
+        return rc;
+    char *text = xstrndup(envelope, len);
+    rc = t->store.ops->insert(&t->store, id, text, len, e);
+    free(text);
+    return rc;
+}
+
+static int st_reply(struct broker *b, const char *reply_to, const char *correlation_id,
+                    const char *content_type, const char *body, size_t len, struct err *e)
+{
+    UNUSED(b);
+    UNUSED(reply_to);
+    UNUSED(correlation_id);
+    UNUSED(content_type);
+    UNUSED(body);
+    UNUSED(len);
+    return err_set(e, -ENOTSUP, "rpc:// results are not supported on the SQL transport yet");
+}
+
+static struct bus *st_bus(struct broker *b)
+{
+    return &impl(b)->events;
+}
+
+static void st_leave(struct broker *b)
+{
+    db_conn_close(&impl(b)->store.conn, NULL);
+}
+
+static void st_release(struct broker *b)
+{
+    struct sql_transport *t = impl(b);
+    if (!t)
+        return;
+    t->events.ops->release(&t->events);
+    db_conn_close(&t->store.conn, NULL);
+    forget_queues(t);
+    free_queue_set(t);
+    free(t->store.impl);
+    free(t);
+    b->impl = NULL;
+}
+
+static const struct broker_ops sql_transport_ops = {
+    .name = "sql",
+    .caps = BROKER_CAP_RESTORE_BY_TAG,
+    .open = st_open,
+    .is_open = st_is_open,
+    .consume = st_consume,
+    .fetch = st_fetch,
+    .delivery_release = st_delivery_release,
+    .drop = st_drop,
+    .track = st_track,
+    .protect = st_protect,
+    .ack = st_ack,
+    .requeue = st_requeue,
+    .done = st_done,
+    .keepalive = st_keepalive,
+    .flush = st_flush,
+    .maintain = st_maintain,
+    .recover_slot = st_recover_slot,
+    .settle_lost = st_settle_lost,
+    .publish = st_publish,
+    .reply = st_reply,
+    .bus = st_bus,
+    .leave = st_leave,
+    .release = st_release,
+};
+
+int broker_sql_transport_init(struct broker *b, const struct broker_config *cfg,
+                              const struct broker_owner *owner)
+{
+    struct sql_transport *t = xcalloc(1, sizeof(*t));
+    t->cfg = cfg;
+    t->owner = *owner;
+    t->store.ops = cfg->sql.kind == DB_SQLITE ? &sql_sqlite_store_ops : &sql_pg_store_ops;
+    char app_name[64];
+    snprintf(app_name, sizeof(app_name), "celeriac broker %d", owner->index);
+    db_conn_init(&t->store.conn, &cfg->sql, app_name);
+    t->store.conn.quiet = true; /* the worker reports broker failures, once per episode */
+    st_consume(&(struct broker){.impl = t}, cfg->queues, cfg->n_queues);
+    bus_null_init(&t->events);
+    b->ops = &sql_transport_ops;
+    b->impl = t;
+    return 0;
+}
+
+bool sql_broker_url_is_sql(const char *url)
+{
+    return !strncasecmp(url, "sqla+", 5) || !strncasecmp(url, "sqlalchemy+", 11);
+}
+
+static int parse_sqlite(const char *rest, struct db_config *db, struct err *e)
+{
+    /* SQLAlchemy: sqlite:///relative.db and sqlite:////abs/path.db; no
+     * host; sqlite:// alone is an in-memory database, one per process. */
+    if (strncmp(rest, "///", 3) || !rest[3])
+        return err_set(e, -EINVAL, "an SQLite broker URL names a file: sqla+sqlite:///relative.db "
+                       "or sqla+sqlite:////abs/path.db");
+    const char *path = rest + 3;
+    if (strchr(path, '?'))
+        return err_set(e, -EINVAL, "SQLite broker URL options ('?...') are not supported");
+    if (!strcmp(path, ":memory:"))
+        return err_set(e, -EINVAL, "an in-memory SQLite broker would give each child its own "
+                       "queue");
+    db->kind = DB_SQLITE;
+    db->sqlite_path = xstrdup(path);
+    db->where = xstrdup(path);
+    return 0;
+}
+
+int sql_broker_url_parse(const char *url, struct db_config *db, struct err *e)
+{
+    const char *rest = url + (strncasecmp(url, "sqla+", 5) ? 11 : 5);
+    const char *scheme_end = strstr(rest, "://");
+    if (!scheme_end)
+        return err_set(e, -EINVAL, "an SQL broker URL is sqla+<SQLAlchemy URL>");
+    size_t dialect_len = strcspn(rest, "+:");
+    if (dialect_len == 6 && !strncasecmp(rest, "sqlite", 6))
+        return parse_sqlite(scheme_end + 1, db, e); /* from the "///" on */
+    if (!((dialect_len == 10 && !strncasecmp(rest, "postgresql", 10)) ||
+          (dialect_len == 8 && !strncasecmp(rest, "postgres", 8))))
+        return err_set(e, -EINVAL, "unsupported SQL broker dialect '%.*s' (want "
+                       "sqla+postgresql:// or sqla+sqlite:///)",
+                       (int)(dialect_len > 32 ? 32 : dialect_len), rest);
+    /* postgresql+psycopg2://... names a Python driver: libpq takes the rest */
+    struct buf uri = BUF_INIT;
+    buf_addf(&uri, "postgresql://%s", scheme_end + 3);
+    db->kind = DB_POSTGRES;
+    db->url = buf_detach(&uri, NULL);
+    return db_pg_describe(db->url, &db->where, e);
+}

@@ -6,7 +6,6 @@
 #include "common.h"
 #include "cli/cli.h"
 #include "broker/sql.h"
-#include "broker/sql_store.h"
 #include "util/log.h"
 #include "util/buf.h"
 #include "util/url.h"
@@ -507,17 +506,12 @@ static int parse_broker_url(struct worker_config *cfg, struct err *e)
 
 /* kombu's SQL transport has no fanout: Celery runs no remote control and
  * sends no events on it, and neither do we (one line says so). The broker
- * connection is opened as the tasks' is, with the same timeouts. Queue
- * names are kombu's VARCHAR(200). */
-static int gate_sql(struct worker_config *cfg)
+ * connection is opened as the tasks' is, with the same timeouts. (-Q
+ * already refuses names longer than kombu's VARCHAR(200).) */
+static void gate_sql(struct worker_config *cfg)
 {
     if (cfg->broker.kind != BROKER_SQL)
-        return 0;
-    for (size_t i = 0; i < cfg->broker.n_queues; i++)
-        if (strlen(cfg->broker.queues[i]) > SQL_QUEUE_NAME_MAX)
-            return usage_error("queue name '%.40s...' is longer than the %d characters of "
-                               "kombu's kombu_queue.name", cfg->broker.queues[i],
-                               SQL_QUEUE_NAME_MAX);
+        return;
     if (cfg->remote_control || cfg->task_events)
         log_info("the SQL transport has no broadcast: no remote control and no events (as "
                  "with Celery)");
@@ -531,7 +525,6 @@ static int gate_sql(struct worker_config *cfg)
     sql->backoff_cap_ms = cfg->db.backoff_cap_ms;
     sql->connect_timeout_s = cfg->db.connect_timeout_s;
     sql->busy_timeout_ms = cfg->db.busy_timeout_ms;
-    return 0;
 }
 
 /* What AMQP does not need is turned off: kombu's unacked hash (the server
@@ -600,7 +593,8 @@ static int validate(struct worker_config *cfg, const char *db_url)
         if (cfg->lib.desc->tasks[i].flags & CELERIAC_ACKS_LATE)
             cfg->broker.record_unacked = true;
     gate_amqp(cfg);
-    return gate_sql(cfg) ? EXIT_USAGE : 0;
+    gate_sql(cfg);
+    return 0;
 }
 
 static void print_banner(const struct worker_config *cfg)

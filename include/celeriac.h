@@ -97,6 +97,14 @@ enum celeriac_task_flags {
      * database connection is lost mid-task, the worker reconnects and runs it
      * again instead of failing it. */
     CELERIAC_IDEMPOTENT = 1 << 2,
+    /* With the broker in the task's own database (--broker sqla+... naming
+     * the --db database): the task runs in a transaction on its connection,
+     * and its message is acked (its row deleted) in that transaction, so its
+     * writes and the ack commit together or not at all. A crash at any
+     * instant neither loses the task nor applies its writes twice; a failure
+     * or a retry rolls its writes back. The task must not COMMIT or ROLLBACK
+     * itself. On any other broker it runs as CELERIAC_ACKS_LATE. */
+    CELERIAC_TRANSACTIONAL = 1 << 3,
 };
 
 /* One task in a library's table. */

@@ -24,4 +24,28 @@ int sql_broker_url_parse(const char *url, struct db_config *db, struct err *e);
 int broker_sql_transport_init(struct broker *b, const struct broker_config *cfg,
                               const struct broker_owner *owner);
 
+/* ---- transactional tasks (CELERIAC_TRANSACTIONAL) -----------------------
+ * When the broker's database is the task's, a transactional task runs in a
+ * transaction on the task's own connection, and its message's row is
+ * deleted in that transaction: the task's writes and the ack commit
+ * together or not at all. The row stays claimed (by the broker connection)
+ * until then, so a death before the commit leaves it to be given back and
+ * run again, with none of the first run's writes. */
+
+/* True when the broker (BROKER_SQL) and the task database are one database:
+ * the same file, or the same host, port and database name. */
+bool sql_broker_is_task_db(const struct broker_config *broker, const struct db_config *db);
+
+/* Opens the task's transaction on c. 0 or a negative code. */
+int sql_txn_begin(struct db_conn *c, struct err *e);
+/* Whether the transaction is still open (a task that committed or rolled
+ * back on its own has ended it). */
+bool sql_txn_is_open(struct db_conn *c);
+/* Deletes the row the delivery tag names and commits. 1: committed; 0: the
+ * claim was no longer ours, the transaction was rolled back; < 0: it failed
+ * (E_CONN_LOST: whether it committed is unknown). */
+int sql_txn_commit_acking(struct db_conn *c, const char *tag, struct err *e);
+/* Rolls the transaction back (best effort). */
+void sql_txn_rollback(struct db_conn *c);
+
 #endif /* CELERIAC_BROKER_SQL_H */

@@ -61,7 +61,7 @@ static const char schema_check_sql[] =
 
 static PGconn *pg(struct sql_store *s)
 {
-    return s->conn.pg;
+    return s->conn->pg;
 }
 
 int sql_store_failed(struct sql_store *s, const char *what, const char *reason, struct err *e)
@@ -74,10 +74,10 @@ int sql_store_failed(struct sql_store *s, const char *what, const char *reason, 
     size_t n = strlen(msg);
     while (n && msg[n - 1] == ' ')
         msg[--n] = '\0';
-    if (db_conn_check_lost(&s->conn))
-        return err_set(e, E_CONN_LOST, "broker database '%s': %s: %s", s->conn.cfg->where, what,
+    if (db_conn_check_lost(s->conn))
+        return err_set(e, E_CONN_LOST, "broker database '%s': %s: %s", s->conn->cfg->where, what,
                        msg);
-    return err_set(e, E_PROTOCOL, "broker database '%s': %s: %s", s->conn.cfg->where, what, msg);
+    return err_set(e, E_PROTOCOL, "broker database '%s': %s: %s", s->conn->cfg->where, what, msg);
 }
 
 /* Runs sql with text parameters; the result when its status is `want`,
@@ -125,7 +125,7 @@ static int pg_prepare(struct sql_store *s, struct err *e)
     PQclear(r);
     if (!missing && strcmp(columns, KOMBU_COLUMNS))
         return err_set(e, E_CONFIG, "broker database '%s': table kombu_message has the columns "
-                       "(%s), not kombu's (%s)", s->conn.cfg->where, columns, KOMBU_COLUMNS);
+                       "(%s), not kombu's (%s)", s->conn->cfg->where, columns, KOMBU_COLUMNS);
     if (!missing && ours)
         return 0;
     r = PQexec(pg(s), schema_sql);
@@ -179,14 +179,14 @@ static int pg_listen(struct sql_store *s, const int64_t *queue_ids, size_t n, st
     return rc;
 }
 
-static int pg_claim(struct sql_store *s, const int64_t *queue_ids, size_t n,
+static int pg_claim(struct sql_store *s, const int64_t *queue_ids, size_t n, const char *stamp,
                     struct sql_claim *c, struct err *e)
 {
     /* kombu's order (timestamp, id) within one queue at a time: with one
      * queue id the ready index is read in order and LIMIT 1 stops at once;
      * the caller turns through its queues as kombu's fair cycle does. */
     static const char sql[] =
-        "UPDATE kombu_message SET visible = false, timestamp = localtimestamp,"
+        "UPDATE kombu_message SET visible = false, timestamp = $2::timestamp,"
         "  version = -(abs(version) + 1)"
         " WHERE id = (SELECT id FROM kombu_message WHERE queue_id = $1 AND visible"
         "             ORDER BY timestamp, id LIMIT 1 FOR UPDATE SKIP LOCKED)"
@@ -194,9 +194,9 @@ static int pg_claim(struct sql_store *s, const int64_t *queue_ids, size_t n,
     for (size_t i = 0; i < n; i++) {
         char qid[24];
         snprintf(qid, sizeof(qid), "%" PRId64, queue_ids[i]);
-        const char *params[] = {qid};
+        const char *params[] = {qid, stamp};
         int rc;
-        PGresult *r = run(s, "claiming a message", sql, 1, params, PGRES_TUPLES_OK, &rc, e);
+        PGresult *r = run(s, "claiming a message", sql, 2, params, PGRES_TUPLES_OK, &rc, e);
         if (!r)
             return rc;
         if (PQntuples(r) == 1) {
@@ -309,39 +309,51 @@ static int pg_replace(struct sql_store *s, int64_t id, int version, const char *
 }
 
 static int pg_touch(struct sql_store *s, const int64_t *ids, const int *versions, size_t n,
-                    struct err *e)
+                    const char *stamp, struct err *e)
 {
     for (size_t i = 0; i < n; i++) {
         char a[24], b[16];
         id_params(a, b, ids[i], versions[i]);
-        const char *params[] = {a, b};
+        const char *params[] = {a, b, stamp};
         int rc = run_change(s, "keeping a held message",
-                            "UPDATE kombu_message SET timestamp = localtimestamp"
-                            " WHERE id = $1 AND version = $2 AND NOT visible", 2, params, e);
+                            "UPDATE kombu_message SET timestamp = $3::timestamp"
+                            " WHERE id = $1 AND version = $2 AND NOT visible", 3, params, e);
         if (rc < 0)
             return rc;
     }
     return 0;
 }
 
-static int pg_give_back_expired(struct sql_store *s, double visibility_s, int *given,
-                                struct err *e)
+/* Gives back the celeriac claims matching `where` (on stamp $1). */
+static int give_back_where(struct sql_store *s, const char *what, const char *where,
+                           const char *stamp, int *given, struct err *e)
 {
-    char secs[32];
-    snprintf(secs, sizeof(secs), "%.3f", visibility_s);
-    const char *params[] = {secs};
+    char sql[512];
+    snprintf(sql, sizeof(sql),
+             "UPDATE kombu_message SET visible = true, timestamp = NULL,"
+             " version = least(-version + 1, 32001)"
+             " WHERE NOT visible AND version < 0 AND %s", where);
+    const char *params[] = {stamp};
     int rc;
-    PGresult *r = run(s, "restoring messages past the visibility timeout",
-                      "UPDATE kombu_message SET visible = true, timestamp = NULL,"
-                      " version = least(-version + 1, 32001)"
-                      " WHERE NOT visible AND version < 0"
-                      " AND timestamp < localtimestamp - make_interval(secs => $1::float8)",
-                      1, params, PGRES_COMMAND_OK, &rc, e);
+    PGresult *r = run(s, what, sql, 1, params, PGRES_COMMAND_OK, &rc, e);
     if (!r)
         return rc;
     *given = atoi(PQcmdTuples(r));
     PQclear(r);
     return 0;
+}
+
+static int pg_give_back_expired(struct sql_store *s, const char *before, int *given,
+                                struct err *e)
+{
+    return give_back_where(s, "restoring messages past the visibility timeout",
+                           "timestamp < $1::timestamp", before, given, e);
+}
+
+static int pg_give_back_stamped(struct sql_store *s, const char *stamp, int *given,
+                                struct err *e)
+{
+    return give_back_where(s, "restoring a claim", "timestamp = $1::timestamp", stamp, given, e);
 }
 
 static int pg_insert(struct sql_store *s, int64_t queue_id, const char *payload, size_t len,
@@ -358,6 +370,46 @@ static int pg_insert(struct sql_store *s, int64_t queue_id, const char *payload,
     return rc < 0 ? rc : 0;
 }
 
+static int pg_exec(struct sql_store *s, const char *sql, struct err *e)
+{
+    PGresult *r = PQexec(pg(s), sql);
+    int rc = 0;
+    if (!r || PQresultStatus(r) != PGRES_COMMAND_OK)
+        rc = sql_store_failed(s, sql, r ? PQresultErrorMessage(r) : PQerrorMessage(pg(s)), e);
+    PQclear(r);
+    return rc;
+}
+
+static int pg_begin(struct sql_store *s, struct err *e)
+{
+    return pg_exec(s, "BEGIN", e);
+}
+
+/* A COMMIT that ends a failed transaction answers ROLLBACK: not a commit. */
+static int pg_commit(struct sql_store *s, struct err *e)
+{
+    PGresult *r = PQexec(pg(s), "COMMIT");
+    int rc = 0;
+    if (!r || PQresultStatus(r) != PGRES_COMMAND_OK)
+        rc = sql_store_failed(s, "COMMIT", r ? PQresultErrorMessage(r) : PQerrorMessage(pg(s)),
+                              e);
+    else if (strcmp(PQcmdStatus(r), "COMMIT"))
+        rc = err_set(e, E_PROTOCOL, "the transaction had failed: the server rolled it back");
+    PQclear(r);
+    return rc;
+}
+
+static void pg_rollback(struct sql_store *s)
+{
+    PQclear(PQexec(pg(s), "ROLLBACK"));
+}
+
+static bool pg_in_transaction(struct sql_store *s)
+{
+    PGTransactionStatusType st = PQtransactionStatus(pg(s));
+    return st == PQTRANS_INTRANS || st == PQTRANS_INERROR;
+}
+
 const struct sql_store_ops sql_pg_store_ops = {
     .prepare = pg_prepare,
     .queue_id = pg_queue_id,
@@ -370,5 +422,10 @@ const struct sql_store_ops sql_pg_store_ops = {
     .replace = pg_replace,
     .touch = pg_touch,
     .give_back_expired = pg_give_back_expired,
+    .give_back_stamped = pg_give_back_stamped,
     .insert = pg_insert,
+    .begin = pg_begin,
+    .commit = pg_commit,
+    .rollback = pg_rollback,
+    .in_transaction = pg_in_transaction,
 };

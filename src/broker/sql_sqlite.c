@@ -34,10 +34,6 @@ static const char schema_sql[] =
     "CREATE INDEX IF NOT EXISTS celeriac_kombu_message_ready"
     " ON kombu_message (queue_id, timestamp, id) WHERE visible != 0;";
 
-/* SQLAlchemy's DATETIME text, in local time as kombu stamps it (microseconds
- * padded: SQLite's %f has milliseconds). */
-#define NOW_LOCAL "(strftime('%Y-%m-%d %H:%M:%f', 'now', 'localtime') || '000')"
-
 #define KOMBU_COLUMNS "id,payload,queue_id,timestamp,version,visible"
 
 struct sqlite_store {
@@ -47,7 +43,7 @@ struct sqlite_store {
 
 static sqlite3 *db(struct sql_store *s)
 {
-    return s->conn.sqlite;
+    return s->conn->sqlite;
 }
 
 static struct sqlite_store *state(struct sql_store *s)
@@ -117,7 +113,7 @@ static int sqlite_prepare(struct sql_store *s, struct err *e)
     sqlite3_finalize(st);
     if (strcmp(columns, KOMBU_COLUMNS))
         return err_set(e, E_CONFIG, "broker database '%s': table kombu_message has the columns "
-                       "(%s), not kombu's (%s)", s->conn.cfg->where, columns, KOMBU_COLUMNS);
+                       "(%s), not kombu's (%s)", s->conn->cfg->where, columns, KOMBU_COLUMNS);
     state(s)->poll_ms = POLL_MIN_MS;
     return 0;
 }
@@ -170,18 +166,20 @@ static int has_ready(struct sql_store *s, int64_t queue_id, struct err *e)
     return step == SQLITE_DONE ? 0 : failed(s, "looking for a message", e);
 }
 
-static int claim_one(struct sql_store *s, int64_t queue_id, struct sql_claim *c, struct err *e)
+static int claim_one(struct sql_store *s, int64_t queue_id, const char *stamp,
+                     struct sql_claim *c, struct err *e)
 {
     int rc;
     sqlite3_stmt *st = prepare(
         s, "claiming a message",
-        "UPDATE kombu_message SET visible = 0, timestamp = " NOW_LOCAL ","
+        "UPDATE kombu_message SET visible = 0, timestamp = ?2,"
         " version = -(abs(version) + 1)"
         " WHERE id = (SELECT id FROM kombu_message WHERE queue_id = ?1 AND visible != 0"
         "             ORDER BY timestamp, id LIMIT 1)"
         " RETURNING id, version, queue_id, payload", &queue_id, 1, &rc, e);
     if (!st)
         return rc;
+    sqlite3_bind_text(st, 2, stamp, -1, SQLITE_STATIC);
     int step = sqlite3_step(st);
     if (step == SQLITE_ROW) {
         c->id = sqlite3_column_int64(st, 0);
@@ -206,13 +204,13 @@ static int claim_one(struct sql_store *s, int64_t queue_id, struct sql_claim *c,
 }
 
 static int sqlite_claim(struct sql_store *s, const int64_t *queue_ids, size_t n,
-                        struct sql_claim *c, struct err *e)
+                        const char *stamp, struct sql_claim *c, struct err *e)
 {
     c->payload = NULL;
     for (size_t i = 0; i < n; i++) {
         int rc = has_ready(s, queue_ids[i], e);
         if (rc > 0)
-            rc = claim_one(s, queue_ids[i], c, e);
+            rc = claim_one(s, queue_ids[i], stamp, c, e);
         if (rc) {
             if (rc > 0)
                 state(s)->poll_ms = POLL_MIN_MS;
@@ -327,35 +325,47 @@ static int sqlite_replace(struct sql_store *s, int64_t id, int version, const ch
 }
 
 static int sqlite_touch(struct sql_store *s, const int64_t *ids, const int *versions, size_t n,
-                        struct err *e)
+                        const char *stamp, struct err *e)
 {
     for (size_t i = 0; i < n; i++) {
         int64_t p[] = {ids[i], versions[i]};
         int rc = run_change(s, "keeping a held message",
-                            "UPDATE kombu_message SET timestamp = " NOW_LOCAL
-                            " WHERE id = ?1 AND version = ?2 AND visible = 0", p, 2, NULL, e);
+                            "UPDATE kombu_message SET timestamp = ?3"
+                            " WHERE id = ?1 AND version = ?2 AND visible = 0", p, 2, stamp, e);
         if (rc < 0)
             return rc;
     }
     return 0;
 }
 
-static int sqlite_give_back_expired(struct sql_store *s, double visibility_s, int *given,
-                                    struct err *e)
+/* Gives back the celeriac claims matching `where` (on the stamp ?1); the
+ * stamps are text of one fixed form, so they compare as text. */
+static int give_back_where(struct sql_store *s, const char *what, const char *where,
+                           const char *stamp, int *given, struct err *e)
 {
     char sql[512];
     snprintf(sql, sizeof(sql),
              "UPDATE kombu_message SET visible = 1, timestamp = NULL,"
              " version = min(-version + 1, 32001)"
-             " WHERE visible = 0 AND version < 0 AND timestamp <"
-             " (strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now', 'localtime', '-%.3f seconds') || '000')",
-             visibility_s);
-    int rc = run_change(s, "restoring messages past the visibility timeout", sql, NULL, 0, NULL,
-                        e);
+             " WHERE visible = 0 AND version < 0 AND %s", where);
+    int rc = run_change(s, what, sql, NULL, 0, stamp, e);
     if (rc < 0)
         return rc;
     *given = sqlite3_changes(db(s));
     return 0;
+}
+
+static int sqlite_give_back_expired(struct sql_store *s, const char *before, int *given,
+                                    struct err *e)
+{
+    return give_back_where(s, "restoring messages past the visibility timeout",
+                           "timestamp < ?1", before, given, e);
+}
+
+static int sqlite_give_back_stamped(struct sql_store *s, const char *stamp, int *given,
+                                    struct err *e)
+{
+    return give_back_where(s, "restoring a claim", "timestamp = ?1", stamp, given, e);
 }
 
 static int sqlite_insert(struct sql_store *s, int64_t queue_id, const char *payload, size_t len,
@@ -366,6 +376,26 @@ static int sqlite_insert(struct sql_store *s, int64_t queue_id, const char *payl
                         "INSERT INTO kombu_message (visible, timestamp, payload, version, queue_id)"
                         " VALUES (1, NULL, ?2, 1, ?1)", &queue_id, 1, payload, e);
     return rc < 0 ? rc : 0;
+}
+
+static int sqlite_begin(struct sql_store *s, struct err *e)
+{
+    return exec_simple(s, "BEGIN IMMEDIATE", e);
+}
+
+static int sqlite_commit(struct sql_store *s, struct err *e)
+{
+    return exec_simple(s, "COMMIT", e);
+}
+
+static void sqlite_rollback(struct sql_store *s)
+{
+    sqlite3_exec(db(s), "ROLLBACK", NULL, NULL, NULL);
+}
+
+static bool sqlite_in_transaction(struct sql_store *s)
+{
+    return !sqlite3_get_autocommit(db(s));
 }
 
 const struct sql_store_ops sql_sqlite_store_ops = {
@@ -380,5 +410,10 @@ const struct sql_store_ops sql_sqlite_store_ops = {
     .replace = sqlite_replace,
     .touch = sqlite_touch,
     .give_back_expired = sqlite_give_back_expired,
+    .give_back_stamped = sqlite_give_back_stamped,
     .insert = sqlite_insert,
+    .begin = sqlite_begin,
+    .commit = sqlite_commit,
+    .rollback = sqlite_rollback,
+    .in_transaction = sqlite_in_transaction,
 };

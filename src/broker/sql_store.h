@@ -58,10 +58,11 @@ struct sql_store_ops {
     /* From now on fetch wakes up for new rows of these queues (PostgreSQL:
      * LISTEN). */
     int (*listen)(struct sql_store *s, const int64_t *queue_ids, size_t n, struct err *e);
-    /* Claims the first ready row of any of the queues, in kombu's order.
-     * 1 with *c filled, 0 when none is ready, or a negative code. */
-    int (*claim)(struct sql_store *s, const int64_t *queue_ids, size_t n, struct sql_claim *c,
-                 struct err *e);
+    /* Claims the first ready row of any of the queues, in kombu's order,
+     * stamping it with stamp (see sql_stamp). 1 with *c filled, 0 when none
+     * is ready, or a negative code. */
+    int (*claim)(struct sql_store *s, const int64_t *queue_ids, size_t n, const char *stamp,
+                 struct sql_claim *c, struct err *e);
     /* Waits up to timeout_ms for something worth another claim. 0, or
      * E_CONN_LOST. */
     int (*wait)(struct sql_store *s, int timeout_ms, struct err *e);
@@ -77,27 +78,53 @@ struct sql_store_ops {
      * of the same queue, in one transaction. 1, 0 when no longer ours, < 0. */
     int (*replace)(struct sql_store *s, int64_t id, int version, const char *payload,
                    struct err *e);
-    /* Stamps the claims (ids[i], versions[i]) with the current time, so
-     * the visibility timeout counts from now. */
+    /* Stamps the claims (ids[i], versions[i]) with stamp (now), so the
+     * visibility timeout counts from now. */
     int (*touch)(struct sql_store *s, const int64_t *ids, const int *versions, size_t n,
-                 struct err *e);
-    /* Gives back every celeriac claim older than visibility_s seconds;
-     * *given gets how many. */
-    int (*give_back_expired)(struct sql_store *s, double visibility_s, int *given,
-                             struct err *e);
-    /* Inserts a ready row; committed when it returns 0. */
+                 const char *stamp, struct err *e);
+    /* Gives back every celeriac claim stamped before `before`; *given gets
+     * how many. */
+    int (*give_back_expired)(struct sql_store *s, const char *before, int *given, struct err *e);
+    /* Gives back the celeriac claims stamped exactly `stamp`: what a process
+     * that died inside its claim statement may have claimed. *given gets
+     * how many. */
+    int (*give_back_stamped)(struct sql_store *s, const char *stamp, int *given, struct err *e);
+    /* Inserts a ready row; committed when it returns 0 (unless a
+     * transaction is open). */
     int (*insert)(struct sql_store *s, int64_t queue_id, const char *payload, size_t len,
                   struct err *e);
+    /* Transactions (transactional tasks): begin (taking SQLite's write lock
+     * at once), commit, roll back (best effort), and whether one is open. */
+    int (*begin)(struct sql_store *s, struct err *e);
+    int (*commit)(struct sql_store *s, struct err *e);
+    void (*rollback)(struct sql_store *s);
+    bool (*in_transaction)(struct sql_store *s);
 };
 
 struct sql_store {
     const struct sql_store_ops *ops;
-    struct db_conn conn;         /* the broker connection, this process's own */
-    void *impl;                  /* the dialect's state */
+    struct db_conn *conn;        /* the connection the statements run on */
+    void *impl;                  /* the dialect's state, or NULL */
 };
+
+/* The statements of the database c is open on. */
+const struct sql_store_ops *sql_store_ops_for(const struct db_conn *c);
 
 extern const struct sql_store_ops sql_pg_store_ops;
 extern const struct sql_store_ops sql_sqlite_store_ops;
+
+/* A claim's timestamp, which also names the claim before its statement has
+ * answered: UTC (only celeriac reads the timestamps of its own claims),
+ * SQLAlchemy's text form, milliseconds of `at` (Unix seconds) and then
+ * three digits of `salt`, so two processes claiming in the same millisecond
+ * differ (a collision would at worst give back another's claim: a
+ * duplicate run, never a lost message). */
+void sql_stamp(char out[32], double at, unsigned salt);
+
+/* The delivery tag of a claim, "id:version", and back (false when s names
+ * no celeriac claim). */
+void sql_tag_format(char *out, size_t size, int64_t id, int version);
+bool sql_tag_parse(const char *s, int64_t *id, int *version);
 
 /* For the dialects: turns a failed statement into E_CONN_LOST when the
  * connection is gone (closing it), else E_PROTOCOL; the reason goes to e. */

@@ -20,6 +20,7 @@
 
 #include <inttypes.h>
 #include <strings.h>
+#include <time.h>
 
 /* How long one wait lasts at most before the queues are claimed from
  * again, should a wake-up have been missed (a row unlocked by a consumer
@@ -32,7 +33,8 @@ struct known_queue {
 };
 
 struct sql_transport {
-    struct sql_store store;
+    struct db_conn conn;         /* the broker connection, this process's own */
+    struct sql_store store;      /* on conn */
     const struct broker_config *cfg;   /* borrowed */
     struct broker_owner owner;
     char **queues;               /* the set to consume, owned */
@@ -58,12 +60,12 @@ static struct sql_transport *impl(const struct broker *b)
     return b->impl;
 }
 
-static void format_tag(char *out, size_t size, int64_t id, int version)
+void sql_tag_format(char *out, size_t size, int64_t id, int version)
 {
     snprintf(out, size, "%" PRId64 ":%d", id, version);
 }
 
-static bool parse_tag(const char *s, int64_t *id, int *version)
+bool sql_tag_parse(const char *s, int64_t *id, int *version)
 {
     if (!s)
         return false;
@@ -136,21 +138,21 @@ static int listen_queues(struct sql_transport *t, struct err *e)
 static int st_open(struct broker *b, struct err *e)
 {
     struct sql_transport *t = impl(b);
-    db_conn_close(&t->store.conn, NULL);
+    db_conn_close(&t->conn, NULL);
     forget_queues(t);
-    int rc = db_conn_open(&t->store.conn, 1, NULL, e);
+    int rc = db_conn_open(&t->conn, 1, NULL, e);
     if (!rc)
         rc = t->store.ops->prepare(&t->store, e);
     if (!rc)
         rc = listen_queues(t, e);
     if (rc)
-        db_conn_close(&t->store.conn, NULL);
+        db_conn_close(&t->conn, NULL);
     return rc;
 }
 
 static bool st_is_open(const struct broker *b)
 {
-    return db_conn_is_open(&impl(b)->store.conn);
+    return db_conn_is_open(&impl(b)->conn);
 }
 
 static void free_queue_set(struct sql_transport *t)
@@ -180,14 +182,45 @@ static void st_consume(struct broker *b, char *const *queues, size_t n)
     t->turn = 0;
 }
 
+void sql_stamp(char out[32], double at, unsigned salt)
+{
+    time_t secs = (time_t)at;
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    int ms = (int)((at - (double)secs) * 1000.0);
+    if (ms < 0 || ms > 999)
+        ms = 0;
+    char day[24];
+    strftime(day, sizeof(day), "%Y-%m-%d %H:%M:%S", &tm);
+    snprintf(out, 32, "%s.%03d%03u", day, ms, salt % 1000);
+}
+
+/* This process's stamp for a claim made now: the slot index makes the
+ * children of one worker differ, the master's pid two workers. */
+static void claim_stamp(const struct sql_transport *t, char out[32])
+{
+    sql_stamp(out, time_now(), (unsigned)(t->owner.index * 37 + t->owner.master_pid));
+}
+
 /* One claim from the consumed queues, starting with this turn's queue (the
- * fair cycle kombu runs over its queues). */
+ * fair cycle kombu runs over its queues). The slot names the claim by its
+ * stamp before the statement runs: a death while it runs (committed, the
+ * answer never read) leaves the row to the slot's next process, not to the
+ * visibility timeout; once answered, by its tag. */
 static int claim_next(struct sql_transport *t, struct sql_claim *c, struct err *e)
 {
     size_t n = t->n_queues;
     for (size_t i = 0; i < n; i++)
         t->order[i] = t->queue_ids[(t->turn + i) % n];
-    int rc = t->store.ops->claim(&t->store, t->order, n, c, e);
+    char stamp[32];
+    claim_stamp(t, stamp);
+    char *slot_tag = t->owner.slot->popped_tag;
+    snprintf(slot_tag, sizeof(t->owner.slot->popped_tag), "@%s", stamp);
+    int rc = t->store.ops->claim(&t->store, t->order, n, stamp, c, e);
+    if (rc > 0)
+        sql_tag_format(slot_tag, sizeof(t->owner.slot->popped_tag), c->id, c->version);
+    else
+        slot_tag[0] = '\0';
     if (n)
         t->turn = (t->turn + 1) % n;
     return rc;
@@ -213,10 +246,7 @@ static int st_fetch(struct broker *b, double timeout_s, struct delivery *d, stru
         return rc;
     struct sql_owned *o = xcalloc(1, sizeof(*o));
     o->claim = c;
-    format_tag(o->tag, sizeof(o->tag), c.id, c.version);
-    /* From here a death of this process leaves the row to the slot's next
-     * process (LOST_UNSTARTED), not to the visibility timeout. */
-    snprintf(t->owner.slot->popped_tag, sizeof(t->owner.slot->popped_tag), "%s", o->tag);
+    sql_tag_format(o->tag, sizeof(o->tag), c.id, c.version);
     snprintf(d->queue, sizeof(d->queue), "%s", queue_name(t, c.queue_id));
     d->raw = o->claim.payload;
     d->len = o->claim.len;
@@ -273,7 +303,7 @@ static int st_protect(struct broker *b, struct message *m, struct err *e)
 
 static int message_claim(const struct message *m, int64_t *id, int *version, struct err *e)
 {
-    if (!parse_tag(m->delivery_tag, id, version))
+    if (!sql_tag_parse(m->delivery_tag, id, version))
         return err_set(e, E_PROTOCOL, "delivery tag '%.40s' names no claimed row",
                        m->delivery_tag ? m->delivery_tag : "");
     return 0;
@@ -318,9 +348,11 @@ static int st_keepalive(struct broker *b, struct message *const *held, size_t n,
     int *versions = xcalloc(n ? n : 1, sizeof(*versions));
     size_t k = 0;
     for (size_t i = 0; i < n; i++)
-        if (parse_tag(held[i]->delivery_tag, &ids[k], &versions[k]))
+        if (sql_tag_parse(held[i]->delivery_tag, &ids[k], &versions[k]))
             k++;
-    int rc = t->store.ops->touch(&t->store, ids, versions, k, e);
+    char stamp[32];
+    claim_stamp(t, stamp);
+    int rc = t->store.ops->touch(&t->store, ids, versions, k, stamp, e);
     free(ids);
     free(versions);
     return rc;
@@ -340,24 +372,33 @@ static void st_maintain(struct broker *b)
 {
     struct sql_transport *t = impl(b);
     int64_t now = time_mono_ms();
-    if (now < t->next_sweep_ms || !db_conn_is_open(&t->store.conn))
+    if (now < t->next_sweep_ms || !db_conn_is_open(&t->conn))
         return;
     int64_t interval = (int64_t)t->owner.sweep_interval_s * 1000;
     t->next_sweep_ms = now + interval / 2 + (int64_t)(getpid() % 1000) * interval / 2000;
     struct err e = {0};
     int given = 0;
-    if (t->store.ops->give_back_expired(&t->store, t->owner.visibility_timeout, &given, &e))
+    char before[32];
+    sql_stamp(before, time_now() - t->owner.visibility_timeout, 0);
+    if (t->store.ops->give_back_expired(&t->store, before, &given, &e))
         log_warning("visibility sweep failed: %s", e.msg);
     else if (given)
         log_warning("gave back %d message(s) claimed more than %g s ago by processes that are "
                     "gone (or still running them)", given, t->owner.visibility_timeout);
 }
 
+/* tag: a claim's "id:version", or "@stamp" for a claim whose statement
+ * never answered. */
 static int give_back_tag(struct sql_transport *t, const char *tag, struct err *e)
 {
     int64_t id;
     int version;
-    if (!parse_tag(tag, &id, &version))
+    if (tag[0] == '@') {
+        int given = 0;
+        int rc = t->store.ops->give_back_stamped(&t->store, tag + 1, &given, e);
+        return rc < 0 ? rc : given ? BROKER_RESTORED : BROKER_NOT_HELD;
+    }
+    if (!sql_tag_parse(tag, &id, &version))
         return err_set(e, E_PROTOCOL, "'%.40s' names no claimed row", tag);
     int rc = t->store.ops->give_back(&t->store, id, version, e);
     return rc < 0 ? rc : rc ? BROKER_RESTORED : BROKER_NOT_HELD;
@@ -401,7 +442,7 @@ static int requeue_lost(struct sql_transport *t, const char *token, int max, int
     int64_t id, queue;
     int version;
     char *payload = NULL;
-    if (!parse_tag(token, &id, &version))
+    if (!sql_tag_parse(token, &id, &version))
         return err_set(e, E_PROTOCOL, "'%.40s' names no claimed row", token);
     int rc = t->store.ops->read(&t->store, id, version, &payload, &queue, e);
     if (rc <= 0)
@@ -437,7 +478,7 @@ static int st_settle_lost(struct broker *b, const char *token, enum broker_lost 
     case BROKER_LOST_REQUEUE:
         return requeue_lost(t, token, max, losses, e);
     case BROKER_LOST_ACK:
-        if (!parse_tag(token, &id, &version))
+        if (!sql_tag_parse(token, &id, &version))
             return 0; /* nothing claimed: nothing to settle */
         return t->store.ops->remove(&t->store, id, version, e) < 0 ? E_CONN_LOST : 0;
     }
@@ -480,7 +521,7 @@ static struct bus *st_bus(struct broker *b)
 
 static void st_leave(struct broker *b)
 {
-    db_conn_close(&impl(b)->store.conn, NULL);
+    db_conn_close(&impl(b)->conn, NULL);
 }
 
 static void st_release(struct broker *b)
@@ -489,7 +530,7 @@ static void st_release(struct broker *b)
     if (!t)
         return;
     t->events.ops->release(&t->events);
-    db_conn_close(&t->store.conn, NULL);
+    db_conn_close(&t->conn, NULL);
     forget_queues(t);
     free_queue_set(t);
     free(t->store.impl);
@@ -530,10 +571,11 @@ int broker_sql_transport_init(struct broker *b, const struct broker_config *cfg,
     t->cfg = cfg;
     t->owner = *owner;
     t->store.ops = cfg->sql.kind == DB_SQLITE ? &sql_sqlite_store_ops : &sql_pg_store_ops;
+    t->store.conn = &t->conn;
     char app_name[64];
     snprintf(app_name, sizeof(app_name), "celeriac broker %d", owner->index);
-    db_conn_init(&t->store.conn, &cfg->sql, app_name);
-    t->store.conn.quiet = true; /* the worker reports broker failures, once per episode */
+    db_conn_init(&t->conn, &cfg->sql, app_name);
+    t->conn.quiet = true; /* the worker reports broker failures, once per episode */
     st_consume(&(struct broker){.impl = t}, cfg->queues, cfg->n_queues);
     bus_null_init(&t->events);
     b->ops = &sql_transport_ops;

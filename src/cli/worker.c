@@ -589,9 +589,19 @@ static int validate(struct worker_config *cfg, const char *db_url)
      * for late ack; with early ack it would live from the pop to the task's
      * start, and the child's hand (broker/redis.h) covers that for less. */
     cfg->broker.record_unacked = cfg->acks_late;
-    for (size_t i = 0; i < cfg->lib.n_tasks; i++)
-        if (cfg->lib.desc->tasks[i].flags & CELERIAC_ACKS_LATE)
+    const char *transactional = NULL;
+    for (size_t i = 0; i < cfg->lib.n_tasks; i++) {
+        unsigned flags = cfg->lib.desc->tasks[i].flags;
+        if (flags & (CELERIAC_ACKS_LATE | CELERIAC_TRANSACTIONAL))
             cfg->broker.record_unacked = true;
+        if ((flags & CELERIAC_TRANSACTIONAL) && !transactional)
+            transactional = cfg->lib.desc->tasks[i].name;
+    }
+    cfg->transactional = transactional && sql_broker_is_task_db(&cfg->broker, &cfg->db);
+    if (transactional && !cfg->transactional)
+        log_warning("task %s (and any other transactional task) runs as an ordinary late-ack "
+                    "task: one commit for its writes and its ack needs the broker in its "
+                    "database (--broker sqla+... naming the --db database)", transactional);
     gate_amqp(cfg);
     gate_sql(cfg);
     return 0;

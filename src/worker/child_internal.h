@@ -9,6 +9,7 @@
  *   held.c        ETA / countdown messages held unacked until due
  *   limits.c      soft and hard time limits, rate limits
  *   recover.c     what the previous process of this slot left behind
+ *   transaction.c a transactional task's writes and ack in one commit
  */
 #ifndef CELERIAC_WORKER_CHILD_INTERNAL_H
 #define CELERIAC_WORKER_CHILD_INTERNAL_H
@@ -130,6 +131,24 @@ void recover_lost_task(struct child *c);
 /* What earlier processes of this slot held and never started, back on its
  * queue (with backoff until done or stopping). */
 void recover_slot(struct child *c);
+
+/* transaction.c */
+/* def runs in one transaction with its ack: it is CELERIAC_TRANSACTIONAL
+ * and the broker is in the task's database. */
+bool transaction_wanted(const struct child *c, const struct celeriac_task_def *def);
+/* Opens the transaction on the task's connection: CELERIAC_OK, or
+ * CELERIAC_FAILED recorded as a database failure of the task. */
+int transaction_begin(struct child *c);
+enum transaction_end {
+    TXN_ACKED,                   /* the writes and the ack committed together */
+    TXN_ENDED_BY_TASK,           /* the task committed or rolled back itself */
+    TXN_NOT_OURS,                /* the claim was lost: rolled back, someone else runs it */
+    TXN_UNKNOWN,                 /* the commit failed: it may or may not have happened */
+};
+/* After a success: deletes m's row and commits (logging what went wrong). */
+enum transaction_end transaction_commit(struct child *c, const struct message *m);
+/* After a failure or a retry: the task's writes are undone. */
+void transaction_rollback(struct child *c);
 /* A redelivered message that is the late-ack task of a child of this worker
  * that died (noted by the master; brokers without restore by tag): settled
  * as Celery settles a lost task (acked: its outcome is stored; or

@@ -32,6 +32,8 @@ struct worker_config {
     struct backend_config backend;
     struct db_config db;
     bool acks_late;                 /* --acks-late: every task acks after its result */
+    bool transactional;             /* the broker is in the task database: transactional
+                                       tasks commit their writes with their ack */
     bool reject_on_worker_lost;     /* late-ack task of a dead child goes back to the queue */
     int max_worker_lost_requeues;   /* ... at most this often per message, then WorkerLostError */
     double visibility_timeout;      /* seconds before anyone's unacked message is restored */

@@ -13,18 +13,23 @@
  * at most this many times (a server restart can take more than one). */
 #define IDEMPOTENT_RERUNS 3
 
-/* Runs the task, re-running an idempotent one after a lost connection has
- * been re-established. Returns CELERIAC_OK or CELERIAC_FAILED. */
-static int run_task(struct child *c, const struct message *m, const struct celeriac_task_def *def)
+/* Runs the task (in its transaction when it is transactional), re-running
+ * an idempotent one after a lost connection has been re-established; a
+ * transactional one too, as the lost transaction took its writes along.
+ * Returns CELERIAC_OK or CELERIAC_FAILED. */
+static int run_task(struct child *c, const struct message *m, const struct celeriac_task_def *def,
+                    bool txn)
 {
     for (int attempt = 0;; attempt++) {
         task_context_begin(&c->task, m);
-        int rc = task_context_run(&c->task, def);
+        int rc = txn ? transaction_begin(c) : CELERIAC_OK;
+        if (rc == CELERIAC_OK)
+            rc = task_context_run(&c->task, def);
         if (rc == CELERIAC_OK || !c->task.db_failure || !db_conn_check_lost(&c->db))
             return rc;
         /* The connection died under the task. */
         atomic_store(&c->slot->db_state, DBS_DOWN);
-        bool retry = (def->flags & CELERIAC_IDEMPOTENT) && attempt < IDEMPOTENT_RERUNS;
+        bool retry = ((def->flags & CELERIAC_IDEMPOTENT) || txn) && attempt < IDEMPOTENT_RERUNS;
         log_warning("task %s[%s]: database connection lost (%s)%s", m->task_name, m->task_id,
                     c->task.exc_message.data, retry ? "; re-running after reconnect" : "");
         struct err e = {0};
@@ -136,10 +141,10 @@ static bool on_failure(struct child *c, const struct message *m,
 /* Runs the task under its time limits; a soft limit that cancelled the
  * statement is reported as SoftTimeLimitExceeded. */
 static int run_limited(struct child *c, const struct message *m,
-                       const struct celeriac_task_def *def, double soft, double hard)
+                       const struct celeriac_task_def *def, bool txn, double soft, double hard)
 {
     limits_arm(soft, hard);
-    int rc = run_task(c, m, def);
+    int rc = run_task(c, m, def, txn);
     limits_disarm();
     if (task_soft_limit_hit) {
         /* The statement was cancelled mid-flight: make sure the connection
@@ -168,10 +173,34 @@ static void finish(struct child *c, const struct message *m)
     atomic_store(&c->slot->state, CHILD_IDLE);
 }
 
+/* A transactional task whose result could not be stored: its writes are
+ * undone and its message runs again soon, not after the visibility timeout. */
+static void give_back_uncommitted(struct child *c, struct message *m)
+{
+    transaction_rollback(c);
+    struct err e = {0};
+    if (settle_give_back(c, m, &e))
+        log_warning("task %s[%s] not given back (%s); the visibility sweep will", m->task_name,
+                    m->task_id, e.msg);
+}
+
+/* Commits a transactional task's writes with its ack. True when the
+ * message still needs the ordinary late ack (the task ended the
+ * transaction itself); a commit that may not have happened gives the
+ * message back (if it did, the row is gone and nothing runs again). */
+static bool settle_transaction(struct child *c, struct message *m)
+{
+    enum transaction_end end = transaction_commit(c, m);
+    if (end == TXN_UNKNOWN)
+        give_back_uncommitted(c, m); /* rolls back nothing: the transaction has ended */
+    return end == TXN_ENDED_BY_TASK;
+}
+
 /* Runs m, described in the slot by slot_describe. */
 static void execute(struct child *c, struct message *m, const struct celeriac_task_def *def)
 {
-    bool acks_late = c->cfg->acks_late || (def->flags & CELERIAC_ACKS_LATE);
+    bool txn = transaction_wanted(c, def);
+    bool acks_late = txn || c->cfg->acks_late || (def->flags & CELERIAC_ACKS_LATE);
     bool ignore_result = m->ignore_result || (def->flags & CELERIAC_IGNORE_RESULT);
     struct task_tuning *tune = &c->sb->shared->tasks[child_task_index(c, def)];
     double soft, hard;
@@ -190,20 +219,31 @@ static void execute(struct child *c, struct message *m, const struct celeriac_ta
         settle_ack_async(c, m);
 
     events_task(&c->events, "task-started", m, json_object());
-    int rc = run_limited(c, m, def, soft, hard);
+    int rc = run_limited(c, m, def, txn, soft, hard);
     int64_t t1 = time_mono_ms();
     if (c->db.last_used_ms)
         c->db.last_used_ms = t1;
 
+    if (txn && rc != CELERIAC_OK)
+        transaction_rollback(c); /* before the failure or the retry is reported */
     const struct celeriac_retry_options *retry = task_retry_pick(c, m, def, rc);
     bool stored = true;
     if (retry && task_retry_send(c, m, retry)) {
         /* settled by the retry */
     } else if (rc == CELERIAC_OK) {
+        /* A transactional task's result is stored before its commit, so no
+         * death leaves a committed task without one; it overwrites what an
+         * earlier run stored, as that run's writes were rolled back. */
+        if (txn)
+            m->redelivered = false;
         stored = on_success(c, m, acks_late, ignore_result, (double)(t1 - t0) / 1000.0);
     } else { /* a failure, or a retry that could not be sent (as Celery's Reject) */
         stored = on_failure(c, m, def, acks_late);
     }
+    if (txn && rc == CELERIAC_OK && stored && !settle_transaction(c, m))
+        acks_late = false; /* acked by the commit, or not this process's to ack */
+    else if (txn && rc == CELERIAC_OK && !stored)
+        give_back_uncommitted(c, m);
     if (acks_late && stored)
         settle_ack_async(c, m); /* after the result was confirmed stored */
     else if (acks_late)

@@ -449,7 +449,12 @@ static int clone_properties(const amqp_basic_properties_t *src, amqp_message_t *
 /* The content of a delivery on channel ch: the header frame, then the body
  * frames, which are read into one buffer of the announced size, or, past
  * AMQP_LINK_MAX_BODY, read and discarded (*discarded set). As
- * amqp_read_message, with the allocation bounded. */
+ * amqp_read_message, with the allocation bounded. rabbitmq-c reads every
+ * frame into the channel's pool and keeps it until the pool is recycled, so
+ * the pool is recycled after each frame is copied: else a discarded body
+ * would still take its whole size in frames (and a kept one twice), and a
+ * body announced as 2^62 bytes that trickles in would grow without bound.
+ * The frame that announced the delivery lives in that pool too. */
 static int read_content(struct amqp_link *l, amqp_channel_t ch, amqp_message_t *msg,
                         uint64_t *discarded, struct err *e)
 {
@@ -470,6 +475,7 @@ static int read_content(struct amqp_link *l, amqp_channel_t ch, amqp_message_t *
     st = clone_properties(f.payload.properties.decoded, msg);
     if (st != AMQP_STATUS_OK)
         goto out_lost;
+    amqp_maybe_release_buffers_on_channel(l->conn, ch);
     bool keep = size <= AMQP_LINK_MAX_BODY;
     if (keep && size) {
         msg->body = amqp_bytes_malloc((size_t)size);
@@ -490,6 +496,7 @@ static int read_content(struct amqp_link *l, amqp_channel_t ch, amqp_message_t *
             memcpy((char *)msg->body.bytes + got, f.payload.body_fragment.bytes,
                    f.payload.body_fragment.len);
         got += f.payload.body_fragment.len;
+        amqp_maybe_release_buffers_on_channel(l->conn, ch);
     }
     if (!keep)
         *discarded = size;
@@ -523,7 +530,7 @@ static int read_delivery(struct amqp_link *l, const amqp_frame_t *f, amqp_envelo
                   "RabbitMQ sends", discarded, l->where, id ? " for task " : "",
                   id ? (int)p->correlation_id.len : 0,
                   id ? (const char *)p->correlation_id.bytes : "");
-        rc = amqp_link_reject(l, f->channel, d->delivery_tag, false, e);
+        rc = amqp_link_reject(l, f->channel, env->delivery_tag, false, e); /* d is gone */
         ev->kind = EV_OTHER; /* nothing to deliver */
     }
     if (rc || ev->kind != EV_DELIVERY) {

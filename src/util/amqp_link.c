@@ -448,35 +448,36 @@ static int clone_properties(const amqp_basic_properties_t *src, amqp_message_t *
 
 /* The content of a delivery on channel ch: the header frame, then the body
  * frames, which are read into one buffer of the announced size, or, past
- * AMQP_LINK_MAX_BODY, read and discarded (*discarded set). As
+ * max_keep, read and discarded (*discarded set). As
  * amqp_read_message, with the allocation bounded. rabbitmq-c reads every
  * frame into the channel's pool and keeps it until the pool is recycled, so
  * the pool is recycled after each frame is copied: else a discarded body
  * would still take its whole size in frames (and a kept one twice), and a
  * body announced as 2^62 bytes that trickles in would grow without bound.
  * The frame that announced the delivery lives in that pool too. */
-static int read_content(struct amqp_link *l, amqp_channel_t ch, amqp_message_t *msg,
-                        uint64_t *discarded, struct err *e)
+static int read_content(struct amqp_link *l, amqp_channel_t ch, uint64_t max_keep,
+                        const char *what, amqp_message_t *msg, uint64_t *discarded,
+                        struct err *e)
 {
     amqp_frame_t f;
     memset(msg, 0, sizeof(*msg));
     *discarded = 0;
     int st = amqp_simple_wait_frame(l->conn, &f);
     if (st != AMQP_STATUS_OK)
-        return status_lost(l, st, "read delivery", e);
+        return status_lost(l, st, what, e);
     if (f.frame_type == AMQP_FRAME_METHOD) {
         amqp_rpc_reply_t r = {.reply_type = AMQP_RESPONSE_SERVER_EXCEPTION, .reply = f.payload.method};
-        return amqp_link_check(l, r, "read delivery", e);
+        return amqp_link_check(l, r, what, e);
     }
     if (f.frame_type != AMQP_FRAME_HEADER || f.channel != ch)
-        return status_lost(l, AMQP_STATUS_UNEXPECTED_STATE, "read delivery", e);
+        return status_lost(l, AMQP_STATUS_UNEXPECTED_STATE, what, e);
     init_amqp_pool(&msg->pool, 4096);
     uint64_t size = f.payload.properties.body_size;
     st = clone_properties(f.payload.properties.decoded, msg);
     if (st != AMQP_STATUS_OK)
         goto out_lost;
     amqp_maybe_release_buffers_on_channel(l->conn, ch);
-    bool keep = size <= AMQP_LINK_MAX_BODY;
+    bool keep = size <= max_keep;
     if (keep && size) {
         msg->body = amqp_bytes_malloc((size_t)size);
         if (!msg->body.bytes) {
@@ -505,7 +506,7 @@ static int read_content(struct amqp_link *l, amqp_channel_t ch, amqp_message_t *
 out_lost:
     amqp_destroy_message(msg);
     memset(msg, 0, sizeof(*msg));
-    return status_lost(l, st, "read delivery", e);
+    return status_lost(l, st, what, e);
 }
 
 /* basic.deliver: the delivery fields, then the content frames. ev->kind
@@ -522,7 +523,8 @@ static int read_delivery(struct amqp_link *l, const amqp_frame_t *f, amqp_envelo
     env->exchange = amqp_bytes_malloc_dup(d->exchange);
     env->routing_key = amqp_bytes_malloc_dup(d->routing_key);
     uint64_t discarded;
-    int rc = read_content(l, f->channel, &env->message, &discarded, e);
+    int rc = read_content(l, f->channel, AMQP_LINK_MAX_BODY, "read delivery", &env->message,
+                          &discarded, e);
     if (!rc && discarded) {
         const amqp_basic_properties_t *p = &env->message.properties;
         bool id = (p->_flags & AMQP_BASIC_CORRELATION_ID_FLAG) && p->correlation_id.len;
@@ -559,6 +561,19 @@ static void consumer_cancelled(struct amqp_link *l, const amqp_basic_cancel_t *c
     }
 }
 
+/* Reads the content that follows a method on channel ch and throws it
+ * away, whatever size it announces. Not amqp_read_message: that allocates
+ * the announced size first (2^62 from a hostile server). */
+static int skip_content(struct amqp_link *l, amqp_channel_t ch, const char *what, struct err *e)
+{
+    amqp_message_t msg;
+    uint64_t discarded;
+    int rc = read_content(l, ch, 0, what, &msg, &discarded, e);
+    if (!rc)
+        amqp_destroy_message(&msg);
+    return rc;
+}
+
 /* A basic.return: keeps its reply and discards the returned content. */
 static int returned(struct amqp_link *l, const amqp_frame_t *f, struct event *ev, struct err *e)
 {
@@ -566,12 +581,7 @@ static int returned(struct amqp_link *l, const amqp_frame_t *f, struct event *ev
     ev->code = m->reply_code;
     snprintf(ev->text, sizeof(ev->text), "%.*s", (int)m->reply_text.len,
              (const char *)m->reply_text.bytes);
-    amqp_message_t msg;
-    amqp_rpc_reply_t r = amqp_read_message(l->conn, f->channel, &msg, 0);
-    if (r.reply_type != AMQP_RESPONSE_NORMAL)
-        return amqp_link_check(l, r, "read returned message", e);
-    amqp_destroy_message(&msg);
-    return 0;
+    return skip_content(l, f->channel, "read returned message", e);
 }
 
 /* A frame of a channel that has closed since: rabbitmq-c queues what
@@ -586,12 +596,7 @@ static int skip_stale(struct amqp_link *l, const amqp_frame_t *f, struct err *e)
     if (f->frame_type != AMQP_FRAME_METHOD || (f->payload.method.id != AMQP_BASIC_DELIVER_METHOD &&
                                                f->payload.method.id != AMQP_BASIC_RETURN_METHOD))
         return 0;
-    amqp_message_t msg;
-    amqp_rpc_reply_t r = amqp_read_message(l->conn, f->channel, &msg, 0);
-    if (r.reply_type != AMQP_RESPONSE_NORMAL)
-        return amqp_link_check(l, r, "read a message of a closed channel", e);
-    amqp_destroy_message(&msg);
-    return 0;
+    return skip_content(l, f->channel, "read a message of a closed channel", e);
 }
 
 /* Waits until deadline for one method frame and classifies it into ev.

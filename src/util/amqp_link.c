@@ -99,14 +99,18 @@ void amqp_link_close(struct amqp_link *l, const char *reason)
 }
 
 /* Closes without the connection.close handshake (the socket is dead or the
- * server already closed it). */
+ * server already closed it). The loss of a connection that never worked is
+ * only a debug line: the caller's retry reports that episode once, where a
+ * server that takes each connection and drops it at once (a frame over
+ * frame_max, a channel it refuses) would otherwise get a line per attempt. */
 static void drop(struct amqp_link *l, const char *reason)
 {
     if (!l->conn)
         return;
     if (!l->opening)
-        log_warning("%s connection to %s lost after %.1f s: %s", l->role, l->where,
-                    (double)(time_mono_ms() - l->connected_ms) / 1000.0, reason);
+        log_write(l->worked ? LOG_WARNING : LOG_DEBUG, "%s connection to %s lost after %.1f s: %s",
+                  l->role, l->where, (double)(time_mono_ms() - l->connected_ms) / 1000.0,
+                  reason);
     channel_gone(l);
     if (l->owner == self_pid() || !l->tls)
         amqp_destroy_connection(l->conn);
@@ -277,6 +281,7 @@ int amqp_link_open(struct amqp_link *l, const struct amqp_url *u, struct err *e)
     buf_release(&w);
     l->reply_code = 0;
     l->last_channel = 0;
+    l->worked = false;
     l->tls = u->tls;
     l->owner = self_pid();
     l->connected_ms = time_mono_ms();
@@ -676,11 +681,15 @@ int amqp_link_next(struct amqp_link *l, int timeout_ms, struct amqp_link_deliver
     for (;;) {
         struct event ev;
         int rc = wait_event(l, deadline, &d->env, &ev, e);
+        if (rc == -EAGAIN)
+            l->worked = true;
         if (rc)
             return rc == -EAGAIN ? err_set(e, -EAGAIN, "no delivery within %d ms", timeout_ms)
                                  : rc;
-        if (ev.kind == EV_DELIVERY)
+        if (ev.kind == EV_DELIVERY) {
+            l->worked = true;
             return 0;
+        }
         if (ev.kind == EV_CANCEL && l->cancelled)
             return report_cancel(l, e);
     }
@@ -722,6 +731,7 @@ static int await_confirm(struct amqp_link *l, uint64_t seq, int64_t deadline, co
             continue;
         if (ev.kind == EV_NACK)
             return err_set(e, E_REFUSED, "%s on %s: the broker nacked it", what, l->where);
+        l->worked = true;
         if (ret.kind == EV_RETURN)
             return err_set(e, -ENOENT, "%s on %s returned: %d %s", what, l->where, ret.code,
                            ret.text);

@@ -199,6 +199,10 @@ static bool describe_status(struct amqp_link *l, const struct amqp_url *u, int s
                        status == AMQP_STATUS_CONNECTION_CLOSED ||
                        status == AMQP_STATUS_BAD_AMQP_DATA))
         snprintf(why, n, "%s (if that port is TLS, use amqps://)", amqp_error_string2(status));
+    else if (status == AMQP_STATUS_BAD_AMQP_DATA && l->conn)
+        /* rabbitmq-c says the same for a frame over frame_max as for garbage */
+        snprintf(why, n, "%s (a malformed frame, or one larger than frame_max %d)",
+                 amqp_error_string2(status), amqp_get_frame_max(l->conn));
     else
         snprintf(why, n, "%s", amqp_error_string2(status));
     return false;

@@ -49,8 +49,8 @@ hworker() {
 }
 rec_has() { grep -qE "$1" "$REC"; }
 conns() { grep -c '^conn ' "$REC"; }
-# where_lines: log lines naming this server as the link does ("host:port vhost 'v'")
-where_lines() { grep -c "127.0.0.1:$SRV_PORT vhost '${1:-/}'" "$WORKER_LOG"; }
+# where_lines: log lines naming this server as the link does ("host:port vhost '/'")
+where_lines() { grep -c "127.0.0.1:$SRV_PORT vhost '/'" "$WORKER_LOG"; }
 kib() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status" 2>/dev/null; } # PID VmRSS|VmHWM
 ran() { grep -q "^$1 " "$AMQPT_RUNS"; }
 same_child() { # NAME: the child neither crashed nor was replaced
@@ -124,7 +124,8 @@ serve hugebody || tap_done
 hworker
 wait_for 10 rec_has '^do 1 deliver 1 body_size=2\^62'
 peak=0
-while ! rec_has '^eof 1'; do # sampled while the body trickles in
+for ((i = 0; i < 50; i++)); do # sampled while the body trickles in (2 s)
+    rec_has '^eof 1' && break
     r=$(kib "$CHILD" VmRSS)
     ((${r:-0} > peak)) && peak=$r
     sleep 0.2

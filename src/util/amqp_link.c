@@ -99,14 +99,18 @@ void amqp_link_close(struct amqp_link *l, const char *reason)
 }
 
 /* Closes without the connection.close handshake (the socket is dead or the
- * server already closed it). */
+ * server already closed it). The loss of a connection that never worked is
+ * only a debug line: the caller's retry reports that episode once, where a
+ * server that takes each connection and drops it at once (a frame over
+ * frame_max, a channel it refuses) would otherwise get a line per attempt. */
 static void drop(struct amqp_link *l, const char *reason)
 {
     if (!l->conn)
         return;
     if (!l->opening)
-        log_warning("%s connection to %s lost after %.1f s: %s", l->role, l->where,
-                    (double)(time_mono_ms() - l->connected_ms) / 1000.0, reason);
+        log_write(l->worked ? LOG_WARNING : LOG_DEBUG, "%s connection to %s lost after %.1f s: %s",
+                  l->role, l->where, (double)(time_mono_ms() - l->connected_ms) / 1000.0,
+                  reason);
     channel_gone(l);
     if (l->owner == self_pid() || !l->tls)
         amqp_destroy_connection(l->conn);
@@ -195,6 +199,10 @@ static bool describe_status(struct amqp_link *l, const struct amqp_url *u, int s
                        status == AMQP_STATUS_CONNECTION_CLOSED ||
                        status == AMQP_STATUS_BAD_AMQP_DATA))
         snprintf(why, n, "%s (if that port is TLS, use amqps://)", amqp_error_string2(status));
+    else if (status == AMQP_STATUS_BAD_AMQP_DATA && l->conn)
+        /* rabbitmq-c says the same for a frame over frame_max as for garbage */
+        snprintf(why, n, "%s (a malformed frame, or one larger than frame_max %d)",
+                 amqp_error_string2(status), amqp_get_frame_max(l->conn));
     else
         snprintf(why, n, "%s", amqp_error_string2(status));
     return false;
@@ -277,6 +285,7 @@ int amqp_link_open(struct amqp_link *l, const struct amqp_url *u, struct err *e)
     buf_release(&w);
     l->reply_code = 0;
     l->last_channel = 0;
+    l->worked = false;
     l->tls = u->tls;
     l->owner = self_pid();
     l->connected_ms = time_mono_ms();
@@ -448,29 +457,36 @@ static int clone_properties(const amqp_basic_properties_t *src, amqp_message_t *
 
 /* The content of a delivery on channel ch: the header frame, then the body
  * frames, which are read into one buffer of the announced size, or, past
- * AMQP_LINK_MAX_BODY, read and discarded (*discarded set). As
- * amqp_read_message, with the allocation bounded. */
-static int read_content(struct amqp_link *l, amqp_channel_t ch, amqp_message_t *msg,
-                        uint64_t *discarded, struct err *e)
+ * max_keep, read and discarded (*discarded set). As
+ * amqp_read_message, with the allocation bounded. rabbitmq-c reads every
+ * frame into the channel's pool and keeps it until the pool is recycled, so
+ * the pool is recycled after each frame is copied: else a discarded body
+ * would still take its whole size in frames (and a kept one twice), and a
+ * body announced as 2^62 bytes that trickles in would grow without bound.
+ * The frame that announced the delivery lives in that pool too. */
+static int read_content(struct amqp_link *l, amqp_channel_t ch, uint64_t max_keep,
+                        const char *what, amqp_message_t *msg, uint64_t *discarded,
+                        struct err *e)
 {
     amqp_frame_t f;
     memset(msg, 0, sizeof(*msg));
     *discarded = 0;
     int st = amqp_simple_wait_frame(l->conn, &f);
     if (st != AMQP_STATUS_OK)
-        return status_lost(l, st, "read delivery", e);
+        return status_lost(l, st, what, e);
     if (f.frame_type == AMQP_FRAME_METHOD) {
         amqp_rpc_reply_t r = {.reply_type = AMQP_RESPONSE_SERVER_EXCEPTION, .reply = f.payload.method};
-        return amqp_link_check(l, r, "read delivery", e);
+        return amqp_link_check(l, r, what, e);
     }
     if (f.frame_type != AMQP_FRAME_HEADER || f.channel != ch)
-        return status_lost(l, AMQP_STATUS_UNEXPECTED_STATE, "read delivery", e);
+        return status_lost(l, AMQP_STATUS_UNEXPECTED_STATE, what, e);
     init_amqp_pool(&msg->pool, 4096);
     uint64_t size = f.payload.properties.body_size;
     st = clone_properties(f.payload.properties.decoded, msg);
     if (st != AMQP_STATUS_OK)
         goto out_lost;
-    bool keep = size <= AMQP_LINK_MAX_BODY;
+    amqp_maybe_release_buffers_on_channel(l->conn, ch);
+    bool keep = size <= max_keep;
     if (keep && size) {
         msg->body = amqp_bytes_malloc((size_t)size);
         if (!msg->body.bytes) {
@@ -490,6 +506,7 @@ static int read_content(struct amqp_link *l, amqp_channel_t ch, amqp_message_t *
             memcpy((char *)msg->body.bytes + got, f.payload.body_fragment.bytes,
                    f.payload.body_fragment.len);
         got += f.payload.body_fragment.len;
+        amqp_maybe_release_buffers_on_channel(l->conn, ch);
     }
     if (!keep)
         *discarded = size;
@@ -498,7 +515,7 @@ static int read_content(struct amqp_link *l, amqp_channel_t ch, amqp_message_t *
 out_lost:
     amqp_destroy_message(msg);
     memset(msg, 0, sizeof(*msg));
-    return status_lost(l, st, "read delivery", e);
+    return status_lost(l, st, what, e);
 }
 
 /* basic.deliver: the delivery fields, then the content frames. ev->kind
@@ -515,7 +532,8 @@ static int read_delivery(struct amqp_link *l, const amqp_frame_t *f, amqp_envelo
     env->exchange = amqp_bytes_malloc_dup(d->exchange);
     env->routing_key = amqp_bytes_malloc_dup(d->routing_key);
     uint64_t discarded;
-    int rc = read_content(l, f->channel, &env->message, &discarded, e);
+    int rc = read_content(l, f->channel, AMQP_LINK_MAX_BODY, "read delivery", &env->message,
+                          &discarded, e);
     if (!rc && discarded) {
         const amqp_basic_properties_t *p = &env->message.properties;
         bool id = (p->_flags & AMQP_BASIC_CORRELATION_ID_FLAG) && p->correlation_id.len;
@@ -523,7 +541,7 @@ static int read_delivery(struct amqp_link *l, const amqp_frame_t *f, amqp_envelo
                   "RabbitMQ sends", discarded, l->where, id ? " for task " : "",
                   id ? (int)p->correlation_id.len : 0,
                   id ? (const char *)p->correlation_id.bytes : "");
-        rc = amqp_link_reject(l, f->channel, d->delivery_tag, false, e);
+        rc = amqp_link_reject(l, f->channel, env->delivery_tag, false, e); /* d is gone */
         ev->kind = EV_OTHER; /* nothing to deliver */
     }
     if (rc || ev->kind != EV_DELIVERY) {
@@ -552,6 +570,19 @@ static void consumer_cancelled(struct amqp_link *l, const amqp_basic_cancel_t *c
     }
 }
 
+/* Reads the content that follows a method on channel ch and throws it
+ * away, whatever size it announces. Not amqp_read_message: that allocates
+ * the announced size first (2^62 from a hostile server). */
+static int skip_content(struct amqp_link *l, amqp_channel_t ch, const char *what, struct err *e)
+{
+    amqp_message_t msg;
+    uint64_t discarded;
+    int rc = read_content(l, ch, 0, what, &msg, &discarded, e);
+    if (!rc)
+        amqp_destroy_message(&msg);
+    return rc;
+}
+
 /* A basic.return: keeps its reply and discards the returned content. */
 static int returned(struct amqp_link *l, const amqp_frame_t *f, struct event *ev, struct err *e)
 {
@@ -559,12 +590,7 @@ static int returned(struct amqp_link *l, const amqp_frame_t *f, struct event *ev
     ev->code = m->reply_code;
     snprintf(ev->text, sizeof(ev->text), "%.*s", (int)m->reply_text.len,
              (const char *)m->reply_text.bytes);
-    amqp_message_t msg;
-    amqp_rpc_reply_t r = amqp_read_message(l->conn, f->channel, &msg, 0);
-    if (r.reply_type != AMQP_RESPONSE_NORMAL)
-        return amqp_link_check(l, r, "read returned message", e);
-    amqp_destroy_message(&msg);
-    return 0;
+    return skip_content(l, f->channel, "read returned message", e);
 }
 
 /* A frame of a channel that has closed since: rabbitmq-c queues what
@@ -579,12 +605,7 @@ static int skip_stale(struct amqp_link *l, const amqp_frame_t *f, struct err *e)
     if (f->frame_type != AMQP_FRAME_METHOD || (f->payload.method.id != AMQP_BASIC_DELIVER_METHOD &&
                                                f->payload.method.id != AMQP_BASIC_RETURN_METHOD))
         return 0;
-    amqp_message_t msg;
-    amqp_rpc_reply_t r = amqp_read_message(l->conn, f->channel, &msg, 0);
-    if (r.reply_type != AMQP_RESPONSE_NORMAL)
-        return amqp_link_check(l, r, "read a message of a closed channel", e);
-    amqp_destroy_message(&msg);
-    return 0;
+    return skip_content(l, f->channel, "read a message of a closed channel", e);
 }
 
 /* Waits until deadline for one method frame and classifies it into ev.
@@ -664,11 +685,15 @@ int amqp_link_next(struct amqp_link *l, int timeout_ms, struct amqp_link_deliver
     for (;;) {
         struct event ev;
         int rc = wait_event(l, deadline, &d->env, &ev, e);
+        if (rc == -EAGAIN)
+            l->worked = true;
         if (rc)
             return rc == -EAGAIN ? err_set(e, -EAGAIN, "no delivery within %d ms", timeout_ms)
                                  : rc;
-        if (ev.kind == EV_DELIVERY)
+        if (ev.kind == EV_DELIVERY) {
+            l->worked = true;
             return 0;
+        }
         if (ev.kind == EV_CANCEL && l->cancelled)
             return report_cancel(l, e);
     }
@@ -710,6 +735,7 @@ static int await_confirm(struct amqp_link *l, uint64_t seq, int64_t deadline, co
             continue;
         if (ev.kind == EV_NACK)
             return err_set(e, E_REFUSED, "%s on %s: the broker nacked it", what, l->where);
+        l->worked = true;
         if (ret.kind == EV_RETURN)
             return err_set(e, -ENOENT, "%s on %s returned: %d %s", what, l->where, ret.code,
                            ret.text);

@@ -56,6 +56,9 @@ struct amqp_link {
     int heartbeat;                 /* negotiated seconds, 0 = none */
     bool opening;                  /* inside amqp_link_open: a failure is the caller's
                                       to report (once per episode), not logged here */
+    bool worked;                   /* a delivery, a quiet wait or a confirm went through
+                                      since the open; a loss before that is also the
+                                      caller's to report */
     bool confirming;               /* confirm.select done on this channel */
     uint64_t publish_seq;          /* sequence number of the last confirmed-mode publish */
     int reply_code;                /* the last server close code (403, 404, 406, 530...) or 0 */

@@ -124,6 +124,17 @@ int amqp_declare_task_queue(struct amqp_link *l, const char *name, int max_prior
         .max_priority = max_priority,
         .queue_type = queue_type,
     };
+    if (flags & AMQP_DECLARE_ADOPT) {
+        /* An existing queue is used with the exchange and bindings it has:
+         * clients publish to it through the default exchange, and declaring
+         * an exchange `name` that someone made of another type or
+         * durability would fail (406) on every attempt and leave the queue
+         * unserved. */
+        int rc = amqp_declare_exists(l, name, NULL, NULL, e);
+        if (rc != -ENOENT)
+            return rc;
+        flags &= ~AMQP_DECLARE_ADOPT; /* known to be missing: no second passive declare */
+    }
     int rc = amqp_declare_exchange(l, name, "direct", true, false, e);
     if (!rc)
         rc = amqp_declare_queue(l, &q, flags, NULL, e);

@@ -81,7 +81,8 @@ int amqp_declare_bind(struct amqp_link *l, const char *queue, const char *exchan
 /* Celery's task queue: exchange `name` (direct, durable), queue `name`
  * (durable; x-max-priority when max_priority > 0; x-queue-type when
  * queue_type is not NULL), binding with key `name`. With ADOPT an existing
- * queue is used as it is. */
+ * queue is used as it is, with whatever exchange and bindings it has
+ * (nothing is declared then). */
 int amqp_declare_task_queue(struct amqp_link *l, const char *name, int max_priority,
                             const char *queue_type, enum amqp_declare_flags flags,
                             struct err *e);

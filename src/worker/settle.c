@@ -232,8 +232,14 @@ void settle_store_exception(struct child *c, const struct message *m, const char
 void settle_store_invalid(struct child *c, const struct message *m, const char *exc_type,
                           const char *text)
 {
+    /* ContentDisallowed and DecodeError are kombu's classes: a client
+     * rebuilds the exception from exc_module, and `except
+     * kombu.exceptions.ContentDisallowed` catches only that module's class. */
+    const char *module = !strcmp(exc_type, "ContentDisallowed") || !strcmp(exc_type, "DecodeError")
+                             ? "kombu.exceptions"
+                             : "celery.exceptions";
     if (m->task_id && *m->task_id)
-        settle_store_exception(c, m, "FAILURE", exc_type, "celery.exceptions", text);
+        settle_store_exception(c, m, "FAILURE", exc_type, module, text);
 }
 
 void settle_revoked(struct child *c, struct message *m, bool expired)

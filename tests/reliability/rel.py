@@ -9,8 +9,9 @@ Python process to leave or restore an unacked message.
                                    -> one task id per line
     rel.py roundtrip NAME [--queue Q] [--count N]
                                    -> the worst send-to-result seconds of N tasks
-    rel.py bulk NAME N --out FILE [--mod M]
+    rel.py bulk NAME N --out FILE [--mod M] [--queues Q1,Q2,...]
                                    -> N tasks NAME(i % M + 1), ids to FILE
+                                      (round robin over the queues when given)
     rel.py wait ID... [--timeout S]
                                    -> one stored meta (JSON) per line; "null" if none
     rel.py tally FILE [--timeout S]
@@ -91,13 +92,17 @@ def cmd_bulk(ns):
     # returns once the server has routed them all; then the connection is
     # closed with the handshake.
     app = make_app()
+    queues = ns.queues.split(",") if ns.queues else [None]
     with app.connection_for_write() as conn, open(ns.out, "w") as out:
         producer = app.amqp.Producer(conn)
         for i in range(ns.n):
-            res = app.send_task(ns.name, args=[i % ns.mod + 1], producer=producer)
+            q = queues[i % len(queues)]
+            res = app.send_task(ns.name, args=[i % ns.mod + 1], producer=producer,
+                                **({"queue": q} if q else {}))
             out.write(res.id + "\n")
         if not broker_url().startswith("redis"):
-            producer.channel.queue_declare(app.conf.task_default_queue, passive=True)
+            producer.channel.queue_declare(queues[-1] or app.conf.task_default_queue,
+                                           passive=True)
     return 0
 
 
@@ -260,6 +265,7 @@ def main():
     b.add_argument("n", type=int)
     b.add_argument("--out", required=True)
     b.add_argument("--mod", type=int, default=1000)
+    b.add_argument("--queues")
     w = sub.add_parser("wait")
     w.add_argument("ids", nargs="+")
     w.add_argument("--timeout", type=float, default=30)

@@ -3,7 +3,8 @@
  * built by them at run time the way a user builds one (include/celeriac.h
  * alone). Its tasks misbehave on purpose: crash, abort, hold a statement on
  * the server, leave a transaction open, grow the heap, and report which
- * process and which PostgreSQL backend ran them.
+ * process and which PostgreSQL backend ran them (rel.record also leaves a
+ * row per run, for counting runs).
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -112,6 +113,35 @@ static int rel_pg_sleep(struct celeriac_task *task)
     int rc = return_ids(task, PQgetvalue(res, 0, 0));
     PQclear(res);
     return rc;
+}
+
+/* rel.record(ms=0): INSERT INTO rel_runs (task_id, pid) this run, then sleeps
+ * ms milliseconds: each run of each task leaves a row, so a test counts
+ * duplicates and losses in the database (the test creates the table).
+ * Autocommit: a run whose connection is lost before the INSERT's reply
+ * committed nothing, so it is declared idempotent (re-run after reconnect). */
+static int rel_record(struct celeriac_task *task)
+{
+    int64_t ms = 0;
+    if (celeriac_has_arg(task, 0, "ms") && celeriac_arg_int(task, 0, "ms", &ms) != CELERIAC_OK)
+        return CELERIAC_FAILED;
+    PGconn *pg = celeriac_pg(task);
+    if (!pg)
+        return celeriac_fail(task, "RuntimeError", "no PostgreSQL connection");
+    char pid[24];
+    snprintf(pid, sizeof(pid), "%ld", (long)getpid());
+    const char *params[2] = {celeriac_task_id(task), pid};
+    PGresult *res = PQexecParams(pg, "INSERT INTO rel_runs (task_id, pid) VALUES ($1, $2::int) "
+                                     "RETURNING pg_backend_pid()",
+                                 2, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        return fail_pg(task, pg, res);
+    char backend[24];
+    snprintf(backend, sizeof(backend), "%s", PQgetvalue(res, 0, 0));
+    PQclear(res);
+    if (sleep_seconds(task, (double)ms / 1000.0))
+        return celeriac_fail(task, "SoftTimeLimitExceeded", "soft time limit exceeded");
+    return return_ids(task, backend);
 }
 
 /* rel.leave_open(mark): BEGIN; INSERT INTO rel_marks VALUES (mark); and
@@ -241,6 +271,7 @@ static const struct celeriac_task_def rel_tasks[] = {
     {"rel.pg", rel_pg, 0},
     {"rel.pg_sleep", rel_pg_sleep, 0},
     {"rel.pg_sleep_idem", rel_pg_sleep, CELERIAC_IDEMPOTENT},
+    {"rel.record", rel_record, LATE | CELERIAC_IDEMPOTENT},
     {"rel.leave_open", rel_leave_open, 0},
     {"rel.txn", rel_txn, 0},
     {"rel.segv", rel_segv, 0},

@@ -19,7 +19,8 @@ struct backend_db;
 struct db_result_row {
     const char *task_id;
     const char *status;
-    const struct buf *result;  /* the pickled result (PickleType) */
+    const struct buf *result;  /* the pickled result (PickleType), or NULL for None,
+                                  which PickleType stores as SQL NULL */
     const char *date_done;     /* "YYYY-MM-DD HH:MM:SS.ffffff" naive UTC, or NULL */
     const char *traceback;     /* or NULL */
     bool keep_success;         /* a stored SUCCESS is left as it is */

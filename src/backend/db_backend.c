@@ -113,7 +113,8 @@ static void format_date_done(struct buf *out)
 }
 
 /* The row of m, as Celery's _update_result sets every column: the result
- * pickled (an exception state's exception dict with its args as a tuple),
+ * pickled (an exception state's exception dict with its args as a tuple; a
+ * None result is NULL, as PickleType binds None),
  * date_done for ready states only, the traceback if any. */
 static int db_store(struct backend *b, const struct result_meta *m, unsigned flags,
                     struct err *e)
@@ -134,7 +135,8 @@ static int db_store(struct backend *b, const struct result_meta *m, unsigned fla
     if (result_state_is_ready(m->status))
         format_date_done(&done);
     struct db_result_row row = {
-        .task_id = m->task_id, .status = m->status, .result = &pickled,
+        .task_id = m->task_id, .status = m->status,
+        .result = !m->result || json_is_null(m->result) ? NULL : &pickled,
         .date_done = done.len ? done.data : NULL, .traceback = has_tb ? tb.data : NULL,
         .keep_success = m->redelivered,
     };

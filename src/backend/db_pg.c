@@ -15,6 +15,7 @@
  * schema as it is. */
 static const char create_sql[] =
     "BEGIN;"
+    "SET LOCAL client_min_messages = warning;" /* no "already exists, skipping" notices */
     "SELECT pg_advisory_xact_lock(hashtext('celeriac: celery result tables'));"
     "CREATE SEQUENCE IF NOT EXISTS task_id_sequence;"
     "CREATE SEQUENCE IF NOT EXISTS taskset_id_sequence;"
@@ -107,16 +108,17 @@ static int pg_create_tables(struct backend_db *b, struct err *e)
 
 static int pg_upsert(struct backend_db *b, const struct db_result_row *row, struct err *e)
 {
-    if (row->result->len > INT32_MAX)
+    if (row->result && row->result->len > INT32_MAX)
         return err_set(e, E_PROTOCOL, "result of %s is too large to store (%zu bytes)",
                        row->task_id, row->result->len);
     PGconn *pg = live_pg(b, e);
     if (!pg)
         return E_CONN_LOST;
     const Oid types[] = {OID_TEXT, OID_TEXT, OID_BYTEA, OID_TIMESTAMP, OID_TEXT, OID_BOOL};
-    const char *values[] = {row->task_id, row->status, row->result->data, row->date_done,
+    const char *values[] = {row->task_id, row->status, row->result ? row->result->data : NULL,
+                            row->date_done,
                             row->traceback, row->keep_success ? "t" : "f"};
-    int lengths[] = {0, 0, (int)row->result->len, 0, 0, 0};
+    int lengths[] = {0, 0, row->result ? (int)row->result->len : 0, 0, 0, 0};
     int formats[] = {0, 0, 1, 0, 0, 0}; /* the pickle goes as binary bytea */
     PGresult *r = PQexecParams(pg, upsert_sql, 6, types, values, lengths, formats, 0);
     int rc = check_result(b, pg, r, "storing a result", e);

@@ -94,7 +94,9 @@ static int bind_row(sqlite3_stmt *st, const struct db_result_row *row)
     if (rc == SQLITE_OK)
         rc = sqlite3_bind_text(st, 2, row->status, -1, SQLITE_STATIC);
     if (rc == SQLITE_OK)
-        rc = sqlite3_bind_blob64(st, 3, row->result->data, row->result->len, SQLITE_STATIC);
+        rc = row->result ? sqlite3_bind_blob64(st, 3, row->result->data, row->result->len,
+                                               SQLITE_STATIC)
+                         : sqlite3_bind_null(st, 3);
     if (rc == SQLITE_OK)
         rc = row->date_done ? sqlite3_bind_text(st, 4, row->date_done, -1, SQLITE_STATIC)
                             : sqlite3_bind_null(st, 4);

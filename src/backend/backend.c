@@ -83,6 +83,10 @@ void backend_init(struct backend *b, const struct backend_config *cfg, struct br
         backend_rpc_ops_init(b, cfg, broker);
         return;
     }
+    if (cfg->kind == BACKEND_DB) {
+        backend_db_ops_init(b, cfg);
+        return;
+    }
     backend_redis_ops_init(b, cfg);
 }
 

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT
  * backend/backend.h: what a worker child needs from a result backend, one
- * backend per file behind a table of operations (redis.c today), as
+ * backend per file behind a table of operations (Redis, rpc://, a database), as
  * broker/broker.h is for brokers. Every operation makes one attempt and
  * returns 0 or E_CONN_LOST / E_REFUSED / another negative code; retry and
  * backoff are the worker's.
@@ -12,6 +12,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "db/conn.h"
 #include "protocol/result.h"
 #include "util/url.h"
 
@@ -21,12 +22,15 @@ struct broker;
 enum backend_kind {
     BACKEND_REDIS,             /* redis:// (the default) */
     BACKEND_RPC,               /* rpc://: replies to the client's queue on the broker */
+    BACKEND_DB,                /* db+postgresql://, db+sqlite:///: Celery's database backend */
 };
 
 struct backend_config {
     bool enabled;              /* false: results are not stored (no --result-backend) */
     enum backend_kind kind;
     struct redis_url url;      /* parsed --result-backend URL (BACKEND_REDIS) */
+    struct db_config db;       /* the result database (BACKEND_DB): kind, url, path, where,
+                                  connect and busy timeouts; released by worker_config */
     int expires_s;             /* SETEX ttl; 0 = keep for ever (plain SET) */
     enum result_serializer serializer;
 };
@@ -74,6 +78,14 @@ void backend_init(struct backend *b, const struct backend_config *cfg, struct br
 /* The rpc:// backend over broker (rpc_backend.c). */
 void backend_rpc_ops_init(struct backend *b, const struct backend_config *cfg,
                           struct broker *broker);
+
+/* Celery's database backend (db_backend.c) over cfg->db. */
+void backend_db_ops_init(struct backend *b, const struct backend_config *cfg);
+/* Fills db from a db+postgresql://... or db+sqlite:///... URL with
+ * SQLAlchemy's meaning (db+sqlite:///rel.db relative, db+sqlite:////abs.db
+ * absolute); db's strings are owned (worker_config_release frees them). Returns 0
+ * or -EINVAL with a one-line, password-free reason in e. Master only. */
+int backend_db_parse_url(struct db_config *db, const char *url, struct err *e);
 
 /* What a result of a task that arrived in `arrived_in` is written in. */
 enum serializer backend_serializer(const struct backend *b, enum serializer arrived_in);

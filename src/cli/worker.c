@@ -99,7 +99,9 @@ static const char usage_text[] =
     "  -Q, --queues Q1,Q2          queues to consume (env CELERIAC_QUEUES; default: celery)\n"
     "  -b, --broker URL            redis://[:pass@]host:port/db (env CELERIAC_BROKER_URL;\n"
     "                              default: redis://localhost:6379/0)\n"
-    "      --result-backend URL    store results in this Redis (env CELERIAC_RESULT_BACKEND;\n"
+    "      --result-backend URL    store results: redis://..., rpc:// (amqp:// broker),\n"
+    "                              db+postgresql://... or db+sqlite:///path (Celery's\n"
+    "                              celery_taskmeta table) (env CELERIAC_RESULT_BACKEND;\n"
     "                              default: none, as Celery)\n"
     "      --db URL                postgresql://..., a libpq conninfo, sqlite:///abs/path or\n"
     "                              sqlite://rel/path (env CELERIAC_DB_URL; default: none)\n"
@@ -559,6 +561,14 @@ static int validate(struct worker_config *cfg, const char *db_url)
             return usage_error("bad result backend URL: rpc:// needs an amqp:// broker here; "
                                "with Redis or SQL use --result-backend redis://...");
         cfg->backend.kind = BACKEND_RPC;
+        cfg->backend.enabled = true;
+    } else if (cfg->backend_url && !strncasecmp(cfg->backend_url, "db+", 3)) {
+        if (backend_db_parse_url(&cfg->backend.db, cfg->backend_url, &e))
+            return usage_error("bad result backend URL: %s", e.msg);
+        /* the result connection waits as long as the tasks' one */
+        cfg->backend.db.connect_timeout_s = cfg->db.connect_timeout_s;
+        cfg->backend.db.busy_timeout_ms = cfg->db.busy_timeout_ms;
+        cfg->backend.kind = BACKEND_DB;
         cfg->backend.enabled = true;
     } else if (cfg->backend_url) {
         if (redis_url_parse(&cfg->backend.url, cfg->backend_url, &e))

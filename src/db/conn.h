@@ -103,4 +103,9 @@ sqlite3 *db_conn_sqlite(struct db_conn *c);
  * parser; returns 0 or -EINVAL with libpq's reason in e. */
 int db_pg_describe(const char *conninfo, char **where, struct err *e);
 
+/* True for a PostgreSQL SQLSTATE (NULL allowed) that means the session is
+ * gone even if the socket looks open: class 08, admin or crash shutdown,
+ * cannot connect now. The one list every PostgreSQL user here consults. */
+bool db_pg_sqlstate_is_loss(const char *state);
+
 #endif /* CELERIAC_DB_CONN_H */

@@ -148,7 +148,7 @@ static bool pg_is_lost(struct db_conn *c)
 
 /* SQLSTATEs that mean the session is gone even if the socket still looks open:
  * class 08 (connection exception), admin/crash shutdown, cannot connect now. */
-static bool sqlstate_is_loss(const char *state)
+bool db_pg_sqlstate_is_loss(const char *state)
 {
     if (!state)
         return false;
@@ -215,7 +215,7 @@ static int run_bounded(struct db_conn *c, const char *sql, int64_t timeout_ms, s
             snprintf(msg, sizeof(msg), "%s", PQresultErrorMessage(r));
             one_line(msg);
             bool lost = PQstatus(pg) == CONNECTION_BAD ||
-                        sqlstate_is_loss(PQresultErrorField(r, PG_DIAG_SQLSTATE));
+                        db_pg_sqlstate_is_loss(PQresultErrorField(r, PG_DIAG_SQLSTATE));
             rc = err_set(e, lost ? E_CONN_LOST : E_DB, "'%s' failed: %s", what, msg);
         }
         PQclear(r);

@@ -6,6 +6,7 @@
 #include "common.h"
 #include "db/conn.h"
 #include "db/driver.h"
+#include "util/time.h"
 
 #include <sqlite3.h>
 
@@ -18,6 +19,23 @@ static int exec_sql(struct db_conn *c, const char *sql, struct err *e)
             msg ? msg : sqlite3_errmsg(c->sqlite));
     sqlite3_free(msg);
     return E_DB;
+}
+
+/* Turning a new file to WAL takes a lock the busy handler does not wait for,
+ * so children opening one new file together would fail; they retry within
+ * the busy timeout instead. */
+static int set_wal(struct db_conn *c, struct err *e)
+{
+    int64_t deadline = time_mono_ms() + c->cfg->busy_timeout_ms;
+    const char *sql = "PRAGMA journal_mode=WAL";
+    int rc;
+    while ((rc = sqlite3_exec(c->sqlite, sql, NULL, NULL, NULL)) != SQLITE_OK &&
+           (rc & 0xff) == SQLITE_BUSY && time_mono_ms() < deadline)
+        time_sleep_ms(10, NULL);
+    if (rc == SQLITE_OK)
+        return 0;
+    return err_set(e, E_DB, "'%s' on '%s' failed: %s", sql, c->cfg->where,
+                   sqlite3_errmsg(c->sqlite));
 }
 
 static int sqlite_open(struct db_conn *c, struct err *e)
@@ -38,7 +56,7 @@ static int sqlite_open(struct db_conn *c, struct err *e)
      * NORMAL sync is durable across crashes of a process in WAL mode. The
      * journal_mode pragma also proves the file is a readable database. */
     struct err pe = {0};
-    if (exec_sql(c, "PRAGMA journal_mode=WAL", &pe) ||
+    if (set_wal(c, &pe) ||
         exec_sql(c, "PRAGMA synchronous=NORMAL", &pe)) {
         err_set(e, E_CONN_LOST, "open '%s' failed: %s", c->cfg->where, pe.msg);
         sqlite3_close(db);

@@ -26,27 +26,42 @@ static json_t *string_or_null(const char *s)
     return v ? v : json_null();
 }
 
+bool result_state_is_ready(const char *status)
+{
+    return !strcmp(status, "SUCCESS") || !strcmp(status, "FAILURE") || !strcmp(status, "REVOKED");
+}
+
+bool result_state_is_exception(const char *status)
+{
+    return !strcmp(status, "FAILURE") || !strcmp(status, "RETRY") || !strcmp(status, "REVOKED");
+}
+
+bool result_meta_traceback(struct buf *out, const struct result_meta *m)
+{
+    if (m->traceback) {
+        buf_adds(out, m->traceback);
+        return true;
+    }
+    if (strcmp(m->status, "FAILURE"))
+        return false;
+    /* Celery stores the formatted traceback with every failure; clients
+     * print it (AsyncResult.traceback), so it is never null. */
+    message_traceback(out, m->result, m->task_name, m->task_id);
+    return true;
+}
+
 /* The meta as an object whose keys are in the order Python writes them
  * (jansson keeps insertion order); date_done is naive UTC like Celery 5.2. */
 static json_t *result_meta_object(const struct result_meta *m)
 {
-    bool ready = !strcmp(m->status, "SUCCESS") || !strcmp(m->status, "FAILURE") ||
-                 !strcmp(m->status, "REVOKED");
+    bool ready = result_state_is_ready(m->status);
     json_t *o = json_object();
     json_object_set_new(o, "status", string_or_null(m->status));
     json_object_set(o, "result", m->result ? m->result : json_null());
-    if (m->traceback) {
-        json_object_set_new(o, "traceback", string_or_null(m->traceback));
-    } else if (!strcmp(m->status, "FAILURE")) {
-        /* Celery stores the formatted traceback with every failure; clients
-         * print it (AsyncResult.traceback), so it is never null. */
-        struct buf tb = BUF_INIT;
-        message_traceback(&tb, m->result, m->task_name, m->task_id);
-        json_object_set_new(o, "traceback", string_or_null(tb.data));
-        buf_release(&tb);
-    } else {
-        json_object_set_new(o, "traceback", json_null());
-    }
+    struct buf tb = BUF_INIT;
+    bool has_tb = result_meta_traceback(&tb, m);
+    json_object_set_new(o, "traceback", has_tb ? string_or_null(tb.data) : json_null());
+    buf_release(&tb);
     json_object_set_new(o, "children", m->children ? json_incref(m->children) : json_array());
     json_t *done = json_null();
     if (ready) {

@@ -39,6 +39,18 @@ struct result_meta {
     const char *correlation_id; /* rpc://: the reply's correlation id (NULL: the task id) */
 };
 
+/* Celery's READY_STATES (SUCCESS, FAILURE, REVOKED): the result is final and
+ * date_done is set. */
+bool result_state_is_ready(const char *status);
+/* Celery's EXCEPTION_STATES (FAILURE, RETRY, REVOKED): the result is an
+ * exception dict. */
+bool result_state_is_exception(const char *status);
+
+/* Appends the traceback Celery stores with m: m->traceback, or for a FAILURE
+ * without one, one made from the exception in m->result. False (nothing
+ * appended) when m has none. */
+bool result_meta_traceback(struct buf *out, const struct result_meta *m);
+
 /* Appends the meta Celery stores to out, in Python's key order, encoded with
  * s (msgpack output holds NUL bytes: use out->len). */
 void result_meta_encode(struct buf *out, const struct result_meta *m, enum serializer s);

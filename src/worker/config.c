@@ -39,6 +39,9 @@ void worker_config_release(struct worker_config *cfg)
     redis_url_release(&cfg->broker.url);
     amqp_url_release(&cfg->broker.amqp);
     redis_url_release(&cfg->backend.url);
+    free(cfg->backend.db.url);
+    free(cfg->backend.db.sqlite_path);
+    free(cfg->backend.db.where);
     for (size_t i = 0; i < cfg->broker.n_queues; i++)
         free(cfg->broker.queues[i]);
     free(cfg->broker.queues);

@@ -55,6 +55,27 @@ int celeriac_send(struct celeriac_client *client, const char *name, const char *
 int celeriac_wait(struct celeriac_client *client, const char *task_id, double timeout,
                   char **meta_json, char *err, size_t errlen);
 
+/* ---- the transactional outbox ---------------------------------------------
+ * With kombu's SQL transport as the broker (sqla+postgresql://,
+ * sqla+sqlite:///), a task can be enqueued inside the application's own
+ * transaction: the message is inserted into kombu's tables through the
+ * application's connection and not committed here, so it exists exactly
+ * when the transaction that wrote the application's data commits (and a
+ * rollback takes it back). On PostgreSQL the worker is woken at the commit.
+ * The tables must exist already (any worker or Python app on that database
+ * creates them). Same arguments and results as celeriac_send, with
+ * options->subscribe ignored. From Python or SQL on PostgreSQL:
+ * SELECT celeriac_enqueue('queue', 'task.name', '[args]', '{kwargs}'). */
+typedef struct pg_conn PGconn;
+typedef struct sqlite3 sqlite3;
+
+int celeriac_send_pg(PGconn *conn, const char *name, const char *args_json,
+                     const char *kwargs_json, const struct celeriac_send_options *options,
+                     char id_out[37], char *err, size_t errlen);
+int celeriac_send_sqlite(sqlite3 *db, const char *name, const char *args_json,
+                         const char *kwargs_json, const struct celeriac_send_options *options,
+                         char id_out[37], char *err, size_t errlen);
+
 #ifdef __cplusplus
 }
 #endif

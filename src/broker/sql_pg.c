@@ -15,6 +15,36 @@
 #include <libpq-fe.h>
 #include <poll.h>
 
+/* The outbox for any language (celeriac_client.h): SELECT
+ * celeriac_enqueue('celery', 'tasks.add', '[2, 3]', '{}') inserts the
+ * protocol-2 message Celery's client would send, in the caller's
+ * transaction, and returns the task id. */
+#define ENQUEUE_SQL                                                                           \
+    "CREATE OR REPLACE FUNCTION celeriac_enqueue(queue text, task text, args json DEFAULT"    \
+    " '[]', kwargs json DEFAULT '{}') RETURNS uuid LANGUAGE plpgsql AS $f$"                  \
+    "DECLARE task_id uuid := gen_random_uuid(); q integer; body text;"                       \
+    "BEGIN"                                                                                   \
+    " INSERT INTO kombu_queue (id, name) VALUES (nextval('queue_id_sequence'), queue)"        \
+    "  ON CONFLICT (name) DO NOTHING;"                                                        \
+    " SELECT kombu_queue.id INTO q FROM kombu_queue WHERE kombu_queue.name = queue;"          \
+    " body := json_build_array(args, kwargs, json_build_object('callbacks', NULL,"            \
+    "  'errbacks', NULL, 'chain', NULL, 'chord', NULL))::text;"                               \
+    " INSERT INTO kombu_message (id, visible, timestamp, payload, version, queue_id)"          \
+    "  VALUES (nextval('message_id_sequence'), true, NULL, json_build_object("                \
+    "  'body', translate(encode(convert_to(body, 'UTF8'), 'base64'), E'\\n', ''),"             \
+    "  'content-encoding', 'utf-8', 'content-type', 'application/json',"                      \
+    "  'headers', json_build_object('lang', 'sql', 'task', task, 'id', task_id,"              \
+    "   'shadow', NULL, 'eta', NULL, 'expires', NULL, 'group', NULL, 'group_index', NULL,"    \
+    "   'retries', 0, 'timelimit', json_build_array(NULL, NULL), 'root_id', task_id,"         \
+    "   'parent_id', NULL, 'argsrepr', args::text, 'kwargsrepr', kwargs::text,"               \
+    "   'origin', 'celeriac_enqueue@' || current_database(), 'ignore_result', false),"        \
+    "  'properties', json_build_object('correlation_id', task_id, 'reply_to', '',"            \
+    "   'delivery_mode', 2, 'delivery_info', json_build_object('exchange', '',"               \
+    "   'routing_key', queue), 'priority', 0, 'body_encoding', 'base64',"                     \
+    "   'delivery_tag', gen_random_uuid()))::text, 1, q);"                                    \
+    " RETURN task_id;"                                                                        \
+    "END$f$;"
+
 /* The DDL SQLAlchemy emits for kombu's models on PostgreSQL (ids come from
  * sequences the inserter calls, no server default), each statement made
  * idempotent; then what celeriac adds: an index of ready rows in claim order,
@@ -39,6 +69,7 @@ static const char schema_sql[] =
     " ON kombu_message (queue_id, timestamp, id) WHERE visible;"
     "CREATE OR REPLACE FUNCTION celeriac_kombu_notify() RETURNS trigger LANGUAGE plpgsql AS"
     " $$BEGIN PERFORM pg_notify('celeriac_q' || NEW.queue_id, ''); RETURN NULL; END$$;"
+    ENQUEUE_SQL
     "DO $$BEGIN"
     " IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'celeriac_kombu_notify'"
     "   AND tgrelid = 'kombu_message'::regclass) THEN"
@@ -55,6 +86,7 @@ static const char schema_check_sql[] =
     "          FROM information_schema.columns WHERE table_name = 'kombu_message'"
     "          AND table_schema = current_schema()),"
     "       to_regclass('celeriac_kombu_message_ready') IS NOT NULL"
+    "       AND to_regprocedure('celeriac_enqueue(text,text,json,json)') IS NOT NULL"
     "       AND EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'celeriac_kombu_notify')";
 
 #define KOMBU_COLUMNS "id,payload,queue_id,timestamp,version,visible"
@@ -74,7 +106,7 @@ int sql_store_failed(struct sql_store *s, const char *what, const char *reason, 
     size_t n = strlen(msg);
     while (n && msg[n - 1] == ' ')
         msg[--n] = '\0';
-    if (db_conn_check_lost(s->conn))
+    if (!s->borrowed && db_conn_check_lost(s->conn))
         return err_set(e, E_CONN_LOST, "broker database '%s': %s: %s", s->conn->cfg->where, what,
                        msg);
     return err_set(e, E_PROTOCOL, "broker database '%s': %s: %s", s->conn->cfg->where, what, msg);

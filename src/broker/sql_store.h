@@ -105,6 +105,8 @@ struct sql_store {
     const struct sql_store_ops *ops;
     struct db_conn *conn;        /* the connection the statements run on */
     void *impl;                  /* the dialect's state, or NULL */
+    bool borrowed;               /* the application's handle (the outbox): a failure
+                                    never closes it */
 };
 
 /* The statements of the database c is open on. */

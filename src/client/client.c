@@ -7,6 +7,7 @@
 #include "common.h"
 #include "celeriac.h"
 #include "celeriac_client.h"
+#include "client/client_internal.h"
 #include "broker/amqp.h"
 #include "protocol/message.h"
 #include "protocol/pyjson.h"
@@ -110,13 +111,10 @@ static int subscribe(struct celeriac_client *c, const char *id, struct err *e)
     return 0;
 }
 
-API int celeriac_send(struct celeriac_client *c, const char *name, const char *args_json,
-                      const char *kwargs_json, const struct celeriac_send_options *o,
-                      char id_out[37], char *err, size_t errlen)
+int client_task_envelope(struct buf *env, const char *name, const char *args_json,
+                         const char *kwargs_json, const struct celeriac_send_options *o,
+                         char id[37], char *err, size_t errlen)
 {
-    static const struct celeriac_send_options none;
-    if (!o)
-        o = &none;
     json_t *args = args_json ? parse_json(args_json, true, err, errlen) : json_array();
     json_t *kwargs = kwargs_json ? parse_json(kwargs_json, false, err, errlen) : json_object();
     if (!args || !kwargs) {
@@ -133,17 +131,30 @@ API int celeriac_send(struct celeriac_client *c, const char *name, const char *a
         .time_limit = o->time_limit, .soft_time_limit = o->soft_time_limit,
         .ignore_result = o->ignore_result,
     };
-    struct buf env = BUF_INIT, list = BUF_INIT, member = BUF_INIT;
-    char id[37];
     if (!o->task_id) {
         /* The id must be known before publishing to subscribe first. */
-        message_encode_task(&env, &t, id);
+        message_encode_task(env, &t, id);
     } else {
-        snprintf(id, sizeof(id), "%s", o->task_id);
-        message_encode_task(&env, &t, NULL);
+        snprintf(id, 37, "%s", o->task_id);
+        message_encode_task(env, &t, NULL);
     }
     json_decref(args);
     json_decref(kwargs);
+    return 0;
+}
+
+API int celeriac_send(struct celeriac_client *c, const char *name, const char *args_json,
+                      const char *kwargs_json, const struct celeriac_send_options *o,
+                      char id_out[37], char *err, size_t errlen)
+{
+    static const struct celeriac_send_options none;
+    if (!o)
+        o = &none;
+    struct buf env = BUF_INIT, list = BUF_INIT, member = BUF_INIT;
+    char id[37];
+    if (client_task_envelope(&env, name, args_json, kwargs_json, o, id, err, errlen))
+        return -1;
+    struct task_send t = {.priority = o->priority < 0 ? 0 : o->priority > 9 ? 9 : o->priority};
     struct err e = {0};
     int rc = 0;
     if (o->subscribe && c->has_backend && subscribe(c, id, &e))

@@ -113,8 +113,8 @@ say "SQLite database $db seeded with $books books"
 # A private redis-server for `demo.sh redis`. The port is free when chosen but
 # could be taken before redis binds it: retry.
 start_redis() {
-    local attempt
-    for attempt in 1 2 3; do
+    local tries=3
+    while ((tries-- > 0)); do
         port=$(free_port)
         redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
             --daemonize no --pidfile "$tmp/redis.pid" --dir "$tmp" \

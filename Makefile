@@ -30,7 +30,7 @@ UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 # The binary exports only the task-library API (celeriac_*) to dlopen()ed libraries.
 EXPORTS  := -Wl,--export-dynamic-symbol=celeriac_*
 
-.PHONY: all deps test unit unit-bins demo clean fuzz bench bench-idle chaos format
+.PHONY: all deps test unit unit-bins demo demo-redis clean fuzz bench bench-idle chaos format
 all: $(BUILD)/celeriac $(BUILD)/examples/libbooks.so
 
 $(BUILD)/%.o: %.c
@@ -71,9 +71,15 @@ test: deps
 	@$(MAKE) --no-print-directory all unit-bins
 	@BUILD=$(BUILD) tests/run-all.sh
 
+# The demo with no server (broker, results and books in SQLite files), and the
+# same demo on a private redis-server.
 demo: deps
 	@$(MAKE) --no-print-directory all
-	@BUILD=$(BUILD) scripts/demo.sh
+	@BUILD=$(BUILD) scripts/demo.sh sqlite
+
+demo-redis: deps
+	@$(MAKE) --no-print-directory all
+	@BUILD=$(BUILD) scripts/demo.sh redis
 
 # The benchmark of issues 5 and 11: celeriac beside Python Celery and a bare C
 # floor on Redis, and beside Python Celery on RabbitMQ.

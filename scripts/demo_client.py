@@ -1,24 +1,31 @@
 #!/usr/bin/python3
 # SPDX-License-Identifier: MIT
-# demo_client.py: the Python Celery side of `make demo` (scripts/demo.sh): enqueue
-# books.get_book_info tasks, watch them run, check the results as Python reads
-# them, and report the worker's per-child facts from /proc. Not a test suite:
-# it prints what it sees and exits non-zero with one line when something is wrong.
+# demo_client.py: the Python Celery side of `make demo` and `make demo-redis`
+# (scripts/demo.sh): enqueue books.get_book_info tasks, watch them run, check the
+# results as Python reads them, and report the worker's per-child facts from
+# /proc. Not a test suite: it prints what it sees and exits non-zero with one
+# line when something is wrong. Brokers: kombu's SQL transport in an SQLite file
+# (sqla+sqlite:////abs/path.db) with Celery's database backend
+# (db+sqlite:////abs/path.db), or Redis for both.
 #
 #   demo_client.py enqueue BROKER_URL N BOOKS IDFILE
 #   demo_client.py watch   BROKER_URL BACKEND_URL N WORKER_PID STARTED_EPOCH [STALL_SECONDS]
 #   demo_client.py check   BROKER_URL BACKEND_URL IDFILE SAMPLE
-#   demo_client.py facts   WORKER_PID DBPATH LOGFILE
+#   demo_client.py facts   WORKER_PID DBPATH LOGFILE [OTHER_DBPATH...]
 #   demo_client.py children WORKER_PID
 import datetime
 import json
 import os
+import pickle
 import random
+import sqlite3
 import sys
 import time
 
 QUEUE = "celery"
 META_PREFIX = "celery-task-meta-"
+SQLA_SQLITE = "sqla+sqlite:///"
+DB_SQLITE = "db+sqlite:///"
 
 
 def die(msg):
@@ -36,11 +43,47 @@ def celery_app(broker, backend=None):
     return app
 
 
+def sqlite_path(url):
+    """The file of a sqla+sqlite:/// or db+sqlite:/// URL, None for any other."""
+    for prefix in (SQLA_SQLITE, DB_SQLITE):
+        if url.startswith(prefix):
+            return url[len(prefix):]
+    return None
+
+
+def sqlite_count(path, sql):
+    """One count from an SQLite file; 0 while the file or the table does not
+    exist yet (the worker creates celery_taskmeta when a child starts)."""
+    if not os.path.exists(path):
+        return 0
+    db = sqlite3.connect(path, timeout=5)
+    try:
+        return db.execute(sql).fetchone()[0]
+    except sqlite3.OperationalError as e:
+        if "no such table" in str(e):
+            return 0
+        raise
+    finally:
+        db.close()
+
+
+READY_SQL = ("SELECT count(*) FROM kombu_message m JOIN kombu_queue q ON q.id = m.queue_id"
+             f" WHERE q.name = '{QUEUE}' AND m.visible")
+
+
 def enqueue(broker, n, books, idfile):
-    """send_task N tasks (book ids cycling 1..BOOKS); writes 'task_id book_id' lines."""
+    """send_task N tasks (book ids cycling 1..BOOKS); writes 'task_id book_id' lines.
+
+    On kombu's SQL transport each send is one INSERT and one commit, and kombu
+    swallows a failed commit (e.g. "database is locked" past the 5 s busy
+    timeout): the ready rows are counted afterwards, so a lost send is an
+    error here, not a task that silently never runs."""
     app = celery_app(broker)
+    db = sqlite_path(broker)
+    before = sqlite_count(db, READY_SQL) if db else 0
     lines = []
-    start = time.monotonic()
+    tty = sys.stderr.isatty()
+    start = last_draw = time.monotonic()
     # One producer for all sends: send_task would otherwise take a connection
     # from the pool and declare the queue on every call.
     with app.producer_or_acquire() as producer:
@@ -48,11 +91,25 @@ def enqueue(broker, n, books, idfile):
             book_id = i % books + 1
             res = app.send_task("books.get_book_info", args=[book_id], producer=producer)
             lines.append(f"{res.id} {book_id}\n")
+            now = time.monotonic()
+            if tty and now - last_draw >= 0.5:
+                print(f"\r  enqueued {i + 1:6d}/{n}   {(i + 1) / (now - start):5.0f}/s",
+                      end="", file=sys.stderr, flush=True)
+                last_draw = now
     elapsed = time.monotonic() - start
+    if tty and elapsed >= 0.5:
+        print("\r\033[K", end="", file=sys.stderr, flush=True)
     with open(idfile, "w") as f:
         f.writelines(lines)
+    if db:
+        stored = sqlite_count(db, READY_SQL) - before
+        if stored != n:
+            die(f"sent {n} tasks but {stored} rows were stored in kombu_message: "
+                "kombu's publisher drops a send whose commit fails")
+    how = (f"one row each in {os.path.basename(db)} (kombu's SQL transport), counted"
+           if db else "")
     print(f"enqueued {n} books.get_book_info tasks with Celery's send_task "
-          f"in {elapsed:.2f} s ({n / elapsed:.0f}/s)")
+          f"in {elapsed:.2f} s ({n / elapsed:.0f}/s){', ' + how if how else ''}")
 
 
 def redis_client(url):
@@ -70,6 +127,18 @@ def proc_state(pid):
         return None
 
 
+def counters(broker, backend):
+    """Two functions: the number of ready messages, the number of stored results."""
+    b, r = sqlite_path(broker), sqlite_path(backend)
+    if b and r:
+        return (lambda: sqlite_count(b, READY_SQL),
+                lambda: sqlite_count(r, "SELECT count(*) FROM celery_taskmeta"))
+    b, r = redis_client(broker), redis_client(backend)
+    # The result database is private to the demo: every key in it is a
+    # celery-task-meta-* key, so DBSIZE counts results in O(1).
+    return (lambda: b.llen(QUEUE), r.dbsize)
+
+
 def watch(broker, backend, n, worker_pid, started, stall):
     """Polls queue length and result count until all N results exist.
 
@@ -77,18 +146,14 @@ def watch(broker, backend, n, worker_pid, started, stall):
     every 0.5 s. Prints 'RESULT elapsed' on stdout's last line: seconds since
     `started` (the Unix time the worker was launched at).
     """
-    b = redis_client(broker)
-    r = redis_client(backend)
+    queued_now, done_now = counters(broker, backend)
     tty = sys.stderr.isatty()
     # Wall clock, not monotonic: the start was taken by the shell before this
     # interpreter existed.
     start = started
     last_change, last_done, last_draw = start, -1, 0.0
     while True:
-        # The result database is private to the demo: every key in it is a
-        # celery-task-meta-* key, so DBSIZE counts results in O(1).
-        queued = b.llen(QUEUE)
-        done = r.dbsize()
+        queued, done = queued_now(), done_now()
         now = time.time()
         if done != last_done:
             last_change, last_done = now, done
@@ -118,18 +183,36 @@ def watch(broker, backend, n, worker_pid, started, stall):
     print(f"RESULT {elapsed:.3f}")
 
 
+def stored_results(backend, ids):
+    """The stored result of each id as a dict (status, result, date_done), or
+    None: read from celery_taskmeta in one query (the result column is a
+    pickle, as Celery's PickleType writes it), or from Redis in one pipeline."""
+    path = sqlite_path(backend)
+    if path:
+        db = sqlite3.connect(path, timeout=5)
+        try:
+            rows = db.execute("SELECT task_id, status, result, date_done FROM celery_taskmeta")
+            # Our own worker wrote these pickles into our own temp dir.
+            metas = {tid: {"status": status, "date_done": date_done,
+                           "result": pickle.loads(blob) if blob is not None else None}
+                     for tid, status, blob, date_done in rows}
+        finally:
+            db.close()
+        return [metas.get(tid) for tid in ids]
+    r = redis_client(backend)
+    pipe = r.pipeline(transaction=False)
+    for tid in ids:
+        pipe.get(META_PREFIX + tid)
+    return [json.loads(raw) if raw else None for raw in pipe.execute()]
+
+
 def check(broker, backend, idfile, sample):
     """Every stored result is SUCCESS with the right title; a sample is read
     back through Celery's own AsyncResult.get()."""
     with open(idfile) as f:
         tasks = [(tid, int(book)) for tid, book in (line.split() for line in f)]
-    r = redis_client(backend)
     bad, done = [], []
-    pipe = r.pipeline(transaction=False)
-    for tid, _ in tasks:
-        pipe.get(META_PREFIX + tid)
-    for (tid, book), raw in zip(tasks, pipe.execute()):
-        meta = json.loads(raw) if raw else None
+    for (tid, book), meta in zip(tasks, stored_results(backend, [tid for tid, _ in tasks])):
         if not meta or meta.get("status") != "SUCCESS" or meta.get("result") != f"Book {book}":
             bad.append((tid, book, meta))
         elif meta.get("date_done"):
@@ -206,9 +289,11 @@ def db_fds(pid, dbpath):
     return sorted(fds)
 
 
-def facts(worker_pid, dbpath, logfile):
+def facts(worker_pid, dbpath, logfile, others=()):
     """One SQLite connection per child, none in the master, each opened by the
-    child itself (its pid on the worker's 'connected' log line)."""
+    child itself (its pid on the worker's 'connected' log line). others: the
+    broker's and the result backend's SQLite files, on which each child holds
+    one handle too and the master none."""
     kids = children_of(worker_pid)
     if not kids:
         die(f"the worker (pid {worker_pid}) has no child processes")
@@ -218,16 +303,27 @@ def facts(worker_pid, dbpath, logfile):
     # ...)" once it is connected (src/worker/child.c).
     connect_lines = [l for l in log if "database connection to" in l and "opened by pid" in l]
     problems = []
+
+    def on_others(pid, want):
+        counts = []
+        for path in others:
+            n = len(db_fds(pid, path))
+            counts.append(f"{n} on {os.path.basename(path)}")
+            if n != want:
+                problems.append(f"pid {pid} has {n} handles on {os.path.basename(path)}, "
+                                f"want {want}")
+        return f" ({', '.join(counts)})" if counts else ""
+
     master_fds = db_fds(worker_pid, dbpath)
-    print(f"master pid {worker_pid}: {len(master_fds)} handle(s) on {os.path.basename(dbpath)}, "
-          f"RSS {status_field(worker_pid, 'VmRSS')}")
+    print(f"master pid {worker_pid}: {len(master_fds)} handle(s) on {os.path.basename(dbpath)}"
+          f"{on_others(worker_pid, 0)}, RSS {status_field(worker_pid, 'VmRSS')}")
     if master_fds:
         problems.append(f"the master holds the database open (fds {master_fds})")
     for pid in kids:
         fds = db_fds(pid, dbpath)
         mine = [l for l in connect_lines if f"opened by pid {pid} " in l]
-        print(f"child  pid {pid}: {len(fds)} handle(s) on {os.path.basename(dbpath)}, "
-              f"RSS {status_field(pid, 'VmRSS')}, "
+        print(f"child  pid {pid}: {len(fds)} handle(s) on {os.path.basename(dbpath)}"
+              f"{on_others(pid, 1)}, RSS {status_field(pid, 'VmRSS')}, "
               f"{len(mine)} connect log line(s)")
         for l in mine[:2]:
             print(f"    log: {l.strip()}")
@@ -243,7 +339,8 @@ def facts(worker_pid, dbpath, logfile):
             problems.append(f"the control process {pid} holds the database open")
     if problems:
         die("; ".join(problems))
-    print(f"{len(kids)} children, one database connection each, each opened by the child "
+    also = " (and one each on the broker's and the results' files)" if others else ""
+    print(f"{len(kids)} children, one database connection each{also}, each opened by the child "
           f"after fork (the master holds none)")
 
 
@@ -260,8 +357,8 @@ def main(argv):
         check(args[0], args[1], args[2], int(args[3]))
     elif cmd == "children" and len(args) == 1:
         print(" ".join(str(pid) for pid in children_of(int(args[0]))))
-    elif cmd == "facts" and len(args) == 3:
-        facts(int(args[0]), args[1], args[2])
+    elif cmd == "facts" and len(args) >= 3:
+        facts(int(args[0]), args[1], args[2], args[3:])
     else:
         die(f"bad arguments for {cmd}: {args}")
 

@@ -22,7 +22,9 @@ back then) and deletes what the run declared, so the next run starts clean.
 On kombu's SQL transport (sqla+postgresql://, one broker database per run)
 `left` counts the rows of kombu_message by kind: ready, claimed by celeriac
 (a negative version), and claimed by kombu (a positive version: kombu never
-deletes a row its consumer acked), and lists the queues in kombu_queue.
+deletes a row its consumer acked), and lists the queues in kombu_queue; the
+link callback and the chain step are read (and deleted) from the rows of
+diff.held at the end of `run`.
 """
 import json
 import os
@@ -106,16 +108,17 @@ CASES = [
     ("cv_link_chord", None, None, None, {"_canvas": "link_chord"}),
     ("cv_chord_nested_group", None, None, None, {"_canvas": "chord_nested_group"}),
     ("cv_link_chord_nested", None, None, None, {"_canvas": "link_chord_nested"}),
-    # RabbitMQ only: what a worker publishes, read off queues no worker
-    # consumes (see the module doc). A link callback with priority and
+    # RabbitMQ (and, but for the exchange case, kombu's SQL transport): what
+    # a worker publishes, read off queues no worker consumes (see the module
+    # doc). A link callback with priority and
     # expires to a queue that does not exist yet (the publisher declares it);
     # a chain step; a task sent through exchange diff.x that retries once
     # (back through diff.x with its routing key and priority, as Celery's
     # Task.signature_from_request does).
     ("amqp_link_held", "tasks.add", [3, 4], None,
-     {"_only": "amqp", "_link": [("tasks.echo", "0d4c6f1e-0000-4000-8000-0000000000b1",
+     {"_only": ("amqp", "sql"), "_link": [("tasks.echo", "0d4c6f1e-0000-4000-8000-0000000000b1",
                                   {"queue": "diff.held", "priority": 2, "expires": 600})]}),
-    ("amqp_chain_held", None, None, None, {"_only": "amqp", "_chain_held": True}),
+    ("amqp_chain_held", None, None, None, {"_only": ("amqp", "sql"), "_chain_held": True}),
     ("amqp_retry_exchange", "tasks.flaky", [1], None,
      {"_only": "amqp", "exchange": "diff.x", "routing_key": "diff.rk", "priority": 3}),
 ]
@@ -125,8 +128,14 @@ CASES = [
 # None on AMQP: no case here needs remote control or events, and the one
 # Redis-only check (the queue, unacked hash and index left behind) has an
 # AMQP form (`left`).
-SKIPS = {}
-ONLY_WHY = {"amqp": "reads AMQP exchanges, queues and message properties"}
+# On kombu's SQL transport the held cases read the rows published to
+# diff.held instead.
+SKIPS = {"amqp_retry_exchange": ("sql", "kombu's SQL transport keeps exchanges and bindings in "
+                                        "each process's memory: a task sent through exchange "
+                                        "diff.x reaches no table another process reads")}
+ONLY_WHY = {"amqp": "reads AMQP exchanges, queues and message properties",
+            ("amqp", "sql"): "reads the messages a worker published to a queue no worker "
+                             "consumes (on RabbitMQ, or in kombu's SQL tables)"}
 
 CHAIN_FIRST_ID = "0d4c6f1e-0000-4000-8000-0000000000b2"
 CHAIN_HELD_ID = "0d4c6f1e-0000-4000-8000-0000000000b3"
@@ -205,11 +214,15 @@ def broker_kind(url):
 
 def skipped(name, opts, kind):
     """Why case name does not run on broker kind, or None."""
-    only = opts.get("_only")
-    if only and only != kind:
-        return "%s only: %s" % (only, ONLY_WHY[only])
     on, why = SKIPS.get(name, (None, None))
-    return why if on == kind else None
+    if on == kind:
+        return why
+    only = opts.get("_only")
+    if isinstance(only, str) and only != kind:
+        return "%s only: %s" % (only, ONLY_WHY[only])
+    if isinstance(only, tuple) and kind not in only:
+        return "%s only: %s" % (" and ".join(only), ONLY_WHY[only])
+    return None
 
 
 # ---- RabbitMQ: what the workers publish, read where no worker consumes ----
@@ -284,6 +297,43 @@ def amqp_published(conn, ids):
         out[q] = sorted(msgs, key=strict)
     ch.close()
     return out
+
+
+def sql_published(ids):
+    """kombu's SQL transport: the rows published to diff.held as records
+    like amqp_record's (deleted once read, as basic_get consumes)."""
+    import base64
+    import sqlalchemy
+    engine = sqlalchemy.create_engine(broker_url().split("+", 1)[1])
+    msgs = []
+    with engine.begin() as db:
+        rows = db.execute(sqlalchemy.text(
+            "DELETE FROM kombu_message WHERE queue_id ="
+            " (SELECT id FROM kombu_queue WHERE name = :q) RETURNING payload"), {"q": HELD})
+        for (payload,) in rows:
+            env = json.loads(payload)
+            props = dict(env.get("properties") or {})
+            info = props.pop("delivery_info", None) or {}
+            props.pop("delivery_tag", None)  # a fresh uuid each message
+            if "expiration" in props:  # ms left when published: to the second
+                props["expiration"] = "%ds" % round(int(props["expiration"]) / 1000)
+            props["content_type"] = env.get("content-type")
+            props["content_encoding"] = env.get("content-encoding")
+            headers = env.get("headers") or {}
+            if isinstance(headers.get("origin"), str) and "@" in headers["origin"]:
+                headers["origin"] = "<origin>"
+            body = env.get("body")
+            if props.get("body_encoding") == "base64":
+                body = base64.b64decode(body)
+            try:
+                body = json.loads(body)
+            except (TypeError, ValueError):
+                body = repr(body)
+            msgs.append(labeled({"exchange": info.get("exchange"),
+                                 "routing_key": info.get("routing_key"),
+                                 "properties": props, "headers": headers, "body": body}, ids))
+    engine.dispose()
+    return {HELD: sorted(msgs, key=strict)}
 
 
 def sql_left():
@@ -406,7 +456,8 @@ def cmd_run(out_path):
             out["_published"] = amqp_published(conn, ids)
         # _broker_left: `left`, once the worker has stopped
     elif kind == "sql":
-        pass  # _broker_left: `left`, once the worker has stopped
+        out["_published"] = sql_published(ids)
+        # _broker_left: `left`, once the worker has stopped
     else:
         out["_broker_left"] = [rds.llen("celery"), rds.hlen("unacked"), rds.zcard("unacked_index")]
     with open(out_path, "w") as f:
@@ -571,8 +622,8 @@ def cmd_compare(py_path, c_path):
             "no result" if q.get("client") is None else "value")
         tap.check("%s: celeriac matches the Python worker (%s)" % (name, summary), not problems,
                   *problems)
-    if kind == "amqp":
-        compare_published(py.get("_published") or {}, c.get("_published") or {})
+    if kind in ("amqp", "sql"):
+        compare_published(py.get("_published") or {}, c.get("_published") or {}, kind)
     return 0
 
 
@@ -612,10 +663,13 @@ def known_difference(part, key, pv, cv):
     return None
 
 
-def compare_published(pp, cp):
-    """The messages each worker published to diff.held and diff.tap."""
-    for q, what in ((HELD, "a link callback (priority 2, expires 600) and a chain step"),
-                    (TAP, "a task sent through diff.x and its retry")):
+def compare_published(pp, cp, kind):
+    """The messages each worker published to diff.held and diff.tap (on
+    AMQP; diff.held alone on kombu's SQL transport)."""
+    queues = [(HELD, "a link callback (priority 2, expires 600) and a chain step")]
+    if kind == "amqp":
+        queues.append((TAP, "a task sent through diff.x and its retry"))
+    for q, what in queues:
         pm, cm = pp.get(q), cp.get(q)
         tap.check("reference published %s to %s" % (what, q),
                   isinstance(pm, list) and len(pm) == 2, pm)

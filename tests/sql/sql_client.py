@@ -5,6 +5,9 @@ broker_url='sqla+...' sends them; results are read from the result backend.
 
     sql_client.py send NAME [--args JSON] [--each JSON_LIST] [--countdown S]
                         [--queue Q]                       -> one task id a line
+    sql_client.py chain --each JSON_LIST --queues Q1,Q2   -> tasks.add(a, b) on Q1, then
+                                                             tasks.add(c) on Q2, for each
+                                                             [a, b, c]: the last step's id
     sql_client.py wait ID... [--timeout S]                -> one JSON line a task:
                                                              {id, state, result}
     sql_client.py kombu-tables                            -> kombu creates its tables
@@ -44,6 +47,15 @@ def cmd_send(app, a):
         for args in calls:
             r = app.send_task(a.name, args=args, producer=producer, **opts)
             print(r.id, flush=True)
+
+
+def cmd_chain(app, a):
+    from celery import chain
+    q1, q2 = a.queues.split(",")
+    for x, y, z in json.loads(a.each):
+        r = chain(app.signature("tasks.add", (x, y)).set(queue=q1),
+                  app.signature("tasks.add", (z,)).set(queue=q2)).apply_async()
+        print(r.id, flush=True)
 
 
 def cmd_wait(app, a):
@@ -92,6 +104,9 @@ def main():
     s.add_argument("--count", type=int, default=1)
     s.add_argument("--countdown", type=float)
     s.add_argument("--queue")
+    c = sub.add_parser("chain")
+    c.add_argument("--each", required=True)
+    c.add_argument("--queues", required=True)
     w = sub.add_parser("wait")
     w.add_argument("ids", nargs="+")
     w.add_argument("--timeout", type=float, default=30)
@@ -102,7 +117,7 @@ def main():
     lat.add_argument("--count", type=int, default=10)
     a = p.parse_args()
     app = make_app()
-    {"send": cmd_send, "wait": cmd_wait, "kombu-tables": cmd_kombu_tables,
+    {"send": cmd_send, "chain": cmd_chain, "wait": cmd_wait, "kombu-tables": cmd_kombu_tables,
      "latency": cmd_latency}[a.cmd](app, a)
 
 

@@ -8,7 +8,9 @@ psycopg2 connection, worker_process_shutdown closes it).
 Run: python3 -m celery -A pyworker worker -P prefork -c 2 (from this directory)
 Environment: BROKER_URL, RESULT_URL, PG_URL; TASK_SERIALIZER,
 RESULT_SERIALIZER (default json) and ACCEPT_CONTENT (comma-separated, default
-json) for the msgpack differential (test_differential_msgpack.sh).
+json) for the msgpack differential (test_differential_msgpack.sh);
+SQL_POLLING_INTERVAL, seconds between kombu's polls of an empty SQL table
+(sqla+...: default 1) for the SQL differential (test_differential_sql.sh).
 """
 import os
 import time
@@ -26,6 +28,11 @@ app.conf.update(
     worker_prefetch_multiplier=1,
     broker_connection_retry_on_startup=True,
 )
+if os.environ.get("SQL_POLLING_INTERVAL"):
+    # kombu's SQL transport hands every transport option to create_engine(),
+    # so the interval is set on the transport class itself.
+    from kombu.transport import sqlalchemy as kombu_sqla
+    kombu_sqla.Transport.polling_interval = float(os.environ["SQL_POLLING_INTERVAL"])
 
 _conn = None
 INT64_MAX = 2 ** 63 - 1

@@ -10,7 +10,7 @@
 #include "broker/broker.h"
 #include "broker/bus.h"
 #include "broker/redis.h"
-#include "util/base64.h"
+#include "protocol/message.h"
 #include "util/buf.h"
 #include "util/redis_link.h"
 #include "util/uuid.h"
@@ -28,28 +28,6 @@ struct redis_bus {
 static struct redis_bus *impl(const struct bus *b)
 {
     return b->impl;
-}
-
-/* A kombu message envelope around body_json, as kombu's Redis channel
- * writes one (delivery_mode 1: control replies and events are transient). */
-static void envelope_encode(struct buf *out, const char *body_json, json_t *headers,
-                            const char *exchange, const char *routing_key)
-{
-    char tag[UUID_STR_LEN];
-    uuid_generate(tag);
-    struct buf b64 = BUF_INIT;
-    base64_encode(&b64, body_json, strlen(body_json));
-    json_t *env = json_pack("{s:s, s:s, s:s, s:O, s:{s:i, s:{s:s, s:s}, s:i, s:s, s:s}}", "body",
-                            b64.data, "content-encoding", "utf-8", "content-type",
-                            "application/json", "headers", headers ? headers : json_object(),
-                            "properties", "delivery_mode", 1, "delivery_info", "exchange",
-                            exchange, "routing_key", routing_key, "priority", 0,
-                            "body_encoding", "base64", "delivery_tag", tag);
-    buf_release(&b64);
-    char *text = json_dumps(env, JSON_COMPACT);
-    buf_adds(out, text);
-    free(text);
-    json_decref(env);
 }
 
 static int rb_open(struct bus *b, struct err *e)
@@ -128,7 +106,7 @@ static int rb_reply(struct bus *b, const char *exchange, const char *routing_key
     if (!r)
         return E_CONN_LOST;
     struct buf env = BUF_INIT;
-    envelope_encode(&env, body, headers, exchange, routing_key);
+    message_envelope_encode(&env, body, strlen(body), NULL, headers, exchange, routing_key, NULL);
     int rc = 0;
     size_t rklen = strlen(routing_key);
     for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
@@ -154,7 +132,7 @@ static int rb_event(struct bus *b, const char *routing_key, const char *body, js
 {
     struct redis_bus *t = impl(b);
     struct buf env = BUF_INIT, channel = BUF_INIT;
-    envelope_encode(&env, body, headers, "celeryev", routing_key);
+    message_envelope_encode(&env, body, strlen(body), NULL, headers, "celeryev", routing_key, NULL);
     buf_addf(&channel, "/%d.celeryev/%s", t->cfg->url.db, routing_key);
     const char *argv[] = {"PUBLISH", channel.data, env.data};
     size_t lens[] = {7, channel.len, env.len};

@@ -502,16 +502,21 @@ static int st_publish(struct broker *b, const char *queue, int priority, const c
     return rc;
 }
 
+/* Celery's rpc:// reply on kombu's SQL transport: the default exchange
+ * routes to the queue named reply_to, so the reply is a row of that queue
+ * (created if absent, as kombu does), where the client's consumer polls. */
 static int st_reply(struct broker *b, const char *reply_to, const char *correlation_id,
                     const char *content_type, const char *body, size_t len, struct err *e)
 {
-    UNUSED(b);
-    UNUSED(reply_to);
-    UNUSED(correlation_id);
-    UNUSED(content_type);
-    UNUSED(body);
-    UNUSED(len);
-    return err_set(e, -ENOTSUP, "rpc:// results are not supported on the SQL transport yet");
+    struct sql_transport *t = impl(b);
+    struct buf env = BUF_INIT;
+    message_envelope_encode(&env, body, len, content_type, NULL, "", reply_to, correlation_id);
+    int64_t id;
+    int rc = queue_id(t, reply_to, &id, e);
+    if (!rc)
+        rc = t->store.ops->insert(&t->store, id, env.data, env.len, e);
+    buf_release(&env);
+    return rc;
 }
 
 static struct bus *st_bus(struct broker *b)

@@ -557,9 +557,9 @@ static int validate(struct worker_config *cfg, const char *db_url)
     if (!cfg->broker.n_queues && set_queues(cfg, "celery"))
         return EXIT_USAGE;
     if (cfg->backend_url && !strncasecmp(cfg->backend_url, "rpc://", 6)) {
-        if (cfg->broker.kind != BROKER_AMQP)
-            return usage_error("bad result backend URL: rpc:// needs an amqp:// broker here; "
-                               "with Redis or SQL use --result-backend redis://...");
+        if (cfg->broker.kind == BROKER_REDIS)
+            return usage_error("bad result backend URL: rpc:// needs an amqp:// or sqla+ broker "
+                               "here; with Redis use --result-backend redis://...");
         cfg->backend.kind = BACKEND_RPC;
         cfg->backend.enabled = true;
     } else if (cfg->backend_url && !strncasecmp(cfg->backend_url, "db+", 3)) {

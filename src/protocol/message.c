@@ -387,6 +387,33 @@ bool message_peek_id(const char *raw, size_t len, char *out, size_t out_size)
     return true;
 }
 
+void message_envelope_encode(struct buf *out, const char *body, size_t len,
+                             const char *content_type, json_t *headers, const char *exchange,
+                             const char *routing_key, const char *correlation_id)
+{
+    char tag[UUID_STR_LEN];
+    uuid_generate(tag);
+    bool json = !content_type || !strcmp(content_type, "application/json");
+    struct buf b64 = BUF_INIT;
+    base64_encode(&b64, body, len);
+    json_t *env = json_pack("{s:s, s:s, s:s, s:o, s:{s:i, s:{s:s, s:s}, s:i, s:s, s:s}}", "body",
+                            b64.data ? b64.data : "", "content-encoding",
+                            json ? "utf-8" : "binary", "content-type",
+                            content_type ? content_type : "application/json", "headers",
+                            headers ? json_incref(headers) : json_object(), "properties",
+                            "delivery_mode", 1,
+                            "delivery_info", "exchange", exchange, "routing_key", routing_key,
+                            "priority", 0, "body_encoding", "base64", "delivery_tag", tag);
+    if (correlation_id)
+        json_object_set_new(json_object_get(env, "properties"), "correlation_id",
+                            json_string(correlation_id));
+    buf_release(&b64);
+    char *text = json_dumps(env, JSON_COMPACT);
+    buf_adds(out, text);
+    free(text);
+    json_decref(env);
+}
+
 #define WORKER_LOST_PROPERTY "celeriac_worker_lost"
 
 void message_envelope_mark_redelivered(json_t *env)

@@ -85,6 +85,15 @@ int message_decode_task(struct message *m, enum message_settle *settle, struct e
  * into out and returns true, or returns false. */
 bool message_peek_id(const char *raw, size_t len, char *out, size_t out_size);
 
+/* Appends a kombu message envelope (JSON text) around body[0..len), as
+ * kombu's virtual transports (Redis, SQL) store one: the body base64,
+ * transient (delivery_mode 1), content_type with its encoding (NULL:
+ * application/json, utf-8), headers (borrowed; NULL: {}), delivery_info,
+ * and the correlation id when not NULL (an rpc:// reply). */
+void message_envelope_encode(struct buf *out, const char *body, size_t len,
+                             const char *content_type, json_t *headers, const char *exchange,
+                             const char *routing_key, const char *correlation_id);
+
 /* Marks an envelope delivered before (headers and delivery_info), as a
  * restore does. */
 void message_envelope_mark_redelivered(json_t *env);

@@ -109,7 +109,7 @@ stop_worker TERM 20
 expect_eq "rpc://: warm shutdown exit status" 0 "$WORKER_RC"
 out=$("$CELERIAC_BIN" worker -A "$LIB" -b "$REDIS_URL" --result-backend rpc:// 2>&1)
 rc=$?
-if [[ $rc == 2 && $(wc -l <<<"$out") == 1 && $out == *"rpc:// needs an amqp:// broker"* ]]; then
+if [[ $rc == 2 && $(wc -l <<<"$out") == 1 && $out == *"rpc:// needs an amqp:// or sqla+ broker"* ]]; then
     ok "rpc:// with a Redis broker: one line, exit status 2"
 else
     not_ok "rpc:// with a Redis broker: one line, exit status 2" "rc $rc" "$out"

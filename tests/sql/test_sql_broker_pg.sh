@@ -79,6 +79,22 @@ else
 fi
 stop_worker
 
+# ---- rpc:// results: a row of the client's reply queue --------------------------------------------
+start_worker -c 1 -b "$SQL_BROKER" --result-backend rpc:// --db "$PG_URL" -n pgrpc@localhost
+wait_children 1 20
+out=$(BROKER_URL=$SQL_BROKER RESULT_URL=rpc:// "$PY" "$SQL_DIR/sql_client.py" latency tasks.add \
+    --args '[2, 3]' --count 3 2>&1)
+if [[ $(jget max <<<"$out") != "<missing>" ]]; then
+    ok "rpc:// over the SQL transport: Python's AsyncResult.get() reads 3 replies ($out)"
+else
+    not_ok "rpc:// over the SQL transport: Python's AsyncResult.get() reads the replies" "$out" \
+        "$(worker_log_tail 6)"
+fi
+stop_worker
+# kombu's consumer of the reply queue left the rows it received (it never
+# deletes): out of the way of the counts below
+psql_db -c "DELETE FROM kombu_message WHERE queue_id <> $CELERY_Q" >/dev/null
+
 # ---- a late-ack child SIGKILLed mid-task: given back by its replacement at once ------------------
 start_worker -c 1 --acks-late -b "$SQL_BROKER" --result-backend "$REDIS_URL" --db "$PG_URL" \
     -n pg2@localhost

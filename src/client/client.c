@@ -9,6 +9,7 @@
 #include "celeriac_client.h"
 #include "client/client_internal.h"
 #include "broker/amqp.h"
+#include "broker/sql.h"
 #include "protocol/message.h"
 #include "protocol/pyjson.h"
 #include "protocol/serializer.h"
@@ -25,6 +26,9 @@
 
 struct celeriac_client {
     bool on_amqp;                 /* the broker is RabbitMQ */
+    bool on_sql;                  /* the broker is kombu's SQL transport */
+    struct db_config sql_cfg;
+    struct db_conn sql;           /* committed inserts of task messages */
     struct amqp_url amqp_url;
     struct amqp_link amqp;        /* confirmed publishes of task messages */
     struct redis_url broker_url;
@@ -52,7 +56,26 @@ API void celeriac_client_free(struct celeriac_client *c)
     redis_link_close(&c->sub, NULL);
     redis_url_release(&c->broker_url);
     redis_url_release(&c->backend_url);
+    db_conn_close(&c->sql, NULL);
+    free(c->sql_cfg.url);
+    free(c->sql_cfg.sqlite_path);
+    free(c->sql_cfg.where);
     free(c);
+}
+
+/* kombu's SQL transport: one connection, the tables created if absent. */
+static int open_sql(struct celeriac_client *c, const char *broker_url, struct err *e)
+{
+    c->on_sql = true;
+    c->sql_cfg.connect_timeout_s = 5;
+    c->sql_cfg.busy_timeout_ms = 5000;
+    int rc = sql_broker_url_parse(broker_url, &c->sql_cfg, e);
+    if (rc)
+        return rc;
+    db_conn_init(&c->sql, &c->sql_cfg, "celeriac client");
+    c->sql.quiet = true;
+    rc = db_conn_open(&c->sql, 1, NULL, e);
+    return rc ? rc : client_sql_prepare(&c->sql, e);
 }
 
 API struct celeriac_client *celeriac_client_new(const char *broker_url, const char *backend_url,
@@ -67,7 +90,10 @@ API struct celeriac_client *celeriac_client_new(const char *broker_url, const ch
     if (!broker_url)
         broker_url = "redis://localhost:6379/0";
     c->on_amqp = amqp_url_is_amqp(broker_url);
-    if (c->on_amqp ? amqp_url_parse(&c->amqp_url, broker_url, &e) ||
+    if (sql_broker_url_is_sql(broker_url)) {
+        if (open_sql(c, broker_url, &e))
+            goto out_fail;
+    } else if (c->on_amqp ? amqp_url_parse(&c->amqp_url, broker_url, &e) ||
                       amqp_link_open(&c->amqp, &c->amqp_url, &e)
                 : redis_url_parse(&c->broker_url, broker_url, &e) ||
                       redis_link_open(&c->broker, &c->broker_url, &e))
@@ -160,6 +186,12 @@ API int celeriac_send(struct celeriac_client *c, const char *name, const char *a
     if (o->subscribe && c->has_backend && subscribe(c, id, &e))
         goto out_fail;
     const char *queue = o->queue ? o->queue : "celery";
+    if (c->on_sql) {
+        if (client_sql_publish(&c->sql, false, queue, &env, &e))
+            goto out_fail;
+        memcpy(id_out, id, 37);
+        goto out;
+    }
     if (c->on_amqp) {
         /* RabbitMQ serves the higher priority first, as Celery sends it */
         if (broker_amqp_publish_task(&c->amqp, queue, t.priority, env.data, env.len, &e))

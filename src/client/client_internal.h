@@ -4,6 +4,7 @@
 #ifndef CELERIAC_CLIENT_INTERNAL_H
 #define CELERIAC_CLIENT_INTERNAL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "celeriac_client.h"
@@ -16,5 +17,16 @@ struct buf;
 int client_task_envelope(struct buf *env, const char *name, const char *args_json,
                          const char *kwargs_json, const struct celeriac_send_options *o,
                          char id[37], char *err, size_t errlen);
+
+struct db_conn;
+struct err;
+
+/* Inserts the task message env into queue of kombu's SQL transport on conn
+ * (committed at once unless a transaction is open there); a borrowed
+ * connection (the application's) is never closed on failure. 0 or < 0. */
+int client_sql_publish(struct db_conn *conn, bool borrowed, const char *queue,
+                       const struct buf *env, struct err *e);
+/* Creates kombu's tables on conn if absent, as a worker does. */
+int client_sql_prepare(struct db_conn *conn, struct err *e);
 
 #endif /* CELERIAC_CLIENT_INTERNAL_H */

@@ -20,6 +20,24 @@ static void set_err(char *err, size_t errlen, const char *msg)
         snprintf(err, errlen, "%s", msg);
 }
 
+int client_sql_publish(struct db_conn *conn, bool borrowed, const char *queue,
+                       const struct buf *env, struct err *e)
+{
+    struct sql_store s = {.ops = sql_store_ops_for(conn), .conn = conn, .borrowed = borrowed};
+    int64_t queue_id = 0;
+    if (strlen(queue) > SQL_QUEUE_NAME_MAX)
+        return err_set(e, -EINVAL, "queue name longer than kombu's %d characters",
+                       SQL_QUEUE_NAME_MAX);
+    int rc = s.ops->queue_id(&s, queue, &queue_id, e);
+    return rc ? rc : s.ops->insert(&s, queue_id, env->data, env->len, e);
+}
+
+int client_sql_prepare(struct db_conn *conn, struct err *e)
+{
+    struct sql_store s = {.ops = sql_store_ops_for(conn), .conn = conn};
+    return s.ops->prepare(&s, e);
+}
+
 static int send_on(struct db_conn *conn, const char *name, const char *args_json,
                    const char *kwargs_json, const struct celeriac_send_options *o,
                    char id_out[37], char *err, size_t errlen)
@@ -27,20 +45,12 @@ static int send_on(struct db_conn *conn, const char *name, const char *args_json
     static const struct celeriac_send_options none;
     if (!o)
         o = &none;
-    struct sql_store s = {.ops = sql_store_ops_for(conn), .conn = conn, .borrowed = true};
     struct buf env = BUF_INIT;
     char id[37];
     if (client_task_envelope(&env, name, args_json, kwargs_json, o, id, err, errlen))
         return -1;
-    const char *queue = o->queue ? o->queue : "celery";
     struct err e = {0};
-    int64_t queue_id = 0;
-    int rc = strlen(queue) > SQL_QUEUE_NAME_MAX
-                 ? err_set(&e, -EINVAL, "queue name longer than kombu's %d characters",
-                           SQL_QUEUE_NAME_MAX)
-                 : s.ops->queue_id(&s, queue, &queue_id, &e);
-    if (!rc)
-        rc = s.ops->insert(&s, queue_id, env.data, env.len, &e);
+    int rc = client_sql_publish(conn, true, o->queue ? o->queue : "celery", &env, &e);
     buf_release(&env);
     if (rc) {
         set_err(err, errlen, e.msg);

@@ -61,6 +61,16 @@ sleep 1
 expect_eq "SQL from Python, rolled back: one order row only (the committed one), no message" "1|0" \
     "$(psql_db -c "SELECT (SELECT count(*) FROM orders WHERE name = 'py'),
                           (SELECT count(*) FROM kombu_message)")"
+out=$("$CELERIAC_BIN" call tasks.add 40 2 -b "$SQL_BROKER" --result-backend "$REDIS_URL" --wait \
+    --timeout 20 2>&1)
+expect_eq "celeriac call -b sqla+postgresql:// --wait: published and answered" 42 "$out"
+out=$("$CELERIAC_BIN" call tasks.add 1 1 -b "sqla+postgresql://postgres@127.0.0.1:1/none" 2>&1)
+rc=$?
+if ((rc != 0)) && [[ $out == *"127.0.0.1:1/none"* ]]; then
+    ok "celeriac call to an unreachable SQL broker: fails, naming it (rc $rc)"
+else
+    not_ok "celeriac call to an unreachable SQL broker: fails, naming it" "rc $rc" "$out"
+fi
 stop_worker
 
 # A Python Celery worker runs what celeriac_enqueue wrote: the message is

@@ -56,7 +56,8 @@ API void celeriac_client_free(struct celeriac_client *c)
     redis_link_close(&c->sub, NULL);
     redis_url_release(&c->broker_url);
     redis_url_release(&c->backend_url);
-    db_conn_close(&c->sql, NULL);
+    if (c->sql.cfg)
+        db_conn_close(&c->sql, NULL);
     free(c->sql_cfg.url);
     free(c->sql_cfg.sqlite_path);
     free(c->sql_cfg.where);

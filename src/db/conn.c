@@ -95,10 +95,14 @@ int db_conn_open(struct db_conn *c, int attempts, volatile sig_atomic_t *stop, s
         return 0;
     struct backoff bo;
     backoff_init(&bo, c->cfg->backoff_base_ms, c->cfg->backoff_cap_ms);
-    int64_t t0 = time_mono_ms();
+    int64_t t0 = time_mono_ms(), counted = t0;
     for (int attempt = 1;; attempt++) {
+        c->attempts++;
         int rc = open_once(c, d, e);
-        double took = (double)(time_mono_ms() - t0) / 1000.0;
+        int64_t now = time_mono_ms();
+        c->wait_ms += now - counted;
+        counted = now;
+        double took = (double)(now - t0) / 1000.0;
         if (!rc) {
             if (attempt > 1)
                 log_info("database '%s' reachable again after %d failed attempt%s in %.1f s",
@@ -116,6 +120,8 @@ int db_conn_open(struct db_conn *c, int attempts, volatile sig_atomic_t *stop, s
                          c->cfg->where, attempt, took);
             return rc;
         }
+        if (c->on_retry)
+            c->on_retry(c->hook_arg);
         int64_t delay = backoff_next(&bo);
         if (attempt == 1 && attempts > 0)
             log_warning("%s (attempt 1/%d); retrying in %" PRId64 " ms, with backoff; "
@@ -127,6 +133,8 @@ int db_conn_open(struct db_conn *c, int attempts, volatile sig_atomic_t *stop, s
             log_debug("%s (attempt %d); retrying in %" PRId64 " ms", e ? e->msg : "", attempt,
                       delay);
         time_sleep_ms(delay, (volatile const int *)stop);
+        c->wait_ms += time_mono_ms() - counted;
+        counted = time_mono_ms();
     }
 }
 

@@ -42,6 +42,8 @@ struct db_conn {
     int64_t opened_ms;            /* monotonic time of the open */
     int64_t last_used_ms;         /* monotonic time the last task finished with it */
     unsigned reconnects;          /* re-opens after a loss, for stats */
+    uint64_t attempts;            /* connect attempts, failed or not, for stats */
+    int64_t wait_ms;              /* time spent in db_conn_open, for stats */
     uint64_t uses;                /* tasks run on this handle (the child counts) */
     int64_t recycle_at_ms;        /* jittered max_age deadline; 0 = none */
     uint64_t recycle_after;       /* jittered max_uses; 0 = none */
@@ -50,6 +52,8 @@ struct db_conn {
                                      caller reports them (a worker's capacity probe) */
     db_hook_fn on_open;           /* NULL or library hook glue */
     db_hook_fn on_close;
+    db_hook_fn on_retry;          /* NULL, or called after each failed connect attempt,
+                                     before the wait (its return value is ignored) */
     void *hook_arg;
 };
 

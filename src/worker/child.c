@@ -31,6 +31,13 @@ static int hook_db_open(void *arg)
     return 0;
 }
 
+/* A failed connect attempt: counted at once, an outage can be long. */
+static int hook_db_retry(void *arg)
+{
+    tally_db(arg);
+    return 0;
+}
+
 static int hook_db_close(void *arg)
 {
     struct child *c = arg;
@@ -213,6 +220,7 @@ static void child_setup(struct child *c, const struct worker_config *cfg, struct
     prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0);
 
     atomic_store(&slot->state, CHILD_STARTING);
+    atomic_fetch_add(&sb->child_tally[index].starts, 1);
     atomic_store(&slot->db_state, cfg->db.kind == DB_NONE ? DBS_NONE : DBS_DOWN);
     struct broker_owner owner = {.node = cfg->node_name, .master_pid = c->events.master_pid,
                                  .index = index, .slot = slot, .held_board = &sb->held[index],
@@ -235,6 +243,7 @@ static void child_setup(struct child *c, const struct worker_config *cfg, struct
     db_conn_init(&c->db, &cfg->db, app_name);
     c->db.on_open = hook_db_open;
     c->db.on_close = hook_db_close;
+    c->db.on_retry = hook_db_retry;
     c->db.hook_arg = c;
 }
 
@@ -257,6 +266,7 @@ static void open_database(struct child *c)
             leave(c, EXIT_OK);
         give_up(c, e.msg);
     }
+    tally_db(c);
     log_info("database connection to '%s' opened by pid %d (after fork, application_name "
              "'%s')", c->cfg->db.where, (int)getpid(), c->db.app_name);
 }
@@ -276,6 +286,7 @@ static void serve(struct child *c)
             if (db_conn_ready(&c->db, 0, &sig_stop, &e))
                 break; /* only fails when stopping */
             atomic_store(&c->slot->reconnects, c->db.reconnects);
+            tally_db(c);
         }
         if (child_ensure_broker(c))
             break;

@@ -10,6 +10,7 @@
  *   limits.c      soft and hard time limits, rate limits
  *   recover.c     what the previous process of this slot left behind
  *   transaction.c a transactional task's writes and ack in one commit
+ *   tally.c       counters for the metrics process
  */
 #ifndef CELERIAC_WORKER_CHILD_INTERNAL_H
 #define CELERIAC_WORKER_CHILD_INTERNAL_H
@@ -48,6 +49,11 @@ struct child {
     struct message *current;        /* the delivery being handled, if any */
     struct retry fetch_retry;       /* the fetch's failures, across loop turns */
     uint64_t queues_gen;            /* generation of the queue set the broker consumes */
+    struct {                        /* db counters already added to the slot's tally */
+        unsigned reconnects;
+        uint64_t attempts;
+        int64_t wait_ms;
+    } tallied;
 };
 
 /* Position of def in the library's task table (the scoreboard's index). */
@@ -155,5 +161,13 @@ void transaction_rollback(struct child *c);
  * WorkerLostError past --max-worker-lost-requeues). True when it was
  * settled; false: run it. */
 bool recover_redelivered(struct child *c, struct message *m);
+
+/* tally.c: the shared counters of the task def / the task named name
+ * (NULL when no registered task has that name). */
+struct task_tally *tally_task(struct child *c, const struct celeriac_task_def *def);
+struct task_tally *tally_task_named(struct child *c, const char *name);
+/* Adds to the slot's tally what the database connection counted since the
+ * last call (reconnects, connect attempts, time spent connecting). */
+void tally_db(struct child *c);
 
 #endif /* CELERIAC_WORKER_CHILD_INTERNAL_H */

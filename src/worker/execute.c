@@ -170,6 +170,7 @@ static void finish(struct child *c, const struct message *m)
     atomic_store(&c->slot->task_started_ms, 0);
     atomic_store(&c->slot->time_limit_ms, 0);
     atomic_fetch_add(&c->slot->tasks_done, 1);
+    tally_db(c);
     atomic_store(&c->slot->state, CHILD_IDLE);
 }
 
@@ -206,6 +207,8 @@ static void execute(struct child *c, struct message *m, const struct celeriac_ta
     double soft, hard;
     limits_for_task(c, m, def, &soft, &hard);
     atomic_fetch_add(&tune->total, 1);
+    struct task_tally *tally = tally_task(c, def);
+    atomic_fetch_add(&tally->started, 1);
     c->slot->time_start = time_now();
     atomic_store(&c->slot->acks_late, acks_late);
     atomic_store(&c->slot->time_limit_ms, (int64_t)(hard * 1000));
@@ -229,8 +232,10 @@ static void execute(struct child *c, struct message *m, const struct celeriac_ta
     const struct celeriac_retry_options *retry = task_retry_pick(c, m, def, rc);
     bool stored = true;
     if (retry && task_retry_send(c, m, retry)) {
-        /* settled by the retry */
+        atomic_fetch_add(&tally->retried, 1); /* settled by the retry */
     } else if (rc == CELERIAC_OK) {
+        atomic_fetch_add(&tally->succeeded, 1);
+        tally_observe(tally, (double)(t1 - t0) / 1000.0);
         /* A transactional task's result is stored before its commit, so no
          * death leaves a committed task without one; it overwrites what an
          * earlier run stored, as that run's writes were rolled back. */
@@ -238,6 +243,8 @@ static void execute(struct child *c, struct message *m, const struct celeriac_ta
             m->redelivered = false;
         stored = on_success(c, m, acks_late, ignore_result, (double)(t1 - t0) / 1000.0);
     } else { /* a failure, or a retry that could not be sent (as Celery's Reject) */
+        atomic_fetch_add(&tally->failed, 1);
+        tally_observe(tally, (double)(t1 - t0) / 1000.0);
         stored = on_failure(c, m, def, acks_late);
     }
     if (txn && rc == CELERIAC_OK && stored && !settle_transaction(c, m))
@@ -295,6 +302,7 @@ void execute_accepted(struct child *c, struct message *m, const struct celeriac_
             return;
         }
         atomic_store(&c->slot->reconnects, c->db.reconnects);
+        tally_db(c);
     }
     execute(c, m, def);
 }

@@ -54,6 +54,7 @@ static void route(struct child *c, struct message *m, const char *queue)
         settle_ack(c, m);
         return;
     }
+    atomic_fetch_add(&tally_task(c, def)->received, 1);
     if (m->expires > 0 && time_now() > m->expires) {
         settle_revoked(c, m, true);
         return;

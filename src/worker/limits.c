@@ -23,8 +23,11 @@ static void on_timer(int sig)
     UNUSED(sig);
     int saved = errno;
     struct child *c = timer_child;
-    if (c)
+    if (c && db_conn_is_open(&c->db)) {
         db_conn_cancel(&c->db);
+        /* lock-free, so async-signal-safe */
+        atomic_fetch_add(&c->sb->child_tally[c->index].cancels, 1);
+    }
     if (timer_phase == 1) {
         task_soft_limit_hit = 1;
         if (timer_rest.tv_sec || timer_rest.tv_usec) {

@@ -13,7 +13,9 @@ int scoreboard_create(struct scoreboard *sb, size_t n, size_t n_tasks)
     size_t slots = n * sizeof(struct slot);
     size_t shared = sizeof(struct board_shared) + n_tasks * sizeof(struct task_tuning);
     shared = (shared + 63) / 64 * 64;
-    size_t size = slots + shared + n * sizeof(struct held_board);
+    size_t held = n * sizeof(struct held_board);
+    size_t tally = n * sizeof(struct child_tally) + n_tasks * sizeof(struct task_tally);
+    size_t size = slots + shared + held + tally;
     void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED)
         return -errno;
@@ -22,6 +24,8 @@ int scoreboard_create(struct scoreboard *sb, size_t n, size_t n_tasks)
     sb->shared = (struct board_shared *)((char *)p + slots);
     sb->held = (struct held_board *)((char *)p + slots + shared);
     sb->n_tasks = n_tasks;
+    sb->child_tally = (struct child_tally *)((char *)p + slots + shared + held);
+    sb->task_tally = (struct task_tally *)(sb->child_tally + n);
     sb->map_size = size;
     return 0;
 }

@@ -8,6 +8,8 @@
 
 #include <stdatomic.h>
 
+#include "worker/tally.h"
+
 enum child_state {
     CHILD_EMPTY = 0,    /* no process in this slot */
     CHILD_STARTING,     /* forked, setting up */
@@ -179,6 +181,8 @@ struct scoreboard {
     struct held_board *held;      /* n entries, in the same mapping (pages are touched only
                                      as messages are held) */
     size_t n_tasks;
+    struct child_tally *child_tally; /* n entries, in the same mapping (worker/tally.h) */
+    struct task_tally *task_tally;   /* n_tasks entries, in the same mapping */
     size_t map_size;
 };
 

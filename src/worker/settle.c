@@ -246,6 +246,9 @@ void settle_revoked(struct child *c, struct message *m, bool expired)
 {
     const char *why = expired ? "expired" : "revoked";
     log_info("Discarding %s task %s[%s]", why, m->task_name, m->task_id);
+    struct task_tally *t = tally_task_named(c, m->task_name);
+    if (t)
+        atomic_fetch_add(&t->revoked, 1);
     settle_store_exception(c, m, "REVOKED", "TaskRevokedError", "celery.exceptions", why);
     events_task(&c->events, "task-revoked", m,
                 json_pack("{s:b, s:n, s:b}", "terminated", 0, "signum", "expired", expired));

@@ -3,7 +3,7 @@
 # Dependencies come only through pkg-config; `make deps` installs them on Debian.
 
 CC      ?= cc
-PKGS    := libpq hiredis jansson sqlite3 librabbitmq msgpack openssl
+PKGS    := libpq hiredis jansson sqlite3 librabbitmq msgpack openssl libmicrohttpd
 BUILD   ?= build
 
 WARN    := -Wall -Wextra -Werror -Wstrict-prototypes -Wmissing-prototypes \

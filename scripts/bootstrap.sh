@@ -8,7 +8,7 @@ set -euo pipefail
 PACKAGES=(
     # build
     gcc make pkg-config libpq-dev libhiredis-dev libjansson-dev libsqlite3-dev librabbitmq-dev
-    libmsgpack-dev libssl-dev
+    libmsgpack-dev libssl-dev libmicrohttpd-dev
     # services the tests and the demo start privately
     redis-server postgresql sqlite3 rabbitmq-server
     # throwaway certificates for the TLS listener of the RabbitMQ tests

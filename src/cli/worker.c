@@ -6,6 +6,7 @@
 #include "common.h"
 #include "cli/cli.h"
 #include "broker/sql.h"
+#include "metrics/listen.h"
 #include "util/log.h"
 #include "util/buf.h"
 #include "util/url.h"
@@ -46,6 +47,7 @@ enum {
     OPT_MAX_CONCURRENCY,
     OPT_STATEDB,
     OPT_RESULT_SERIALIZER,
+    OPT_METRICS,
 };
 
 static const struct option options[] = {
@@ -84,6 +86,7 @@ static const struct option options[] = {
     {"without-remote-control", no_argument, NULL, OPT_WITHOUT_CONTROL},
     {"max-concurrency", required_argument, NULL, OPT_MAX_CONCURRENCY},
     {"statedb", required_argument, NULL, OPT_STATEDB},
+    {"metrics", required_argument, NULL, OPT_METRICS},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -160,6 +163,8 @@ static const char usage_text[] =
     "      --statedb FILE          keep revoked task ids in FILE across restarts (Celery's\n"
     "                              --statedb; each is refused for three hours)\n"
     "                              (default: the larger of -c and 64)\n"
+    "      --metrics ADDR:PORT     serve Prometheus metrics on http://ADDR:PORT/metrics\n"
+    "                              (env CELERIAC_METRICS; default: off)\n"
     "  -h, --help                  this help\n"
     "\n"
     "Exit status: 0 clean shutdown, 2 bad usage or configuration, 3 no child could\n"
@@ -282,6 +287,19 @@ static char *expand_node_name(const char *pattern)
     return buf_detach(&b, NULL);
 }
 
+/* --metrics ADDR:PORT (or CELERIAC_METRICS, named by from), checked now
+ * so a typo is exit 2; the metrics process binds it. */
+static int set_metrics(struct worker_config *cfg, const char *v, const char *from)
+{
+    char host[256], port[8];
+    struct err e = {0};
+    if (metrics_listen_parse(v, host, sizeof(host), port, sizeof(port), &e))
+        return usage_error("%s%s%s", strcmp(from, "--metrics") ? from : "",
+                           strcmp(from, "--metrics") ? ": " : "", e.msg);
+    set_str(&cfg->metrics, v);
+    return 0;
+}
+
 /* Environment first, so flags override it. */
 static int apply_env(struct worker_config *cfg, const char **db_url)
 {
@@ -306,6 +324,8 @@ static int apply_env(struct worker_config *cfg, const char **db_url)
         return usage_error("unknown log level '%s' in CELERIAC_LOGLEVEL", v);
     if ((v = getenv("CELERIAC_HOSTNAME")) && *v)
         set_str(&cfg->node_name, v);
+    if ((v = getenv("CELERIAC_METRICS")) && *v && set_metrics(cfg, v, "CELERIAC_METRICS"))
+        return EXIT_USAGE;
     if ((v = getenv("CELERIAC_ACKS_LATE")) && *v)
         cfg->acks_late = strcmp(v, "0") && strcasecmp(v, "false") && strcasecmp(v, "no");
     return 0;
@@ -457,6 +477,10 @@ static int parse_flags(struct worker_config *cfg, int argc, char **argv, const c
             break;
         case OPT_WITHOUT_CONTROL:
             cfg->remote_control = false;
+            break;
+        case OPT_METRICS:
+            if (set_metrics(cfg, optarg, "--metrics"))
+                return EXIT_USAGE;
             break;
         case OPT_STATEDB:
             free(cfg->statedb);

@@ -51,6 +51,7 @@ struct master {
     struct scoreboard sb;
     struct child_entry *children;   /* sb.n entries; the first pool_target are wanted */
     struct child_entry control;     /* the control process (remote control, heartbeats) */
+    struct child_entry metrics;     /* the metrics process (--metrics), if any */
     int deathwatch[2];
     bool stop_sent;
     bool kill_sent;
@@ -266,6 +267,40 @@ static void capacity_check(struct master *m)
     }
 }
 
+/* The metrics process (--metrics) is kept as the control process is:
+ * replaced with backoff when it dies, stopped with the worker. True when
+ * pid was it. */
+static bool metrics_reaped(struct master *m, pid_t pid, int status)
+{
+    if (!m->metrics.pid || pid != m->metrics.pid)
+        return false;
+    m->metrics.pid = 0;
+    if (m->stop_sent)
+        return true;
+    if (time_mono_ms() - m->metrics.started_ms >= HEALTHY_LIFETIME_MS)
+        backoff_reset(&m->metrics.respawn);
+    int64_t delay = backoff_next(&m->metrics.respawn);
+    log_error("metrics process (pid %d) %s %d; replacing it in %" PRId64 " ms", (int)pid,
+              WIFSIGNALED(status) ? "killed by signal" : "exited with code",
+              WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status), delay);
+    m->metrics.respawn_at_ms = time_mono_ms() + delay;
+    return true;
+}
+
+static void metrics_due(struct master *m, int64_t now)
+{
+    if (!m->cfg->metrics || m->metrics.pid || m->metrics.respawn_at_ms > now)
+        return;
+    pid_t pid = spawn_metrics(m->cfg, &m->sb, m->deathwatch);
+    if (pid > 0) {
+        m->metrics.pid = pid;
+        m->metrics.started_ms = now;
+        m->metrics.respawn_at_ms = 0;
+    } else {
+        m->metrics.respawn_at_ms = now + backoff_next(&m->metrics.respawn);
+    }
+}
+
 static int find_child(struct master *m, pid_t pid)
 {
     for (int i = 0; i < (int)m->sb.n; i++)
@@ -287,6 +322,8 @@ static void reap(struct master *m)
             salvage_reaped(m, status);
             continue;
         }
+        if (metrics_reaped(m, pid, status))
+            continue;
         if (pid == m->control.pid) {
             m->control.pid = 0;
             if (!m->stop_sent) {
@@ -371,7 +408,7 @@ static void salvage_due(struct master *m)
 
 static int alive_count(struct master *m)
 {
-    int n = (m->control.pid != 0) + (m->salvage_pid != 0);
+    int n = (m->control.pid != 0) + (m->salvage_pid != 0) + (m->metrics.pid != 0);
     for (int i = 0; i < (int)m->sb.n; i++)
         n += m->children[i].pid != 0;
     return n;
@@ -389,6 +426,8 @@ static void signal_children(struct master *m, int sig)
 {
     if (m->control.pid > 0)
         kill(m->control.pid, sig);
+    if (m->metrics.pid > 0)
+        kill(m->metrics.pid, sig);
     for (int i = 0; i < (int)m->sb.n; i++)
         if (m->children[i].pid > 0)
             kill(m->children[i].pid, sig);
@@ -406,6 +445,8 @@ static int next_timeout(struct master *m, int cap)
     int64_t now = time_mono_ms(), best = cap;
     if (m->cfg->remote_control && !m->control.pid && m->control.respawn_at_ms)
         best = m->control.respawn_at_ms - now < best ? m->control.respawn_at_ms - now : best;
+    if (m->cfg->metrics && !m->metrics.pid && m->metrics.respawn_at_ms)
+        best = m->metrics.respawn_at_ms - now < best ? m->metrics.respawn_at_ms - now : best;
     for (int i = 0; i < (int)m->sb.n; i++) {
         struct child_entry *ce = &m->children[i];
         if (!ce->pid && ce->respawn_at_ms && wants_child(m, ce))
@@ -447,6 +488,7 @@ static void respawn_due(struct master *m)
             m->control.respawn_at_ms = now + backoff_next(&m->control.respawn);
         }
     }
+    metrics_due(m, now);
 }
 
 /* SIGUSR1: one line per child from the scoreboard. */
@@ -599,6 +641,7 @@ int master_run(struct worker_config *cfg)
     for (size_t i = 0; i < m.sb.n; i++)
         backoff_init(&m.children[i].respawn, cfg->respawn_base_ms, cfg->respawn_cap_ms);
     backoff_init(&m.control.respawn, cfg->respawn_base_ms, cfg->respawn_cap_ms);
+    backoff_init(&m.metrics.respawn, cfg->respawn_base_ms, cfg->respawn_cap_ms);
     respawn_due(&m); /* forks the pool and the control process */
     int code = supervise(&m);
     if (code == EXIT_OK)

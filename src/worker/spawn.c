@@ -4,6 +4,7 @@
 #include "common.h"
 #include "util/self.h"
 #include "control/process.h"
+#include "metrics/process.h"
 #include "worker/child.h"
 #include "worker/salvage.h"
 #include "worker/signals.h"
@@ -80,4 +81,17 @@ pid_t spawn_salvage(const struct worker_config *cfg, struct scoreboard *sb,
 {
     struct spawn_args a = {cfg, sb, -1, deathwatch[0]};
     return fork_clean(deathwatch, run_salvage, &a);
+}
+
+static void run_metrics(void *arg)
+{
+    struct spawn_args *a = arg;
+    metrics_main(a->cfg, a->sb, a->deathwatch_fd);
+}
+
+pid_t spawn_metrics(const struct worker_config *cfg, struct scoreboard *sb,
+                    const int deathwatch[2])
+{
+    struct spawn_args a = {cfg, sb, -1, deathwatch[0]};
+    return fork_clean(deathwatch, run_metrics, &a);
 }

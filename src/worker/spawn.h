@@ -18,6 +18,11 @@ pid_t spawn_child(const struct worker_config *cfg, struct scoreboard *sb, int in
 pid_t spawn_control(const struct worker_config *cfg, struct scoreboard *sb,
                     const int deathwatch[2]);
 
+/* Forks the metrics process (metrics/process.h) the same way. Returns its
+ * pid, or -errno. */
+pid_t spawn_metrics(const struct worker_config *cfg, struct scoreboard *sb,
+                    const int deathwatch[2]);
+
 /* Forks the salvage process (worker/salvage.h). Returns its pid, or -errno. */
 pid_t spawn_salvage(const struct worker_config *cfg, struct scoreboard *sb,
                     const int deathwatch[2]);

@@ -344,11 +344,11 @@ start_worker() {
 }
 
 # worker_children [PID]: the pids of the worker's pool children, sorted. The
-# control process (comm "celeriac:control", remote control and heartbeats) is
-# not one of them; control_pid finds it.
+# control process (comm "celeriac:control", remote control and heartbeats) and
+# the metrics process are not among them; control_pid finds the former.
 worker_children() {
     local pid=${1:-$WORKER_PID}
-    ps -o pid=,comm= --ppid "$pid" 2>/dev/null | awk '$2 !~ /^celeriac:contr/ {print $1}' |
+    ps -o pid=,comm= --ppid "$pid" 2>/dev/null | awk '$2 !~ /^celeriac:(contr|metri)/ {print $1}' |
         sort -n | tr '\n' ' ' | sed 's/ $//'
 }
 

@@ -15,7 +15,10 @@
 #   - reject_on_worker_lost exhausted (--max-worker-lost-requeues 1, a late
 #     task that crashes its child every time): WorkerLostError after two
 #     deaths, nothing left.
-# The faults of the databases themselves are in test_sql_reliability_faults.sh.
+# And on PostgreSQL as the broker: a cold shutdown (SIGQUIT) with late-ack
+# tasks running (their claims wait for the visibility timeout: no salvage on
+# SQL), connections refused ("too many connections"), a restart mid-run.
+# SQLite's faults (a locked file, a full disk): test_sql_reliability_sqlite.sh.
 . "$(dirname "$0")/lib.sh"
 
 start_redis
@@ -123,6 +126,101 @@ if ((requeued == 1 && failed == 1)) && [[ $(rows) == 0 ]]; then
 else
     not_ok "... after 2 deaths (requeued once, then failed), nothing left in kombu_message" \
         "requeue lines $requeued, given-up lines $failed, rows $(rows)" "$(worker_log_tail 12)"
+fi
+stop_worker
+
+# ---- cold shutdown (SIGQUIT) with late-ack tasks running ---------------------------------
+# What happens today: the killed children's claims stay in kombu_message,
+# invisible, until some worker's visibility sweep gives them back (there is
+# no salvage process for the SQL transport, as there is for Redis). Nothing
+# is lost: a second worker with a short --visibility-timeout runs them.
+start_worker "${W[@]}" -c 2 -n cold@localhost
+wait_children 2 20 || not_ok "worker for the cold shutdown started" "$(worker_log_tail)"
+cold_ids=$(sqlsend rel.sleep_late '[2]' --count 2)
+wait_rows "SELECT count(*) FROM kombu_message WHERE NOT visible AND version < 0" 2 15 ||
+    not_ok "both late-ack tasks are claimed" "$(psql_db -c "SELECT id, visible, version FROM kombu_message")"
+sleep 0.5
+stop_worker QUIT 15
+expect_eq "cold shutdown: both claims are still in kombu_message, claimed (no salvage on SQL)" \
+    "2 0" "$(rows) $(psql_db -c "SELECT count(*) FROM kombu_message WHERE visible")" \
+    "worker exit: $WORKER_RC"
+start_worker "${W[@]}" --visibility-timeout 3 --sweep-interval 1 -n sweeper@localhost
+# shellcheck disable=SC2086
+out=$(rel wait $cold_ids --timeout 20)
+got=$(while read -r line; do summary <<<"$line" | cut -d' ' -f1; done <<<"$out" | tr '\n' ' ')
+expect_eq "... a second worker's visibility sweep gives them back and they succeed" \
+    "SUCCESS SUCCESS " "$got" "$out" "$(worker_log_tail 8)"
+# (one sweep or two: the claims are stamped a few hundred ms apart, and a
+# busy child sweeps between tasks)
+given=$(grep -oE "gave back [0-9]+ message\(s\) claimed more than 3 s ago" "$WORKER_LOG" |
+    awk '{n += $3} END {print n + 0}')
+expect_eq "... nothing left in kombu_message, the sweep lines count 2 given back" "0 2" \
+    "$(rows) $given" "$(worker_log_tail 8)"
+stop_worker
+
+# ---- PostgreSQL refusing the broker's connections ("too many connections") ---------------
+# The broker connects as a role of its own whose CONNECTION LIMIT drops to 0
+# (SQLSTATE 53300, as with max_connections reached; a superuser would be let
+# in). Its backend is terminated: the reconnect is refused for 4 s.
+psql_admin -c "CREATE ROLE app LOGIN" >/dev/null
+psql_admin -c "CREATE DATABASE appdb OWNER app" >/dev/null
+APP_BROKER="sqla+postgresql://app@127.0.0.1:$PG_PORT/appdb"
+start_worker -A "$REL_LIB" -c 1 -b "$APP_BROKER" --result-backend "$REDIS_URL" -n refused@localhost
+wait_children 1 20 || not_ok "worker as role app started" "$(worker_log_tail)"
+first=$(BROKER_URL=$APP_BROKER send rel.pid '[0]')
+expect_eq "a task runs on the app role's broker" SUCCESS "$(meta_of "$first" 15 | summary | cut -d' ' -f1)"
+psql_admin -c "ALTER ROLE app CONNECTION LIMIT 0" >/dev/null
+psql_admin -c "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'app'" >/dev/null
+sleep 1
+t0=$(cpu_ticks $(worker_children) "$WORKER_PID")
+sleep 3
+t1=$(cpu_ticks $(worker_children) "$WORKER_PID")
+refused=$(BROKER_URL="sqla+postgresql://postgres@127.0.0.1:$PG_PORT/appdb" send rel.pid '[0]' --count 3)
+psql_admin -c "ALTER ROLE app CONNECTION LIMIT -1" >/dev/null
+# shellcheck disable=SC2086
+out=$(rel wait $refused --timeout 20)
+got=$(while read -r line; do summary <<<"$line" | cut -d' ' -f1; done <<<"$out" | tr '\n' ' ')
+expect_eq "3 tasks sent while the broker connection was refused run once it is let in" \
+    "SUCCESS SUCCESS SUCCESS " "$got" "$(worker_log_tail 10)"
+lines=$(log_count "too many connections for role")
+if ((lines == 1)); then
+    ok "the refused broker connection is logged once for the episode"
+else
+    not_ok "the refused broker connection is logged once for the episode" "$lines lines" \
+        "$(worker_log_tail 10)"
+fi
+if log_has "connecting to the broker works again"; then
+    ok "... and its end once"
+else
+    not_ok "... and its end once" "$(worker_log_tail 10)"
+fi
+if ((t1 - t0 <= 15)); then
+    ok "while refused, the worker backs off ($(((t1 - t0) * 10)) ms CPU in 3 s)"
+else
+    not_ok "while refused, the worker backs off" "$(((t1 - t0) * 10)) ms CPU in 3 s"
+fi
+expect_eq "nothing left in appdb's kombu_message" 0 \
+    "$(psql -X -A -t -q "postgresql://postgres@127.0.0.1:$PG_PORT/appdb" -c "SELECT count(*) FROM kombu_message")"
+stop_worker
+
+# ---- the broker's PostgreSQL restarted mid-run (small: chaos_sql has the storm) ----------
+psql_db -c "TRUNCATE rel_runs" >/dev/null
+start_worker "${W[@]}" -c 2 -n restart@localhost
+wait_children 2 20 || not_ok "worker for the restart started" "$(worker_log_tail)"
+BROKER_URL=$SQL_BROKER rel bulk rel.record 40 --out "$TEST_TMP/restart.ids" --mod 200 >/dev/null
+wait_rows "SELECT count(*) >= 6 FROM rel_runs" t 15 || diag "the run did not get going"
+restart_pg_down 1
+tally=$(rel tally "$TEST_TMP/restart.ids" --timeout 40)
+expect_eq "PostgreSQL restarted mid-run: 40 of 40 SUCCESS" 40 "$(jget counts.SUCCESS <<<"$tally")" \
+    "$tally" "$(worker_log_tail 10)"
+wait_rows "SELECT count(*) FROM kombu_message" 0 10
+dups=$(psql_db -c "SELECT count(*) - count(DISTINCT task_id) FROM rel_runs")
+expect_eq "... nothing left in kombu_message, every task recorded" "0 40" \
+    "$(rows) $(psql_db -c "SELECT count(DISTINCT task_id) FROM rel_runs")"
+if ((dups <= 2)); then
+    ok "... duplicates bounded by the concurrency ($dups runs twice, at most 2)"
+else
+    not_ok "... duplicates bounded by the concurrency" "$dups duplicate runs"
 fi
 stop_worker
 check_worker_logs_clean

@@ -53,9 +53,19 @@ static struct sqlite_store *state(struct sql_store *s)
     return s->impl;
 }
 
+/* A file locked past the busy timeout, a full disk or a failed write is a
+ * state of the file, not of the statement: E_REFUSED, so that an ack or a
+ * give-back is asked again with backoff (settle_worth_retrying) instead of
+ * being dropped, which left the row claimed until the visibility timeout
+ * gave it back and the finished task ran again. */
 static int failed(struct sql_store *s, const char *what, struct err *e)
 {
-    return sql_store_failed(s, what, sqlite3_errmsg(db(s)), e);
+    int code = sqlite3_errcode(db(s)) & 0xff;
+    int rc = sql_store_failed(s, what, sqlite3_errmsg(db(s)), e);
+    if (rc == E_PROTOCOL && (code == SQLITE_BUSY || code == SQLITE_LOCKED ||
+                             code == SQLITE_FULL || code == SQLITE_IOERR))
+        rc = err_set(e, E_REFUSED, "%s", e ? e->msg : "");
+    return rc;
 }
 
 /* Prepares sql and binds the int64 parameters ints[0..n) (1-based). NULL on

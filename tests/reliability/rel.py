@@ -5,7 +5,7 @@ and the broker's bookkeeping, and plays a kombu consumer where a test needs a
 Python process to leave or restore an unacked message.
 
     rel.py send NAME [--args JSON] [--count N] [--time-limit S] [--soft-time-limit S] [--countdown S]
-                     [--queue Q] [--task-id ID]
+                     [--queue Q] [--task-id ID] [--expires S]
                                    -> one task id per line
     rel.py roundtrip NAME [--queue Q] [--count N]
                                    -> the worst send-to-result seconds of N tasks
@@ -79,6 +79,8 @@ def cmd_send(ns):
         opts["queue"] = ns.queue
     if ns.task_id is not None:
         opts["task_id"] = ns.task_id
+    if ns.expires is not None:
+        opts["expires"] = ns.expires  # seconds from now; negative: already expired
     for _ in range(ns.count):
         print(app.send_task(ns.name, args=args, **opts).id, flush=True)
     return 0
@@ -255,6 +257,7 @@ def main():
     s.add_argument("--countdown", type=float)
     s.add_argument("--queue")
     s.add_argument("--task-id")
+    s.add_argument("--expires", type=float)
     rt = sub.add_parser("roundtrip")
     rt.add_argument("name")
     rt.add_argument("--queue")

@@ -152,18 +152,24 @@ INSTALLED := $(BINDIR)/celeriac \
              $(PKGCONFIGDIR)/celeriac.pc $(PKGCONFIGDIR)/celeriac-client.pc \
              $(MANDIR)/man1/celeriac.1 $(MANDIR)/man7/celeriac-tasks.7
 INSTALL_DIRS := $(BINDIR) $(INCLUDEDIR) $(LIBDIR) $(PKGCONFIGDIR) $(MANDIR)/man1 $(MANDIR)/man7
-PC_SED := -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|g' \
-          -e 's|@LIBDIR@|$(LIBDIR)|g' -e 's|@VERSION@|$(VERSION)|g' \
+PC_SED := -e 's|@PREFIX@|$(PREFIX)|g' \
+          -e 's|@INCLUDEDIR@|$(patsubst $(PREFIX)/%,$${prefix}/%,$(INCLUDEDIR))|g' \
+          -e 's|@LIBDIR@|$(patsubst $(PREFIX)/%,$${prefix}/%,$(LIBDIR))|g' -e 's|@VERSION@|$(VERSION)|g' \
           -e 's|@CLIENT_LIBS@|$(CLIENT_LIBS)|g'
 
-# One line and a non-zero status when DESTDIR/PREFIX cannot be written, before
-# any file is copied.
+# DESTDIR/PREFIX that cannot be written: one line and a non-zero status before
+# anything is built or copied (checked when make reads this file, so make's
+# own "Error" line does not follow it).
+ifneq ($(filter install,$(MAKECMDGOALS)),)
+INSTALL_ERR := $(shell for d in $(INSTALL_DIRS); do \
+    out=$$(mkdir -p "$(DESTDIR)$$d" 2>&1 && test -w "$(DESTDIR)$$d" 2>&1) || { \
+        echo "cannot write to '$(DESTDIR)$$d': $${out:-permission denied}"; break; }; done)
+ifneq ($(INSTALL_ERR),)
+$(error make install: $(INSTALL_ERR))
+endif
+endif
+
 install: all
-	@for d in $(INSTALL_DIRS); do \
-	    out=$$(mkdir -p "$(DESTDIR)$$d" 2>&1 && test -w "$(DESTDIR)$$d" 2>&1) || { \
-	        echo "make install: cannot write to '$(DESTDIR)$$d': $${out:-permission denied}" >&2; \
-	        exit 1; }; \
-	done
 	install -m 755 $(BUILD)/celeriac '$(DESTDIR)$(BINDIR)/celeriac'
 	install -m 644 include/celeriac.h include/celeriac_client.h '$(DESTDIR)$(INCLUDEDIR)/'
 	install -m 644 $(BUILD)/libceleriac-client.a '$(DESTDIR)$(LIBDIR)/'

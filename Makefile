@@ -189,10 +189,11 @@ uninstall:
 # lands in $(BUILD)/.
 deb:
 	@rm -rf $(BUILD)/deb && mkdir -p $(BUILD)/deb/celeriac-$(VERSION)
-	tar --exclude=./.git --exclude='./build*' --exclude=./bench/out -cf - . | \
+	tar --exclude=./.git --exclude='./build*' --exclude='./$(BUILD)' --exclude=./bench/out -cf - . | \
 	    tar -C $(BUILD)/deb/celeriac-$(VERSION) -xf -
-	cd $(BUILD)/deb/celeriac-$(VERSION) && \
-	    DEB_BUILD_OPTIONS="nocheck $${DEB_BUILD_OPTIONS:-}" dpkg-buildpackage -b -us -uc
+	cd $(BUILD)/deb/celeriac-$(VERSION) && env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL \
+	    DEB_BUILD_OPTIONS="nocheck noddebs parallel=$$(nproc) $${DEB_BUILD_OPTIONS:-}" \
+	    dpkg-buildpackage -b -us -uc >../build.log 2>&1 || { tail -30 ../build.log; exit 1; }
 	cp $(BUILD)/deb/celeriac_$(VERSION)*.deb $(BUILD)/
 	@ls $(BUILD)/celeriac_$(VERSION)*.deb
 

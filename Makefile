@@ -1,16 +1,26 @@
 # celeriac build. `make` builds the worker and the example library, `make test`
 # runs every suite, `make demo` runs the main job on the embedded default.
 # Dependencies come only through pkg-config; `make deps` installs them on Debian.
+# `make install` (PREFIX, DESTDIR), `make uninstall` and `make deb` package it.
 
 CC      ?= cc
 PKGS    := libpq hiredis jansson sqlite3 librabbitmq msgpack openssl libmicrohttpd
 BUILD   ?= build
 
+PREFIX       ?= /usr/local
+BINDIR       ?= $(PREFIX)/bin
+INCLUDEDIR   ?= $(PREFIX)/include
+LIBDIR       ?= $(PREFIX)/lib
+PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+MANDIR       ?= $(PREFIX)/share/man
+VERSION      := $(shell sed -n 's/^\#define CELERIAC_VERSION "\(.*\)"/\1/p' include/celeriac.h)
+
 WARN    := -Wall -Wextra -Werror -Wstrict-prototypes -Wmissing-prototypes \
            -Wold-style-definition -Wwrite-strings -Wpointer-arith -Wvla \
            -Wformat=2 -Wshadow -fno-common
 CFLAGS  ?= -O2 -g
-CFLAGS  += -std=c11 $(WARN) -fvisibility=hidden
+# -fPIC: the client's objects also go into libceleriac-client.so.
+CFLAGS  += -std=c11 $(WARN) -fvisibility=hidden -fPIC
 CPPFLAGS += -Iinclude -Isrc -MMD -MP
 ifneq ($(SANITIZE),)
 CFLAGS  += -fsanitize=$(SANITIZE) -fno-sanitize-recover=all -fno-omit-frame-pointer -g
@@ -30,8 +40,21 @@ UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 # The binary exports only the task-library API (celeriac_*) to dlopen()ed libraries.
 EXPORTS  := -Wl,--export-dynamic-symbol=celeriac_*
 
-.PHONY: all deps test unit unit-bins demo demo-redis clean fuzz bench bench-idle chaos format
-all: $(BUILD)/celeriac $(BUILD)/examples/libbooks.so
+# The C client library (include/celeriac_client.h): client.o and outbox.o plus
+# the archive members they need, picked by a relocatable link (so the list
+# follows the code), in one object whose hidden symbols are made local: a
+# sender sees only celeriac_*, in the .a as in the .so.
+CLIENT_PKGS   := hiredis jansson librabbitmq msgpack openssl libpq sqlite3
+CLIENT_LIBS   := $(shell pkg-config --libs $(CLIENT_PKGS) 2>/dev/null) -lm
+CLIENT_SOMAJOR := 0
+CLIENT_SONAME := libceleriac-client.so.$(CLIENT_SOMAJOR)
+CLIENT_SO     := libceleriac-client.so.$(VERSION)
+CLIENT_OBJ    := $(BUILD)/client/celeriac-client.o
+CLIENT_TARGETS := $(BUILD)/libceleriac-client.a $(BUILD)/$(CLIENT_SO)
+
+.PHONY: all deps test unit unit-bins demo demo-redis clean fuzz bench bench-idle chaos format \
+        install uninstall deb
+all: $(BUILD)/celeriac $(BUILD)/examples/libbooks.so $(CLIENT_TARGETS)
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -43,6 +66,19 @@ $(BUILD)/libceleriac.a: $(LIB_OBJ)
 
 $(BUILD)/celeriac: $(MAIN_OBJ) $(BUILD)/libceleriac.a
 	$(CC) $(LDFLAGS) $(EXPORTS) -o $@ $(MAIN_OBJ) -Wl,--whole-archive $(BUILD)/libceleriac.a -Wl,--no-whole-archive $(PKG_LIBS) -ldl -lm
+
+$(CLIENT_OBJ): $(BUILD)/src/client/client.o $(BUILD)/src/client/outbox.o $(BUILD)/libceleriac.a
+	@mkdir -p $(dir $@)
+	$(CC) -r -nostdlib -o $@.tmp $^
+	objcopy --localize-hidden $@.tmp $@
+	@rm -f $@.tmp
+
+$(BUILD)/libceleriac-client.a: $(CLIENT_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/$(CLIENT_SO): $(CLIENT_OBJ)
+	$(CC) $(LDFLAGS) -shared -Wl,-soname,$(CLIENT_SONAME) -Wl,--no-undefined -o $@ $^ $(CLIENT_LIBS)
 
 # A task library is built the way a user's would be: against include/celeriac.h
 # alone, -fPIC -shared, plus the database client it uses.
@@ -105,5 +141,60 @@ fuzz: deps
 
 clean:
 	rm -rf $(BUILD)
+
+# What `make install` writes, relative to DESTDIR; `make uninstall` removes
+# exactly these. The .pc files are written from packaging/*.pc.in with the
+# install's own directories.
+INSTALLED := $(BINDIR)/celeriac \
+             $(INCLUDEDIR)/celeriac.h $(INCLUDEDIR)/celeriac_client.h \
+             $(LIBDIR)/libceleriac-client.a $(LIBDIR)/$(CLIENT_SO) \
+             $(LIBDIR)/$(CLIENT_SONAME) $(LIBDIR)/libceleriac-client.so \
+             $(PKGCONFIGDIR)/celeriac.pc $(PKGCONFIGDIR)/celeriac-client.pc \
+             $(MANDIR)/man1/celeriac.1 $(MANDIR)/man7/celeriac-tasks.7
+INSTALL_DIRS := $(BINDIR) $(INCLUDEDIR) $(LIBDIR) $(PKGCONFIGDIR) $(MANDIR)/man1 $(MANDIR)/man7
+PC_SED := -e 's|@PREFIX@|$(PREFIX)|g' \
+          -e 's|@INCLUDEDIR@|$(patsubst $(PREFIX)/%,$${prefix}/%,$(INCLUDEDIR))|g' \
+          -e 's|@LIBDIR@|$(patsubst $(PREFIX)/%,$${prefix}/%,$(LIBDIR))|g' -e 's|@VERSION@|$(VERSION)|g' \
+          -e 's|@CLIENT_LIBS@|$(CLIENT_LIBS)|g'
+
+# DESTDIR/PREFIX that cannot be written: one line and a non-zero status before
+# anything is built or copied (checked when make reads this file, so make's
+# own "Error" line does not follow it).
+ifneq ($(filter install,$(MAKECMDGOALS)),)
+INSTALL_ERR := $(shell for d in $(INSTALL_DIRS); do \
+    out=$$(mkdir -p "$(DESTDIR)$$d" 2>&1 && test -w "$(DESTDIR)$$d" 2>&1) || { \
+        echo "cannot write to '$(DESTDIR)$$d': $${out:-permission denied}"; break; }; done)
+ifneq ($(INSTALL_ERR),)
+$(error make install: $(INSTALL_ERR))
+endif
+endif
+
+install: all
+	install -m 755 $(BUILD)/celeriac '$(DESTDIR)$(BINDIR)/celeriac'
+	install -m 644 include/celeriac.h include/celeriac_client.h '$(DESTDIR)$(INCLUDEDIR)/'
+	install -m 644 $(BUILD)/libceleriac-client.a '$(DESTDIR)$(LIBDIR)/'
+	install -m 755 $(BUILD)/$(CLIENT_SO) '$(DESTDIR)$(LIBDIR)/'
+	ln -sf $(CLIENT_SO) '$(DESTDIR)$(LIBDIR)/$(CLIENT_SONAME)'
+	ln -sf $(CLIENT_SONAME) '$(DESTDIR)$(LIBDIR)/libceleriac-client.so'
+	sed $(PC_SED) packaging/celeriac.pc.in >'$(DESTDIR)$(PKGCONFIGDIR)/celeriac.pc'
+	sed $(PC_SED) packaging/celeriac-client.pc.in >'$(DESTDIR)$(PKGCONFIGDIR)/celeriac-client.pc'
+	install -m 644 man/celeriac.1 '$(DESTDIR)$(MANDIR)/man1/'
+	install -m 644 man/celeriac-tasks.7 '$(DESTDIR)$(MANDIR)/man7/'
+
+uninstall:
+	rm -f $(addprefix '$(DESTDIR),$(addsuffix ',$(INSTALLED)))
+
+# A Debian package (debhelper) built from a copy of the tree in $(BUILD)/deb,
+# so the checkout and its build directories are left as they are; the .deb
+# lands in $(BUILD)/.
+deb:
+	@rm -rf $(BUILD)/deb && mkdir -p $(BUILD)/deb/celeriac-$(VERSION)
+	tar --exclude=./.git --exclude='./build*' --exclude='./$(BUILD)' --exclude=./bench/out -cf - . | \
+	    tar -C $(BUILD)/deb/celeriac-$(VERSION) -xf -
+	cd $(BUILD)/deb/celeriac-$(VERSION) && env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL \
+	    DEB_BUILD_OPTIONS="nocheck noddebs parallel=$$(nproc) $${DEB_BUILD_OPTIONS:-}" \
+	    dpkg-buildpackage -b -us -uc >../build.log 2>&1 || { tail -30 ../build.log; exit 1; }
+	cp $(BUILD)/deb/celeriac_$(VERSION)*.deb $(BUILD)/
+	@ls $(BUILD)/celeriac_$(VERSION)*.deb
 
 -include $(LIB_OBJ:.o=.d) $(MAIN_OBJ:.o=.d)

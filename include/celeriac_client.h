@@ -3,8 +3,10 @@
  * as Python's `app.send_task(...)` and `AsyncResult.get()` do. A message sent
  * here is run by any Celery worker (Python or celeriac) consuming the queue.
  *
- * Link with build/libceleriac.a and `pkg-config --libs hiredis jansson libpq
- * sqlite3`. A client is used by one thread at a time; create one per thread
+ * Installed: `pkg-config --cflags --libs celeriac-client` (libceleriac-client.so;
+ * `--static` for libceleriac-client.a). In the tree: build/libceleriac-client.a
+ * or build/libceleriac.a with `pkg-config --libs hiredis jansson librabbitmq
+ * msgpack openssl libpq sqlite3`. A client is used by one thread at a time; create one per thread
  * or process (never share one across fork).
  */
 #ifndef CELERIAC_CLIENT_H

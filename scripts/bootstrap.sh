@@ -16,6 +16,8 @@ PACKAGES=(
     # the Python Celery client the interop tests drive
     python3 python3-celery python3-redis python3-psycopg2 python3-amqp python3-kombu
     python3-msgpack python3-sqlalchemy
+    # make deb, and the install tests (man -l, readelf, nm)
+    debhelper dpkg-dev man-db binutils
     # make bench draws its plots with it
     gnuplot-nox
 )

@@ -63,8 +63,11 @@ static int failed(struct sql_store *s, const char *what, struct err *e)
     int code = sqlite3_errcode(db(s)) & 0xff;
     int rc = sql_store_failed(s, what, sqlite3_errmsg(db(s)), e);
     if (rc == E_PROTOCOL && (code == SQLITE_BUSY || code == SQLITE_LOCKED ||
-                             code == SQLITE_FULL || code == SQLITE_IOERR))
-        rc = err_set(e, E_REFUSED, "%s", e ? e->msg : "");
+                             code == SQLITE_FULL || code == SQLITE_IOERR)) {
+        rc = E_REFUSED;
+        if (e)
+            e->code = rc; /* the message stands */
+    }
     return rc;
 }
 

@@ -3,8 +3,10 @@
 # test_sql_reliability_sqlite.sh (issue 12, "Bad input"): kombu's SQL
 # transport in an SQLite file when the file cannot be written.
 #   - locked beyond the busy timeout (5 s, the --db one; there is no flag):
-#     another process holds BEGIN IMMEDIATE for 8 s while a late-ack task
-#     runs (its ack waits) and others wait to be claimed;
+#     another process holds BEGIN IMMEDIATE for 18 s while a late-ack task
+#     runs (its ack waits: a first attempt is retried without a word, so the
+#     lock must outlast two busy timeouts to be logged) and others wait to be
+#     claimed;
 #   - a full disk: the broker file on a 2 MB tmpfs this test mounts (root
 #     only, else skipped), filled while a late-ack task runs.
 # Each: logged once per episode, no spin, nothing lost, everything runs after.
@@ -30,14 +32,14 @@ wait_children 1 20 || not_ok "worker on sqla+sqlite started" "$(worker_log_tail)
 first=$(BROKER_URL=$SQL_BROKER send rel.sleep_late '[0]')
 expect_eq "a task runs on the SQLite broker" SUCCESS "$(meta_of "$first" 15 | summary | cut -d' ' -f1)"
 
-running=$(BROKER_URL=$SQL_BROKER send rel.sleep_late '[6]')
+running=$(BROKER_URL=$SQL_BROKER send rel.sleep_late '[2]')
 waiting=$(BROKER_URL=$SQL_BROKER send rel.sleep_late '[0]' --count 5)
 "$PY" -c '
 import sqlite3, sys, time
 c = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=10)
 c.execute("BEGIN IMMEDIATE")
 print("locked", time.time(), flush=True)
-time.sleep(14)
+time.sleep(18)
 c.execute("COMMIT")
 print("released", time.time(), flush=True)' "$BROKER_DB" >"$TEST_TMP/lock.out" 2>&1 &
 LOCK_PID=$!

@@ -10,7 +10,8 @@ extern char **environ;
 
 static char *area;      /* start of argv[0] */
 static size_t area_len; /* contiguous bytes from argv[0] through the last environ string */
-static char **saved_argv; /* the moved argv, kept reachable for leak checkers */
+static char **saved_argv; /* the moved argv and environ, kept reachable for leak checkers */
+static char **saved_env;  /* (setenv may replace environ's array) */
 
 char **proctitle_init(int argc, char **argv)
 {
@@ -33,6 +34,7 @@ char **proctitle_init(int argc, char **argv)
     for (size_t i = 0; i < n_env; i++)
         env[i] = xstrdup(environ[i]);
     environ = env;
+    saved_env = env;
     for (int i = 0; i < argc; i++)
         copy[i] = xstrdup(argv[i]);
     saved_argv = copy;
@@ -43,7 +45,7 @@ char **proctitle_init(int argc, char **argv)
 
 void proctitle_set(const char *fmt, ...)
 {
-    if (!area || area_len < 2)
+    if (!area || area_len < 2 || !saved_argv || !saved_env)
         return;
     char title[512];
     va_list ap;

@@ -4,6 +4,7 @@
 #include "common.h"
 #include "celeriac.h"
 #include "cli/cli.h"
+#include "util/proctitle.h"
 #include "worker/config.h"
 
 static const char main_usage[] =
@@ -35,8 +36,11 @@ int main(int argc, char **argv)
         printf("celeriac %s (task ABI %d)\n", CELERIAC_VERSION, CELERIAC_ABI_VERSION);
         return EXIT_OK;
     }
-    if (!strcmp(cmd, "worker"))
+    if (!strcmp(cmd, "worker")) {
+        /* Only the worker sets titles; its argv strings move to the heap. */
+        argv = proctitle_init(argc, argv);
         return cli_worker(argc - 1, argv + 1);
+    }
     if (!strcmp(cmd, "call"))
         return cli_call(argc - 1, argv + 1);
     if (!strcmp(cmd, "result"))

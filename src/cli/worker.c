@@ -48,6 +48,8 @@ enum {
     OPT_STATEDB,
     OPT_RESULT_SERIALIZER,
     OPT_METRICS,
+    OPT_LOGFILE,
+    OPT_LOG_FORMAT,
 };
 
 static const struct option options[] = {
@@ -87,6 +89,8 @@ static const struct option options[] = {
     {"max-concurrency", required_argument, NULL, OPT_MAX_CONCURRENCY},
     {"statedb", required_argument, NULL, OPT_STATEDB},
     {"metrics", required_argument, NULL, OPT_METRICS},
+    {"logfile", required_argument, NULL, OPT_LOGFILE},
+    {"log-format", required_argument, NULL, OPT_LOG_FORMAT},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -110,6 +114,11 @@ static const char usage_text[] =
     "                              sqlite://rel/path (env CELERIAC_DB_URL; default: none)\n"
     "  -l, --loglevel LEVEL        debug, info, warning, error, critical (env\n"
     "                              CELERIAC_LOGLEVEL; default: info)\n"
+    "  -f, --logfile PATH          append log records to PATH, reopened on SIGUSR2\n"
+    "                              (logrotate) (env CELERIAC_LOGFILE; default: stderr)\n"
+    "      --log-format FORMAT     text (Celery's layout) or json (one object a line:\n"
+    "                              time, level, process, message, task_id, task_name)\n"
+    "                              (env CELERIAC_LOG_FORMAT; default: text)\n"
     "  -n, --hostname NAME         node name, %h = host name (env CELERIAC_HOSTNAME;\n"
     "                              default: celeriac@%h)\n"
     "      --acks-late             acknowledge every task after its result is stored\n"
@@ -322,6 +331,11 @@ static int apply_env(struct worker_config *cfg, const char **db_url)
         *db_url = v;
     if ((v = getenv("CELERIAC_LOGLEVEL")) && *v && log_parse_level(v, &cfg->log_level))
         return usage_error("unknown log level '%s' in CELERIAC_LOGLEVEL", v);
+    if ((v = getenv("CELERIAC_LOGFILE")) && *v)
+        set_str(&cfg->logfile, v);
+    if ((v = getenv("CELERIAC_LOG_FORMAT")) && *v && log_parse_format(v, &cfg->log_format))
+        return usage_error("unknown log format '%s' in CELERIAC_LOG_FORMAT (want text or json)",
+                           v);
     if ((v = getenv("CELERIAC_HOSTNAME")) && *v)
         set_str(&cfg->node_name, v);
     if ((v = getenv("CELERIAC_METRICS")) && *v && set_metrics(cfg, v, "CELERIAC_METRICS"))
@@ -337,7 +351,7 @@ static int parse_flags(struct worker_config *cfg, int argc, char **argv, const c
     int opt;
     optind = 1;
     opterr = 0;
-    while ((opt = getopt_long(argc, argv, ":A:c:Q:b:l:n:hE", options, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, ":A:c:Q:b:l:n:f:hE", options, NULL)) != -1) {
         switch (opt) {
         case 'A':
             set_str(&cfg->app_path, optarg);
@@ -366,6 +380,14 @@ static int parse_flags(struct worker_config *cfg, int argc, char **argv, const c
             break;
         case 'n':
             set_str(&cfg->node_name, optarg);
+            break;
+        case 'f':
+        case OPT_LOGFILE:
+            set_str(&cfg->logfile, optarg);
+            break;
+        case OPT_LOG_FORMAT:
+            if (log_parse_format(optarg, &cfg->log_format))
+                return usage_error("--log-format wants text or json, got '%s'", optarg);
             break;
         case OPT_ACKS_LATE:
             cfg->acks_late = true;
@@ -690,6 +712,22 @@ static void print_banner(const struct worker_config *cfg)
     buf_release(&db);
 }
 
+/* --logfile and --log-format, before anything logs: the file is opened
+ * here, by the master before its first fork, and every process appends to
+ * it. A file that cannot be opened stops the start with one line. */
+static int open_log(struct worker_config *cfg)
+{
+    log_set_format(cfg->log_format);
+    if (!cfg->logfile)
+        return 0;
+    struct err e = {0};
+    if (log_open_file(cfg->logfile, &e)) {
+        fprintf(stderr, "celeriac worker: %s\n", e.msg);
+        return EXIT_USAGE;
+    }
+    return 0;
+}
+
 int cli_worker(int argc, char **argv)
 {
     struct worker_config cfg;
@@ -698,6 +736,8 @@ int cli_worker(int argc, char **argv)
     int rc = apply_env(&cfg, &db_url);
     if (!rc)
         rc = parse_flags(&cfg, argc, argv, &db_url);
+    if (!rc)
+        rc = open_log(&cfg);
     if (!rc)
         rc = validate(&cfg, db_url);
     if (rc) {

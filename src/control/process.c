@@ -11,6 +11,7 @@
 #include "util/backoff.h"
 #include "util/buf.h"
 #include "util/log.h"
+#include "util/proctitle.h"
 #include "util/retry.h"
 #include "util/time.h"
 #include "worker/config.h"
@@ -86,6 +87,7 @@ void control_main(const struct worker_config *cfg, struct scoreboard *sb, int de
     c.deathwatch_fd = deathwatch_fd;
     log_set_process("ControlProcess");
     prctl(PR_SET_NAME, "celeriac:control", 0, 0, 0);
+    proctitle_set("celeriac: control");
     prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0);
     bus_init(&c.bus, &cfg->broker, cfg->node_name);
     pid_t master = getppid();
@@ -126,6 +128,7 @@ void control_main(const struct worker_config *cfg, struct scoreboard *sb, int de
             c.bus.ops->flush(&c.bus, &e);
         }
         pidbox_escalate(&c.pidbox);
+        log_follow_reopen();
         /* Without heartbeats there is no beat to wake for: wait the full
          * second (it bounds how late a stop or a gone master is noticed). */
         int wait = c.cfg->without_heartbeat ? 1000 : (int)(next_beat - time_mono_ms());

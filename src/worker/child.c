@@ -5,6 +5,7 @@
  * exit path. Settling of bad messages follows spec §5.1.
  */
 #include "common.h"
+#include "util/proctitle.h"
 #include "util/time.h"
 #include "worker/child_internal.h"
 #include "worker/signals.h"
@@ -50,6 +51,17 @@ static int hook_db_close(void *arg)
     if (lib->db_closing)
         lib->db_closing(&c->proc);
     return 0;
+}
+
+/* ---- the process title ps shows */
+
+void child_title(struct child *c, const char *state, const struct message *m)
+{
+    if (m)
+        proctitle_set("celeriac: worker child %d %s %.96s[%.40s]", c->index, state,
+                      m->task_name ? m->task_name : "?", m->task_id ? m->task_id : "?");
+    else
+        proctitle_set("celeriac: worker child %d %s", c->index, state);
 }
 
 /* ---- connections */
@@ -106,8 +118,13 @@ int child_ensure_broker(struct child *c)
 {
     if (c->broker.ops->is_open(&c->broker))
         return 0;
+    int state = atomic_load(&c->slot->state);
     atomic_store(&c->slot->state, CHILD_CONNECTING);
-    return open_with_backoff(c, open_broker, &c->broker, "broker");
+    child_title(c, "connecting", NULL);
+    int rc = open_with_backoff(c, open_broker, &c->broker, "broker");
+    if (state == CHILD_IDLE)
+        child_title(c, "idle", NULL);
+    return rc;
 }
 
 int child_ensure_backend(struct child *c)
@@ -165,6 +182,7 @@ static bool should_retire(struct child *c)
 ATTR_NORETURN static void leave(struct child *c, int code)
 {
     atomic_store(&c->slot->state, CHILD_STOPPING);
+    child_title(c, "stopping", NULL);
     held_restore(c);
     const struct celeriac_library *lib = c->cfg->lib.desc;
     if (code != EXIT_CANNOT_SERVE && lib->process_shutdown)
@@ -221,6 +239,7 @@ static void child_setup(struct child *c, const struct worker_config *cfg, struct
 
     atomic_store(&slot->state, CHILD_STARTING);
     atomic_fetch_add(&sb->child_tally[index].starts, 1);
+    child_title(c, "starting", NULL);
     atomic_store(&slot->db_state, cfg->db.kind == DB_NONE ? DBS_NONE : DBS_DOWN);
     struct broker_owner owner = {.node = cfg->node_name, .master_pid = c->events.master_pid,
                                  .index = index, .slot = slot, .held_board = &sb->held[index],
@@ -252,6 +271,7 @@ static void open_database(struct child *c)
 {
     struct slot *slot = c->slot;
     atomic_store(&slot->state, CHILD_CONNECTING);
+    child_title(c, "connecting", NULL);
     struct err e = {0};
     /* At the worker's start an unreachable database is a configuration
      * problem: give up after the configured attempts. A replacement for a
@@ -290,6 +310,7 @@ static void serve(struct child *c)
         }
         if (child_ensure_broker(c))
             break;
+        log_follow_reopen(); /* let go of a rotated log file even when idle */
         c->broker.ops->maintain(&c->broker);
         follow_queues(c);
         held_run_due(c);
@@ -337,6 +358,7 @@ void child_main(const struct worker_config *cfg, struct scoreboard *sb, struct s
     recover_lost_task(&c);
     recover_slot(&c);
     atomic_store(&slot->state, CHILD_IDLE);
+    child_title(&c, "idle", NULL);
     log_debug("child %d ready", index);
     serve(&c);
     leave(&c, EXIT_OK);

@@ -65,6 +65,9 @@ static inline int child_task_index(const struct child *c, const struct celeriac_
 /* child.c */
 /* True once asked to stop or when the master is gone. */
 bool child_should_stop(struct child *c);
+/* Sets this child's process title: "celeriac: worker child N <state>", and
+ * " <task name>[<id>]" when m is given. Child only. */
+void child_title(struct child *c, const char *state, const struct message *m);
 /* Open the broker / result backend connection unless open, retrying with
  * backoff. 0, or E_CONN_LOST when stopping. */
 int child_ensure_broker(struct child *c);

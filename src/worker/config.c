@@ -37,6 +37,7 @@ void worker_config_release(struct worker_config *cfg)
     free(cfg->backend_url);
     free(cfg->statedb);
     free(cfg->metrics);
+    free(cfg->logfile);
     redis_url_release(&cfg->broker.url);
     amqp_url_release(&cfg->broker.amqp);
     redis_url_release(&cfg->backend.url);

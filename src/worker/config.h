@@ -46,6 +46,8 @@ struct worker_config {
     bool remote_control;            /* run the control process (pidbox, heartbeats) */
     char *statedb;                  /* --statedb: file of revoked ids, or NULL */
     char *metrics;                  /* --metrics ADDR:PORT for Prometheus, or NULL */
+    char *logfile;                  /* --logfile: append records here, not to stderr */
+    enum log_format log_format;     /* --log-format text|json */
     bool without_heartbeat;         /* send no worker-online/heartbeat/offline events */
     bool task_events;               /* -E: send task events from the start */
     int64_t respawn_base_ms;        /* first delay before replacing a dead child */

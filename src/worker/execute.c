@@ -172,6 +172,7 @@ static void finish(struct child *c, const struct message *m)
     atomic_fetch_add(&c->slot->tasks_done, 1);
     tally_db(c);
     atomic_store(&c->slot->state, CHILD_IDLE);
+    child_title(c, "idle", NULL);
 }
 
 /* A transactional task whose result could not be stored: its writes are
@@ -215,6 +216,7 @@ static void execute(struct child *c, struct message *m, const struct celeriac_ta
     int64_t t0 = time_mono_ms();
     atomic_store(&c->slot->task_started_ms, t0);
     atomic_store(&c->slot->state, CHILD_BUSY);
+    child_title(c, "busy", m);
     atomic_store(&c->slot->reserved, 0);
     /* Acked when execution starts, as Celery, and only once the slot says
      * so: a death from here on is a lost running task, never a lost message. */
@@ -264,6 +266,7 @@ static void execute(struct child *c, struct message *m, const struct celeriac_ta
 void execute_accepted(struct child *c, struct message *m, const struct celeriac_task_def *def)
 {
     struct err e = {0};
+    log_task_set(m->task_id, m->task_name); /* a held task runs outside intake_handle */
     if (scoreboard_is_revoked(c->sb, m->task_id)) {
         settle_revoked(c, m, false);
         return;

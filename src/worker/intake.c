@@ -90,6 +90,7 @@ void intake_handle(struct child *c, struct delivery *d)
      * leaves the message to be put back (see recover_lost_task). */
     c->broker.ops->track(&c->broker, d, &m);
     c->current = &m;
+    log_task_set(m.task_id, m.task_name);
     if (!recover_redelivered(c, &m))
         route(c, &m, d->queue);
     goto out;
@@ -99,5 +100,6 @@ out_settle:
 out:
     c->broker.ops->done(&c->broker);
     c->current = NULL;
+    log_task_clear();
     message_release(&m);
 }

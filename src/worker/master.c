@@ -7,9 +7,11 @@
  */
 #include "common.h"
 #include "util/backoff.h"
+#include "util/proctitle.h"
 #include "util/time.h"
 #include "worker/master.h"
 #include "worker/scoreboard.h"
+#include "worker/service.h"
 #include "worker/statedb.h"
 #include "worker/signals.h"
 #include "worker/spawn.h"
@@ -61,6 +63,7 @@ struct master {
     bool trimmed;
     pid_t salvage_pid;              /* returning what dead children's hands held */
     int salvage_runs;               /* bounded: the broker may be gone for good */
+    struct service svc;             /* systemd notifications (no-op without systemd) */
 };
 
 /* A salvage run may fail this many times in a worker's life before the
@@ -563,7 +566,7 @@ static int supervise(struct master *m)
     for (;;) {
         struct pollfd p = {.fd = signals_wake_fd(), .events = POLLIN};
         bool limits = enforce_time_limits(m);
-        int timeout = next_timeout(m, m->ready_logged && !limits ? 1000 : 100);
+        int timeout = service_timeout(&m->svc, next_timeout(m, m->ready_logged && !limits ? 1000 : 100));
         if (poll(&p, 1, timeout) < 0 && errno != EINTR)
             log_error("poll failed: %s", strerror(errno));
         signals_drain();
@@ -572,15 +575,21 @@ static int supervise(struct master *m)
             log_status(m);
         }
         maybe_log_ready(m);
+        if (sig_reopen) {
+            sig_reopen = 0;
+            log_reopen_all();
+        }
         sig_child = 0;
         sig_resize = 0;
         reap(m);
         if (sig_cold && !m->kill_sent) {
             log_warning("cold shutdown: killing %d children", alive_count(m));
+            service_stopping(&m->svc, "cold shutdown");
             signal_children(m, SIGKILL);
             m->kill_sent = m->stop_sent = true;
         } else if (sig_stop && !m->stop_sent) {
             log_warning("warm shutdown: children finish their current task");
+            service_stopping(&m->svc, "warm shutdown: children finish their current task");
             signal_children(m, SIGTERM);
             m->stop_sent = true;
         }
@@ -596,10 +605,12 @@ static int supervise(struct master *m)
         }
         if (!m->ready_logged && none_can_serve(m)) {
             log_critical("no child could connect to its database; stopping");
+            service_stopping(&m->svc, "no child could connect to its database");
             return EXIT_CANNOT_SERVE;
         }
         capacity_check(m);
         respawn_due(m);
+        service_tick(&m->svc, &m->sb, pool_target(m));
     }
 }
 
@@ -621,6 +632,7 @@ int master_run(struct worker_config *cfg)
         return EXIT_FAILED;
     }
     prctl(PR_SET_NAME, "celeriac:master", 0, 0, 0);
+    proctitle_set("celeriac: master %s", cfg->node_name);
     m.sb.shared->pool_target = cfg->concurrency;
     scoreboard_queues_set(&m.sb, cfg->broker.queues, cfg->broker.n_queues); /* -Q is capped */
     if (cfg->statedb) {
@@ -642,6 +654,8 @@ int master_run(struct worker_config *cfg)
         backoff_init(&m.children[i].respawn, cfg->respawn_base_ms, cfg->respawn_cap_ms);
     backoff_init(&m.control.respawn, cfg->respawn_base_ms, cfg->respawn_cap_ms);
     backoff_init(&m.metrics.respawn, cfg->respawn_base_ms, cfg->respawn_cap_ms);
+    log_follow_generation(&m.sb.shared->log_gen);
+    service_init(&m.svc, m.sb.n);
     respawn_due(&m); /* forks the pool and the control process */
     int code = supervise(&m);
     if (code == EXIT_OK)
@@ -649,6 +663,8 @@ int master_run(struct worker_config *cfg)
     close(m.deathwatch[0]);
     close(m.deathwatch[1]);
     free(m.children);
+    service_release(&m.svc);
+    log_follow_generation(NULL);
     scoreboard_destroy(&m.sb);
     return code;
 }

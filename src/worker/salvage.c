@@ -5,6 +5,7 @@
 #include "common.h"
 #include "util/backoff.h"
 #include "util/log.h"
+#include "util/proctitle.h"
 #include "util/time.h"
 #include "protocol/message.h"
 #include "worker/salvage.h"
@@ -210,6 +211,7 @@ void salvage_main(const struct worker_config *cfg, struct scoreboard *sb)
 {
     log_set_process("Salvage");
     prctl(PR_SET_NAME, "celeriac:salvage", 0, 0, 0);
+    proctitle_set("celeriac: salvage");
     struct salvage sv = {.cfg = cfg, .sb = sb};
     broker_redis_init(&sv.broker, &cfg->broker);
     backend_redis_init(&sv.backend, &cfg->backend);

@@ -171,6 +171,8 @@ struct board_shared {
     struct queue_set queues;           /* what the children consume */
     _Atomic uint64_t lost_count;       /* notes ever written; % LOST_NOTES is the next */
     struct lost_note lost[LOST_NOTES];
+    _Atomic uint64_t log_gen;          /* --logfile reopen generation (util/log.h), bumped by
+                                          the master on SIGUSR2 */
     struct task_tuning tasks[];        /* one per registered task */
 };
 

@@ -13,6 +13,7 @@ volatile sig_atomic_t sig_child;
 volatile sig_atomic_t sig_status;
 volatile sig_atomic_t sig_resize;
 volatile sig_atomic_t sig_hup;
+volatile sig_atomic_t sig_reopen;
 
 static int wake_pipe[2] = {-1, -1};
 
@@ -75,10 +76,13 @@ static void on_status(int sig)
     wake();
 }
 
+/* USR2: the control process's "pool_target changed", and logrotate's
+ * "reopen the log file"; both are cheap to act on when only one was meant. */
 static void on_resize(int sig)
 {
     UNUSED(sig);
     sig_resize = 1;
+    sig_reopen = 1;
     wake();
 }
 
@@ -136,7 +140,7 @@ void signals_child_install(void)
     if (wake_pipe[1] >= 0)
         close(wake_pipe[1]);
     wake_pipe[0] = wake_pipe[1] = -1;
-    sig_stop = sig_cold = sig_child = sig_status = sig_resize = sig_hup = 0;
+    sig_stop = sig_cold = sig_child = sig_status = sig_resize = sig_hup = sig_reopen = 0;
     for (int s = 1; s < NSIG; s++) {
         if (s == SIGKILL || s == SIGSTOP)
             continue;
@@ -153,6 +157,9 @@ void signals_child_install(void)
     /* A hangup sent to the whole process group (a closed terminal) must not
      * kill children mid-task: the master decides what HUP means. */
     signal(SIGHUP, SIG_IGN);
+    /* USR2 sent to every process of the unit (systemctl kill -s USR2) must
+     * not kill children: the master reopens the log for all of them. */
+    signal(SIGUSR2, SIG_IGN);
 }
 
 void signals_block_all(sigset_t *old)

@@ -15,6 +15,7 @@ extern volatile sig_atomic_t sig_child;    /* SIGCHLD arrived (master) */
 extern volatile sig_atomic_t sig_status;   /* SIGUSR1: log the scoreboard (master) */
 extern volatile sig_atomic_t sig_resize;   /* SIGUSR2: pool_target changed (master) */
 extern volatile sig_atomic_t sig_hup;      /* SIGHUP: reload asked for, not supported (master) */
+extern volatile sig_atomic_t sig_reopen;   /* SIGUSR2: reopen the --logfile (master) */
 
 /* Master: creates the non-blocking, close-on-exec wake pipe and installs
  * handlers for TERM, INT, QUIT, CHLD, USR1, USR2, HUP; ignores PIPE. Returns 0 or -errno. */
@@ -24,7 +25,7 @@ int signals_wake_fd(void);
 void signals_drain(void);
 /* Child: closes the master's wake pipe, resets every handler, installs the
  * child's (TERM/INT: finish the task and stop; QUIT: default, die now;
- * HUP: ignored). Also used by the control and salvage processes. */
+ * HUP, USR2: ignored). Also used by the control and salvage processes. */
 void signals_child_install(void);
 /* Child: once *flag is set (by the control process, before it signals us),
  * TERM and INT end the process by that signal instead of a warm stop.

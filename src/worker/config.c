@@ -36,6 +36,7 @@ void worker_config_release(struct worker_config *cfg)
     free(cfg->broker_url);
     free(cfg->backend_url);
     free(cfg->statedb);
+    free(cfg->pidfile);
     redis_url_release(&cfg->broker.url);
     amqp_url_release(&cfg->broker.amqp);
     redis_url_release(&cfg->backend.url);

@@ -25,8 +25,14 @@ static const char *as_file(const char *path, char *buf, size_t size)
 static int load_from(struct library *lib, const char *open_path, const char *path, struct err *e)
 {
     void *h = dlopen(open_path, RTLD_NOW | RTLD_LOCAL);
-    if (!h)
-        return err_set(e, E_CONFIG, "load task library '%s' failed: %s", path, dlerror());
+    if (!h) {
+        /* dlerror names the file it opened: a copy's /proc name says nothing */
+        const char *why = dlerror();
+        size_t n = strlen(open_path);
+        if (open_path != path && !strncmp(why, open_path, n) && !strncmp(why + n, ": ", 2))
+            why += n + 2;
+        return err_set(e, E_CONFIG, "load task library '%s' failed: %s", path, why);
+    }
     library_init_fn init;
     *(void **)&init = dlsym(h, "celeriac_library_init");
     if (!init) {

@@ -17,6 +17,7 @@ static const char main_usage[] =
     "  worker     run a prefork worker (celeriac worker --help)\n"
     "  call       send a task by name, optionally wait for its result\n"
     "  result     print a task's result\n"
+    "  reload     load a running worker's task library again (celeriac reload --help)\n"
     "\n"
     "  -h, --help      this help\n"
     "  -V, --version   print the version\n";
@@ -45,6 +46,8 @@ int main(int argc, char **argv)
         return cli_call(argc - 1, argv + 1);
     if (!strcmp(cmd, "result"))
         return cli_result(argc - 1, argv + 1);
+    if (!strcmp(cmd, "reload"))
+        return cli_reload(argc - 1, argv + 1);
     fprintf(stderr, "celeriac: unknown command '%s' (see --help)\n", cmd);
     return EXIT_USAGE;
 }

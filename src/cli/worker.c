@@ -9,7 +9,9 @@
 #include "metrics/listen.h"
 #include "util/log.h"
 #include "util/buf.h"
+#include "util/pidfile.h"
 #include "util/url.h"
+#include "worker/autoscale.h"
 #include "worker/config.h"
 #include "worker/master.h"
 #include "worker/scoreboard.h"
@@ -50,6 +52,8 @@ enum {
     OPT_METRICS,
     OPT_LOGFILE,
     OPT_LOG_FORMAT,
+    OPT_PIDFILE,
+    OPT_AUTOSCALE,
 };
 
 static const struct option options[] = {
@@ -91,6 +95,8 @@ static const struct option options[] = {
     {"metrics", required_argument, NULL, OPT_METRICS},
     {"logfile", required_argument, NULL, OPT_LOGFILE},
     {"log-format", required_argument, NULL, OPT_LOG_FORMAT},
+    {"pidfile", required_argument, NULL, OPT_PIDFILE},
+    {"autoscale", required_argument, NULL, OPT_AUTOSCALE},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -174,6 +180,10 @@ static const char usage_text[] =
     "                              (default: the larger of -c and 64)\n"
     "      --metrics ADDR:PORT     serve Prometheus metrics on http://ADDR:PORT/metrics\n"
     "                              (env CELERIAC_METRICS; default: off)\n"
+    "      --autoscale MAX,MIN     start MIN children (default 1), grow towards MAX while\n"
+    "                              every child is busy, shrink back after an idle\n"
+    "                              AUTOSCALE_KEEPALIVE seconds (env; default: 30)\n"
+    "      --pidfile PATH          write the master's pid to PATH (for celeriac reload)\n"
     "  -h, --help                  this help\n"
     "\n"
     "Exit status: 0 clean shutdown, 2 bad usage or configuration, 3 no child could\n"
@@ -508,6 +518,15 @@ static int parse_flags(struct worker_config *cfg, int argc, char **argv, const c
             free(cfg->statedb);
             cfg->statedb = xstrdup(optarg);
             break;
+        case OPT_PIDFILE:
+            set_str(&cfg->pidfile, optarg);
+            break;
+        case OPT_AUTOSCALE: {
+            struct err e = {0};
+            if (autoscale_parse(cfg, optarg, &e))
+                return usage_error("%s", e.msg);
+            break;
+        }
         case OPT_MAX_CONCURRENCY:
             if (parse_long("--max-concurrency", optarg, 1, 4096, &n))
                 return EXIT_USAGE;
@@ -632,6 +651,11 @@ static int validate(struct worker_config *cfg, const char *db_url)
             cfg->db.where = xstrdup(cfg->db.sqlite_path);
         }
     }
+    if (cfg->autoscale_max) { /* as Celery: the autoscaler decides, -c is not used */
+        cfg->concurrency = cfg->autoscale_min;
+        if (cfg->max_concurrency < cfg->autoscale_max)
+            cfg->max_concurrency = cfg->autoscale_max;
+    }
     if (!cfg->max_concurrency)
         cfg->max_concurrency = cfg->concurrency > 64 ? cfg->concurrency : 64;
     if (cfg->db.backoff_cap_ms < cfg->db.backoff_base_ms)
@@ -745,8 +769,15 @@ int cli_worker(int argc, char **argv)
         return rc < 0 ? EXIT_OK : rc;
     }
     log_set_level(cfg.log_level);
+    struct err e = {0};
+    if (cfg.pidfile && pidfile_write(cfg.pidfile, &e)) {
+        fprintf(stderr, "celeriac worker: %s\n", e.msg);
+        worker_config_release(&cfg);
+        return EXIT_USAGE;
+    }
     print_banner(&cfg);
     rc = master_run(&cfg);
+    pidfile_remove(cfg.pidfile);
     worker_config_release(&cfg);
     return rc;
 }

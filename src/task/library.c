@@ -5,24 +5,34 @@
 #include "task/library.h"
 
 #include <dlfcn.h>
+#include <fcntl.h>
+#include <sys/mman.h>
 
 typedef const struct celeriac_library *(*library_init_fn)(int host_abi);
 
-int library_load(struct library *lib, const char *path, struct err *e)
+/* dlopen searches the library path for a bare name; a user passing
+ * "libbooks.so" from the current directory means the file. */
+static const char *as_file(const char *path, char *buf, size_t size)
 {
-    memset(lib, 0, sizeof(*lib));
-    /* dlopen searches the library path for a bare name; a user passing
-     * "libbooks.so" from the current directory means the file. */
-    char resolved[4096];
-    if (!strchr(path, '/')) {
-        snprintf(resolved, sizeof(resolved), "./%s", path);
-        path = resolved;
+    if (strchr(path, '/'))
+        return path;
+    snprintf(buf, size, "./%s", path);
+    return buf;
+}
+
+/* dlopen(open_path), celeriac_library_init and the checks; messages name
+ * path (what the user gave). On success fills lib, else leaves it zeroed. */
+static int load_from(struct library *lib, const char *open_path, const char *path, struct err *e)
+{
+    void *h = dlopen(open_path, RTLD_NOW | RTLD_LOCAL);
+    if (!h) {
+        /* dlerror names the file it opened: a copy's /proc name says nothing */
+        const char *why = dlerror();
+        size_t n = strlen(open_path);
+        if (open_path != path && !strncmp(why, open_path, n) && !strncmp(why + n, ": ", 2))
+            why += n + 2;
+        return err_set(e, E_CONFIG, "load task library '%s' failed: %s", path, why);
     }
-    if (access(path, R_OK))
-        return err_set(e, E_CONFIG, "load task library '%s' failed: %s", path, strerror(errno));
-    void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-    if (!h)
-        return err_set(e, E_CONFIG, "load task library '%s' failed: %s", path, dlerror());
     library_init_fn init;
     *(void **)&init = dlsym(h, "celeriac_library_init");
     if (!init) {
@@ -63,6 +73,7 @@ int library_load(struct library *lib, const char *path, struct err *e)
         goto out_close;
     }
     lib->handle = h;
+    lib->fd = -1;
     lib->path = xstrdup(path);
     lib->desc = desc;
     lib->n_tasks = n;
@@ -73,12 +84,88 @@ out_close:
     return E_CONFIG;
 }
 
+int library_load(struct library *lib, const char *path, struct err *e)
+{
+    memset(lib, 0, sizeof(*lib));
+    lib->fd = -1;
+    char resolved[4096];
+    path = as_file(path, resolved, sizeof(resolved));
+    if (access(path, R_OK))
+        return err_set(e, E_CONFIG, "load task library '%s' failed: %s", path, strerror(errno));
+    return load_from(lib, path, path, e);
+}
+
+/* Copies the file at fd into a new memfd. Returns it, or -errno. */
+static int copy_to_memfd(int fd)
+{
+    int mfd = memfd_create("celeriac-task-library", MFD_CLOEXEC);
+    if (mfd < 0)
+        return -errno;
+    char buf[65536];
+    for (;;) {
+        ssize_t n = read(fd, buf, sizeof(buf));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            int saved = n < 0 ? errno : 0;
+            if (saved) {
+                close(mfd);
+                return -saved;
+            }
+            return mfd;
+        }
+        for (ssize_t off = 0; off < n;) {
+            ssize_t w = write(mfd, buf + off, (size_t)(n - off));
+            if (w < 0 && errno == EINTR)
+                continue;
+            if (w < 0) {
+                int saved = errno;
+                close(mfd);
+                return -saved;
+            }
+            off += w;
+        }
+    }
+}
+
+int library_load_fresh(struct library *lib, const char *path, struct err *e)
+{
+    memset(lib, 0, sizeof(*lib));
+    lib->fd = -1;
+    char resolved[4096];
+    path = as_file(path, resolved, sizeof(resolved));
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return err_set(e, E_CONFIG, "load task library '%s' failed: %s", path, strerror(errno));
+    int mfd = copy_to_memfd(fd);
+    close(fd);
+    if (mfd < 0)
+        return err_set(e, E_CONFIG, "load task library '%s' failed: copying it: %s", path,
+                       strerror(-mfd));
+    /* The memfd stays open while the library is loaded: its /proc name is
+     * unique among loaded libraries only as long as the descriptor is ours. */
+    char open_path[64];
+    snprintf(open_path, sizeof(open_path), "/proc/self/fd/%d", mfd);
+    int rc = load_from(lib, open_path, path, e);
+    if (rc) {
+        close(mfd);
+        lib->fd = -1;
+        return rc;
+    }
+    lib->fd = mfd;
+    return 0;
+}
+
 void library_unload(struct library *lib)
 {
-    if (lib->handle)
+    if (lib->handle) {
         dlclose(lib->handle);
+        if (lib->fd >= 0)
+            close(lib->fd);
+    }
     free(lib->path);
     memset(lib, 0, sizeof(*lib));
+    lib->fd = -1;
 }
 
 const struct celeriac_autoretry *library_autoretry(const struct library *lib, const char *task,

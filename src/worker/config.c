@@ -38,6 +38,7 @@ void worker_config_release(struct worker_config *cfg)
     free(cfg->statedb);
     free(cfg->metrics);
     free(cfg->logfile);
+    free(cfg->pidfile);
     redis_url_release(&cfg->broker.url);
     amqp_url_release(&cfg->broker.amqp);
     redis_url_release(&cfg->backend.url);

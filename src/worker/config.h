@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT
  * worker/config.h: the worker's settings after parsing flags and environment,
  * and the process exit codes. Filled by cli/worker.c, read by everything in
- * worker/. Immutable after the first fork.
+ * worker/. Immutable after the first fork, except lib, which only a reload
+ * replaces (in the master, between forks).
  */
 #ifndef CELERIAC_WORKER_CONFIG_H
 #define CELERIAC_WORKER_CONFIG_H
@@ -52,7 +53,12 @@ struct worker_config {
     bool task_events;               /* -E: send task events from the start */
     int64_t respawn_base_ms;        /* first delay before replacing a dead child */
     int64_t respawn_cap_ms;
-    struct library lib;             /* loaded in the master before forking */
+    int autoscale_max;              /* --autoscale MAX,MIN; 0 = off */
+    int autoscale_min;
+    int64_t autoscale_keepalive_ms; /* AUTOSCALE_KEEPALIVE: idle time before shrinking */
+    char *pidfile;                  /* --pidfile: the master's pid, for `celeriac reload` */
+    struct library lib;             /* loaded in the master before forking; replaced in the
+                                       master by a reload (worker/reload.h) */
 };
 
 void worker_config_init(struct worker_config *cfg);

@@ -9,7 +9,9 @@
 #include "util/backoff.h"
 #include "util/proctitle.h"
 #include "util/time.h"
+#include "worker/autoscale.h"
 #include "worker/master.h"
+#include "worker/reload.h"
 #include "worker/scoreboard.h"
 #include "worker/service.h"
 #include "worker/statedb.h"
@@ -33,6 +35,7 @@ struct child_entry {
                                 served since: retried (a probe) once the worker serves */
     bool killed_for_limit;   /* the master killed it past its hard time limit */
     bool retiring;           /* asked to stop because the pool shrank */
+    bool reloading;          /* asked to stop by a reload: replaced at once */
     struct backoff respawn;
     struct {                 /* task it died running, for its replacement to settle */
         int reason;          /* enum lost_reason */
@@ -64,6 +67,9 @@ struct master {
     pid_t salvage_pid;              /* returning what dead children's hands held */
     int salvage_runs;               /* bounded: the broker may be gone for good */
     struct service svc;             /* systemd notifications (no-op without systemd) */
+    struct reload reload;           /* SIGHUP: the task library loaded again */
+    bool control_reload;            /* the control process stops for a reload */
+    struct autoscale autoscale;     /* --autoscale */
 };
 
 /* A salvage run may fail this many times in a worker's life before the
@@ -112,6 +118,7 @@ static void start_child(struct master *m, int i)
     ce->lost.reason = LOST_NONE;
     ce->hand_check = false; /* the new child looks in its hand itself */
     atomic_store(&m->sb.slots[i].pid, pid);
+    reload_child_forked(&m->reload, i);
 }
 
 /* Copies what a dead child was running out of its slot, if anything. */
@@ -329,7 +336,10 @@ static void reap(struct master *m)
             continue;
         if (pid == m->control.pid) {
             m->control.pid = 0;
-            if (!m->stop_sent) {
+            if (m->control_reload && !m->stop_sent) {
+                m->control_reload = false;
+                m->control.respawn_at_ms = time_mono_ms(); /* with the new library */
+            } else if (!m->stop_sent) {
                 int64_t delay = backoff_next(&m->control.respawn);
                 log_error("control process (pid %d) died; replacing it in %" PRId64 " ms",
                           (int)pid, delay);
@@ -342,6 +352,8 @@ static void reap(struct master *m)
             continue;
         struct child_entry *ce = &m->children[i];
         int64_t lived = time_mono_ms() - ce->started_ms;
+        bool reloading = ce->reloading;
+        ce->reloading = false;
         bool handed_on = atomic_load(&m->sb.slots[i].lost_reason) != LOST_NONE;
         remember_lost_task(ce, &m->sb.slots[i], status);
         if (!handed_on)
@@ -355,7 +367,8 @@ static void reap(struct master *m)
                 cannot_serve_exit(m, i, pid);
                 continue;
             }
-            if (code == EXIT_RECYCLED && !m->stop_sent) {
+            if ((code == EXIT_RECYCLED || (reloading && code == EXIT_OK)) && !m->stop_sent &&
+                (!reloading || i < pool_target(m))) {
                 log_info("child %d (pid %d) retired; replacing it", i, (int)pid);
                 backoff_reset(&ce->respawn);
                 ce->respawn_at_ms = time_mono_ms();
@@ -566,7 +579,8 @@ static int supervise(struct master *m)
     for (;;) {
         struct pollfd p = {.fd = signals_wake_fd(), .events = POLLIN};
         bool limits = enforce_time_limits(m);
-        int timeout = service_timeout(&m->svc, next_timeout(m, m->ready_logged && !limits ? 1000 : 100));
+        bool fast = limits || reload_is_active(&m->reload) || !m->ready_logged;
+        int timeout = service_timeout(&m->svc, next_timeout(m, fast ? 100 : 1000));
         if (poll(&p, 1, timeout) < 0 && errno != EINTR)
             log_error("poll failed: %s", strerror(errno));
         signals_drain();
@@ -595,7 +609,20 @@ static int supervise(struct master *m)
         }
         if (sig_hup) {
             sig_hup = 0;
-            log_warning("SIGHUP received: reload is not supported yet; ignored");
+            /* systemd hears RELOADING=1 now and READY=1 again once every
+             * child is up (service_tick), after a refused reload too */
+            if (!m->stop_sent)
+                service_reloading(&m->svc);
+            if (!m->stop_sent && reload_begin(&m->reload, m->cfg, m->sb.n_tasks) &&
+                m->control.pid > 0) {
+                m->control_reload = true;
+                kill(m->control.pid, SIGTERM);
+            }
+        }
+        int r = m->stop_sent ? -1 : reload_next(&m->reload, &m->sb, pool_target(m));
+        if (r >= 0 && m->children[r].pid > 0) {
+            m->children[r].reloading = true;
+            kill(m->children[r].pid, SIGTERM);
         }
         salvage_due(m);
         if (m->stop_sent) {
@@ -609,6 +636,7 @@ static int supervise(struct master *m)
             return EXIT_CANNOT_SERVE;
         }
         capacity_check(m);
+        autoscale_tick(&m->autoscale, &m->sb);
         respawn_due(m);
         service_tick(&m->svc, &m->sb, pool_target(m));
     }
@@ -620,7 +648,7 @@ int master_run(struct worker_config *cfg)
     memset(&m, 0, sizeof(m));
     m.cfg = cfg;
     int cap = cfg->max_concurrency > cfg->concurrency ? cfg->max_concurrency : cfg->concurrency;
-    int rc = scoreboard_create(&m.sb, (size_t)cap, cfg->lib.n_tasks);
+    int rc = scoreboard_create(&m.sb, (size_t)cap, reload_task_capacity(cfg->lib.n_tasks));
     if (rc) {
         log_critical("scoreboard mmap failed: %s", strerror(-rc));
         return EXIT_FAILED;
@@ -656,6 +684,8 @@ int master_run(struct worker_config *cfg)
     backoff_init(&m.metrics.respawn, cfg->respawn_base_ms, cfg->respawn_cap_ms);
     log_follow_generation(&m.sb.shared->log_gen);
     service_init(&m.svc, m.sb.n);
+    reload_init(&m.reload, m.sb.n);
+    autoscale_init(&m.autoscale, cfg);
     respawn_due(&m); /* forks the pool and the control process */
     int code = supervise(&m);
     if (code == EXIT_OK)
@@ -665,6 +695,7 @@ int master_run(struct worker_config *cfg)
     free(m.children);
     service_release(&m.svc);
     log_follow_generation(NULL);
+    reload_release(&m.reload);
     scoreboard_destroy(&m.sb);
     return code;
 }

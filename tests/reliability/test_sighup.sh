@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
-# test_sighup.sh (issue 9, point 10c): SIGHUP used to kill the master (the
-# default action) with no log line. The master now logs that reload is not
-# supported and keeps running; pool children, the control process and a
-# running task are untouched (a hangup sent to the process group, as a
-# closed terminal does, reaches them all).
+# test_sighup.sh (issue 9, point 10c; issue 13, point 5): SIGHUP used to
+# kill the master (the default action) with no log line. It now reloads the
+# task library (tests/ops/test_reload.sh tests that in depth): the master
+# keeps running, a hangup sent to the whole process group (as a closed
+# terminal does) kills no child, the running task finishes, and the children
+# are replaced once it has.
 . "$(dirname "$0")/lib.sh"
 
 start_redis
@@ -30,13 +31,19 @@ else
     not_ok "SIGHUP: the master is still running" "exit status $?" "$(worker_log_tail 10)"
     WORKER_PID=
 fi
-expect_eq "SIGHUP: one log line says reload is not supported and HUP was ignored" 1 \
-    "$(log_count 'SIGHUP received: reload is not supported yet; ignored')" "$(worker_log_tail 10)"
-expect_eq "SIGHUP: the children and the control process are the same processes" "$before" \
-    "$(worker_all_children)" "$(worker_log_tail 10)"
+expect_eq "SIGHUP: one log line says the library is loaded again" 1 \
+    "$(log_count 'reload: task library .* loaded again')" "$(worker_log_tail 10)"
 m=$(meta_of "$id" 15)
 expect_eq "SIGHUP: the task running at the time finishes with SUCCESS" SUCCESS \
     "$(jget status <<<"$m")" "$m" "$(worker_log_tail 10)"
+_reloaded() { log_has 'reload: done in'; }
+wait_for 20 _reloaded || diag "the reload did not end: $(worker_log_tail 10)"
+_ctl_back() { [[ -n $(control_pid) ]]; }
+wait_for 10 _ctl_back
+after=$(worker_all_children)
+common=$(comm -12 <(tr ' ' '\n' <<<"$before" | sort) <(tr ' ' '\n' <<<"$after" | sort) | wc -l)
+expect_eq "SIGHUP: the children and the control process were replaced after the task" "3 0" \
+    "$(wc -w <<<"$after") $common" "before: $before" "after: $after"
 id=$(send rel.pid '[0]')
 expect_eq "SIGHUP: the worker still runs new tasks" SUCCESS "$(meta_of "$id" 15 | jget status)"
 stop_worker TERM 20

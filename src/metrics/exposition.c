@@ -65,7 +65,7 @@ static void render_task_counters(struct buf *out, const struct exposition *x)
 {
     for (size_t f = 0; f < sizeof(task_counters) / sizeof(task_counters[0]); f++) {
         family(out, task_counters[f].name, "counter", task_counters[f].help);
-        for (size_t i = 0; i < x->sb->n_tasks; i++) {
+        for (size_t i = 0; i < x->n_tasks; i++) {
             task_labels(out, task_counters[f].name, x, i);
             buf_addf(out, "} %" PRIu64 "\n",
                      load_at(&x->sb->task_tally[i], task_counters[f].offset));
@@ -85,7 +85,7 @@ static void render_runtime(struct buf *out, const struct exposition *x)
 {
     const char *name = "celery_task_runtime_seconds";
     family(out, name, "histogram", "Task runtime of succeeded and failed tasks.");
-    for (size_t i = 0; i < x->sb->n_tasks; i++) {
+    for (size_t i = 0; i < x->n_tasks; i++) {
         const struct task_tally *t = &x->sb->task_tally[i];
         uint64_t cum = 0;
         for (size_t b = 0; b <= TALLY_BUCKETS; b++) {

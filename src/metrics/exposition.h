@@ -16,7 +16,9 @@
 struct exposition {
     const struct scoreboard *sb;    /* borrowed: the worker's scoreboard */
     const char *hostname;           /* the node name, label hostname */
-    const char *const *task_names;  /* borrowed: sb->n_tasks names, label name */
+    const char *const *task_names;  /* borrowed: n_tasks names, label name */
+    size_t n_tasks;                 /* the library's tasks, at most sb->n_tasks (the table
+                                       has room for those a reload may add) */
     int64_t now_ms;                 /* monotonic time of the scrape */
     uint64_t (*rss)(pid_t pid);     /* resident bytes of pid, 0 when unknown */
 };

@@ -23,7 +23,8 @@
 struct metrics {
     const struct worker_config *cfg;
     struct scoreboard *sb;
-    const char **task_names;        /* sb->n_tasks, borrowed from the library */
+    const char **task_names;        /* n_tasks, borrowed from the library */
+    size_t n_tasks;
     int deathwatch_fd;
     struct MHD_Daemon *daemon;
 };
@@ -81,7 +82,8 @@ static enum MHD_Result answer(void *cls, struct MHD_Connection *conn, const char
         return reply(conn, MHD_HTTP_NOT_FOUND, body, len, "text/plain");
     }
     struct exposition x = {.sb = m->sb, .hostname = m->cfg->node_name,
-                           .task_names = m->task_names, .now_ms = time_mono_ms(),
+                           .task_names = m->task_names, .n_tasks = m->n_tasks,
+                           .now_ms = time_mono_ms(),
                            .rss = proc_rss};
     exposition_render(&out, &x);
     char *body = buf_detach(&out, &len);
@@ -131,8 +133,9 @@ void metrics_main(const struct worker_config *cfg, struct scoreboard *sb, int de
     log_set_process("MetricsProcess");
     prctl(PR_SET_NAME, "celeriac:metrics", 0, 0, 0);
     prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0);
-    m.task_names = xcalloc(sb->n_tasks ? sb->n_tasks : 1, sizeof(*m.task_names));
-    for (size_t i = 0; i < sb->n_tasks; i++)
+    m.n_tasks = cfg->lib.n_tasks < sb->n_tasks ? cfg->lib.n_tasks : sb->n_tasks;
+    m.task_names = xcalloc(m.n_tasks ? m.n_tasks : 1, sizeof(*m.task_names));
+    for (size_t i = 0; i < m.n_tasks; i++)
         m.task_names[i] = cfg->lib.desc->tasks[i].name;
     struct retry listening;
     retry_init(&listening, 1000, 15000, "serving metrics on '%s'", cfg->metrics);

@@ -613,10 +613,14 @@ static int supervise(struct master *m)
              * child is up (service_tick), after a refused reload too */
             if (!m->stop_sent)
                 service_reloading(&m->svc);
-            if (!m->stop_sent && reload_begin(&m->reload, m->cfg, m->sb.n_tasks) &&
-                m->control.pid > 0) {
-                m->control_reload = true;
-                kill(m->control.pid, SIGTERM);
+            if (!m->stop_sent && reload_begin(&m->reload, m->cfg, m->sb.n_tasks)) {
+                if (m->control.pid > 0) {
+                    m->control_reload = true;
+                    kill(m->control.pid, SIGTERM);
+                }
+                /* it names the tasks from the library it was forked with */
+                if (m->metrics.pid > 0)
+                    kill(m->metrics.pid, SIGTERM);
             }
         }
         int r = m->stop_sent ? -1 : reload_next(&m->reload, &m->sb, pool_target(m));

@@ -38,7 +38,8 @@ static char *render(struct scoreboard *sb)
     atomic_store(&s->scheduled, 3);
     atomic_store(&sb->child_tally[1].starts, 3);
     atomic_store(&sb->child_tally[1].db_wait_ms, 1500);
-    struct exposition x = {.sb = sb, .hostname = "w@h", .task_names = names, .now_ms = 3500,
+    struct exposition x = {.sb = sb, .hostname = "w@h", .task_names = names,
+                           .n_tasks = sb->n_tasks, .now_ms = 3500,
                            .rss = fake_rss};
     struct buf out = BUF_INIT;
     exposition_render(&out, &x);

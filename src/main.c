@@ -16,6 +16,7 @@ static const char main_usage[] =
     "  worker     run a prefork worker (celeriac worker --help)\n"
     "  call       send a task by name, optionally wait for its result\n"
     "  result     print a task's result\n"
+    "  status     what each child of a worker on this host is doing (local scoreboard)\n"
     "\n"
     "  -h, --help      this help\n"
     "  -V, --version   print the version\n";
@@ -41,6 +42,8 @@ int main(int argc, char **argv)
         return cli_call(argc - 1, argv + 1);
     if (!strcmp(cmd, "result"))
         return cli_result(argc - 1, argv + 1);
+    if (!strcmp(cmd, "status"))
+        return cli_status(argc - 1, argv + 1);
     fprintf(stderr, "celeriac: unknown command '%s' (see --help)\n", cmd);
     return EXIT_USAGE;
 }

@@ -9,5 +9,7 @@ int cli_worker(int argc, char **argv);
 /* `celeriac call NAME [ARGS...]` and `celeriac result ID`. */
 int cli_call(int argc, char **argv);
 int cli_result(int argc, char **argv);
+/* `celeriac status`: the local scoreboard of running workers. */
+int cli_status(int argc, char **argv);
 
 #endif /* CELERIAC_CLI_H */

@@ -20,7 +20,7 @@ wait_children 2 20 || not_ok "celeriac worker started" "$(worker_log_tail)"
 PYLOG=$TEST_TMP/pyworker.log
 (cd "$TESTS_DIR/parity" && BROKER_URL=$REDIS_URL RESULT_URL=$REDIS_URL C_FORCE_ROOT=1 \
     PYTHONPATH=$TESTS_DIR/parity exec "$PY" -m celery -A pyfleet worker -n "$P" -l info \
-    --without-gossip --without-mingle -P solo </dev/null >"$PYLOG" 2>&1) &
+    --without-gossip --without-mingle -c 1 </dev/null >"$PYLOG" 2>&1) &
 PYPID=$!
 _svc_record_pid "$PYPID" celery
 _py_ready() { grep -q ' ready\.' "$PYLOG"; }

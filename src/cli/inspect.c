@@ -229,7 +229,10 @@ static const char *pretty(struct buf *out, const json_t *v)
             buf_release(&inner);
             return ok ? "OK" : "ERROR";
         }
-        char *text = pyjson_dumps(v, JSON_INDENT(4) | JSON_SORT_KEYS | JSON_ENSURE_ASCII);
+        /* 16 digits: Python's shortest repr for most floats (0.002839, not
+         * 0.0028389999999999999); --json keeps jansson's exact 17 */
+        char *text = pyjson_dumps(v, JSON_INDENT(4) | JSON_SORT_KEYS | JSON_ENSURE_ASCII |
+                                         JSON_REAL_PRECISION(16));
         buf_adds(out, text);
         free(text);
         return "OK";

@@ -98,6 +98,12 @@ struct child_view {
     char task_name[97];
 };
 
+/* Seconds to the millisecond, as the monotonic clock gives them. */
+static double ms_to_s(int64_t ms)
+{
+    return (double)ms / 1000.0;
+}
+
 static void child_view(const struct slot *s, int64_t now, struct child_view *v)
 {
     v->pid = atomic_load(&s->pid);
@@ -106,8 +112,8 @@ static void child_view(const struct slot *s, int64_t now, struct child_view *v)
     v->reconnects = atomic_load(&s->reconnects);
     v->done = atomic_load(&s->tasks_done);
     int64_t started = atomic_load(&s->task_started_ms), opened = atomic_load(&s->db_opened_ms);
-    v->running_s = v->state == CHILD_BUSY && started ? (double)(now - started) / 1000.0 : -1;
-    v->db_age_s = v->db == DBS_UP && opened ? (double)(now - opened) / 1000.0 : -1;
+    v->running_s = v->state == CHILD_BUSY && started ? ms_to_s(now - started) : -1;
+    v->db_age_s = v->db == DBS_UP && opened ? ms_to_s(now - opened) : -1;
     snprintf(v->task_id, sizeof(v->task_id), "%.40s", s->task_id);
     snprintf(v->task_name, sizeof(v->task_name), "%.96s", s->task_name);
     if (v->running_s < 0)
@@ -182,7 +188,7 @@ static json_t *board_json(const struct scoreboard *sb, bool alive)
     }
     return json_pack("{s:s, s:i, s:b, s:f, s:i, s:o}", "node", h->node, "master_pid",
                      (int)h->master_pid, "running", alive, "uptime_s",
-                     time_now() - sb->shared->started, "pool_target",
+                     (double)(int64_t)((time_now() - sb->shared->started) * 1000.0) / 1000.0, "pool_target",
                      atomic_load(&sb->shared->pool_target), "children", children);
 }
 
@@ -270,7 +276,7 @@ int cli_status(int argc, char **argv)
     }
     closedir(d);
     if (o.json && found) {
-        char *text = json_dumps(all, JSON_INDENT(2));
+        char *text = json_dumps(all, JSON_INDENT(2) | JSON_REAL_PRECISION(16));
         puts(text);
         free(text);
     }

@@ -7,8 +7,7 @@
 # one line and exit 1, and the file is gone once the worker has stopped.
 . "$(dirname "$0")/../integration/services.sh"
 
-export CELERIAC_RUNTIME_DIR=$TEST_TMP/run
-mkdir -p "$CELERIAC_RUNTIME_DIR"
+# services.sh points CELERIAC_RUNTIME_DIR at the test's own directory
 start_redis
 start_pg
 seed_books_pg || not_ok "seed the books table"

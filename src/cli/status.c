@@ -126,15 +126,14 @@ static bool slot_is_shown(const struct scoreboard *sb, size_t i, const struct ch
     return v->state != CHILD_EMPTY || v->pid || (int)i < atomic_load(&sb->shared->pool_target);
 }
 
-static void print_text(const struct scoreboard *sb, bool alive)
+static void print_text(const struct scoreboard *sb)
 {
     const struct board_header *h = sb->header;
     int64_t now = time_mono_ms();
     struct buf line = BUF_INIT;
     buf_addf(&line, "%s: master pid %d, up ", h->node, (int)h->master_pid);
     add_duration(&line, time_now() - sb->shared->started);
-    buf_addf(&line, ", pool %d%s", atomic_load(&sb->shared->pool_target),
-             alive ? "" : " (not running: stale scoreboard)");
+    buf_addf(&line, ", pool %d", atomic_load(&sb->shared->pool_target));
     puts(line.data);
     printf("  %-3s %-8s %-10s %-8s %-10s %-7s %-6s %s\n", "#", "PID", "STATE", "DB", "CONN AGE",
            "RECONN", "DONE", "TASK");
@@ -164,7 +163,7 @@ static void print_text(const struct scoreboard *sb, bool alive)
     buf_release(&line);
 }
 
-static json_t *board_json(const struct scoreboard *sb, bool alive)
+static json_t *board_json(const struct scoreboard *sb)
 {
     const struct board_header *h = sb->header;
     int64_t now = time_mono_ms();
@@ -186,8 +185,8 @@ static json_t *board_json(const struct scoreboard *sb, bool alive)
                       v.db_age_s >= 0 ? json_real(v.db_age_s) : json_null(), "reconnects",
                       (json_int_t)v.reconnects, "tasks_done", (json_int_t)v.done));
     }
-    return json_pack("{s:s, s:i, s:b, s:f, s:i, s:o}", "node", h->node, "master_pid",
-                     (int)h->master_pid, "running", alive, "uptime_s",
+    return json_pack("{s:s, s:i, s:f, s:i, s:o}", "node", h->node, "master_pid",
+                     (int)h->master_pid, "uptime_s",
                      (double)(int64_t)((time_now() - sb->shared->started) * 1000.0) / 1000.0, "pool_target",
                      atomic_load(&sb->shared->pool_target), "children", children);
 }
@@ -264,12 +263,12 @@ int cli_status(int argc, char **argv)
                 fprintf(stderr, "celeriac: skipped %s\n", e.msg);
             continue;
         }
-        bool alive = pid_is_alive(sb.header->master_pid);
-        if (board_matches(&sb, &o) && alive) {
+        /* a killed master leaves its file: not a running worker */
+        if (board_matches(&sb, &o) && pid_is_alive(sb.header->master_pid)) {
             if (o.json)
-                json_array_append_new(all, board_json(&sb, alive));
+                json_array_append_new(all, board_json(&sb));
             else
-                print_text(&sb, alive);
+                print_text(&sb);
             found++;
         }
         scoreboard_destroy(&sb);

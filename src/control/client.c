@@ -128,7 +128,6 @@ int control_client_broadcast(struct control_client *c, const struct control_requ
     while (!rc && r->reply) {
         if (r->n_destination && json_array_size(out) >= r->n_destination)
             break;
-        buf_reset(&env);
         int64_t until = time_mono_ms() + wait_ms;
         int got = 0;
         /* one wait of timeout_s for the next reply with our ticket */

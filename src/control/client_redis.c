@@ -36,8 +36,8 @@ static int rc_next(struct control_transport *base, int timeout_ms, struct buf *e
                    struct err *e)
 {
     struct redis_client *t = (struct redis_client *)base;
-    /* BRPOP takes seconds; Redis 6 takes fractions, older ones round down
-     * to 0 (= for ever): at least one second there is the safe side. */
+    /* BRPOP takes seconds, fractions since Redis 6 (the worker needs 6.2
+     * for LMOVE already); 0 would wait for ever */
     double s = timeout_ms / 1000.0;
     redisReply *r = redis_link_command(&t->link, e, "BRPOP %s %.3f", t->queue.data,
                                        s < 0.01 ? 0.01 : s);

@@ -18,6 +18,9 @@ static const char main_usage[] =
     "  call       send a task by name, optionally wait for its result\n"
     "  result     print a task's result\n"
     "  reload     load a running worker's task library again (celeriac reload --help)\n"
+    "  status     what each child of a worker on this host is doing (local scoreboard)\n"
+    "  inspect    ask workers over the broker, as `celery inspect` (ping, stats, active...)\n"
+    "  control    steer workers over the broker, as `celery control` (revoke, rate_limit...)\n"
     "\n"
     "  -h, --help      this help\n"
     "  -V, --version   print the version\n";
@@ -48,6 +51,12 @@ int main(int argc, char **argv)
         return cli_result(argc - 1, argv + 1);
     if (!strcmp(cmd, "reload"))
         return cli_reload(argc - 1, argv + 1);
+    if (!strcmp(cmd, "status"))
+        return cli_status(argc - 1, argv + 1);
+    if (!strcmp(cmd, "inspect"))
+        return cli_inspect(argc - 1, argv + 1);
+    if (!strcmp(cmd, "control"))
+        return cli_control(argc - 1, argv + 1);
     fprintf(stderr, "celeriac: unknown command '%s' (see --help)\n", cmd);
     return EXIT_USAGE;
 }

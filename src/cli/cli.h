@@ -11,5 +11,11 @@ int cli_call(int argc, char **argv);
 int cli_result(int argc, char **argv);
 /* `celeriac reload (--pidfile PATH | --pid PID)`: SIGHUP to a worker's master. */
 int cli_reload(int argc, char **argv);
+/* `celeriac status`: the local scoreboard of running workers. */
+int cli_status(int argc, char **argv);
+/* `celeriac inspect CMD` and `celeriac control CMD`: remote control over
+ * the broker, as `celery inspect` / `celery control`. */
+int cli_inspect(int argc, char **argv);
+int cli_control(int argc, char **argv);
 
 #endif /* CELERIAC_CLI_H */

@@ -652,7 +652,13 @@ int master_run(struct worker_config *cfg)
     memset(&m, 0, sizeof(m));
     m.cfg = cfg;
     int cap = cfg->max_concurrency > cfg->concurrency ? cfg->max_concurrency : cfg->concurrency;
-    int rc = scoreboard_create(&m.sb, (size_t)cap, reload_task_capacity(cfg->lib.n_tasks));
+    struct err why = {0};
+    size_t n_tasks = reload_task_capacity(cfg->lib.n_tasks);
+    int rc = scoreboard_create_named(&m.sb, (size_t)cap, n_tasks, cfg->node_name, &why);
+    if (rc) {
+        log_warning("%s; `celeriac status` will not see this worker", why.msg);
+        rc = scoreboard_create(&m.sb, (size_t)cap, n_tasks);
+    }
     if (rc) {
         log_critical("scoreboard mmap failed: %s", strerror(-rc));
         return EXIT_FAILED;

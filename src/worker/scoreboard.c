@@ -2,38 +2,210 @@
  * worker/scoreboard.c: the shared slot array (see scoreboard.h).
  */
 #include "common.h"
+#include "util/buf.h"
 #include "util/hash.h"
 #include "util/time.h"
 #include "worker/scoreboard.h"
 
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
+
+/* The layout of a board of n slots and n_tasks tasks: the header, the
+ * slots, the shared state, the held boards, the tallies (the metrics'
+ * counters: per child, then per task), each 64-byte aligned. */
+static size_t board_layout(size_t n, size_t n_tasks, size_t *slots_off, size_t *shared_off,
+                           size_t *held_off, size_t *tally_off)
+{
+    size_t shared = sizeof(struct board_shared) + n_tasks * sizeof(struct task_tuning);
+    *slots_off = (sizeof(struct board_header) + 63) / 64 * 64;
+    *shared_off = *slots_off + (n * sizeof(struct slot) + 63) / 64 * 64;
+    *held_off = *shared_off + (shared + 63) / 64 * 64;
+    *tally_off = (*held_off + n * sizeof(struct held_board) + 63) / 64 * 64;
+    return *tally_off + n * sizeof(struct child_tally) + n_tasks * sizeof(struct task_tally);
+}
+
+/* Points sb into the mapping p of size bytes whose header is filled. */
+static void board_bind(struct scoreboard *sb, void *p)
+{
+    struct board_header *h = p;
+    size_t slots_off, shared_off, held_off, tally_off;
+    sb->header = h;
+    sb->n = (size_t)h->n;
+    sb->n_tasks = (size_t)h->n_tasks;
+    sb->map_size =
+        board_layout(sb->n, sb->n_tasks, &slots_off, &shared_off, &held_off, &tally_off);
+    sb->slots = (struct slot *)((char *)p + slots_off);
+    sb->shared = (struct board_shared *)((char *)p + shared_off);
+    sb->held = (struct held_board *)((char *)p + held_off);
+    sb->child_tally = (struct child_tally *)((char *)p + tally_off);
+    sb->task_tally = (struct task_tally *)(sb->child_tally + sb->n);
+}
+
+static void board_header_fill(void *p, size_t n, size_t n_tasks, const char *node)
+{
+    struct board_header *h = p;
+    size_t slots_off, shared_off, held_off, tally_off;
+    h->map_size = board_layout(n, n_tasks, &slots_off, &shared_off, &held_off, &tally_off);
+    memcpy(h->magic, BOARD_MAGIC, sizeof(h->magic));
+    h->version = BOARD_VERSION;
+    h->slot_size = sizeof(struct slot);
+    h->n = n;
+    h->n_tasks = n_tasks;
+    h->slots_offset = slots_off;
+    h->shared_offset = shared_off;
+    h->master_pid = (int32_t)getpid();
+    snprintf(h->node, sizeof(h->node), "%s", node ? node : "");
+}
 
 int scoreboard_create(struct scoreboard *sb, size_t n, size_t n_tasks)
 {
-    size_t slots = n * sizeof(struct slot);
-    size_t shared = sizeof(struct board_shared) + n_tasks * sizeof(struct task_tuning);
-    shared = (shared + 63) / 64 * 64;
-    size_t held = n * sizeof(struct held_board);
-    size_t tally = n * sizeof(struct child_tally) + n_tasks * sizeof(struct task_tally);
-    size_t size = slots + shared + held + tally;
+    size_t a, b, c, d, size = board_layout(n, n_tasks, &a, &b, &c, &d);
+    memset(sb, 0, sizeof(*sb));
     void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED)
         return -errno;
-    sb->slots = p;
-    sb->n = n;
-    sb->shared = (struct board_shared *)((char *)p + slots);
-    sb->held = (struct held_board *)((char *)p + slots + shared);
-    sb->n_tasks = n_tasks;
-    sb->child_tally = (struct child_tally *)((char *)p + slots + shared + held);
-    sb->task_tally = (struct task_tally *)(sb->child_tally + n);
-    sb->map_size = size;
+    board_header_fill(p, n, n_tasks, NULL);
+    board_bind(sb, p);
     return 0;
+}
+
+void scoreboard_dir(struct buf *out)
+{
+    const char *dir = getenv("CELERIAC_RUNTIME_DIR");
+    buf_adds(out, dir && *dir ? dir : "/dev/shm");
+}
+
+void scoreboard_path(struct buf *out, const char *node)
+{
+    scoreboard_dir(out);
+    buf_adds(out, "/celeriac-");
+    for (const char *c = node; *c; c++)
+        buf_addch(out, *c == '/' ? '_' : *c);
+    buf_adds(out, ".board");
+}
+
+/* A new file under a temporary name, sized (sparse: tmpfs gives pages as
+ * they are touched), mapped, its header filled, then renamed over the
+ * node's name so a reader never sees it half made. */
+int scoreboard_create_named(struct scoreboard *sb, size_t n, size_t n_tasks, const char *node,
+                            struct err *e)
+{
+    size_t a, b, c, d, size = board_layout(n, n_tasks, &a, &b, &c, &d);
+    struct buf path = BUF_INIT, tmp = BUF_INIT;
+    memset(sb, 0, sizeof(*sb));
+    scoreboard_path(&path, node);
+    buf_addf(&tmp, "%s.%d.tmp", path.data, (int)getpid());
+    int rc = 0;
+    void *p = MAP_FAILED;
+    int fd = open(tmp.data, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        rc = -errno;
+        err_set(e, rc, "create '%s' failed: %s", tmp.data, strerror(-rc));
+        goto out_free;
+    }
+    struct stat st;
+    if (ftruncate(fd, (off_t)size) || fstat(fd, &st)) {
+        rc = -errno;
+        err_set(e, rc, "size '%s' failed: %s", tmp.data, strerror(-rc));
+        goto out_unlink;
+    }
+    p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) {
+        rc = -errno;
+        err_set(e, rc, "mmap '%s' failed: %s", tmp.data, strerror(-rc));
+        goto out_unlink;
+    }
+    board_header_fill(p, n, n_tasks, node);
+    if (rename(tmp.data, path.data)) {
+        rc = -errno;
+        err_set(e, rc, "rename to '%s' failed: %s", path.data, strerror(-rc));
+        munmap(p, size);
+        goto out_unlink;
+    }
+    board_bind(sb, p);
+    sb->path = buf_detach(&path, NULL);
+    sb->dev = st.st_dev;
+    sb->ino = st.st_ino;
+    sb->owner = getpid();
+    goto out_close;
+
+out_unlink:
+    unlink(tmp.data);
+out_close:
+    close(fd);
+out_free:
+    buf_release(&path);
+    buf_release(&tmp);
+    return rc;
+}
+
+int scoreboard_attach(struct scoreboard *sb, const char *path, struct err *e)
+{
+    memset(sb, 0, sizeof(*sb));
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        int rc = -errno;
+        return err_set(e, rc, "open '%s' failed: %s", path, strerror(-rc));
+    }
+    struct stat st;
+    int rc = 0;
+    void *p = MAP_FAILED;
+    if (fstat(fd, &st)) {
+        rc = -errno;
+        err_set(e, rc, "stat '%s' failed: %s", path, strerror(-rc));
+        goto out_close;
+    }
+    if ((size_t)st.st_size < sizeof(struct board_header)) {
+        rc = err_set(e, E_PROTOCOL, "'%s' is not a celeriac scoreboard (too short)", path);
+        goto out_close;
+    }
+    p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) {
+        rc = -errno;
+        err_set(e, rc, "mmap '%s' failed: %s", path, strerror(-rc));
+        goto out_close;
+    }
+    const struct board_header *h = p;
+    size_t a, b, c, d;
+    if (memcmp(h->magic, BOARD_MAGIC, sizeof(h->magic))) {
+        rc = err_set(e, E_PROTOCOL, "'%s' is not a celeriac scoreboard", path);
+    } else if (h->version != BOARD_VERSION || h->slot_size != sizeof(struct slot)) {
+        rc = err_set(e, E_PROTOCOL,
+                     "'%s' was written by another celeriac build (layout %u/%u, ours %u/%zu)",
+                     path, h->version, h->slot_size, BOARD_VERSION, sizeof(struct slot));
+    } else if (h->n > 65536 || h->n_tasks > 1000000 ||
+               board_layout((size_t)h->n, (size_t)h->n_tasks, &a, &b, &c, &d) != (size_t)st.st_size ||
+               h->map_size != (uint64_t)st.st_size) {
+        rc = err_set(e, E_PROTOCOL, "'%s' has an inconsistent size", path);
+    }
+    if (rc) {
+        munmap(p, (size_t)st.st_size);
+        goto out_close;
+    }
+    board_bind(sb, p);
+
+out_close:
+    close(fd);
+    return rc;
+}
+
+/* Removes the backing file when it is still ours: a worker started later
+ * under the same node name has replaced it with its own. */
+static void board_unlink(const struct scoreboard *sb)
+{
+    struct stat st;
+    if (sb->path && sb->owner == getpid() && !stat(sb->path, &st) && st.st_dev == sb->dev &&
+        st.st_ino == sb->ino)
+        unlink(sb->path);
 }
 
 void scoreboard_destroy(struct scoreboard *sb)
 {
-    if (sb->slots)
-        munmap(sb->slots, sb->map_size);
+    board_unlink(sb);
+    if (sb->header)
+        munmap(sb->header, sb->map_size);
+    free(sb->path);
     memset(sb, 0, sizeof(*sb));
 }
 

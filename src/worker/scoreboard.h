@@ -7,6 +7,9 @@
 #define CELERIAC_WORKER_SCOREBOARD_H
 
 #include <stdatomic.h>
+#include <sys/stat.h>
+
+struct buf;
 
 #include "worker/tally.h"
 
@@ -176,7 +179,27 @@ struct board_shared {
     struct task_tuning tasks[];        /* one per registered task */
 };
 
+/* The first bytes of the mapping, so that another process (`celeriac
+ * status`) can map a worker's board read-only and check it is one of ours,
+ * of this layout, before it reads a slot. Written once by the master. */
+#define BOARD_MAGIC "celeriac-board\0"
+#define BOARD_VERSION 1
+#define BOARD_NODE_MAX 256
+struct board_header {
+    char magic[16];                    /* BOARD_MAGIC */
+    uint32_t version;                  /* BOARD_VERSION */
+    uint32_t slot_size;                /* sizeof(struct slot): layouts of other builds differ */
+    uint64_t n;                        /* slots */
+    uint64_t n_tasks;
+    uint64_t slots_offset;             /* from the start of the mapping */
+    uint64_t shared_offset;
+    uint64_t map_size;
+    int32_t master_pid;
+    char node[BOARD_NODE_MAX];         /* -n of the worker */
+};
+
 struct scoreboard {
+    struct board_header *header;  /* start of the mapping */
     struct slot *slots;           /* MAP_SHARED, n entries */
     size_t n;                     /* capacity: the most children pool_grow may reach */
     struct board_shared *shared;  /* in the same mapping */
@@ -186,11 +209,32 @@ struct scoreboard {
     struct child_tally *child_tally; /* n entries, in the same mapping (worker/tally.h) */
     struct task_tally *task_tally;   /* n_tasks entries, in the same mapping */
     size_t map_size;
+    char *path;                   /* the backing file (scoreboard_create_named), or NULL */
+    dev_t dev;                    /* its identity, so that only ours is removed */
+    ino_t ino;
+    pid_t owner;                  /* the process that created it (removes the file) */
 };
 
 /* Maps n zeroed slots and the shared state for n_tasks tasks, shared with
  * future children. Master only, before fork. Returns 0 or -errno. */
 int scoreboard_create(struct scoreboard *sb, size_t n, size_t n_tasks);
+/* The same, backed by the file scoreboard_path(node) (tmpfs) so that
+ * `celeriac status` can read it; the file replaces any stale one of that
+ * name and is removed by scoreboard_destroy in the creating process.
+ * Master only, before fork. 0, or -errno with e filled (the caller may fall
+ * back to scoreboard_create). */
+int scoreboard_create_named(struct scoreboard *sb, size_t n, size_t n_tasks, const char *node,
+                            struct err *e);
+/* Appends the directory of the board files: $CELERIAC_RUNTIME_DIR, else
+ * /dev/shm. */
+void scoreboard_dir(struct buf *out);
+/* Appends the board file of node: <dir>/celeriac-<node>.board, '/' in the
+ * node name replaced by '_'. */
+void scoreboard_path(struct buf *out, const char *node);
+/* Maps the board file at path read-only and checks its header (magic,
+ * version, this build's slot layout, size). Any process. 0, or -errno /
+ * E_PROTOCOL with e filled. Release with scoreboard_destroy. */
+int scoreboard_attach(struct scoreboard *sb, const char *path, struct err *e);
 /* Lamport clock: the next value, after merging a received one (0 = none). */
 uint64_t scoreboard_clock(struct scoreboard *sb, uint64_t received);
 /* Adds id to the revoked set (control process only). */

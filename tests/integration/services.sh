@@ -33,6 +33,8 @@ export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1}
 
 TEST_TMP=$(mktemp -d "${TMPDIR:-/tmp}/celeriac-test.XXXXXX")
 chmod 755 "$TEST_TMP" # the postgres user must be able to reach its subdirectory
+# Workers' scoreboard files (what `celeriac status` reads) stay in here, not /dev/shm.
+export CELERIAC_RUNTIME_DIR=$TEST_TMP
 
 # Every pid this file starts: "pid kind" lines. run-all.sh may also read it
 # (CELERIAC_PIDS_FILE) to stop leftovers of a test killed by its timeout.

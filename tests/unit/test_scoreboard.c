@@ -3,6 +3,7 @@
  * 50,000 ids for three hours, found through the index in a few probes.
  */
 #include "common.h"
+#include "util/buf.h"
 #include "util/time.h"
 #include "worker/scoreboard.h"
 
@@ -73,6 +74,46 @@ TEST(entries_expire_after_three_hours)
     size_t listed = 0;
     ASSERT_EQ_SIZE(scoreboard_revoked_list(&sb, count_one, &listed), 1);
     scoreboard_destroy(&sb);
+}
+
+/* The file-backed board: another process maps it read-only and checks its
+ * header; the creator removes the file, and only its own. */
+TEST(named_board_is_attachable_and_removed)
+{
+    char dir[] = "/tmp/celeriac-sb.XXXXXX";
+    ASSERT_NOT_NULL(mkdtemp(dir));
+    setenv("CELERIAC_RUNTIME_DIR", dir, 1);
+    struct scoreboard sb, ro;
+    struct err e = {0};
+    ASSERT_EQ_INT(scoreboard_create_named(&sb, 3, 2, "w/1@host", &e), 0);
+    struct buf path = BUF_INIT;
+    scoreboard_path(&path, "w/1@host");
+    ASSERT_CONTAINS(path.data, "/celeriac-w_1@host.board");
+    atomic_store(&sb.slots[2].pid, 4242);
+    snprintf(sb.slots[2].task_name, sizeof(sb.slots[2].task_name), "tasks.add");
+    ASSERT_EQ_INT(scoreboard_attach(&ro, path.data, &e), 0);
+    ASSERT_EQ_STR(ro.header->node, "w/1@host");
+    ASSERT_EQ_INT(ro.header->master_pid, getpid());
+    ASSERT_EQ_SIZE(ro.n, (size_t)3);
+    ASSERT_EQ_INT(atomic_load(&ro.slots[2].pid), 4242);
+    ASSERT_EQ_STR(ro.slots[2].task_name, "tasks.add");
+    scoreboard_destroy(&ro);
+    ASSERT_EQ_INT(access(path.data, F_OK), 0); /* a reader never removes it */
+    scoreboard_destroy(&sb);
+    ASSERT_NE_INT(access(path.data, F_OK), 0);
+
+    /* not a board: refused with a reason */
+    FILE *f = fopen(path.data, "w");
+    ASSERT_NOT_NULL(f);
+    for (int i = 0; i < 4096; i++)
+        fputc('x', f);
+    fclose(f);
+    ASSERT_NE_INT(scoreboard_attach(&ro, path.data, &e), 0);
+    ASSERT_CONTAINS(e.msg, "not a celeriac scoreboard");
+    unlink(path.data);
+    rmdir(dir);
+    unsetenv("CELERIAC_RUNTIME_DIR");
+    buf_release(&path);
 }
 
 RUN_TESTS()

@@ -23,6 +23,20 @@ psql_admin -c "CREATE DATABASE broker_py" -c "CREATE DATABASE broker_c" >/dev/nu
 PY_BROKER="sqla+postgresql://postgres@127.0.0.1:$PG_PORT/broker_py"
 C_BROKER="sqla+postgresql://postgres@127.0.0.1:$PG_PORT/broker_c"
 
+# kombu's _get_or_create races between processes: two Python children
+# publishing to a queue that has no row yet both INSERT it, and the loser's
+# session fails the task (UniqueViolation, then PendingRollbackError). The
+# tables and the queue rows exist before either worker starts, as in any
+# deployment past its first minute.
+for db in broker_py broker_c; do
+    BROKER_URL="sqla+postgresql://postgres@127.0.0.1:$PG_PORT/$db" \
+        "$PY" "$CELERIAC_ROOT/tests/sql/sql_client.py" kombu-tables
+    psql -X -q "postgresql://postgres@127.0.0.1:$PG_PORT/$db" -c "
+        INSERT INTO kombu_queue (id, name)
+        SELECT nextval('queue_id_sequence'), q FROM unnest(ARRAY['celery', 'diff.held',
+               'diff.rk', 'diff.tap']) AS q ON CONFLICT (name) DO NOTHING" >/dev/null
+done
+
 diff_left() { BROKER_URL=$DIFF_LEFT_BROKER "$PY" "$DIFF_HERE/differential.py" left "$1"; }
 DIFF_AFTER_STOP=diff_left
 

@@ -315,6 +315,8 @@ def enqueue_sql(workload, sent, task):
     cur.execute(f"CREATE UNIQUE INDEX ON {table} (ord)")
     cur.execute("TRUNCATE kombu_message")
     conn.close()
+    with open(os.path.join(TMP, "sql-enqueue.jsonl"), "a") as f:
+        f.write(json.dumps({"table": table, "tasks": len(sent), "seconds": elapsed}) + "\n")
     log(f"enqueued {len(sent)} {task} messages with Celery's send_task over sqla+postgresql in "
         f"{elapsed:.1f} s ({len(sent) / elapsed:.0f}/s); saved as template table {table}")
 

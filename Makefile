@@ -117,8 +117,9 @@ demo-redis: deps
 	@$(MAKE) --no-print-directory all
 	@BUILD=$(BUILD) scripts/demo.sh redis
 
-# The benchmark of issues 5 and 11: celeriac beside Python Celery and a bare C
-# floor on Redis, and beside Python Celery on RabbitMQ.
+# The benchmark of issues 5, 11 and 12: celeriac beside Python Celery and a bare
+# C floor on Redis, and beside Python Celery on RabbitMQ and on kombu's SQL
+# transport in PostgreSQL.
 bench: deps
 	@$(MAKE) --no-print-directory all
 	@BUILD=$(BUILD) bench/run.sh

@@ -8,7 +8,9 @@ data files the gnuplot scripts draw.
 
   bench.py enqueue    WORKLOAD N          template list of N real Celery messages
                                           (and, with amqp in BENCH_BROKERS, the same
-                                          messages as Celery sends them over AMQP)
+                                          messages as Celery sends them over AMQP; with
+                                          sql, W1's as Celery stores them in kombu_message,
+                                          and again as books.get_book_info_txn)
   bench.py throughput                     every W1/W2 run on each broker -> runs.jsonl
   bench.py latency                        W3 -> latency.jsonl, lat-<contender>.dat
   bench.py report                         RESULTS.md and the plot data
@@ -46,9 +48,11 @@ CONTENDERS = ENV.get("BENCH_CONTENDERS", "celeriac python floor floor-kombu").sp
 # W3 for the three the issue names; floor-kombu is a throughput yardstick only.
 LAT_CONTENDERS = [c for c in ENV.get("BENCH_LAT_CONTENDERS", "celeriac python floor").split()
                   if c in CONTENDERS]
-# Brokers the W1/W2 runs use: "redis" (the runs of issue 5, results in Redis db 1)
-# and "amqp" (a private RabbitMQ run.sh starts; results in the same Redis db 1).
-BROKERS = ENV.get("BENCH_BROKERS", "redis amqp").split()
+# Brokers the W1/W2 runs use: "redis" (the runs of issue 5, results in Redis db 1),
+# "amqp" (a private RabbitMQ run.sh starts; results in the same Redis db 1) and
+# "sql" (kombu's SQL transport in the bench's PostgreSQL database, beside the
+# books table; W1 only; results in the same Redis db 1).
+BROKERS = ENV.get("BENCH_BROKERS", "redis amqp sql").split()
 RABBITMQ_PORT = int(ENV.get("BENCH_RABBITMQ_PORT", "0"))
 RABBITMQ_PID = int(ENV.get("BENCH_RABBITMQ_PID", "0"))
 # On RabbitMQ: celeriac and Python Celery (the floor speaks Redis only); tasks
@@ -59,6 +63,19 @@ AMQP_TASKS = int(ENV.get("BENCH_AMQP_TASKS", str(TASKS)))
 AMQP_PY_TASKS = int(ENV.get("BENCH_AMQP_PY_TASKS", str(PY_TASKS)))
 AMQP_REPS = int(ENV.get("BENCH_AMQP_REPS", str(REPS)))
 AMQP_PY_REPS = int(ENV.get("BENCH_AMQP_PY_REPS", str(PY_REPS)))
+# On the PostgreSQL broker (issue 12): celeriac, celeriac running the transactional
+# variant of W1's task (its UPDATE and its message's DELETE in one transaction),
+# and Python Celery on kombu's own SQL consumer, which polls and serialises every
+# consumer on one row lock: it gets fewer tasks per run (BENCH_SQL_PY_TASKS) so
+# the bench stays bounded.
+SQL_CONTENDERS = [c for c in ENV.get("BENCH_SQL_CONTENDERS", "celeriac celeriac-txn python").split()
+                  if c in ("celeriac", "celeriac-txn", "python")]
+SQL_TASKS = int(ENV.get("BENCH_SQL_TASKS", str(TASKS)))
+SQL_PY_TASKS = int(ENV.get("BENCH_SQL_PY_TASKS", str(min(2000, TASKS))))
+SQL_REPS = int(ENV.get("BENCH_SQL_REPS", str(REPS)))
+SQL_PY_REPS = int(ENV.get("BENCH_SQL_PY_REPS", str(PY_REPS)))
+SQL_WORKLOADS = ("W1",)
+TXN_TASK = "books.get_book_info_txn"
 WORKLOADS = {"W1": "books.get_book_info", "W2": "tasks.add"}
 TASK_OF = dict(WORKLOADS, W3="books.get_book_info")  # W3: latency, W1's task
 
@@ -67,6 +84,7 @@ BACKEND = f"redis://127.0.0.1:{REDIS_PORT}/1"
 STAGING = f"redis://127.0.0.1:{REDIS_PORT}/2"  # template lists live in db 2
 AMQP_BROKER = f"amqp://guest:guest@127.0.0.1:{RABBITMQ_PORT}//"
 AMQP_QUEUE = "celery"
+SQL_BROKER = "sqla+" + PG_URL  # the books database: transactional tasks apply
 META = "celery-task-meta-"
 TICK = os.sysconf("SC_CLK_TCK")
 STALL_S = 60.0
@@ -139,6 +157,9 @@ def enqueue(workload, n):
         f"{elapsed:.1f} s ({n / elapsed:.0f}/s); template list {template_key(workload)}")
     if "amqp" in BROKERS and workload in WORKLOADS:
         enqueue_amqp(workload, sent)
+    if "sql" in BROKERS and workload in SQL_WORKLOADS:
+        enqueue_sql(workload, sent, TASK_OF[workload])
+        enqueue_sql(workload, sent, TXN_TASK)
 
 
 def amqp_connect():
@@ -245,6 +266,82 @@ def amqp_fill(workload, n):
         time.sleep(0.05)
     elapsed = time.monotonic() - t0
     conn.close()
+    return elapsed
+
+
+def pg_connect():
+    import psycopg2
+
+    conn = psycopg2.connect(PG_URL, application_name="bench.py")
+    conn.autocommit = True
+    return conn
+
+
+def sql_template(workload, task):
+    return f"bench_template_{workload.lower()}{'_txn' if task == TXN_TASK else ''}"
+
+
+def enqueue_sql(workload, sent, task):
+    """The same tasks (same ids and args), sent by Celery's send_task with
+    kombu's SQL transport (sqla+postgresql://, SQLAlchemy): kombu creates its
+    tables as it does for any app, and inserts one row per send. The rows, in
+    the order they were sent, are copied into a template table every run
+    refills kombu_message from (their payloads byte for byte)."""
+    from celery import Celery
+
+    conn = pg_connect()
+    cur = conn.cursor()
+    table = sql_template(workload, task)
+    cur.execute("SELECT to_regclass('kombu_message') IS NOT NULL")
+    if cur.fetchone()[0]:
+        cur.execute("TRUNCATE kombu_message")
+    cur.execute(f"DROP TABLE IF EXISTS {table}")
+    app = Celery("benchclient", broker=SQL_BROKER)
+    app.conf.broker_connection_retry = False
+    t0 = time.monotonic()
+    with app.producer_or_acquire() as producer:
+        for tid, args in sent:
+            app.send_task(task, args=args, task_id=tid, producer=producer)
+    elapsed = time.monotonic() - t0
+    cur.execute(f"CREATE TABLE {table} AS SELECT row_number() OVER (ORDER BY id) AS ord,"
+                " payload, queue_id, payload::json->'headers'->>'id' AS task_id,"
+                " payload::json->'headers'->>'task' AS task FROM kombu_message"
+                " WHERE visible AND version = 1 AND timestamp IS NULL")
+    cur.execute(f"SELECT task_id, task FROM {table} ORDER BY ord")
+    rows = cur.fetchall()
+    if [r[0] for r in rows] != [tid for tid, _ in sent] or any(r[1] != task for r in rows):
+        die(f"SQL template {table}: kombu_message holds {len(rows)} rows, not the {len(sent)} "
+            f"{task} messages in the order they were sent")
+    cur.execute(f"CREATE UNIQUE INDEX ON {table} (ord)")
+    cur.execute("TRUNCATE kombu_message")
+    conn.close()
+    with open(os.path.join(TMP, "sql-enqueue.jsonl"), "a") as f:
+        f.write(json.dumps({"table": table, "tasks": len(sent), "seconds": elapsed}) + "\n")
+    log(f"enqueued {len(sent)} {task} messages with Celery's send_task over sqla+postgresql in "
+        f"{elapsed:.1f} s ({len(sent) / elapsed:.0f}/s); saved as template table {table}")
+
+
+def sql_fill(workload, n, task):
+    """Empties kombu_message and inserts the template's first n rows into it as
+    kombu's _put does (id from message_id_sequence, visible, no timestamp,
+    version 1, the same payload and queue), in the order they were sent, in
+    one statement; then VACUUM ANALYZE so every run starts from the same
+    table state."""
+    conn = pg_connect()
+    cur = conn.cursor()
+    t0 = time.monotonic()
+    cur.execute("TRUNCATE kombu_message")
+    cur.execute("INSERT INTO kombu_message (id, visible, timestamp, payload, version, queue_id)"
+                " SELECT nextval('message_id_sequence'), true, NULL, payload, 1, queue_id"
+                f" FROM (SELECT * FROM {sql_template(workload, task)} WHERE ord <= %s"
+                " ORDER BY ord) t", (n,))
+    elapsed = time.monotonic() - t0
+    cur.execute("VACUUM ANALYZE kombu_message")
+    cur.execute("SELECT count(*) FROM kombu_message WHERE visible")
+    got = cur.fetchone()[0]
+    conn.close()
+    if got != n:
+        die(f"kombu_message holds {got} ready rows, want {n}")
     return elapsed
 
 
@@ -374,8 +471,8 @@ def worker_cmd(contender, concurrency, broker="redis"):
     """(argv, cwd, env) of a contender at this concurrency, consuming from
     Redis db 0 or from RabbitMQ; results go to Redis db 1 either way."""
     env = dict(ENV)
-    url = AMQP_BROKER if broker == "amqp" else BROKER
-    if contender == "celeriac":
+    url = {"amqp": AMQP_BROKER, "sql": SQL_BROKER}.get(broker, BROKER)
+    if contender in ("celeriac", "celeriac-txn"):  # the txn one differs by its messages
         return ([ENV.get("BENCH_CELERIAC", os.path.join(BUILD, "celeriac")), "worker",
                  "-A", ENV.get("BENCH_LIBBOOKS", os.path.join(BUILD, "examples", "libbooks.so")),
                  "-c", str(concurrency),
@@ -397,6 +494,10 @@ def worker_cmd(contender, concurrency, broker="redis"):
                  "-b", url, "-r", BACKEND, "--db", PG_URL, "--idle-exit", "0"]
                 + (["--kombu-ack"] if contender == "floor-kombu" else []), ROOT, env)
     raise ValueError(contender)
+
+
+def log_name(contender, broker):
+    return os.path.join(TMP, f"{contender}{'' if broker == 'redis' else '-' + broker}.log")
 
 
 def start_worker(contender, concurrency, logpath, broker="redis"):
@@ -422,10 +523,7 @@ def stop_worker(proc):
 
 def pg_maintenance():
     """Same table state for every run: VACUUM the updated rows away, CHECKPOINT."""
-    import psycopg2
-
-    conn = psycopg2.connect(PG_URL)
-    conn.autocommit = True
+    conn = pg_connect()
     with conn.cursor() as cur:
         cur.execute("VACUUM books")
         cur.execute("CHECKPOINT")
@@ -512,6 +610,9 @@ def run_once(contender, workload, concurrency, rep, n, broker="redis"):
     fill_s = None
     if broker == "amqp":
         fill_s = amqp_fill(workload, n)  # the first n messages, in order
+    elif broker == "sql":
+        fill_s = sql_fill(workload, n, TXN_TASK if contender == "celeriac-txn" else
+                          TASK_OF[workload])
     else:
         # LPUSH left message 0 at the right end, where the workers pop: keeping
         # the rightmost n elements keeps messages 0..n-1.
@@ -527,7 +628,7 @@ def run_once(contender, workload, concurrency, rep, n, broker="redis"):
     r0.config_resetstat()
     svc0 = service_cpu()
     busy0, own0 = machine_busy(), own_cpu()
-    logpath = os.path.join(TMP, f"{contender}{'-amqp' if broker == 'amqp' else ''}.log")
+    logpath = log_name(contender, broker)
     t0 = time.monotonic()
     proc = start_worker(contender, concurrency, logpath, broker)
     done, last_done, last_change = 0, -1, t0
@@ -575,7 +676,7 @@ def run_once(contender, workload, concurrency, rep, n, broker="redis"):
     }
     if fill_s is not None:
         row["fill_s"] = fill_s
-    log(f"{workload} {'amqp ' if broker == 'amqp' else ''}{contender:8s} c={concurrency} rep {rep}: {row['rate']:8.0f} tasks/s "
+    log(f"{workload} {'' if broker == 'redis' else broker + ' '}{contender:8s} c={concurrency} rep {rep}: {row['rate']:8.0f} tasks/s "
         f"(wall {row['wall_rate']:.0f}/s incl. start), {row['cpu_ms_per_task']:.3f} CPU ms/task, "
         f"child RSS {[m[0] for m in mem['children']]} kB"
         + (f", others used {100 * row['foreign_cpu']:.0f} % of a CPU"
@@ -583,9 +684,9 @@ def run_once(contender, workload, concurrency, rep, n, broker="redis"):
     return row
 
 
-def plan(rep):
+def plan(rep, workload):
     """(broker, contender, tasks) of the runs of repetition rep at one point:
-    the Redis contenders, then the RabbitMQ ones."""
+    the Redis contenders, then the RabbitMQ ones, then the PostgreSQL broker's."""
     out = []
     if "redis" in BROKERS:
         for contender in CONTENDERS:
@@ -597,6 +698,11 @@ def plan(rep):
             is_py = contender == "python"
             if rep < (AMQP_PY_REPS if is_py else AMQP_REPS):
                 out.append(("amqp", contender, AMQP_PY_TASKS if is_py else AMQP_TASKS))
+    if "sql" in BROKERS and workload in SQL_WORKLOADS:
+        for contender in SQL_CONTENDERS:
+            is_py = contender == "python"
+            if rep < (SQL_PY_REPS if is_py else SQL_REPS):
+                out.append(("sql", contender, SQL_PY_TASKS if is_py else SQL_TASKS))
     return out
 
 
@@ -605,13 +711,15 @@ def throughput():
     reps = max(REPS, PY_REPS) if "redis" in BROKERS else 0
     if "amqp" in BROKERS:
         reps = max(reps, AMQP_REPS, AMQP_PY_REPS)
+    if "sql" in BROKERS:
+        reps = max(reps, SQL_REPS, SQL_PY_REPS)
     with open(path, "a") as out:
         for workload in WORKLOADS:
             for concurrency in CONCURRENCIES:
                 # Contenders (and brokers) interleaved within each repetition so
                 # drift in the machine (or the table) hits all of them alike.
                 for rep in range(reps):
-                    for broker, contender, n in plan(rep):
+                    for broker, contender, n in plan(rep, workload):
                         # A run that others disturbed (over 30 % of a CPU) is run
                         # once more, within an overall budget; the row says so.
                         for attempt in range(2):
@@ -791,10 +899,163 @@ def latency_live(contender, rate, seconds):
                        {"late_sends": late, "foreign_cpu": foreign})
 
 
+def latency_sql_paced(contender, rate, seconds):
+    """W3 on the PostgreSQL broker, paced (as W3a): WARM + rate * seconds
+    tasks sent in advance by Celery's send_task on sqla+postgresql into a
+    template table, released into kombu_message on a fixed schedule by
+    bench/latency.c pace-sql (one INSERT per message, as kombu's _put), which
+    stamps each just before its INSERT and each result as it is published."""
+    import uuid
+
+    task = TXN_TASK if contender == "celeriac-txn" else TASK_OF["W3"]
+    count = int(rate * seconds)
+    sent = [(str(uuid.uuid4()), task_args("W3", i)) for i in range(WARM + count)]
+    enqueue_sql("W3", sent, task)
+    table = sql_template("W3", task)
+    r1 = redis(1)
+    r1.flushdb()
+    conn = pg_connect()
+    cur = conn.cursor()
+    cur.execute("TRUNCATE kombu_message")
+    pg_maintenance()
+    wait_for_quiet()
+    proc = start_worker(contender, LAT_CONCURRENCY, log_name(contender, "sql"), "sql")
+    out = os.path.join(TMP, f"paced-sql-{contender}.txt")
+    try:
+        cur.execute("INSERT INTO kombu_message (id, visible, timestamp, payload, version,"
+                    " queue_id) SELECT nextval('message_id_sequence'), true, NULL, payload, 1,"
+                    f" queue_id FROM (SELECT * FROM {table} WHERE ord <= %s ORDER BY ord) t",
+                    (WARM,))
+        wait_results(r1, proc, contender, WARM)
+        time.sleep(0.5)
+        m0 = measure_start(proc)
+        subprocess.run([os.path.join(BUILD, "bench", "latency"), "pace-sql", "127.0.0.1",
+                        str(REDIS_PORT), PG_URL, table, str(WARM + 1), f"{rate:.3f}", str(count),
+                        out], check=True, stdin=subprocess.DEVNULL)
+        foreign = measure_foreign(proc, m0)
+        if not is_running(proc):
+            die(f"{contender} died during the latency run")
+    finally:
+        conn.close()
+        stop_worker(proc)
+    lat = []
+    with open(out) as f:
+        for line in f:
+            _, t_sent, t_recv = line.split()
+            if float(t_recv) < 0:
+                die(f"{contender}: a paced task never got its result on the PostgreSQL broker")
+            lat.append(1000 * (float(t_recv) - float(t_sent)))
+    lat.sort()
+    return latency_row(contender, "sa", rate, count / seconds, lat,
+                       {"foreign_cpu": foreign, "broker": "sql"})
+
+
+def latency_sql(contender, rate, seconds):
+    """W3 on the PostgreSQL broker, live (as W3b): tasks sent at a steady rate from this
+    process by SELECT celeriac_enqueue(...) (the outbox function celeriac
+    installs: one INSERT of the protocol-2 message Celery's client would
+    send, committed by the statement, its row's trigger NOTIFYing the idle
+    children), time.time() just before the statement; latency.c watch stamps
+    the results as they are published to Redis. Send-to-result, so it bounds
+    send-to-start from above."""
+    r1 = redis(1)
+    r1.flushdb()
+    conn = pg_connect()
+    cur = conn.cursor()
+    cur.execute("TRUNCATE kombu_message")
+    pg_maintenance()
+    task = TXN_TASK if contender == "celeriac-txn" else TASK_OF["W3"]
+    send_sql = "SELECT celeriac_enqueue('celery', %s, %s)"
+    wait_for_quiet()
+    out = os.path.join(TMP, f"watch-sql-{contender}.txt")
+    ready = out + ".ready"
+    if os.path.exists(ready):
+        os.unlink(ready)
+    sub = subprocess.Popen([os.path.join(BUILD, "bench", "latency"), "watch", "127.0.0.1",
+                            str(REDIS_PORT), out, ready], stdin=subprocess.DEVNULL)
+    proc = None
+    sends, commit_ms = {}, []
+    try:
+        for _ in range(200):
+            if os.path.exists(ready):
+                break
+            time.sleep(0.05)
+        else:
+            die("latency watch did not subscribe")
+        proc = start_worker(contender, LAT_CONCURRENCY, log_name(contender, "sql"), "sql")
+        count = int(rate * seconds)
+        late = 0
+        for i in range(WARM):
+            cur.execute(send_sql, (task, json.dumps([i + 1])))
+        wait_results(r1, proc, contender, WARM)
+        time.sleep(0.5)
+        m0 = measure_start(proc)
+        t0 = time.monotonic()
+        for i in range(count):
+            target = t0 + i / rate
+            now = time.monotonic()
+            if target > now:
+                time.sleep(target - now)
+            elif now - target > 0.001:
+                late += 1
+            ts = time.time()
+            cur.execute(send_sql, (task, json.dumps([(i * 7919) % BOOKS + 1])))
+            tid = cur.fetchone()[0]
+            commit_ms.append(1000 * (time.time() - ts))
+            sends[tid] = ts
+        send_span = time.monotonic() - t0
+        wait_results(r1, proc, contender, WARM + count)
+        foreign = measure_foreign(proc, m0)
+        r1.publish(META + "__end__", "end")
+        sub.wait(30)
+    finally:
+        conn.close()
+        if proc:
+            stop_worker(proc)
+        if sub.poll() is None:
+            sub.terminate()
+            sub.wait()
+    recv = {}
+    with open(out) as f:
+        for line in f:
+            tid, t = line.split()
+            recv[tid] = float(t)
+    missing = [t for t in sends if recv.get(t, 0) <= 0]
+    if missing:
+        die(f"{contender}: {len(missing)} tasks sent by celeriac_enqueue never got their result")
+    lat = sorted(1000 * (recv[t] - ts) for t, ts in sends.items())
+    commit_ms.sort()
+    return latency_row(contender, "sb", rate, count / send_span, lat,
+                       {"late_sends": late, "foreign_cpu": foreign, "broker": "sql",
+                        "send_p50": pct(commit_ms, 50), "send_p99": pct(commit_ms, 99)})
+
+
 def latency():
-    if "redis" not in BROKERS:  # W3 is measured on Redis only
-        open(os.path.join(TMP, "latency.jsonl"), "w").close()
-        return
+    out = open(os.path.join(TMP, "latency.jsonl"), "w")
+    with out:
+        if "redis" in BROKERS:
+            latency_redis(out)
+        if "sql" in BROKERS:
+            # Paced at half of each one's own W1 median on this broker; then
+            # celeriac_enqueue live at half of the slowest contender's.
+            runs = load_runs()
+            half = {}
+            for contender in SQL_CONTENDERS:
+                top = median_rate(runs, contender, "W1", LAT_CONCURRENCY, broker="sql")
+                if not top:
+                    die(f"no W1 run of {contender} on sql at c={LAT_CONCURRENCY} to take half of")
+                half[contender] = top / 2
+            for contender in [c for c in SQL_CONTENDERS if c != "python"]:
+                out.write(json.dumps(latency_sql_paced(contender, half[contender], LAT_SECONDS))
+                          + "\n")
+                out.flush()
+            for contender in [c for c in SQL_CONTENDERS if c != "python"]:
+                out.write(json.dumps(latency_sql(contender, min(half.values()), LAT_SECONDS))
+                          + "\n")
+                out.flush()
+
+
+def latency_redis(out):
     runs = load_runs()
     half = {}
     for contender in LAT_CONTENDERS:
@@ -805,20 +1066,20 @@ def latency():
     # W3a needs WARM + rate * seconds distinct messages for the fastest contender.
     enqueue("W3", WARM + int(max(half.values()) * LAT_SECONDS) + 10)
     live_rate = min(half.values())
-    with open(os.path.join(TMP, "latency.jsonl"), "w") as out:
-        for contender in LAT_CONTENDERS:
-            out.write(json.dumps(latency_paced(contender, half[contender], LAT_SECONDS)) + "\n")
-            out.flush()
-        for contender in LAT_CONTENDERS:
-            out.write(json.dumps(latency_live(contender, live_rate, LAT_SECONDS)) + "\n")
-            out.flush()
+    for contender in LAT_CONTENDERS:
+        out.write(json.dumps(latency_paced(contender, half[contender], LAT_SECONDS)) + "\n")
+        out.flush()
+    for contender in LAT_CONTENDERS:
+        out.write(json.dumps(latency_live(contender, live_rate, LAT_SECONDS)) + "\n")
+        out.flush()
 
 
 if __name__ == "__main__":
     cmd = sys.argv[1] if len(sys.argv) > 1 else ""
     if cmd == "enqueue" and len(sys.argv) == 4:
         # enough for every run that takes its first n messages
-        enqueue(sys.argv[2], max(int(sys.argv[3]), PY_TASKS, AMQP_TASKS, AMQP_PY_TASKS))
+        enqueue(sys.argv[2], max(int(sys.argv[3]), PY_TASKS, AMQP_TASKS, AMQP_PY_TASKS,
+                                 *((SQL_TASKS, SQL_PY_TASKS) if "sql" in BROKERS else ())))
     elif cmd == "throughput":
         throughput()
     elif cmd == "latency":

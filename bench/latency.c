@@ -12,6 +12,12 @@
  *       just before the move; waits up to 30 s for every result; writes
  *       "<task id> <sent> <received>" lines (CLOCK_REALTIME seconds, received -1
  *       when it never came).
+ *   latency pace-sql HOST PORT CONNINFO TABLE FIRST RATE COUNT OUTFILE
+ *       the same on kombu's SQL transport in PostgreSQL: releases rows FIRST ..
+ *       FIRST + COUNT - 1 of TABLE (ord, payload, queue_id, task_id: messages
+ *       sent in advance by Celery's send_task on sqla+postgresql) into
+ *       kombu_message, one INSERT (its own transaction) each, as kombu's _put
+ *       inserts them; stamps each just before its INSERT.
  *   latency watch HOST PORT OUTFILE READYFILE
  *       only watches: creates READYFILE once subscribed, writes "<task id>
  *       <received>" lines, and exits when celery-task-meta-__end__ is published.
@@ -29,6 +35,7 @@
 
 #include <hiredis.h>
 #include <jansson.h>
+#include <libpq-fe.h>
 
 #define PREFIX "celery-task-meta-"
 #define ID_MAX 64
@@ -178,10 +185,91 @@ static const char *envelope_id(json_t *env)
     return json_string_value(json_object_get(json_object_get(env, "headers"), "id"));
 }
 
-static int pace(const char *host, int port, const char *list, double rate, long count,
+/* Where the paced messages come from and how one is released: a Redis list
+ * (LMOVE), or a template table in PostgreSQL (INSERT into kombu_message). */
+struct source {
+    redisContext *cmd;   /* Redis: the list's connection */
+    const char *list;
+    PGconn *pg;          /* PostgreSQL: the template's connection */
+    char **ids;          /* task ids of the rows to release, in order */
+    long first;          /* ord of ids[0] */
+};
+
+#define SQL_RELEASE                                                                           \
+    "INSERT INTO kombu_message (id, visible, timestamp, payload, version, queue_id)"          \
+    " SELECT nextval('message_id_sequence'), true, NULL, payload, 1, queue_id FROM %s"       \
+    " WHERE ord = $1"
+
+static void source_sql_open(struct source *src, const char *conninfo, const char *table,
+                            long first, long count)
+{
+    char sql[512];
+    PGresult *r;
+
+    src->pg = PQconnectdb(conninfo);
+    if (PQstatus(src->pg) != CONNECTION_OK)
+        die("connect to PostgreSQL failed", PQerrorMessage(src->pg));
+    snprintf(sql, sizeof(sql), "SELECT task_id FROM %s WHERE ord >= $1 ORDER BY ord LIMIT $2",
+             table);
+    {
+        char a[24], b[24];
+        const char *params[2] = {a, b};
+
+        snprintf(a, sizeof(a), "%ld", first);
+        snprintf(b, sizeof(b), "%ld", count);
+        r = PQexecParams(src->pg, sql, 2, NULL, params, NULL, NULL, 0);
+    }
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != count)
+        die("the template table has too few rows", PQresultErrorMessage(r));
+    src->ids = calloc((size_t)count, sizeof(*src->ids));
+    if (!src->ids)
+        die("out of memory", NULL);
+    for (long i = 0; i < count; i++)
+        src->ids[i] = strdup(PQgetvalue(r, (int)i, 0));
+    PQclear(r);
+    snprintf(sql, sizeof(sql), SQL_RELEASE, table);
+    r = PQprepare(src->pg, "release", sql, 1, NULL);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK)
+        die("PREPARE failed", PQresultErrorMessage(r));
+    PQclear(r);
+    src->first = first;
+}
+
+/* Releases message i of the source; returns its task id (valid until the
+ * source is closed). */
+static const char *release(struct source *src, long i, json_t **env)
+{
+    *env = NULL;
+    if (src->pg) {
+        char ord[24];
+        const char *params[1] = {ord};
+        PGresult *r;
+
+        snprintf(ord, sizeof(ord), "%ld", src->first + i);
+        r = PQexecPrepared(src->pg, "release", 1, params, NULL, NULL, 0);
+        if (PQresultStatus(r) != PGRES_COMMAND_OK || strcmp(PQcmdTuples(r), "1") != 0)
+            die("releasing a row failed", PQresultErrorMessage(r));
+        PQclear(r);
+        return src->ids[i];
+    }
+    {
+        redisReply *r = redisCommand(src->cmd, "LMOVE %s celery RIGHT LEFT", src->list);
+        const char *id;
+
+        if (!r || r->type != REDIS_REPLY_STRING)
+            die("LMOVE gave no message (list too short?)", src->cmd->errstr);
+        *env = json_loadb(r->str, r->len, 0, NULL);
+        freeReplyObject(r);
+        id = *env ? envelope_id(*env) : NULL;
+        if (!id)
+            die("a paced message has no headers.id", NULL);
+        return id;
+    }
+}
+
+static int pace(const char *host, int port, struct source *src, double rate, long count,
                 const char *outfile)
 {
-    redisContext *cmd = connect_or_die(host, port);
     redisContext *sub = subscribe(host, port);
     struct sample **order = calloc((size_t)count + 1, sizeof(*order));
     struct table t;
@@ -202,24 +290,15 @@ static int pace(const char *host, int port, const char *list, double rate, long 
         }
         {
             double when = now_s();
-            redisReply *r = redisCommand(cmd, "LMOVE %s celery RIGHT LEFT", list);
             json_t *env;
-            const char *id;
-            struct sample *s;
+            const char *id = release(src, sent, &env);
+            struct sample *s = lookup(&t, id, strlen(id));
 
-            if (!r || r->type != REDIS_REPLY_STRING)
-                die("LMOVE gave no message (list too short?)", cmd->errstr);
-            env = json_loadb(r->str, r->len, 0, NULL);
-            id = env ? envelope_id(env) : NULL;
-            if (!id)
-                die("a paced message has no headers.id", NULL);
-            s = lookup(&t, id, strlen(id));
             if (!s)
                 die("task id too long or table full", id);
             s->sent = when;
             order[sent++] = s;
             json_decref(env);
-            freeReplyObject(r);
         }
         pump(sub, &t, 0);
     }
@@ -242,7 +321,6 @@ static int pace(const char *host, int port, const char *list, double rate, long 
         die("writing the output failed", outfile);
     fprintf(stderr, "latency: paced %ld messages at %.0f/s over %.2f s, %ld results seen\n",
             count, rate, (double)(count - 1) / rate, got);
-    redisFree(cmd);
     redisFree(sub);
     free(order);
     free(t.slots);
@@ -277,11 +355,23 @@ static int watch(const char *host, int port, const char *outfile, const char *re
 
 int main(int argc, char **argv)
 {
-    if (argc == 8 && strcmp(argv[1], "pace") == 0 && atof(argv[5]) > 0 && atol(argv[6]) > 0)
-        return pace(argv[2], atoi(argv[3]), argv[4], atof(argv[5]), atol(argv[6]), argv[7]);
+    if (argc == 8 && strcmp(argv[1], "pace") == 0 && atof(argv[5]) > 0 && atol(argv[6]) > 0) {
+        struct source src = {.list = argv[4]};
+
+        src.cmd = connect_or_die(argv[2], atoi(argv[3]));
+        return pace(argv[2], atoi(argv[3]), &src, atof(argv[5]), atol(argv[6]), argv[7]);
+    }
+    if (argc == 10 && strcmp(argv[1], "pace-sql") == 0 && atol(argv[6]) > 0 &&
+        atof(argv[7]) > 0 && atol(argv[8]) > 0) {
+        struct source src = {0};
+
+        source_sql_open(&src, argv[4], argv[5], atol(argv[6]), atol(argv[8]));
+        return pace(argv[2], atoi(argv[3]), &src, atof(argv[7]), atol(argv[8]), argv[9]);
+    }
     if (argc == 6 && strcmp(argv[1], "watch") == 0)
         return watch(argv[2], atoi(argv[3]), argv[4], argv[5]);
     fprintf(stderr, "usage: latency pace HOST PORT LIST RATE COUNT OUTFILE\n"
+                    "       latency pace-sql HOST PORT CONNINFO TABLE FIRST RATE COUNT OUTFILE\n"
                     "       latency watch HOST PORT OUTFILE READYFILE\n");
     return 2;
 }

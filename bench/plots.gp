@@ -2,13 +2,14 @@
 # plots.gp: draws bench/throughput.png and bench/latency.png from the data a
 # bench run leaves in its temp dir. Called by run.sh:
 #   gnuplot -e "data='DIR'; out='DIR'" bench/plots.gp
-load data.'/plot.gpvars'   # contenders, amqpcontenders, latcontenders, w3rates
+load data.'/plot.gpvars'   # contenders, amqpcontenders, sqlcontenders, latcontenders, w3rates
 
 n = words(contenders)
 na = words(amqpcontenders)
+ns = words(sqlcontenders)
 nl = words(latcontenders)
-label(c) = c eq 'celeriac' ? 'celeriac' : c eq 'python' ? 'Python Celery' : c eq 'floor' ? 'floor (C)' : c eq 'floor-kombu' ? 'floor + kombu acks' : c
-color(c) = c eq 'celeriac' ? '#1b7837' : c eq 'python' ? '#2166ac' : c eq 'floor' ? '#b2182b' : '#e08214'
+label(c) = c eq 'celeriac' ? 'celeriac' : c eq 'celeriac-txn' ? 'celeriac, transactional' : c eq 'python' ? 'Python Celery' : c eq 'floor' ? 'floor (C)' : c eq 'floor-kombu' ? 'floor + kombu acks' : c
+color(c) = c eq 'celeriac' ? '#1b7837' : c eq 'celeriac-txn' ? '#7fbc41' : c eq 'python' ? '#2166ac' : c eq 'floor' ? '#b2182b' : '#e08214'
 
 set terminal pngcairo size 1200,500 font 'DejaVu Sans,11'
 set output out.'/throughput.png'
@@ -23,12 +24,17 @@ set grid
 set key top left
 do for [w in 'W1 W2'] {
     set title (w eq 'W1' ? 'W1: books.get\_book\_info (UPDATE … RETURNING)' : 'W2: tasks.add (no database)')
-    # Redis solid, RabbitMQ (celeriac and Python Celery) dashed
+    # Redis solid, RabbitMQ (celeriac and Python Celery) dashed, the PostgreSQL
+    # broker (W1 only) dotted
     plot for [i=1:n] data.'/tput-'.w.'.dat' using 1:(column(3*i-1)):(column(3*i)):(column(3*i+1)) \
         with yerrorlines lw 2 pt 7 lc rgb color(word(contenders, i)) title label(word(contenders, i)), \
         for [i=1:na] data.'/tput-amqp-'.w.'.dat' using 1:(column(3*i-1)):(column(3*i)):(column(3*i+1)) \
         with yerrorlines lw 2 dt 2 pt 6 lc rgb color(word(amqpcontenders, i)) \
-        title label(word(amqpcontenders, i)).' on RabbitMQ'
+        title label(word(amqpcontenders, i)).' on RabbitMQ', \
+        for [i=1:(w eq 'W1' ? ns : 0)] data.'/tput-sql-'.w.'.dat' \
+        using 1:(column(3*i-1)):(column(3*i)):(column(3*i+1)) \
+        with yerrorlines lw 2 dt 3 pt 4 lc rgb color(word(sqlcontenders, i)) \
+        title label(word(sqlcontenders, i)).' on PostgreSQL (sqla)'
 }
 unset multiplot
 

@@ -13,7 +13,7 @@ import subprocess
 import bench
 
 NAMES = {"celeriac": "celeriac", "python": "Python Celery", "floor": "floor (C)",
-         "floor-kombu": "floor + kombu acks"}
+         "floor-kombu": "floor + kombu acks", "celeriac-txn": "celeriac, transactional task"}
 KB = 1024
 
 
@@ -411,6 +411,212 @@ def amqp_method(aruns):
 """
 
 
+# ---- the PostgreSQL broker (issue 12) ------------------------------------------------
+
+def sql_targets(runs, sruns, lats):
+    out = []
+
+    def line(name, measured, ok):
+        out.append(f"| {name} | {measured} | {'**met**' if ok else '**not met**'} |")
+
+    def per_c(num, den, num_runs, den_runs, spec="{:.1f}"):
+        vals = {}
+        for conc in bench.CONCURRENCIES:
+            a = median_of(num_runs, "rate", contender=num, workload="W1", concurrency=conc)
+            b = median_of(den_runs, "rate", contender=den, workload="W1", concurrency=conc)
+            if a and b:
+                vals[conc] = (a / b, a, b)
+        text = ", ".join(f"c={c}: {spec.format(v[0])} ({v[1]:.0f} / {v[2]:.0f})"
+                         for c, v in vals.items())
+        return vals, text
+
+    vals, text = per_c("celeriac", "python", sruns, sruns)
+    if vals:
+        line("celeriac W1 on sqla+postgresql ≥ 20 × Python Celery on sqla+postgresql (each c)",
+             text.replace(" (", " × (", len(vals)), all(v[0] >= 20 for v in vals.values()))
+    vals, text = per_c("celeriac-txn", "celeriac", sruns, runs, "{:.2f}")
+    if vals:
+        line("transactional W1 on sqla+postgresql ≥ 0.8 × celeriac W1 on Redis, same run "
+             "(each c)", text, all(v[0] >= 0.8 for v in vals.values()))
+    for r in lats:
+        if r["variant"] == "sa" and r["contender"] == "celeriac":
+            line(f"send-to-start p99 ≤ 10 ms at half load on the PostgreSQL broker "
+                 f"(paced as W3a, c={r['concurrency']}; measured to the result, which bounds it)",
+                 f"{r['p99']:.2f} ms at {r['achieved_rate']:.0f}/s (p50 {r['p50']:.2f} ms)",
+                 r["p99"] <= 10)
+    child, growth = largest_child(sruns)
+    if child is not None:
+        line("child RSS ≤ 4 MB on the PostgreSQL broker",
+             f"largest child {mb(child)} MB after {bench.SQL_TASKS} tasks; largest growth from "
+             f"10 % to the end of a run {'–' if growth is None else growth} kB", child <= 4 * KB)
+    return ("| target (issue 12, PostgreSQL broker) | measured in this run | |\n|---|---|---|\n"
+            + "\n".join(out))
+
+
+def sql_throughput_table(runs, sruns, key):
+    lines = ["| concurrency | celeriac | celeriac, transactional | Python Celery "
+             "| celeriac / Python | transactional / Python | celeriac on Redis "
+             "| celeriac sql / Redis | transactional / Redis |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for conc in bench.CONCURRENCIES:
+        kw = dict(workload="W1", concurrency=conc)
+        c = median_of(sruns, key, contender="celeriac", **kw)
+        t = median_of(sruns, key, contender="celeriac-txn", **kw)
+        p = median_of(sruns, key, contender="python", **kw)
+        r = median_of(runs, key, contender="celeriac", **kw)
+        lines.append(
+            f"| {conc} | **{fmt(c)}**{spread(sruns, key, contender='celeriac', **kw)} | "
+            f"**{fmt(t)}**{spread(sruns, key, contender='celeriac-txn', **kw)} | "
+            f"{fmt(p)}{spread(sruns, key, contender='python', **kw)} | "
+            f"{ratio(c, p, '{:.1f}')} | {ratio(t, p, '{:.1f}')} | {fmt(r)} | {ratio(c, r)} | "
+            f"{ratio(t, r)} |")
+    return "\n".join(lines)
+
+
+def sql_cpu_table(runs, sruns):
+    who = ("celeriac", "celeriac-txn", "python")
+    lines = ["| concurrency | worker: celeriac / transactional / Python "
+             "| PostgreSQL: celeriac / transactional / Python "
+             "| Redis (results): celeriac / transactional / Python "
+             "| celeriac on Redis: worker / PostgreSQL / Redis |",
+             "|---:|---|---|---|---|"]
+    for conc in bench.CONCURRENCIES:
+        kw = dict(workload="W1", concurrency=conc)
+        cells = [" / ".join(fmt(median_of(sruns, "cpu_ms_per_task", contender=c, **kw), "{:.3f}")
+                            for c in who)]
+        for svc in ("postgres", "redis"):
+            cells.append(" / ".join(
+                fmt(med([r["svc_cpu_ms_per_task"].get(svc, 0)
+                         for r in select(sruns, contender=c, **kw)]), "{:.3f}") for c in who))
+        rsel = select(runs, contender="celeriac", **kw)
+        cells.append(" / ".join([fmt(med([r["cpu_ms_per_task"] for r in rsel]), "{:.3f}")] + [
+            fmt(med([r["svc_cpu_ms_per_task"].get(svc, 0) for r in rsel]), "{:.3f}")
+            for svc in ("postgres", "redis")]))
+        lines.append(f"| {conc} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def sql_latency_table(lats, variant):
+    live = variant == "sb"
+    lines = ["| task | rate sent (tasks/s) | tasks | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms "
+             + ("| send (celeriac_enqueue round trip) p50 / p99 ms | late sends " if live else "")
+             + "| others' CPU |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if live else "") + "---:|"]
+    for r in lats:
+        if r["variant"] != variant:
+            continue
+        task = bench.TXN_TASK if r["contender"] == "celeriac-txn" else bench.TASK_OF["W3"]
+        lines.append(f"| celeriac, `{task}` | {r['achieved_rate']:.0f} | {r['tasks']} | "
+                     f"{r['p50']:.2f} | {r['p90']:.2f} | {r['p99']:.2f} | {r['p999']:.2f} | "
+                     f"{r['max']:.2f} | "
+                     + (f"{r['send_p50']:.2f} / {r['send_p99']:.2f} | {r['late_sends']} | "
+                        if live else "")
+                     + f"{100 * r.get('foreign_cpu', 0):.0f} % |")
+    return "\n".join(lines)
+
+
+def sql_enqueue_rates():
+    """min–max of the rates at which send_task filled the SQL templates."""
+    try:
+        with open(os.path.join(bench.TMP, "sql-enqueue.jsonl")) as f:
+            rates = [r["tasks"] / r["seconds"] for r in map(json.loads, f) if r["seconds"] > 0]
+    except OSError:
+        return "–"
+    return f"{min(rates):.0f}–{max(rates):.0f}" if rates else "–"
+
+
+def sql_section(runs, sruns, lats):
+    reps = max(r["rep"] for r in sruns) + 1
+    py = select(sruns, contender="python")
+    py_reps = max((r["rep"] for r in py), default=-1) + 1
+    py_n = py[0]["tasks"] if py else bench.SQL_PY_TASKS
+    fill_rate = med([r["tasks"] / r["fill_s"] for r in sruns if r.get("fill_s")])
+    slat = [r for r in lats if r["variant"] in ("sa", "sb")]
+    b_rate = next((r["target_rate"] for r in lats if r["variant"] == "sb"), 0)
+    lat_text = f"""
+### W3 on the PostgreSQL broker: send → result, concurrency {bench.LAT_CONCURRENCY}
+
+Send-to-result, which bounds send-to-start from above: the result is read from Redis
+by a `PSUBSCRIBE celery-task-meta-*` (`bench/latency.c`) as on Redis.
+
+**Paced, at half load (as W3a).** Each task at half its own W1 median on this broker at
+c={bench.LAT_CONCURRENCY}, for {bench.LAT_SECONDS:.0f} s. The messages were sent in
+advance by Celery's `send_task` on `sqla+postgresql://` into a template table (as for
+the throughput runs; fresh task ids), and `bench/latency.c pace-sql` releases them on
+a fixed schedule into `kombu_message`, one prepared `INSERT … SELECT` each (its own
+transaction, the row as kombu's `_put` inserts it; celeriac's trigger NOTIFYs the idle
+children), stamping each just before its INSERT.
+
+{sql_latency_table(lats, "sa")}
+
+**Live `celeriac_enqueue` (as W3b).** At {b_rate:.0f}/s (half of the slowest contender's
+W1 median on this broker, Python Celery's), sent one at a time from one Python process
+with psycopg2 in autocommit by `SELECT celeriac_enqueue('celery', task, args)`
+(celeriac's outbox function: one INSERT of the protocol-2 message Celery's client would
+send, committed by the statement). Latency from just before that statement, so it
+includes the INSERT's own round trip and commit (shown as "send").
+
+{sql_latency_table(lats, "sb")}
+""" if slat else ""
+    return f"""## On the PostgreSQL broker: W1 (issue 12)
+
+kombu's SQL transport in the bench's own PostgreSQL database, beside the books table:
+celeriac with `-b sqla+postgresql://postgres@127.0.0.1:PORT/bench` (the `--db`
+database, so `books.get_book_info_txn`, flagged `CELERIAC_TRANSACTIONAL`, runs its
+`UPDATE` and the `DELETE` of its message in one transaction; `books.get_book_info` is
+acked early, its row deleted when it starts); Python Celery with `broker_url =
+'sqla+postgresql://…'` (kombu's own consumer over SQLAlchemy and psycopg2: one
+`SELECT … FOR UPDATE` per message from the consumer process, prefetch multiplier 4,
+early ack, which in kombu's SQL transport leaves the row invisible, never deleted).
+Results go to the same Redis db 1 as on Redis, so only the broker differs. In the same
+run as the Redis figures and interleaved with them. Median of {reps} runs of
+{bench.SQL_TASKS} pre-enqueued tasks for celeriac; **Python Celery: {py_reps} runs of
+only {py_n}**, as kombu's consumer takes several seconds per thousand (its rate is
+taken, like every rate here, from its own first to last result).
+
+**How the tasks are enqueued**: once per task name, Celery's own client sends the
+{bench.SQL_TASKS} tasks (the ids and arguments of the Redis template) with
+`send_task` on `sqla+postgresql://` (kombu creates its tables; one row per send); the
+rows are copied, in the order they were sent, into a template table. Before each run
+`kombu_message` is emptied (`TRUNCATE`) and the template's first N rows are inserted
+into it in one `INSERT … SELECT` as kombu's `_put` inserts them (id from
+`message_id_sequence`, visible, NULL timestamp, version 1, the payload byte for byte;
+{fmt(fill_rate)} rows/s, median), then `VACUUM ANALYZE kombu_message`, then the usual
+`VACUUM books; CHECKPOINT`. kombu's publisher itself, sending these templates in
+this run, inserted {sql_enqueue_rates()} rows/s.
+
+### W1 on the PostgreSQL broker (tasks/s)
+
+{sql_throughput_table(runs, sruns, "rate")}
+
+Including start-up:
+
+{sql_throughput_table(runs, sruns, "wall_rate")}
+
+### CPU per task on the PostgreSQL broker, W1 (ms; median)
+
+PostgreSQL's CPU here is the broker's work (claim, ack) plus the task's statement;
+on Redis it is the task's statement alone.
+
+{sql_cpu_table(runs, sruns)}
+
+### Memory on the PostgreSQL broker (MB, as above)
+
+{memory_table(sruns, bench.SQL_CONTENDERS)}
+{lat_text}"""
+
+
+def sql_method():
+    return """- **On the PostgreSQL broker**: kombu's tables (`kombu_queue`, `kombu_message`) in
+  the bench's PostgreSQL database `bench`, next to `books` (celeriac adds its ready-row
+  index, its NOTIFY trigger and `celeriac_enqueue()` on first start). The same
+  PostgreSQL serves the broker's statements, the task's and, for Python Celery,
+  SQLAlchemy's; its CPU is counted as a service, as Redis's. See the section above for
+  how the queue is filled. Not measured on this broker: the floors, W2, and Python
+  Celery's latency (its consumer polls once a second when idle).
+"""
+
+
 def redis_table(runs, workload, conc):
     """What each contender asks of Redis per task (last run at this point)."""
     lines = ["| contender | Redis CPU ms/task | commands per task: calls × µs (a script's or "
@@ -438,13 +644,15 @@ def all_runs_table(runs):
     return "\n".join(lines)
 
 
-def write_plot_data(runs, lats, aruns):
+def write_plot_data(runs, lats, aruns, sruns):
     for workload in bench.WORKLOADS:
         tput_data(runs, workload, bench.CONTENDERS, f"tput-{workload}.dat")
         tput_data(aruns, workload, bench.AMQP_CONTENDERS, f"tput-amqp-{workload}.dat")
+        tput_data(sruns, workload, bench.SQL_CONTENDERS, f"tput-sql-{workload}.dat")
     with open(os.path.join(bench.TMP, "plot.gpvars"), "w") as f:
         f.write("contenders = '" + " ".join(bench.CONTENDERS if runs else []) + "'\n")
         f.write("amqpcontenders = '" + " ".join(bench.AMQP_CONTENDERS if aruns else []) + "'\n")
+        f.write("sqlcontenders = '" + " ".join(bench.SQL_CONTENDERS if sruns else []) + "'\n")
         f.write("latcontenders = '" + " ".join(bench.LAT_CONTENDERS if lats else []) + "'\n")
         rates = {r["contender"]: r["achieved_rate"] for r in lats if r["variant"] == "a"}
         f.write("w3rates = '" + " ".join(f"{rates.get(c, 0):.0f}" for c in bench.LAT_CONTENDERS)
@@ -483,9 +691,11 @@ def main():
     all_runs = bench.load_runs()
     runs = select(all_runs, broker="redis")  # every table of issue 5 is about these
     aruns = select(all_runs, broker="amqp")
+    sruns = select(all_runs, broker="sql")
     with open(os.path.join(bench.TMP, "latency.jsonl")) as f:
-        lats = [json.loads(line) for line in f]
-    write_plot_data(runs, lats, aruns)
+        all_lats = [json.loads(line) for line in f]
+    lats = [r for r in all_lats if r["variant"] in ("a", "b")]  # Redis's W3
+    write_plot_data(runs, lats, aruns, sruns)
     reps = max((r["rep"] for r in runs), default=-1) + 1
     py_reps = max((r["rep"] for r in runs if r["contender"] == "python"), default=-1) + 1
     py_n = next((r["tasks"] for r in runs if r["contender"] == "python"), bench.TASKS)
@@ -502,8 +712,17 @@ def main():
 
 </details>
 """ if aruns else ""
+    sql_details = f"""
+<details><summary>Every run on the PostgreSQL broker</summary>
+
+{all_runs_table(sruns)}
+
+</details>
+""" if sruns else ""
     targets_text = "\n\n".join(t for t in (targets(runs, lats) if runs else "",
-                                            amqp_targets(runs, aruns) if aruns else "") if t)
+                                            amqp_targets(runs, aruns) if aruns else "",
+                                            sql_targets(runs, sruns, all_lats) if sruns else "")
+                                 if t)
     redis_text = f"""## W1: the seed workload, `books.get_book_info` (tasks/s)
 
 Median of {reps} runs of {bench.TASKS} pre-enqueued tasks (Python Celery: {py_reps} runs of
@@ -541,6 +760,7 @@ Including start-up:
 
 """ if runs else ""
     amqp_text = amqp_section(runs, aruns) + "\n\n" if aruns else ""
+    amqp_text += sql_section(runs, sruns, all_lats) + "\n\n" if sruns else ""
     latency_img = "\n![latency](latency.png)\n" if lats else ""
     latency_text = f"""## W3: latency at half load, concurrency {bench.LAT_CONCURRENCY}
 
@@ -619,12 +839,14 @@ below was measured in that one run, except the last sections (chaos runs, record
   - The SQL is the same for all of them, books.c's single statement
     `UPDATE books SET fetched_at = now() WHERE id = $1 RETURNING title` (one implicit
     transaction; the issue's "SELECT + UPDATE" is done by this one statement).
-{amqp_method(aruns) if aruns else ""}- **Throughput**: the time is taken from the results themselves: (N − 1) / (last
+{amqp_method(aruns) if aruns else ""}{sql_method() if sruns else ""}- **Throughput**: the time is taken from the results themselves: (N − 1) / (last
   `date_done` − first `date_done`), which leaves out process start-up (about 1 s of
   imports for Python Celery). The wall-clock rate including start-up is shown too. Each
   run checks every result: SUCCESS, the right value, the right id. Runs are interleaved
   (for each workload, concurrency and repetition: {", ".join(NAMES[c] for c in bench.CONTENDERS)}{
-  (", then on RabbitMQ: " + ", ".join(NAMES[c] for c in bench.AMQP_CONTENDERS)) if aruns else ""}).
+  (", then on RabbitMQ: " + ", ".join(NAMES[c] for c in bench.AMQP_CONTENDERS)) if aruns else ""}{
+  (", then on the PostgreSQL broker (W1): " + ", ".join(NAMES[c] for c in bench.SQL_CONTENDERS))
+  if sruns else ""}).
 - **CPU**: utime + stime (+ cutime + cstime of anything they reaped) of the master and
   every live descendant (pool children, celeriac's control process) from `/proc/PID/stat`, read when the last result appeared and before
   TERM, divided by N; it includes start-up. Redis, PostgreSQL and RabbitMQ CPU is the
@@ -656,7 +878,7 @@ below was measured in that one run, except the last sections (chaos runs, record
 {all_runs_table(runs)}
 
 </details>
-{amqp_details}"""
+{amqp_details}{sql_details}"""
     path = os.path.join(bench.OUT, "RESULTS.md")
     text += kept_sections(path)
     with open(path, "w") as f:

@@ -5,7 +5,7 @@
 # throwaway PostgreSQL 15 and (when BENCH_BROKERS names amqp) a private
 # RabbitMQ (tests/lib/rabbitmq.sh) on free loopback ports in temp dirs, seeds
 # the books table, then lets bench.py measure celeriac, Python Celery and the
-# floor side by side, write RESULTS.md and the plot data; gnuplot draws the
+# floor side by side (and both on kombu's SQL transport in that PostgreSQL), write RESULTS.md and the plot data; gnuplot draws the
 # PNGs. Stops everything it started, by pid, on every exit path.
 #
 # Knobs (environment):
@@ -13,11 +13,19 @@
 #   BENCH_PY_TASKS, BENCH_PY_REPS  the same for Python Celery (default: as above)
 #   BENCH_BOOKS (10000)       rows in books      BENCH_LATENCY_SECONDS (10)
 #   BENCH_CONCURRENCY ("1 2 4")  BENCH_CONTENDERS ("celeriac python floor")
-#   BENCH_BROKERS ("redis amqp")  where W1 and W2 run: Redis, and a private
-#                             RabbitMQ (celeriac and Python Celery; results in Redis)
+#   BENCH_BROKERS ("redis amqp sql")  where W1 and W2 run: Redis, a private
+#                             RabbitMQ (celeriac and Python Celery; results in Redis),
+#                             and kombu's SQL transport in the bench's PostgreSQL
+#                             database (W1 only: celeriac, celeriac running the
+#                             transactional variant of the task, Python Celery;
+#                             results in Redis; and W3 on that broker)
 #   BENCH_AMQP_TASKS, BENCH_AMQP_REPS, BENCH_AMQP_PY_TASKS, BENCH_AMQP_PY_REPS
 #                             the same for the RabbitMQ runs (default: as on Redis)
 #   BENCH_AMQP_CONTENDERS ("celeriac python")
+#   BENCH_SQL_TASKS, BENCH_SQL_REPS   the same for the PostgreSQL broker (default: as on Redis)
+#   BENCH_SQL_PY_TASKS (2000), BENCH_SQL_PY_REPS  Python Celery there: kombu's SQL
+#                             consumer is slow, so fewer tasks per run
+#   BENCH_SQL_CONTENDERS ("celeriac celeriac-txn python")
 #   BENCH_QUICK=1             2000 tasks, 1 rep, 3 s of W3; writes to $BUILD/bench/
 #                             so a smoke run does not replace the committed results
 #   BENCH_OUT                 where RESULTS.md and the PNGs go (default bench/)
@@ -38,7 +46,7 @@ if [[ ${BENCH_QUICK:-0} == 1 ]]; then
 fi
 export BENCH_TASKS=${BENCH_TASKS:-20000} BENCH_REPS=${BENCH_REPS:-3}
 export BENCH_BOOKS=${BENCH_BOOKS:-10000}
-export BENCH_BROKERS=${BENCH_BROKERS:-redis amqp}
+export BENCH_BROKERS=${BENCH_BROKERS:-redis amqp sql}
 amqp=0
 [[ " $BENCH_BROKERS " == *" amqp "* ]] && amqp=1
 export BENCH_OUT=${BENCH_OUT:-$root/bench}
@@ -64,6 +72,10 @@ if ((amqp)); then
         fail "rabbitmq-server not found (apt-get install rabbitmq-server, or BENCH_BROKERS=redis)"
     "$python" -c 'import amqp' 2>/dev/null || fail "$python cannot import amqp (py-amqp)"
 fi
+if [[ " $BENCH_BROKERS " == *" sql "* ]]; then
+    "$python" -c 'import sqlalchemy' 2>/dev/null ||
+        fail "$python cannot import sqlalchemy (apt-get install python3-sqlalchemy, or leave sql out of BENCH_BROKERS)"
+fi
 
 # ---- build the floor and the watcher ------------------------------------------
 mkdir -p "$build/bench" "$BENCH_OUT"
@@ -79,7 +91,7 @@ build_tool() { # name pkgs...
     fi
 }
 build_tool floor hiredis libpq jansson
-build_tool latency hiredis jansson
+build_tool latency hiredis jansson libpq
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/celeriac-bench.XXXXXX")
 chmod 755 "$tmp" # the postgres user must reach its subdirectory

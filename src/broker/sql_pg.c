@@ -112,12 +112,114 @@ int sql_store_failed(struct sql_store *s, const char *what, const char *reason, 
     return err_set(e, E_PROTOCOL, "broker database '%s': %s: %s", s->conn->cfg->where, what, msg);
 }
 
-/* Runs sql with text parameters; the result when its status is `want`,
- * else NULL with the failure in *rc and e. */
-static PGresult *run(struct sql_store *s, const char *what, const char *sql, int n,
-                     const char *const *params, ExecStatusType want, int *rc, struct err *e)
+/* The statements run once or more per message, prepared once per
+ * connection (named celeriac_sql_<i>) instead of being parsed and planned
+ * at every call: that was about a third of PostgreSQL's CPU per message. */
+enum pg_stmt {
+    STMT_CLAIM,
+    STMT_REMOVE,
+    STMT_GIVE_BACK,
+    STMT_INSERT,
+    STMT_COUNT
+};
+
+static const char *const stmt_sql[STMT_COUNT] = {
+    /* kombu's order (timestamp, id) within one queue at a time: with one
+     * queue id the ready index is read in order and LIMIT 1 stops at once;
+     * the caller turns through its queues as kombu's fair cycle does. */
+    [STMT_CLAIM] = "UPDATE kombu_message SET visible = false, timestamp = $2::timestamp,"
+                   "  version = -(abs(version) + 1)"
+                   " WHERE id = (SELECT id FROM kombu_message WHERE queue_id = $1 AND visible"
+                   "             ORDER BY timestamp, id LIMIT 1 FOR UPDATE SKIP LOCKED)"
+                   " RETURNING id, version, queue_id, payload",
+    [STMT_REMOVE] = "DELETE FROM kombu_message WHERE id = $1 AND version = $2",
+    [STMT_GIVE_BACK] = "UPDATE kombu_message SET visible = true, timestamp = NULL,"
+                       " version = least(-version + 1, 32001)"
+                       " WHERE id = $1 AND version = $2 AND NOT visible",
+    [STMT_INSERT] = "INSERT INTO kombu_message (id, visible, timestamp, payload, version,"
+                    " queue_id) VALUES (nextval('message_id_sequence'), true, NULL, $1, 1, $2)",
+};
+
+/* Which connections of this process have the statements, by handle and
+ * server process (a handle reopened at the same address is another
+ * backend). A process holds two connections at most that run them (its
+ * broker connection, and its task connection for transactional acks). */
+#define PREPARED_CONNS 4
+static struct prepared_on {
+    const PGconn *conn;
+    int backend_pid;
+    unsigned stmts;              /* bit i: stmt_sql[i] is prepared there */
+} prepared[PREPARED_CONNS];
+static unsigned prepared_next;   /* the entry replaced next */
+
+static struct prepared_on *prepared_entry(PGconn *conn, bool add)
 {
-    PGresult *r = PQexecParams(pg(s), sql, n, NULL, params, NULL, NULL, 0);
+    int pid = PQbackendPID(conn);
+    for (size_t i = 0; i < PREPARED_CONNS; i++)
+        if (prepared[i].conn == conn && prepared[i].backend_pid == pid)
+            return &prepared[i];
+    if (!add)
+        return NULL;
+    struct prepared_on *p = &prepared[prepared_next++ % PREPARED_CONNS];
+    *p = (struct prepared_on){.conn = conn, .backend_pid = pid};
+    return p;
+}
+
+/* True when statement i is prepared on the store's connection, preparing
+ * it now if not. Never on a borrowed handle (the application's: its
+ * statement names are its own); false when preparing failed, and the
+ * caller then runs the text as before, which reports the real error. */
+static bool stmt_ready(struct sql_store *s, enum pg_stmt i, int n)
+{
+    if (s->borrowed)
+        return false;
+    struct prepared_on *p = prepared_entry(pg(s), true);
+    if (p->stmts & (1u << i))
+        return true;
+    char name[32];
+    snprintf(name, sizeof(name), "celeriac_sql_%d", (int)i);
+    PGresult *r = PQprepare(pg(s), name, stmt_sql[i], n, NULL);
+    bool ok = r && PQresultStatus(r) == PGRES_COMMAND_OK;
+    PQclear(r);
+    if (ok)
+        p->stmts |= 1u << i;
+    return ok;
+}
+
+/* SQLSTATE 26000: the statement is gone (DEALLOCATE, DISCARD ALL, a
+ * pooler handing over another server connection). */
+static bool is_missing_statement(const PGresult *r)
+{
+    const char *state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+    return state && !strcmp(state, "26000");
+}
+
+/* Runs statement i, prepared when it can be. A statement found gone is
+ * prepared again and run once more, unless a transaction is open (the
+ * error has aborted it: the caller's failure path rolls back). */
+static PGresult *exec_stmt(struct sql_store *s, enum pg_stmt i, int n, const char *const *params)
+{
+    if (!stmt_ready(s, i, n))
+        return PQexecParams(pg(s), stmt_sql[i], n, NULL, params, NULL, NULL, 0);
+    char name[32];
+    snprintf(name, sizeof(name), "celeriac_sql_%d", (int)i);
+    PGresult *r = PQexecPrepared(pg(s), name, n, params, NULL, NULL, 0);
+    if (!is_missing_statement(r))
+        return r;
+    struct prepared_on *p = prepared_entry(pg(s), false);
+    if (p)
+        p->stmts = 0;
+    if (PQtransactionStatus(pg(s)) != PQTRANS_IDLE || !stmt_ready(s, i, n))
+        return r;
+    PQclear(r);
+    return PQexecPrepared(pg(s), name, n, params, NULL, NULL, 0);
+}
+
+/* The result of r when its status is `want`, else NULL with the failure
+ * in *rc and e (r cleared). */
+static PGresult *expect(struct sql_store *s, PGresult *r, const char *what, ExecStatusType want,
+                        int *rc, struct err *e)
+{
     if (r && PQresultStatus(r) == want) {
         *rc = 0;
         return r;
@@ -130,17 +232,47 @@ static PGresult *run(struct sql_store *s, const char *what, const char *sql, int
     return NULL;
 }
 
+/* Runs sql with text parameters; the result when its status is `want`,
+ * else NULL with the failure in *rc and e. */
+static PGresult *run(struct sql_store *s, const char *what, const char *sql, int n,
+                     const char *const *params, ExecStatusType want, int *rc, struct err *e)
+{
+    return expect(s, PQexecParams(pg(s), sql, n, NULL, params, NULL, NULL, 0), what, want, rc, e);
+}
+
+/* Runs statement i (see exec_stmt); as run. */
+static PGresult *run_stmt(struct sql_store *s, const char *what, enum pg_stmt i, int n,
+                          const char *const *params, ExecStatusType want, int *rc, struct err *e)
+{
+    return expect(s, exec_stmt(s, i, n, params), what, want, rc, e);
+}
+
+/* 1 when the statement r answers changed a row, 0 when none, < 0. */
+static int changed_rows(PGresult *r, int rc)
+{
+    if (!r)
+        return rc;
+    int changed = atoi(PQcmdTuples(r)) > 0;
+    PQclear(r);
+    return changed;
+}
+
 /* Runs a statement that changes rows; 1 when one did, 0 when none, < 0. */
 static int run_change(struct sql_store *s, const char *what, const char *sql, int n,
                       const char *const *params, struct err *e)
 {
     int rc;
     PGresult *r = run(s, what, sql, n, params, PGRES_COMMAND_OK, &rc, e);
-    if (!r)
-        return rc;
-    int changed = atoi(PQcmdTuples(r)) > 0;
-    PQclear(r);
-    return changed;
+    return changed_rows(r, rc);
+}
+
+/* The same for statement i. */
+static int run_stmt_change(struct sql_store *s, const char *what, enum pg_stmt i, int n,
+                           const char *const *params, struct err *e)
+{
+    int rc;
+    PGresult *r = run_stmt(s, what, i, n, params, PGRES_COMMAND_OK, &rc, e);
+    return changed_rows(r, rc);
 }
 
 static int pg_prepare(struct sql_store *s, struct err *e)
@@ -214,21 +346,13 @@ static int pg_listen(struct sql_store *s, const int64_t *queue_ids, size_t n, st
 static int pg_claim(struct sql_store *s, const int64_t *queue_ids, size_t n, const char *stamp,
                     struct sql_claim *c, struct err *e)
 {
-    /* kombu's order (timestamp, id) within one queue at a time: with one
-     * queue id the ready index is read in order and LIMIT 1 stops at once;
-     * the caller turns through its queues as kombu's fair cycle does. */
-    static const char sql[] =
-        "UPDATE kombu_message SET visible = false, timestamp = $2::timestamp,"
-        "  version = -(abs(version) + 1)"
-        " WHERE id = (SELECT id FROM kombu_message WHERE queue_id = $1 AND visible"
-        "             ORDER BY timestamp, id LIMIT 1 FOR UPDATE SKIP LOCKED)"
-        " RETURNING id, version, queue_id, payload";
     for (size_t i = 0; i < n; i++) {
         char qid[24];
         snprintf(qid, sizeof(qid), "%" PRId64, queue_ids[i]);
         const char *params[] = {qid, stamp};
         int rc;
-        PGresult *r = run(s, "claiming a message", sql, 2, params, PGRES_TUPLES_OK, &rc, e);
+        PGresult *r = run_stmt(s, "claiming a message", STMT_CLAIM, 2, params, PGRES_TUPLES_OK,
+                               &rc, e);
         if (!r)
             return rc;
         if (PQntuples(r) == 1) {
@@ -286,8 +410,7 @@ static int pg_remove(struct sql_store *s, int64_t id, int version, struct err *e
     char a[24], b[16];
     id_params(a, b, id, version);
     const char *params[] = {a, b};
-    return run_change(s, "acking a message",
-                      "DELETE FROM kombu_message WHERE id = $1 AND version = $2", 2, params, e);
+    return run_stmt_change(s, "acking a message", STMT_REMOVE, 2, params, e);
 }
 
 static int pg_give_back(struct sql_store *s, int64_t id, int version, struct err *e)
@@ -295,10 +418,7 @@ static int pg_give_back(struct sql_store *s, int64_t id, int version, struct err
     char a[24], b[16];
     id_params(a, b, id, version);
     const char *params[] = {a, b};
-    return run_change(s, "restoring a message",
-                      "UPDATE kombu_message SET visible = true, timestamp = NULL,"
-                      " version = least(-version + 1, 32001)"
-                      " WHERE id = $1 AND version = $2 AND NOT visible", 2, params, e);
+    return run_stmt_change(s, "restoring a message", STMT_GIVE_BACK, 2, params, e);
 }
 
 static int pg_read(struct sql_store *s, int64_t id, int version, char **payload,
@@ -395,10 +515,7 @@ static int pg_insert(struct sql_store *s, int64_t queue_id, const char *payload,
     char qid[24];
     snprintf(qid, sizeof(qid), "%" PRId64, queue_id);
     const char *params[] = {payload, qid};
-    int rc = run_change(s, "publishing a message",
-                        "INSERT INTO kombu_message (id, visible, timestamp, payload, version,"
-                        " queue_id) VALUES (nextval('message_id_sequence'), true, NULL, $1, 1,"
-                        " $2)", 2, params, e);
+    int rc = run_stmt_change(s, "publishing a message", STMT_INSERT, 2, params, e);
     return rc < 0 ? rc : 0;
 }
 

@@ -14,19 +14,9 @@
 #    the server has all three back in the queue, and a new worker runs them.
 # (The chaos run restarts the node under kills; test_amqp_worker.sh covers a
 # server closing connections and a warm shutdown with held ETA messages.)
-. "$(dirname "$0")/lib.sh"
-. "$(dirname "$0")/../lib/rabbitmq.sh"
+. "$(dirname "$0")/amqp_lib.sh"
 
-start_redis
-start_pg
-build_rel_lib || tap_done
-rabbitmq_test_start
-diag "RabbitMQ started in ${RABBITMQ_START_MS} ms on port $RABBITMQ_PORT"
-BROKER_URL=$RABBITMQ_URL
-RESULT_URL="redis://127.0.0.1:$REDIS_PORT/1"
-export BROKER_URL RESULT_URL # rel.py publishes to BROKER_URL
-psql_db -c "CREATE TABLE rel_runs (task_id text NOT NULL, pid int NOT NULL)" >/dev/null
-W=(-A "$REL_LIB" -b "$BROKER_URL" --result-backend "$RESULT_URL" --db "$PG_URL")
+rel_amqp_start
 
 done_count() { redis_cli -n 1 dbsize 2>/dev/null | grep -E '^[0-9]+$' || echo 0; }
 ready() { rel qlen "${1:-celery}" 2>/dev/null | grep -E '^[0-9]+$' || echo "?"; }

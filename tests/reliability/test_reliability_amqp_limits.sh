@@ -18,19 +18,9 @@
 #    (406 PRECONDITION_FAILED on celeriac's declare) is reported in one line
 #    naming exchange, host, vhost and the server's reason and retried with
 #    backoff (no spin) until it is gone.
-. "$(dirname "$0")/lib.sh"
-. "$(dirname "$0")/../lib/rabbitmq.sh"
+. "$(dirname "$0")/amqp_lib.sh"
 
-start_redis
-start_pg
-build_rel_lib || tap_done
-rabbitmq_test_start
-diag "RabbitMQ started in ${RABBITMQ_START_MS} ms on port $RABBITMQ_PORT"
-BROKER_URL=$RABBITMQ_URL
-RESULT_URL="redis://127.0.0.1:$REDIS_PORT/1"
-export BROKER_URL RESULT_URL # rel.py publishes to BROKER_URL
-psql_db -c "CREATE TABLE rel_runs (task_id text NOT NULL, pid int NOT NULL)" >/dev/null
-W=(-A "$REL_LIB" -b "$BROKER_URL" --result-backend "$RESULT_URL" --db "$PG_URL")
+rel_amqp_start
 
 # "ready unacked" summed over the queues whose name matches REGEX (rabbitmqctl)
 rmq_counts() {

@@ -40,17 +40,29 @@ UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 # The binary exports only the task-library API (celeriac_*) to dlopen()ed libraries.
 EXPORTS  := -Wl,--export-dynamic-symbol=celeriac_*
 
-# The C client library (include/celeriac_client.h): client.o and outbox.o plus
-# the archive members they need, picked by a relocatable link (so the list
-# follows the code), in one object whose hidden symbols are made local: a
-# sender sees only celeriac_*, in the .a as in the .so.
-CLIENT_PKGS   := hiredis jansson librabbitmq msgpack openssl libpq sqlite3
+# The C client library (include/celeriac_client.h), in two parts. Each is
+# its .c files plus the archive members they need, picked by a relocatable
+# link (so the list follows the code), in one object whose hidden symbols are
+# made local: a sender sees only celeriac_*, in the .a as in the .so, and the
+# two parts never see each other's internals (each has its own copy).
+# - libceleriac-client: Redis, RabbitMQ, results; no libpq, no sqlite3 (the
+#   rule fails if the object refers to either).
+# - libceleriac-client-sql: the outbox (celeriac_send_pg/_sqlite) and sending
+#   to sqla+ brokers, which the core finds through the weak reference
+#   celeriac_client_sql_v0 (src/client/client_internal.h).
+CLIENT_PKGS   := hiredis jansson librabbitmq msgpack openssl
 CLIENT_LIBS   := $(shell pkg-config --libs $(CLIENT_PKGS) 2>/dev/null) -lm
+CLIENT_SQL_PKGS := $(CLIENT_PKGS) libpq sqlite3
+CLIENT_SQL_LIBS := $(shell pkg-config --libs $(CLIENT_SQL_PKGS) 2>/dev/null) -lm
 CLIENT_SOMAJOR := 0
 CLIENT_SONAME := libceleriac-client.so.$(CLIENT_SOMAJOR)
 CLIENT_SO     := libceleriac-client.so.$(VERSION)
 CLIENT_OBJ    := $(BUILD)/client/celeriac-client.o
-CLIENT_TARGETS := $(BUILD)/libceleriac-client.a $(BUILD)/$(CLIENT_SO)
+CLIENT_SQL_SONAME := libceleriac-client-sql.so.$(CLIENT_SOMAJOR)
+CLIENT_SQL_SO := libceleriac-client-sql.so.$(VERSION)
+CLIENT_SQL_OBJ := $(BUILD)/client/celeriac-client-sql.o
+CLIENT_TARGETS := $(BUILD)/libceleriac-client.a $(BUILD)/$(CLIENT_SO) \
+                  $(BUILD)/libceleriac-client-sql.a $(BUILD)/$(CLIENT_SQL_SO)
 
 .PHONY: all deps test unit unit-bins demo demo-redis clean fuzz bench bench-idle chaos format \
         install uninstall deb
@@ -67,7 +79,16 @@ $(BUILD)/libceleriac.a: $(LIB_OBJ)
 $(BUILD)/celeriac: $(MAIN_OBJ) $(BUILD)/libceleriac.a
 	$(CC) $(LDFLAGS) $(EXPORTS) -o $@ $(MAIN_OBJ) -Wl,--whole-archive $(BUILD)/libceleriac.a -Wl,--no-whole-archive $(PKG_LIBS) -ldl -lm
 
-$(CLIENT_OBJ): $(BUILD)/src/client/client.o $(BUILD)/src/client/outbox.o $(BUILD)/libceleriac.a
+$(CLIENT_OBJ): $(BUILD)/src/client/client.o $(BUILD)/src/client/envelope.o $(BUILD)/libceleriac.a
+	@mkdir -p $(dir $@)
+	$(CC) -r -nostdlib -o $@.tmp $^
+	objcopy --localize-hidden $@.tmp $@
+	@rm -f $@.tmp
+	@if nm -u $@ | grep -E ' (PQ|pq|lo_|sqlite3_)'; then \
+	    echo "$@: the core client refers to libpq or sqlite3 (above)" >&2; rm -f $@; exit 1; fi
+
+$(CLIENT_SQL_OBJ): $(BUILD)/src/client/sql.o $(BUILD)/src/client/outbox.o \
+                   $(BUILD)/src/client/envelope.o $(BUILD)/libceleriac.a
 	@mkdir -p $(dir $@)
 	$(CC) -r -nostdlib -o $@.tmp $^
 	objcopy --localize-hidden $@.tmp $@
@@ -78,7 +99,16 @@ $(BUILD)/libceleriac-client.a: $(CLIENT_OBJ)
 	ar rcs $@ $^
 
 $(BUILD)/$(CLIENT_SO): $(CLIENT_OBJ)
-	$(CC) $(LDFLAGS) -shared -Wl,-soname,$(CLIENT_SONAME) -Wl,--no-undefined -o $@ $^ $(CLIENT_LIBS)
+	$(CC) $(LDFLAGS) -shared -Wl,-soname,$(CLIENT_SONAME) -Wl,--no-undefined -Wl,--as-needed \
+	    -o $@ $^ $(CLIENT_LIBS)
+
+$(BUILD)/libceleriac-client-sql.a: $(CLIENT_SQL_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/$(CLIENT_SQL_SO): $(CLIENT_SQL_OBJ)
+	$(CC) $(LDFLAGS) -shared -Wl,-soname,$(CLIENT_SQL_SONAME) -Wl,--no-undefined -Wl,--as-needed \
+	    -o $@ $^ $(CLIENT_SQL_LIBS)
 
 # A task library is built the way a user's would be: against include/celeriac.h
 # alone, -fPIC -shared, plus the database client it uses.

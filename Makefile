@@ -54,6 +54,8 @@ CLIENT_PKGS   := hiredis jansson librabbitmq msgpack openssl
 CLIENT_LIBS   := $(shell pkg-config --libs $(CLIENT_PKGS) 2>/dev/null) -lm
 CLIENT_SQL_PKGS := $(CLIENT_PKGS) libpq sqlite3
 CLIENT_SQL_LIBS := $(shell pkg-config --libs $(CLIENT_SQL_PKGS) 2>/dev/null) -lm
+CLIENT_DB_CFLAGS := $(shell pkg-config --cflags libpq sqlite3 2>/dev/null)
+CLIENT_DB_LIBS := $(shell pkg-config --libs libpq sqlite3 2>/dev/null)
 CLIENT_SOMAJOR := 0
 CLIENT_SONAME := libceleriac-client.so.$(CLIENT_SOMAJOR)
 CLIENT_SO     := libceleriac-client.so.$(VERSION)
@@ -180,13 +182,17 @@ INSTALLED := $(BINDIR)/celeriac \
              $(INCLUDEDIR)/celeriac.h $(INCLUDEDIR)/celeriac_client.h \
              $(LIBDIR)/libceleriac-client.a $(LIBDIR)/$(CLIENT_SO) \
              $(LIBDIR)/$(CLIENT_SONAME) $(LIBDIR)/libceleriac-client.so \
+             $(LIBDIR)/libceleriac-client-sql.a $(LIBDIR)/$(CLIENT_SQL_SO) \
+             $(LIBDIR)/$(CLIENT_SQL_SONAME) $(LIBDIR)/libceleriac-client-sql.so \
              $(PKGCONFIGDIR)/celeriac.pc $(PKGCONFIGDIR)/celeriac-client.pc \
+             $(PKGCONFIGDIR)/celeriac-client-sql.pc \
              $(MANDIR)/man1/celeriac.1 $(MANDIR)/man7/celeriac-tasks.7
 INSTALL_DIRS := $(BINDIR) $(INCLUDEDIR) $(LIBDIR) $(PKGCONFIGDIR) $(MANDIR)/man1 $(MANDIR)/man7
 PC_SED := -e 's|@PREFIX@|$(PREFIX)|g' \
           -e 's|@INCLUDEDIR@|$(patsubst $(PREFIX)/%,$${prefix}/%,$(INCLUDEDIR))|g' \
           -e 's|@LIBDIR@|$(patsubst $(PREFIX)/%,$${prefix}/%,$(LIBDIR))|g' -e 's|@VERSION@|$(VERSION)|g' \
-          -e 's|@CLIENT_LIBS@|$(CLIENT_LIBS)|g'
+          -e 's|@CLIENT_LIBS@|$(CLIENT_LIBS)|g' -e 's|@CLIENT_SQL_LIBS@|$(CLIENT_SQL_LIBS)|g' \
+          -e 's|@CLIENT_DB_CFLAGS@|$(CLIENT_DB_CFLAGS)|g' -e 's|@CLIENT_DB_LIBS@|$(CLIENT_DB_LIBS)|g'
 
 # DESTDIR/PREFIX that cannot be written: one line and a non-zero status before
 # anything is built or copied (checked when make reads this file, so make's
@@ -203,12 +209,15 @@ endif
 install: all
 	install -m 755 $(BUILD)/celeriac '$(DESTDIR)$(BINDIR)/celeriac'
 	install -m 644 include/celeriac.h include/celeriac_client.h '$(DESTDIR)$(INCLUDEDIR)/'
-	install -m 644 $(BUILD)/libceleriac-client.a '$(DESTDIR)$(LIBDIR)/'
-	install -m 755 $(BUILD)/$(CLIENT_SO) '$(DESTDIR)$(LIBDIR)/'
+	install -m 644 $(BUILD)/libceleriac-client.a $(BUILD)/libceleriac-client-sql.a '$(DESTDIR)$(LIBDIR)/'
+	install -m 755 $(BUILD)/$(CLIENT_SO) $(BUILD)/$(CLIENT_SQL_SO) '$(DESTDIR)$(LIBDIR)/'
 	ln -sf $(CLIENT_SO) '$(DESTDIR)$(LIBDIR)/$(CLIENT_SONAME)'
 	ln -sf $(CLIENT_SONAME) '$(DESTDIR)$(LIBDIR)/libceleriac-client.so'
+	ln -sf $(CLIENT_SQL_SO) '$(DESTDIR)$(LIBDIR)/$(CLIENT_SQL_SONAME)'
+	ln -sf $(CLIENT_SQL_SONAME) '$(DESTDIR)$(LIBDIR)/libceleriac-client-sql.so'
 	sed $(PC_SED) packaging/celeriac.pc.in >'$(DESTDIR)$(PKGCONFIGDIR)/celeriac.pc'
 	sed $(PC_SED) packaging/celeriac-client.pc.in >'$(DESTDIR)$(PKGCONFIGDIR)/celeriac-client.pc'
+	sed $(PC_SED) packaging/celeriac-client-sql.pc.in >'$(DESTDIR)$(PKGCONFIGDIR)/celeriac-client-sql.pc'
 	install -m 644 man/celeriac.1 '$(DESTDIR)$(MANDIR)/man1/'
 	install -m 644 man/celeriac-tasks.7 '$(DESTDIR)$(MANDIR)/man7/'
 

@@ -19,7 +19,7 @@ WARN    := -Wall -Wextra -Werror -Wstrict-prototypes -Wmissing-prototypes \
            -Wold-style-definition -Wwrite-strings -Wpointer-arith -Wvla \
            -Wformat=2 -Wshadow -fno-common
 CFLAGS  ?= -O2 -g
-# -fPIC: the client's objects also go into libceleriac-client.so.
+# -fPIC: the client's objects also go into libceleriac-client(-sql).so.
 CFLAGS  += -std=c11 $(WARN) -fvisibility=hidden -fPIC
 CPPFLAGS += -Iinclude -Isrc -MMD -MP
 ifneq ($(SANITIZE),)

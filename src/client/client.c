@@ -11,6 +11,7 @@
 #include "celeriac_client.h"
 #include "client/client_internal.h"
 #include "broker/amqp.h"
+#include "broker/sql.h"
 #include "protocol/message.h"
 #include "protocol/pyjson.h"
 #include "protocol/serializer.h"
@@ -22,7 +23,6 @@
 #include "util/url.h"
 
 #include <poll.h>
-#include <strings.h>
 
 #define API __attribute__((visibility("default")))
 
@@ -61,13 +61,6 @@ API void celeriac_client_free(struct celeriac_client *c)
     free(c);
 }
 
-/* True when url names kombu's SQL transport, as broker/sql.h's
- * sql_broker_url_is_sql does (not called: it lives with the SQL part). */
-static bool is_sql_url(const char *url)
-{
-    return !strncasecmp(url, "sqla+", 5) || !strncasecmp(url, "sqlalchemy+", 11);
-}
-
 /* kombu's SQL transport, through the SQL part when it is linked in; the
  * message names what to link, never the URL (it may hold a password). */
 static int open_sql(struct celeriac_client *c, const char *broker_url, struct err *e)
@@ -91,7 +84,7 @@ API struct celeriac_client *celeriac_client_new(const char *broker_url, const ch
     if (!broker_url)
         broker_url = "redis://localhost:6379/0";
     c->on_amqp = amqp_url_is_amqp(broker_url);
-    if (is_sql_url(broker_url)) {
+    if (sql_broker_url_is_sql(broker_url)) {
         if (open_sql(c, broker_url, &e))
             goto out_fail;
     } else if (c->on_amqp ? amqp_url_parse(&c->amqp_url, broker_url, &e) ||

@@ -30,13 +30,18 @@ int client_sql_publish(struct db_conn *conn, bool borrowed, const char *queue, c
         return err_set(e, -EINVAL, "queue name longer than kombu's %d characters",
                        SQL_QUEUE_NAME_MAX);
     int rc = s.ops->queue_id(&s, queue, &queue_id, e);
-    return rc ? rc : s.ops->insert(&s, queue_id, data, len, e);
+    if (!rc)
+        rc = s.ops->insert(&s, queue_id, data, len, e);
+    free(s.impl); /* the dialect's state of this one store (SQLite's), as st_release frees it */
+    return rc;
 }
 
 int client_sql_prepare(struct db_conn *conn, struct err *e)
 {
     struct sql_store s = {.ops = sql_store_ops_for(conn), .conn = conn};
-    return s.ops->prepare(&s, e);
+    int rc = s.ops->prepare(&s, e);
+    free(s.impl); /* the dialect's state of this one store (SQLite's), as st_release frees it */
+    return rc;
 }
 
 static int send_on(struct db_conn *conn, const char *name, const char *args_json,

@@ -26,9 +26,13 @@
 
 #define API __attribute__((visibility("default")))
 
+/* Weak: NULL when libceleriac-client-sql is not linked in (client_internal.h). */
+const struct client_sql_ops *celeriac_client_sql_v0(void) __attribute__((weak));
+
 struct celeriac_client {
     bool on_amqp;                 /* the broker is RabbitMQ */
     struct client_sql *sql;       /* kombu's SQL transport: the SQL part's connection */
+    const struct client_sql_ops *sql_ops; /* the SQL part, set with sql */
     struct amqp_url amqp_url;
     struct amqp_link amqp;        /* confirmed publishes of task messages */
     struct redis_url broker_url;
@@ -57,7 +61,7 @@ API void celeriac_client_free(struct celeriac_client *c)
     redis_url_release(&c->broker_url);
     redis_url_release(&c->backend_url);
     if (c->sql)
-        celeriac_client_sql_v0.close(c->sql);
+        c->sql_ops->close(c->sql);
     free(c);
 }
 
@@ -65,11 +69,12 @@ API void celeriac_client_free(struct celeriac_client *c)
  * message names what to link, never the URL (it may hold a password). */
 static int open_sql(struct celeriac_client *c, const char *broker_url, struct err *e)
 {
-    if (!&celeriac_client_sql_v0)
+    if (!celeriac_client_sql_v0)
         return err_set(e, -ENOTSUP,
                        "sqla+ broker needs the client's SQL part: link libceleriac-client-sql "
                        "(pkg-config --libs celeriac-client-sql)");
-    return celeriac_client_sql_v0.open(broker_url, &c->sql, e);
+    c->sql_ops = celeriac_client_sql_v0();
+    return c->sql_ops->open(broker_url, &c->sql, e);
 }
 
 API struct celeriac_client *celeriac_client_new(const char *broker_url, const char *backend_url,
@@ -134,7 +139,7 @@ API int celeriac_send(struct celeriac_client *c, const char *name, const char *a
         goto out_fail;
     const char *queue = o->queue ? o->queue : "celery";
     if (c->sql) {
-        if (celeriac_client_sql_v0.publish(c->sql, queue, env.data, env.len, &e))
+        if (c->sql_ops->publish(c->sql, queue, env.data, env.len, &e))
             goto out_fail;
         memcpy(id_out, id, 37);
         goto out;

@@ -54,8 +54,12 @@ static int sql_publish(struct client_sql *s, const char *queue, const char *data
     return client_sql_publish(&s->conn, false, queue, data, len, e);
 }
 
-__attribute__((visibility("default"))) const struct client_sql_ops celeriac_client_sql_v0 = {
-    .open = sql_open,
-    .publish = sql_publish,
-    .close = sql_close,
-};
+__attribute__((visibility("default"))) const struct client_sql_ops *celeriac_client_sql_v0(void)
+{
+    static const struct client_sql_ops ops = {
+        .open = sql_open,
+        .publish = sql_publish,
+        .close = sql_close,
+    };
+    return &ops;
+}

@@ -120,6 +120,9 @@ enum pg_stmt {
     STMT_REMOVE,
     STMT_GIVE_BACK,
     STMT_INSERT,
+    STMT_LOCK,
+    STMT_REMOVE_LOCKED,
+    STMT_CLAIM_LOCKED,
     STMT_COUNT
 };
 
@@ -138,6 +141,15 @@ static const char *const stmt_sql[STMT_COUNT] = {
                        " WHERE id = $1 AND version = $2 AND NOT visible",
     [STMT_INSERT] = "INSERT INTO kombu_message (id, visible, timestamp, payload, version,"
                     " queue_id) VALUES (nextval('message_id_sequence'), true, NULL, $1, 1, $2)",
+    /* The lock path (pg_lock): the row is held by this transaction's lock
+     * alone, then deleted (the ack) or claimed as above, and committed. */
+    [STMT_LOCK] = "SELECT id, version, queue_id, payload FROM kombu_message"
+                  " WHERE queue_id = $1 AND visible ORDER BY timestamp, id LIMIT 1"
+                  " FOR UPDATE SKIP LOCKED",
+    [STMT_REMOVE_LOCKED] = "DELETE FROM kombu_message WHERE id = $1",
+    [STMT_CLAIM_LOCKED] = "UPDATE kombu_message SET visible = false, timestamp = $2::timestamp,"
+                          "  version = -(abs(version) + 1)"
+                          " WHERE id = $1 RETURNING version",
 };
 
 /* Which connections of this process have the statements, by handle and
@@ -247,6 +259,96 @@ static PGresult *run_stmt(struct sql_store *s, const char *what, enum pg_stmt i,
     return expect(s, exec_stmt(s, i, n, params), what, want, rc, e);
 }
 
+/* Sends `before` (a command without parameters, or NULL), statement i and
+ * `after` (likewise) in one round trip (libpq's pipeline mode), and returns
+ * statement i's result as run_stmt does. The commands around it must
+ * succeed too: an `after` of "COMMIT" that answers ROLLBACK is a failure.
+ * Without a prepared statement, the three run one after the other. */
+static PGresult *run_pipelined(struct sql_store *s, const char *what, const char *before,
+                               enum pg_stmt i, int n, const char *const *params,
+                               const char *after, ExecStatusType want, int *rc, struct err *e)
+{
+    PGconn *conn = pg(s);
+    char name[32];
+    snprintf(name, sizeof(name), "celeriac_sql_%d", (int)i);
+    if (!stmt_ready(s, i, n) || !PQenterPipelineMode(conn)) {
+        if (before) {
+            PGresult *b = run(s, what, before, 0, NULL, PGRES_COMMAND_OK, rc, e);
+            if (!b)
+                return NULL;
+            PQclear(b);
+        }
+        PGresult *r = run_stmt(s, what, i, n, params, want, rc, e);
+        if (r && after) {
+            PGresult *a = run(s, what, after, 0, NULL, PGRES_COMMAND_OK, rc, e);
+            bool committed = a && (strcmp(after, "COMMIT") || !strcmp(PQcmdStatus(a), "COMMIT"));
+            PQclear(a);
+            if (!committed) {
+                PQclear(r);
+                if (a)
+                    *rc = err_set(e, E_PROTOCOL, "the transaction had failed: the server "
+                                  "rolled it back");
+                return NULL;
+            }
+        }
+        return r;
+    }
+    bool sent = (!before || PQsendQueryParams(conn, before, 0, NULL, NULL, NULL, NULL, 0)) &&
+                PQsendQueryPrepared(conn, name, n, params, NULL, NULL, 0) &&
+                (!after || PQsendQueryParams(conn, after, 0, NULL, NULL, NULL, NULL, 0)) &&
+                PQpipelineSync(conn);
+    const char *cmds[3] = {before, name, after};
+    PGresult *main = NULL;
+    char reason[ERR_MSG_MAX] = "";
+    for (int k = 0; k < 3 && sent; k++) {
+        if (!cmds[k])
+            continue;
+        PGresult *r;
+        bool first = true;
+        while ((r = PQgetResult(conn)) != NULL) {
+            ExecStatusType st = PQresultStatus(r);
+            bool good = k == 1 ? st == want : st == PGRES_COMMAND_OK;
+            if (good && k == 2 && !strcmp(after, "COMMIT") && strcmp(PQcmdStatus(r), "COMMIT"))
+                good = false, snprintf(reason, sizeof(reason), "the transaction had failed: "
+                                       "the server rolled it back");
+            if (!good && !reason[0])
+                snprintf(reason, sizeof(reason), "%s",
+                         st == PGRES_PIPELINE_ABORTED ? "an earlier command failed"
+                                                      : PQresultErrorMessage(r));
+            if (first && good && k == 1)
+                main = r;
+            else
+                PQclear(r);
+            first = false;
+        }
+        if (first && !reason[0])
+            snprintf(reason, sizeof(reason), "%s", PQerrorMessage(conn));
+    }
+    /* The sync point ends the pipeline; a dead connection ends it too. */
+    for (int guard = 0; sent && guard < 8; guard++) {
+        PGresult *r = PQgetResult(conn);
+        if (!r && PQstatus(conn) == CONNECTION_BAD)
+            break;
+        bool sync = r && PQresultStatus(r) == PGRES_PIPELINE_SYNC;
+        PQclear(r);
+        if (sync)
+            break;
+    }
+    if (!PQexitPipelineMode(conn) && !reason[0])
+        snprintf(reason, sizeof(reason), "%s", PQerrorMessage(conn));
+    if (!sent && !reason[0])
+        snprintf(reason, sizeof(reason), "%s", PQerrorMessage(conn));
+    if (reason[0] || !main) {
+        PQclear(main);
+        if (!reason[0])
+            snprintf(reason, sizeof(reason), "no answer");
+        *rc = sql_store_failed(s, what, reason, e);
+        return NULL;
+    }
+    *rc = 0;
+    return main;
+}
+
 /* 1 when the statement r answers changed a row, 0 when none, < 0. */
 static int changed_rows(PGresult *r, int rc)
 {
@@ -343,6 +445,17 @@ static int pg_listen(struct sql_store *s, const int64_t *queue_ids, size_t n, st
     return rc;
 }
 
+/* A claim's row from the answer (id, version, queue_id, payload). */
+static void fill_claim(PGresult *r, struct sql_claim *c)
+{
+    c->id = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+    c->version = atoi(PQgetvalue(r, 0, 1));
+    c->queue_id = strtoll(PQgetvalue(r, 0, 2), NULL, 10);
+    c->len = (size_t)PQgetlength(r, 0, 3);
+    c->payload = xmalloc(c->len + 1);
+    memcpy(c->payload, PQgetvalue(r, 0, 3), c->len + 1);
+}
+
 static int pg_claim(struct sql_store *s, const int64_t *queue_ids, size_t n, const char *stamp,
                     struct sql_claim *c, struct err *e)
 {
@@ -356,18 +469,66 @@ static int pg_claim(struct sql_store *s, const int64_t *queue_ids, size_t n, con
         if (!r)
             return rc;
         if (PQntuples(r) == 1) {
-            c->id = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
-            c->version = atoi(PQgetvalue(r, 0, 1));
-            c->queue_id = strtoll(PQgetvalue(r, 0, 2), NULL, 10);
+            fill_claim(r, c);
             c->redelivered = c->version <= -3;
-            c->len = (size_t)PQgetlength(r, 0, 3);
-            c->payload = xmalloc(c->len + 1);
-            memcpy(c->payload, PQgetvalue(r, 0, 3), c->len + 1);
             PQclear(r);
             return 1;
         }
         PQclear(r);
     }
+    return 0;
+}
+
+static void pg_rollback(struct sql_store *s);
+
+static int pg_lock(struct sql_store *s, const int64_t *queue_ids, size_t n, struct sql_claim *c,
+                   struct err *e)
+{
+    for (size_t i = 0; i < n; i++) {
+        char qid[24];
+        snprintf(qid, sizeof(qid), "%" PRId64, queue_ids[i]);
+        const char *params[] = {qid};
+        int rc;
+        PGresult *r = run_pipelined(s, "taking a message", i == 0 ? "BEGIN" : NULL, STMT_LOCK,
+                                    1, params, NULL, PGRES_TUPLES_OK, &rc, e);
+        if (!r) {
+            if (db_conn_is_open(s->conn))
+                pg_rollback(s);
+            return rc;
+        }
+        if (PQntuples(r) == 1) {
+            fill_claim(r, c);
+            /* given back by celeriac (version >= 2) or by a sweep of a
+             * claim: delivered before */
+            c->redelivered = c->version >= 2;
+            PQclear(r);
+            return 1;
+        }
+        PQclear(r);
+    }
+    pg_rollback(s);
+    return 0;
+}
+
+static int pg_settle_locked(struct sql_store *s, int64_t id, const char *stamp, int *version,
+                            struct err *e)
+{
+    char a[24];
+    snprintf(a, sizeof(a), "%" PRId64, id);
+    const char *params[] = {a, stamp};
+    int rc;
+    PGresult *r = stamp ? run_pipelined(s, "claiming a message", NULL, STMT_CLAIM_LOCKED, 2,
+                                        params, "COMMIT", PGRES_TUPLES_OK, &rc, e)
+                        : run_pipelined(s, "acking a message", NULL, STMT_REMOVE_LOCKED, 1,
+                                        params, "COMMIT", PGRES_COMMAND_OK, &rc, e);
+    if (!r) {
+        if (db_conn_is_open(s->conn) && PQtransactionStatus(pg(s)) != PQTRANS_IDLE)
+            pg_rollback(s);
+        return rc;
+    }
+    if (stamp && PQntuples(r) == 1 && version)
+        *version = atoi(PQgetvalue(r, 0, 0));
+    PQclear(r);
     return 0;
 }
 
@@ -564,6 +725,8 @@ const struct sql_store_ops sql_pg_store_ops = {
     .queue_id = pg_queue_id,
     .listen = pg_listen,
     .claim = pg_claim,
+    .lock = pg_lock,
+    .settle_locked = pg_settle_locked,
     .wait = pg_wait,
     .remove = pg_remove,
     .give_back = pg_give_back,

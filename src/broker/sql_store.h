@@ -63,6 +63,20 @@ struct sql_store_ops {
      * is ready, or a negative code. */
     int (*claim)(struct sql_store *s, const int64_t *queue_ids, size_t n, const char *stamp,
                  struct sql_claim *c, struct err *e);
+    /* The lock path, where the database has it (NULL otherwise): opens a
+     * transaction and locks the first ready row of any of the queues,
+     * without changing it. 1 with *c filled (c->version the row's own,
+     * positive) and the transaction left open, 0 when none is ready (the
+     * transaction ended), or a negative code. A death of this process
+     * rolls the lock back: the row was never claimed. */
+    int (*lock)(struct sql_store *s, const int64_t *queue_ids, size_t n, struct sql_claim *c,
+                struct err *e);
+    /* Ends the transaction of a lock with the row deleted (stamp NULL: the
+     * ack) or claimed as claim does, stamped stamp, its new version in
+     * *version; committed in the same round trip. 0 or a negative code
+     * (the transaction rolled back). */
+    int (*settle_locked)(struct sql_store *s, int64_t id, const char *stamp, int *version,
+                         struct err *e);
     /* Waits up to timeout_ms for something worth another claim. 0, or
      * E_CONN_LOST. */
     int (*wait)(struct sql_store *s, int timeout_ms, struct err *e);

@@ -47,6 +47,17 @@ struct sql_transport {
     size_t n_known;
     int64_t next_sweep_ms;
     struct bus events;           /* no broadcast on this transport */
+    /* The lock path (store.ops->lock): the delivery whose row this
+     * connection's open transaction holds locked, unclaimed. It is deleted
+     * and committed by the ack at task start (an early ack: one statement
+     * and one commit per message instead of a claim, its commit, a delete
+     * and its commit), claimed by whatever must outlast the transaction
+     * (keep, protect), or rolled back. */
+    bool locked;
+    int64_t locked_id;
+    bool lock_next;              /* take the next row by lock: the last one was acked
+                                    at its start (a late-ack stream claims instead) */
+    bool kept;                   /* the current delivery was kept or protected */
 };
 
 /* What a delivery owns (struct delivery's owner). */
@@ -81,6 +92,33 @@ bool sql_tag_parse(const char *s, int64_t *id, int *version)
     *id = i;
     *version = (int)ver;
     return true;
+}
+
+/* A locked row's tag, "id:+version": no claim (sql_tag_parse refuses it),
+ * so nothing settles it by tag once the lock has ended. */
+static void lock_tag_format(char *out, size_t size, int64_t id, int version)
+{
+    snprintf(out, size, "%" PRId64 ":+%d", id, version);
+}
+
+static bool lock_tag_parse(const char *s, int64_t *id)
+{
+    if (!s)
+        return false;
+    char *end;
+    errno = 0;
+    long long i = strtoll(s, &end, 10);
+    if (errno || end == s || i <= 0 || strncmp(end, ":+", 2))
+        return false;
+    *id = i;
+    return true;
+}
+
+/* True when m's row is the one this connection holds locked. */
+static bool holds_lock_of(const struct sql_transport *t, const struct message *m)
+{
+    int64_t id;
+    return t->locked && lock_tag_parse(m->delivery_tag, &id) && id == t->locked_id;
 }
 
 static void forget_queues(struct sql_transport *t)
@@ -140,6 +178,7 @@ static int st_open(struct broker *b, struct err *e)
     struct sql_transport *t = impl(b);
     db_conn_close(&t->conn, NULL);
     forget_queues(t);
+    t->locked = false; /* its transaction ended with the connection */
     int rc = db_conn_open(&t->conn, 1, NULL, e);
     if (!rc)
         rc = t->store.ops->prepare(&t->store, e);
@@ -226,6 +265,24 @@ static int claim_next(struct sql_transport *t, struct sql_claim *c, struct err *
     return rc;
 }
 
+/* One row locked in a new transaction (the lock path), turning through
+ * the queues as claim_next does. Nothing names it in the slot: a death
+ * rolls the lock back. */
+static int lock_next(struct sql_transport *t, struct sql_claim *c, struct err *e)
+{
+    size_t n = t->n_queues;
+    for (size_t i = 0; i < n; i++)
+        t->order[i] = t->queue_ids[(t->turn + i) % n];
+    int rc = t->store.ops->lock(&t->store, t->order, n, c, e);
+    if (rc > 0) {
+        t->locked = true;
+        t->locked_id = c->id;
+    }
+    if (n)
+        t->turn = (t->turn + 1) % n;
+    return rc;
+}
+
 static int st_fetch(struct broker *b, double timeout_s, struct delivery *d, struct err *e)
 {
     struct sql_transport *t = impl(b);
@@ -233,8 +290,9 @@ static int st_fetch(struct broker *b, double timeout_s, struct delivery *d, stru
     int rc = listen_queues(t, e);
     int64_t deadline = time_mono_ms() + (int64_t)(timeout_s * 1000);
     struct sql_claim c = {0};
+    bool by_lock = t->store.ops->lock && t->lock_next;
     while (!rc) {
-        rc = claim_next(t, &c, e);
+        rc = by_lock ? lock_next(t, &c, e) : claim_next(t, &c, e);
         if (rc)
             break;
         int64_t left = deadline - time_mono_ms();
@@ -246,7 +304,10 @@ static int st_fetch(struct broker *b, double timeout_s, struct delivery *d, stru
         return rc;
     struct sql_owned *o = xcalloc(1, sizeof(*o));
     o->claim = c;
-    sql_tag_format(o->tag, sizeof(o->tag), c.id, c.version);
+    if (by_lock)
+        lock_tag_format(o->tag, sizeof(o->tag), c.id, c.version);
+    else
+        sql_tag_format(o->tag, sizeof(o->tag), c.id, c.version);
     snprintf(d->queue, sizeof(d->queue), "%s", queue_name(t, c.queue_id));
     d->raw = o->claim.payload;
     d->len = o->claim.len;
@@ -265,12 +326,45 @@ static void st_delivery_release(struct delivery *d)
     d->raw = NULL;
 }
 
+/* Deletes the locked row and commits: the ack of a locked delivery. */
+static int remove_locked(struct sql_transport *t, struct err *e)
+{
+    t->locked = false;
+    return t->store.ops->settle_locked(&t->store, t->locked_id, NULL, NULL, e);
+}
+
+/* Claims the locked row as claim_next would and commits, so that it
+ * outlasts the transaction; the slot names the claim as claim_next does.
+ * *tag gets the claim's tag. A claim that follows a lock means a late-ack
+ * stream: the next rows are claimed directly. */
+static int claim_locked(struct sql_transport *t, char *tag, size_t size, struct err *e)
+{
+    char stamp[32];
+    claim_stamp(t, stamp);
+    char *slot_tag = t->owner.slot->popped_tag;
+    snprintf(slot_tag, sizeof(t->owner.slot->popped_tag), "@%s", stamp);
+    int version = 0;
+    t->locked = false;
+    int rc = t->store.ops->settle_locked(&t->store, t->locked_id, stamp, &version, e);
+    if (rc) {
+        slot_tag[0] = '\0';
+        return rc;
+    }
+    sql_tag_format(tag, size, t->locked_id, version);
+    snprintf(slot_tag, sizeof(t->owner.slot->popped_tag), "%s", tag);
+    return 0;
+}
+
 static int st_drop(struct broker *b, struct delivery *d, struct err *e)
 {
+    struct sql_transport *t = impl(b);
     struct sql_owned *o = d->owner;
     if (!o)
         return 0;
-    int rc = impl(b)->store.ops->remove(&impl(b)->store, o->claim.id, o->claim.version, e);
+    int64_t id;
+    if (lock_tag_parse(o->tag, &id))
+        return t->locked && id == t->locked_id ? remove_locked(t, e) : 0;
+    int rc = t->store.ops->remove(&t->store, o->claim.id, o->claim.version, e);
     return rc < 0 ? rc : 0;
 }
 
@@ -293,12 +387,38 @@ static void st_track(struct broker *b, struct delivery *d, struct message *m)
     m->recorded = true;
 }
 
+/* m's envelope and tag now name its claim. */
+static void retag(struct message *m, const char *tag)
+{
+    json_t *props = json_object_get(m->envelope, "properties");
+    json_object_set_new(props, "delivery_tag", json_string(tag));
+    m->delivery_tag = json_string_value(json_object_get(props, "delivery_tag"));
+}
+
+/* A locked row becomes a claim; a claimed row already outlives this
+ * process (keepalive holds off the sweep). A lock that ended with its
+ * connection leaves nothing to hold: the row is back in its queue. */
 static int st_protect(struct broker *b, struct message *m, struct err *e)
 {
-    UNUSED(b);
-    UNUSED(m);
-    UNUSED(e);
-    return 0; /* the claimed row outlives this process; keepalive holds off the sweep */
+    struct sql_transport *t = impl(b);
+    t->kept = true;
+    int64_t id;
+    if (!lock_tag_parse(m->delivery_tag, &id))
+        return 0;
+    if (!holds_lock_of(t, m))
+        return err_set(e, E_PROTOCOL, "message %s went back to its queue when the broker "
+                       "connection closed", m->task_id ? m->task_id : "?");
+    char tag[40];
+    int rc = claim_locked(t, tag, sizeof(tag), e);
+    if (!rc)
+        retag(m, tag);
+    return rc;
+}
+
+static bool st_holds(struct broker *b, const struct message *m)
+{
+    int64_t id;
+    return !lock_tag_parse(m->delivery_tag, &id) || holds_lock_of(impl(b), m);
 }
 
 static int message_claim(const struct message *m, int64_t *id, int *version, struct err *e)
@@ -315,6 +435,14 @@ static int st_ack(struct broker *b, struct message *m, unsigned flags, struct er
     struct sql_transport *t = impl(b);
     int64_t id;
     int version;
+    if (holds_lock_of(t, m))
+        return remove_locked(t, e);
+    if (lock_tag_parse(m->delivery_tag, &id)) {
+        log_warning("message %s (row %" PRId64 ") went back to its queue when the broker "
+                    "connection closed, before its ack: it may run again",
+                    m->task_id ? m->task_id : "?", id);
+        return 0;
+    }
     int rc = message_claim(m, &id, &version, e);
     if (!rc)
         rc = t->store.ops->remove(&t->store, id, version, e);
@@ -330,20 +458,42 @@ static int st_requeue(struct broker *b, struct message *m, struct err *e)
     struct sql_transport *t = impl(b);
     int64_t id;
     int version;
+    if (holds_lock_of(t, m)) {
+        t->locked = false;
+        t->store.ops->rollback(&t->store); /* unchanged, at the front of its queue */
+        return db_conn_is_open(&t->conn) ? 0 : err_set(e, E_CONN_LOST, "rolling back a lock");
+    }
+    if (lock_tag_parse(m->delivery_tag, &id))
+        return 0; /* the lock ended with its connection: back in its queue already */
     int rc = message_claim(m, &id, &version, e);
     if (!rc)
         rc = t->store.ops->give_back(&t->store, id, version, e);
     return rc < 0 ? rc : 0;
 }
 
+/* Every path acks, claims or gives back a locked row before it is done
+ * with it; one that did not would hold a transaction open for ever. */
 static void st_done(struct broker *b)
 {
-    impl(b)->owner.slot->popped_tag[0] = '\0';
+    struct sql_transport *t = impl(b);
+    if (t->locked) {
+        log_warning("row %" PRId64 " was left locked after its delivery; rolled back (it runs "
+                    "again)", t->locked_id);
+        t->locked = false;
+        t->store.ops->rollback(&t->store);
+    }
+    /* What this delivery needed predicts the next: a stream of early-ack
+     * tasks is taken by lock, one of late-ack tasks claimed at once. */
+    t->lock_next = !t->kept;
+    t->kept = false;
+    t->owner.slot->popped_tag[0] = '\0';
 }
 
 static int st_keepalive(struct broker *b, struct message *const *held, size_t n, struct err *e)
 {
     struct sql_transport *t = impl(b);
+    if (t->locked)
+        return 0; /* not inside a delivery's transaction: the next call touches them */
     int64_t *ids = xcalloc(n ? n : 1, sizeof(*ids));
     int *versions = xcalloc(n ? n : 1, sizeof(*versions));
     size_t k = 0;
@@ -372,7 +522,7 @@ static void st_maintain(struct broker *b)
 {
     struct sql_transport *t = impl(b);
     int64_t now = time_mono_ms();
-    if (now < t->next_sweep_ms || !db_conn_is_open(&t->conn))
+    if (now < t->next_sweep_ms || !db_conn_is_open(&t->conn) || t->locked)
         return;
     int64_t interval = (int64_t)t->owner.sweep_interval_s * 1000;
     t->next_sweep_ms = now + interval / 2 + (int64_t)(getpid() % 1000) * interval / 2000;
@@ -554,6 +704,8 @@ static const struct broker_ops sql_transport_ops = {
     .drop = st_drop,
     .track = st_track,
     .protect = st_protect,
+    .keep = st_protect,
+    .holds = st_holds,
     .ack = st_ack,
     .requeue = st_requeue,
     .done = st_done,
@@ -577,6 +729,7 @@ int broker_sql_transport_init(struct broker *b, const struct broker_config *cfg,
     t->owner = *owner;
     t->store.ops = cfg->sql.kind == DB_SQLITE ? &sql_sqlite_store_ops : &sql_pg_store_ops;
     t->store.conn = &t->conn;
+    t->lock_next = true;
     char app_name[64];
     snprintf(app_name, sizeof(app_name), "celeriac broker %d", owner->index);
     db_conn_init(&t->conn, &cfg->sql, app_name);

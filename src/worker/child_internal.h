@@ -100,8 +100,14 @@ void settle_ack(struct child *c, struct message *m);
 void settle_ack_async(struct child *c, struct message *m);
 /* A delivery that will never be decoded: removed for good. */
 void settle_drop(struct child *c, struct delivery *d);
-/* m must outlive a long wait: made findable by any worker's recovery. */
-void settle_protect(struct child *c, struct message *m);
+/* m must outlive a long wait: made findable by any worker's recovery.
+ * False when m is no longer this process's (back in its queue with a
+ * closed connection): it must not be held or run here. */
+bool settle_protect(struct child *c, struct message *m);
+/* m's task runs with a late ack, or waits: what holds m must not depend on
+ * this process keeping anything open (broker_ops.keep). False as
+ * settle_protect. */
+bool settle_keep(struct child *c, struct message *m);
 /* Settles the message the previous process of the slot left (its token). */
 int settle_lost(struct child *c, enum broker_lost how, int *losses, struct err *e);
 bool settle_store(struct child *c, const struct result_meta *m);

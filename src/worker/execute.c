@@ -275,6 +275,14 @@ void execute_accepted(struct child *c, struct message *m, const struct celeriac_
         settle_revoked(c, m, true);
         return;
     }
+    /* Its ack comes after the task, or a rate limit makes it wait: its
+     * claim must stand on its own meanwhile (on the SQL transport a row
+     * taken by lock is claimed now). */
+    bool late = transaction_wanted(c, def) || c->cfg->acks_late ||
+                (def->flags & CELERIAC_ACKS_LATE);
+    struct task_tuning *tune = &c->sb->shared->tasks[child_task_index(c, def)];
+    if ((late || atomic_load(&tune->rate_interval_ns)) && !settle_keep(c, m))
+        return;
     /* Received and not started (a rate limit, a database to wait for):
      * Celery's "reserved". */
     slot_describe(c, m);
@@ -284,8 +292,10 @@ void execute_accepted(struct child *c, struct message *m, const struct celeriac_
         /* A reconnect can take as long as an outage: make the message
          * durable first (a loss found by db_conn_ready records it from the
          * close hook). */
-        if (!db_conn_is_open(&c->db))
-            settle_protect(c, m);
+        if (!db_conn_is_open(&c->db) && !settle_protect(c, m)) {
+            atomic_store(&c->slot->reserved, 0);
+            return;
+        }
         /* The connection may have died while we waited for this message;
          * a poll() finds out without a round trip. A health check that
          * round-trips waits no longer than the task's hard limit would
@@ -306,6 +316,14 @@ void execute_accepted(struct child *c, struct message *m, const struct celeriac_
         }
         atomic_store(&c->slot->reconnects, c->db.reconnects);
         tally_db(c);
+    }
+    /* A broker connection lost while the database was awaited may have
+     * put m back in its queue (AMQP, an SQL lock): another process runs it. */
+    if (c->broker.ops->holds && !c->broker.ops->holds(&c->broker, m)) {
+        log_info("task %s[%s] not started: its message went back to its queue with the broker "
+                 "connection", m->task_name, m->task_id);
+        atomic_store(&c->slot->reserved, 0);
+        return;
     }
     execute(c, m, def);
 }

@@ -61,8 +61,9 @@ static void route(struct child *c, struct message *m, const char *queue)
     }
     events_task_received(&c->events, m);
     if (m->eta > time_now()) {
-        settle_protect(c, m); /* held for later: it must outlive this worker */
-        held_add(c, m, def); /* scheduled: the held list owns it now */
+        /* held for later: it must outlive this worker */
+        if (settle_protect(c, m))
+            held_add(c, m, def); /* scheduled: the held list owns it now */
         return;
     }
     execute_accepted(c, m, def);

@@ -168,10 +168,42 @@ static int protect_step(struct child *c, void *m, struct err *e)
  * where any worker's recovery finds it (on Redis, in kombu's unacked hash;
  * the same transaction empties the hand). While stopping it is left where
  * it is (the hand still has it). */
-void settle_protect(struct child *c, struct message *m)
+/* The slot names the delivery it describes by its tag: a tag that changed
+ * (a claim that replaced a lock) is written there too. */
+static bool hold_step_done(struct child *c, struct message *m, const char *before, int rc,
+                           const struct err *e)
+{
+    if (!rc && strcmp(before, m->delivery_tag) &&
+        !strncmp(c->slot->delivery_tag, before, sizeof(c->slot->delivery_tag)))
+        snprintf(c->slot->delivery_tag, sizeof(c->slot->delivery_tag), "%s", m->delivery_tag);
+    if (rc == E_PROTOCOL)
+        log_info("%s; not held here", e->msg);
+    return rc != E_PROTOCOL;
+}
+
+bool settle_protect(struct child *c, struct message *m)
 {
     struct err e = {0};
-    with_retry(c, "recording delivery", m->delivery_tag, protect_step, m, true, &e);
+    char before[sizeof(c->slot->delivery_tag)];
+    snprintf(before, sizeof(before), "%s", m->delivery_tag ? m->delivery_tag : "");
+    int rc = with_retry(c, "recording delivery", m->delivery_tag, protect_step, m, true, &e);
+    return hold_step_done(c, m, before, rc, &e);
+}
+
+static int keep_step(struct child *c, void *m, struct err *e)
+{
+    return c->broker.ops->keep(&c->broker, m, e);
+}
+
+bool settle_keep(struct child *c, struct message *m)
+{
+    if (!c->broker.ops->keep)
+        return true;
+    struct err e = {0};
+    char before[sizeof(c->slot->delivery_tag)];
+    snprintf(before, sizeof(before), "%s", m->delivery_tag ? m->delivery_tag : "");
+    int rc = with_retry(c, "claiming delivery", m->delivery_tag, keep_step, m, true, &e);
+    return hold_step_done(c, m, before, rc, &e);
 }
 
 /* The ack at task start (early) or after the confirmed result (late): sent

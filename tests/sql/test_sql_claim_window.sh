@@ -6,7 +6,9 @@
 # replacement gives the row back at once, not after the visibility timeout
 # (found by the SQL chaos run). A BEFORE UPDATE trigger holds the claim 3 s
 # in the server; the child is stopped meanwhile, then killed once the claim
-# has committed.
+# has committed. The worker acks late (--acks-late), so the row it takes
+# by lock is claimed (the same UPDATE, then COMMIT in the same round trip)
+# before the task starts.
 . "$(dirname "$0")/lib.sh"
 
 start_redis
@@ -20,8 +22,8 @@ stop_worker
 id=$(sqlc send tasks.add --args '[2, 3]')
 psql_db -c "CREATE FUNCTION slow_claim() RETURNS trigger LANGUAGE plpgsql AS \$\$BEGIN PERFORM pg_sleep(3); RETURN NEW; END\$\$;
   CREATE TRIGGER slow_claim BEFORE UPDATE ON kombu_message FOR EACH ROW WHEN (NOT NEW.visible AND OLD.visible) EXECUTE FUNCTION slow_claim();"
-start_worker -c 1 -b "$SQL_BROKER" --result-backend "$REDIS_URL" --db "$PG_URL" --visibility-timeout 60 --sweep-interval 1 -n r@localhost
-blocked() { [[ $(psql_db -c "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'celeriac broker%' AND query LIKE '%SKIP LOCKED%' AND state = 'active'") == 1 ]]; }
+start_worker -c 1 -b "$SQL_BROKER" --result-backend "$REDIS_URL" --db "$PG_URL" --acks-late --visibility-timeout 60 --sweep-interval 1 -n r@localhost
+blocked() { [[ $(psql_db -c "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'celeriac broker%' AND query LIKE '%version = -(abs(version) + 1)%' AND state = 'active'") == 1 ]]; }
 wait_for 10 blocked || not_ok "the child is blocked in its claim" "$(worker_log_tail 5)"
 kid=$(worker_children); kill -STOP $kid
 sleep 3.5

@@ -267,3 +267,50 @@ const struct db_driver db_pg_driver = {
     .reset = pg_reset,
     .cancel = pg_cancel,
 };
+
+/* PostgreSQL's connect failures carry no SQLSTATE through libpq: the server's
+ * text is the only sign of 53300 ("sorry, too many clients already", "too
+ * many connections for role ...", "remaining connection slots are reserved
+ * ..."). */
+bool db_pg_message_is_full(const char *msg)
+{
+    return msg && (strstr(msg, "too many clients") || strstr(msg, "too many connections") ||
+                   strstr(msg, "connection slots are reserved"));
+}
+
+int db_pg_census(struct db_conn *c, struct db_census *out, struct err *e)
+{
+    /* current_setting(name, true) is NULL where the setting does not exist
+     * (reserved_connections came with PostgreSQL 16). application_name is
+     * visible in every row to every role; backend_type is not (NULL for
+     * another role's session), so a NULL with a user counts as a client. */
+    static const char sql[] =
+        "SELECT current_setting('max_connections')::int,"
+        " current_setting('superuser_reserved_connections')::int"
+        " + coalesce(current_setting('reserved_connections', true)::int, 0),"
+        " count(*) FILTER (WHERE application_name LIKE 'celeriac %'),"
+        " count(*) FILTER (WHERE application_name IS NULL OR application_name NOT LIKE 'celeriac %')"
+        " FROM pg_stat_activity WHERE pid <> pg_backend_pid()"
+        " AND (backend_type = 'client backend' OR (backend_type IS NULL AND usesysid IS NOT NULL))";
+    PGconn *pg = db_conn_pg(c);
+    if (!pg)
+        return err_set(e, E_CONN_LOST, "connection census on '%s' failed: not connected",
+                       c->cfg->where);
+    PGresult *r = PQexec(pg, sql);
+    int rc = 0;
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1 || PQnfields(r) != 4) {
+        char msg[ERR_MSG_MAX];
+        snprintf(msg, sizeof(msg), "%s", r ? PQresultErrorMessage(r) : PQerrorMessage(pg));
+        one_line(msg);
+        rc = err_set(e, PQstatus(pg) == CONNECTION_BAD ? E_CONN_LOST : E_DB,
+                     "connection census on '%s' failed: %s", c->cfg->where, msg);
+        goto out_clear;
+    }
+    out->max_connections = atoi(PQgetvalue(r, 0, 0));
+    out->reserved = atoi(PQgetvalue(r, 0, 1));
+    out->celeriac = atoi(PQgetvalue(r, 0, 2));
+    out->others = atoi(PQgetvalue(r, 0, 3));
+out_clear:
+    PQclear(r);
+    return rc;
+}

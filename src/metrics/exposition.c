@@ -142,7 +142,8 @@ static void render_worker(struct buf *out, const struct exposition *x)
         family(out, budget[f].name, "gauge", budget[f].help);
         buf_addf(out, "%s{hostname=", budget[f].name);
         exposition_label_value(out, x->hostname);
-        buf_addf(out, "} %d\n", atomic_load((const _Atomic int *)((const char *)b + budget[f].offset)));
+        const _Atomic int *v = (const _Atomic int *)((const char *)b + budget[f].offset);
+        buf_addf(out, "} %d\n", atomic_load(v));
     }
 }
 

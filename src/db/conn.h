@@ -128,9 +128,10 @@ struct db_census {
 };
 
 /* One query on c's open PostgreSQL handle (pg_stat_activity and the
- * settings), run outside a transaction. Any process that owns c. Returns 0
- * with out filled, or E_DB / E_CONN_LOST with "connection census on '...'
- * failed: <reason>" in e. */
-int db_pg_census(struct db_conn *c, struct db_census *out, struct err *e);
+ * settings), run outside a transaction, answered within timeout_ms. Any
+ * process that owns c. Returns 0 with out filled, or E_DB, or E_CONN_LOST
+ * (no answer in time included: the caller then closes c), with "connection
+ * census on '...' failed: <reason>" in e. */
+int db_pg_census(struct db_conn *c, int64_t timeout_ms, struct db_census *out, struct err *e);
 
 #endif /* CELERIAC_DB_CONN_H */

@@ -181,11 +181,14 @@ static int wait_socket(struct db_conn *c, short events, int64_t deadline_ms)
  * that stopped (SIGSTOP, swap storm) or a network that drops packets makes
  * PQexec wait for ever, as the kernel keeps the socket open. Any failure to
  * get the answer in time is E_CONN_LOST: the handle is then in an unknown
- * state and the caller closes it. */
-static int run_bounded(struct db_conn *c, const char *sql, int64_t timeout_ms, struct err *e)
+ * state and the caller closes it. With keep, the first result with rows is
+ * handed to the caller there (caller frees with PQclear, on every return). */
+static int run_bounded(struct db_conn *c, const char *sql, int64_t timeout_ms, PGresult **keep,
+                       struct err *e)
 {
     PGconn *pg = c->pg;
-    const char *what = *sql ? sql : "ping"; /* the empty query */
+    /* the empty query is a ping; a long statement is not quoted whole */
+    const char *what = !*sql ? "ping" : strlen(sql) > 40 ? "query" : sql;
     int64_t deadline = time_mono_ms() + timeout_ms;
     char msg[ERR_MSG_MAX];
     int rc = 0, ready = 0;
@@ -218,6 +221,10 @@ static int run_bounded(struct db_conn *c, const char *sql, int64_t timeout_ms, s
                         db_pg_sqlstate_is_loss(PQresultErrorField(r, PG_DIAG_SQLSTATE));
             rc = err_set(e, lost ? E_CONN_LOST : E_DB, "'%s' failed: %s", what, msg);
         }
+        if (keep && !*keep && st == PGRES_TUPLES_OK) {
+            *keep = r;
+            continue;
+        }
         PQclear(r);
     }
     PQsetnonblocking(pg, 0); /* tasks get the handle in libpq's default mode */
@@ -237,7 +244,7 @@ out_libpq_error:
 static int pg_ping(struct db_conn *c, int64_t timeout_ms, struct err *e)
 {
     /* An empty query is a full round trip with no parse or plan. */
-    return run_bounded(c, "", timeout_ms, e) ? E_CONN_LOST : 0;
+    return run_bounded(c, "", timeout_ms, NULL, e) ? E_CONN_LOST : 0;
 }
 
 static int pg_reset(struct db_conn *c, int64_t timeout_ms, struct err *e)
@@ -248,7 +255,7 @@ static int pg_reset(struct db_conn *c, int64_t timeout_ms, struct err *e)
     if (ts == PQTRANS_ACTIVE || ts == PQTRANS_UNKNOWN)
         return err_set(e, E_CONN_LOST, "connection in an unknown state after a task");
     log_warning("a task left a transaction open on '%s'; rolled back", c->cfg->where);
-    return run_bounded(c, "ROLLBACK", timeout_ms, e) ? E_CONN_LOST : 0;
+    return run_bounded(c, "ROLLBACK", timeout_ms, NULL, e) ? E_CONN_LOST : 0;
 }
 
 static void pg_cancel(struct db_conn *c)
@@ -278,7 +285,7 @@ bool db_pg_message_is_full(const char *msg)
                    strstr(msg, "connection slots are reserved"));
 }
 
-int db_pg_census(struct db_conn *c, struct db_census *out, struct err *e)
+int db_pg_census(struct db_conn *c, int64_t timeout_ms, struct db_census *out, struct err *e)
 {
     /* current_setting(name, true) is NULL where the setting does not exist
      * (reserved_connections came with PostgreSQL 16). application_name is
@@ -292,18 +299,19 @@ int db_pg_census(struct db_conn *c, struct db_census *out, struct err *e)
         " count(*) FILTER (WHERE application_name IS NULL OR application_name NOT LIKE 'celeriac %')"
         " FROM pg_stat_activity WHERE pid <> pg_backend_pid()"
         " AND (backend_type = 'client backend' OR (backend_type IS NULL AND usesysid IS NOT NULL))";
-    PGconn *pg = db_conn_pg(c);
-    if (!pg)
+    if (!db_conn_pg(c))
         return err_set(e, E_CONN_LOST, "connection census on '%s' failed: not connected",
                        c->cfg->where);
-    PGresult *r = PQexec(pg, sql);
-    int rc = 0;
-    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1 || PQnfields(r) != 4) {
-        char msg[ERR_MSG_MAX];
-        snprintf(msg, sizeof(msg), "%s", r ? PQresultErrorMessage(r) : PQerrorMessage(pg));
-        one_line(msg);
-        rc = err_set(e, PQstatus(pg) == CONNECTION_BAD ? E_CONN_LOST : E_DB,
-                     "connection census on '%s' failed: %s", c->cfg->where, msg);
+    PGresult *r = NULL;
+    struct err qe = {0};
+    int rc = run_bounded(c, sql, timeout_ms, &r, &qe);
+    if (rc) {
+        err_set(e, rc, "connection census on '%s' failed: %s", c->cfg->where, qe.msg);
+        goto out_clear;
+    }
+    if (!r || PQntuples(r) != 1 || PQnfields(r) != 4) {
+        rc = err_set(e, E_DB, "connection census on '%s' failed: unexpected answer",
+                     c->cfg->where);
         goto out_clear;
     }
     out->max_connections = atoi(PQgetvalue(r, 0, 0));

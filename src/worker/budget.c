@@ -52,6 +52,12 @@ int budget_planned(const struct worker_config *cfg, const struct db_config **ser
     return per_child * children;
 }
 
+/* A count waits for the server as long as a connect may. */
+static int64_t census_timeout_ms(const struct db_config *d)
+{
+    return (int64_t)(d->connect_timeout_s > 0 ? d->connect_timeout_s : 5) * 1000;
+}
+
 static void board_write(struct scoreboard *sb, const struct db_census *n, int planned)
 {
     struct budget_board *b = &sb->shared->budget;
@@ -78,7 +84,7 @@ int budget_check(const struct worker_config *cfg, struct scoreboard *sb)
     struct db_census n = {0};
     int rc = db_conn_open(&c, 1, NULL, &e);
     if (!rc)
-        rc = db_pg_census(&c, &n, &e);
+        rc = db_pg_census(&c, census_timeout_ms(server), &n, &e);
     db_conn_close(&c, NULL);
     if (rc && db_pg_message_is_full(e.msg)) {
         if (cfg->db_budget == DB_BUDGET_STRICT) {
@@ -136,7 +142,12 @@ void budget_recount(const struct worker_config *cfg, struct db_conn *c, struct s
     *next_ms = now + BUDGET_RECOUNT_MS;
     struct db_census n = {0};
     struct err e = {0};
-    if (db_pg_census(c, &n, &e)) {
+    int rc = db_pg_census(c, census_timeout_ms(&cfg->db), &n, &e);
+    if (rc == E_CONN_LOST) {
+        db_conn_close(c, e.msg); /* in an unknown state: the serve loop opens a new one */
+        return;
+    }
+    if (rc) {
         log_debug("%s", e.msg);
         return;
     }

@@ -296,7 +296,8 @@ int db_pg_census(struct db_conn *c, int64_t timeout_ms, struct db_census *out, s
         " current_setting('superuser_reserved_connections')::int"
         " + coalesce(current_setting('reserved_connections', true)::int, 0),"
         " count(*) FILTER (WHERE application_name LIKE 'celeriac %'),"
-        " count(*) FILTER (WHERE application_name IS NULL OR application_name NOT LIKE 'celeriac %')"
+        " count(*) FILTER (WHERE application_name IS NULL"
+        "                  OR application_name NOT LIKE 'celeriac %')"
         " FROM pg_stat_activity WHERE pid <> pg_backend_pid()"
         " AND (backend_type = 'client backend' OR (backend_type IS NULL AND usesysid IS NOT NULL))";
     if (!db_conn_pg(c))

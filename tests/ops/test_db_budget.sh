@@ -50,6 +50,7 @@ expect_eq "it stops with exit 0" 0 "$WORKER_RC"
 "$CELERIAC_BIN" worker -A "$BOOKS_LIB" "${W[@]}" -c 8 -n strict@localhost --db-budget strict \
     </dev/null >"$TEST_TMP/strict.out" 2>"$TEST_TMP/strict.err"
 rc=$?
+WORKER_LOGS+=("$TEST_TMP/strict.err") # a sanitizer's report would be there
 expect_eq "--db-budget strict over budget: exit 2" 2 "$rc" "$(cat "$TEST_TMP/strict.err")"
 expect_eq "... with one line on stderr naming the overrun" "1 1" \
     "$(grep -c budget "$TEST_TMP/strict.err") $(grep -c '^celeriac worker: connection budget exceeded by 1 (--db-budget strict): this worker opens up to 8' "$TEST_TMP/strict.err")" \

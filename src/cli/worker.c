@@ -54,6 +54,7 @@ enum {
     OPT_LOG_FORMAT,
     OPT_PIDFILE,
     OPT_AUTOSCALE,
+    OPT_DB_BUDGET,
 };
 
 static const struct option options[] = {
@@ -97,6 +98,7 @@ static const struct option options[] = {
     {"log-format", required_argument, NULL, OPT_LOG_FORMAT},
     {"pidfile", required_argument, NULL, OPT_PIDFILE},
     {"autoscale", required_argument, NULL, OPT_AUTOSCALE},
+    {"db-budget", required_argument, NULL, OPT_DB_BUDGET},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -136,6 +138,10 @@ static const char usage_text[] =
     "                              health check or rollback (default: 5)\n"
     "      --db-idle-check MS      ping a connection idle this long before use\n"
     "                              (default: 30000; 0 = never)\n"
+    "      --db-budget MODE        warn, strict or off: at start, compare the PostgreSQL\n"
+    "                              connections this worker opens plus those other celeriac\n"
+    "                              workers hold with max_connections minus the reserved\n"
+    "                              slots; warn (default), or refuse to start (exit 2)\n"
     "      --result-expires S      result TTL in seconds, 0 = never (default: 86400)\n"
     "      --result-serializer S   json, msgpack, or auto (in the task's own serializer);\n"
     "                              default: json, Celery's result_serializer default\n"
@@ -527,6 +533,16 @@ static int parse_flags(struct worker_config *cfg, int argc, char **argv, const c
                 return usage_error("%s", e.msg);
             break;
         }
+        case OPT_DB_BUDGET:
+            if (!strcmp(optarg, "warn"))
+                cfg->db_budget = DB_BUDGET_WARN;
+            else if (!strcmp(optarg, "strict"))
+                cfg->db_budget = DB_BUDGET_STRICT;
+            else if (!strcmp(optarg, "off"))
+                cfg->db_budget = DB_BUDGET_OFF;
+            else
+                return usage_error("--db-budget wants warn, strict or off, got '%s'", optarg);
+            break;
         case OPT_MAX_CONCURRENCY:
             if (parse_long("--max-concurrency", optarg, 1, 4096, &n))
                 return EXIT_USAGE;

@@ -295,6 +295,20 @@ static json_t *broker_info(const struct broker_config *b)
     return info;
 }
 
+/* The database connection budget (worker/budget.h) as last counted, or
+ * NULL when no PostgreSQL server was counted. "fleet" is every celeriac
+ * session the count saw, this worker's own included once child 0 counted. */
+static json_t *budget_json(const struct budget_board *b)
+{
+    if (!atomic_load(&b->checked))
+        return NULL;
+    return json_pack("{s:i, s:i, s:i, s:i, s:i, s:I}", "max_connections",
+                     atomic_load(&b->max_connections), "available", atomic_load(&b->available),
+                     "planned", atomic_load(&b->planned), "fleet", atomic_load(&b->fleet),
+                     "other_clients", atomic_load(&b->others), "checked_at",
+                     (json_int_t)atomic_load(&b->checked_at));
+}
+
 static json_t *cmd_stats(struct pidbox *p)
 {
     const struct worker_config *cfg = p->cfg;
@@ -327,7 +341,7 @@ static json_t *cmd_stats(struct pidbox *p)
     json_t *mtpc = cfg->max_tasks_per_child ? json_integer((json_int_t)cfg->max_tasks_per_child)
                                             : json_string("N/A");
     json_t *broker = broker_info(&cfg->broker);
-    return json_pack(
+    json_t *stats = json_pack(
         "{s:o, s:i, s:s, s:i, s:{s:i, s:o, s:o, s:b, s:[f, f], s:{s:i, s:s, s:s, s:s, s:s}, "
         "s:o}, s:o, s:i, s:o, s:s, s:s}",
         "total", total, "pid", (int)p->master_pid, "clock", clock, "uptime",
@@ -338,6 +352,12 @@ static json_t *cmd_stats(struct pidbox *p)
         "celeriac-children", dbs, "broker", broker, "prefetch_count",
         atomic_load(&p->sb->shared->pool_target) * (cfg->broker.prefetch ? cfg->broker.prefetch : 1), "rusage", rusage_json(), "sw_ident",
         "celeriac", "sw_ver", CELERIAC_VERSION);
+    json_t *budget = budget_json(&p->sb->shared->budget);
+    if (stats && budget)
+        json_object_set_new(stats, "celeriac-db-budget", budget);
+    else
+        json_decref(budget);
+    return stats;
 }
 
 static json_t *cmd_conf(struct pidbox *p)

@@ -96,6 +96,7 @@ int db_conn_open(struct db_conn *c, int attempts, volatile sig_atomic_t *stop, s
     struct backoff bo;
     backoff_init(&bo, c->cfg->backoff_base_ms, c->cfg->backoff_cap_ms);
     int64_t t0 = time_mono_ms(), counted = t0;
+    bool full = false; /* the episode began with "too many clients" (SQLSTATE 53300) */
     for (int attempt = 1;; attempt++) {
         c->attempts++;
         int rc = open_once(c, d, e);
@@ -104,14 +105,25 @@ int db_conn_open(struct db_conn *c, int attempts, volatile sig_atomic_t *stop, s
         counted = now;
         double took = (double)(now - t0) / 1000.0;
         if (!rc) {
-            if (attempt > 1)
+            if (attempt > 1 && full)
+                log_info("database '%s' has a free connection slot again after %d refused "
+                         "attempt%s in %.1f s (too many clients)", c->cfg->where, attempt - 1,
+                         attempt == 2 ? "" : "s", took);
+            else if (attempt > 1)
                 log_info("database '%s' reachable again after %d failed attempt%s in %.1f s",
                          c->cfg->where, attempt - 1, attempt == 2 ? "" : "s", took);
             return 0;
         }
+        if (attempt == 1)
+            full = c->cfg->kind == DB_POSTGRES && e && db_pg_message_is_full(e->msg);
         bool last = (attempts > 0 && attempt >= attempts) || (stop && *stop);
         if (last) {
-            if (attempts > 0)
+            if (attempts > 0 && full)
+                log_write(c->quiet ? LOG_DEBUG : LOG_ERROR,
+                          "database '%s' still full after %d attempt%s in %.1f s (too many "
+                          "clients): %s", c->cfg->where, attempt, attempt == 1 ? "" : "s", took,
+                          e ? e->msg : "");
+            else if (attempts > 0)
                 log_write(c->quiet ? LOG_DEBUG : LOG_ERROR,
                           "database unreachable after %d attempt%s in %.1f s: %s", attempt,
                           attempt == 1 ? "" : "s", took, e ? e->msg : "");
@@ -123,7 +135,13 @@ int db_conn_open(struct db_conn *c, int attempts, volatile sig_atomic_t *stop, s
         if (c->on_retry)
             c->on_retry(c->hook_arg);
         int64_t delay = backoff_next(&bo);
-        if (attempt == 1 && attempts > 0)
+        if (attempt == 1 && full)
+            log_warning("database '%s' is full: it refuses new connections (too many clients, "
+                        "SQLSTATE 53300)%s; waiting for a free slot, retrying in %" PRId64 " ms "
+                        "with backoff and jitter; further refusals are counted: %s",
+                        c->cfg->where, attempts > 0 ? " (attempt 1)" : "", delay,
+                        e ? e->msg : "");
+        else if (attempt == 1 && attempts > 0)
             log_warning("%s (attempt 1/%d); retrying in %" PRId64 " ms, with backoff; "
                         "further failures are counted", e ? e->msg : "", attempts, delay);
         else if (attempt == 1)

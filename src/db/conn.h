@@ -112,4 +112,26 @@ int db_pg_describe(const char *conninfo, char **where, struct err *e);
  * cannot connect now. The one list every PostgreSQL user here consults. */
 bool db_pg_sqlstate_is_loss(const char *state);
 
+/* True when a PostgreSQL connect failure's message (NULL allowed) says the
+ * server is full: SQLSTATE 53300 (max_connections, the reserved slots, or a
+ * role's CONNECTION LIMIT), which libpq reports only as text. */
+bool db_pg_message_is_full(const char *msg);
+
+/* What a PostgreSQL server's connection slots are used for, seen from one
+ * session (itself not counted). */
+struct db_census {
+    int max_connections;      /* the server's max_connections */
+    int reserved;             /* superuser_reserved_connections + reserved_connections
+                                 (PostgreSQL 16+; 0 before) */
+    int celeriac;             /* client sessions whose application_name starts "celeriac " */
+    int others;               /* every other client session */
+};
+
+/* One query on c's open PostgreSQL handle (pg_stat_activity and the
+ * settings), run outside a transaction, answered within timeout_ms. Any
+ * process that owns c. Returns 0 with out filled, or E_DB, or E_CONN_LOST
+ * (no answer in time included: the caller then closes c), with "connection
+ * census on '...' failed: <reason>" in e. */
+int db_pg_census(struct db_conn *c, int64_t timeout_ms, struct db_census *out, struct err *e);
+
 #endif /* CELERIAC_DB_CONN_H */

@@ -181,11 +181,14 @@ static int wait_socket(struct db_conn *c, short events, int64_t deadline_ms)
  * that stopped (SIGSTOP, swap storm) or a network that drops packets makes
  * PQexec wait for ever, as the kernel keeps the socket open. Any failure to
  * get the answer in time is E_CONN_LOST: the handle is then in an unknown
- * state and the caller closes it. */
-static int run_bounded(struct db_conn *c, const char *sql, int64_t timeout_ms, struct err *e)
+ * state and the caller closes it. With keep, the first result with rows is
+ * handed to the caller there (caller frees with PQclear, on every return). */
+static int run_bounded(struct db_conn *c, const char *sql, int64_t timeout_ms, PGresult **keep,
+                       struct err *e)
 {
     PGconn *pg = c->pg;
-    const char *what = *sql ? sql : "ping"; /* the empty query */
+    /* the empty query is a ping; a long statement is not quoted whole */
+    const char *what = !*sql ? "ping" : strlen(sql) > 40 ? "query" : sql;
     int64_t deadline = time_mono_ms() + timeout_ms;
     char msg[ERR_MSG_MAX];
     int rc = 0, ready = 0;
@@ -218,6 +221,10 @@ static int run_bounded(struct db_conn *c, const char *sql, int64_t timeout_ms, s
                         db_pg_sqlstate_is_loss(PQresultErrorField(r, PG_DIAG_SQLSTATE));
             rc = err_set(e, lost ? E_CONN_LOST : E_DB, "'%s' failed: %s", what, msg);
         }
+        if (keep && !*keep && st == PGRES_TUPLES_OK) {
+            *keep = r;
+            continue;
+        }
         PQclear(r);
     }
     PQsetnonblocking(pg, 0); /* tasks get the handle in libpq's default mode */
@@ -237,7 +244,7 @@ out_libpq_error:
 static int pg_ping(struct db_conn *c, int64_t timeout_ms, struct err *e)
 {
     /* An empty query is a full round trip with no parse or plan. */
-    return run_bounded(c, "", timeout_ms, e) ? E_CONN_LOST : 0;
+    return run_bounded(c, "", timeout_ms, NULL, e) ? E_CONN_LOST : 0;
 }
 
 static int pg_reset(struct db_conn *c, int64_t timeout_ms, struct err *e)
@@ -248,7 +255,7 @@ static int pg_reset(struct db_conn *c, int64_t timeout_ms, struct err *e)
     if (ts == PQTRANS_ACTIVE || ts == PQTRANS_UNKNOWN)
         return err_set(e, E_CONN_LOST, "connection in an unknown state after a task");
     log_warning("a task left a transaction open on '%s'; rolled back", c->cfg->where);
-    return run_bounded(c, "ROLLBACK", timeout_ms, e) ? E_CONN_LOST : 0;
+    return run_bounded(c, "ROLLBACK", timeout_ms, NULL, e) ? E_CONN_LOST : 0;
 }
 
 static void pg_cancel(struct db_conn *c)
@@ -267,3 +274,52 @@ const struct db_driver db_pg_driver = {
     .reset = pg_reset,
     .cancel = pg_cancel,
 };
+
+/* PostgreSQL's connect failures carry no SQLSTATE through libpq: the server's
+ * text is the only sign of 53300 ("sorry, too many clients already", "too
+ * many connections for role ...", "remaining connection slots are reserved
+ * ..."). */
+bool db_pg_message_is_full(const char *msg)
+{
+    return msg && (strstr(msg, "too many clients") || strstr(msg, "too many connections") ||
+                   strstr(msg, "connection slots are reserved"));
+}
+
+int db_pg_census(struct db_conn *c, int64_t timeout_ms, struct db_census *out, struct err *e)
+{
+    /* current_setting(name, true) is NULL where the setting does not exist
+     * (reserved_connections came with PostgreSQL 16). application_name is
+     * visible in every row to every role; backend_type is not (NULL for
+     * another role's session), so a NULL with a user counts as a client. */
+    static const char sql[] =
+        "SELECT current_setting('max_connections')::int,"
+        " current_setting('superuser_reserved_connections')::int"
+        " + coalesce(current_setting('reserved_connections', true)::int, 0),"
+        " count(*) FILTER (WHERE application_name LIKE 'celeriac %'),"
+        " count(*) FILTER (WHERE application_name IS NULL"
+        "                  OR application_name NOT LIKE 'celeriac %')"
+        " FROM pg_stat_activity WHERE pid <> pg_backend_pid()"
+        " AND (backend_type = 'client backend' OR (backend_type IS NULL AND usesysid IS NOT NULL))";
+    if (!db_conn_pg(c))
+        return err_set(e, E_CONN_LOST, "connection census on '%s' failed: not connected",
+                       c->cfg->where);
+    PGresult *r = NULL;
+    struct err qe = {0};
+    int rc = run_bounded(c, sql, timeout_ms, &r, &qe);
+    if (rc) {
+        err_set(e, rc, "connection census on '%s' failed: %s", c->cfg->where, qe.msg);
+        goto out_clear;
+    }
+    if (!r || PQntuples(r) != 1 || PQnfields(r) != 4) {
+        rc = err_set(e, E_DB, "connection census on '%s' failed: unexpected answer",
+                     c->cfg->where);
+        goto out_clear;
+    }
+    out->max_connections = atoi(PQgetvalue(r, 0, 0));
+    out->reserved = atoi(PQgetvalue(r, 0, 1));
+    out->celeriac = atoi(PQgetvalue(r, 0, 2));
+    out->others = atoi(PQgetvalue(r, 0, 3));
+out_clear:
+    PQclear(r);
+    return rc;
+}

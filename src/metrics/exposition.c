@@ -120,6 +120,31 @@ static void render_worker(struct buf *out, const struct exposition *x)
     buf_adds(out, "celery_worker_tasks_active{hostname=");
     exposition_label_value(out, x->hostname);
     buf_addf(out, "} %d\n", active);
+    const struct budget_board *b = &x->sb->shared->budget;
+    if (!atomic_load(&b->checked))
+        return;
+    static const struct {
+        const char *name;
+        const char *help;
+        size_t offset;
+    } budget[] = {
+        {"celeriac_db_connections_fleet", "celeriac sessions on the database server at the last "
+         "count (every worker's, this one's included once counted).",
+         offsetof(struct budget_board, fleet)},
+        {"celeriac_db_connections_planned", "Database connections this worker opens at most.",
+         offsetof(struct budget_board, planned)},
+        {"celeriac_db_connections_available", "The database server's max_connections minus "
+         "its reserved slots.", offsetof(struct budget_board, available)},
+        {"celeriac_db_max_connections", "The database server's max_connections.",
+         offsetof(struct budget_board, max_connections)},
+    };
+    for (size_t f = 0; f < sizeof(budget) / sizeof(budget[0]); f++) {
+        family(out, budget[f].name, "gauge", budget[f].help);
+        buf_addf(out, "%s{hostname=", budget[f].name);
+        exposition_label_value(out, x->hostname);
+        const _Atomic int *v = (const _Atomic int *)((const char *)b + budget[f].offset);
+        buf_addf(out, "} %d\n", atomic_load(v));
+    }
 }
 
 /* ---- per child slot */

@@ -7,6 +7,7 @@
 #include "common.h"
 #include "util/proctitle.h"
 #include "util/time.h"
+#include "worker/budget.h"
 #include "worker/child_internal.h"
 #include "worker/signals.h"
 
@@ -287,6 +288,7 @@ static void open_database(struct child *c)
         give_up(c, e.msg);
     }
     tally_db(c);
+    c->budget_next_ms = time_mono_ms() + BUDGET_FIRST_RECOUNT_MS;
     log_info("database connection to '%s' opened by pid %d (after fork, application_name "
              "'%s')", c->cfg->db.where, (int)getpid(), c->db.app_name);
 }
@@ -308,6 +310,8 @@ static void serve(struct child *c)
             atomic_store(&c->slot->reconnects, c->db.reconnects);
             tally_db(c);
         }
+        if (c->index == 0 && cfg->db.kind == DB_POSTGRES)
+            budget_recount(cfg, &c->db, c->sb, &c->budget_next_ms);
         if (child_ensure_broker(c))
             break;
         log_follow_reopen(); /* let go of a rotated log file even when idle */

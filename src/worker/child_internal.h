@@ -48,6 +48,8 @@ struct child {
     int64_t next_refresh_ms;        /* next refresh of the held messages' unacked scores */
     struct message *current;        /* the delivery being handled, if any */
     struct retry fetch_retry;       /* the fetch's failures, across loop turns */
+    int64_t budget_next_ms;         /* child 0: when to count the server's sessions again
+                                       (worker/budget.h); monotonic, 0 = at once */
     uint64_t queues_gen;            /* generation of the queue set the broker consumes */
     struct {                        /* db counters already added to the slot's tally */
         unsigned reconnects;

@@ -22,6 +22,14 @@ enum exit_code {
     EXIT_RECYCLED = 4,     /* a child retired itself (task count, memory): replaced at once */
 };
 
+/* --db-budget: what a worker does when the connections it plans exceed the
+ * database server's room (worker/budget.h). */
+enum db_budget_mode {
+    DB_BUDGET_WARN = 0,    /* one warning with the numbers (default) */
+    DB_BUDGET_STRICT,      /* refuse to start: exit 2, one line */
+    DB_BUDGET_OFF,         /* no check */
+};
+
 struct worker_config {
     char *app_path;                 /* -A: task library */
     int concurrency;                /* -c: number of children */
@@ -56,6 +64,7 @@ struct worker_config {
     int autoscale_max;              /* --autoscale MAX,MIN; 0 = off */
     int autoscale_min;
     int64_t autoscale_keepalive_ms; /* AUTOSCALE_KEEPALIVE: idle time before shrinking */
+    enum db_budget_mode db_budget;  /* --db-budget */
     char *pidfile;                  /* --pidfile: the master's pid, for `celeriac reload` */
     struct library lib;             /* loaded in the master before forking; replaced in the
                                        master by a reload (worker/reload.h) */

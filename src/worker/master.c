@@ -10,6 +10,7 @@
 #include "util/proctitle.h"
 #include "util/time.h"
 #include "worker/autoscale.h"
+#include "worker/budget.h"
 #include "worker/master.h"
 #include "worker/reload.h"
 #include "worker/scoreboard.h"
@@ -680,6 +681,14 @@ int master_run(struct worker_config *cfg)
         if (loaded)
             log_info("%d revoked task id%s loaded from --statedb '%s'", loaded,
                      loaded == 1 ? "" : "s", cfg->statedb);
+    }
+    /* Here, before the first fork: the check's connection is closed before
+     * any child exists, so none inherits it (budget.h). */
+    if (budget_check(cfg, &m.sb)) {
+        close(m.deathwatch[0]);
+        close(m.deathwatch[1]);
+        scoreboard_destroy(&m.sb);
+        return EXIT_USAGE;
     }
     m.sb.shared->events_enabled = cfg->task_events;
     m.sb.shared->started = time_now();

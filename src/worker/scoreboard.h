@@ -156,6 +156,20 @@ struct lost_note {
     int deaths;                        /* how often this task's child died running it */
 };
 
+/* The database connection budget (worker/budget.h): written by the master
+ * before the first fork and by child 0 when it counts again; read by the
+ * control process (inspect stats) and the metrics process. Hints. */
+struct budget_board {
+    _Atomic int checked;               /* 1 once a count succeeded */
+    _Atomic int max_connections;       /* the server's max_connections */
+    _Atomic int available;             /* max_connections minus the reserved slots */
+    _Atomic int planned;               /* connections this worker opens at most */
+    _Atomic int fleet;                 /* celeriac sessions on the server at the last count
+                                          (this worker's own included once they are open) */
+    _Atomic int others;                /* other client sessions at the last count */
+    _Atomic int64_t checked_at;        /* Unix time of the last count, seconds */
+};
+
 struct board_shared {
     _Atomic uint64_t clock;            /* Lamport clock of events and replies */
     _Atomic int events_enabled;        /* task events on (-E or enable_events) */
@@ -176,6 +190,7 @@ struct board_shared {
     struct lost_note lost[LOST_NOTES];
     _Atomic uint64_t log_gen;          /* --logfile reopen generation (util/log.h), bumped by
                                           the master on SIGUSR2 */
+    struct budget_board budget;        /* database connections (worker/budget.h) */
     struct task_tuning tasks[];        /* one per registered task */
 };
 

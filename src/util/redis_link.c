@@ -5,6 +5,7 @@
 #include "common.h"
 #include "util/log.h"
 #include "util/redis_link.h"
+#include "util/redis_sentinel.h"
 #include "util/self.h"
 #include "util/time.h"
 #include "util/url.h"
@@ -34,18 +35,56 @@ static void describe(const struct redis_url *u, char *out, size_t n)
         snprintf(out, n, "%s:%d", u->host, u->port);
 }
 
+/* Asks the server its role: a sentinel-found address must be the master
+ * now (a replica until the sentinels have reconfigured it is not). */
+static int check_master(struct redis_link *l, const char *where, const struct redis_url *u,
+                        struct err *e)
+{
+    redisReply *r = redis_link_command(l, e, "ROLE");
+    if (!r)
+        return E_CONN_LOST;
+    bool master = r->type == REDIS_REPLY_ARRAY && r->elements > 0 &&
+                  r->element[0]->type == REDIS_REPLY_STRING && !strcmp(r->element[0]->str, "master");
+    if (!master)
+        err_set(e, E_CONN_LOST, "'%s', named master '%s' by the sentinels, is not a master "
+                "(ROLE: %s)", where, u->master_name,
+                r->type == REDIS_REPLY_ARRAY && r->elements > 0 &&
+                        r->element[0]->type == REDIS_REPLY_STRING ? r->element[0]->str
+                : r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+    freeReplyObject(r);
+    if (!master)
+        redis_link_close(l, NULL);
+    return master ? 0 : E_CONN_LOST;
+}
+
 int redis_link_open(struct redis_link *l, const struct redis_url *u, struct err *e)
 {
-    char where[300];
-    describe(u, where, sizeof(where));
+    char where[300], via[300] = "";
+    char host[256];
+    int port = u->port;
+    bool sentinel = redis_url_is_sentinel(u);
     redis_link_close(l, NULL);
+    if (sentinel) {
+        int rc = redis_sentinel_locate(u, host, sizeof(host), &port, via, sizeof(via), e);
+        if (rc)
+            return rc == -EINVAL ? rc : E_CONN_LOST;
+        snprintf(where, sizeof(where), "%s:%d", host, port);
+    } else {
+        describe(u, where, sizeof(where));
+        if (!u->socket)
+            snprintf(host, sizeof(host), "%s", u->host);
+    }
     struct timeval ct = {.tv_sec = CONNECT_TIMEOUT_S};
     redisContext *c = u->socket ? redisConnectUnixWithTimeout(u->socket, ct)
-                                : redisConnectWithTimeout(u->host, u->port, ct);
+                                : redisConnectWithTimeout(host, port, ct);
     if (!c)
         return err_set(e, E_CONN_LOST, "connect to '%s' failed: out of memory", where);
     if (c->err) {
-        err_set(e, E_CONN_LOST, "connect to '%s' failed: %s", where, c->errstr);
+        if (sentinel)
+            err_set(e, E_CONN_LOST, "connect to '%s' (master '%s' per sentinel %s) failed: %s",
+                    where, u->master_name, via, c->errstr);
+        else
+            err_set(e, E_CONN_LOST, "connect to '%s' failed: %s", where, c->errstr);
         redisFree(c);
         return E_CONN_LOST;
     }
@@ -56,6 +95,7 @@ int redis_link_open(struct redis_link *l, const struct redis_url *u, struct err 
     l->ctx = c;
     l->owner = self_pid();
     l->connected_ms = time_mono_ms();
+    l->follow_master = sentinel;
 
     redisReply *r = NULL;
     if (u->password) {
@@ -91,6 +131,11 @@ int redis_link_open(struct redis_link *l, const struct redis_url *u, struct err 
         memcpy((*s)->sha, r->str, 41);
         freeReplyObject(r);
     }
+    if (sentinel) {
+        if (check_master(l, where, u, e))
+            return E_CONN_LOST;
+        redis_sentinel_confirmed(u, where, via);
+    }
     return 0;
 
 out_close:
@@ -115,13 +160,16 @@ void redis_link_close(struct redis_link *l, const char *reason)
 
 /* Error replies that mean "not now" rather than "never": the server is
  * loading its dataset after a restart, or busy with a script. Treated like
- * a lost connection so callers reconnect and retry with backoff. */
-static bool is_transient_error(const redisReply *r)
+ * a lost connection so callers reconnect and retry with backoff. On a link
+ * to a sentinel-found master, READONLY and UNBLOCKED mean it moved: the
+ * reconnect asks the sentinels again. */
+static bool is_transient_error(const struct redis_link *l, const redisReply *r)
 {
     return r && r->type == REDIS_REPLY_ERROR &&
            (!strncmp(r->str, "LOADING", 7) || !strncmp(r->str, "BUSY", 4) ||
             !strncmp(r->str, "NOSCRIPT", 8) ||
-            !strncmp(r->str, "MASTERDOWN", 10) || !strncmp(r->str, "TRYAGAIN", 8));
+            !strncmp(r->str, "MASTERDOWN", 10) || !strncmp(r->str, "TRYAGAIN", 8) ||
+            (l->follow_master && redis_sentinel_is_moved_error(r->str)));
 }
 
 /* Called after a failed hiredis call: the connection is unusable. */
@@ -140,7 +188,7 @@ static redisReply *checked(struct redis_link *l, redisReply *r, struct err *e)
         lost(l, e);
         return NULL;
     }
-    if (!is_transient_error(r))
+    if (!is_transient_error(l, r))
         return r;
     char why[128];
     snprintf(why, sizeof(why), "%s", r->str);

@@ -1,0 +1,225 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+# test_sentinel.sh (issue 14, point 1): Redis Sentinel for the broker and the
+# result backend, as kombu and Celery write it. One master, one replica and
+# three sentinels (Debian's redis-sentinel, quorum 2) on loopback; Python
+# Celery publishes a late-ack batch through the sentinels; the master is
+# SIGKILLed mid-run. Every task must end SUCCESS (the publishes were
+# replicated before the kill, and replication keeps order, so what the new
+# master holds is a prefix of what celeriac wrote: a message is queued,
+# unacked (restored by the sweep) or acked after its result); each process
+# logs the failover once; the log stays small. Bad input: a master name no
+# sentinel knows (one line, backoff, as for an unreachable Redis), a list
+# mixing schemes and a missing master_name (exit 2, one line).
+. "$(dirname "$0")/lib.sh"
+
+N=${SENTINEL_TASKS:-2000}
+NAME=mymaster
+SDIR=$TEST_TMP/sentinel
+mkdir -p "$SDIR"
+if command -v redis-sentinel >/dev/null; then
+    SENTINEL_CMD=(redis-sentinel)
+else # the same binary: Debian's redis-sentinel package only adds the name
+    SENTINEL_CMD=(redis-server --sentinel)
+fi
+
+cli() { redis-cli -h 127.0.0.1 -p "$1" "${@:2}"; }
+
+# start_node NAME PORT [replicaof PORT]: a redis-server without persistence.
+start_node() {
+    local name=$1 port=$2
+    {
+        echo "port $port"
+        echo "bind 127.0.0.1"
+        echo "dir $SDIR"
+        echo "dbfilename $name.rdb"
+        echo "logfile $SDIR/$name.log"
+        echo "save ''"
+        echo "appendonly no"
+        echo "daemonize no"
+        echo "repl-diskless-sync yes"
+        echo "repl-diskless-sync-delay 0"
+        [[ ${3:-} == replicaof ]] && echo "replicaof 127.0.0.1 $4"
+    } >"$SDIR/$name.conf"
+    redis-server "$SDIR/$name.conf" </dev/null >/dev/null 2>&1 &
+    eval "${name}_PID=$!"
+    _svc_record_pid "$!" redis-server
+    wait_for 20 cli "$port" ping || { not_ok "setup: $name did not answer on $port"; tap_done; }
+}
+
+start_sentinel() { # PORT
+    {
+        echo "port $1"
+        echo "bind 127.0.0.1"
+        echo "dir $SDIR"
+        echo "logfile $SDIR/sentinel-$1.log"
+        echo "daemonize no"
+        echo "sentinel monitor $NAME 127.0.0.1 $PM 2"
+        echo "sentinel down-after-milliseconds $NAME 1000"
+        echo "sentinel failover-timeout $NAME 4000"
+        echo "sentinel parallel-syncs $NAME 1"
+    } >"$SDIR/sentinel-$1.conf"
+    "${SENTINEL_CMD[@]}" "$SDIR/sentinel-$1.conf" </dev/null >/dev/null 2>&1 &
+    _svc_record_pid "$!" sentinel
+}
+
+PM=$(free_port)
+PR=$(free_port)
+start_node master "$PM"
+start_node replica "$PR" replicaof "$PM"
+_linked() { cli "$PR" info replication | grep -q 'master_link_status:up'; }
+wait_for 20 _linked || { not_ok "setup: the replica did not sync"; tap_done; }
+S=()
+for i in 1 2 3; do
+    p=$(free_port)
+    S+=("$p")
+    start_sentinel "$p"
+done
+# each sentinel must know the replica and the two other sentinels
+_ready() {
+    local p
+    for p in "${S[@]}"; do
+        [[ $(cli "$p" sentinel replicas "$NAME" 2>/dev/null | grep -c "^$PR$") -ge 1 ]] || return 1
+        [[ $(cli "$p" sentinel sentinels "$NAME" 2>/dev/null | grep -c '^name$') == 2 ]] || return 1
+    done
+}
+wait_for 30 _ready || { not_ok "setup: the sentinels did not find the replica and each other"; tap_done; }
+diag "master :$PM, replica :$PR, sentinels :${S[0]} :${S[1]} :${S[2]} (${SENTINEL_CMD[*]})"
+
+BROKER="sentinel://127.0.0.1:${S[0]};sentinel://127.0.0.1:${S[1]};sentinel://127.0.0.1:${S[2]}"
+RESULTS="sentinel://127.0.0.1:${S[0]}/1;sentinel://127.0.0.1:${S[1]}/1;sentinel://127.0.0.1:${S[2]}/1"
+build_rel_lib || tap_done
+
+# ---- bad input ---------------------------------------------------------------------
+# bad_start NAME WANT FLAGS...: exit 2 and one stderr line containing WANT.
+bad_start() {
+    local name=$1 want=$2 rc
+    shift 2
+    "$CELERIAC_BIN" worker -A "$REL_LIB" -c 1 "$@" </dev/null >"$TEST_TMP/bad.out" 2>"$TEST_TMP/bad.err"
+    rc=$?
+    if [[ $rc == 2 && $(wc -l <"$TEST_TMP/bad.err") == 1 ]] && grep -q -- "$want" "$TEST_TMP/bad.err"; then
+        ok "$name: exit 2, one line ($(cat "$TEST_TMP/bad.err"))"
+    else
+        not_ok "$name: exit 2 with one line naming '$want'" "exit $rc" "$(cat "$TEST_TMP/bad.err")"
+    fi
+}
+bad_start "a list mixing sentinel:// and redis://" "mixes 'sentinel://' with 'redis://'" \
+    -b "sentinel://127.0.0.1:${S[0]};redis://127.0.0.1:$PM" --broker-transport-option master_name=$NAME
+bad_start "sentinel:// broker without master_name" "needs --broker-transport-option master_name" \
+    -b "$BROKER"
+bad_start "sentinel:// result backend without master_name" \
+    "needs --result-backend-transport-option master_name" \
+    -b "$BROKER" --broker-transport-option master_name=$NAME --result-backend "$RESULTS"
+bad_start "an unknown transport option" "unknown option 'visibility'" \
+    -b "$BROKER" --broker-transport-option visibility=3
+
+# A name no sentinel knows: like an unreachable Redis, the children retry
+# with backoff and say so once per episode.
+start_worker -A "$REL_LIB" -c 2 -b "$BROKER" --broker-transport-option master_name=nosuch \
+    -n unknown@localhost
+sleep 4
+if worker_alive; then
+    ok "a master name no sentinel knows: the worker keeps retrying (as for an unreachable Redis)"
+else
+    not_ok "a master name no sentinel knows: the worker keeps retrying" "$(worker_log_tail 10)"
+fi
+line=$(grep -m1 "knows a master named 'nosuch'" "$WORKER_LOG")
+per_proc=$(grep "knows a master named 'nosuch'" "$WORKER_LOG" | grep -oE '/[A-Za-z]+(-[0-9]+)?\]' | sort | uniq -c |
+    awk '$1 > 1' | wc -l)
+if [[ -n $line && $line == *"127.0.0.1:${S[0]},127.0.0.1:${S[1]},127.0.0.1:${S[2]}"* && $per_proc == 0 ]]; then
+    ok "... one line per process names the sentinels and the reason ($(sed 's/.*\] //' <<<"$line"))"
+else
+    not_ok "... one line per process names the sentinels and the reason" "$(worker_log_tail 10)"
+fi
+lines=$(wc -l <"$WORKER_LOG")
+((lines < 40)) && ok "... and no flood: $lines log lines in 4 s" ||
+    not_ok "... and no flood ($lines log lines in 4 s)" "$(worker_log_tail 10)"
+stop_worker TERM 10
+
+# ---- publish through the sentinels (kombu's SentinelChannel) -----------------------
+ids=$TEST_TMP/ids
+cat >"$TEST_TMP/pub.py" <<'EOF'
+import os, sys
+from celery import Celery
+app = Celery("sn", broker=os.environ["BROKER"], backend=os.environ["RESULTS"])
+app.conf.update(broker_transport_options={"master_name": os.environ["NAME"]},
+                result_backend_transport_options={"master_name": os.environ["NAME"]},
+                broker_connection_retry_on_startup=False, task_serializer="json",
+                accept_content=["json"])
+if sys.argv[1] == "bulk":
+    n = int(sys.argv[2])
+    with app.connection_for_write() as conn, open(sys.argv[3], "w") as out:
+        producer = app.amqp.Producer(conn)
+        for i in range(n):
+            out.write(app.send_task("rel.sleep_late", args=[0.02], producer=producer).id + "\n")
+else:  # one round trip through Celery's SentinelBackend
+    r = app.send_task("rel.sleep_late", args=[0])
+    print(r.get(timeout=20)["pid"] > 0)
+EOF
+pub() { BROKER=$BROKER RESULTS=$RESULTS NAME=$NAME "$PY" "$TEST_TMP/pub.py" "$@"; }
+
+start_worker -A "$REL_LIB" -c 4 --acks-late -b "$BROKER" --broker-transport-option master_name=$NAME \
+    --result-backend "$RESULTS" --result-backend-transport-option master_name=$NAME \
+    --visibility-timeout 5 --sweep-interval 1 -n sentinel@localhost
+wait_children 4 20 || not_ok "worker started 4 children" "$(worker_log_tail)"
+got=$(pub one 2>&1)
+expect_eq "Python Celery (kombu sentinel broker, SentinelBackend) round trip through celeriac" True \
+    "$got" "$(worker_log_tail 10)"
+if log_has "redis sentinel: master '$NAME' is at 127.0.0.1:$PM \(from sentinel 127.0.0.1:"; then
+    ok "each process logs where the sentinels put the master"
+else
+    not_ok "each process logs where the sentinels put the master" "$(worker_log_tail 10)"
+fi
+
+t0=$SECONDS
+pub bulk "$N" "$ids" || not_ok "publish $N tasks through the sentinels"
+waited=$(cli "$PM" wait 1 5000)
+diag "published $N late-ack tasks in $((SECONDS - t0)) s; WAIT 1 5000 -> $waited replica(s) have them"
+done_on() { cli "$1" -n 1 dbsize 2>/dev/null || echo 0; }
+_some() { (($(done_on "$PM") >= N / 4)); }
+wait_for 60 _some || diag "only $(done_on "$PM") results after 60 s"
+kids=$(worker_children)
+lag=$(cli "$PM" info replication | tr -d '\r' | awk -F'[:=,]' '/^master_repl_offset/ {m=$2} /^slave0/ {
+    for (i = 1; i < NF; i++) if ($i == "offset") r = $(i + 1)} END {print m - r}')
+before=$(done_on "$PM")
+kill -KILL "$master_PID"
+tk=$(date +%s.%N)
+diag "master SIGKILLed after $before of $N results; replication lag at that moment: ${lag:-?} bytes"
+_switched() { [[ $(cli "${S[0]}" sentinel get-master-addr-by-name "$NAME" 2>/dev/null | sed -n 2p) == "$PR" ]]; }
+wait_for 30 _switched || not_ok "the sentinels promoted the replica" "$(tail -5 "$SDIR/sentinel-${S[0]}.log")"
+ts=$(date +%s.%N)
+at_switch=$(done_on "$PR")
+_grew() { (($(done_on "$PR") > at_switch)); }
+wait_for 30 _grew
+tr=$(date +%s.%N)
+diag "$(printf 'sentinels switched %.1f s after the kill; the first new result %.1f s after the kill' \
+    "$(bc <<<"$ts - $tk")" "$(bc <<<"$tr - $tk")")"
+tally=$(RESULT_URL="redis://127.0.0.1:$PR/1" rel tally "$ids" --timeout 90)
+diag "after the failover: $tally"
+expect_eq "master killed in the middle of $N late-ack tasks: all $N SUCCESS on the new master" \
+    "$N" "$(jget counts.SUCCESS <<<"$tally")" "$tally" "$(worker_log_tail 20)"
+_drained() { [[ "$(cli "$PR" llen celery) $(cli "$PR" hlen unacked)" == "0 0" ]]; }
+if wait_for 20 _drained; then
+    ok "afterwards nothing is queued or unacked on the new master"
+else
+    not_ok "afterwards nothing is queued or unacked on the new master" \
+        "queue $(cli "$PR" llen celery), unacked $(cli "$PR" hlen unacked)" "$(worker_log_tail 15)"
+fi
+expect_eq "no child died: the same four children" "$kids" "$(worker_children)"
+moved="moved from 127.0.0.1:$PM to 127.0.0.1:$PR"
+by_proc=$(grep -F "$moved" "$WORKER_LOG" | grep -oE '/[A-Za-z]+(-[0-9]+)?\]' | sort | uniq -c)
+children_once=$(grep -c 'ForkPoolWorker' <<<"$by_proc")
+if [[ $children_once == 4 ]] && awk '$1 != 1 {bad = 1} END {exit bad}' <<<"$by_proc"; then
+    ok "one failover line per process ($(grep -cF "$moved" "$WORKER_LOG") lines: $(tr -s ' \n' ' ' <<<"$by_proc"))"
+else
+    not_ok "one failover line per process, every child among them" "$by_proc" "$(worker_log_tail 20)"
+fi
+diag "the line: $(grep -m1 -F "$moved" "$WORKER_LOG" | sed 's/^.*\] //')"
+lines=$(wc -l <"$WORKER_LOG")
+((lines < 150)) && ok "no spin: $lines log lines for the whole run" ||
+    not_ok "no spin: the log stays small ($lines lines)" "$(worker_log_tail 30)"
+got=$(pub one 2>&1)
+expect_eq "a Python round trip after the failover" True "$got" "$(worker_log_tail 10)"
+stop_worker TERM 20
+check_worker_logs_clean
+tap_done

@@ -57,23 +57,17 @@ static int check_master(struct redis_link *l, const char *where, const struct re
     return master ? 0 : E_CONN_LOST;
 }
 
-int redis_link_open(struct redis_link *l, const struct redis_url *u, struct err *e)
+/* Connects to host:port (or u's socket), then AUTH, SELECT, scripts and,
+ * for a sentinel-found master (via names the sentinel), the ROLE check. */
+static int open_at(struct redis_link *l, const struct redis_url *u, const char *host, int port,
+                   const char *via, struct err *e)
 {
-    char where[300], via[300] = "";
-    char host[256];
-    int port = u->port;
-    bool sentinel = redis_url_is_sentinel(u);
-    redis_link_close(l, NULL);
-    if (sentinel) {
-        int rc = redis_sentinel_locate(u, host, sizeof(host), &port, via, sizeof(via), e);
-        if (rc)
-            return rc == -EINVAL ? rc : E_CONN_LOST;
+    char where[300];
+    bool sentinel = via != NULL;
+    if (sentinel)
         snprintf(where, sizeof(where), "%s:%d", host, port);
-    } else {
+    else
         describe(u, where, sizeof(where));
-        if (!u->socket)
-            snprintf(host, sizeof(host), "%s", u->host);
-    }
     struct timeval ct = {.tv_sec = CONNECT_TIMEOUT_S};
     redisContext *c = u->socket ? redisConnectUnixWithTimeout(u->socket, ct)
                                 : redisConnectWithTimeout(host, port, ct);
@@ -142,6 +136,22 @@ out_close:
     freeReplyObject(r);
     redis_link_close(l, NULL);
     return E_CONN_LOST;
+}
+
+int redis_link_open(struct redis_link *l, const struct redis_url *u, struct err *e)
+{
+    redis_link_close(l, NULL);
+    if (!redis_url_is_sentinel(u))
+        return open_at(l, u, u->host, u->port, NULL, e);
+    char host[256], via[300];
+    int port;
+    int rc = redis_sentinel_locate(u, host, sizeof(host), &port, via, sizeof(via), e);
+    if (rc)
+        return rc == -EINVAL ? rc : E_CONN_LOST;
+    rc = open_at(l, u, host, port, via, e);
+    if (rc)
+        redis_sentinel_distrust(u); /* a stale sentinel must not keep us there */
+    return rc;
 }
 
 void redis_link_close(struct redis_link *l, const char *reason)

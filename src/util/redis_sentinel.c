@@ -160,6 +160,14 @@ void redis_sentinel_confirmed(const struct redis_url *u, const char *where, cons
     snprintf(k->where, sizeof(k->where), "%s", where);
 }
 
+void redis_sentinel_distrust(const struct redis_url *u)
+{
+    if (!u->master_name || !u->n_sentinels)
+        return;
+    struct known *k = known_for(u->master_name);
+    k->preferred = (k->preferred + 1) % u->n_sentinels;
+}
+
 bool redis_sentinel_is_moved_error(const char *text)
 {
     return !strncmp(text, "READONLY", 8) || !strncmp(text, "UNBLOCKED", 9);

@@ -26,6 +26,12 @@ int redis_sentinel_locate(const struct redis_url *u, char *host, size_t host_len
  * the last one (a failover). Either process. */
 void redis_sentinel_confirmed(const struct redis_url *u, const char *where, const char *via);
 
+/* The address the last answering sentinel gave did not lead to a master:
+ * the next redis_sentinel_locate starts with the next sentinel, so one that
+ * missed the failover (partitioned, restarted) does not keep every attempt
+ * on a dead address. Either process. */
+void redis_sentinel_distrust(const struct redis_url *u);
+
 /* Whether an error reply on a connection to a sentinel-found master means
  * the master has moved (READONLY: it is a replica now; UNBLOCKED: a blocked
  * command was cut by the role change): the connection must be closed and

@@ -241,6 +241,39 @@ lines=$(wc -l <"$WORKER_LOG")
     not_ok "no spin: the log stays small ($lines lines)" "$(worker_log_tail 30)"
 got=$(pub one 2>&1)
 expect_eq "a Python round trip after the failover" True "$got" "$(worker_log_tail 10)"
+
+# ---- a switchover: the old master comes back as a replica, SENTINEL FAILOVER -----------
+# The master is demoted while alive: children meet READONLY / UNBLOCKED or
+# the sentinel's CLIENT KILL, and must find the new master again.
+start_node master "$PM" replicaof "$PR"
+_pm_replica() {
+    cli "${S[0]}" sentinel replicas "$NAME" | tr -d '\r' | paste - - |
+        awk -v p="$PM" '$1 == "port" {port = $2} $1 == "flags" && port == p && $2 == "slave" {ok = 1} END {exit !ok}'
+}
+_pm_synced() { cli "$PM" info replication | grep -q 'master_link_status:up'; }
+wait_for 30 _pm_synced && wait_for 30 _pm_replica || diag "the old master did not come back as a replica in time"
+ids2=$TEST_TMP/ids2
+N2=$((N / 2))
+pub bulk "$N2" "$ids2" || not_ok "publish $N2 more tasks"
+cli "$PR" wait 1 5000 >/dev/null
+_started() { (($(cli "$PR" llen celery) < N2 * 3 / 4)); }
+wait_for 30 _started
+fo=$(cli "${S[0]}" sentinel failover "$NAME")
+_back() { [[ $(cli "${S[0]}" sentinel get-master-addr-by-name "$NAME" 2>/dev/null | sed -n 2p) == "$PM" ]]; }
+wait_for 30 _back || not_ok "SENTINEL FAILOVER ($fo) moved the master back to :$PM"
+tally=$(RESULT_URL="redis://127.0.0.1:$PM/1" rel tally "$ids2" --timeout 60)
+diag "after the switchover: $tally"
+expect_eq "switchover in the middle of $N2 late-ack tasks: all $N2 SUCCESS" \
+    "$N2" "$(jget counts.SUCCESS <<<"$tally")" "$tally" "$(worker_log_tail 20)"
+moved="moved from 127.0.0.1:$PR to 127.0.0.1:$PM"
+by_proc=$(grep -F "$moved" "$WORKER_LOG" | grep -oE '/[A-Za-z]+(-[0-9]+)?\]' | sort | uniq -c)
+if [[ $(grep -c 'ForkPoolWorker' <<<"$by_proc") == 4 ]] && awk '$1 != 1 {bad = 1} END {exit bad}' <<<"$by_proc"; then
+    ok "one switchover line per process ($(tr -s ' \n' ' ' <<<"$by_proc"))"
+else
+    not_ok "one switchover line per process, every child among them" "$by_proc" "$(worker_log_tail 20)"
+fi
+readonly_hits=$(grep -cE 'READONLY|UNBLOCKED' "$WORKER_LOG")
+diag "connections closed on READONLY/UNBLOCKED during the switchover: $readonly_hits"
 stop_worker TERM 20
 check_worker_logs_clean
 tap_done

@@ -2,7 +2,11 @@
  * redis_sentinel.c: master discovery through Redis Sentinel (see
  * redis_sentinel.h). No +switch-master subscription: a moved master shows
  * as a lost connection or a READONLY reply, and the next connect asks the
- * sentinels again.
+ * sentinels again (as kombu and redis-py do).
+ * NEEDSWORK(#14): a switchover that leaves the old master alive keeps us on
+ * it until Sentinel demotes it (its next INFO, up to 10 s); what is written
+ * there meanwhile is redone after the resync. A +switch-master subscription
+ * would shorten that window.
  */
 #include "common.h"
 #include "util/log.h"

@@ -138,6 +138,39 @@ lines=$(wc -l <"$WORKER_LOG")
     not_ok "... and no flood ($lines log lines in 4 s)" "$(worker_log_tail 10)"
 stop_worker TERM 10
 
+# ---- a password on the master and on the sentinel ----------------------------------
+# The URL's password goes to the master, and to a sentinel that answers NOAUTH.
+PW=$(free_port)
+{
+    echo "port $PW"; echo "bind 127.0.0.1"; echo "dir $SDIR"; echo "dbfilename pw.rdb"
+    echo "logfile $SDIR/pw.log"; echo "save ''"; echo "requirepass s3cr3t"
+} >"$SDIR/pw.conf"
+redis-server "$SDIR/pw.conf" </dev/null >/dev/null 2>&1 &
+_svc_record_pid "$!" redis-server
+disown "$!"
+SP=$(free_port)
+{
+    echo "port $SP"; echo "bind 127.0.0.1"; echo "dir $SDIR"; echo "logfile $SDIR/sentinel-pw.log"
+    echo "requirepass s3cr3t"
+    echo "sentinel monitor pwmaster 127.0.0.1 $PW 1"; echo "sentinel auth-pass pwmaster s3cr3t"
+} >"$SDIR/sentinel-pw.conf"
+"${SENTINEL_CMD[@]}" "$SDIR/sentinel-pw.conf" </dev/null >/dev/null 2>&1 &
+_svc_record_pid "$!" sentinel
+disown "$!"
+_pw_up() { redis-cli --no-auth-warning -a s3cr3t -p "$SP" sentinel get-master-addr-by-name pwmaster | grep -q "$PW"; }
+wait_for 20 _pw_up || diag "the password-protected sentinel did not come up"
+start_worker -A "$REL_LIB" -c 1 --without-remote-control -b "sentinel://:s3cr3t@127.0.0.1:$SP/2" \
+    --broker-transport-option master_name=pwmaster -n pw@localhost
+wait_children 1 20
+_pw_found() { log_has "master 'pwmaster' is at 127.0.0.1:$PW"; }
+if wait_for 10 _pw_found && ! log_has "s3cr3t"; then
+    ok "a password on master and sentinel: both authenticated, the password never logged"
+else
+    not_ok "a password on master and sentinel: both authenticated, the password never logged" \
+        "$(worker_log_tail 10)"
+fi
+stop_worker TERM 10
+
 # ---- publish through the sentinels (kombu's SentinelChannel) -----------------------
 ids=$TEST_TMP/ids
 cat >"$TEST_TMP/pub.py" <<'EOF'

@@ -90,6 +90,7 @@ static int open_at(struct redis_link *l, const struct redis_url *u, const char *
     l->owner = self_pid();
     l->connected_ms = time_mono_ms();
     l->follow_master = sentinel;
+    l->moves_seen = redis_sentinel_moves(); /* again below: this open may be the move */
 
     redisReply *r = NULL;
     if (u->password) {
@@ -129,6 +130,7 @@ static int open_at(struct redis_link *l, const struct redis_url *u, const char *
         if (check_master(l, where, u, e))
             return E_CONN_LOST;
         redis_sentinel_confirmed(u, where, via);
+        l->moves_seen = redis_sentinel_moves();
     }
     return 0;
 
@@ -218,6 +220,14 @@ static bool owned(struct redis_link *l, struct err *e)
         /* A forked copy must never speak on its parent's socket. */
         err_set(e, E_CONN_LOST, "%s connection opened by pid %d used from pid %d", l->role,
                 (int)l->owner, (int)self_pid());
+        return false;
+    }
+    if (l->follow_master && l->moves_seen != redis_sentinel_moves()) {
+        /* Another link of this process found the master elsewhere: what
+         * this one would write (a result, an ack) must go there too, not
+         * to a master whose unreplicated writes are about to vanish. */
+        err_set(e, E_CONN_LOST, "%s connection: the sentinels named another master", l->role);
+        redis_link_close(l, "the sentinels named another master");
         return false;
     }
     return true;

@@ -18,6 +18,7 @@ struct redis_link {
     const char *role;       /* "broker" or "backend": names the link in messages */
     int pending;            /* replies of sent-and-not-awaited commands still to read */
     bool follow_master;     /* opened through sentinels: READONLY means "find it again" */
+    unsigned moves_seen;    /* redis_sentinel_moves() at the open; a later move closes it */
     struct redis_script *const *scripts; /* NULL-terminated: loaded on every open */
 };
 

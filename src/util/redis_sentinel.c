@@ -30,6 +30,7 @@ struct known {
 };
 
 static struct known known[KNOWN_MAX];
+static unsigned moves; /* master moves seen by this process (redis_sentinel_moves) */
 
 static struct known *known_for(const char *name)
 {
@@ -156,12 +157,19 @@ void redis_sentinel_confirmed(const struct redis_url *u, const char *where, cons
     struct known *k = known_for(u->master_name ? u->master_name : "");
     if (!strcmp(k->where, where))
         return;
-    if (!k->where[0])
+    if (!k->where[0]) {
         log_info("redis sentinel: master '%s' is at %s (from sentinel %s)", k->name, where, via);
-    else
+    } else {
         log_warning("redis sentinel: master '%s' moved from %s to %s (failover; from sentinel "
                     "%s)", k->name, k->where, where, via);
+        moves++;
+    }
     snprintf(k->where, sizeof(k->where), "%s", where);
+}
+
+unsigned redis_sentinel_moves(void)
+{
+    return moves;
 }
 
 void redis_sentinel_distrust(const struct redis_url *u)

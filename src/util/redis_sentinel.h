@@ -26,6 +26,11 @@ int redis_sentinel_locate(const struct redis_url *u, char *host, size_t host_len
  * the last one (a failover). Either process. */
 void redis_sentinel_confirmed(const struct redis_url *u, const char *where, const char *via);
 
+/* How many times this process has seen a master move (any name): a link
+ * opened before the last move must be closed and opened again before its
+ * next use, so one task's result and its ack reach the same master. */
+unsigned redis_sentinel_moves(void);
+
 /* The address the last answering sentinel gave did not lead to a master:
  * the next redis_sentinel_locate starts with the next sentinel, so one that
  * missed the failover (partitioned, restarted) does not keep every attempt

@@ -19,7 +19,7 @@ WARN    := -Wall -Wextra -Werror -Wstrict-prototypes -Wmissing-prototypes \
            -Wold-style-definition -Wwrite-strings -Wpointer-arith -Wvla \
            -Wformat=2 -Wshadow -fno-common
 CFLAGS  ?= -O2 -g
-# -fPIC: the client's objects also go into libceleriac-client.so.
+# -fPIC: the client's objects also go into libceleriac-client(-sql).so.
 CFLAGS  += -std=c11 $(WARN) -fvisibility=hidden -fPIC
 CPPFLAGS += -Iinclude -Isrc -MMD -MP
 ifneq ($(SANITIZE),)
@@ -40,17 +40,31 @@ UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 # The binary exports only the task-library API (celeriac_*) to dlopen()ed libraries.
 EXPORTS  := -Wl,--export-dynamic-symbol=celeriac_*
 
-# The C client library (include/celeriac_client.h): client.o and outbox.o plus
-# the archive members they need, picked by a relocatable link (so the list
-# follows the code), in one object whose hidden symbols are made local: a
-# sender sees only celeriac_*, in the .a as in the .so.
-CLIENT_PKGS   := hiredis jansson librabbitmq msgpack openssl libpq sqlite3
+# The C client library (include/celeriac_client.h), in two parts. Each is
+# its .c files plus the archive members they need, picked by a relocatable
+# link (so the list follows the code), in one object whose hidden symbols are
+# made local: a sender sees only celeriac_*, in the .a as in the .so, and the
+# two parts never see each other's internals (each has its own copy).
+# - libceleriac-client: Redis, RabbitMQ, results; no libpq, no sqlite3 (the
+#   rule fails if the object refers to either).
+# - libceleriac-client-sql: the outbox (celeriac_send_pg/_sqlite) and sending
+#   to sqla+ brokers, which the core finds through the weak reference
+#   celeriac_client_sql_v0 (src/client/client_internal.h).
+CLIENT_PKGS   := hiredis jansson librabbitmq msgpack openssl
 CLIENT_LIBS   := $(shell pkg-config --libs $(CLIENT_PKGS) 2>/dev/null) -lm
+CLIENT_SQL_PKGS := $(CLIENT_PKGS) libpq sqlite3
+CLIENT_SQL_LIBS := $(shell pkg-config --libs $(CLIENT_SQL_PKGS) 2>/dev/null) -lm
+CLIENT_DB_CFLAGS := $(shell pkg-config --cflags libpq sqlite3 2>/dev/null)
+CLIENT_DB_LIBS := $(shell pkg-config --libs libpq sqlite3 2>/dev/null)
 CLIENT_SOMAJOR := 0
 CLIENT_SONAME := libceleriac-client.so.$(CLIENT_SOMAJOR)
 CLIENT_SO     := libceleriac-client.so.$(VERSION)
 CLIENT_OBJ    := $(BUILD)/client/celeriac-client.o
-CLIENT_TARGETS := $(BUILD)/libceleriac-client.a $(BUILD)/$(CLIENT_SO)
+CLIENT_SQL_SONAME := libceleriac-client-sql.so.$(CLIENT_SOMAJOR)
+CLIENT_SQL_SO := libceleriac-client-sql.so.$(VERSION)
+CLIENT_SQL_OBJ := $(BUILD)/client/celeriac-client-sql.o
+CLIENT_TARGETS := $(BUILD)/libceleriac-client.a $(BUILD)/$(CLIENT_SO) \
+                  $(BUILD)/libceleriac-client-sql.a $(BUILD)/$(CLIENT_SQL_SO)
 
 .PHONY: all deps test unit unit-bins demo demo-redis clean fuzz bench bench-idle chaos format \
         install uninstall deb
@@ -67,7 +81,16 @@ $(BUILD)/libceleriac.a: $(LIB_OBJ)
 $(BUILD)/celeriac: $(MAIN_OBJ) $(BUILD)/libceleriac.a
 	$(CC) $(LDFLAGS) $(EXPORTS) -o $@ $(MAIN_OBJ) -Wl,--whole-archive $(BUILD)/libceleriac.a -Wl,--no-whole-archive $(PKG_LIBS) -ldl -lm
 
-$(CLIENT_OBJ): $(BUILD)/src/client/client.o $(BUILD)/src/client/outbox.o $(BUILD)/libceleriac.a
+$(CLIENT_OBJ): $(BUILD)/src/client/client.o $(BUILD)/src/client/envelope.o $(BUILD)/libceleriac.a
+	@mkdir -p $(dir $@)
+	$(CC) -r -nostdlib -o $@.tmp $^
+	objcopy --localize-hidden $@.tmp $@
+	@rm -f $@.tmp
+	@if nm -u $@ | grep -E ' (PQ|pq|lo_|sqlite3_)'; then \
+	    echo "$@: the core client refers to libpq or sqlite3 (above)" >&2; rm -f $@; exit 1; fi
+
+$(CLIENT_SQL_OBJ): $(BUILD)/src/client/sql.o $(BUILD)/src/client/outbox.o \
+                   $(BUILD)/src/client/envelope.o $(BUILD)/libceleriac.a
 	@mkdir -p $(dir $@)
 	$(CC) -r -nostdlib -o $@.tmp $^
 	objcopy --localize-hidden $@.tmp $@
@@ -78,7 +101,16 @@ $(BUILD)/libceleriac-client.a: $(CLIENT_OBJ)
 	ar rcs $@ $^
 
 $(BUILD)/$(CLIENT_SO): $(CLIENT_OBJ)
-	$(CC) $(LDFLAGS) -shared -Wl,-soname,$(CLIENT_SONAME) -Wl,--no-undefined -o $@ $^ $(CLIENT_LIBS)
+	$(CC) $(LDFLAGS) -shared -Wl,-soname,$(CLIENT_SONAME) -Wl,--no-undefined -Wl,--as-needed \
+	    -o $@ $^ $(CLIENT_LIBS)
+
+$(BUILD)/libceleriac-client-sql.a: $(CLIENT_SQL_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/$(CLIENT_SQL_SO): $(CLIENT_SQL_OBJ)
+	$(CC) $(LDFLAGS) -shared -Wl,-soname,$(CLIENT_SQL_SONAME) -Wl,--no-undefined -Wl,--as-needed \
+	    -o $@ $^ $(CLIENT_SQL_LIBS)
 
 # A task library is built the way a user's would be: against include/celeriac.h
 # alone, -fPIC -shared, plus the database client it uses.
@@ -150,13 +182,17 @@ INSTALLED := $(BINDIR)/celeriac \
              $(INCLUDEDIR)/celeriac.h $(INCLUDEDIR)/celeriac_client.h \
              $(LIBDIR)/libceleriac-client.a $(LIBDIR)/$(CLIENT_SO) \
              $(LIBDIR)/$(CLIENT_SONAME) $(LIBDIR)/libceleriac-client.so \
+             $(LIBDIR)/libceleriac-client-sql.a $(LIBDIR)/$(CLIENT_SQL_SO) \
+             $(LIBDIR)/$(CLIENT_SQL_SONAME) $(LIBDIR)/libceleriac-client-sql.so \
              $(PKGCONFIGDIR)/celeriac.pc $(PKGCONFIGDIR)/celeriac-client.pc \
+             $(PKGCONFIGDIR)/celeriac-client-sql.pc \
              $(MANDIR)/man1/celeriac.1 $(MANDIR)/man7/celeriac-tasks.7
 INSTALL_DIRS := $(BINDIR) $(INCLUDEDIR) $(LIBDIR) $(PKGCONFIGDIR) $(MANDIR)/man1 $(MANDIR)/man7
 PC_SED := -e 's|@PREFIX@|$(PREFIX)|g' \
           -e 's|@INCLUDEDIR@|$(patsubst $(PREFIX)/%,$${prefix}/%,$(INCLUDEDIR))|g' \
           -e 's|@LIBDIR@|$(patsubst $(PREFIX)/%,$${prefix}/%,$(LIBDIR))|g' -e 's|@VERSION@|$(VERSION)|g' \
-          -e 's|@CLIENT_LIBS@|$(CLIENT_LIBS)|g'
+          -e 's|@CLIENT_LIBS@|$(CLIENT_LIBS)|g' -e 's|@CLIENT_SQL_LIBS@|$(CLIENT_SQL_LIBS)|g' \
+          -e 's|@CLIENT_DB_CFLAGS@|$(CLIENT_DB_CFLAGS)|g' -e 's|@CLIENT_DB_LIBS@|$(CLIENT_DB_LIBS)|g'
 
 # DESTDIR/PREFIX that cannot be written: one line and a non-zero status before
 # anything is built or copied (checked when make reads this file, so make's
@@ -173,12 +209,15 @@ endif
 install: all
 	install -m 755 $(BUILD)/celeriac '$(DESTDIR)$(BINDIR)/celeriac'
 	install -m 644 include/celeriac.h include/celeriac_client.h '$(DESTDIR)$(INCLUDEDIR)/'
-	install -m 644 $(BUILD)/libceleriac-client.a '$(DESTDIR)$(LIBDIR)/'
-	install -m 755 $(BUILD)/$(CLIENT_SO) '$(DESTDIR)$(LIBDIR)/'
+	install -m 644 $(BUILD)/libceleriac-client.a $(BUILD)/libceleriac-client-sql.a '$(DESTDIR)$(LIBDIR)/'
+	install -m 755 $(BUILD)/$(CLIENT_SO) $(BUILD)/$(CLIENT_SQL_SO) '$(DESTDIR)$(LIBDIR)/'
 	ln -sf $(CLIENT_SO) '$(DESTDIR)$(LIBDIR)/$(CLIENT_SONAME)'
 	ln -sf $(CLIENT_SONAME) '$(DESTDIR)$(LIBDIR)/libceleriac-client.so'
+	ln -sf $(CLIENT_SQL_SO) '$(DESTDIR)$(LIBDIR)/$(CLIENT_SQL_SONAME)'
+	ln -sf $(CLIENT_SQL_SONAME) '$(DESTDIR)$(LIBDIR)/libceleriac-client-sql.so'
 	sed $(PC_SED) packaging/celeriac.pc.in >'$(DESTDIR)$(PKGCONFIGDIR)/celeriac.pc'
 	sed $(PC_SED) packaging/celeriac-client.pc.in >'$(DESTDIR)$(PKGCONFIGDIR)/celeriac-client.pc'
+	sed $(PC_SED) packaging/celeriac-client-sql.pc.in >'$(DESTDIR)$(PKGCONFIGDIR)/celeriac-client-sql.pc'
 	install -m 644 man/celeriac.1 '$(DESTDIR)$(MANDIR)/man1/'
 	install -m 644 man/celeriac-tasks.7 '$(DESTDIR)$(MANDIR)/man7/'
 

@@ -3,11 +3,23 @@
  * as Python's `app.send_task(...)` and `AsyncResult.get()` do. A message sent
  * here is run by any Celery worker (Python or celeriac) consuming the queue.
  *
- * Installed: `pkg-config --cflags --libs celeriac-client` (libceleriac-client.so;
- * `--static` for libceleriac-client.a). In the tree: build/libceleriac-client.a
+ * Two libraries, one header:
+ * - libceleriac-client (`pkg-config --cflags --libs celeriac-client`;
+ *   `--static` for libceleriac-client.a): celeriac_client_new,
+ *   celeriac_client_free, celeriac_send and celeriac_wait on Redis and
+ *   RabbitMQ. It needs neither libpq nor sqlite3.
+ * - libceleriac-client-sql (`pkg-config --cflags --libs celeriac-client-sql`,
+ *   which brings libceleriac-client, libpq and sqlite3 with it): the outbox
+ *   functions celeriac_send_pg and celeriac_send_sqlite, and sending to a
+ *   sqla+ broker (kombu's SQL transport) with celeriac_client_new. Without
+ *   it linked in, celeriac_client_new on a sqla+ URL fails with "sqla+ broker
+ *   needs the client's SQL part: link libceleriac-client-sql (pkg-config
+ *   --libs celeriac-client-sql)". Link it; a dlopen() of it after start is
+ *   not seen.
+ * In the tree: build/libceleriac-client.a (+ build/libceleriac-client-sql.a),
  * or build/libceleriac.a with `pkg-config --libs hiredis jansson librabbitmq
- * msgpack openssl libpq sqlite3`. A client is used by one thread at a time; create one per thread
- * or process (never share one across fork).
+ * msgpack openssl libpq sqlite3`. A client is used by one thread at a time;
+ * create one per thread or process (never share one across fork).
  */
 #ifndef CELERIAC_CLIENT_H
 #define CELERIAC_CLIENT_H
@@ -35,16 +47,19 @@ struct celeriac_send_options {
     bool subscribe;           /* subscribe to the result before sending, for celeriac_wait */
 };
 
-/* Connects to the broker (and the result backend when backend_url is not
- * NULL). Returns NULL with a one-line reason in err (errlen bytes) on failure. */
+/* Connects to the broker (and the result backend, Redis, when backend_url is
+ * not NULL). Returns NULL with a one-line reason in err (errlen bytes) on
+ * failure. The broker is redis://, amqp:// or, with libceleriac-client-sql
+ * linked in, sqla+postgresql:// or sqla+sqlite:///. libceleriac-client. */
 struct celeriac_client *celeriac_client_new(const char *broker_url, const char *backend_url,
                                             char *err, size_t errlen);
-/* Closes the connections and frees the client. NULL-safe. */
+/* Closes the connections and frees the client. NULL-safe. libceleriac-client. */
 void celeriac_client_free(struct celeriac_client *client);
 
 /* Sends task `name` with positional args (a JSON array text, NULL = []) and
  * keyword args (a JSON object text, NULL = {}). Writes the task id (36
- * characters and a NUL) to id_out. Returns 0, or -1 with the reason in err. */
+ * characters and a NUL) to id_out. Returns 0, or -1 with the reason in err.
+ * libceleriac-client. */
 int celeriac_send(struct celeriac_client *client, const char *name, const char *args_json,
                   const char *kwargs_json, const struct celeriac_send_options *options,
                   char id_out[37], char *err, size_t errlen);
@@ -53,11 +68,11 @@ int celeriac_send(struct celeriac_client *client, const char *name, const char *
  * REVOKED). On 0, *meta_json holds the stored meta as JSON (status, result,
  * traceback, task_id, ...), also when a worker stored it as msgpack
  * (--result-serializer); the caller frees it with free(). Returns -1 with
- * the reason in err on timeout or error. */
+ * the reason in err on timeout or error. libceleriac-client. */
 int celeriac_wait(struct celeriac_client *client, const char *task_id, double timeout,
                   char **meta_json, char *err, size_t errlen);
 
-/* ---- the transactional outbox ---------------------------------------------
+/* ---- the transactional outbox: libceleriac-client-sql ----------------------
  * With kombu's SQL transport as the broker (sqla+postgresql://,
  * sqla+sqlite:///), a task can be enqueued inside the application's own
  * transaction: the message is inserted into kombu's tables through the
@@ -67,7 +82,9 @@ int celeriac_wait(struct celeriac_client *client, const char *task_id, double ti
  * The tables must exist already (any worker or Python app on that database
  * creates them). Same arguments and results as celeriac_send, with
  * options->subscribe ignored. From Python or SQL on PostgreSQL:
- * SELECT celeriac_enqueue('queue', 'task.name', '[args]', '{kwargs}'). */
+ * SELECT celeriac_enqueue('queue', 'task.name', '[args]', '{kwargs}').
+ * Both are in libceleriac-client-sql (`pkg-config celeriac-client-sql`),
+ * not in libceleriac-client. The handle is borrowed: never closed here. */
 typedef struct pg_conn PGconn;
 typedef struct sqlite3 sqlite3;
 

@@ -10,8 +10,15 @@
 
 #include "broker/broker.h"
 
-/* True when url names the SQL transport (sqla+ or sqlalchemy+). */
-bool sql_broker_url_is_sql(const char *url);
+#include <strings.h>
+
+/* True when url names the SQL transport (sqla+ or sqlalchemy+). Inline, so
+ * that the core client (client/client.c) can ask without linking this
+ * transport, and with it libpq and sqlite3. */
+static inline bool sql_broker_url_is_sql(const char *url)
+{
+    return !strncasecmp(url, "sqla+", 5) || !strncasecmp(url, "sqlalchemy+", 11);
+}
 
 /* Fills db (kind, url, sqlite_path, where) from a kombu URL:
  * sqla+postgresql[+driver]://... (any libpq URI) or sqla+sqlite:///relative.db,

@@ -588,11 +588,6 @@ int broker_sql_transport_init(struct broker *b, const struct broker_config *cfg,
     return 0;
 }
 
-bool sql_broker_url_is_sql(const char *url)
-{
-    return !strncasecmp(url, "sqla+", 5) || !strncasecmp(url, "sqlalchemy+", 11);
-}
-
 static int parse_sqlite(const char *rest, struct db_config *db, struct err *e)
 {
     /* SQLAlchemy: sqlite:///relative.db and sqlite:////abs/path.db; no

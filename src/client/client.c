@@ -2,7 +2,9 @@
  * client/client.c: the C client (celeriac_client.h): publish a task message
  * as Celery's client does (spec §10.1), to Redis or RabbitMQ, and wait for
  * its result in Redis as AsyncResult.get() does (subscribe, then read the
- * key, then listen).
+ * key, then listen). To a sqla+ broker it sends through the SQL part
+ * (client/sql.c, libceleriac-client-sql) when that is linked in; this file
+ * itself never touches libpq or sqlite3.
  */
 #include "common.h"
 #include "celeriac.h"
@@ -24,11 +26,13 @@
 
 #define API __attribute__((visibility("default")))
 
+/* Weak: NULL when libceleriac-client-sql is not linked in (client_internal.h). */
+const struct client_sql_ops *celeriac_client_sql_v0(void) __attribute__((weak));
+
 struct celeriac_client {
     bool on_amqp;                 /* the broker is RabbitMQ */
-    bool on_sql;                  /* the broker is kombu's SQL transport */
-    struct db_config sql_cfg;
-    struct db_conn sql;           /* committed inserts of task messages */
+    struct client_sql *sql;       /* kombu's SQL transport: the SQL part's connection */
+    const struct client_sql_ops *sql_ops; /* the SQL part, set with sql */
     struct amqp_url amqp_url;
     struct amqp_link amqp;        /* confirmed publishes of task messages */
     struct redis_url broker_url;
@@ -56,27 +60,21 @@ API void celeriac_client_free(struct celeriac_client *c)
     redis_link_close(&c->sub, NULL);
     redis_url_release(&c->broker_url);
     redis_url_release(&c->backend_url);
-    if (c->sql.cfg)
-        db_conn_close(&c->sql, NULL);
-    free(c->sql_cfg.url);
-    free(c->sql_cfg.sqlite_path);
-    free(c->sql_cfg.where);
+    if (c->sql)
+        c->sql_ops->close(c->sql);
     free(c);
 }
 
-/* kombu's SQL transport: one connection, the tables created if absent. */
+/* kombu's SQL transport, through the SQL part when it is linked in; the
+ * message names what to link, never the URL (it may hold a password). */
 static int open_sql(struct celeriac_client *c, const char *broker_url, struct err *e)
 {
-    c->on_sql = true;
-    c->sql_cfg.connect_timeout_s = 5;
-    c->sql_cfg.busy_timeout_ms = 5000;
-    int rc = sql_broker_url_parse(broker_url, &c->sql_cfg, e);
-    if (rc)
-        return rc;
-    db_conn_init(&c->sql, &c->sql_cfg, "celeriac client");
-    c->sql.quiet = true;
-    rc = db_conn_open(&c->sql, 1, NULL, e);
-    return rc ? rc : client_sql_prepare(&c->sql, e);
+    if (!celeriac_client_sql_v0)
+        return err_set(e, -ENOTSUP,
+                       "sqla+ broker needs the client's SQL part: link libceleriac-client-sql "
+                       "(pkg-config --libs celeriac-client-sql)");
+    c->sql_ops = celeriac_client_sql_v0();
+    return c->sql_ops->open(broker_url, &c->sql, e);
 }
 
 API struct celeriac_client *celeriac_client_new(const char *broker_url, const char *backend_url,
@@ -116,59 +114,12 @@ out_fail:
     return NULL;
 }
 
-static json_t *parse_json(const char *text, bool want_array, char *err, size_t errlen)
-{
-    json_error_t je;
-    json_t *v = json_loads(text, 0, &je);
-    if (!v || (want_array ? !json_is_array(v) : !json_is_object(v))) {
-        char msg[300];
-        snprintf(msg, sizeof(msg), "%s is not a JSON %s: %s", want_array ? "args" : "kwargs",
-                 want_array ? "array" : "object", v ? "wrong type" : je.text);
-        set_err(err, errlen, msg);
-        json_decref(v);
-        return NULL;
-    }
-    return v;
-}
-
 static int subscribe(struct celeriac_client *c, const char *id, struct err *e)
 {
     redisReply *r = redis_link_command(&c->sub, e, "SUBSCRIBE celery-task-meta-%s", id);
     if (!r)
         return E_CONN_LOST;
     freeReplyObject(r);
-    return 0;
-}
-
-int client_task_envelope(struct buf *env, const char *name, const char *args_json,
-                         const char *kwargs_json, const struct celeriac_send_options *o,
-                         char id[37], char *err, size_t errlen)
-{
-    json_t *args = args_json ? parse_json(args_json, true, err, errlen) : json_array();
-    json_t *kwargs = kwargs_json ? parse_json(kwargs_json, false, err, errlen) : json_object();
-    if (!args || !kwargs) {
-        json_decref(args);
-        json_decref(kwargs);
-        return -1;
-    }
-    double now = time_now();
-    struct task_send t = {
-        .name = name, .id = o->task_id, .queue = o->queue, .args = args, .kwargs = kwargs,
-        .eta = o->eta > 0 ? o->eta : o->countdown > 0 ? now + o->countdown : 0,
-        .expires = o->expires > 0 ? now + o->expires : 0,
-        .priority = o->priority < 0 ? 0 : o->priority > 9 ? 9 : o->priority,
-        .time_limit = o->time_limit, .soft_time_limit = o->soft_time_limit,
-        .ignore_result = o->ignore_result,
-    };
-    if (!o->task_id) {
-        /* The id must be known before publishing to subscribe first. */
-        message_encode_task(env, &t, id);
-    } else {
-        snprintf(id, 37, "%s", o->task_id);
-        message_encode_task(env, &t, NULL);
-    }
-    json_decref(args);
-    json_decref(kwargs);
     return 0;
 }
 
@@ -189,8 +140,8 @@ API int celeriac_send(struct celeriac_client *c, const char *name, const char *a
     if (o->subscribe && c->has_backend && subscribe(c, id, &e))
         goto out_fail;
     const char *queue = o->queue ? o->queue : "celery";
-    if (c->on_sql) {
-        if (client_sql_publish(&c->sql, false, queue, &env, &e))
+    if (c->sql) {
+        if (c->sql_ops->publish(c->sql, queue, env.data, env.len, &e))
             goto out_fail;
         memcpy(id_out, id, 37);
         goto out;

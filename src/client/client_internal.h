@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT
- * client/client_internal.h: what the C client's files share.
+ * client/client_internal.h: what the C client's files share: the core
+ * (client.c, envelope.c) and the SQL part (sql.c, outbox.c, envelope.c).
  */
 #ifndef CELERIAC_CLIENT_INTERNAL_H
 #define CELERIAC_CLIENT_INTERNAL_H
@@ -21,12 +22,42 @@ int client_task_envelope(struct buf *env, const char *name, const char *args_jso
 struct db_conn;
 struct err;
 
-/* Inserts the task message env into queue of kombu's SQL transport on conn
+/* ---- the SQL part (libceleriac-client-sql) -------------------------------
+ * The core client (client.c, libceleriac-client) links neither libpq nor
+ * sqlite3. Sending to a sqla+ broker goes through the table below, which
+ * only the SQL part (sql.c, with outbox.c) defines; the core refers to it
+ * weakly, so it is NULL unless that part is linked in: the static archive
+ * is pulled in by `-Wl,--undefined=celeriac_client_sql_v0` in
+ * celeriac-client-sql.pc, the shared library is then a DT_NEEDED of the
+ * program and binds the reference when the program starts. The worker
+ * binary links both. The name carries the table's version: a new field
+ * means a new name, so a core never reads a table older than it. */
+struct client_sql;
+
+struct client_sql_ops {
+    /* Connects to the sqla+ broker url and creates kombu's tables if absent.
+     * 0 with *out (freed with close), or < 0 with the reason in e. */
+    int (*open)(const char *url, struct client_sql **out, struct err *e);
+    /* Inserts the task message (data, len) into queue, committed. 0 or < 0. */
+    int (*publish)(struct client_sql *s, const char *queue, const char *data, size_t len,
+                   struct err *e);
+    /* Closes the connection and frees s. NULL-safe. */
+    void (*close)(struct client_sql *s);
+};
+
+/* The SQL part's table (static, never freed). Defined (exported, default
+ * visibility) by client/sql.c only; client.c declares it again, weak, so
+ * that its address is NULL without the SQL part. A function rather than the
+ * table itself: no copy relocation, no sanitizer symbol beside it. */
+const struct client_sql_ops *celeriac_client_sql_v0(void);
+
+/* Inserts the task message (data, len) into queue of kombu's SQL transport on conn
  * (committed at once unless a transaction is open there); a borrowed
- * connection (the application's) is never closed on failure. 0 or < 0. */
-int client_sql_publish(struct db_conn *conn, bool borrowed, const char *queue,
-                       const struct buf *env, struct err *e);
-/* Creates kombu's tables on conn if absent, as a worker does. */
+ * connection (the application's) is never closed on failure. 0 or < 0.
+ * SQL part only. */
+int client_sql_publish(struct db_conn *conn, bool borrowed, const char *queue, const char *data,
+                       size_t len, struct err *e);
+/* Creates kombu's tables on conn if absent, as a worker does. SQL part only. */
 int client_sql_prepare(struct db_conn *conn, struct err *e);
 
 #endif /* CELERIAC_CLIENT_INTERNAL_H */

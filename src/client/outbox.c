@@ -5,6 +5,7 @@
  * it has open, and never committed here, so the task exists exactly when
  * the application's data does. The statements are the SQL transport's
  * (broker/sql_store.h), on a handle this file borrows and never closes.
+ * Part of libceleriac-client-sql, with sql.c; not in libceleriac-client.
  */
 #include "common.h"
 #include "celeriac_client.h"
@@ -20,8 +21,8 @@ static void set_err(char *err, size_t errlen, const char *msg)
         snprintf(err, errlen, "%s", msg);
 }
 
-int client_sql_publish(struct db_conn *conn, bool borrowed, const char *queue,
-                       const struct buf *env, struct err *e)
+int client_sql_publish(struct db_conn *conn, bool borrowed, const char *queue, const char *data,
+                       size_t len, struct err *e)
 {
     struct sql_store s = {.ops = sql_store_ops_for(conn), .conn = conn, .borrowed = borrowed};
     int64_t queue_id = 0;
@@ -29,13 +30,18 @@ int client_sql_publish(struct db_conn *conn, bool borrowed, const char *queue,
         return err_set(e, -EINVAL, "queue name longer than kombu's %d characters",
                        SQL_QUEUE_NAME_MAX);
     int rc = s.ops->queue_id(&s, queue, &queue_id, e);
-    return rc ? rc : s.ops->insert(&s, queue_id, env->data, env->len, e);
+    if (!rc)
+        rc = s.ops->insert(&s, queue_id, data, len, e);
+    free(s.impl); /* the dialect's state of this one store (SQLite's), as st_release frees it */
+    return rc;
 }
 
 int client_sql_prepare(struct db_conn *conn, struct err *e)
 {
     struct sql_store s = {.ops = sql_store_ops_for(conn), .conn = conn};
-    return s.ops->prepare(&s, e);
+    int rc = s.ops->prepare(&s, e);
+    free(s.impl); /* the dialect's state of this one store (SQLite's), as st_release frees it */
+    return rc;
 }
 
 static int send_on(struct db_conn *conn, const char *name, const char *args_json,
@@ -50,7 +56,8 @@ static int send_on(struct db_conn *conn, const char *name, const char *args_json
     if (client_task_envelope(&env, name, args_json, kwargs_json, o, id, err, errlen))
         return -1;
     struct err e = {0};
-    int rc = client_sql_publish(conn, true, o->queue ? o->queue : "celery", &env, &e);
+    int rc = client_sql_publish(conn, true, o->queue ? o->queue : "celery", env.data, env.len,
+                                &e);
     buf_release(&env);
     if (rc) {
         set_err(err, errlen, e.msg);

@@ -187,15 +187,11 @@ static void note_lost_delivery(struct master *m, const struct child_entry *ce)
 static void leave_to_salvage(struct master *m, int i, int status)
 {
     struct child_entry *ce = &m->children[i];
-    /* NEEDSWORK(#11): the salvage process speaks Redis. On AMQP the server
-     * requeued what the dead child's connection held (late ack, ETA, never
-     * started); an early-ack task it was running gets no WorkerLostError. */
-    if (m->cfg->broker.kind != BROKER_REDIS)
-        return;
     bool clean = WIFEXITED(status) && (WEXITSTATUS(status) == EXIT_OK ||
                                        WEXITSTATUS(status) == EXIT_RECYCLED ||
                                        WEXITSTATUS(status) == EXIT_CANNOT_SERVE);
-    bool hand = !clean && !m->cfg->broker.record_unacked;
+    /* Only Redis has hands (broker/redis.h). */
+    bool hand = !clean && !m->cfg->broker.record_unacked && m->cfg->broker.kind == BROKER_REDIS;
     bool held = atomic_load(&m->sb.held[i].n) > 0;
     if (!hand && !held && ce->lost.reason == LOST_NONE)
         return;

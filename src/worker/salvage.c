@@ -13,10 +13,6 @@
 #include <signal.h>
 #include <sys/prctl.h>
 
-/* The salvage process gives up on an unreachable broker after this long:
- * it runs while the worker stops, which must not hang. */
-#define SALVAGE_PATIENCE_MS 10000
-
 int hand_salvage(struct broker_redis *b, uint64_t settled, struct err *e)
 {
     char list[264];
@@ -212,6 +208,8 @@ void salvage_main(const struct worker_config *cfg, struct scoreboard *sb)
     log_set_process("Salvage");
     prctl(PR_SET_NAME, "celeriac:salvage", 0, 0, 0);
     proctitle_set("celeriac: salvage");
+    if (cfg->broker.kind != BROKER_REDIS)
+        salvage_transport_main(cfg, sb);
     struct salvage sv = {.cfg = cfg, .sb = sb};
     broker_redis_init(&sv.broker, &cfg->broker);
     backend_redis_init(&sv.backend, &cfg->backend);

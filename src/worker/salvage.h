@@ -43,4 +43,14 @@ int hand_adopt_orphans(struct broker_redis *b, const char *node, pid_t self_mast
  * when all were done, else EXIT_FAILED. Never returns. */
 ATTR_NORETURN void salvage_main(const struct worker_config *cfg, struct scoreboard *sb);
 
+/* salvage_main on any other transport, through broker.h and backend.h
+ * (salvage_transport.c): the task, the claimed message and the held ETA
+ * messages; Redis's hands have no counterpart there. Never returns. */
+ATTR_NORETURN void salvage_transport_main(const struct worker_config *cfg,
+                                          struct scoreboard *sb);
+
+/* The salvage process gives up on an unreachable broker after this long:
+ * it runs while the worker stops, which must not hang. */
+#define SALVAGE_PATIENCE_MS 10000
+
 #endif /* CELERIAC_WORKER_SALVAGE_H */

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
 # test_deb.sh: `make deb` builds a .deb (debhelper, in a copy of the tree,
-# into $TEST_TMP) that holds the binary, headers, client libraries, .pc files,
+# into $TEST_TMP) that holds the binary, headers, client libraries (the core
+# without libpq or sqlite3, and its SQL part), .pc files,
 # man pages, the systemd unit (not enabled) and /etc/default/celeriac, and
 # creates the celeriac user in postinst. Unpacked into a throwaway root (never
 # installed on this machine), its binary runs as the unit would, ExecStart
@@ -29,6 +30,10 @@ missing=()
 for f in /usr/bin/celeriac /usr/include/celeriac.h /usr/include/celeriac_client.h \
     /usr/lib/x86_64-linux-gnu/libceleriac-client.a /usr/lib/x86_64-linux-gnu/libceleriac-client.so.0.1.0 \
     /usr/lib/x86_64-linux-gnu/libceleriac-client.so /usr/lib/x86_64-linux-gnu/pkgconfig/celeriac.pc \
+    /usr/lib/x86_64-linux-gnu/libceleriac-client-sql.a \
+    /usr/lib/x86_64-linux-gnu/libceleriac-client-sql.so.0.1.0 \
+    /usr/lib/x86_64-linux-gnu/libceleriac-client-sql.so \
+    /usr/lib/x86_64-linux-gnu/pkgconfig/celeriac-client-sql.pc \
     /usr/lib/x86_64-linux-gnu/pkgconfig/celeriac-client.pc /usr/share/man/man1/celeriac.1.gz \
     /usr/share/man/man7/celeriac-tasks.7.gz /etc/default/celeriac /lib/systemd/system/celeriac.service; do
     [[ $f == *x86_64-linux-gnu* ]] && f=${f//x86_64-linux-gnu/$(dpkg-architecture -qDEB_HOST_MULTIARCH)}
@@ -65,6 +70,13 @@ expect_eq "the unit reads /etc/default/celeriac and runs /usr/bin/celeriac worke
 
 # a task library built against the package's headers with pkg-config alone
 LIBDIR_REL=$(dpkg-architecture -qDEB_HOST_MULTIARCH)
+core_needed=$(readelf -d "$ROOT/usr/lib/$LIBDIR_REL/libceleriac-client.so.0.1.0" 2>/dev/null |
+    sed -n 's/.*NEEDED.*\[\(.*\)\]/\1/p' | tr '\n' ' ')
+if [[ $core_needed == *libhiredis* && $core_needed != *libpq* && $core_needed != *libsqlite3* ]]; then
+    ok "the packaged libceleriac-client.so needs neither libpq nor libsqlite3"
+else
+    not_ok "the packaged libceleriac-client.so needs neither libpq nor libsqlite3" "NEEDED: $core_needed"
+fi
 TASKLIB=$TEST_TMP/libops.so
 # shellcheck disable=SC2046
 check "a task library builds against the package with pkg-config alone" \

@@ -10,6 +10,7 @@
 #    nothing left ready or unacked;
 #  - PostgreSQL down in the middle of a run: the children take nothing from the
 #    queue they cannot run; afterwards every task SUCCESS, each run exactly once;
+#  - a cold shutdown (QUIT) with an early-ack task running: WorkerLostError stored;
 #  - a cold shutdown (QUIT) with late-ack tasks running and an ETA message held:
 #    the server has all three back in the queue, and a new worker runs them.
 # (The chaos run restarts the node under kills; test_amqp_worker.sh covers a
@@ -195,6 +196,20 @@ else
 fi
 stop_worker TERM 20
 expect_eq "worker exits 0" 0 "$WORKER_RC" "$(worker_log_tail)"
+
+# ---- cold shutdown with an early-ack task running: WorkerLostError, as on Redis ----------
+# Its message was acked when it started, so nothing comes back: the salvage
+# process stores the failure a replacement child would have stored.
+start_worker "${W[@]}" -c 1 -n coldearly@localhost
+wait_children 1 20 || not_ok "worker for the early-ack cold shutdown started" "$(worker_log_tail)"
+early=$(send rel.pid '[4]')
+_started() { [[ $(rmq_counts) == "0 0" ]]; }
+wait_for 15 _started || not_ok "setup: the early-ack task was taken and acked" "$(rmq_counts)"
+sleep 0.5
+stop_worker QUIT 15
+expect_eq "cold shutdown: the early-ack task killed running is FAILURE WorkerLostError" \
+    "FAILURE WorkerLostError(billiard.exceptions)" "$(meta_of "$early" 10 | summary)" \
+    "$(worker_log_tail 8)"
 
 check_worker_logs_clean
 tap_done

@@ -16,8 +16,9 @@
 #     task that crashes its child every time): WorkerLostError after two
 #     deaths, nothing left.
 # And on PostgreSQL as the broker: a cold shutdown (SIGQUIT) with late-ack
-# tasks running (their claims wait for the visibility timeout: no salvage on
-# SQL), connections refused ("too many connections"), a restart mid-run.
+# tasks running (the salvage process gives their claims back at once) or an
+# early-ack task running (WorkerLostError stored), connections refused
+# ("too many connections"), a restart mid-run.
 # SQLite's faults (a locked file, a full disk): test_sql_reliability_sqlite.sh.
 . "$(dirname "$0")/lib.sh"
 
@@ -130,10 +131,9 @@ fi
 stop_worker
 
 # ---- cold shutdown (SIGQUIT) with late-ack tasks running ---------------------------------
-# What happens today: the killed children's claims stay in kombu_message,
-# invisible, until some worker's visibility sweep gives them back (there is
-# no salvage process for the SQL transport, as there is for Redis). Nothing
-# is lost: a second worker with a short --visibility-timeout runs them.
+# No replacement comes for the killed children: the salvage process gives
+# their claims back at once (not after the visibility timeout), and a second
+# worker runs them, without a visibility sweep (its timeout is an hour).
 start_worker "${W[@]}" -c 2 -n cold@localhost
 wait_children 2 20 || not_ok "worker for the cold shutdown started" "$(worker_log_tail)"
 cold_ids=$(sqlsend rel.sleep_late '[2]' --count 2)
@@ -141,22 +141,32 @@ wait_rows "SELECT count(*) FROM kombu_message WHERE NOT visible AND version < 0"
     not_ok "both late-ack tasks are claimed" "$(psql_db -c "SELECT id, visible, version FROM kombu_message")"
 sleep 0.5
 stop_worker QUIT 15
-expect_eq "cold shutdown: both claims are still in kombu_message, claimed (no salvage on SQL)" \
-    "2 0" "$(rows) $(psql_db -c "SELECT count(*) FROM kombu_message WHERE visible")" \
-    "worker exit: $WORKER_RC"
-start_worker "${W[@]}" --visibility-timeout 3 --sweep-interval 1 -n sweeper@localhost
+expect_eq "cold shutdown: the salvage process gave both claims back (2 rows, both visible)" \
+    "2 2" "$(rows) $(psql_db -c "SELECT count(*) FROM kombu_message WHERE visible")" \
+    "worker exit: $WORKER_RC" "$(worker_log_tail 8)"
+expect_eq "... one line per task restored" 2 \
+    "$(log_count "its process was stopped before it finished; restored to its queue")" \
+    "$(worker_log_tail 8)"
+start_worker "${W[@]}" --visibility-timeout 3600 -n sweeper@localhost
 # shellcheck disable=SC2086
 out=$(rel wait $cold_ids --timeout 20)
 got=$(while read -r line; do summary <<<"$line" | cut -d' ' -f1; done <<<"$out" | tr '\n' ' ')
-expect_eq "... a second worker's visibility sweep gives them back and they succeed" \
-    "SUCCESS SUCCESS " "$got" "$out" "$(worker_log_tail 8)"
-# (one sweep or two: the claims are stamped a few hundred ms apart, and a
-# busy child sweeps between tasks)
-given=$(grep -oE "gave back [0-9]+ message\(s\) claimed more than 3 s ago" "$WORKER_LOG" |
-    awk '{n += $3} END {print n + 0}')
-expect_eq "... nothing left in kombu_message, the sweep lines count 2 given back" "0 2" \
-    "$(rows) $given" "$(worker_log_tail 8)"
+expect_eq "... a second worker runs them and they succeed; nothing left in kombu_message" \
+    "SUCCESS SUCCESS 0" "$got$(rows)" "$out" "$(worker_log_tail 8)"
 stop_worker
+
+# ---- cold shutdown with early-ack tasks running ------------------------------------------
+# Their messages were deleted when they started: the salvage process stores
+# WorkerLostError, as a replacement child would, so nothing stays PENDING.
+start_worker "${W[@]}" -c 1 -n coldearly@localhost
+wait_children 1 20 || not_ok "worker for the early-ack cold shutdown started" "$(worker_log_tail)"
+early_id=$(sqlsend rel.pid '[3]')
+wait_rows "SELECT count(*) FROM kombu_message" 0 15
+sleep 0.5
+stop_worker QUIT 15
+out=$(rel wait "$early_id" --timeout 10)
+expect_eq "cold shutdown: the early-ack task killed running is FAILURE WorkerLostError" \
+    "FAILURE WorkerLostError(billiard.exceptions)" "$(summary <<<"$out")" "$out" "$(worker_log_tail 8)"
 
 # ---- PostgreSQL refusing the broker's connections ("too many connections") ---------------
 # The broker connects as a role of its own whose CONNECTION LIMIT drops to 0

@@ -55,6 +55,8 @@ enum {
     OPT_PIDFILE,
     OPT_AUTOSCALE,
     OPT_DB_BUDGET,
+    OPT_BROKER_TRANSPORT_OPTION,
+    OPT_BACKEND_TRANSPORT_OPTION,
 };
 
 static const struct option options[] = {
@@ -63,6 +65,8 @@ static const struct option options[] = {
     {"queues", required_argument, NULL, 'Q'},
     {"broker", required_argument, NULL, 'b'},
     {"result-backend", required_argument, NULL, OPT_RESULT_BACKEND},
+    {"broker-transport-option", required_argument, NULL, OPT_BROKER_TRANSPORT_OPTION},
+    {"result-backend-transport-option", required_argument, NULL, OPT_BACKEND_TRANSPORT_OPTION},
     {"db", required_argument, NULL, OPT_DB},
     {"loglevel", required_argument, NULL, 'l'},
     {"hostname", required_argument, NULL, 'n'},
@@ -113,11 +117,18 @@ static const char usage_text[] =
     "  -c, --concurrency N         child processes (env CELERIAC_CONCURRENCY; default: CPUs)\n"
     "  -Q, --queues Q1,Q2          queues to consume (env CELERIAC_QUEUES; default: celery)\n"
     "  -b, --broker URL            redis://[:pass@]host:port/db (env CELERIAC_BROKER_URL;\n"
-    "                              default: redis://localhost:6379/0)\n"
+    "                              default: redis://localhost:6379/0); Redis Sentinel as\n"
+    "                              kombu: 'sentinel://[:pass@]h1:26379;sentinel://h2:26379'\n"
+    "      --broker-transport-option KEY=VALUE\n"
+    "                              kombu's broker_transport_options; celeriac knows\n"
+    "                              master_name (required with sentinel://)\n"
     "      --result-backend URL    store results: redis://..., rpc:// (amqp:// broker),\n"
     "                              db+postgresql://... or db+sqlite:///path (Celery's\n"
     "                              celery_taskmeta table) (env CELERIAC_RESULT_BACKEND;\n"
-    "                              default: none, as Celery)\n"
+    "                              default: none, as Celery); sentinel://... as for -b\n"
+    "      --result-backend-transport-option KEY=VALUE\n"
+    "                              Celery's result_backend_transport_options: master_name\n"
+    "                              (required with a sentinel:// result backend)\n"
     "      --db URL                postgresql://..., a libpq conninfo, sqlite:///abs/path or\n"
     "                              sqlite://rel/path (env CELERIAC_DB_URL; default: none)\n"
     "  -l, --loglevel LEVEL        debug, info, warning, error, critical (env\n"
@@ -325,6 +336,36 @@ static int set_metrics(struct worker_config *cfg, const char *v, const char *fro
     return 0;
 }
 
+/* --broker-transport-option / --result-backend-transport-option KEY=VALUE:
+ * of kombu's and Celery's transport options only master_name means
+ * something here; any other key is refused rather than ignored. */
+static int set_transport_option(char **master_name, const char *flag, const char *v)
+{
+    const char *eq = strchr(v, '=');
+    if (!eq || eq == v)
+        return usage_error("%s wants KEY=VALUE, got '%s'", flag, v);
+    if ((size_t)(eq - v) != strlen("master_name") || strncmp(v, "master_name", 11))
+        return usage_error("%s: unknown option '%.*s' (celeriac knows master_name)", flag,
+                           (int)(eq - v > 64 ? 64 : eq - v), v);
+    if (!eq[1] || strlen(eq + 1) > 120)
+        return usage_error("%s master_name wants a name of 1 to 120 bytes", flag);
+    set_str(master_name, eq + 1);
+    return 0;
+}
+
+/* The master_name option and a sentinel:// URL go together. */
+static int attach_master_name(struct redis_url *u, const char *master_name, const char *what,
+                              const char *flag)
+{
+    if (redis_url_is_sentinel(u) && !master_name)
+        return usage_error("bad %s URL: sentinel:// needs %s master_name=NAME", what, flag);
+    if (!redis_url_is_sentinel(u) && master_name)
+        return usage_error("%s master_name applies to a sentinel:// %s URL only", flag, what);
+    if (master_name)
+        u->master_name = xstrdup(master_name);
+    return 0;
+}
+
 /* Environment first, so flags override it. */
 static int apply_env(struct worker_config *cfg, const char **db_url)
 {
@@ -386,6 +427,16 @@ static int parse_flags(struct worker_config *cfg, int argc, char **argv, const c
             break;
         case OPT_RESULT_BACKEND:
             set_str(&cfg->backend_url, optarg);
+            break;
+        case OPT_BROKER_TRANSPORT_OPTION:
+            if (set_transport_option(&cfg->broker_master_name, "--broker-transport-option",
+                                     optarg))
+                return EXIT_USAGE;
+            break;
+        case OPT_BACKEND_TRANSPORT_OPTION:
+            if (set_transport_option(&cfg->backend_master_name,
+                                     "--result-backend-transport-option", optarg))
+                return EXIT_USAGE;
             break;
         case OPT_DB:
             *db_url = optarg;
@@ -578,7 +629,8 @@ static int parse_broker_url(struct worker_config *cfg, struct err *e)
         const char *sep = strstr(cfg->broker_url, "://");
         if (rc && sep && strstr(e->msg, "unsupported scheme"))
             err_set(e, rc, "unsupported scheme '%.*s' (want redis://, redis+socket://, "
-                    "amqp://, amqps://, pyamqp://, sqla+postgresql:// or sqla+sqlite:///)",
+                    "sentinel://, amqp://, amqps://, pyamqp://, sqla+postgresql:// or "
+                    "sqla+sqlite:///)",
                     (int)(sep - cfg->broker_url > 32 ? 32 : sep - cfg->broker_url),
                     cfg->broker_url);
         return rc;
@@ -631,6 +683,13 @@ static int validate(struct worker_config *cfg, const char *db_url)
         cfg->broker_url = xstrdup("redis://localhost:6379/0");
     if (parse_broker_url(cfg, &e))
         return usage_error("bad broker URL: %s", e.msg);
+    if (cfg->broker.kind == BROKER_REDIS &&
+        attach_master_name(&cfg->broker.url, cfg->broker_master_name, "broker",
+                           "--broker-transport-option"))
+        return EXIT_USAGE;
+    if (cfg->broker.kind != BROKER_REDIS && cfg->broker_master_name)
+        return usage_error("--broker-transport-option master_name applies to a sentinel:// "
+                           "broker URL only");
     if (cfg->broker.queue_max_priority && cfg->broker.queue_type &&
         !strcmp(cfg->broker.queue_type, "quorum"))
         return usage_error("--queue-max-priority applies to classic queues only: quorum queues "
@@ -654,8 +713,14 @@ static int validate(struct worker_config *cfg, const char *db_url)
     } else if (cfg->backend_url) {
         if (redis_url_parse(&cfg->backend.url, cfg->backend_url, &e))
             return usage_error("bad result backend URL: %s", e.msg);
+        if (attach_master_name(&cfg->backend.url, cfg->backend_master_name, "result backend",
+                               "--result-backend-transport-option"))
+            return EXIT_USAGE;
         cfg->backend.enabled = true;
     }
+    if (cfg->backend_master_name && !redis_url_is_sentinel(&cfg->backend.url))
+        return usage_error("--result-backend-transport-option master_name applies to a "
+                           "sentinel:// result backend URL only");
     if (db_url) {
         if (db_url_classify(db_url, &cfg->db.kind, &cfg->db.sqlite_path, &e))
             return usage_error("bad database URL: %s", e.msg);

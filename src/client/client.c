@@ -89,6 +89,8 @@ API struct celeriac_client *celeriac_client_new(const char *broker_url, const ch
     if (!broker_url)
         broker_url = "redis://localhost:6379/0";
     c->on_amqp = amqp_url_is_amqp(broker_url);
+    /* NEEDSWORK(#14): the API has no master_name, so a sentinel:// URL
+     * fails to open with a line saying so. */
     if (sql_broker_url_is_sql(broker_url)) {
         if (open_sql(c, broker_url, &e))
             goto out_fail;

@@ -87,6 +87,8 @@ struct control_transport *control_client_redis_open(const char *url, const char 
     buf_init(&t->queue);
     buf_addf(&t->queue, "%s." PIDBOX_REPLY_EXCHANGE, oid);
     buf_addf(&t->member, "%s\x06\x16\x06\x16%s", oid, t->queue.data);
+    /* NEEDSWORK(#14): no way to pass master_name yet, so a sentinel://
+     * broker fails here with "needs the master_name transport option". */
     if (redis_url_parse(&t->url, url, e) || redis_link_open(&t->link, &t->url, e))
         goto out_free;
     redisReply *r = redis_link_command(&t->link, e, "SADD _kombu.binding.%s %b",

@@ -5,6 +5,7 @@
 #include "common.h"
 #include "util/log.h"
 #include "util/redis_link.h"
+#include "util/redis_sentinel.h"
 #include "util/self.h"
 #include "util/time.h"
 #include "util/url.h"
@@ -34,18 +35,50 @@ static void describe(const struct redis_url *u, char *out, size_t n)
         snprintf(out, n, "%s:%d", u->host, u->port);
 }
 
-int redis_link_open(struct redis_link *l, const struct redis_url *u, struct err *e)
+/* Asks the server its role: a sentinel-found address must be the master
+ * now (a replica until the sentinels have reconfigured it is not). */
+static int check_master(struct redis_link *l, const char *where, const struct redis_url *u,
+                        struct err *e)
+{
+    redisReply *r = redis_link_command(l, e, "ROLE");
+    if (!r)
+        return E_CONN_LOST;
+    bool master = r->type == REDIS_REPLY_ARRAY && r->elements > 0 &&
+                  r->element[0]->type == REDIS_REPLY_STRING && !strcmp(r->element[0]->str, "master");
+    if (!master)
+        err_set(e, E_CONN_LOST, "'%s', named master '%s' by the sentinels, is not a master "
+                "(ROLE: %s)", where, u->master_name,
+                r->type == REDIS_REPLY_ARRAY && r->elements > 0 &&
+                        r->element[0]->type == REDIS_REPLY_STRING ? r->element[0]->str
+                : r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+    freeReplyObject(r);
+    if (!master)
+        redis_link_close(l, NULL);
+    return master ? 0 : E_CONN_LOST;
+}
+
+/* Connects to host:port (or u's socket), then AUTH, SELECT, scripts and,
+ * for a sentinel-found master (via names the sentinel), the ROLE check. */
+static int open_at(struct redis_link *l, const struct redis_url *u, const char *host, int port,
+                   const char *via, struct err *e)
 {
     char where[300];
-    describe(u, where, sizeof(where));
-    redis_link_close(l, NULL);
+    bool sentinel = via != NULL;
+    if (sentinel)
+        snprintf(where, sizeof(where), "%s:%d", host, port);
+    else
+        describe(u, where, sizeof(where));
     struct timeval ct = {.tv_sec = CONNECT_TIMEOUT_S};
     redisContext *c = u->socket ? redisConnectUnixWithTimeout(u->socket, ct)
-                                : redisConnectWithTimeout(u->host, u->port, ct);
+                                : redisConnectWithTimeout(host, port, ct);
     if (!c)
         return err_set(e, E_CONN_LOST, "connect to '%s' failed: out of memory", where);
     if (c->err) {
-        err_set(e, E_CONN_LOST, "connect to '%s' failed: %s", where, c->errstr);
+        if (sentinel)
+            err_set(e, E_CONN_LOST, "connect to '%s' (master '%s' per sentinel %s) failed: %s",
+                    where, u->master_name, via, c->errstr);
+        else
+            err_set(e, E_CONN_LOST, "connect to '%s' failed: %s", where, c->errstr);
         redisFree(c);
         return E_CONN_LOST;
     }
@@ -56,6 +89,8 @@ int redis_link_open(struct redis_link *l, const struct redis_url *u, struct err 
     l->ctx = c;
     l->owner = self_pid();
     l->connected_ms = time_mono_ms();
+    l->follow_master = sentinel;
+    l->moves_seen = redis_sentinel_moves(); /* again below: this open may be the move */
 
     redisReply *r = NULL;
     if (u->password) {
@@ -91,12 +126,34 @@ int redis_link_open(struct redis_link *l, const struct redis_url *u, struct err 
         memcpy((*s)->sha, r->str, 41);
         freeReplyObject(r);
     }
+    if (sentinel) {
+        if (check_master(l, where, u, e))
+            return E_CONN_LOST;
+        redis_sentinel_confirmed(u, where, via);
+        l->moves_seen = redis_sentinel_moves();
+    }
     return 0;
 
 out_close:
     freeReplyObject(r);
     redis_link_close(l, NULL);
     return E_CONN_LOST;
+}
+
+int redis_link_open(struct redis_link *l, const struct redis_url *u, struct err *e)
+{
+    redis_link_close(l, NULL);
+    if (!redis_url_is_sentinel(u))
+        return open_at(l, u, u->host, u->port, NULL, e);
+    char host[256], via[300];
+    int port;
+    int rc = redis_sentinel_locate(u, host, sizeof(host), &port, via, sizeof(via), e);
+    if (rc)
+        return rc == -EINVAL ? rc : E_CONN_LOST;
+    rc = open_at(l, u, host, port, via, e);
+    if (rc)
+        redis_sentinel_distrust(u); /* a stale sentinel must not keep us there */
+    return rc;
 }
 
 void redis_link_close(struct redis_link *l, const char *reason)
@@ -115,13 +172,16 @@ void redis_link_close(struct redis_link *l, const char *reason)
 
 /* Error replies that mean "not now" rather than "never": the server is
  * loading its dataset after a restart, or busy with a script. Treated like
- * a lost connection so callers reconnect and retry with backoff. */
-static bool is_transient_error(const redisReply *r)
+ * a lost connection so callers reconnect and retry with backoff. On a link
+ * to a sentinel-found master, READONLY and UNBLOCKED mean it moved: the
+ * reconnect asks the sentinels again. */
+static bool is_transient_error(const struct redis_link *l, const redisReply *r)
 {
     return r && r->type == REDIS_REPLY_ERROR &&
            (!strncmp(r->str, "LOADING", 7) || !strncmp(r->str, "BUSY", 4) ||
             !strncmp(r->str, "NOSCRIPT", 8) ||
-            !strncmp(r->str, "MASTERDOWN", 10) || !strncmp(r->str, "TRYAGAIN", 8));
+            !strncmp(r->str, "MASTERDOWN", 10) || !strncmp(r->str, "TRYAGAIN", 8) ||
+            (l->follow_master && redis_sentinel_is_moved_error(r->str)));
 }
 
 /* Called after a failed hiredis call: the connection is unusable. */
@@ -140,7 +200,7 @@ static redisReply *checked(struct redis_link *l, redisReply *r, struct err *e)
         lost(l, e);
         return NULL;
     }
-    if (!is_transient_error(r))
+    if (!is_transient_error(l, r))
         return r;
     char why[128];
     snprintf(why, sizeof(why), "%s", r->str);
@@ -160,6 +220,14 @@ static bool owned(struct redis_link *l, struct err *e)
         /* A forked copy must never speak on its parent's socket. */
         err_set(e, E_CONN_LOST, "%s connection opened by pid %d used from pid %d", l->role,
                 (int)l->owner, (int)self_pid());
+        return false;
+    }
+    if (l->follow_master && l->moves_seen != redis_sentinel_moves()) {
+        /* Another link of this process found the master elsewhere: what
+         * this one would write (a result, an ack) must go there too, not
+         * to a master whose unreplicated writes are about to vanish. */
+        err_set(e, E_CONN_LOST, "%s connection: the sentinels named another master", l->role);
+        redis_link_close(l, "the sentinels named another master");
         return false;
     }
     return true;

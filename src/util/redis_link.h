@@ -17,6 +17,8 @@ struct redis_link {
     int64_t connected_ms;   /* monotonic time of the connect, for the age in logs */
     const char *role;       /* "broker" or "backend": names the link in messages */
     int pending;            /* replies of sent-and-not-awaited commands still to read */
+    bool follow_master;     /* opened through sentinels: READONLY means "find it again" */
+    unsigned moves_seen;    /* redis_sentinel_moves() at the open; a later move closes it */
     struct redis_script *const *scripts; /* NULL-terminated: loaded on every open */
 };
 
@@ -29,7 +31,10 @@ struct redis_script {
 
 void redis_link_init(struct redis_link *l, const char *role);
 /* Connects to u (TCP keepalive, connect and command timeouts, AUTH, SELECT).
- * Returns 0, or E_CONN_LOST with "connect to 'host:port' failed: ..." in e. */
+ * A sentinel:// u is first resolved through its sentinels (redis_sentinel.h)
+ * and the server's ROLE must be master. Returns 0, or E_CONN_LOST with
+ * "connect to 'host:port' failed: ..." (or the sentinels' reason) in e, or
+ * -EINVAL when a sentinel:// u has no master_name. */
 int redis_link_open(struct redis_link *l, const struct redis_url *u, struct err *e);
 /* Closes the connection (NULL-safe, idempotent) and logs why with its age
  * when reason is not NULL. */

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT
- * url.c: parsing redis:// URLs, classifying database URLs, masking passwords.
+ * url.c: parsing redis:// URLs and sentinel:// lists, classifying database URLs, masking passwords.
  */
 #include "common.h"
 #include "util/buf.h"
@@ -57,6 +57,10 @@ char *url_pct_decode(const char *s, size_t len)
 
 void redis_url_release(struct redis_url *u)
 {
+    for (size_t i = 0; i < u->n_sentinels; i++)
+        free(u->sentinels[i].host);
+    free(u->sentinels);
+    free(u->master_name);
     free(u->host);
     free(u->socket);
     free(u->username);
@@ -81,18 +85,10 @@ static int parse_socket_url(struct redis_url *u, const char *rest, struct err *e
     return 0;
 }
 
-int redis_url_parse(struct redis_url *u, const char *s, struct err *e)
+/* Host, port, user, password and database of a TCP URL from p, the text
+ * after its "scheme://". */
+static int parse_tcp(struct redis_url *u, const char *p, struct err *e)
 {
-    memset(u, 0, sizeof(*u));
-    u->port = 6379;
-    if (!strncasecmp(s, "redis+socket://", 15))
-        return parse_socket_url(u, s + 15, e);
-    if (!strncasecmp(s, "unix://", 7))
-        return parse_socket_url(u, s + 7, e);
-    if (strncasecmp(s, "redis://", 8))
-        return err_set(e, -EINVAL, "unsupported scheme '%.*s' (want redis://)",
-                       strstr(s, "://") ? (int)(strstr(s, "://") - s) : 16, s);
-    const char *p = s + 8;
     const char *end = p + strcspn(p, "/?#");
     const char *at = NULL;
     for (const char *c = p; c < end; c++)
@@ -135,6 +131,93 @@ int redis_url_parse(struct redis_url *u, const char *s, struct err *e)
                            (int)strcspn(end + 1, "?#"), end + 1);
     }
     return 0;
+}
+
+/* True when the len bytes at p start with scheme "://". */
+static bool part_has_scheme(const char *p, size_t len, const char *scheme)
+{
+    size_t n = strlen(scheme);
+    return len >= n + 3 && !strncasecmp(p, scheme, n) && !strncmp(p + n, "://", 3);
+}
+
+/* kombu's sentinel list: sentinel://[[user]:pass@]h1[:port][/db];sentinel://h2...
+ * Every part must be sentinel://; the first one's credentials and database
+ * are the master's (kombu takes them from the connection's own URL). */
+static int parse_sentinel_list(struct redis_url *u, const char *s, struct err *e)
+{
+    const char *p = s;
+    for (size_t i = 0; *p || i == 0; i++) {
+        size_t len = strcspn(p, ";");
+        if (!part_has_scheme(p, len, "sentinel")) {
+            const char *sep = memmem(p, len, "://", 3);
+            if (sep)
+                return err_set(e, -EINVAL, "a sentinel list mixes 'sentinel://' with '%.*s://' "
+                               "(every ';'-separated part must be sentinel://)",
+                               (int)(sep - p > 32 ? 32 : sep - p), p);
+            return err_set(e, -EINVAL, "sentinel list part %zu is not a sentinel:// URL", i + 1);
+        }
+        if (u->n_sentinels >= 64)
+            return err_set(e, -EINVAL, "a sentinel list of more than 64 sentinels");
+        char *part = xstrndup(p + 11, len - 11);
+        struct redis_url one = {.port = 26379};
+        int rc = parse_tcp(&one, part, e);
+        free(part);
+        if (rc) {
+            redis_url_release(&one);
+            return rc;
+        }
+        u->sentinels = xrealloc(u->sentinels, (u->n_sentinels + 1) * sizeof(*u->sentinels));
+        u->sentinels[u->n_sentinels++] = (struct redis_sentinel_addr){.host = one.host,
+                                                                      .port = one.port};
+        one.host = NULL;
+        if (i == 0) {
+            u->username = one.username;
+            u->password = one.password;
+            u->db = one.db;
+            one.username = one.password = NULL;
+        }
+        redis_url_release(&one);
+        p += len;
+        if (*p == ';' && !*++p)
+            return err_set(e, -EINVAL, "sentinel list ends with an empty part after ';'");
+    }
+    return 0;
+}
+
+bool redis_url_is_sentinel(const struct redis_url *u)
+{
+    return u->n_sentinels > 0;
+}
+
+int redis_url_parse(struct redis_url *u, const char *s, struct err *e)
+{
+    memset(u, 0, sizeof(*u));
+    u->port = 6379;
+    if (!strncasecmp(s, "sentinel://", 11)) {
+        u->port = 0;
+        return parse_sentinel_list(u, s, e);
+    }
+    /* A ';' followed by another URL is kombu's failover list, which only
+     * sentinel:// has here (a ';' may also sit in a password). */
+    for (const char *semi = strchr(s, ';'); semi; semi = strchr(semi + 1, ';')) {
+        size_t len = strcspn(semi + 1, ";");
+        const char *sep = memmem(semi + 1, len, "://", 3);
+        if (!sep)
+            continue;
+        if (part_has_scheme(semi + 1, len, "sentinel"))
+            return err_set(e, -EINVAL, "a sentinel list mixes '%.*s://' with 'sentinel://' "
+                           "(every ';'-separated part must be sentinel://)",
+                           strstr(s, "://") ? (int)(strstr(s, "://") - s) : 16, s);
+        return err_set(e, -EINVAL, "a ';'-separated list of URLs is for sentinel:// only");
+    }
+    if (!strncasecmp(s, "redis+socket://", 15))
+        return parse_socket_url(u, s + 15, e);
+    if (!strncasecmp(s, "unix://", 7))
+        return parse_socket_url(u, s + 7, e);
+    if (strncasecmp(s, "redis://", 8))
+        return err_set(e, -EINVAL, "unsupported scheme '%.*s' (want redis:// or sentinel://)",
+                       strstr(s, "://") ? (int)(strstr(s, "://") - s) : 16, s);
+    return parse_tcp(u, s + 8, e);
 }
 
 int db_url_classify(const char *s, enum db_kind *kind, char **path, struct err *e)
@@ -218,6 +301,16 @@ static void mask_conninfo(struct buf *out, const char *s)
 
 void url_mask(struct buf *out, const char *s)
 {
+    /* kombu's ';' list (sentinel://...;sentinel://...): each URL on its own */
+    const char *semi = strchr(s, ';');
+    if (semi && strstr(semi, "://")) {
+        char *first = xstrndup(s, (size_t)(semi - s));
+        url_mask(out, first);
+        free(first);
+        buf_addch(out, ';');
+        url_mask(out, semi + 1);
+        return;
+    }
     const char *scheme = strstr(s, "://");
     if (!scheme) {
         mask_conninfo(out, s);

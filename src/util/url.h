@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT
- * url.h: the URLs celeriac accepts (redis://, postgresql:// or libpq conninfo,
- * sqlite://) and their password-free rendering for logs and the banner.
+ * url.h: the URLs celeriac accepts (redis://, kombu's sentinel:// lists,
+ * postgresql:// or libpq conninfo, sqlite://) and their password-free
+ * rendering for logs and the banner.
  * PostgreSQL strings are only classified and masked here; libpq parses them.
  */
 #ifndef CELERIAC_URL_H
@@ -8,7 +9,16 @@
 
 struct buf;
 
-/* redis://[[user]:password@]host[:port][/db]; unix socket: redis+socket:///path[?db=N] */
+/* One sentinel of a sentinel:// list. */
+struct redis_sentinel_addr {
+    char *host;       /* owned */
+    int port;         /* 26379 by default */
+};
+
+/* redis://[[user]:password@]host[:port][/db]; unix socket: redis+socket:///path[?db=N];
+ * kombu's sentinel://[[user]:password@]host[:port][/db];sentinel://host[:port]...:
+ * the user, password and database of the first part apply to the master the
+ * sentinels name (as kombu's), host and port are left NULL/0 until then. */
 struct redis_url {
     char *host;       /* owned; NULL for a unix socket */
     int port;         /* 6379 by default */
@@ -16,11 +26,16 @@ struct redis_url {
     int db;           /* database index, 0 by default */
     char *username;   /* owned or NULL */
     char *password;   /* owned or NULL; never logged */
+    struct redis_sentinel_addr *sentinels; /* owned, n_sentinels long; NULL unless sentinel:// */
+    size_t n_sentinels;
+    char *master_name; /* owned; the master_name transport option (sentinel:// only) */
 };
 
 /* Parses s into u (which the caller releases with redis_url_release, also on
  * failure). Returns 0 or -EINVAL with the reason in e. */
 int redis_url_parse(struct redis_url *u, const char *s, struct err *e);
+/* True when u is a sentinel:// list. */
+bool redis_url_is_sentinel(const struct redis_url *u);
 void redis_url_release(struct redis_url *u);
 
 enum db_kind {

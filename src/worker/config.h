@@ -37,6 +37,8 @@ struct worker_config {
     enum log_level log_level;       /* -l */
     char *broker_url;               /* -b as given (for the banner, masked) */
     char *backend_url;              /* --result-backend as given, or NULL */
+    char *broker_master_name;       /* --broker-transport-option master_name=, or NULL */
+    char *backend_master_name;      /* --result-backend-transport-option master_name=, or NULL */
     struct broker_config broker;
     struct backend_config backend;
     struct db_config db;

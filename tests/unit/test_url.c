@@ -492,4 +492,59 @@ TEST(mask_appends)
     buf_release(&out);
 }
 
+TEST(sentinel_list_as_kombu_writes_it)
+{
+    struct redis_url u;
+    parse_ok(&u, "sentinel://:s3cret@10.0.0.1:26380/2;sentinel://h2;SENTINEL://[::1]:26381");
+    ASSERT_TRUE(redis_url_is_sentinel(&u));
+    ASSERT_EQ_SIZE(u.n_sentinels, 3);
+    ASSERT_EQ_STR(u.sentinels[0].host, "10.0.0.1");
+    ASSERT_EQ_INT(u.sentinels[0].port, 26380);
+    ASSERT_EQ_STR(u.sentinels[1].host, "h2");
+    ASSERT_EQ_INT(u.sentinels[1].port, 26379);
+    ASSERT_EQ_STR(u.sentinels[2].host, "::1");
+    ASSERT_EQ_INT(u.sentinels[2].port, 26381);
+    ASSERT_EQ_STR(u.password, "s3cret"); /* the first part's, for the master */
+    ASSERT_EQ_INT(u.db, 2);
+    ASSERT_NULL(u.host);
+    ASSERT_NULL(u.master_name); /* a transport option, set by the caller */
+    redis_url_release(&u);
+
+    parse_ok(&u, "sentinel://localhost:26379");
+    ASSERT_EQ_SIZE(u.n_sentinels, 1);
+    ASSERT_NULL(u.password);
+    redis_url_release(&u);
+
+    parse_ok(&u, "redis://:a;b@h:6390/1"); /* a ';' in a password is no list */
+    ASSERT_FALSE(redis_url_is_sentinel(&u));
+    ASSERT_EQ_STR(u.password, "a;b");
+    redis_url_release(&u);
+}
+
+TEST(sentinel_list_refuses_mixed_schemes)
+{
+    struct redis_url u;
+    struct err e = {0};
+    ASSERT_EQ_INT(redis_url_parse(&u, "sentinel://h1:26379;redis://h2:6379", &e), -EINVAL);
+    ASSERT_CONTAINS(e.msg, "mixes");
+    ASSERT_CONTAINS(e.msg, "redis://");
+    redis_url_release(&u);
+    ASSERT_EQ_INT(redis_url_parse(&u, "redis://h1:6379;sentinel://h2:26379", &e), -EINVAL);
+    ASSERT_CONTAINS(e.msg, "mixes");
+    redis_url_release(&u);
+    ASSERT_EQ_INT(redis_url_parse(&u, "redis://h1:6379;redis://h2:6379", &e), -EINVAL);
+    ASSERT_CONTAINS(e.msg, "sentinel:// only");
+    redis_url_release(&u);
+    parse_bad("sentinel://h1;h2");
+    parse_bad("sentinel://h1:99999");
+    parse_bad("sentinel://h1;");
+}
+
+TEST(mask_sentinel_list)
+{
+    char *m = masked("sentinel://:p1@h1:26379;sentinel://u:p2@h2:26379");
+    ASSERT_EQ_STR(m, "sentinel://:***@h1:26379;sentinel://u:***@h2:26379");
+    free(m);
+}
+
 RUN_TESTS()

@@ -47,4 +47,27 @@ else
 fi
 stop_worker
 expect_eq "nothing left in kombu_message" 0 "$(psql_db -c "SELECT count(*) FROM kombu_message")"
+
+# ---- the lock path: an early-ack task's child killed inside its ack ----------------------
+# An early-ack worker takes rows by lock and acks with DELETE and COMMIT in
+# one round trip, at the task's start. A BEFORE DELETE trigger holds the
+# DELETE 3 s; the child is killed meanwhile. The COMMIT has already reached
+# the server, so the ack commits: the task counts as started and lost, as
+# on Redis, and its replacement stores WorkerLostError. It never runs.
+id=$(sqlc send tasks.add --args '[20, 22]')
+psql_db -c "CREATE FUNCTION slow_ack() RETURNS trigger LANGUAGE plpgsql AS \$\$BEGIN PERFORM pg_sleep(3); RETURN OLD; END\$\$;
+  CREATE TRIGGER slow_ack BEFORE DELETE ON kombu_message FOR EACH ROW EXECUTE FUNCTION slow_ack();"
+start_worker -c 1 -b "$SQL_BROKER" --result-backend "$REDIS_URL" --db "$PG_URL" -n lock@localhost
+acking() { [[ $(psql_db -c "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'celeriac broker%' AND query LIKE 'DELETE FROM kombu_message WHERE id = \$1' AND state = 'active'") == 1 ]]; }
+wait_for 10 acking || not_ok "the child is inside its ack" "$(worker_log_tail 5)"
+expect_eq "while it acks, the row is unchanged (taken by lock, never claimed)" "t|1" \
+    "$(psql_db -c "SELECT visible, version FROM kombu_message")"
+kill -KILL "$(worker_children)"
+out=$(sqlc wait "$id" --timeout 20)
+psql_db -c "DROP TRIGGER slow_ack ON kombu_message" >/dev/null
+expect_eq "killed inside its ack: WorkerLostError stored by the replacement, the row gone" \
+    "FAILURE=1 WorkerLostError 0" \
+    "$(states <<<"$out") $(grep -o WorkerLostError <<<"$out" | head -1) $(psql_db -c "SELECT count(*) FROM kombu_message")" \
+    "$out" "$(worker_log_tail 6)"
+stop_worker
 tap_done

@@ -16,6 +16,15 @@
  * still shown running it, before it runs regardless. */
 #define REAP_WAIT_MS 3000
 
+/* The outcome of a task whose process was killed is counted by the child
+ * that stores it (metrics: celery_task_failed_total / _revoked_total). */
+static void count_lost(struct child *c, const char *name, bool revoked)
+{
+    struct task_tally *t = tally_task_named(c, name);
+    if (t)
+        atomic_fetch_add(revoked ? &t->revoked : &t->failed, 1);
+}
+
 /* The lost task m fails with WorkerLostError, as Celery reports it; a
  * late-ack message is then acked. */
 static void fail_lost(struct child *c, struct message *m, bool late)
@@ -25,6 +34,7 @@ static void fail_lost(struct child *c, struct message *m, bool late)
     snprintf(text, sizeof(text), "Worker exited prematurely: signal %d (%s).", sig,
              sig ? strsignal(sig) : "exit");
     log_error("Task %s[%s] raised WorkerLostError: %s", m->task_name, m->task_id, text);
+    count_lost(c, m->task_name, false);
     settle_store_exception(c, m, "FAILURE", "WorkerLostError", "billiard.exceptions", text);
     struct err e = {0};
     if (late)
@@ -103,6 +113,7 @@ void recover_lost_task(struct child *c)
             log_error("restore of %s failed: %s; the visibility sweep will", s->lost_tag, e.msg);
     } else if (reason == LOST_REVOKED) {
         log_info("Task %s[%s] terminated by revoke", m.task_name, m.task_id);
+        count_lost(c, m.task_name, true);
         settle_store_exception(c, &m, "REVOKED", "TaskRevokedError", "celery.exceptions", "terminated");
         events_task(&c->events, "task-revoked", &m,
                    json_pack("{s:b, s:i, s:b}", "terminated", 1, "signum",
@@ -111,6 +122,7 @@ void recover_lost_task(struct child *c)
     } else if (reason == LOST_TIME_LIMIT) {
         log_error("Task %s[%s]: hard time limit (%gs) exceeded; its process was killed",
                   m.task_name, m.task_id, s->lost_time_limit);
+        count_lost(c, m.task_name, false);
         /* Celery stores the limit as sent: 2, not 2.0, for a whole number. */
         double limit = s->lost_time_limit;
         json_t *limit_json = limit == floor(limit) ? json_integer((json_int_t)limit)
@@ -179,6 +191,7 @@ bool recover_redelivered(struct child *c, struct message *m)
         log_error("Task %s[%s]: its process died in each of its %d runs; not run again "
                   "(--max-worker-lost-requeues %d): storing WorkerLostError and acking the "
                   "message", name, m->task_id, deaths, max);
+        count_lost(c, name, false);
         settle_store_exception(c, m, "FAILURE", "WorkerLostError", "billiard.exceptions", text);
     } else {
         log_warning("Task %s[%s]: back after its process died; its outcome (%s) is stored by "

@@ -63,35 +63,50 @@ try:
 except Exception as exc:
     print(type(exc).__name__)
 PY
+# A task killed by its hard time limit: failed, counted by the child that
+# replaces its process (which stores TimeLimitExceeded).
+"$PY" - <<'PY' >"$TEST_TMP/limited.out" 2>&1
+import client
+app = client.make_app()
+r = app.send_task("tasks.sleep", args=[5], time_limit=1)
+try:
+    r.get(timeout=20)
+    print("ran")
+except Exception as exc:
+    print(type(exc).__name__)
+PY
 wait "$sleepers"
-expect_eq "the client saw every outcome" "20 2 1 5 2 TaskRevokedError" \
+expect_eq "the client saw every outcome" "20 2 1 5 2 TaskRevokedError TimeLimitExceeded" \
     "$(grep -c '"value": 5' "$TEST_TMP/add.out") $(grep -c '"raised": "ValueError"' "$TEST_TMP/fail.out") \
 $(grep -c '"value": 1' "$TEST_TMP/flaky.out") $(grep -c '"ok": true' "$TEST_TMP/books.out") \
-$(grep -c '"ok": true' "$TEST_TMP/sleep.out") $(cat "$TEST_TMP/expired.out")"
+$(grep -c '"ok": true' "$TEST_TMP/sleep.out") $(cat "$TEST_TMP/expired.out") $(cat "$TEST_TMP/limited.out")"
 
-# messages: 20 add + 2 fail + 2 flaky (the retry is a new message) + 5 books + 2 sleep + 1 expired
-expect_eq "received = every message sent (retry included)" 32 "$(value celery_task_received_total)"
-expect_eq "received per task" "20 2 2 5 2 1" \
+# messages: 20 add + 2 fail + 2 flaky (the retry is a new message) + 5 books + 3 sleep
+# (one killed by its time limit) + 1 expired
+expect_eq "received = every message sent (retry included)" 33 "$(value celery_task_received_total)"
+expect_eq "received per task" "20 2 2 5 3 1" \
     "$(for t in tasks.add tasks.fail tasks.flaky books.get_book_info tasks.sleep tasks.echo; do
         printf '%s ' "$(value celery_task_received_total name=$t)"; done | sed 's/ $//')"
 expect_eq "succeeded per task (add flaky books sleep)" "20 1 5 2" \
     "$(for t in tasks.add tasks.flaky books.get_book_info tasks.sleep; do
         printf '%s ' "$(value celery_task_succeeded_total name=$t)"; done | sed 's/ $//')"
 expect_eq "succeeded in all" 28 "$(value celery_task_succeeded_total)"
-expect_eq "failed = tasks.fail sent, and nothing else" "2 2" \
-    "$(value celery_task_failed_total name=tasks.fail) $(value celery_task_failed_total)"
+expect_eq "failed = tasks.fail sent and the task killed by its time limit" "2 1 3" \
+    "$(value celery_task_failed_total name=tasks.fail) $(value celery_task_failed_total name=tasks.sleep) $(value celery_task_failed_total)"
 expect_eq "retried = the one retry" "1 1" \
     "$(value celery_task_retried_total name=tasks.flaky) $(value celery_task_retried_total)"
 expect_eq "revoked = the expired task" "1 1" \
     "$(value celery_task_revoked_total name=tasks.echo) $(value celery_task_revoked_total)"
-expect_eq "started = succeeded + failed + retried" 31 "$(value celery_task_started_total)"
+expect_eq "started = succeeded + failed + retried" 32 "$(value celery_task_started_total)"
 expect_eq "runtime histogram _count = succeeded + failed" 30 \
     "$(value celery_task_runtime_seconds_count)"
 expect_eq "tasks.sleep's runtimes fall in the 2.5 s bucket, not the 1.0 s one" "2 0" \
     "$(value celery_task_runtime_seconds_bucket name=tasks.sleep le=2.5) $(value celery_task_runtime_seconds_bucket name=tasks.sleep le=1.0)"
 expect_eq "no task active after the run" 0 "$(value celery_worker_tasks_active)"
 check "the exposition parses after the run" M check
-expect_eq "connect attempts: one per child, no reconnect, no cancel" "2 0 0" \
+# (the child killed by the time limit had its statement cancelled first; its
+# replacement connected anew)
+expect_eq "connect attempts: one per child and the replacement's, no reconnect, one cancel" "3 0 1" \
     "$(value celeriac_db_connect_attempts_total) $(value celeriac_db_reconnects_total) $(value celeriac_db_statements_cancelled_total)"
 rss=$(value celeriac_child_rss_bytes child=0)
 if [[ $rss =~ ^[0-9]+$ ]] && ((rss > 1000000)); then ok "child 0 reports its RSS ($rss bytes)"; else
@@ -99,15 +114,17 @@ if [[ $rss =~ ^[0-9]+$ ]] && ((rss > 1000000)); then ok "child 0 reports its RSS
 diag "sample scrape:" "$(curl -s "http://127.0.0.1:$MPORT/metrics" | grep -E '^(celery_task_(received|succeeded)_total\{name="tasks.add"|celery_task_runtime_seconds_(bucket\{name="tasks.sleep".*le="(1.0|2.5)"|count\{name="tasks.sleep")|celery_worker|celeriac_db_connection_up|celeriac_db_connection_age|celeriac_child_restarts)')"
 
 # ---- the metrics process killed: replaced, the worker unharmed ----------------
+restarts=$(value celeriac_child_restarts_total)
 old=$(metrics_pid)
 kill -KILL "$old"
 replaced() { local p; p=$(metrics_pid); [[ -n $p && $p != "$old" ]] && M check; }
 if wait_for 15 replaced; then ok "a killed metrics process is replaced and serves again"; else
     not_ok "a killed metrics process is replaced and serves again" "$(worker_log_tail)"; fi
-expect_eq "the counts survive the replacement" 32 "$(value celery_task_received_total)"
+expect_eq "the counts survive the replacement" 33 "$(value celery_task_received_total)"
 expect_eq "the worker still runs tasks" 1 \
     "$(client send tasks.add --args '[4, 5]' --timeout 20 | grep -c '"value": 9')"
-expect_eq "no child was restarted" 0 "$(value celeriac_child_restarts_total)"
+expect_eq "no child was restarted (1 before: the time limit's)" "1 $restarts" \
+    "$(value celeriac_child_restarts_total) $restarts"
 grep -q "metrics process (pid $old) killed by signal 9; replacing it" "$WORKER_LOG" &&
     ok "the master logged the metrics process's death" ||
     not_ok "the master logged the metrics process's death" "$(worker_log_tail)"

@@ -21,6 +21,7 @@ this starts is stopped by its pid; nothing else is touched.
 import datetime
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -684,6 +685,51 @@ def run_once(contender, workload, concurrency, rep, n, broker="redis"):
     return row
 
 
+PGBENCH = ENV.get("BENCH_PGBENCH", "1") == "1"
+
+
+def run_pgbench(concurrency, rep, n):
+    """The database alone: pgbench running books.get_book_info's statement
+    (prepared, random ids) over `concurrency` connections, n transactions in
+    all, against the same PostgreSQL as the workers, in the same run. What
+    a worker adds to the database's own cost shows beside it."""
+    script = os.path.join(TMP, "pgbench-w1.sql")
+    with open(script, "w") as f:
+        f.write(f"\\set id random(1, {BOOKS})\n"
+                "UPDATE books SET fetched_at = now() WHERE id = :id RETURNING title;\n")
+    pg_maintenance()
+    wait_for_quiet()
+    svc0 = service_cpu()
+    busy0, own0 = machine_busy(), own_cpu()
+    t = os.times()
+    child0 = t.children_user + t.children_system
+    t0 = time.monotonic()
+    out = subprocess.run(["pgbench", "-n", "-M", "prepared", "-c", str(concurrency), "-j",
+                          str(concurrency), "-t", str(max(1, n // concurrency)), "-f", script,
+                          PG_URL], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    wall = time.monotonic() - t0
+    t = os.times()
+    cpu = t.children_user + t.children_system - child0
+    svc1 = service_cpu()
+    busy1, own1 = machine_busy(), own_cpu()
+    m = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", out.stdout)
+    if out.returncode != 0 or not m:
+        die(f"pgbench failed ({out.returncode}): {out.stderr.strip()[-300:]}")
+    done = concurrency * max(1, n // concurrency)
+    row = {"broker": "pgbench", "contender": "pgbench", "workload": "W1",
+           "concurrency": concurrency, "rep": rep, "tasks": done, "wall_s": wall,
+           "rate": float(m.group(1)), "cpu_ms_per_task": 1000 * cpu / done,
+           "svc_cpu_ms_per_task": {k: 1000 * (svc1[k] - svc0[k]) / done for k in svc1},
+           "foreign_cpu": max(0.0, (busy1 - busy0) - (own1 - own0)
+                              - sum(svc1[k] - svc0[k] for k in svc1)) / wall}
+    log(f"W1 pgbench c={concurrency} rep {rep}: {row['rate']:8.0f} tx/s, "
+        f"PostgreSQL {row['svc_cpu_ms_per_task'].get('postgres', 0):.3f} CPU ms/tx, "
+        f"pgbench {row['cpu_ms_per_task']:.3f}"
+        + (f", others used {100 * row['foreign_cpu']:.0f} % of a CPU"
+           if row["foreign_cpu"] > 0.05 else ""))
+    return row
+
+
 def plan(rep, workload):
     """(broker, contender, tasks) of the runs of repetition rep at one point:
     the Redis contenders, then the RabbitMQ ones, then the PostgreSQL broker's."""
@@ -730,6 +776,9 @@ def throughput():
                             _reruns[0] -= 1
                             log("disturbed by other processes; running it again")
                         out.write(json.dumps(row) + "\n")
+                        out.flush()
+                    if PGBENCH and workload == "W1" and rep < REPS:
+                        out.write(json.dumps(run_pgbench(concurrency, rep, TASKS)) + "\n")
                         out.flush()
 
 

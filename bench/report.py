@@ -130,6 +130,40 @@ def throughput_table(runs, workload, key, title_note):
     return "\n".join(lines) + ("\n\n" + title_note if title_note else "")
 
 
+def pgbench_section(runs, sruns, pruns):
+    """W1 beside the database alone (issue 15, point 3): pgbench running the
+    task's statement at the same concurrency, in the same run."""
+    has_sql = bool(select(sruns, contender="celeriac", workload="W1"))
+    lines = ["| concurrency | pgbench (tx/s) | celeriac on Redis | / pgbench | floor (C) | / pgbench"
+             + (" | celeriac on `sqla+postgresql` | / pgbench" if has_sql else "")
+             + " | PostgreSQL CPU per tx, pgbench (ms) | others' CPU |",
+             "|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if has_sql else "") + "---:|---:|"]
+    for conc in bench.CONCURRENCIES:
+        p = select(pruns, concurrency=conc)
+        if not p:
+            continue
+        pb = med([r["rate"] for r in p])
+        cel = median_of(runs, "rate", contender="celeriac", workload="W1", concurrency=conc)
+        flo = median_of(runs, "rate", contender="floor", workload="W1", concurrency=conc)
+        row = f"| {conc} | {fmt(pb)} | {fmt(cel)} | {ratio(cel, pb)} | {fmt(flo)} | {ratio(flo, pb)}"
+        if has_sql:
+            sq = median_of(sruns, "rate", contender="celeriac", workload="W1", concurrency=conc)
+            row += f" | {fmt(sq)} | {ratio(sq, pb)}"
+        pg_cpu = med([r["svc_cpu_ms_per_task"].get("postgres", 0) for r in p])
+        foreign = med([r["foreign_cpu"] for r in p])
+        lines.append(row + f" | {fmt(pg_cpu, '{:.3f}')} | {fmt(100 * foreign)} % |")
+    return f"""## W1 beside the database alone: pgbench
+
+pgbench ran `books.get_book_info`'s statement (`UPDATE books SET fetched_at = now() WHERE
+id = :id RETURNING title`, prepared, random ids) over as many connections as the workers'
+concurrency, {bench.TASKS} transactions per run, against the same PostgreSQL, interleaved
+with the workers' runs (median of {max((r["rep"] for r in pruns), default=0) + 1}). A
+worker at 1.00 × pgbench would add nothing visible to the database's own cost.
+
+{chr(10).join(lines)}
+"""
+
+
 def cpu_table(runs, workload):
     lines = ["| concurrency | " + " | ".join(NAMES[c] for c in bench.CONTENDERS)
              + " | celeriac / floor | Redis: " + " / ".join(bench.CONTENDERS)
@@ -692,6 +726,7 @@ def main():
     runs = select(all_runs, broker="redis")  # every table of issue 5 is about these
     aruns = select(all_runs, broker="amqp")
     sruns = select(all_runs, broker="sql")
+    pruns = select(all_runs, broker="pgbench")
     with open(os.path.join(bench.TMP, "latency.jsonl")) as f:
         all_lats = [json.loads(line) for line in f]
     lats = [r for r in all_lats if r["variant"] in ("a", "b")]  # Redis's W3
@@ -734,6 +769,7 @@ Including start-up (from starting the worker to the last result, polled every 10
 
 {throughput_table(runs, "W1", "wall_rate", "")}
 
+{pgbench_section(runs, sruns, pruns) if pruns else ""}
 ### Worker CPU per task, W1 (ms; master + every child; median)
 
 {cpu_table(runs, "W1")}

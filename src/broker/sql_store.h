@@ -22,6 +22,13 @@
  * Giving back sets visible, a NULL timestamp and version -v + 1: the row
  * keeps its id and so its place at the front of kombu's ORDER BY timestamp,
  * id.
+ *
+ * Where the database has row locks that outlive a statement (PostgreSQL),
+ * a row may also be taken by lock alone: an open transaction holds it,
+ * unchanged, until the ack deletes it and commits (an early ack, at the
+ * task's start), a claim as above replaces the lock (anything that waits),
+ * or a rollback (or the death of the process) leaves it as it was. Its tag
+ * is "id:+version", which no claim has.
  */
 #ifndef CELERIAC_BROKER_SQL_STORE_H
 #define CELERIAC_BROKER_SQL_STORE_H

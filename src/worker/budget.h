@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT
- * worker/budget.h: the database connection budget. Before the first fork the
- * master compares the connections the worker will open with the room the
- * PostgreSQL server has left, counting what other celeriac workers hold;
- * child 0 counts again now and then. SQLite and a worker without PostgreSQL:
+ * worker/budget.h: the database connection budget. Before its first child,
+ * the worker (in a short-lived process of the master's) compares the
+ * connections it will open with the room the PostgreSQL server has left,
+ * counting what other celeriac workers hold; child 0 counts again now and
+ * then. SQLite and a worker without PostgreSQL:
  * nothing to do.
  */
 #ifndef CELERIAC_WORKER_BUDGET_H
@@ -24,7 +25,8 @@
  * PostgreSQL is configured. */
 int budget_planned(const struct worker_config *cfg, const struct db_config **server);
 
-/* Master only, before the first fork (it holds no connection afterwards):
+/* In a short-lived process the master forks before its first child
+ * (spawn_budget_check), so the master itself never connects:
  * opens one short-lived connection, counts, closes it, writes the numbers
  * to sb->shared->budget, and logs one line: info within the budget, a
  * warning with the numbers over it. Under DB_BUDGET_STRICT an overrun (or a

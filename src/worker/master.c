@@ -10,7 +10,6 @@
 #include "util/proctitle.h"
 #include "util/time.h"
 #include "worker/autoscale.h"
-#include "worker/budget.h"
 #include "worker/master.h"
 #include "worker/reload.h"
 #include "worker/scoreboard.h"
@@ -682,9 +681,9 @@ int master_run(struct worker_config *cfg)
             log_info("%d revoked task id%s loaded from --statedb '%s'", loaded,
                      loaded == 1 ? "" : "s", cfg->statedb);
     }
-    /* Here, before the first fork: the check's connection is closed before
-     * any child exists, so none inherits it (budget.h). */
-    if (budget_check(cfg, &m.sb)) {
+    /* Before the first child, in a process of its own: the master holds no
+     * connection, and strict mode refuses before anything starts. */
+    if (spawn_budget_check(cfg, &m.sb, m.deathwatch)) {
         close(m.deathwatch[0]);
         close(m.deathwatch[1]);
         scoreboard_destroy(&m.sb);

@@ -5,10 +5,14 @@
 #include "util/self.h"
 #include "control/process.h"
 #include "metrics/process.h"
+#include "util/log.h"
 #include "worker/child.h"
 #include "worker/salvage.h"
 #include "worker/signals.h"
 #include "worker/spawn.h"
+#include "worker/budget.h"
+
+#include <sys/wait.h>
 
 /* Forks with every signal blocked so the child starts with default
  * handlers and no pending master work; runs `run` in the child. */
@@ -81,6 +85,26 @@ pid_t spawn_salvage(const struct worker_config *cfg, struct scoreboard *sb,
 {
     struct spawn_args a = {cfg, sb, -1, deathwatch[0]};
     return fork_clean(deathwatch, run_salvage, &a);
+}
+
+static void run_budget_check(void *arg)
+{
+    struct spawn_args *a = arg;
+    log_set_process("MainProcess"); /* its one line is the master's to say */
+    _exit(budget_check(a->cfg, a->sb));
+}
+
+int spawn_budget_check(const struct worker_config *cfg, struct scoreboard *sb,
+                       const int deathwatch[2])
+{
+    struct spawn_args a = {cfg, sb, -1, deathwatch[0]};
+    pid_t pid = fork_clean(deathwatch, run_budget_check, &a);
+    if (pid < 0)
+        return 0; /* no check: the children report what they meet */
+    int status;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+        ;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 0;
 }
 
 static void run_metrics(void *arg)

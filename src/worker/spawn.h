@@ -23,6 +23,12 @@ pid_t spawn_control(const struct worker_config *cfg, struct scoreboard *sb,
 pid_t spawn_metrics(const struct worker_config *cfg, struct scoreboard *sb,
                     const int deathwatch[2]);
 
+/* Runs the connection budget check (worker/budget.h) in a short-lived
+ * process, so that the master never holds a connection, and waits for it:
+ * its exit status (EXIT_USAGE: strict refused), 0 when it could not run. */
+int spawn_budget_check(const struct worker_config *cfg, struct scoreboard *sb,
+                       const int deathwatch[2]);
+
 /* Forks the salvage process (worker/salvage.h). Returns its pid, or -errno. */
 pid_t spawn_salvage(const struct worker_config *cfg, struct scoreboard *sb,
                     const int deathwatch[2]);

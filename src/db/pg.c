@@ -285,6 +285,12 @@ bool db_pg_message_is_full(const char *msg)
                    strstr(msg, "connection slots are reserved"));
 }
 
+bool db_pg_message_is_pooled(const char *msg)
+{
+    return msg && strstr(msg, "prepared statement \"") &&
+           (strstr(msg, "\" does not exist") || strstr(msg, "\" already exists"));
+}
+
 int db_pg_census(struct db_conn *c, int64_t timeout_ms, struct db_census *out, struct err *e)
 {
     /* current_setting(name, true) is NULL where the setting does not exist

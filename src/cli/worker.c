@@ -802,7 +802,9 @@ static void print_banner(const struct worker_config *cfg)
         buf_adds(&backend, "disabled");
     if (cfg->db.url) {
         url_mask(&db, cfg->db.url);
-        buf_adds(&db, " (one connection per child)");
+        buf_adds(&db, cfg->db.pooled ? " (one connection per child, through a transaction "
+                                       "pooler)"
+                                     : " (one connection per child)");
     } else {
         buf_adds(&db, "none");
     }

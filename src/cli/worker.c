@@ -775,7 +775,11 @@ static int validate(struct worker_config *cfg, const char *db_url)
             transactional = cfg->lib.desc->tasks[i].name;
     }
     /* The SQL transport keeps session state on its connection (LISTEN, its
-     * prepared statements): it needs PostgreSQL itself, not the pooler. */
+     * prepared statements): it needs PostgreSQL itself, not the pooler.
+     * NEEDSWORK(#14): a sqla+ URL naming the pooler by another host:port than
+     * --db is not recognised; its statements are then prepared again after a
+     * 26000 or run unprepared, but its LISTEN (on whichever server session
+     * ran it) wakes it only by chance. */
     if (cfg->db.pooled && sql_broker_is_task_db(&cfg->broker, &cfg->db))
         return usage_error("--db-pooler transaction: the sqla+ broker cannot use the pooled "
                            "--db '%s' (LISTEN and prepared statements need a session); give "

@@ -98,7 +98,12 @@ static int pg_open(struct db_conn *c, struct err *e)
         char msg[ERR_MSG_MAX];
         snprintf(msg, sizeof(msg), "%s", PQerrorMessage(pg));
         one_line(msg);
-        err_set(e, E_CONN_LOST, "connect to '%s' failed: %s", c->cfg->where, msg);
+        /* PgBouncer refuses a startup parameter it does not pass on (say
+         * options=-c ... in the URL): name the pooler's setting for it. */
+        err_set(e, E_CONN_LOST, "connect to '%s' failed: %s%s", c->cfg->where, msg,
+                strstr(msg, "unsupported startup parameter")
+                    ? " (a pooler's refusal: drop it from --db or see ignore_startup_parameters)"
+                    : "");
         PQfinish(pg);
         return E_CONN_LOST;
     }

@@ -14,7 +14,10 @@
 #  3. Without the flag: the library's prepared statement goes missing between
 #     transactions; each child says so in one line naming the database and the
 #     flag, switches itself over, and every task still ends SUCCESS.
-#  4. Bad flags: --db-pooler with a bad value, with SQLite, and with a sqla+
+#  4. PgBouncer refusing a feature (a startup parameter it does not pass
+#     on): one line per child naming the pooler's address, the reason and the
+#     remedy, backoff, then the worker stops (status 3).
+#  5. Bad flags: --db-pooler with a bad value, with SQLite, and with a sqla+
 #     broker naming the pooled database: exit 2, one line.
 . "$(dirname "$0")/../integration/services.sh"
 
@@ -248,7 +251,24 @@ diag "$(grep -m1 'lost a prepared statement' "$WORKER_LOG" | sed 's/^.*WARNING/W
 stop_worker TERM 20
 expect_eq "it stops with exit 0" 0 "$WORKER_RC"
 
-# ---- 4. bad flags ------------------------------------------------------------------------
+# ---- 4. PgBouncer refusing a feature: a startup parameter it does not pass on -----------
+# (options=-c ... in the URL). Each child logs the refusal naming the pooler's
+# address, backs off, gives up after --db-connect-attempts; the worker stops
+# with status 3 (no child could connect) instead of respawning in a loop.
+timeout 60 "$CELERIAC_BIN" worker -A "$BOOKS_LIB" -b "$REDIS_URL" -c 2 -n refused@localhost \
+    --db "$PGB_URL?options=-c%20statement_timeout%3D5000" --db-pooler transaction \
+    --db-connect-attempts 2 --db-backoff-base 100 </dev/null >"$TEST_TMP/refused.log" 2>&1
+rc=$?
+WORKER_LOGS+=("$TEST_TMP/refused.log")
+expect_eq "a startup parameter PgBouncer refuses: the worker stops with status 3" 3 "$rc" \
+    "$(tail -5 "$TEST_TMP/refused.log")"
+expect_eq "... each child's cannot-serve line names the pooler's address, the refusal and the remedy" 2 \
+    "$(grep -c "cannot serve: connect to '127.0.0.1:$PGB_PORT/celeriac' failed: .*unsupported startup parameter: options (a pooler's refusal: drop it from --db or see ignore_startup_parameters)" "$TEST_TMP/refused.log")" \
+    "$(grep -E 'WARNING|ERROR|CRITICAL' "$TEST_TMP/refused.log" | head -6)"
+expect_eq "... after backing off (one retry each)" 2 \
+    "$(grep -c 'unsupported startup parameter: options .*(attempt 1/2); retrying in [0-9]* ms, with backoff' "$TEST_TMP/refused.log")"
+
+# ---- 5. bad flags ------------------------------------------------------------------------
 bad() { # NAME WANT_LINE_REGEX ARGS...
     local name=$1 want=$2
     shift 2

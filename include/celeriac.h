@@ -236,9 +236,23 @@ void *celeriac_alloc(struct celeriac_task *task, size_t size);
 void celeriac_log(struct celeriac_task *task, int level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* True when the PostgreSQL connection goes through a transaction pooler
+ * (PgBouncer with pool_mode = transaction): the worker was started with
+ * --db-pooler transaction, or found out itself when a prepared statement went
+ * missing between transactions. Each transaction may then run on another
+ * server session, so nothing may rely on session state: no named prepared
+ * statements (PQprepare/PQexecPrepared; PQexecParams works, as it parses and
+ * runs in one exchange), no LISTEN, no SET without LOCAL, no temporary tables,
+ * no session advisory locks. Ask in every call (it can turn true at run time;
+ * db_connected runs again then). Added without an ABI change: a library that
+ * calls it needs a worker that has it (dlopen then names the missing symbol). */
+bool celeriac_db_pooled(const struct celeriac_task *task);
+
 /* ---- Process hooks -----------------------------------------------------*/
 PGconn *celeriac_process_pg(struct celeriac_process *proc);
 sqlite3 *celeriac_process_sqlite(struct celeriac_process *proc);
+/* celeriac_db_pooled() for a hook: check it in db_connected before preparing. */
+bool celeriac_process_db_pooled(const struct celeriac_process *proc);
 /* The child's index, 0 .. concurrency-1. */
 int celeriac_process_index(const struct celeriac_process *proc);
 /* A pointer the library may keep per process (set in process_init, read by

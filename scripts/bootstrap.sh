@@ -10,7 +10,7 @@ PACKAGES=(
     gcc make pkg-config libpq-dev libhiredis-dev libjansson-dev libsqlite3-dev librabbitmq-dev
     libmsgpack-dev libssl-dev libmicrohttpd-dev
     # services the tests and the demo start privately
-    redis-server redis-sentinel postgresql sqlite3 rabbitmq-server
+    redis-server redis-sentinel postgresql sqlite3 rabbitmq-server pgbouncer
     # throwaway certificates for the TLS listener of the RabbitMQ tests
     openssl
     # the Python Celery client the interop tests drive

@@ -2,7 +2,8 @@
  * books.c: the seed task library (tasks.add, books.get_book_info and the small
  * tasks the test suites drive), built the way a user's library would be: against
  * include/celeriac.h alone plus the database clients it calls.
- * It keeps no connection of its own; per process it caches only prepared statements.
+ * It keeps no connection of its own; per process it caches only prepared statements,
+ * and none behind a transaction pooler (celeriac_db_pooled).
  */
 #define _POSIX_C_SOURCE 200809L /* nanosleep */
 
@@ -192,6 +193,13 @@ static int pg_get_book(struct celeriac_task *task, PGconn *conn, int64_t id)
     int ret;
 
     snprintf(idtext, sizeof(idtext), "%" PRId64, id);
+    /* Behind a transaction pooler the next transaction may run on another
+     * server session, which never saw our PREPARE: parse and run in one
+     * exchange (the unnamed statement lives only within it). */
+    if (celeriac_db_pooled(task)) {
+        res = PQexecParams(conn, PG_GET_BOOK_SQL, 1, NULL, params, NULL, NULL, 0);
+        goto out_result;
+    }
     /* Normally prepared by the db_connected hook; prepared here only if that
      * failed for a reason other than the connection (e.g. the table did not
      * exist yet), so such a task reports the real error. */
@@ -205,6 +213,7 @@ static int pg_get_book(struct celeriac_task *task, PGconn *conn, int64_t id)
             goto out_db_error;
         res = PQexecPrepared(conn, PG_GET_BOOK_STMT, 1, params, NULL, NULL, 0);
     }
+out_result:
     if (!res || PQresultStatus(res) != PGRES_TUPLES_OK)
         goto out_db_error;
 
@@ -330,7 +339,7 @@ static int task_get_book_info(struct celeriac_task *task)
 /* ---- hooks ---------------------------------------------------------------*/
 
 /* Prepares the statements on a fresh connection (they do not survive a
- * reconnect). Only a dead connection is reported as failure: a prepare that
+ * reconnect), unless a transaction pooler is in front of it. Only a dead connection is reported as failure: a prepare that
  * fails on a live one (say the books table is missing) must not stop tasks
  * that need no table, like tasks.add, so get_book_info retries it and reports
  * the error itself. */
@@ -340,7 +349,7 @@ static int hook_db_connected(struct celeriac_process *proc)
     sqlite3 *lite = celeriac_process_sqlite(proc);
 
     cache.pg_prepared_on = NULL;
-    if (pg) {
+    if (pg && !celeriac_process_db_pooled(proc)) {
         PGresult *res;
 
         if (pg_prepare(pg, &res) != 0) {

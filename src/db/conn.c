@@ -29,6 +29,7 @@ void db_conn_init(struct db_conn *c, const struct db_config *cfg, const char *ap
 {
     memset(c, 0, sizeof(*c));
     c->cfg = cfg;
+    c->pooled = cfg->pooled;
     snprintf(c->app_name, sizeof(c->app_name), "%s", app_name);
 }
 

@@ -27,6 +27,8 @@ struct db_config {
     int64_t idle_check_ms;     /* a connection idle this long is pinged before use */
     int64_t max_age_ms;        /* recycle a connection after about this long; 0 = never */
     uint64_t max_uses;         /* recycle after about this many tasks; 0 = never */
+    bool pooled;               /* --db-pooler transaction: a transaction pooler (PgBouncer)
+                                  is in front, so no session state lasts past a transaction */
 };
 
 /* Called after every successful open and before every close, so the task
@@ -48,6 +50,8 @@ struct db_conn {
     int64_t recycle_at_ms;        /* jittered max_age deadline; 0 = none */
     uint64_t recycle_after;       /* jittered max_uses; 0 = none */
     char app_name[64];            /* PostgreSQL application_name */
+    bool pooled;                  /* behind a transaction pooler: cfg->pooled, or found out
+                                     from a lost prepared statement (db_pg_message_is_pooled) */
     bool quiet;                   /* db_conn_open logs failures at debug level: the
                                      caller reports them (a worker's capacity probe) */
     db_hook_fn on_open;           /* NULL or library hook glue */
@@ -116,6 +120,13 @@ bool db_pg_sqlstate_is_loss(const char *state);
  * server is full: SQLSTATE 53300 (max_connections, the reserved slots, or a
  * role's CONNECTION LIMIT), which libpq reports only as text. */
 bool db_pg_message_is_full(const char *msg);
+
+/* True when a PostgreSQL error message (NULL allowed) says a prepared
+ * statement is missing or already there ("prepared statement \"x\" does not
+ * exist", SQLSTATE 26000; "... already exists", 42P05): on a connection that
+ * prepared it and was never reset, the sign of a transaction pooler handing
+ * each transaction to another server session. */
+bool db_pg_message_is_pooled(const char *msg);
 
 /* What a PostgreSQL server's connection slots are used for, seen from one
  * session (itself not counted). */

@@ -98,7 +98,12 @@ static int pg_open(struct db_conn *c, struct err *e)
         char msg[ERR_MSG_MAX];
         snprintf(msg, sizeof(msg), "%s", PQerrorMessage(pg));
         one_line(msg);
-        err_set(e, E_CONN_LOST, "connect to '%s' failed: %s", c->cfg->where, msg);
+        /* PgBouncer refuses a startup parameter it does not pass on (say
+         * options=-c ... in the URL): name the pooler's setting for it. */
+        err_set(e, E_CONN_LOST, "connect to '%s' failed: %s%s", c->cfg->where, msg,
+                strstr(msg, "unsupported startup parameter")
+                    ? " (a pooler's refusal: drop it from --db or see ignore_startup_parameters)"
+                    : "");
         PQfinish(pg);
         return E_CONN_LOST;
     }
@@ -283,6 +288,12 @@ bool db_pg_message_is_full(const char *msg)
 {
     return msg && (strstr(msg, "too many clients") || strstr(msg, "too many connections") ||
                    strstr(msg, "connection slots are reserved"));
+}
+
+bool db_pg_message_is_pooled(const char *msg)
+{
+    return msg && strstr(msg, "prepared statement \"") &&
+           (strstr(msg, "\" does not exist") || strstr(msg, "\" already exists"));
 }
 
 int db_pg_census(struct db_conn *c, int64_t timeout_ms, struct db_census *out, struct err *e)

@@ -417,6 +417,16 @@ CELERIAC_API sqlite3 *celeriac_process_sqlite(struct celeriac_process *proc)
     return db_conn_sqlite(proc->db);
 }
 
+CELERIAC_API bool celeriac_process_db_pooled(const struct celeriac_process *proc)
+{
+    return proc->db && proc->db->pooled;
+}
+
+CELERIAC_API bool celeriac_db_pooled(const struct celeriac_task *task)
+{
+    return task->proc->db && task->proc->db->pooled;
+}
+
 CELERIAC_API int celeriac_process_index(const struct celeriac_process *proc)
 {
     return proc->index;

@@ -76,6 +76,13 @@ int budget_check(const struct worker_config *cfg, struct scoreboard *sb)
     int planned = budget_planned(cfg, &server);
     if (!server || cfg->db_budget == DB_BUDGET_OFF)
         return 0;
+    if (server->pooled) {
+        /* The children's connections end at the pooler; its pool size, not
+         * this worker, decides how many server slots are used. */
+        log_info("connection budget not checked: '%s' is a transaction pooler (--db-pooler "
+                 "transaction); its pool size bounds the server connections", server->where);
+        return 0;
+    }
     atomic_store(&sb->shared->budget.planned, planned);
     struct db_conn c;
     db_conn_init(&c, server, "celeriac budget check");
@@ -137,7 +144,7 @@ void budget_recount(const struct worker_config *cfg, struct db_conn *c, struct s
         !db_conn_is_open(c))
         return;
     int planned = budget_planned(cfg, &server);
-    if (server != &cfg->db)
+    if (server != &cfg->db || server->pooled)
         return;
     *next_ms = now + BUDGET_RECOUNT_MS;
     struct db_census n = {0};

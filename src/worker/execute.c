@@ -25,17 +25,37 @@ static int run_task(struct child *c, const struct message *m, const struct celer
         int rc = txn ? transaction_begin(c) : CELERIAC_OK;
         if (rc == CELERIAC_OK)
             rc = task_context_run(&c->task, def);
-        if (rc == CELERIAC_OK || !c->task.db_failure || !db_conn_check_lost(&c->db))
+        if (rc == CELERIAC_OK || !c->task.db_failure)
             return rc;
-        /* The connection died under the task. */
-        atomic_store(&c->slot->db_state, DBS_DOWN);
+        bool pooler = !c->db.pooled && db_pg_message_is_pooled(c->task.exc_message.data);
+        if (!pooler && !db_conn_check_lost(&c->db))
+            return rc;
         bool retry = ((def->flags & CELERIAC_IDEMPOTENT) || txn) && attempt < IDEMPOTENT_RERUNS;
-        log_warning("task %s[%s]: database connection lost (%s)%s", m->task_name, m->task_id,
-                    c->task.exc_message.data, retry ? "; re-running after reconnect" : "");
+        if (pooler) {
+            /* The statement failed before it ran; from now on this child
+             * asks the library not to prepare (db_connected runs again). */
+            log_warning("database '%s' lost a prepared statement between transactions (%s): a "
+                        "transaction pooler such as PgBouncer is in front of it; this child "
+                        "now runs as with --db-pooler transaction (pass that flag to say so at "
+                        "start); task %s[%s] %s", c->db.cfg->where, c->task.exc_message.data,
+                        m->task_name, m->task_id, retry ? "re-runs after reconnect" : "fails");
+            c->db.pooled = true;
+            db_conn_close(&c->db, "prepared statements do not survive a transaction pooler");
+        } else {
+            log_warning("task %s[%s]: database connection lost (%s)%s", m->task_name,
+                        m->task_id, c->task.exc_message.data,
+                        retry ? "; re-running after reconnect" : "");
+        }
+        /* The connection died under the task (or was closed above). */
+        atomic_store(&c->slot->db_state, DBS_DOWN);
         struct err e = {0};
         if (db_conn_ready(&c->db, 0, &sig_stop, &e) || !retry) {
             struct buf text = BUF_INIT;
-            buf_addf(&text, "database connection lost: %s", c->task.exc_message.data);
+            buf_addf(&text, "%s: %s",
+                     pooler ? "prepared statement lost behind a transaction pooler (run with "
+                              "--db-pooler transaction)"
+                            : "database connection lost",
+                     c->task.exc_message.data);
             snprintf(c->task.exc_type, sizeof(c->task.exc_type), "OperationalError");
             buf_reset(&c->task.exc_message);
             buf_add(&c->task.exc_message, text.data, text.len);

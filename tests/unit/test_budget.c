@@ -95,6 +95,17 @@ TEST(server_full_messages)
     ASSERT_FALSE(db_pg_message_is_full(NULL));
 }
 
+TEST(pooler_messages)
+{
+    /* what books.c passes to celeriac_fail_db behind PgBouncer 1.18 */
+    ASSERT_TRUE(db_pg_message_is_pooled("prepared statement \"books_get_book_info\" does not "
+                                        "exist"));
+    ASSERT_TRUE(db_pg_message_is_pooled("ERROR:  prepared statement \"s1\" already exists"));
+    ASSERT_FALSE(db_pg_message_is_pooled("relation \"books\" does not exist"));
+    ASSERT_FALSE(db_pg_message_is_pooled("prepared statement is fine"));
+    ASSERT_FALSE(db_pg_message_is_pooled(NULL));
+}
+
 TEST(gauges_only_once_counted)
 {
     struct scoreboard sb;

@@ -89,19 +89,33 @@ static int store_worker_lost(struct salvage *sv, struct slot *s, struct err *e)
         return 0;
     if (!redis_link_is_open(&sv->backend.link) && backend_redis_open(&sv->backend, e))
         return E_CONN_LOST;
+    struct result_meta meta;
     char text[128];
-    int sig = atomic_load(&s->lost_signal);
-    snprintf(text, sizeof(text), "Worker exited prematurely: signal %d (%s).", sig,
-             sig ? strsignal(sig) : "exit");
-    json_t *exc = message_exception("WorkerLostError", "billiard.exceptions", text);
-    struct result_meta meta = {.status = "FAILURE", .result = exc, .task_id = s->lost_task_id,
-                               .redelivered = true};
+    salvage_worker_lost_meta(s, &meta, text, sizeof(text));
     int rc = backend_redis_store(&sv->backend, &meta, e);
-    json_decref(exc);
+    salvage_worker_lost_done(s, &meta, text, rc);
+    return rc;
+}
+
+void salvage_worker_lost_meta(struct slot *s, struct result_meta *meta, char *text,
+                              size_t size)
+{
+    int sig = atomic_load(&s->lost_signal);
+    snprintf(text, size, "Worker exited prematurely: signal %d (%s).", sig,
+             sig ? strsignal(sig) : "exit");
+    *meta = (struct result_meta){
+        .status = "FAILURE", .task_id = s->lost_task_id, .task_name = s->lost_task_name,
+        .redelivered = true,
+        .result = message_exception("WorkerLostError", "billiard.exceptions", text)};
+}
+
+void salvage_worker_lost_done(struct slot *s, struct result_meta *meta, const char *text,
+                              int rc)
+{
     if (!rc)
         log_error("Task %s[%s] raised WorkerLostError: %s", s->lost_task_name, s->lost_task_id,
                   text);
-    return rc;
+    json_decref((json_t *)meta->result);
 }
 
 /* What a dead child ran when no replacement will settle it (a cold

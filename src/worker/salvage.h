@@ -49,6 +49,16 @@ ATTR_NORETURN void salvage_main(const struct worker_config *cfg, struct scoreboa
 ATTR_NORETURN void salvage_transport_main(const struct worker_config *cfg,
                                           struct scoreboard *sb);
 
+/* The FAILURE WorkerLostError stored for an early-acked task the dead
+ * child of slot s was running (redelivered: a SUCCESS it stored just
+ * before dying is kept); then, once the caller stored it (rc 0) or not,
+ * the log line and the meta's result freed. text (size bytes) holds the
+ * message in between. */
+void salvage_worker_lost_meta(struct slot *s, struct result_meta *meta, char *text,
+                              size_t size);
+void salvage_worker_lost_done(struct slot *s, struct result_meta *meta, const char *text,
+                              int rc);
+
 /* The salvage process gives up on an unreachable broker after this long:
  * it runs while the worker stops, which must not hang. */
 #define SALVAGE_PATIENCE_MS 10000

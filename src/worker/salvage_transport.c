@@ -68,18 +68,11 @@ static int store_worker_lost(struct transport_salvage *ts, struct slot *s, struc
             return rc;
         ts->backend_open = true;
     }
+    struct result_meta meta;
     char text[128];
-    int sig = atomic_load(&s->lost_signal);
-    snprintf(text, sizeof(text), "Worker exited prematurely: signal %d (%s).", sig,
-             sig ? strsignal(sig) : "exit");
-    json_t *exc = message_exception("WorkerLostError", "billiard.exceptions", text);
-    struct result_meta meta = {.status = "FAILURE", .result = exc, .task_id = s->lost_task_id,
-                               .task_name = s->lost_task_name, .redelivered = true};
+    salvage_worker_lost_meta(s, &meta, text, sizeof(text));
     int rc = ts->backend.ops->store(&ts->backend, &meta, 0, e);
-    json_decref(exc);
-    if (!rc)
-        log_error("Task %s[%s] raised WorkerLostError: %s", s->lost_task_name, s->lost_task_id,
-                  text);
+    salvage_worker_lost_done(s, &meta, text, rc);
     return rc;
 }
 

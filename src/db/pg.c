@@ -53,9 +53,21 @@ int db_pg_describe(const char *conninfo, char **where, struct err *e)
         else if (!strcmp(o->keyword, "dbname"))
             dbname = o->val;
     }
+    /* A multi-host URL gives comma lists: "h1:p1,h2:p2"; one port (or none)
+     * applies to every host, as in libpq. */
     struct buf b = BUF_INIT;
-    buf_addf(&b, "%s:%s", host ? host : hostaddr ? hostaddr : "/var/run/postgresql",
-             port ? port : "5432");
+    const char *h = host ? host : hostaddr ? hostaddr : "/var/run/postgresql";
+    const char *p = port ? port : "5432";
+    bool one_port = !strchr(p, ',');
+    for (;;) {
+        size_t hn = strcspn(h, ","), pn = strcspn(p, ",");
+        buf_addf(&b, "%s%.*s:%.*s", b.len ? "," : "", (int)hn, h, (int)pn, p);
+        if (!h[hn])
+            break;
+        h += hn + 1;
+        if (!one_port && p[pn])
+            p += pn + 1;
+    }
     if (dbname)
         buf_addf(&b, "/%s", dbname);
     *where = buf_detach(&b, NULL);
@@ -74,6 +86,26 @@ static void log_notice(void *arg, const char *message)
     log_warning("database '%s' says: %s", c->cfg->where, msg);
 }
 
+/* libpq's refusals of a server for target_session_attrs (read-write:
+ * "session is read-only"; primary: "server is in hot standby mode"). */
+static bool message_is_standby(const char *msg)
+{
+    return strstr(msg, "session is read-only") || strstr(msg, "server is in hot standby mode");
+}
+
+/* Whether the open handle was asked to be read-write: the user's
+ * target_session_attrs, or our default. */
+static bool wants_read_write(PGconn *pg)
+{
+    bool rw = true;
+    PQconninfoOption *opts = PQconninfo(pg);
+    for (PQconninfoOption *o = opts; o && o->keyword; o++)
+        if (!strcmp(o->keyword, "target_session_attrs") && o->val && *o->val)
+            rw = !strcmp(o->val, "read-write") || !strcmp(o->val, "primary");
+    PQconninfoFree(opts);
+    return rw;
+}
+
 static int pg_open(struct db_conn *c, struct err *e)
 {
     char timeout[16];
@@ -85,12 +117,16 @@ static int pg_open(struct db_conn *c, struct err *e)
      * ~15 minutes of retransmissions; libpq ignores them on unix sockets.
      * gssencmode=disable: libpq's default "prefer" initialises Kerberos in
      * every child (about 1 MB resident and a slower connect) to negotiate an
-     * encryption almost no server offers; a URL that asks for it still gets it. */
+     * encryption almost no server offers; a URL that asks for it still gets it.
+     * target_session_attrs=read-write: tasks write, so a standby (of a
+     * multi-host URL, or the only host) is refused at connect and libpq
+     * tries the next host; a URL may say "any" for a worker that only reads. */
     const char *keys[] = {"connect_timeout", "keepalives", "keepalives_idle",
                           "keepalives_interval", "keepalives_count", "tcp_user_timeout",
-                          "gssencmode", "dbname", "application_name", NULL};
-    const char *vals[] = {timeout, "1", "15", "5", "3", "30000", "disable", c->cfg->url,
-                          c->app_name, NULL};
+                          "gssencmode", "target_session_attrs", "dbname", "application_name",
+                          NULL};
+    const char *vals[] = {timeout, "1", "15", "5", "3", "30000", "disable", "read-write",
+                          c->cfg->url, c->app_name, NULL};
     PGconn *pg = PQconnectdbParams(keys, vals, 1);
     if (!pg)
         return err_set(e, E_CONN_LOST, "connect to '%s' failed: out of memory", c->cfg->where);
@@ -98,12 +134,22 @@ static int pg_open(struct db_conn *c, struct err *e)
         char msg[ERR_MSG_MAX];
         snprintf(msg, sizeof(msg), "%s", PQerrorMessage(pg));
         one_line(msg);
-        err_set(e, E_CONN_LOST, "connect to '%s' failed: %s", c->cfg->where, msg);
+        if (message_is_standby(msg) && !strchr(c->cfg->where, ','))
+            err_set(e, E_CONN_LOST, "database '%s' is a standby (read-only) and read-write "
+                    "is wanted (target_session_attrs): %s", c->cfg->where, msg);
+        else if (message_is_standby(msg))
+            err_set(e, E_CONN_LOST, "no read-write primary among '%s' (each host is a standby "
+                    "or unreachable): %s", c->cfg->where, msg);
+        else
+            err_set(e, E_CONN_LOST, "connect to '%s' failed: %s", c->cfg->where, msg);
         PQfinish(pg);
         return E_CONN_LOST;
     }
     PQsetNoticeProcessor(pg, log_notice, c);
     c->pg = pg;
+    c->want_rw = wants_read_write(pg);
+    const char *h = PQhost(pg), *p = PQport(pg);
+    snprintf(c->at, sizeof(c->at), "%s:%s", h && *h ? h : "?", p && *p ? p : "5432");
     /* Made now: PQcancel is signal-safe, PQgetCancel is not. */
     c->pg_cancel = PQgetCancel(pg);
     return 0;
@@ -147,13 +193,29 @@ static bool pg_is_lost(struct db_conn *c)
 }
 
 /* SQLSTATEs that mean the session is gone even if the socket still looks open:
- * class 08 (connection exception), admin/crash shutdown, cannot connect now. */
+ * class 08 (connection exception), admin/crash shutdown, cannot connect now;
+ * and 25006, a write refused by a read-only server (see conn.h). */
 bool db_pg_sqlstate_is_loss(const char *state)
 {
     if (!state)
         return false;
     return !strncmp(state, "08", 2) || !strcmp(state, "57P01") || !strcmp(state, "57P02") ||
-           !strcmp(state, "57P03");
+           !strcmp(state, "57P03") || !strcmp(state, "25006");
+}
+
+/* PostgreSQL 14+ reports in_hot_standby and default_transaction_read_only
+ * to the client and again whenever they change (a promotion, a primary
+ * fenced by its operator): what libpq's target_session_attrs=read-write
+ * checks at connect, seen here with no round trip. An older server reports
+ * neither; libpq then checks at connect only. */
+static bool pg_is_read_only(struct db_conn *c)
+{
+    if (!c->want_rw)
+        return false;
+    pg_is_lost(c); /* reads a ParameterStatus that arrived while idle */
+    const char *hs = PQparameterStatus(c->pg, "in_hot_standby");
+    const char *ro = PQparameterStatus(c->pg, "default_transaction_read_only");
+    return (hs && !strcmp(hs, "on")) || (ro && !strcmp(ro, "on"));
 }
 
 /* Waits until c's socket is ready for events, or deadline_ms (monotonic)
@@ -270,6 +332,7 @@ const struct db_driver db_pg_driver = {
     .open = pg_open,
     .close = pg_close,
     .is_lost = pg_is_lost,
+    .is_read_only = pg_is_read_only,
     .ping = pg_ping,
     .reset = pg_reset,
     .cancel = pg_cancel,

@@ -27,15 +27,15 @@ static int run_task(struct child *c, const struct message *m, const struct celer
             rc = task_context_run(&c->task, def);
         if (rc == CELERIAC_OK || !c->task.db_failure || !db_conn_check_lost(&c->db))
             return rc;
-        /* The connection died under the task. */
+        /* The connection died under the task, or is on a standby. */
         atomic_store(&c->slot->db_state, DBS_DOWN);
         bool retry = ((def->flags & CELERIAC_IDEMPOTENT) || txn) && attempt < IDEMPOTENT_RERUNS;
-        log_warning("task %s[%s]: database connection lost (%s)%s", m->task_name, m->task_id,
+        log_warning("task %s[%s]: database %s (%s)%s", m->task_name, m->task_id, c->db.lost_why,
                     c->task.exc_message.data, retry ? "; re-running after reconnect" : "");
         struct err e = {0};
         if (db_conn_ready(&c->db, 0, &sig_stop, &e) || !retry) {
             struct buf text = BUF_INIT;
-            buf_addf(&text, "database connection lost: %s", c->task.exc_message.data);
+            buf_addf(&text, "database %s: %s", c->db.lost_why, c->task.exc_message.data);
             snprintf(c->task.exc_type, sizeof(c->task.exc_type), "OperationalError");
             buf_reset(&c->task.exc_message);
             buf_add(&c->task.exc_message, text.data, text.len);

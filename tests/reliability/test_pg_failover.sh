@@ -22,7 +22,8 @@ build_rel_lib || tap_done
 psql_db -c "CREATE TABLE rel_runs (task_id text NOT NULL, pid int NOT NULL)" >/dev/null
 
 # ---- the standby: pg_basebackup -R from the primary, on its own port -------------------
-# initdb's pg_hba.conf (-A trust) lets 127.0.0.1 replicate; wal_level replica
+# -c fast: a checkpoint at once, not spread over minutes. initdb's pg_hba.conf
+# (-A trust) lets 127.0.0.1 replicate; wal_level replica
 # and max_wal_senders are PostgreSQL 15's defaults.
 SB_DIR=$TEST_TMP/pg-standby
 SB_DATA=$SB_DIR/data
@@ -30,7 +31,7 @@ SB_PORT=$(free_port)
 SB_PID=
 mkdir -p "$SB_DIR"
 [[ $(id -u) -eq 0 ]] && chown postgres: "$SB_DIR"
-if ! _as_pg "$PGBIN/pg_basebackup" -h 127.0.0.1 -p "$PG_PORT" -U postgres -D "$SB_DATA" -R \
+if ! _as_pg "$PGBIN/pg_basebackup" -h 127.0.0.1 -p "$PG_PORT" -U postgres -D "$SB_DATA" -R -c fast \
     -X stream >"$SB_DIR/basebackup.log" 2>&1; then
     not_ok "setup: pg_basebackup" "$(cat "$SB_DIR/basebackup.log")"
     tap_done
@@ -108,6 +109,10 @@ ids_idem=$TEST_TMP/ids-idem ids_write=$TEST_TMP/ids-write
 for ((r = 0; r < ROUNDS; r++)); do # interleaved, so writes run when the primary stops
     rel bulk rel.record "$IDEM_PER_ROUND" --mod 8 --out "$TEST_TMP/i.$r" && cat "$TEST_TMP/i.$r" >>"$ids_idem"
     rel bulk rel.write "$WRITE_PER_ROUND" --mod 8 --out "$TEST_TMP/w.$r" && cat "$TEST_TMP/w.$r" >>"$ids_write"
+    if ((r == 0)); then # four statements in flight when the primary stops
+        sleep_w=$(send rel.pg_sleep '[4]' --count 2 | tr '\n' ' ')
+        sleep_i=$(send rel.pg_sleep_idem '[4]' --count 2 | tr '\n' ' ')
+    fi
 done
 total=$(($(wc -l <"$ids_idem") + $(wc -l <"$ids_write")))
 diag "published $(wc -l <"$ids_idem") idempotent rel.record and $(wc -l <"$ids_write") rel.write (late ack, 1-8 ms each), after the 5 waiting"
@@ -121,8 +126,11 @@ else
     not_ok "the multi-host URL reaches the primary, and the log names the host reached" \
         "$(grep -E 'database' "$WORKER_LOG" | head -5)"
 fi
-_quarter() { (($(done_count) >= total / 4)); }
-wait_for 60 _quarter || diag "only $(done_count) done after 60 s"
+_sleepers() {
+    (($(psql_admin -c "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'celeriac %'
+                       AND state = 'active' AND query LIKE '%pg_sleep%'") >= 4))
+}
+wait_for 60 _sleepers || diag "the four rel.pg_sleep did not run together; $(done_count) done"
 at=$(done_count)
 t_stop=$(date +%s.%N)
 stop_pg immediate
@@ -149,8 +157,8 @@ fw=$(jget counts.FAILURE <<<"$tally_w")
 [[ $fw == "<missing>" ]] && fw=0
 expect_eq "every non-idempotent task ends SUCCESS or FAILURE (none pending, none lost)" \
     "$nw" "$((sw + fw))" "$tally_w"
-retried=$(log_count "rel\.record\[.*re-running after reconnect")
-diag "failover figures: $retried idempotent runs re-run after reconnect, $fw non-idempotent failed, $sw succeeded"
+retried=$(log_count "re-running after reconnect")
+diag "failover figures: $retried idempotent runs re-run after reconnect; rel.write: $fw failed, $sw succeeded; 2 rel.pg_sleep in flight failed"
 if ((fw == 0)) || [[ $(jget exc_types <<<"$tally_w") == '{"OperationalError": '* ]]; then
     ok "... the failed ones fail with OperationalError ($fw)"
 else
@@ -163,6 +171,16 @@ if ((fw > 0)); then
     else
         not_ok "... with a clear error" "$msg"
     fi
+fi
+# shellcheck disable=SC2086
+metas=$(rel wait $sleep_w $sleep_i --timeout 20)
+st=$("$PY" -c 'import json,sys; print(" ".join((json.loads(l) or {}).get("status","NONE") for l in sys.stdin))' <<<"$metas")
+expect_eq "statements in flight when the primary stops: 2 non-idempotent FAILURE, 2 idempotent re-run SUCCESS" \
+    "FAILURE FAILURE SUCCESS SUCCESS" "$st" "$metas"
+if [[ $(head -1 <<<"$metas") == *OperationalError*"database connection lost"* ]]; then
+    ok "... the failures are OperationalError: database connection lost"
+else
+    not_ok "... the failures are OperationalError: database connection lost" "$(head -1 <<<"$metas")"
 fi
 tally_5=$(rel tally "$ids_waiting" --timeout 10)
 expect_eq "the 5 tasks queued while the only host was a standby run once a primary is found" \

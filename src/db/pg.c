@@ -61,7 +61,9 @@ int db_pg_describe(const char *conninfo, char **where, struct err *e)
     bool one_port = !strchr(p, ',');
     for (;;) {
         size_t hn = strcspn(h, ","), pn = strcspn(p, ",");
-        buf_addf(&b, "%s%.*s:%.*s", b.len ? "," : "", (int)hn, h, (int)pn, p);
+        /* an empty entry is libpq's default */
+        buf_addf(&b, "%s%.*s:%.*s", b.len ? "," : "", hn ? (int)hn : 19,
+                 hn ? h : "/var/run/postgresql", pn ? (int)pn : 4, pn ? p : "5432");
         if (!h[hn])
             break;
         h += hn + 1;

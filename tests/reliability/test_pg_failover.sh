@@ -242,5 +242,18 @@ fi
 stop_worker TERM 30
 expect_eq "worker exits 0" 0 "$WORKER_RC" "$(worker_log_tail)"
 
+# ---- the SQL broker through the same layer ----------------------------------------------------
+# The old primary is down: the multi-host sqla+ URL must reach the new one.
+SQLA_MULTI="sqla+postgresql://postgres@127.0.0.1:$PG_PORT,127.0.0.1:$SB_PORT/celeriac?target_session_attrs=read-write"
+start_worker -A "$REL_LIB" -c 2 -b "$SQLA_MULTI" --result-backend "$RESULT_URL" --db "$MULTI" \
+    "${BACKOFF[@]}" -n sqlfailover@localhost
+wait_children 2 20 || not_ok "worker with a multi-host sqla+postgresql:// broker started" "$(worker_log_tail)"
+id=$(BROKER_URL="sqla+postgresql://postgres@127.0.0.1:$SB_PORT/celeriac" send rel.record '[0]')
+m=$(meta_of "$id" 20)
+expect_eq "a multi-host sqla+postgresql:// broker URL reaches the primary (the first host is down)" \
+    SUCCESS "$(jget status <<<"$m")" "$m" "$(worker_log_tail 15)"
+stop_worker TERM 30
+expect_eq "... worker exits 0" 0 "$WORKER_RC" "$(worker_log_tail)"
+
 check_worker_logs_clean
 tap_done

@@ -192,14 +192,16 @@ bool db_conn_check_lost(struct db_conn *c)
         db_conn_close(c, c->lost_why);
         return true;
     }
-    if (!d->is_read_only(c))
+    const char *what = d->read_only(c);
+    if (!what)
         return false;
     /* A standby (or a fenced old primary) answers reads and refuses every
      * write (SQLSTATE 25006): a new session, which libpq opens only on a
      * read-write server, is the way out, exactly as after a loss. */
-    c->lost_why = "connection on a standby (read-only server)";
-    log_warning("database '%s' is a standby (read-only) and read-write is wanted; "
-                "reconnecting to find the primary", db_conn_where(c));
+    c->lost_why = !strncmp(what, "a standby", 9) ? "connection on a standby (read-only server)"
+                                                  : "connection on a read-only server";
+    log_warning("database '%s' is %s and read-write is wanted; reconnecting to find the primary",
+                db_conn_where(c), what);
     db_conn_close(c, c->lost_why);
     return true;
 }

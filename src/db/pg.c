@@ -85,7 +85,7 @@ static void log_notice(void *arg, const char *message)
     char msg[ERR_MSG_MAX];
     snprintf(msg, sizeof(msg), "%s", message);
     one_line(msg);
-    log_warning("database '%s' says: %s", c->cfg->where, msg);
+    log_warning("database '%s' says: %s", db_conn_where(c), msg);
 }
 
 /* libpq's refusals of a server for target_session_attrs (read-write:
@@ -210,14 +210,18 @@ bool db_pg_sqlstate_is_loss(const char *state)
  * fenced by its operator): what libpq's target_session_attrs=read-write
  * checks at connect, seen here with no round trip. An older server reports
  * neither; libpq then checks at connect only. */
-static bool pg_is_read_only(struct db_conn *c)
+static const char *pg_read_only(struct db_conn *c)
 {
     if (!c->want_rw)
-        return false;
+        return NULL;
     pg_is_lost(c); /* reads a ParameterStatus that arrived while idle */
     const char *hs = PQparameterStatus(c->pg, "in_hot_standby");
     const char *ro = PQparameterStatus(c->pg, "default_transaction_read_only");
-    return (hs && !strcmp(hs, "on")) || (ro && !strcmp(ro, "on"));
+    if (hs && !strcmp(hs, "on"))
+        return "a standby (read-only)";
+    if (ro && !strcmp(ro, "on"))
+        return "read-only (default_transaction_read_only = on: a fenced primary?)";
+    return NULL;
 }
 
 /* Waits until c's socket is ready for events, or deadline_ms (monotonic)
@@ -334,7 +338,7 @@ const struct db_driver db_pg_driver = {
     .open = pg_open,
     .close = pg_close,
     .is_lost = pg_is_lost,
-    .is_read_only = pg_is_read_only,
+    .read_only = pg_read_only,
     .ping = pg_ping,
     .reset = pg_reset,
     .cancel = pg_cancel,

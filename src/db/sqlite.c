@@ -75,10 +75,10 @@ static void sqlite_close(struct db_conn *c)
 }
 
 /* A SQLite file has no standby. */
-static bool sqlite_is_read_only(struct db_conn *c)
+static const char *sqlite_read_only(struct db_conn *c)
 {
     UNUSED(c);
-    return false;
+    return NULL;
 }
 
 static bool sqlite_is_lost(struct db_conn *c)
@@ -113,7 +113,7 @@ const struct db_driver db_sqlite_driver = {
     .open = sqlite_open,
     .close = sqlite_close,
     .is_lost = sqlite_is_lost,
-    .is_read_only = sqlite_is_read_only,
+    .read_only = sqlite_read_only,
     .ping = sqlite_ping,
     .reset = sqlite_reset,
     .cancel = sqlite_cancel,

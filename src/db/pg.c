@@ -122,13 +122,16 @@ static int pg_open(struct db_conn *c, struct err *e)
      * encryption almost no server offers; a URL that asks for it still gets it.
      * target_session_attrs=read-write: tasks write, so a standby (of a
      * multi-host URL, or the only host) is refused at connect and libpq
-     * tries the next host; a URL may say "any" for a worker that only reads. */
+     * tries the next host; a URL (or PGTARGETSESSIONATTRS: an empty value
+     * lets libpq's environment default apply) may say "any" for a worker
+     * that only reads. */
+    const char *tsa = getenv("PGTARGETSESSIONATTRS") ? "" : "read-write";
     const char *keys[] = {"connect_timeout", "keepalives", "keepalives_idle",
                           "keepalives_interval", "keepalives_count", "tcp_user_timeout",
                           "gssencmode", "target_session_attrs", "dbname", "application_name",
                           NULL};
-    const char *vals[] = {timeout, "1", "15", "5", "3", "30000", "disable", "read-write",
-                          c->cfg->url, c->app_name, NULL};
+    const char *vals[] = {timeout, "1", "15", "5", "3", "30000", "disable", tsa, c->cfg->url,
+                          c->app_name, NULL};
     PGconn *pg = PQconnectdbParams(keys, vals, 1);
     if (!pg)
         return err_set(e, E_CONN_LOST, "connect to '%s' failed: out of memory", c->cfg->where);

@@ -99,6 +99,16 @@ expect_eq "... the queued tasks wait in the queue (none pulled and failed)" 5 "$
 stop_worker TERM 20
 expect_eq "... and the worker stops cleanly on TERM while waiting" 0 "$WORKER_RC" "$(worker_log_tail 10)"
 
+# A worker that only reads may use a standby when it says so (here through
+# libpq's environment; ?target_session_attrs=any in the URL does the same).
+PGTARGETSESSIONATTRS=any start_worker -A "$REL_LIB" -c 1 -Q readonly -b "$REDIS_URL" \
+    --result-backend "$REDIS_URL" --db "$SB_ONLY" -n reader@localhost
+id=$(send rel.pg '[]' --queue readonly)
+m=$(meta_of "$id" 15)
+expect_eq "PGTARGETSESSIONATTRS=any: a reading worker may use the standby" SUCCESS \
+    "$(jget status <<<"$m")" "$m" "$(worker_log_tail 10)"
+stop_worker TERM 20
+
 # ---- failover in the middle of a run -------------------------------------------------------
 MULTI="postgresql://postgres@127.0.0.1:$PG_PORT,127.0.0.1:$SB_PORT/celeriac?target_session_attrs=read-write"
 RESULT_URL="redis://127.0.0.1:$REDIS_PORT/1"

@@ -212,7 +212,10 @@ bool db_pg_sqlstate_is_loss(const char *state)
  * to the client and again whenever they change (a promotion, a primary
  * fenced by its operator): what libpq's target_session_attrs=read-write
  * checks at connect, seen here with no round trip. An older server reports
- * neither; libpq then checks at connect only. */
+ * neither; libpq then checks at connect only.
+ * NEEDSWORK(#14): there (and behind a pooler that does not pass these
+ * parameters on) a task's 25006 is stored as DatabaseError and the session
+ * kept; the task's SQLSTATE never reaches us through celeriac_fail_db. */
 static const char *pg_read_only(struct db_conn *c)
 {
     if (!c->want_rw)

@@ -73,8 +73,10 @@ rel bulk rel.record 5 --mod 1 --out "$ids_waiting" || not_ok "publish 5 tasks"
 start_worker -A "$REL_LIB" -c 2 -b "$REDIS_URL" --result-backend "$REDIS_URL" --db "$SB_ONLY" \
     "${BACKOFF[@]}" --db-connect-attempts 1000 -n standbyonly@localhost
 sleep 1.5
+# shellcheck disable=SC2046 # a list of pids
 bytes1=$(log_bytes) cpu1=$(cpu_ticks $(worker_all_children) "$WORKER_PID")
 sleep 3
+# shellcheck disable=SC2046
 bytes2=$(log_bytes) cpu2=$(cpu_ticks $(worker_all_children) "$WORKER_PID")
 line=$(grep -m1 -E "is a standby" "$WORKER_LOG")
 if [[ $line == *"127.0.0.1:$SB_PORT"* && $line == *"read-only"* ]]; then

@@ -38,6 +38,11 @@ bool db_conn_is_open(const struct db_conn *c)
     return c->pg || c->sqlite;
 }
 
+const char *db_conn_where(const struct db_conn *c)
+{
+    return c->at[0] ? c->at : c->cfg->where;
+}
+
 void db_conn_close(struct db_conn *c, const char *reason)
 {
     const struct db_driver *d = driver_for(c);
@@ -47,8 +52,9 @@ void db_conn_close(struct db_conn *c, const char *reason)
         c->on_close(c->hook_arg);
     d->close(c);
     if (reason)
-        log_info("database connection to '%s' closed after %.1f s: %s", c->cfg->where,
+        log_info("database connection to '%s' closed after %.1f s: %s", db_conn_where(c),
                  (double)(time_mono_ms() - c->opened_ms) / 1000.0, reason);
+    c->at[0] = '\0';
 }
 
 /* One attempt: open, then let the library prepare its statements. */
@@ -108,11 +114,11 @@ int db_conn_open(struct db_conn *c, int attempts, volatile sig_atomic_t *stop, s
         if (!rc) {
             if (attempt > 1 && full)
                 log_info("database '%s' has a free connection slot again after %d refused "
-                         "attempt%s in %.1f s (too many clients)", c->cfg->where, attempt - 1,
+                         "attempt%s in %.1f s (too many clients)", db_conn_where(c), attempt - 1,
                          attempt == 2 ? "" : "s", took);
             else if (attempt > 1)
                 log_info("database '%s' reachable again after %d failed attempt%s in %.1f s",
-                         c->cfg->where, attempt - 1, attempt == 2 ? "" : "s", took);
+                         db_conn_where(c), attempt - 1, attempt == 2 ? "" : "s", took);
             return 0;
         }
         if (attempt == 1)
@@ -180,11 +186,24 @@ int db_conn_clean(struct db_conn *c, struct err *e)
 bool db_conn_check_lost(struct db_conn *c)
 {
     const struct db_driver *d = driver_for(c);
+    c->lost_why = "connection lost";
     if (!d || !db_conn_is_open(c))
         return d != NULL;
-    if (!d->is_lost(c))
+    if (d->is_lost(c)) {
+        db_conn_close(c, c->lost_why);
+        return true;
+    }
+    const char *what = d->read_only(c);
+    if (!what)
         return false;
-    db_conn_close(c, "connection lost");
+    /* A standby (or a fenced old primary) answers reads and refuses every
+     * write (SQLSTATE 25006): a new session, which libpq opens only on a
+     * read-write server, is the way out, exactly as after a loss. */
+    c->lost_why = !strncmp(what, "a standby", 9) ? "connection on a standby (read-only server)"
+                                                  : "connection on a read-only server";
+    log_warning("database '%s' is %s and read-write is wanted; reconnecting to find the primary",
+                db_conn_where(c), what);
+    db_conn_close(c, c->lost_why);
     return true;
 }
 
@@ -202,6 +221,7 @@ int db_conn_ready(struct db_conn *c, int64_t limit_ms, volatile sig_atomic_t *st
          * session, which belongs to the other process. */
         c->pg = NULL;
         c->sqlite = NULL;
+        c->at[0] = '\0';
         why = "inherited from another process";
     } else if (db_conn_is_open(c) && d->is_lost(c)) {
         why = "lost while idle";
@@ -227,13 +247,14 @@ int db_conn_ready(struct db_conn *c, int64_t limit_ms, volatile sig_atomic_t *st
         why = reason;
     }
     if (why) {
-        log_warning("database connection to '%s' unusable (%s); reconnecting", c->cfg->where, why);
+        log_warning("database connection to '%s' unusable (%s); reconnecting", db_conn_where(c),
+                    why);
         db_conn_close(c, why);
     }
     int rc = db_conn_open(c, 0, stop, e);
     if (!rc) {
         c->reconnects++;
-        log_info("database connection to '%s' re-established (reconnect #%u)", c->cfg->where,
+        log_info("database connection to '%s' re-established (reconnect #%u)", db_conn_where(c),
                  c->reconnects);
     }
     return rc;

@@ -52,6 +52,11 @@ struct db_conn {
     char app_name[64];            /* PostgreSQL application_name */
     bool pooled;                  /* behind a transaction pooler: cfg->pooled, or found out
                                      from a lost prepared statement (db_pg_message_is_pooled) */
+    char at[96];                  /* "host:port" the open handle reached (one host of a
+                                     multi-host URL), or "" when closed; safe to log */
+    bool want_rw;                 /* the open PostgreSQL handle must be read-write (its
+                                     target_session_attrs is read-write or primary) */
+    const char *lost_why;         /* static: why db_conn_check_lost last said "lost" */
     bool quiet;                   /* db_conn_open logs failures at debug level: the
                                      caller reports them (a worker's capacity probe) */
     db_hook_fn on_open;           /* NULL or library hook glue */
@@ -94,9 +99,15 @@ int db_conn_ready(struct db_conn *c, int64_t limit_ms, volatile sig_atomic_t *st
 int db_conn_clean(struct db_conn *c, struct err *e);
 
 /* After a task reported a database failure: true when the connection is
- * gone (the handle is then closed with the reason). The one place that
+ * gone, or is on a read-only server (a standby, or a primary fenced with
+ * default_transaction_read_only) while read-write is wanted; the handle is
+ * then closed with the reason, also left in c->lost_why. The one place that
  * decides what "connection lost" means. */
 bool db_conn_check_lost(struct db_conn *c);
+
+/* For log lines about c: the host:port its open handle reached, else the
+ * configured where (every host of a multi-host URL). Borrowed from c. */
+const char *db_conn_where(const struct db_conn *c);
 
 /* Async-signal-safe: cancels the statement running on c, if any (for time
  * limits, from a timer's signal handler). */
@@ -113,7 +124,10 @@ int db_pg_describe(const char *conninfo, char **where, struct err *e);
 
 /* True for a PostgreSQL SQLSTATE (NULL allowed) that means the session is
  * gone even if the socket looks open: class 08, admin or crash shutdown,
- * cannot connect now. The one list every PostgreSQL user here consults. */
+ * cannot connect now; or that it is useless for writing: 25006 (read-only
+ * transaction: a standby, or a fenced old primary), where a new session
+ * (target_session_attrs=read-write) finds the primary. The one list every
+ * PostgreSQL user here consults. */
 bool db_pg_sqlstate_is_loss(const char *state);
 
 /* True when a PostgreSQL connect failure's message (NULL allowed) says the

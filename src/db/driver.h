@@ -18,6 +18,10 @@ struct db_driver {
     /* No round trip: true when the handle is known dead (e.g. the server
      * closed the socket while we were idle). */
     bool (*is_lost)(struct db_conn *c);
+    /* No round trip: NULL, or what the server is ("a standby (read-only)",
+     * static) when the session is read-only while c->want_rw asks for
+     * read-write. */
+    const char *(*read_only)(struct db_conn *c);
     /* One round trip proving the connection works, answered within
      * timeout_ms. 0 or E_CONN_LOST (also when no answer came in time). */
     int (*ping)(struct db_conn *c, int64_t timeout_ms, struct err *e);

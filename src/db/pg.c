@@ -53,9 +53,23 @@ int db_pg_describe(const char *conninfo, char **where, struct err *e)
         else if (!strcmp(o->keyword, "dbname"))
             dbname = o->val;
     }
+    /* A multi-host URL gives comma lists: "h1:p1,h2:p2"; one port (or none)
+     * applies to every host, as in libpq. */
     struct buf b = BUF_INIT;
-    buf_addf(&b, "%s:%s", host ? host : hostaddr ? hostaddr : "/var/run/postgresql",
-             port ? port : "5432");
+    const char *h = host ? host : hostaddr ? hostaddr : "/var/run/postgresql";
+    const char *p = port ? port : "5432";
+    bool one_port = !strchr(p, ',');
+    for (;;) {
+        size_t hn = strcspn(h, ","), pn = strcspn(p, ",");
+        /* an empty entry is libpq's default */
+        buf_addf(&b, "%s%.*s:%.*s", b.len ? "," : "", hn ? (int)hn : 19,
+                 hn ? h : "/var/run/postgresql", pn ? (int)pn : 4, pn ? p : "5432");
+        if (!h[hn])
+            break;
+        h += hn + 1;
+        if (!one_port && p[pn])
+            p += pn + 1;
+    }
     if (dbname)
         buf_addf(&b, "/%s", dbname);
     *where = buf_detach(&b, NULL);
@@ -71,7 +85,27 @@ static void log_notice(void *arg, const char *message)
     char msg[ERR_MSG_MAX];
     snprintf(msg, sizeof(msg), "%s", message);
     one_line(msg);
-    log_warning("database '%s' says: %s", c->cfg->where, msg);
+    log_warning("database '%s' says: %s", db_conn_where(c), msg);
+}
+
+/* libpq's refusals of a server for target_session_attrs (read-write:
+ * "session is read-only"; primary: "server is in hot standby mode"). */
+static bool message_is_standby(const char *msg)
+{
+    return strstr(msg, "session is read-only") || strstr(msg, "server is in hot standby mode");
+}
+
+/* Whether the open handle was asked to be read-write: the user's
+ * target_session_attrs, or our default. */
+static bool wants_read_write(PGconn *pg)
+{
+    bool rw = true;
+    PQconninfoOption *opts = PQconninfo(pg);
+    for (PQconninfoOption *o = opts; o && o->keyword; o++)
+        if (!strcmp(o->keyword, "target_session_attrs") && o->val && *o->val)
+            rw = !strcmp(o->val, "read-write") || !strcmp(o->val, "primary");
+    PQconninfoFree(opts);
+    return rw;
 }
 
 static int pg_open(struct db_conn *c, struct err *e)
@@ -85,11 +119,18 @@ static int pg_open(struct db_conn *c, struct err *e)
      * ~15 minutes of retransmissions; libpq ignores them on unix sockets.
      * gssencmode=disable: libpq's default "prefer" initialises Kerberos in
      * every child (about 1 MB resident and a slower connect) to negotiate an
-     * encryption almost no server offers; a URL that asks for it still gets it. */
+     * encryption almost no server offers; a URL that asks for it still gets it.
+     * target_session_attrs=read-write: tasks write, so a standby (of a
+     * multi-host URL, or the only host) is refused at connect and libpq
+     * tries the next host; a URL (or PGTARGETSESSIONATTRS: an empty value
+     * lets libpq's environment default apply) may say "any" for a worker
+     * that only reads. */
+    const char *tsa = getenv("PGTARGETSESSIONATTRS") ? "" : "read-write";
     const char *keys[] = {"connect_timeout", "keepalives", "keepalives_idle",
                           "keepalives_interval", "keepalives_count", "tcp_user_timeout",
-                          "gssencmode", "dbname", "application_name", NULL};
-    const char *vals[] = {timeout, "1", "15", "5", "3", "30000", "disable", c->cfg->url,
+                          "gssencmode", "target_session_attrs", "dbname", "application_name",
+                          NULL};
+    const char *vals[] = {timeout, "1", "15", "5", "3", "30000", "disable", tsa, c->cfg->url,
                           c->app_name, NULL};
     PGconn *pg = PQconnectdbParams(keys, vals, 1);
     if (!pg)
@@ -98,17 +139,27 @@ static int pg_open(struct db_conn *c, struct err *e)
         char msg[ERR_MSG_MAX];
         snprintf(msg, sizeof(msg), "%s", PQerrorMessage(pg));
         one_line(msg);
-        /* PgBouncer refuses a startup parameter it does not pass on (say
-         * options=-c ... in the URL): name the pooler's setting for it. */
-        err_set(e, E_CONN_LOST, "connect to '%s' failed: %s%s", c->cfg->where, msg,
-                strstr(msg, "unsupported startup parameter")
-                    ? " (a pooler's refusal: drop it from --db or see ignore_startup_parameters)"
-                    : "");
+        if (message_is_standby(msg) && !strchr(c->cfg->where, ','))
+            err_set(e, E_CONN_LOST, "database '%s' is a standby (read-only) and read-write "
+                    "is wanted (target_session_attrs): %s", c->cfg->where, msg);
+        else if (message_is_standby(msg))
+            err_set(e, E_CONN_LOST, "no read-write primary among '%s' (each host is a standby "
+                    "or unreachable): %s", c->cfg->where, msg);
+        else /* PgBouncer refuses a startup parameter it does not pass on (say
+              * options=-c ... in the URL): name the pooler's setting for it. */
+            err_set(e, E_CONN_LOST, "connect to '%s' failed: %s%s", c->cfg->where, msg,
+                    strstr(msg, "unsupported startup parameter")
+                        ? " (a pooler's refusal: drop it from --db or see "
+                          "ignore_startup_parameters)"
+                        : "");
         PQfinish(pg);
         return E_CONN_LOST;
     }
     PQsetNoticeProcessor(pg, log_notice, c);
     c->pg = pg;
+    c->want_rw = wants_read_write(pg);
+    const char *h = PQhost(pg), *p = PQport(pg);
+    snprintf(c->at, sizeof(c->at), "%s:%s", h && *h ? h : "?", p && *p ? p : "5432");
     /* Made now: PQcancel is signal-safe, PQgetCancel is not. */
     c->pg_cancel = PQgetCancel(pg);
     return 0;
@@ -152,13 +203,36 @@ static bool pg_is_lost(struct db_conn *c)
 }
 
 /* SQLSTATEs that mean the session is gone even if the socket still looks open:
- * class 08 (connection exception), admin/crash shutdown, cannot connect now. */
+ * class 08 (connection exception), admin/crash shutdown, cannot connect now;
+ * and 25006, a write refused by a read-only server (see conn.h). */
 bool db_pg_sqlstate_is_loss(const char *state)
 {
     if (!state)
         return false;
     return !strncmp(state, "08", 2) || !strcmp(state, "57P01") || !strcmp(state, "57P02") ||
-           !strcmp(state, "57P03");
+           !strcmp(state, "57P03") || !strcmp(state, "25006");
+}
+
+/* PostgreSQL 14+ reports in_hot_standby and default_transaction_read_only
+ * to the client and again whenever they change (a promotion, a primary
+ * fenced by its operator): what libpq's target_session_attrs=read-write
+ * checks at connect, seen here with no round trip. An older server reports
+ * neither; libpq then checks at connect only.
+ * NEEDSWORK(#14): there (and behind a pooler that does not pass these
+ * parameters on) a task's 25006 is stored as DatabaseError and the session
+ * kept; the task's SQLSTATE never reaches us through celeriac_fail_db. */
+static const char *pg_read_only(struct db_conn *c)
+{
+    if (!c->want_rw)
+        return NULL;
+    pg_is_lost(c); /* reads a ParameterStatus that arrived while idle */
+    const char *hs = PQparameterStatus(c->pg, "in_hot_standby");
+    const char *ro = PQparameterStatus(c->pg, "default_transaction_read_only");
+    if (hs && !strcmp(hs, "on"))
+        return "a standby (read-only)";
+    if (ro && !strcmp(ro, "on"))
+        return "read-only (default_transaction_read_only = on: a fenced primary?)";
+    return NULL;
 }
 
 /* Waits until c's socket is ready for events, or deadline_ms (monotonic)
@@ -275,6 +349,7 @@ const struct db_driver db_pg_driver = {
     .open = pg_open,
     .close = pg_close,
     .is_lost = pg_is_lost,
+    .read_only = pg_read_only,
     .ping = pg_ping,
     .reset = pg_reset,
     .cancel = pg_cancel,

@@ -74,6 +74,13 @@ static void sqlite_close(struct db_conn *c)
     c->sqlite = NULL;
 }
 
+/* A SQLite file has no standby. */
+static const char *sqlite_read_only(struct db_conn *c)
+{
+    UNUSED(c);
+    return NULL;
+}
+
 static bool sqlite_is_lost(struct db_conn *c)
 {
     return c->sqlite == NULL;
@@ -106,6 +113,7 @@ const struct db_driver db_sqlite_driver = {
     .open = sqlite_open,
     .close = sqlite_close,
     .is_lost = sqlite_is_lost,
+    .read_only = sqlite_read_only,
     .ping = sqlite_ping,
     .reset = sqlite_reset,
     .cancel = sqlite_cancel,

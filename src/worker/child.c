@@ -290,7 +290,7 @@ static void open_database(struct child *c)
     tally_db(c);
     c->budget_next_ms = time_mono_ms() + BUDGET_FIRST_RECOUNT_MS;
     log_info("database connection to '%s' opened by pid %d (after fork, application_name "
-             "'%s')", c->cfg->db.where, (int)getpid(), c->db.app_name);
+             "'%s')", db_conn_where(&c->db), (int)getpid(), c->db.app_name);
 }
 
 /* Fetches and handles messages until told to stop (or retired). */

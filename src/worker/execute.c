@@ -42,20 +42,20 @@ static int run_task(struct child *c, const struct message *m, const struct celer
             c->db.pooled = true;
             db_conn_close(&c->db, "prepared statements do not survive a transaction pooler");
         } else {
-            log_warning("task %s[%s]: database connection lost (%s)%s", m->task_name,
-                        m->task_id, c->task.exc_message.data,
+            log_warning("task %s[%s]: database %s (%s)%s", m->task_name, m->task_id,
+                        c->db.lost_why, c->task.exc_message.data,
                         retry ? "; re-running after reconnect" : "");
         }
-        /* The connection died under the task (or was closed above). */
+        /* The connection died under the task, is on a standby, or was closed above. */
         atomic_store(&c->slot->db_state, DBS_DOWN);
         struct err e = {0};
         if (db_conn_ready(&c->db, 0, &sig_stop, &e) || !retry) {
             struct buf text = BUF_INIT;
-            buf_addf(&text, "%s: %s",
-                     pooler ? "prepared statement lost behind a transaction pooler (run with "
-                              "--db-pooler transaction)"
-                            : "database connection lost",
-                     c->task.exc_message.data);
+            if (pooler)
+                buf_addf(&text, "prepared statement lost behind a transaction pooler (run with "
+                         "--db-pooler transaction): %s", c->task.exc_message.data);
+            else
+                buf_addf(&text, "database %s: %s", c->db.lost_why, c->task.exc_message.data);
             snprintf(c->task.exc_type, sizeof(c->task.exc_type), "OperationalError");
             buf_reset(&c->task.exc_message);
             buf_add(&c->task.exc_message, text.data, text.len);

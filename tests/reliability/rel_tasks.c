@@ -272,6 +272,7 @@ static const struct celeriac_task_def rel_tasks[] = {
     {"rel.pg_sleep", rel_pg_sleep, 0},
     {"rel.pg_sleep_idem", rel_pg_sleep, CELERIAC_IDEMPOTENT},
     {"rel.record", rel_record, LATE | CELERIAC_IDEMPOTENT},
+    {"rel.write", rel_record, LATE}, /* rel.record, not idempotent */
     {"rel.leave_open", rel_leave_open, 0},
     {"rel.txn", rel_txn, 0},
     {"rel.segv", rel_segv, 0},

@@ -42,14 +42,32 @@ not_ok() { echo "not ok - $1"; shift; for l in "$@"; do echo "#   $l"; done; FAI
 say() { echo "# $*"; }
 now() { date +%s.%N; }
 
+# pid and its descendants, deepest first
+tree() {
+    local p c
+    for c in $(cat /proc/"$1"/task/*/children 2>/dev/null); do
+        tree "$c"
+    done
+    echo "$1"
+}
+
 cleanup() {
-    local pid
+    local pid all=() i
+    # workers first, while Redis and PostgreSQL are still there to say goodbye to
     for pid in "${PIDS[@]}"; do
+        all+=($(tree "$pid"))
         kill -TERM "$pid" 2>/dev/null
     done
-    sleep 1
-    for pid in "${PIDS[@]}"; do
-        kill -KILL "$pid" 2>/dev/null
+    for i in $(seq 100); do
+        alive=0
+        for pid in "${PIDS[@]}"; do
+            kill -0 "$pid" 2>/dev/null && alive=1
+        done
+        [[ $alive == 0 ]] && break
+        sleep 0.1
+    done
+    for pid in "${all[@]}"; do
+        kill -KILL "$pid" 2>/dev/null && echo "# killed $pid (did not stop on TERM in 10 s)"
     done
     if [[ -f $TMP/pg/data/postmaster.pid ]]; then
         pid=$(head -1 "$TMP/pg/data/postmaster.pid")
@@ -90,7 +108,7 @@ for h in $HOSTS; do
 done
 
 # ---- Redis --------------------------------------------------------------------
-in_ns redis redis-server --bind "$REDIS_IP" --port 6379 --save '' --appendonly no \
+ip netns exec cel-redis redis-server --bind "$REDIS_IP" --port 6379 --save '' --appendonly no \
     --protected-mode no --dir "$TMP" --logfile "$TMP/redis.log" &
 PIDS+=($!)
 # ---- PostgreSQL ---------------------------------------------------------------
@@ -119,9 +137,9 @@ in_ns cl "$ROOT/examples/books/seed.sh" postgres "$DB" 10000 || die "seed"
 export CELERIAC_RUNTIME_DIR=$TMP
 declare -A WPID
 for w in w1 w2 w3; do
-    in_ns "$w" "$BIN" worker -A "$LIB" -c 2 -b "$BROKER" --result-backend "$BACKEND" --db "$DB" \
+    ip netns exec "cel-$w" "$BIN" worker -A "$LIB" -c 2 -b "$BROKER" --result-backend "$BACKEND" --db "$DB" \
         --acks-late --visibility-timeout 5 --sweep-interval 1 --db-connect-timeout 2 \
-        --db-idle-check 1000 -n "$w@fleet" -l debug --log-format json -f "$TMP/$w.log" &
+        --db-idle-check 1000 -n "$w@fleet" -l debug --log-format json -f "$TMP/$w.log" >"$TMP/$w.out" 2>&1 &
     WPID[$w]=$!
     PIDS+=($!)
 done
@@ -142,7 +160,7 @@ ticks() {
 
 # ---- the client: FLEET_TASKS tasks spread over the whole run ------------------
 RUN_S=$((4 + 3 * (CUT_S + SETTLE_S)))
-in_ns cl env PYTHONDONTWRITEBYTECODE=1 /usr/bin/python3 "$ROOT/tests/fleet/client.py" send \
+ip netns exec cel-cl /usr/bin/python3 "$ROOT/tests/fleet/client.py" send \
     "$BROKER" "$TASKS" "$RUN_S" "$TMP/ids" >"$TMP/client.log" 2>&1 &
 CLIENT=$!
 PIDS+=($CLIENT)

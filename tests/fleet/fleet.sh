@@ -11,6 +11,12 @@
 # and back at work by itself after the heal. Prints the figures and a
 # "N passed, N failed" summary. Needs root, ip, nft, redis-server, PostgreSQL 15.
 # Everything it creates (namespaces, veths, processes by pid) goes on EXIT.
+#
+# NEEDSWORK(#14): a partitioned worker notices only after ~30 s: the Redis
+# command timeout (redis_link.c COMMAND_TIMEOUT_S) and libpq's wait are fixed,
+# no flag shortens them; a cut shorter than that is never noticed (TCP
+# retransmits and the worker carries on ~3 s after the heal). For the same
+# reason a warm shutdown of a cut-off worker waits up to those 30 s.
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -20,7 +26,7 @@ BIN=$BD/celeriac
 LIB=$BD/examples/libbooks.so
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 TASKS=${FLEET_TASKS:-20000}
-CUT_S=${FLEET_CUT_S:-10}
+CUT_S=${FLEET_CUT_S:-40} # past the 30 s Redis command timeout, so the cut is noticed
 SETTLE_S=${FLEET_SETTLE_S:-8}
 NET=10.231.0
 REDIS_IP=$NET.1

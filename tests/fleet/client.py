@@ -154,6 +154,12 @@ def check(broker, backend, ids_path, events_path, d):
         for t, lv, m in noise[:6]:
             print(f"#     +{t - t_cut:5.1f}s {lv} {m[:150]}")
         print(f"#   its completions during the cut (after the first second): {own_in}")
+        restored = 0
+        for o in others:
+            for t, lv, m, tid in logs[o]:
+                if t and t_cut <= t <= t_heal and m.startswith("restored "):
+                    restored += int(m.split()[1])
+        print(f"#   messages the others restored from unacked during the cut: {restored}")
         print(f"#   others: {oth_in / span:.0f} tasks/s during the cut, {oth_before / 4:.0f}/s in the 4 s before")
         print(f"#   first task completed after the heal: "
               + (f"{recover:.1f} s" if recover is not None else "never"))

@@ -165,7 +165,7 @@ ticks() {
 }
 
 # ---- the client: FLEET_TASKS tasks spread over the whole run ------------------
-RUN_S=$((4 + 3 * (CUT_S + SETTLE_S)))
+RUN_S=$((4 + 3 * (CUT_S + SETTLE_S) + SETTLE_S)) # tasks keep coming after the last heal
 ip netns exec cel-cl /usr/bin/python3 "$ROOT/tests/fleet/client.py" send \
     "$BROKER" "$TASKS" "$RUN_S" "$TMP/ids" >"$TMP/client.log" 2>&1 &
 CLIENT=$!

@@ -218,11 +218,18 @@ static bool settle_transaction(struct child *c, struct message *m)
     return end == TXN_ENDED_BY_TASK;
 }
 
+/* Whether def's message is acked after its task (a transactional task's
+ * ack is its commit). */
+static bool task_acks_late(const struct child *c, const struct celeriac_task_def *def)
+{
+    return transaction_wanted(c, def) || c->cfg->acks_late || (def->flags & CELERIAC_ACKS_LATE);
+}
+
 /* Runs m, described in the slot by slot_describe. */
 static void execute(struct child *c, struct message *m, const struct celeriac_task_def *def)
 {
     bool txn = transaction_wanted(c, def);
-    bool acks_late = txn || c->cfg->acks_late || (def->flags & CELERIAC_ACKS_LATE);
+    bool acks_late = task_acks_late(c, def);
     bool ignore_result = m->ignore_result || (def->flags & CELERIAC_IGNORE_RESULT);
     struct task_tuning *tune = &c->sb->shared->tasks[child_task_index(c, def)];
     double soft, hard;
@@ -298,10 +305,8 @@ void execute_accepted(struct child *c, struct message *m, const struct celeriac_
     /* Its ack comes after the task, or a rate limit makes it wait: its
      * claim must stand on its own meanwhile (on the SQL transport a row
      * taken by lock is claimed now). */
-    bool late = transaction_wanted(c, def) || c->cfg->acks_late ||
-                (def->flags & CELERIAC_ACKS_LATE);
     struct task_tuning *tune = &c->sb->shared->tasks[child_task_index(c, def)];
-    if ((late || atomic_load(&tune->rate_interval_ns)) && !settle_keep(c, m))
+    if ((task_acks_late(c, def) || atomic_load(&tune->rate_interval_ns)) && !settle_keep(c, m))
         return;
     /* Received and not started (a rate limit, a database to wait for):
      * Celery's "reserved". */

@@ -97,6 +97,16 @@ static int store_worker_lost(struct salvage *sv, struct slot *s, struct err *e)
     return rc;
 }
 
+void salvage_log_restored(const struct slot *s, int reason)
+{
+    if (reason == LOST_UNSTARTED)
+        log_warning("message %s: its child was stopped before starting it; restored to its "
+                    "queue", s->lost_tag);
+    else
+        log_warning("Task %s[%s]: its process was stopped before it finished; restored to "
+                    "its queue (%s)", s->lost_task_name, s->lost_task_id, s->lost_tag);
+}
+
 void salvage_worker_lost_meta(struct slot *s, struct result_meta *meta, char *text,
                               size_t size)
 {
@@ -133,12 +143,8 @@ static int settle_lost(struct salvage *sv, struct slot *s)
     s->lost_task_name[sizeof(s->lost_task_name) - 1] = '\0';
     if (reason == LOST_UNSTARTED || (reason == LOST_CRASH && atomic_load(&s->lost_acks_late))) {
         rc = broker_redis_restore(&sv->broker, s->lost_tag, false, &e);
-        if (rc == BROKER_RESTORED && reason == LOST_UNSTARTED)
-            log_warning("message %s: its child was stopped before starting it; restored to its "
-                        "queue", s->lost_tag);
-        else if (rc == BROKER_RESTORED)
-            log_warning("Task %s[%s]: its process was stopped before it finished; restored to "
-                        "its queue (%s)", s->lost_task_name, s->lost_task_id, s->lost_tag);
+        if (rc == BROKER_RESTORED)
+            salvage_log_restored(s, reason);
     } else if (reason == LOST_CRASH) {
         rc = store_worker_lost(sv, s, &e);
     } else if (reason != LOST_NONE) {

@@ -49,6 +49,10 @@ ATTR_NORETURN void salvage_main(const struct worker_config *cfg, struct scoreboa
 ATTR_NORETURN void salvage_transport_main(const struct worker_config *cfg,
                                           struct scoreboard *sb);
 
+/* The line for the task or message of slot s (lost for `reason`) that a
+ * salvage put back on its queue. */
+void salvage_log_restored(const struct slot *s, int reason);
+
 /* The FAILURE WorkerLostError stored for an early-acked task the dead
  * child of slot s was running (redelivered: a SUCCESS it stored just
  * before dying is kept); then, once the caller stored it (rc 0) or not,

@@ -88,12 +88,8 @@ static int settle_lost_task(struct transport_salvage *ts, struct slot *s, struct
     if (by_tag && (reason == LOST_UNSTARTED || (reason == LOST_CRASH && late))) {
         rc = ts->broker.ops->settle_lost(&ts->broker, s->lost_tag, BROKER_LOST_RESTORE, 0, NULL,
                                          e);
-        if (rc == BROKER_RESTORED && reason == LOST_UNSTARTED)
-            log_warning("message %s: its child was stopped before starting it; restored to its "
-                        "queue", s->lost_tag);
-        else if (rc == BROKER_RESTORED)
-            log_warning("Task %s[%s]: its process was stopped before it finished; restored to "
-                        "its queue (%s)", s->lost_task_name, s->lost_task_id, s->lost_tag);
+        if (rc == BROKER_RESTORED)
+            salvage_log_restored(s, reason);
     } else if (reason == LOST_CRASH && !late) {
         rc = store_worker_lost(ts, s, e);
     } else if (reason != LOST_NONE && by_tag) {

@@ -544,6 +544,13 @@ def service_cpu():
     return out
 
 
+def foreign_share(busy, ours, svc0, svc1, wall):
+    """CPU others used over a run of `wall` seconds, as a fraction of one
+    CPU: the machine's busy seconds less ours (this script, its children,
+    the worker) and our services'."""
+    return max(0.0, busy - ours - sum(svc1[k] - svc0[k] for k in svc1)) / wall
+
+
 def measure_start(proc):
     """Counters for measure_foreign over a stretch of a run of proc."""
     return (time.monotonic(), machine_busy(), own_cpu(), tree_cpu(proc.pid), service_cpu_total())
@@ -672,8 +679,7 @@ def run_once(contender, workload, concurrency, rep, n, broker="redis"):
         "mem": mem, "mem_early": mem_early, "redis_commands": cmdstats,
         # CPU used by processes that are not ours (other users of the machine),
         # as a fraction of one CPU over the run: a disturbed run shows here.
-        "foreign_cpu": max(0.0, (busy1 - busy0) - cpu - (own1 - own0)
-                           - sum(svc1[k] - svc0[k] for k in svc1)) / wall,
+        "foreign_cpu": foreign_share(busy1 - busy0, cpu + own1 - own0, svc0, svc1, wall),
     }
     if fill_s is not None:
         row["fill_s"] = fill_s
@@ -720,8 +726,7 @@ def run_pgbench(concurrency, rep, n):
            "concurrency": concurrency, "rep": rep, "tasks": done, "wall_s": wall,
            "rate": float(m.group(1)), "cpu_ms_per_task": 1000 * cpu / done,
            "svc_cpu_ms_per_task": {k: 1000 * (svc1[k] - svc0[k]) / done for k in svc1},
-           "foreign_cpu": max(0.0, (busy1 - busy0) - (own1 - own0)
-                              - sum(svc1[k] - svc0[k] for k in svc1)) / wall}
+           "foreign_cpu": foreign_share(busy1 - busy0, own1 - own0, svc0, svc1, wall)}
     log(f"W1 pgbench c={concurrency} rep {rep}: {row['rate']:8.0f} tx/s, "
         f"PostgreSQL {row['svc_cpu_ms_per_task'].get('postgres', 0):.3f} CPU ms/tx, "
         f"pgbench {row['cpu_ms_per_task']:.3f}"

@@ -81,6 +81,9 @@ struct broker_owner {
     struct held_board *held_board; /* the ETA messages the slot's last process held */
     int sweep_interval_s;        /* how often maintenance may run */
     double visibility_timeout;   /* seconds before an unacked message is redelivered */
+    struct db_conn *task_db;     /* the child's task connection (borrowed), when the SQL
+                                    broker runs on it instead of a connection of its own
+                                    (worker_config.broker_shares_db); NULL otherwise */
 };
 
 /* How a message the previous process of a slot left is settled. */

@@ -43,6 +43,18 @@ int broker_sql_transport_init(struct broker *b, const struct broker_config *cfg,
  * the same file, or the same host, port and database name. */
 bool sql_broker_is_task_db(const struct broker_config *broker, const struct db_config *db);
 
+/* True when b (any transport) holds m's row locked in the open transaction
+ * of the task's own connection, the broker running on it
+ * (worker_config.broker_shares_db): that transaction must last until the
+ * task starts, a transactional task runs inside it (after a savepoint, see
+ * sql_txn_rollback_to_task), and its ack (the row's DELETE and the COMMIT)
+ * commits the task's writes. */
+bool sql_broker_holds_in_task_txn(const struct broker *b, const struct message *m);
+
+/* Undoes a task's writes since the lock's savepoint, keeping its message's
+ * lock. 0, or < 0 when the task ended the transaction itself. */
+int sql_txn_rollback_to_task(struct db_conn *c, struct err *e);
+
 /* Opens the task's transaction on c. 0 or a negative code. */
 int sql_txn_begin(struct db_conn *c, struct err *e);
 /* Whether the transaction is still open (a task that committed or rolled

@@ -123,6 +123,7 @@ enum pg_stmt {
     STMT_LOCK,
     STMT_REMOVE_LOCKED,
     STMT_CLAIM_LOCKED,
+    STMT_CLAIM_ROW,
     STMT_COUNT
 };
 
@@ -150,6 +151,11 @@ static const char *const stmt_sql[STMT_COUNT] = {
     [STMT_CLAIM_LOCKED] = "UPDATE kombu_message SET visible = false, timestamp = $2::timestamp,"
                           "  version = -(abs(version) + 1)"
                           " WHERE id = $1 RETURNING version",
+    [STMT_CLAIM_ROW] = "UPDATE kombu_message SET visible = false, timestamp = $2::timestamp,"
+                       "  version = -(abs(version) + 1)"
+                       " WHERE id = (SELECT id FROM kombu_message WHERE id = $1 AND visible"
+                       "             FOR UPDATE SKIP LOCKED)"
+                       " RETURNING version",
 };
 
 /* Which connections of this process have the statements, by handle and
@@ -480,6 +486,7 @@ static int pg_claim(struct sql_store *s, const int64_t *queue_ids, size_t n, con
 }
 
 static void pg_rollback(struct sql_store *s);
+static bool pg_in_transaction(struct sql_store *s);
 
 static int pg_lock(struct sql_store *s, const int64_t *queue_ids, size_t n, struct sql_claim *c,
                    struct err *e)
@@ -490,7 +497,9 @@ static int pg_lock(struct sql_store *s, const int64_t *queue_ids, size_t n, stru
         const char *params[] = {qid};
         int rc;
         PGresult *r = run_pipelined(s, "taking a message", i == 0 ? "BEGIN" : NULL, STMT_LOCK,
-                                    1, params, NULL, PGRES_TUPLES_OK, &rc, e);
+                                    1, params,
+                                    s->task_savepoint ? "SAVEPOINT " SQL_TASK_SAVEPOINT : NULL,
+                                    PGRES_TUPLES_OK, &rc, e);
         if (!r) {
             if (db_conn_is_open(s->conn))
                 pg_rollback(s);
@@ -530,6 +539,24 @@ static int pg_settle_locked(struct sql_store *s, int64_t id, const char *stamp, 
         *version = atoi(PQgetvalue(r, 0, 0));
     PQclear(r);
     return 0;
+}
+
+static int pg_claim_row(struct sql_store *s, int64_t id, const char *stamp, int *version,
+                        struct err *e)
+{
+    char a[24];
+    snprintf(a, sizeof(a), "%" PRId64, id);
+    const char *params[] = {a, stamp};
+    int rc;
+    PGresult *r = run_stmt(s, "claiming a message", STMT_CLAIM_ROW, 2, params, PGRES_TUPLES_OK,
+                           &rc, e);
+    if (!r)
+        return rc;
+    int found = PQntuples(r) == 1;
+    if (found)
+        *version = atoi(PQgetvalue(r, 0, 0));
+    PQclear(r);
+    return found;
 }
 
 /* Reads what the server sent (notifications) without blocking; true when
@@ -714,6 +741,13 @@ static void pg_rollback(struct sql_store *s)
     PQclear(PQexec(pg(s), "ROLLBACK"));
 }
 
+static int pg_rollback_to_task(struct sql_store *s, struct err *e)
+{
+    if (!pg_in_transaction(s))
+        return err_set(e, E_PROTOCOL, "the task ended the transaction itself");
+    return pg_exec(s, "ROLLBACK TO SAVEPOINT " SQL_TASK_SAVEPOINT, e);
+}
+
 static bool pg_in_transaction(struct sql_store *s)
 {
     PGTransactionStatusType st = PQtransactionStatus(pg(s));
@@ -727,6 +761,7 @@ const struct sql_store_ops sql_pg_store_ops = {
     .claim = pg_claim,
     .lock = pg_lock,
     .settle_locked = pg_settle_locked,
+    .claim_row = pg_claim_row,
     .wait = pg_wait,
     .remove = pg_remove,
     .give_back = pg_give_back,
@@ -740,4 +775,5 @@ const struct sql_store_ops sql_pg_store_ops = {
     .commit = pg_commit,
     .rollback = pg_rollback,
     .in_transaction = pg_in_transaction,
+    .rollback_to_task = pg_rollback_to_task,
 };

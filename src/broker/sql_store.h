@@ -84,6 +84,13 @@ struct sql_store_ops {
      * (the transaction rolled back). */
     int (*settle_locked)(struct sql_store *s, int64_t id, const char *stamp, int *version,
                          struct err *e);
+    /* Claims row id as claim does, stamped stamp, if it is ready and no
+     * transaction holds it locked: what a lock that ended with its
+     * process left (the row is back in its queue, unchanged). 1 with its
+     * new version in *version, 0 when it is gone or someone holds it, or
+     * a negative code. NULL where there is no lock path. */
+    int (*claim_row)(struct sql_store *s, int64_t id, const char *stamp, int *version,
+                     struct err *e);
     /* Waits up to timeout_ms for something worth another claim. 0, or
      * E_CONN_LOST. */
     int (*wait)(struct sql_store *s, int timeout_ms, struct err *e);
@@ -120,6 +127,11 @@ struct sql_store_ops {
     int (*commit)(struct sql_store *s, struct err *e);
     void (*rollback)(struct sql_store *s);
     bool (*in_transaction)(struct sql_store *s);
+    /* Undoes what ran since SQL_TASK_SAVEPOINT, keeping the transaction
+     * (and its lock) open. 0, or < 0 when there is no such savepoint any
+     * more (the task ended the transaction) or it failed. NULL where there
+     * is no lock path. */
+    int (*rollback_to_task)(struct sql_store *s, struct err *e);
 };
 
 struct sql_store {
@@ -128,7 +140,14 @@ struct sql_store {
     void *impl;                  /* the dialect's state, or NULL */
     bool borrowed;               /* the application's handle (the outbox): a failure
                                     never closes it */
+    bool task_savepoint;         /* conn is also a task's: each lock also sets the
+                                    savepoint SQL_TASK_SAVEPOINT, which a failed task
+                                    run in the lock's transaction rolls back to */
 };
+
+/* The savepoint of task_savepoint. */
+#define SQL_TASK_SAVEPOINT "celeriac_task"
+
 
 /* The statements of the database c is open on. */
 const struct sql_store_ops *sql_store_ops_for(const struct db_conn *c);

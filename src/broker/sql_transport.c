@@ -27,6 +27,8 @@
  * that rolled back sends no notification). */
 #define RECLAIM_MS 1000
 
+static const struct broker_ops sql_transport_ops;
+
 struct known_queue {
     char *name;
     int64_t id;
@@ -34,7 +36,14 @@ struct known_queue {
 
 struct sql_transport {
     struct db_conn conn;         /* the broker connection, this process's own */
-    struct sql_store store;      /* on conn */
+    struct db_conn *shared;      /* or the task connection it runs on instead (borrowed;
+                                    owner.task_db): opened, reopened and closed by the
+                                    child; a transactional task runs inside the
+                                    transaction of its message's lock */
+    uint64_t shared_open;        /* shared->attempts when this transport last set up its
+                                    statements and LISTEN there: another value means the
+                                    child reopened it since */
+    struct sql_store store;      /* on conn, or on shared */
     const struct broker_config *cfg;   /* borrowed */
     struct broker_owner owner;
     char **queues;               /* the set to consume, owned */
@@ -58,6 +67,10 @@ struct sql_transport {
     bool lock_next;              /* take the next row by lock: the last one was acked
                                     at its start (a late-ack stream claims instead) */
     bool kept;                   /* the current delivery was kept or protected */
+    /* The last lock of a dead process claimed by settle_lost (the death is
+     * counted, then the message may be settled for good): its lock tag and
+     * the claim's tag, which later settlements of the lock tag use. */
+    char lost_lock[40], lost_claim[40];
 };
 
 /* What a delivery owns (struct delivery's owner). */
@@ -69,6 +82,18 @@ struct sql_owned {
 static struct sql_transport *impl(const struct broker *b)
 {
     return b->impl;
+}
+
+/* The connection the statements run on. */
+static struct db_conn *conn_of(const struct sql_transport *t)
+{
+    return t->store.conn;
+}
+
+/* Open, and (shared) still the session this transport set up. */
+static bool session_is_ours(const struct sql_transport *t)
+{
+    return db_conn_is_open(conn_of(t)) && (!t->shared || t->shared->attempts == t->shared_open);
 }
 
 void sql_tag_format(char *out, size_t size, int64_t id, int version)
@@ -118,7 +143,8 @@ static bool lock_tag_parse(const char *s, int64_t *id)
 static bool holds_lock_of(const struct sql_transport *t, const struct message *m)
 {
     int64_t id;
-    return t->locked && lock_tag_parse(m->delivery_tag, &id) && id == t->locked_id;
+    return t->locked && session_is_ours(t) && lock_tag_parse(m->delivery_tag, &id) &&
+           id == t->locked_id;
 }
 
 static void forget_queues(struct sql_transport *t)
@@ -176,22 +202,29 @@ static int listen_queues(struct sql_transport *t, struct err *e)
 static int st_open(struct broker *b, struct err *e)
 {
     struct sql_transport *t = impl(b);
-    db_conn_close(&t->conn, NULL);
     forget_queues(t);
     t->locked = false; /* its transaction ended with the connection */
-    int rc = db_conn_open(&t->conn, 1, NULL, e);
+    int rc;
+    if (t->shared) { /* the child's connection: set up again after a reopen */
+        rc = db_conn_is_open(t->shared) ? 0 : db_conn_open(t->shared, 1, NULL, e);
+    } else {
+        db_conn_close(&t->conn, NULL);
+        rc = db_conn_open(&t->conn, 1, NULL, e);
+    }
     if (!rc)
         rc = t->store.ops->prepare(&t->store, e);
     if (!rc)
         rc = listen_queues(t, e);
-    if (rc)
+    if (!rc && t->shared)
+        t->shared_open = t->shared->attempts;
+    if (rc && !t->shared)
         db_conn_close(&t->conn, NULL);
     return rc;
 }
 
 static bool st_is_open(const struct broker *b)
 {
-    return db_conn_is_open(&impl(b)->conn);
+    return session_is_ours(impl(b));
 }
 
 static void free_queue_set(struct sql_transport *t)
@@ -355,6 +388,12 @@ static int claim_locked(struct sql_transport *t, char *tag, size_t size, struct 
     return 0;
 }
 
+bool sql_broker_holds_in_task_txn(const struct broker *b, const struct message *m)
+{
+    const struct sql_transport *t = b->ops == &sql_transport_ops ? impl(b) : NULL;
+    return t && t->shared && holds_lock_of(t, m);
+}
+
 static int st_drop(struct broker *b, struct delivery *d, struct err *e)
 {
     struct sql_transport *t = impl(b);
@@ -461,7 +500,7 @@ static int st_requeue(struct broker *b, struct message *m, struct err *e)
     if (holds_lock_of(t, m)) {
         t->locked = false;
         t->store.ops->rollback(&t->store); /* unchanged, at the front of its queue */
-        return db_conn_is_open(&t->conn) ? 0 : err_set(e, E_CONN_LOST, "rolling back a lock");
+        return db_conn_is_open(conn_of(t)) ? 0 : err_set(e, E_CONN_LOST, "rolling back a lock");
     }
     if (lock_tag_parse(m->delivery_tag, &id))
         return 0; /* the lock ended with its connection: back in its queue already */
@@ -522,7 +561,7 @@ static void st_maintain(struct broker *b)
 {
     struct sql_transport *t = impl(b);
     int64_t now = time_mono_ms();
-    if (now < t->next_sweep_ms || !db_conn_is_open(&t->conn) || t->locked)
+    if (now < t->next_sweep_ms || !session_is_ours(t) || t->locked)
         return;
     int64_t interval = (int64_t)t->owner.sweep_interval_s * 1000;
     t->next_sweep_ms = now + interval / 2 + (int64_t)(getpid() % 1000) * interval / 2000;
@@ -616,12 +655,46 @@ static int requeue_lost(struct sql_transport *t, const char *token, int max, int
     return rc < 0 ? rc : rc ? BROKER_RESTORED : BROKER_NOT_HELD;
 }
 
+/* A lock a dead process held ended with its connection: its row is back
+ * in its queue, unchanged, unless another process has taken it since.
+ * Claimed now (if still there and free), it is settled as a claim is;
+ * *tag gets the claim's tag. 1, 0 when it is gone or taken, or < 0. */
+static int claim_unlocked(struct sql_transport *t, int64_t id, char *tag, size_t size,
+                          struct err *e)
+{
+    if (!t->store.ops->claim_row)
+        return 0;
+    char stamp[32];
+    claim_stamp(t, stamp);
+    int version = 0;
+    int rc = t->store.ops->claim_row(&t->store, id, stamp, &version, e);
+    if (rc > 0)
+        sql_tag_format(tag, size, id, version);
+    return rc;
+}
+
 static int st_settle_lost(struct broker *b, const char *token, enum broker_lost how, int max,
                           int *losses, struct err *e)
 {
     struct sql_transport *t = impl(b);
     int64_t id;
     int version;
+    if (!strcmp(token, t->lost_lock)) {
+        token = t->lost_claim;
+    } else if (lock_tag_parse(token, &id)) {
+        if (how == BROKER_LOST_RESTORE)
+            return BROKER_RESTORED; /* rolled back with its process's connection */
+        /* a transactional task's lock (the ack of an early-ack task came
+         * before its start): counting the death, or settling it for good,
+         * needs the row claimed */
+        char claimed[40];
+        int rc = claim_unlocked(t, id, claimed, sizeof(claimed), e);
+        if (rc <= 0)
+            return rc < 0 ? rc : how == BROKER_LOST_ACK ? 0 : BROKER_NOT_HELD;
+        snprintf(t->lost_lock, sizeof(t->lost_lock), "%s", token);
+        snprintf(t->lost_claim, sizeof(t->lost_claim), "%s", claimed);
+        token = t->lost_claim;
+    }
     switch (how) {
     case BROKER_LOST_RESTORE:
         return give_back_tag(t, token, e);
@@ -676,7 +749,7 @@ static struct bus *st_bus(struct broker *b)
 
 static void st_leave(struct broker *b)
 {
-    db_conn_close(&impl(b)->conn, NULL);
+    db_conn_close(&impl(b)->conn, NULL); /* a shared one is the child's to close */
 }
 
 static void st_release(struct broker *b)
@@ -728,7 +801,9 @@ int broker_sql_transport_init(struct broker *b, const struct broker_config *cfg,
     t->cfg = cfg;
     t->owner = *owner;
     t->store.ops = cfg->sql.kind == DB_SQLITE ? &sql_sqlite_store_ops : &sql_pg_store_ops;
-    t->store.conn = &t->conn;
+    t->shared = cfg->sql.kind == DB_POSTGRES ? owner->task_db : NULL;
+    t->store.conn = t->shared ? t->shared : &t->conn;
+    t->store.task_savepoint = t->shared != NULL;
     t->lock_next = true;
     char app_name[64];
     snprintf(app_name, sizeof(app_name), "celeriac broker %d", owner->index);

@@ -71,6 +71,14 @@ int sql_txn_commit_acking(struct db_conn *c, const char *tag, struct err *e)
     return rc < 0 ? rc : 1;
 }
 
+int sql_txn_rollback_to_task(struct db_conn *c, struct err *e)
+{
+    struct sql_store s = on(c);
+    if (!s.ops->rollback_to_task)
+        return err_set(e, E_PROTOCOL, "no lock path on this database");
+    return s.ops->rollback_to_task(&s, e);
+}
+
 void sql_txn_rollback(struct db_conn *c)
 {
     struct sql_store s = on(c);

@@ -785,6 +785,7 @@ static int validate(struct worker_config *cfg, const char *db_url)
                            "--db '%s' (LISTEN and prepared statements need a session); give "
                            "--broker a URL that reaches PostgreSQL directly", cfg->db.where);
     cfg->transactional = transactional && sql_broker_is_task_db(&cfg->broker, &cfg->db);
+    cfg->broker_shares_db = cfg->transactional && cfg->db.kind == DB_POSTGRES;
     if (transactional && !cfg->transactional)
         log_warning("task %s (and any other transactional task) runs as an ordinary late-ack "
                     "task: one commit for its writes and its ack needs the broker in its "
@@ -806,9 +807,10 @@ static void print_banner(const struct worker_config *cfg)
         buf_adds(&backend, "disabled");
     if (cfg->db.url) {
         url_mask(&db, cfg->db.url);
-        buf_adds(&db, cfg->db.pooled ? " (one connection per child, through a transaction "
-                                       "pooler)"
-                                     : " (one connection per child)");
+        buf_adds(&db, cfg->db.pooled            ? " (one connection per child, through a "
+                                                  "transaction pooler)"
+                      : cfg->broker_shares_db ? " (one connection per child, the broker's too)"
+                                              : " (one connection per child)");
     } else {
         buf_adds(&db, "none");
     }

@@ -36,7 +36,7 @@ int budget_planned(const struct worker_config *cfg, const struct db_config **ser
 {
     const struct db_config *cand[3] = {
         &cfg->db,
-        cfg->broker.kind == BROKER_SQL ? &cfg->broker.sql : NULL,
+        cfg->broker.kind == BROKER_SQL && !cfg->broker_shares_db ? &cfg->broker.sql : NULL,
         cfg->backend.kind == BACKEND_DB && cfg->backend.enabled ? &cfg->backend.db : NULL,
     };
     *server = NULL;

@@ -19,7 +19,8 @@
 
 /* The connections the worker opens at most to the PostgreSQL server it
  * checks (the --db one, else the SQL broker's, else the result database's):
- * one per child for each of those on that server, times the most children
+ * one per child for each of those on that server (an SQL broker that runs on
+ * the task connection counts once), times the most children
  * it may run (-c, or the --autoscale maximum). Sets *server to that
  * server's settings (borrowed from cfg), or NULL and returns 0 when no
  * PostgreSQL is configured. */

@@ -45,8 +45,11 @@ static int hook_db_close(void *arg)
     struct child *c = arg;
     atomic_store(&c->slot->db_state, DBS_DOWN);
     /* Reconnecting may take an outage's length: a delivery not yet started
-     * is made durable first (a task running now has been acked). */
-    if (c->current && !atomic_load(&c->slot->task_started_ms))
+     * is made durable first (a task running now has been acked). One held
+     * by a lock on this very connection cannot be: it goes back to its
+     * queue as the connection closes. */
+    if (c->current && !atomic_load(&c->slot->task_started_ms) &&
+        !transaction_holds_delivery(c, c->current))
         settle_protect(c, c->current);
     const struct celeriac_library *lib = c->cfg->lib.desc;
     if (lib->db_closing)
@@ -245,7 +248,8 @@ static void child_setup(struct child *c, const struct worker_config *cfg, struct
     struct broker_owner owner = {.node = cfg->node_name, .master_pid = c->events.master_pid,
                                  .index = index, .slot = slot, .held_board = &sb->held[index],
                                  .sweep_interval_s = cfg->sweep_interval_s,
-                                 .visibility_timeout = cfg->visibility_timeout};
+                                 .visibility_timeout = cfg->visibility_timeout,
+                                 .task_db = cfg->broker_shares_db ? &c->db : NULL};
     struct err e = {0};
     if (broker_init(&c->broker, &cfg->broker, &owner, &e)) {
         log_critical("cannot serve: %s", e.msg); /* the CLI checked the URL first */
@@ -301,9 +305,12 @@ static void serve(struct child *c)
     while (!(loops++ % 64 ? sig_stop : child_should_stop(c))) {
         /* The death-watch poll runs every 64 messages and whenever the queue
          * is idle; PR_SET_PDEATHSIG covers a busy child in between. */
-        if (cfg->db.kind != DB_NONE && !db_conn_is_open(&c->db)) {
+        if (cfg->db.kind != DB_NONE && (!db_conn_is_open(&c->db) || cfg->broker_shares_db)) {
             /* Down: do not pull tasks it would only fail (an open handle is
-             * checked right before each task instead). */
+             * checked right before each task instead). A connection the
+             * broker shares is checked here, outside any delivery's lock
+             * (pinged after idle, recycled when due): execute_accepted
+             * does not roll a lock back to check it. */
             struct err e = {0};
             if (db_conn_ready(&c->db, 0, &sig_stop, &e))
                 break; /* only fails when stopping */

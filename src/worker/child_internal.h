@@ -153,9 +153,14 @@ void recover_slot(struct child *c);
 /* def runs in one transaction with its ack: it is CELERIAC_TRANSACTIONAL
  * and the broker is in the task's database. */
 bool transaction_wanted(const struct child *c, const struct celeriac_task_def *def);
-/* Opens the transaction on the task's connection: CELERIAC_OK, or
- * CELERIAC_FAILED recorded as a database failure of the task. */
-int transaction_begin(struct child *c);
+/* True when m's row is held locked by the transaction open on the task's
+ * connection (the SQL broker runs on it): no health check may roll that
+ * back before the task starts, and a transactional task runs inside it. */
+bool transaction_holds_delivery(const struct child *c, const struct message *m);
+/* Opens m's transaction on the task's connection (or joins its lock's):
+ * CELERIAC_OK, or CELERIAC_FAILED recorded as a database failure of the
+ * task. */
+int transaction_begin(struct child *c, const struct message *m);
 enum transaction_end {
     TXN_ACKED,                   /* the writes and the ack committed together */
     TXN_ENDED_BY_TASK,           /* the task committed or rolled back itself */
@@ -163,9 +168,10 @@ enum transaction_end {
     TXN_UNKNOWN,                 /* the commit failed: it may or may not have happened */
 };
 /* After a success: deletes m's row and commits (logging what went wrong). */
-enum transaction_end transaction_commit(struct child *c, const struct message *m);
-/* After a failure or a retry: the task's writes are undone. */
-void transaction_rollback(struct child *c);
+enum transaction_end transaction_commit(struct child *c, struct message *m);
+/* After a failure or a retry: the task's writes are undone (m's lock, if
+ * the transaction holds one, is kept). */
+void transaction_rollback(struct child *c, const struct message *m);
 /* A redelivered message that is the late-ack task of a child of this worker
  * that died (noted by the master; brokers without restore by tag): settled
  * as Celery settles a lost task (acked: its outcome is stored; or

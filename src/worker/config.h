@@ -45,6 +45,9 @@ struct worker_config {
     bool acks_late;                 /* --acks-late: every task acks after its result */
     bool transactional;             /* the broker is in the task database: transactional
                                        tasks commit their writes with their ack */
+    bool broker_shares_db;          /* transactional on PostgreSQL: each child's SQL broker
+                                       runs on its task connection, so that a transactional
+                                       task runs in the transaction that locked its message */
     bool reject_on_worker_lost;     /* late-ack task of a dead child goes back to the queue */
     int max_worker_lost_requeues;   /* ... at most this often per message, then WorkerLostError */
     double visibility_timeout;      /* seconds before anyone's unacked message is restored */

@@ -20,9 +20,12 @@
 static int run_task(struct child *c, const struct message *m, const struct celeriac_task_def *def,
                     bool txn)
 {
+    /* In its message's lock: a lost connection took the lock along, and
+     * the message is back in its queue for whoever takes it next. */
+    bool in_lock = txn && transaction_holds_delivery(c, m);
     for (int attempt = 0;; attempt++) {
         task_context_begin(&c->task, m);
-        int rc = txn ? transaction_begin(c) : CELERIAC_OK;
+        int rc = txn ? transaction_begin(c, m) : CELERIAC_OK;
         if (rc == CELERIAC_OK)
             rc = task_context_run(&c->task, def);
         if (rc == CELERIAC_OK || !c->task.db_failure)
@@ -30,7 +33,8 @@ static int run_task(struct child *c, const struct message *m, const struct celer
         bool pooler = !c->db.pooled && db_pg_message_is_pooled(c->task.exc_message.data);
         if (!pooler && !db_conn_check_lost(&c->db))
             return rc;
-        bool retry = ((def->flags & CELERIAC_IDEMPOTENT) || txn) && attempt < IDEMPOTENT_RERUNS;
+        bool retry = ((def->flags & CELERIAC_IDEMPOTENT) || txn) && !in_lock &&
+                     attempt < IDEMPOTENT_RERUNS;
         if (pooler) {
             /* The statement failed before it ran; from now on this child
              * asks the library not to prepare (db_connected runs again). */
@@ -199,7 +203,7 @@ static void finish(struct child *c, const struct message *m)
  * undone and its message runs again soon, not after the visibility timeout. */
 static void give_back_uncommitted(struct child *c, struct message *m)
 {
-    transaction_rollback(c);
+    transaction_rollback(c, m);
     struct err e = {0};
     if (settle_give_back(c, m, &e))
         log_warning("task %s[%s] not given back (%s); the visibility sweep will", m->task_name,
@@ -251,13 +255,21 @@ static void execute(struct child *c, struct message *m, const struct celeriac_ta
         settle_ack_async(c, m);
 
     events_task(&c->events, "task-started", m, json_object());
+    bool in_lock = txn && transaction_holds_delivery(c, m);
     int rc = run_limited(c, m, def, txn, soft, hard);
     int64_t t1 = time_mono_ms();
     if (c->db.last_used_ms)
         c->db.last_used_ms = t1;
+    if (in_lock && !transaction_holds_delivery(c, m)) {
+        log_warning("task %s[%s]: its transaction ended with the database connection: its "
+                    "writes were undone and its message is back in its queue, to run again",
+                    m->task_name, m->task_id);
+        finish(c, m);
+        return;
+    }
 
     if (txn && rc != CELERIAC_OK)
-        transaction_rollback(c); /* before the failure or the retry is reported */
+        transaction_rollback(c, m); /* before the failure or the retry is reported */
     const struct celeriac_retry_options *retry = task_retry_pick(c, m, def, rc);
     bool stored = true;
     if (retry && task_retry_send(c, m, retry)) {
@@ -306,14 +318,22 @@ void execute_accepted(struct child *c, struct message *m, const struct celeriac_
      * claim must stand on its own meanwhile (on the SQL transport a row
      * taken by lock is claimed now). */
     struct task_tuning *tune = &c->sb->shared->tasks[child_task_index(c, def)];
-    if ((task_acks_late(c, def) || atomic_load(&tune->rate_interval_ns)) && !settle_keep(c, m))
+    bool rate_limited = atomic_load(&tune->rate_interval_ns) != 0;
+    /* A transactional task in its message's lock (the broker on the task's
+     * connection) keeps the lock: the transaction is the task's. */
+    bool joins_lock = !rate_limited && transaction_wanted(c, def) &&
+                      transaction_holds_delivery(c, m);
+    if (((task_acks_late(c, def) && !joins_lock) || rate_limited) && !settle_keep(c, m))
         return;
     /* Received and not started (a rate limit, a database to wait for):
      * Celery's "reserved". */
     slot_describe(c, m);
     atomic_store(&c->slot->reserved, 1);
     limits_wait_for_rate(c, def);
-    if (c->cfg->db.kind != DB_NONE) {
+    /* A lock held on the task's connection: the statement that took it has
+     * just checked that connection, and its health check would roll the
+     * lock back (serve() checks the shared connection before each fetch). */
+    if (c->cfg->db.kind != DB_NONE && !transaction_holds_delivery(c, m)) {
         /* A reconnect can take as long as an outage: make the message
          * durable first (a loss found by db_conn_ready records it from the
          * close hook). */

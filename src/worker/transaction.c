@@ -7,6 +7,14 @@
  * any late-ack message. A death before the commit leaves the row claimed
  * and the writes undone: the slot's next process gives it back (counting
  * the death, as for reject_on_worker_lost) and it runs again.
+ *
+ * On PostgreSQL the broker runs on the task's connection
+ * (worker_config.broker_shares_db), so the transaction that locked the
+ * message (broker/sql_store.h, the lock path) is the task's: no claim, no
+ * BEGIN of its own; a failure rolls back to the savepoint the lock set, and
+ * the ack's DELETE and COMMIT commit the writes. A death, or a lost
+ * connection, rolls everything back and leaves the row in its queue as it
+ * was (the slot's next process claims it to count the death).
  */
 #include "common.h"
 #include "broker/sql.h"
@@ -17,8 +25,15 @@ bool transaction_wanted(const struct child *c, const struct celeriac_task_def *d
     return c->cfg->transactional && (def->flags & CELERIAC_TRANSACTIONAL);
 }
 
-int transaction_begin(struct child *c)
+bool transaction_holds_delivery(const struct child *c, const struct message *m)
 {
+    return c->cfg->broker_shares_db && sql_broker_holds_in_task_txn(&c->broker, m);
+}
+
+int transaction_begin(struct child *c, const struct message *m)
+{
+    if (transaction_holds_delivery(c, m))
+        return CELERIAC_OK; /* inside the lock's transaction, after its savepoint */
     struct err e = {0};
     if (!sql_txn_begin(&c->db, &e))
         return CELERIAC_OK;
@@ -27,7 +42,7 @@ int transaction_begin(struct child *c)
     return celeriac_fail_db(&c->task, text);
 }
 
-enum transaction_end transaction_commit(struct child *c, const struct message *m)
+enum transaction_end transaction_commit(struct child *c, struct message *m)
 {
     if (!sql_txn_is_open(&c->db)) {
         log_warning("task %s[%s] is transactional but ended the transaction itself: its "
@@ -35,6 +50,15 @@ enum transaction_end transaction_commit(struct child *c, const struct message *m
         return TXN_ENDED_BY_TASK;
     }
     struct err e = {0};
+    if (transaction_holds_delivery(c, m)) {
+        /* the ack of the lock: the row's DELETE and the COMMIT */
+        if (!c->broker.ops->ack(&c->broker, m, 0, &e))
+            return TXN_ACKED;
+        log_error("task %s[%s]: committing its writes with its ack failed (%s); if the commit "
+                  "was lost before it happened, the message runs again", m->task_name,
+                  m->task_id, e.msg);
+        return TXN_UNKNOWN;
+    }
     int rc = sql_txn_commit_acking(&c->db, m->delivery_tag, &e);
     if (rc > 0)
         return TXN_ACKED;
@@ -50,7 +74,15 @@ enum transaction_end transaction_commit(struct child *c, const struct message *m
     return TXN_UNKNOWN;
 }
 
-void transaction_rollback(struct child *c)
+void transaction_rollback(struct child *c, const struct message *m)
 {
-    sql_txn_rollback(&c->db);
+    if (!transaction_holds_delivery(c, m)) {
+        sql_txn_rollback(&c->db);
+        return;
+    }
+    /* the lock must outlast the writes: its row is settled next */
+    struct err e = {0};
+    if (sql_txn_rollback_to_task(&c->db, &e))
+        log_warning("task %s[%s]: its writes could not be rolled back apart from its message's "
+                    "lock (%s)", m->task_name, m->task_id, e.msg);
 }

@@ -23,7 +23,7 @@ id=$(sqlc send tasks.add --args '[2, 3]')
 psql_db -c "CREATE FUNCTION slow_claim() RETURNS trigger LANGUAGE plpgsql AS \$\$BEGIN PERFORM pg_sleep(3); RETURN NEW; END\$\$;
   CREATE TRIGGER slow_claim BEFORE UPDATE ON kombu_message FOR EACH ROW WHEN (NOT NEW.visible AND OLD.visible) EXECUTE FUNCTION slow_claim();"
 start_worker -c 1 -b "$SQL_BROKER" --result-backend "$REDIS_URL" --db "$PG_URL" --acks-late --visibility-timeout 60 --sweep-interval 1 -n r@localhost
-blocked() { [[ $(psql_db -c "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'celeriac broker%' AND query LIKE '%version = -(abs(version) + 1)%' AND state = 'active'") == 1 ]]; }
+blocked() { [[ $(psql_db -c "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'celeriac %' AND query LIKE '%version = -(abs(version) + 1)%' AND state = 'active'") == 1 ]]; }
 wait_for 10 blocked || not_ok "the child is blocked in its claim" "$(worker_log_tail 5)"
 kid=$(worker_children); kill -STOP $kid
 sleep 3.5
@@ -58,7 +58,7 @@ id=$(sqlc send tasks.add --args '[20, 22]')
 psql_db -c "CREATE FUNCTION slow_ack() RETURNS trigger LANGUAGE plpgsql AS \$\$BEGIN PERFORM pg_sleep(3); RETURN OLD; END\$\$;
   CREATE TRIGGER slow_ack BEFORE DELETE ON kombu_message FOR EACH ROW EXECUTE FUNCTION slow_ack();"
 start_worker -c 1 -b "$SQL_BROKER" --result-backend "$REDIS_URL" --db "$PG_URL" -n lock@localhost
-acking() { [[ $(psql_db -c "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'celeriac broker%' AND query LIKE 'DELETE FROM kombu_message WHERE id = \$1' AND state = 'active'") == 1 ]]; }
+acking() { [[ $(psql_db -c "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'celeriac %' AND query LIKE 'DELETE FROM kombu_message WHERE id = \$1' AND state = 'active'") == 1 ]]; }
 wait_for 10 acking || not_ok "the child is inside its ack" "$(worker_log_tail 5)"
 expect_eq "while it acks, the row is unchanged (taken by lock, never claimed)" "t|1" \
     "$(psql_db -c "SELECT visible, version FROM kombu_message")"

@@ -53,6 +53,23 @@ else
     not_ok "a transactional task that commits on its own is named in the log" "$(worker_log_tail 6)"
 fi
 expect_eq "every message acked" 0 "$(psql_db -c "SELECT count(*) FROM kombu_message")"
+# On PostgreSQL the broker runs on the task's connection: the transaction
+# that locks a message is the one its task runs in.
+expect_eq "one connection per child: the broker runs on the task's connection" "1|0" \
+    "$(psql_db -c "SELECT count(*) FILTER (WHERE application_name LIKE 'celeriac child%'),
+                          count(*) FILTER (WHERE application_name LIKE 'celeriac broker%')
+                   FROM pg_stat_activity")"
+# A poison task: each death rolls its write and its lock back, leaving the
+# row as it was; the slot's next process claims it to count the death.
+crash_id=$(sqlc send txn.crash --args '[0]')
+out=$(sqlc wait "$crash_id" --timeout 40)
+expect_eq "a transactional task that kills its process each run: WorkerLostError" \
+    "FAILURE WorkerLostError" "$(jget state <<<"$out") $(jget result <<<"$out" | cut -d: -f1)" \
+    "$(worker_log_tail 8)"
+expect_eq "... after 1 + 3 runs (--max-worker-lost-requeues 3), none of their writes applied" \
+    "3|0|0" "$(grep -c "txn.crash\[$crash_id\]: its process died (signal 9); requeued" \
+                 "$WORKER_LOG")|$(ledger "task_id = '$crash_id'")" "$(worker_log_tail 8)"
+expect_eq "... and its message acked" 0 "$(psql_db -c "SELECT count(*) FROM kombu_message")"
 stop_worker
 
 # ---- elsewhere the flag means late ack, and the log says so --------------------------------------

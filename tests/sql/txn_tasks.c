@@ -8,11 +8,15 @@
  *   late.record CELERIAC_ACKS_LATE only: a kill after the write runs it again,
  *               a second row (what the test shows it can detect);
  *   txn.fail    transactional, writes then fails: the write is rolled back;
- *   txn.commits transactional, but COMMITs itself (the worker says so).
+ *   txn.commits transactional, but COMMITs itself (the worker says so);
+ *   txn.crash   transactional, writes then kills its own process: a poison
+ *               task, whose deaths must be counted though its message's
+ *               lock leaves the row unchanged.
  */
 #include <celeriac.h>
 
 #include <libpq-fe.h>
+#include <signal.h>
 #include <stdio.h>
 
 static int fail_pg(struct celeriac_task *task, PGconn *pg, PGresult *res)
@@ -71,11 +75,20 @@ static int txn_commits(struct celeriac_task *task)
     return record(task, "COMMIT");
 }
 
+static int txn_crash(struct celeriac_task *task)
+{
+    if (record(task, NULL) != CELERIAC_OK)
+        return CELERIAC_FAILED;
+    raise(SIGKILL);
+    return CELERIAC_FAILED;
+}
+
 static const struct celeriac_task_def txn_tasks[] = {
     {"txn.record", txn_record, CELERIAC_TRANSACTIONAL},
     {"late.record", txn_record, CELERIAC_ACKS_LATE},
     {"txn.fail", txn_fail, CELERIAC_TRANSACTIONAL},
     {"txn.commits", txn_commits, CELERIAC_TRANSACTIONAL},
+    {"txn.crash", txn_crash, CELERIAC_TRANSACTIONAL},
     {NULL, NULL, 0},
 };
 

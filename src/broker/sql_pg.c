@@ -525,10 +525,17 @@ static int pg_settle_locked(struct sql_store *s, int64_t id, const char *stamp, 
     char a[24];
     snprintf(a, sizeof(a), "%" PRId64, id);
     const char *params[] = {a, stamp};
+    /* Changed by a subtransaction, a row its parent locked gets a
+     * MultiXact for its xmax, which every other consumer's scan must then
+     * look up (measured: PostgreSQL's CPU per message ten times higher):
+     * the lock's own transaction changes it, after the savepoint. */
+    const char *release = s->task_savepoint && pg_in_transaction(s)
+                              ? "RELEASE SAVEPOINT " SQL_TASK_SAVEPOINT
+                              : NULL;
     int rc;
-    PGresult *r = stamp ? run_pipelined(s, "claiming a message", NULL, STMT_CLAIM_LOCKED, 2,
+    PGresult *r = stamp ? run_pipelined(s, "claiming a message", release, STMT_CLAIM_LOCKED, 2,
                                         params, "COMMIT", PGRES_TUPLES_OK, &rc, e)
-                        : run_pipelined(s, "acking a message", NULL, STMT_REMOVE_LOCKED, 1,
+                        : run_pipelined(s, "acking a message", release, STMT_REMOVE_LOCKED, 1,
                                         params, "COMMIT", PGRES_COMMAND_OK, &rc, e);
     if (!r) {
         if (db_conn_is_open(s->conn) && PQtransactionStatus(pg(s)) != PQTRANS_IDLE)

@@ -326,11 +326,12 @@ static int wait_for_message(struct broker_redis *b, double timeout_s, struct err
 {
     /* The other lists (priorities, further queues) are only polled by the
      * script, so with several of them the wait is kept short. */
+    double block_s = b->n_keys > 2 + 4 && timeout_s > 0.2 ? 0.2 : timeout_s;
     char tmo[16];
-    snprintf(tmo, sizeof(tmo), "%.2f", b->n_keys > 2 + 4 && timeout_s > 0.2 ? 0.2 : timeout_s);
+    snprintf(tmo, sizeof(tmo), "%.2f", block_s);
     const char *argv[] = {"BLMOVE", b->keys[2], b->keys[2], "RIGHT", "RIGHT", tmo};
     size_t alens[] = {6, b->key_lens[2], b->key_lens[2], 5, 5, strlen(tmo)};
-    redisReply *r = redis_link_argv(&b->link, e, 6, argv, alens);
+    redisReply *r = redis_link_blocking_argv(&b->link, block_s, e, 6, argv, alens);
     if (!r)
         return E_CONN_LOST;
     int rc = r->type == REDIS_REPLY_STRING;
@@ -455,11 +456,12 @@ static int pop_hand(struct broker_redis *b, double timeout_s, struct delivery *d
     }
     /* The other lists (priorities, further queues) are only polled above, so
      * with several of them the wait is kept short. */
+    double block_s = b->n_keys > 2 + 4 && timeout_s > 0.2 ? 0.2 : timeout_s;
     char tmo[16];
-    snprintf(tmo, sizeof(tmo), "%.2f", b->n_keys > 2 + 4 && timeout_s > 0.2 ? 0.2 : timeout_s);
+    snprintf(tmo, sizeof(tmo), "%.2f", block_s);
     const char *argv[] = {"BLMOVE", b->keys[2], b->hand, "RIGHT", "LEFT", tmo};
     size_t alens[] = {6, b->key_lens[2], strlen(b->hand), 5, 4, strlen(tmo)};
-    redisReply *r = redis_link_argv(&b->link, e, 6, argv, alens);
+    redisReply *r = redis_link_blocking_argv(&b->link, block_s, e, 6, argv, alens);
     if (!r)
         return E_CONN_LOST;
     if (r->type == REDIS_REPLY_STRING) {

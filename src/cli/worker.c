@@ -123,14 +123,17 @@ static const char usage_text[] =
     "                              kombu: 'sentinel://[:pass@]h1:26379;sentinel://h2:26379'\n"
     "      --broker-transport-option KEY=VALUE\n"
     "                              kombu's broker_transport_options; celeriac knows\n"
-    "                              master_name (required with sentinel://)\n"
+    "                              master_name (required with sentinel://),\n"
+    "                              socket_timeout (seconds a server may stay silent;\n"
+    "                              default 30) and socket_connect_timeout (default 5)\n"
     "      --result-backend URL    store results: redis://..., rpc:// (amqp:// broker),\n"
     "                              db+postgresql://... or db+sqlite:///path (Celery's\n"
     "                              celery_taskmeta table) (env CELERIAC_RESULT_BACKEND;\n"
     "                              default: none, as Celery); sentinel://... as for -b\n"
     "      --result-backend-transport-option KEY=VALUE\n"
     "                              Celery's result_backend_transport_options: master_name\n"
-    "                              (required with a sentinel:// result backend)\n"
+    "                              (required with a sentinel:// result backend),\n"
+    "                              socket_timeout, socket_connect_timeout (as above)\n"
     "      --db URL                postgresql://..., a libpq conninfo, sqlite:///abs/path or\n"
     "                              sqlite://rel/path (env CELERIAC_DB_URL; default: none)\n"
     "  -l, --loglevel LEVEL        debug, info, warning, error, critical (env\n"
@@ -342,34 +345,68 @@ static int set_metrics(struct worker_config *cfg, const char *v, const char *fro
     return 0;
 }
 
+/* True when [key, eq) is exactly name. */
+static bool is_key(const char *key, const char *eq, const char *name)
+{
+    return (size_t)(eq - key) == strlen(name) && !strncmp(key, name, (size_t)(eq - key));
+}
+
 /* --broker-transport-option / --result-backend-transport-option KEY=VALUE:
- * of kombu's and Celery's transport options only master_name means
- * something here; any other key is refused rather than ignored. */
-static int set_transport_option(char **master_name, const char *flag, const char *v)
+ * of kombu's and Celery's transport options master_name, socket_timeout and
+ * socket_connect_timeout mean something here; any other key is refused
+ * rather than ignored. */
+static int set_transport_option(struct redis_transport_options *o, const char *flag,
+                                const char *v)
 {
     const char *eq = strchr(v, '=');
     if (!eq || eq == v)
         return usage_error("%s wants KEY=VALUE, got '%s'", flag, v);
-    if ((size_t)(eq - v) != strlen("master_name") || strncmp(v, "master_name", 11))
-        return usage_error("%s: unknown option '%.*s' (celeriac knows master_name)", flag,
-                           (int)(eq - v > 64 ? 64 : eq - v), v);
-    if (!eq[1] || strlen(eq + 1) > 120)
-        return usage_error("%s master_name wants a name of 1 to 120 bytes", flag);
-    set_str(master_name, eq + 1);
+    char name[96];
+    snprintf(name, sizeof(name), "%s %.*s", flag, (int)(eq - v > 40 ? 40 : eq - v), v);
+    if (is_key(v, eq, "master_name")) {
+        if (!eq[1] || strlen(eq + 1) > 120)
+            return usage_error("%s wants a name of 1 to 120 bytes", name);
+        set_str(&o->master_name, eq + 1);
+        return 0;
+    }
+    if (is_key(v, eq, "socket_timeout"))
+        return parse_double(name, eq + 1, &o->socket_timeout_s) ? EXIT_USAGE : 0;
+    if (is_key(v, eq, "socket_connect_timeout"))
+        return parse_double(name, eq + 1, &o->connect_timeout_s) ? EXIT_USAGE : 0;
+    return usage_error("%s: unknown option '%.*s' (celeriac knows master_name, socket_timeout "
+                       "and socket_connect_timeout)", flag, (int)(eq - v > 64 ? 64 : eq - v), v);
+}
+
+/* Puts the transport options into the Redis URL they apply to: the
+ * master_name option and a sentinel:// URL go together; the timeouts apply to
+ * every connection made from u (a sentinel-found master too). */
+static int attach_transport_options(struct redis_url *u, const struct redis_transport_options *o,
+                                    const char *what, const char *flag)
+{
+    if (redis_url_is_sentinel(u) && !o->master_name)
+        return usage_error("bad %s URL: sentinel:// needs %s master_name=NAME", what, flag);
+    if (!redis_url_is_sentinel(u) && o->master_name)
+        return usage_error("%s master_name applies to a sentinel:// %s URL only", flag, what);
+    if (o->master_name)
+        u->master_name = xstrdup(o->master_name);
+    if (o->socket_timeout_s > 0)
+        u->socket_timeout_s = o->socket_timeout_s;
+    if (o->connect_timeout_s > 0)
+        u->connect_timeout_s = o->connect_timeout_s;
     return 0;
 }
 
-/* The master_name option and a sentinel:// URL go together. */
-static int attach_master_name(struct redis_url *u, const char *master_name, const char *what,
-                              const char *flag)
+/* Transport options given for a URL that is not Redis: refused, not ignored. */
+static int refuse_transport_options(const struct redis_transport_options *o, const char *what,
+                                    const char *flag)
 {
-    if (redis_url_is_sentinel(u) && !master_name)
-        return usage_error("bad %s URL: sentinel:// needs %s master_name=NAME", what, flag);
-    if (!redis_url_is_sentinel(u) && master_name)
-        return usage_error("%s master_name applies to a sentinel:// %s URL only", flag, what);
-    if (master_name)
-        u->master_name = xstrdup(master_name);
-    return 0;
+    const char *key = o->master_name         ? "master_name"
+                      : o->socket_timeout_s  ? "socket_timeout"
+                      : o->connect_timeout_s ? "socket_connect_timeout"
+                                             : NULL;
+    if (!key)
+        return 0;
+    return usage_error("%s %s applies to a redis:// or sentinel:// %s URL only", flag, key, what);
 }
 
 /* Environment first, so flags override it. */
@@ -435,12 +472,12 @@ static int parse_flags(struct worker_config *cfg, int argc, char **argv, const c
             set_str(&cfg->backend_url, optarg);
             break;
         case OPT_BROKER_TRANSPORT_OPTION:
-            if (set_transport_option(&cfg->broker_master_name, "--broker-transport-option",
+            if (set_transport_option(&cfg->broker_options, "--broker-transport-option",
                                      optarg))
                 return EXIT_USAGE;
             break;
         case OPT_BACKEND_TRANSPORT_OPTION:
-            if (set_transport_option(&cfg->backend_master_name,
+            if (set_transport_option(&cfg->backend_options,
                                      "--result-backend-transport-option", optarg))
                 return EXIT_USAGE;
             break;
@@ -697,13 +734,12 @@ static int validate(struct worker_config *cfg, const char *db_url)
         cfg->broker_url = xstrdup("redis://localhost:6379/0");
     if (parse_broker_url(cfg, &e))
         return usage_error("bad broker URL: %s", e.msg);
-    if (cfg->broker.kind == BROKER_REDIS &&
-        attach_master_name(&cfg->broker.url, cfg->broker_master_name, "broker",
-                           "--broker-transport-option"))
+    if (cfg->broker.kind == BROKER_REDIS
+            ? attach_transport_options(&cfg->broker.url, &cfg->broker_options, "broker",
+                                       "--broker-transport-option")
+            : refuse_transport_options(&cfg->broker_options, "broker",
+                                       "--broker-transport-option"))
         return EXIT_USAGE;
-    if (cfg->broker.kind != BROKER_REDIS && cfg->broker_master_name)
-        return usage_error("--broker-transport-option master_name applies to a sentinel:// "
-                           "broker URL only");
     if (cfg->broker.queue_max_priority && cfg->broker.queue_type &&
         !strcmp(cfg->broker.queue_type, "quorum"))
         return usage_error("--queue-max-priority applies to classic queues only: quorum queues "
@@ -727,14 +763,15 @@ static int validate(struct worker_config *cfg, const char *db_url)
     } else if (cfg->backend_url) {
         if (redis_url_parse(&cfg->backend.url, cfg->backend_url, &e))
             return usage_error("bad result backend URL: %s", e.msg);
-        if (attach_master_name(&cfg->backend.url, cfg->backend_master_name, "result backend",
-                               "--result-backend-transport-option"))
+        if (attach_transport_options(&cfg->backend.url, &cfg->backend_options,
+                                     "result backend", "--result-backend-transport-option"))
             return EXIT_USAGE;
         cfg->backend.enabled = true;
     }
-    if (cfg->backend_master_name && !redis_url_is_sentinel(&cfg->backend.url))
-        return usage_error("--result-backend-transport-option master_name applies to a "
-                           "sentinel:// result backend URL only");
+    if ((!cfg->backend_url || cfg->backend.kind != BACKEND_REDIS) &&
+        refuse_transport_options(&cfg->backend_options, "result backend",
+                                 "--result-backend-transport-option"))
+        return EXIT_USAGE;
     if (db_url) {
         if (db_url_classify(db_url, &cfg->db.kind, &cfg->db.sqlite_path, &e))
             return usage_error("bad database URL: %s", e.msg);

@@ -39,8 +39,12 @@ static int rc_next(struct control_transport *base, int timeout_ms, struct buf *e
     /* BRPOP takes seconds, fractions since Redis 6 (the worker needs 6.2
      * for LMOVE already); 0 would wait for ever */
     double s = timeout_ms / 1000.0;
-    redisReply *r = redis_link_command(&t->link, e, "BRPOP %s %.3f", t->queue.data,
-                                       s < 0.01 ? 0.01 : s);
+    if (s < 0.01)
+        s = 0.01;
+    char tmo[32];
+    snprintf(tmo, sizeof(tmo), "%.3f", s);
+    const char *argv[] = {"BRPOP", t->queue.data, tmo};
+    redisReply *r = redis_link_blocking_argv(&t->link, s, e, 3, argv, NULL);
     if (!r)
         return E_CONN_LOST;
     int rc = 0;

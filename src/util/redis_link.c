@@ -10,11 +10,8 @@
 #include "util/time.h"
 #include "util/url.h"
 
+#include <math.h>
 #include <sys/time.h>
-
-/* A command may block for BRPOP's own timeout; anything slower is a dead peer. */
-#define COMMAND_TIMEOUT_S 30
-#define CONNECT_TIMEOUT_S 5
 
 void redis_link_init(struct redis_link *l, const char *role)
 {
@@ -25,6 +22,23 @@ void redis_link_init(struct redis_link *l, const char *role)
 bool redis_link_is_open(const struct redis_link *l)
 {
     return l->ctx != NULL;
+}
+
+/* Seconds as a timeval, never zero: a zero SO_RCVTIMEO would mean "wait
+ * for ever", the opposite of a tiny timeout. */
+static struct timeval timeval_of(double s)
+{
+    double us = ceil(s * 1e6);
+    if (us < 1)
+        us = 1;
+    return (struct timeval){.tv_sec = (time_t)(us / 1e6),
+                            .tv_usec = (suseconds_t)fmod(us, 1e6)};
+}
+
+/* Sets the socket's read and write timeout (SO_RCVTIMEO, SO_SNDTIMEO). */
+static int apply_timeout(struct redis_link *l, double s)
+{
+    return redisSetTimeout(l->ctx, timeval_of(s)) == REDIS_OK ? 0 : E_CONN_LOST;
 }
 
 static void describe(const struct redis_url *u, char *out, size_t n)
@@ -68,25 +82,38 @@ static int open_at(struct redis_link *l, const struct redis_url *u, const char *
         snprintf(where, sizeof(where), "%s:%d", host, port);
     else
         describe(u, where, sizeof(where));
-    struct timeval ct = {.tv_sec = CONNECT_TIMEOUT_S};
+    struct timeval ct = timeval_of(u->connect_timeout_s);
     redisContext *c = u->socket ? redisConnectUnixWithTimeout(u->socket, ct)
                                 : redisConnectWithTimeout(host, port, ct);
     if (!c)
         return err_set(e, E_CONN_LOST, "connect to '%s' failed: out of memory", where);
     if (c->err) {
+        char why[160];
+        /* hiredis words its own connect timeout as the bare errno text */
+        if (c->err == REDIS_ERR_IO && !strcmp(c->errstr, strerror(ETIMEDOUT)))
+            snprintf(why, sizeof(why), "no answer within %g s (socket_connect_timeout)",
+                     u->connect_timeout_s);
+        else
+            snprintf(why, sizeof(why), "%s", c->errstr);
         if (sentinel)
             err_set(e, E_CONN_LOST, "connect to '%s' (master '%s' per sentinel %s) failed: %s",
-                    where, u->master_name, via, c->errstr);
+                    where, u->master_name, via, why);
         else
-            err_set(e, E_CONN_LOST, "connect to '%s' failed: %s", where, c->errstr);
+            err_set(e, E_CONN_LOST, "connect to '%s' failed: %s", where, why);
         redisFree(c);
         return E_CONN_LOST;
     }
-    struct timeval rt = {.tv_sec = COMMAND_TIMEOUT_S};
-    redisSetTimeout(c, rt);
     if (!u->socket)
         redisEnableKeepAlive(c);
     l->ctx = c;
+    snprintf(l->peer, sizeof(l->peer), "%s", where);
+    l->timeout_s = u->socket_timeout_s;
+    l->answered = false;
+    if (apply_timeout(l, l->timeout_s)) {
+        err_set(e, E_CONN_LOST, "set the socket timeout of '%s' failed: %s", where, c->errstr);
+        redis_link_close(l, NULL);
+        return E_CONN_LOST;
+    }
     l->owner = self_pid();
     l->connected_ms = time_mono_ms();
     l->follow_master = sentinel;
@@ -160,7 +187,10 @@ void redis_link_close(struct redis_link *l, const char *reason)
 {
     if (!l->ctx)
         return;
-    if (reason)
+    /* A link the server never answered on is a failed connect, which the
+     * caller's retry reports once per episode: a line per attempt (the
+     * kernel of a hung host still accepts TCP) would flood. */
+    if (reason && l->answered)
         log_warning("%s connection closed after %.1f s: %s", l->role,
                     (double)(time_mono_ms() - l->connected_ms) / 1000.0, reason);
     /* A context inherited across fork belongs to another process: free our
@@ -168,6 +198,7 @@ void redis_link_close(struct redis_link *l, const char *reason)
     redisFree(l->ctx);
     l->ctx = NULL;
     l->pending = 0;
+    l->answered = false;
 }
 
 /* Error replies that mean "not now" rather than "never": the server is
@@ -184,11 +215,23 @@ static bool is_transient_error(const struct redis_link *l, const redisReply *r)
             (l->follow_master && redis_sentinel_is_moved_error(r->str)));
 }
 
+/* hiredis reports a socket timeout (SO_RCVTIMEO, SO_SNDTIMEO) as an I/O
+ * error whose text is strerror(EAGAIN): errno itself is gone by now. */
+static bool is_timeout(const redisContext *c)
+{
+    return c->err == REDIS_ERR_IO && !strcmp(c->errstr, strerror(EAGAIN));
+}
+
 /* Called after a failed hiredis call: the connection is unusable. */
 static void lost(struct redis_link *l, struct err *e)
 {
-    char why[200];
-    snprintf(why, sizeof(why), "%s", l->ctx && l->ctx->errstr[0] ? l->ctx->errstr : "no reply");
+    char why[sizeof(l->peer) + 64];
+    if (l->ctx && is_timeout(l->ctx))
+        snprintf(why, sizeof(why), "no answer from Redis '%s' within %g s (socket_timeout)",
+                 l->peer, l->timeout_s);
+    else
+        snprintf(why, sizeof(why), "%s",
+                 l->ctx && l->ctx->errstr[0] ? l->ctx->errstr : "no reply");
     err_set(e, E_CONN_LOST, "%s connection lost: %s", l->role, why);
     redis_link_close(l, why);
 }
@@ -200,6 +243,7 @@ static redisReply *checked(struct redis_link *l, redisReply *r, struct err *e)
         lost(l, e);
         return NULL;
     }
+    l->answered = true;
     if (!is_transient_error(l, r))
         return r;
     char why[128];
@@ -324,6 +368,29 @@ redisReply *redis_link_argv(struct redis_link *l, struct err *e, int argc, const
     if (!owned(l, e) || !drained(l, e))
         return NULL;
     redisReply *r = redisCommandArgv(l->ctx, argc, argv, lens);
+    return checked(l, r, e);
+}
+
+/* The deadline is extended by the command's own wait rather than the wait
+ * capped below socket_timeout: a cap would tie how long the worker blocks
+ * to a network setting (a 0.2 s socket_timeout would turn an idle wait into
+ * a round trip every 0.1 s), and the margin left for the network would be a
+ * guess. Extended, socket_timeout keeps one meaning everywhere: how long a
+ * server may stay silent after its answer is due. */
+redisReply *redis_link_blocking_argv(struct redis_link *l, double block_s, struct err *e,
+                                     int argc, const char **argv, const size_t *lens)
+{
+    if (!owned(l, e) || !drained(l, e))
+        return NULL;
+    if (apply_timeout(l, l->timeout_s + block_s)) {
+        lost(l, e);
+        return NULL;
+    }
+    redisReply *r = redisCommandArgv(l->ctx, argc, argv, lens);
+    if (r && apply_timeout(l, l->timeout_s)) { /* the next command is owed at once */
+        freeReplyObject(r);
+        r = NULL;
+    }
     return checked(l, r, e);
 }
 

@@ -20,6 +20,9 @@ struct redis_link {
     bool follow_master;     /* opened through sentinels: READONLY means "find it again" */
     unsigned moves_seen;    /* redis_sentinel_moves() at the open; a later move closes it */
     struct redis_script *const *scripts; /* NULL-terminated: loaded on every open */
+    char peer[300];         /* "host:port" or the socket path, for messages */
+    double timeout_s;       /* the URL's socket_timeout: longest silence past an answer's due */
+    bool answered;          /* a reply has arrived: from then on a close is worth a line */
 };
 
 /* A server-side Lua script: loaded (SCRIPT LOAD) each time the link opens,
@@ -30,7 +33,7 @@ struct redis_script {
 };
 
 void redis_link_init(struct redis_link *l, const char *role);
-/* Connects to u (TCP keepalive, connect and command timeouts, AUTH, SELECT).
+/* Connects to u (TCP keepalive, u's connect and socket timeouts, AUTH, SELECT).
  * A sentinel:// u is first resolved through its sentinels (redis_sentinel.h)
  * and the server's ROLE must be master. Returns 0, or E_CONN_LOST with
  * "connect to 'host:port' failed: ..." (or the sentinels' reason) in e, or
@@ -42,11 +45,18 @@ void redis_link_close(struct redis_link *l, const char *reason);
 bool redis_link_is_open(const struct redis_link *l);
 
 /* Runs a command; on a connection-level failure closes the link and returns
- * NULL with E_CONN_LOST in e. An error reply is returned as a reply (caller
+ * NULL with E_CONN_LOST in e. A server that stays silent for the URL's
+ * socket_timeout is such a failure: "no answer from Redis 'host:port' within
+ * N s (socket_timeout)". An error reply is returned as a reply (caller
  * checks REDIS_REPLY_ERROR). The caller frees the reply with freeReplyObject. */
 redisReply *redis_link_command(struct redis_link *l, struct err *e, const char *fmt, ...);
 redisReply *redis_link_argv(struct redis_link *l, struct err *e, int argc, const char **argv,
                             const size_t *lens);
+/* redis_link_argv for a command the server holds up to block_s seconds by
+ * design (BLMOVE, BRPOP with that timeout): its answer is due only then, so
+ * the server gets block_s plus socket_timeout. */
+redisReply *redis_link_blocking_argv(struct redis_link *l, double block_s, struct err *e,
+                                     int argc, const char **argv, const size_t *lens);
 
 /* Appends EVALSHA of s (EVAL when it is not loaded) with numkeys keys
  * followed by args to the pipeline; read the reply with redis_link_read().

@@ -193,6 +193,8 @@ int redis_url_parse(struct redis_url *u, const char *s, struct err *e)
 {
     memset(u, 0, sizeof(*u));
     u->port = 6379;
+    u->socket_timeout_s = REDIS_SOCKET_TIMEOUT_S;
+    u->connect_timeout_s = REDIS_CONNECT_TIMEOUT_S;
     if (!strncasecmp(s, "sentinel://", 11)) {
         u->port = 0;
         return parse_sentinel_list(u, s, e);

@@ -9,6 +9,11 @@
 
 struct buf;
 
+/* kombu's defaults for its Redis transport options socket_timeout and
+ * socket_connect_timeout (seconds), which celeriac also had fixed. */
+#define REDIS_SOCKET_TIMEOUT_S 30.0
+#define REDIS_CONNECT_TIMEOUT_S 5.0
+
 /* One sentinel of a sentinel:// list. */
 struct redis_sentinel_addr {
     char *host;       /* owned */
@@ -29,10 +34,14 @@ struct redis_url {
     struct redis_sentinel_addr *sentinels; /* owned, n_sentinels long; NULL unless sentinel:// */
     size_t n_sentinels;
     char *master_name; /* owned; the master_name transport option (sentinel:// only) */
+    double socket_timeout_s;  /* > 0: a server silent this long past its answer's due time
+                                 is gone (socket_timeout); the sentinels keep their own 1 s */
+    double connect_timeout_s; /* > 0: TCP connect limit (socket_connect_timeout) */
 };
 
 /* Parses s into u (which the caller releases with redis_url_release, also on
- * failure). Returns 0 or -EINVAL with the reason in e. */
+ * failure); the timeouts get their defaults. Returns 0 or -EINVAL with the
+ * reason in e. */
 int redis_url_parse(struct redis_url *u, const char *s, struct err *e);
 /* True when u is a sentinel:// list. */
 bool redis_url_is_sentinel(const struct redis_url *u);

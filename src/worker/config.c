@@ -35,8 +35,8 @@ void worker_config_release(struct worker_config *cfg)
     free(cfg->node_name);
     free(cfg->broker_url);
     free(cfg->backend_url);
-    free(cfg->broker_master_name);
-    free(cfg->backend_master_name);
+    free(cfg->broker_options.master_name);
+    free(cfg->backend_options.master_name);
     free(cfg->statedb);
     free(cfg->metrics);
     free(cfg->logfile);

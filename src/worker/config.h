@@ -30,6 +30,14 @@ enum db_budget_mode {
     DB_BUDGET_OFF,         /* no check */
 };
 
+/* kombu's Redis transport options from --broker-transport-option or
+ * --result-backend-transport-option, kept until their URL is parsed. */
+struct redis_transport_options {
+    char *master_name;              /* owned, or NULL (sentinel:// only) */
+    double socket_timeout_s;        /* socket_timeout; 0 = not given */
+    double connect_timeout_s;       /* socket_connect_timeout; 0 = not given */
+};
+
 struct worker_config {
     char *app_path;                 /* -A: task library */
     int concurrency;                /* -c: number of children */
@@ -37,8 +45,8 @@ struct worker_config {
     enum log_level log_level;       /* -l */
     char *broker_url;               /* -b as given (for the banner, masked) */
     char *backend_url;              /* --result-backend as given, or NULL */
-    char *broker_master_name;       /* --broker-transport-option master_name=, or NULL */
-    char *backend_master_name;      /* --result-backend-transport-option master_name=, or NULL */
+    struct redis_transport_options broker_options;  /* --broker-transport-option */
+    struct redis_transport_options backend_options; /* --result-backend-transport-option */
     struct broker_config broker;
     struct backend_config backend;
     struct db_config db;

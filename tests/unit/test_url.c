@@ -41,6 +41,9 @@ TEST(redis_defaults)
     ASSERT_NULL(u.socket);
     ASSERT_NULL(u.username);
     ASSERT_NULL(u.password);
+    /* kombu's socket_timeout and socket_connect_timeout defaults */
+    ASSERT_TRUE(u.socket_timeout_s == 30.0);
+    ASSERT_TRUE(u.connect_timeout_s == 5.0);
     redis_url_release(&u);
 }
 
@@ -508,6 +511,8 @@ TEST(sentinel_list_as_kombu_writes_it)
     ASSERT_EQ_INT(u.db, 2);
     ASSERT_NULL(u.host);
     ASSERT_NULL(u.master_name); /* a transport option, set by the caller */
+    ASSERT_TRUE(u.socket_timeout_s == 30.0); /* also the sentinel-found master's */
+    ASSERT_TRUE(u.connect_timeout_s == 5.0);
     redis_url_release(&u);
 
     parse_ok(&u, "sentinel://localhost:26379");

@@ -486,8 +486,13 @@ int broker_redis_fetch(struct broker_redis *b, double timeout_s, struct delivery
         time_sleep_ms((int64_t)(timeout_s * 1000), NULL);
         return 0;
     }
-    if (b->hand)
+    if (b->hand && (!b->record_next || b->hand_unknown))
         return pop_hand(b, timeout_s, d, e);
+    /* Recording from now on: the hand's settled message goes first, or a
+     * worker killed whole would leave it for its successor to put back. */
+    rc = broker_redis_hand_clear(b, e);
+    if (rc)
+        return rc;
     /* Pop and record happen in one script, so there is no moment in which a
      * message is neither in a list nor in the unacked hash. */
     rc = pop_script(b, d, e);

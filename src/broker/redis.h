@@ -25,6 +25,8 @@ struct broker_redis {
                                    next pop */
     uint64_t hand_settled_hash; /* ... whose bytes hash to this */
     bool hand_unknown;          /* reconnected: a lost pop may have filled the hand */
+    bool record_next;           /* with a hand: pop the next message with kombu's record
+                                   (the last one had to be recorded: a late-ack stream) */
     bool idle;                  /* the last fetch found every list empty */
 };
 
@@ -37,7 +39,7 @@ void broker_redis_release(struct broker_redis *b, const char *reason);
 /* Connects (no retry: the caller backs off). Returns 0 or E_CONN_LOST. */
 int broker_redis_open(struct broker_redis *b, struct err *e);
 
-/* The hand: when every task acks early, kombu's unacked record would live
+/* The hand: for a task that acks early, kombu's unacked record would live
  * only from the pop to the task's start, and writing, indexing and deleting
  * it is most of Redis's work per task. Instead each child moves the message
  * it pops (LMOVE, atomic and as cheap as BRPOP) into its own hand, a list
@@ -48,7 +50,12 @@ int broker_redis_open(struct broker_redis *b, struct err *e);
  * bytes, which it keeps in shared memory: a later child of the slot (or the
  * salvage process) puts back a message it finds there unless it hashes to
  * the settled one. The hands of a worker that died whole are taken over by
- * the next worker of the same name on the same host (hand_adopt_orphans). */
+ * the next worker of the same name on the same host (hand_adopt_orphans).
+ * A message that turns out to ack late is recorded as kombu does before its
+ * task starts (broker_redis_record, which empties the hand in the same
+ * transaction); after such a message the next pop records at once
+ * (record_next), and the hand is used again after one that acked early.
+ * Without --acks-late every child has a hand. */
 void broker_redis_set_hand(struct broker_redis *b, const char *node, pid_t owner, int slot);
 /* Calls found(key, arg) for every hand of slot `slot` of any worker named
  * node (any owner pid). 0, or E_CONN_LOST / E_PROTOCOL. */

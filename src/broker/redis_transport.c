@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT
  * broker/redis_transport.c: Redis behind broker.h. A child's delivery is
- * tracked in kombu's unacked hash (recorded) or, when every task acks early,
- * in the child's hand (broker/redis.h), which a later process of the slot
+ * tracked in kombu's unacked hash (recorded) or, until its task is known to
+ * ack early, in the child's hand (broker/redis.h), which a later process of the slot
  * empties back into the queue if this one dies first; the slot in shared
  * memory says which (popped_tag, hand_settled). Maintenance is kombu's
  * visibility sweep plus the sweep of dead workers' hands.
@@ -19,6 +19,7 @@ struct redis_transport {
     struct broker_redis r;
     struct broker_owner owner;
     bool hand_full;              /* the hand holds the delivery being handled */
+    bool kept;                   /* the delivery being handled acks late (keep) */
     uint64_t hand_hash;          /* ... whose bytes hash to this */
     int64_t next_sweep_ms;       /* monotonic time of the next maintenance */
     struct bus events;           /* riding on r.link */
@@ -50,7 +51,7 @@ static int rt_fetch(struct broker *b, double timeout_s, struct delivery *d, stru
     int rc = broker_redis_fetch(&t->r, timeout_s, d, e);
     if (rc || !d->raw)
         return rc;
-    t->hand_full = t->r.hand != NULL;
+    t->hand_full = t->r.hand != NULL && !d->recorded.tag;
     if (t->hand_full)
         t->hand_hash = broker_redis_hand_hash(d->raw, d->len);
     return 0;
@@ -119,6 +120,14 @@ static int rt_protect(struct broker *b, struct message *m, struct err *e)
     return 0;
 }
 
+/* A late-ack task's message leaves the hand for kombu's record before the
+ * task starts; the next pop records at once (record_next). */
+static int rt_keep(struct broker *b, struct message *m, struct err *e)
+{
+    impl(b)->kept = true;
+    return rt_protect(b, m, e);
+}
+
 /* The hand's message started or was settled: from now on a later process of
  * this slot must not put it back (it is emptied with our next pop). */
 static void release_hand(struct redis_transport *t)
@@ -164,6 +173,8 @@ static void rt_done(struct broker *b)
     struct redis_transport *t = impl(b);
     release_hand(t);
     t->owner.slot->popped_tag[0] = '\0';
+    t->r.record_next = t->kept;
+    t->kept = false;
 }
 
 /* A held message's unacked score is its delivery time; kept fresh so the
@@ -322,6 +333,7 @@ static const struct broker_ops redis_transport_ops = {
     .drop = rt_drop,
     .track = rt_track,
     .protect = rt_protect,
+    .keep = rt_keep,
     .ack = rt_ack,
     .requeue = rt_requeue,
     .done = rt_done,

@@ -801,13 +801,13 @@ static int validate(struct worker_config *cfg, const char *db_url)
         return usage_error("%s", e.msg);
     /* kombu's unacked record protects a message while its task runs only
      * for late ack; with early ack it would live from the pop to the task's
-     * start, and the child's hand (broker/redis.h) covers that for less. */
+     * start, and the child's hand (broker/redis.h) covers that for less. A
+     * task flagged to ack late has its message recorded before it starts
+     * (keep); with --acks-late every pop records at once. */
     cfg->broker.record_unacked = cfg->acks_late;
     const char *transactional = NULL;
     for (size_t i = 0; i < cfg->lib.n_tasks; i++) {
         unsigned flags = cfg->lib.desc->tasks[i].flags;
-        if (flags & (CELERIAC_ACKS_LATE | CELERIAC_TRANSACTIONAL))
-            cfg->broker.record_unacked = true;
         if ((flags & CELERIAC_TRANSACTIONAL) && !transactional)
             transactional = cfg->lib.desc->tasks[i].name;
     }

@@ -54,16 +54,6 @@ static int check_compatible(const struct worker_config *cfg, const struct librar
                        "the new library has %zu tasks, this worker has room for %zu (%d more "
                        "than it started with): restart it",
                        fresh->n_tasks, capacity, RELOAD_TASKS_HEADROOM);
-    if (cfg->broker.kind == BROKER_REDIS && !cfg->broker.record_unacked) {
-        for (size_t i = 0; i < fresh->n_tasks; i++) {
-            const struct celeriac_task_def *t = &fresh->desc->tasks[i];
-            if (t->flags & (CELERIAC_ACKS_LATE | CELERIAC_TRANSACTIONAL))
-                return err_set(e, E_CONFIG,
-                               "task '%.96s' acks late, and this worker started with no late-ack "
-                               "task (no unacked record in Redis): restart it",
-                               t->name);
-        }
-    }
     return 0;
 }
 

@@ -123,12 +123,14 @@ struct broker_ops {
     /* m must outlive a long wait (an ETA, a database outage): held where
      * any worker's recovery finds it. 0 when it already is. */
     int (*protect)(struct broker *b, struct message *m, struct err *e);
-    /* m's task is about to run with its ack after it (late ack, a
-     * transactional task) or to wait for a rate limit: what holds m must
+    /* m's task is about to run with its ack after it (acks_late: late ack,
+     * a transactional task) or to wait for a rate limit: what holds m must
      * no longer depend on anything this process keeps open meanwhile (SQL:
-     * a row locked by an open transaction becomes a claim). m's tag may
-     * change. NULL: nothing to do. */
-    int (*keep)(struct broker *b, struct message *m, struct err *e);
+     * a row locked by an open transaction becomes a claim), and a late ack
+     * needs m where the broker's own redelivery finds it (Redis: recorded
+     * in kombu's unacked, out of the child's hand). m's tag may change.
+     * NULL: nothing to do. */
+    int (*keep)(struct broker *b, struct message *m, bool acks_late, struct err *e);
     /* m is settled for good: acked, or rejected without requeue. */
     int (*ack)(struct broker *b, struct message *m, unsigned flags, struct err *e);
     /* m goes back to the front of its queue, marked redelivered. */

@@ -121,9 +121,13 @@ static int rt_protect(struct broker *b, struct message *m, struct err *e)
 }
 
 /* A late-ack task's message leaves the hand for kombu's record before the
- * task starts; the next pop records at once (record_next). */
-static int rt_keep(struct broker *b, struct message *m, struct err *e)
+ * task starts; the next pop records at once (record_next). One waiting for
+ * a rate limit stays in the hand, where a death leaves it to the slot's
+ * next process. */
+static int rt_keep(struct broker *b, struct message *m, bool acks_late, struct err *e)
 {
+    if (!acks_late)
+        return 0;
     impl(b)->kept = true;
     return rt_protect(b, m, e);
 }

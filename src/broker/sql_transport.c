@@ -454,6 +454,12 @@ static int st_protect(struct broker *b, struct message *m, struct err *e)
     return rc;
 }
 
+static int st_keep(struct broker *b, struct message *m, bool acks_late, struct err *e)
+{
+    UNUSED(acks_late); /* a lock must not be held while anything waits */
+    return st_protect(b, m, e);
+}
+
 static bool st_holds(struct broker *b, const struct message *m)
 {
     int64_t id;
@@ -777,7 +783,7 @@ static const struct broker_ops sql_transport_ops = {
     .drop = st_drop,
     .track = st_track,
     .protect = st_protect,
-    .keep = st_protect,
+    .keep = st_keep,
     .holds = st_holds,
     .ack = st_ack,
     .requeue = st_requeue,

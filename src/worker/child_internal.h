@@ -109,7 +109,7 @@ bool settle_protect(struct child *c, struct message *m);
 /* m's task runs with a late ack, or waits: what holds m must not depend on
  * this process keeping anything open (broker_ops.keep). False as
  * settle_protect. */
-bool settle_keep(struct child *c, struct message *m);
+bool settle_keep(struct child *c, struct message *m, bool acks_late);
 /* Settles the message the previous process of the slot left (its token). */
 int settle_lost(struct child *c, enum broker_lost how, int *losses, struct err *e);
 bool settle_store(struct child *c, const struct result_meta *m);

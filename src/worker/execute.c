@@ -323,7 +323,8 @@ void execute_accepted(struct child *c, struct message *m, const struct celeriac_
      * connection) keeps the lock: the transaction is the task's. */
     bool joins_lock = !rate_limited && transaction_wanted(c, def) &&
                       transaction_holds_delivery(c, m);
-    if (((task_acks_late(c, def) && !joins_lock) || rate_limited) && !settle_keep(c, m))
+    bool late = task_acks_late(c, def) && !joins_lock;
+    if ((late || rate_limited) && !settle_keep(c, m, late))
         return;
     /* Received and not started (a rate limit, a database to wait for):
      * Celery's "reserved". */

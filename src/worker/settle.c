@@ -190,19 +190,26 @@ bool settle_protect(struct child *c, struct message *m)
     return hold_step_done(c, m, before, rc, &e);
 }
 
-static int keep_step(struct child *c, void *m, struct err *e)
+struct keep_args {
+    struct message *m;
+    bool acks_late;
+};
+
+static int keep_step(struct child *c, void *arg, struct err *e)
 {
-    return c->broker.ops->keep(&c->broker, m, e);
+    struct keep_args *a = arg;
+    return c->broker.ops->keep(&c->broker, a->m, a->acks_late, e);
 }
 
-bool settle_keep(struct child *c, struct message *m)
+bool settle_keep(struct child *c, struct message *m, bool acks_late)
 {
     if (!c->broker.ops->keep)
         return true;
     struct err e = {0};
     char before[sizeof(c->slot->delivery_tag)];
     snprintf(before, sizeof(before), "%s", m->delivery_tag ? m->delivery_tag : "");
-    int rc = with_retry(c, "claiming delivery", m->delivery_tag, keep_step, m, true, &e);
+    struct keep_args a = {.m = m, .acks_late = acks_late};
+    int rc = with_retry(c, "keeping delivery", m->delivery_tag, keep_step, &a, true, &e);
     return hold_step_done(c, m, before, rc, &e);
 }
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
-# test_unstarted.sh (issues 3 and 5): a worker whose tasks all ack early keeps
-# no unacked record; a message is moved by its pop into the child's hand, a
+# test_unstarted.sh (issues 3, 5 and 15): a worker without --acks-late keeps
+# no unacked record for tasks that ack early, even when others in its library
+# ack late (their messages are recorded before they start); a message is
+# moved by its pop into the child's hand, a
 # Redis list emptied by the child's next pop. A child
 # SIGKILLed in that window has its message put back by its replacement; on a
 # cold shutdown (no replacement comes) by the salvage process; after a whole
@@ -195,6 +197,28 @@ WORKER_PID=$first_pid
 stop_worker TERM 20
 expect_eq "both stopped warm: no hand is left" "" "$(redis_cli keys 'celeriac.hand.*')" \
     "twin $twin_pid"
+
+# ---- a library with late-ack tasks: early ones still go to the hand, a late one is recorded ----
+build_rel_lib || tap_done
+start_worker -A "$REL_LIB" -c 1 -b "$REDIS_URL" --result-backend "$REDIS_URL" -n mixed@localhost
+wait_children 1 20 || not_ok "worker started" "$(worker_log_tail)"
+early=$(send rel.pid '[1]')
+wait_for 5 _popped || diag "the early-ack task was not popped: queue $(queue_len)"
+sleep 0.3
+expect_eq "a library with late-ack tasks: its early-ack task runs with no unacked record" "0 0" \
+    "$(unacked_count)"
+late=$(send rel.sleep_late '[2]')
+wait_running 1 || diag "the late-ack task did not start: queue $(queue_len), unacked $(unacked_count)"
+expect_eq "... its late-ack task is recorded in unacked before it starts" "1 1" "$(unacked_count)"
+kid=$(only_child)
+kill -KILL "$kid"
+m=$(meta_of "$late" 20)
+expect_eq "... a child killed running it: the message goes back to its queue and succeeds" \
+    SUCCESS "$(jget status <<<"$m")" "$m" "$(worker_log_tail 10)"
+expect_eq "... the early-ack task succeeded before" SUCCESS "$(meta_of "$early" 5 | jget status)"
+wait_for 5 _popped
+expect_eq "... and nothing is left unacked" "0 0" "$(unacked_count)"
+stop_worker TERM 20
 
 check_worker_logs_clean
 tap_done

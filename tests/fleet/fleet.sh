@@ -96,7 +96,7 @@ cleanup() {
     if [[ -f $TMP/pg/data/postmaster.pid ]]; then
         pid=$(head -1 "$TMP/pg/data/postmaster.pid")
         if kill -QUIT "$pid" 2>/dev/null; then
-            for i in $(seq 50); do
+            for _ in $(seq 50); do
                 kill -0 "$pid" 2>/dev/null || break
                 sleep 0.1
             done

@@ -822,8 +822,9 @@ building) to the result being read, as above.
     text = f"""# celeriac benchmark results
 
 Written by `make bench` (`bench/run.sh`) in {elapsed // 60} min {elapsed % 60} s; every figure
-below was measured in that one run, except the last sections (chaos runs, recorded by hand from
-`make chaos CHAOS_BROKER=amqp` and `CHAOS_BROKER=sql` and carried over). Do not edit the rest by hand: run `make bench` again.
+below was measured in that one run, except the last sections (chaos runs from
+`make chaos CHAOS_BROKER=amqp` and `CHAOS_BROKER=sql`, PgBouncer, partitions from `make fleet`:
+recorded by hand and carried over). Do not edit the rest by hand: run `make bench` again.
 
 ## Machine
 

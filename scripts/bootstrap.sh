@@ -18,8 +18,8 @@ PACKAGES=(
     python3-msgpack python3-sqlalchemy
     # make deb, and the install tests (man -l, readelf, nm)
     debhelper dpkg-dev man-db binutils
-    # make fleet cuts its namespaces apart with nft
-    nftables
+    # make fleet builds network namespaces (ip) and cuts them apart with nft
+    iproute2 nftables
     # make bench draws its plots with it
     gnuplot-nox
 )

@@ -5,9 +5,10 @@
   client.py send BROKER N SECONDS IDS      N books.get_book_info tasks at an even
                                            rate over SECONDS; their ids to IDS
   client.py pending BACKEND IDS            how many ids have no SUCCESS result yet
-  client.py check BROKER BACKEND IDS EVENTS DIR
+  client.py check BROKER BACKEND IDS EVENTS DIR NOTICE_MAX
                                            TAP lines and the figures per scenario,
-                                           from the results and the workers' json logs
+                                           from the results and the workers' json logs;
+                                           a cut must be logged within NOTICE_MAX s
 """
 import collections
 import datetime
@@ -84,7 +85,8 @@ def is_task_line(msg):
     return " succeeded in " in msg or msg.startswith("Received task") or msg.startswith("Task accepted")
 
 
-def check(broker, backend, ids_path, events_path, d):
+def check(broker, backend, ids_path, events_path, d, notice_max):
+    notice_max = float(notice_max)
     passed = failed = 0
 
     def ok(cond, name, *detail):
@@ -123,6 +125,19 @@ def check(broker, backend, ids_path, events_path, d):
     total_lines = sum(len(v) for v in done.values())
     ok(set(per_id) >= set(ids), "every id has a 'succeeded' line in some worker log",
        f"{len(set(ids) - set(per_id))} missing")
+    # a task run twice (at-least-once) must end the same way both times
+    outcomes = collections.defaultdict(set)
+    for w, recs in logs.items():
+        for t, lv, m, tid in recs:
+            if not tid:
+                continue
+            if " succeeded in " in m:
+                outcomes[tid].add("SUCCESS")
+            elif " raised " in m:
+                outcomes[tid].add("FAILURE")
+    mixed = [t for t, o in outcomes.items() if len(o) > 1]
+    ok(not mixed, "no task ran twice with different outcomes",
+       *[f"{t}: {sorted(outcomes[t])}" for t in mixed[:5]])
 
     ev = [l.split() for l in open(events_path)]
     cuts = {}
@@ -149,6 +164,9 @@ def check(broker, backend, ids_path, events_path, d):
         print(f"# {w} cut from {what} for {span:.1f} s:")
         print(f"#   first log line about it {notice:.1f} s after the cut" if notice is not None
               else "#   no log line during the cut")
+        ok(notice is not None and notice <= notice_max,
+           f"{w} ({what} cut) notices the cut within {notice_max:.0f} s",
+           "no log line during the cut" if notice is None else f"first line after {notice:.1f} s")
         print(f"#   log lines during the cut: {len(noise)} ({len(warn)} above debug); "
               f"CPU {cpu_s:.2f} s ({100 * cpu_s / span:.0f}% of one CPU)")
         for t, lv, m in noise[:6]:
@@ -178,7 +196,7 @@ def main():
     elif cmd == "pending":
         pending(sys.argv[2], sys.argv[3])
     elif cmd == "check":
-        check(*sys.argv[2:7])
+        check(*sys.argv[2:8])
     else:
         sys.exit(f"unknown command {cmd}")
 

@@ -224,18 +224,20 @@ fi
 tc=$(date +%s.%N)
 out=$("$CELERIAC_BIN" inspect ping -b "$BROKER" --broker-transport-option master_name=$NAME \
     --broker-transport-option socket_timeout=5 -d sentinel@localhost -t 5 2>&1)
-if [[ $out == *"sentinel@localhost: OK"*pong* ]]; then
+rc=$?
+if [[ $rc == 0 && $out == *"sentinel@localhost: OK"*pong* ]]; then
     ok "celeriac inspect ping through the sentinels with master_name"
 else
-    not_ok "celeriac inspect ping through the sentinels with master_name" "$out"
+    not_ok "celeriac inspect ping through the sentinels with master_name" "exit $rc" "$out"
 fi
 out=$(timeout 30 "$CELERIAC_BIN" call rel.pid 0 --wait --timeout 20 -b "$BROKER" \
     --broker-transport-option master_name=$NAME --result-backend "$RESULTS" \
     --result-backend-transport-option master_name=$NAME 2>"$TEST_TMP/call.err")
-if [[ $out == '{"pid":'* ]]; then
+rc=$?
+if [[ $rc == 0 && $out == '{"pid":'* ]]; then
     ok "celeriac call --wait through sentinel:// broker and result backend ($out)"
 else
-    not_ok "celeriac call --wait through sentinel:// broker and result backend" "$out" \
+    not_ok "celeriac call --wait through sentinel:// broker and result backend" "exit $rc" "$out" \
         "$(cat "$TEST_TMP/call.err")" "$(worker_log_tail 10)"
 fi
 SAN=()
@@ -246,8 +248,9 @@ if cc -std=c11 -Wall -Wextra -Werror -O1 -g "${SAN[@]}" -I"$CELERIAC_ROOT/includ
     $(pkg-config --libs hiredis jansson librabbitmq msgpack openssl) -lm 2>"$TEST_TMP/sc-cc.log"; then
     # stdout: the program's lines; stderr: the client's log (where the master is)
     out=$(timeout 30 "$TEST_TMP/sentinel_client" "$BROKER" "$RESULTS" "$NAME" 2>"$TEST_TMP/sc.err")
+    rc=$?
     expect_eq "C client (celeriac_client_new_with_transport_options): a task through the sentinels, its result SUCCESS" \
-        SUCCESS "$(sed -n 1p <<<"$out")" "$out" "$(cat "$TEST_TMP/sc.err")" "$(worker_log_tail 10)"
+        "0 SUCCESS" "$rc $(sed -n 1p <<<"$out")" "$out" "$(cat "$TEST_TMP/sc.err")" "$(worker_log_tail 10)"
     expect_eq "... a bad option value: refused with one line" \
         "refused: broker_transport_options socket_timeout wants a positive number of seconds, got 'soon'" \
         "$(sed -n 2p <<<"$out")" "$out"

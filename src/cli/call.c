@@ -82,7 +82,8 @@ static int transport_option(struct redis_transport_options *o, const char *kv)
 /* Opens the client the way the flags say; NULL after printing why, with
  * *code the exit status (2 for a bad URL or transport option). The result
  * backend and its options count only when backend is not NULL. */
-static struct celeriac_client *open_client(struct call_opts *o, const char *backend, int *code)
+static struct celeriac_client *open_client(const struct call_opts *o, const char *backend,
+                                           int *code)
 {
     struct redis_transport_options none;
     redis_transport_options_init(&none, o->backend_options.list);

@@ -5,9 +5,10 @@
  *
  * Two libraries, one header:
  * - libceleriac-client (`pkg-config --cflags --libs celeriac-client`;
- *   `--static` for libceleriac-client.a): celeriac_client_new,
- *   celeriac_client_free, celeriac_send and celeriac_wait on Redis and
- *   RabbitMQ. It needs neither libpq nor sqlite3.
+ *   `--static` for libceleriac-client.a): celeriac_client_new (and
+ *   celeriac_client_new_with_transport_options), celeriac_client_free,
+ *   celeriac_send and celeriac_wait on Redis and RabbitMQ. It needs neither
+ *   libpq nor sqlite3.
  * - libceleriac-client-sql (`pkg-config --cflags --libs celeriac-client-sql`,
  *   which brings libceleriac-client, libpq and sqlite3 with it): the outbox
  *   functions celeriac_send_pg and celeriac_send_sqlite, and sending to a
@@ -50,9 +51,32 @@ struct celeriac_send_options {
 /* Connects to the broker (and the result backend, Redis, when backend_url is
  * not NULL). Returns NULL with a one-line reason in err (errlen bytes) on
  * failure. The broker is redis://, amqp:// or, with libceleriac-client-sql
- * linked in, sqla+postgresql:// or sqla+sqlite:///. libceleriac-client. */
+ * linked in, sqla+postgresql:// or sqla+sqlite:///; a sentinel:// broker or
+ * result backend needs celeriac_client_new_with_transport_options (below)
+ * for its master_name. libceleriac-client. */
 struct celeriac_client *celeriac_client_new(const char *broker_url, const char *backend_url,
                                             char *err, size_t errlen);
+/* As celeriac_client_new, with kombu's broker_transport_options and Celery's
+ * result_backend_transport_options for a Redis broker and result backend,
+ * each a NULL-terminated array of "KEY=VALUE" strings (NULL = none; all
+ * borrowed, read during the call only), the keys and values the worker's
+ * --broker-transport-option and --result-backend-transport-option take:
+ *   master_name=NAME           the master the sentinels name; required with a
+ *                              sentinel://h1:26379;sentinel://h2:26379 URL
+ *                              and refused with any other
+ *   socket_timeout=SECONDS     how long a server may stay silent (default 30)
+ *   socket_connect_timeout=SECONDS  TCP connect limit (default 5)
+ * An unknown key, a bad value, or an option for an amqp:// or sqla+ broker
+ * (or for no result backend) fails with a line naming it in err, as does a
+ * sentinel:// URL without master_name. Example:
+ *   const char *const opts[] = {"master_name=mymaster", NULL};
+ *   c = celeriac_client_new_with_transport_options(
+ *       "sentinel://10.0.0.1:26379;sentinel://10.0.0.2:26379", NULL, opts, NULL,
+ *       err, sizeof(err));
+ * libceleriac-client. */
+struct celeriac_client *celeriac_client_new_with_transport_options(
+    const char *broker_url, const char *backend_url, const char *const *broker_options,
+    const char *const *backend_options, char *err, size_t errlen);
 /* Closes the connections and frees the client. NULL-safe. libceleriac-client. */
 void celeriac_client_free(struct celeriac_client *client);
 

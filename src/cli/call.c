@@ -5,9 +5,11 @@
 #include "common.h"
 #include "celeriac_client.h"
 #include "cli/cli.h"
+#include "client/client_internal.h"
 #include "protocol/pyjson.h"
 #include "util/buf.h"
 #include "util/time.h"
+#include "util/url.h"
 #include "worker/config.h"
 
 #include <getopt.h>
@@ -29,11 +31,16 @@ static const char call_usage[] =
     "  --priority N           0..9 (Redis: 0 first)\n"
     "  --wait                 wait for the result and print it (exit 1 on FAILURE)\n"
     "  --timeout S            how long --wait waits (default: 30)\n"
-    "  -b, --broker URL       (env CELERIAC_BROKER_URL; default redis://localhost:6379/0)\n"
-    "  --result-backend URL   (env CELERIAC_RESULT_BACKEND; needed for --wait and result)\n";
+    "  -b, --broker URL       (env CELERIAC_BROKER_URL; default redis://localhost:6379/0);\n"
+    "                         Redis Sentinel: 'sentinel://h1:26379;sentinel://h2:26379'\n"
+    "  --result-backend URL   (env CELERIAC_RESULT_BACKEND; needed for --wait and result)\n"
+    "  --broker-transport-option KEY=VALUE\n"
+    "  --result-backend-transport-option KEY=VALUE\n"
+    "                         as for the worker: master_name (required with\n"
+    "                         sentinel://), socket_timeout, socket_connect_timeout\n";
 
 enum { O_ARGS = 1000, O_KWARGS, O_COUNTDOWN, O_ETA, O_EXPIRES, O_QUEUE, O_PRIORITY, O_WAIT,
-       O_TIMEOUT, O_BACKEND };
+       O_TIMEOUT, O_BACKEND, O_BROKER_TRANSPORT_OPTION, O_BACKEND_TRANSPORT_OPTION };
 
 static const struct option call_options[] = {
     {"args", required_argument, NULL, O_ARGS},       {"kwargs", required_argument, NULL, O_KWARGS},
@@ -42,12 +49,16 @@ static const struct option call_options[] = {
     {"priority", required_argument, NULL, O_PRIORITY}, {"wait", no_argument, NULL, O_WAIT},
     {"timeout", required_argument, NULL, O_TIMEOUT}, {"broker", required_argument, NULL, 'b'},
     {"result-backend", required_argument, NULL, O_BACKEND}, {"help", no_argument, NULL, 'h'},
+    {"broker-transport-option", required_argument, NULL, O_BROKER_TRANSPORT_OPTION},
+    {"result-backend-transport-option", required_argument, NULL, O_BACKEND_TRANSPORT_OPTION},
     {NULL, 0, NULL, 0},
 };
 
 struct call_opts {
     const char *args, *kwargs, *broker, *backend;
     struct celeriac_send_options send;
+    struct redis_transport_options broker_options;  /* --broker-transport-option */
+    struct redis_transport_options backend_options; /* --result-backend-transport-option */
     bool wait;
     double timeout;
 };
@@ -56,6 +67,34 @@ static int bad(const char *what, const char *value)
 {
     fprintf(stderr, "celeriac: %s '%s' (see --help)\n", what, value);
     return EXIT_USAGE;
+}
+
+/* One KEY=VALUE into o: exit 2 with the worker's line for a bad one. */
+static int transport_option(struct redis_transport_options *o, const char *kv)
+{
+    struct err e = {0};
+    if (!redis_transport_options_set(o, kv, &e))
+        return 0;
+    fprintf(stderr, "celeriac: %s (see --help)\n", e.msg);
+    return EXIT_USAGE;
+}
+
+/* Opens the client the way the flags say; NULL after printing why, with
+ * *code the exit status (2 for a bad URL or transport option). The result
+ * backend and its options count only when backend is not NULL. */
+static struct celeriac_client *open_client(const struct call_opts *o, const char *backend,
+                                           int *code)
+{
+    struct redis_transport_options none;
+    redis_transport_options_init(&none, o->backend_options.list);
+    struct err e = {0};
+    struct celeriac_client *c = client_new(o->broker, backend, &o->broker_options,
+                                           backend ? &o->backend_options : &none, &e);
+    if (!c) {
+        fprintf(stderr, "celeriac: %s\n", e.msg);
+        *code = e.code == -EINVAL ? EXIT_USAGE : EXIT_FAILED;
+    }
+    return c;
 }
 
 static int number(const char *s, double *out)
@@ -68,6 +107,8 @@ static int number(const char *s, double *out)
 static int parse_call_flags(int argc, char **argv, struct call_opts *o)
 {
     memset(o, 0, sizeof(*o));
+    redis_transport_options_init(&o->broker_options, "--broker-transport-option");
+    redis_transport_options_init(&o->backend_options, "--result-backend-transport-option");
     o->timeout = 30;
     o->broker = getenv("CELERIAC_BROKER_URL");
     o->backend = getenv("CELERIAC_RESULT_BACKEND");
@@ -99,6 +140,12 @@ static int parse_call_flags(int argc, char **argv, struct call_opts *o)
             break;
         case 'b': o->broker = optarg; break;
         case O_BACKEND: o->backend = optarg; break;
+        case O_BROKER_TRANSPORT_OPTION:
+            if (transport_option(&o->broker_options, optarg)) return EXIT_USAGE;
+            break;
+        case O_BACKEND_TRANSPORT_OPTION:
+            if (transport_option(&o->backend_options, optarg)) return EXIT_USAGE;
+            break;
         case 'h': fputs(call_usage, stdout); return -1;
         case ':': return bad("option needs a value:", argv[optind - 1]);
         default: return bad("unknown option", argv[optind - 1]);
@@ -141,48 +188,44 @@ static char *args_from_argv(int argc, char **argv)
     return s;
 }
 
-int cli_call(int argc, char **argv)
+/* `celeriac call` after its flags; returns the exit code. */
+static int send_task(struct call_opts *o, int argc, char **argv)
 {
-    struct call_opts o;
-    int rc = parse_call_flags(argc, argv, &o);
-    if (rc)
-        return rc < 0 ? EXIT_OK : rc;
+    int rc;
     if (optind >= argc)
         return bad("no task name given", "");
     const char *name = argv[optind++];
     char *args = NULL;
     if (optind < argc) {
-        if (o.args)
+        if (o->args)
             return bad("give arguments either as ARG... or --args, not both:", argv[optind]);
         args = args_from_argv(argc - optind, argv + optind);
     }
-    if (o.wait && !o.backend) {
+    if (o->wait && !o->backend) {
         free(args);
         return bad("--wait needs --result-backend", "");
     }
     char err[256], id[37];
-    struct celeriac_client *c = celeriac_client_new(o.broker, o.wait ? o.backend : NULL, err,
-                                                    sizeof(err));
+    struct celeriac_client *c = open_client(o, o->wait ? o->backend : NULL, &rc);
     if (!c) {
         free(args);
-        fprintf(stderr, "celeriac: %s\n", err);
-        return EXIT_FAILED;
+        return rc;
     }
-    o.send.subscribe = o.wait;
-    rc = celeriac_send(c, name, args ? args : o.args, o.kwargs, &o.send, id, err, sizeof(err));
+    o->send.subscribe = o->wait;
+    rc = celeriac_send(c, name, args ? args : o->args, o->kwargs, &o->send, id, err, sizeof(err));
     free(args);
     if (rc) {
         fprintf(stderr, "celeriac: %s\n", err);
         celeriac_client_free(c);
         return strstr(err, "JSON") ? EXIT_USAGE : EXIT_FAILED;
     }
-    if (!o.wait) {
+    if (!o->wait) {
         printf("%s\n", id);
         celeriac_client_free(c);
         return EXIT_OK;
     }
     char *meta = NULL;
-    rc = celeriac_wait(c, id, o.timeout, &meta, err, sizeof(err));
+    rc = celeriac_wait(c, id, o->timeout, &meta, err, sizeof(err));
     celeriac_client_free(c);
     if (rc) {
         fprintf(stderr, "celeriac: task %s: %s\n", id, err);
@@ -193,27 +236,23 @@ int cli_call(int argc, char **argv)
     return rc;
 }
 
-int cli_result(int argc, char **argv)
+/* `celeriac result` after its flags; returns the exit code. */
+static int read_result(struct call_opts *o, int argc, char **argv)
 {
-    struct call_opts o;
-    int rc = parse_call_flags(argc, argv, &o);
-    if (rc)
-        return rc < 0 ? EXIT_OK : rc;
+    int rc;
     if (optind >= argc)
         return bad("no task id given", "");
-    if (!o.backend)
+    if (!o->backend)
         return bad("result needs --result-backend", "");
     char err[256];
-    struct celeriac_client *c = celeriac_client_new(o.broker, o.backend, err, sizeof(err));
-    if (!c) {
-        fprintf(stderr, "celeriac: %s\n", err);
-        return EXIT_FAILED;
-    }
+    struct celeriac_client *c = open_client(o, o->backend, &rc);
+    if (!c)
+        return rc;
     char *meta = NULL;
-    rc = celeriac_wait(c, argv[optind], o.wait ? o.timeout : 0.001, &meta, err, sizeof(err));
+    rc = celeriac_wait(c, argv[optind], o->wait ? o->timeout : 0.001, &meta, err, sizeof(err));
     celeriac_client_free(c);
     if (rc) {
-        if (!o.wait) {
+        if (!o->wait) {
             printf("PENDING\n");
             return EXIT_FAILED;
         }
@@ -223,4 +262,27 @@ int cli_result(int argc, char **argv)
     rc = print_result(meta);
     free(meta);
     return rc;
+}
+
+/* Parses the flags of `celeriac call` or `celeriac result`, runs it with
+ * them and frees what they hold. */
+static int with_call_flags(int argc, char **argv, int (*run)(struct call_opts *, int, char **))
+{
+    struct call_opts o;
+    int rc = parse_call_flags(argc, argv, &o);
+    if (!rc)
+        rc = run(&o, argc, argv);
+    redis_transport_options_release(&o.broker_options);
+    redis_transport_options_release(&o.backend_options);
+    return rc < 0 ? EXIT_OK : rc;
+}
+
+int cli_call(int argc, char **argv)
+{
+    return with_call_flags(argc, argv, send_task);
+}
+
+int cli_result(int argc, char **argv)
+{
+    return with_call_flags(argc, argv, read_result);
 }

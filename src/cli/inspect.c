@@ -9,6 +9,7 @@
 #include "control/client.h"
 #include "protocol/pyjson.h"
 #include "util/buf.h"
+#include "util/url.h"
 #include "worker/config.h"
 
 #include <getopt.h>
@@ -73,19 +74,27 @@ static const char inspect_usage[] =
     "         pool_grow [N] pool_restart pool_shrink [N] rate_limit TASK RATE\n"
     "         revoke ID... shutdown terminate SIGNAL ID... time_limit TASK SOFT [HARD]\n"
     "\n"
-    "  -b, --broker URL       (env CELERIAC_BROKER_URL; default redis://localhost:6379/0)\n"
+    "  -b, --broker URL       (env CELERIAC_BROKER_URL; default redis://localhost:6379/0);\n"
+    "                         Redis Sentinel: 'sentinel://h1:26379;sentinel://h2:26379'\n"
+    "      --broker-transport-option KEY=VALUE\n"
+    "                         as for the worker: master_name (required with\n"
+    "                         sentinel://), socket_timeout, socket_connect_timeout\n"
     "  -d, --destination N,N  only these nodes (comma-separated)\n"
     "  -t, --timeout S        how long to wait for each reply (default: 1)\n"
     "  -j, --json             the replies as one JSON document\n";
 
+enum { OPT_BROKER_TRANSPORT_OPTION = 1000 };
+
 static const struct option inspect_options[] = {
     {"broker", required_argument, NULL, 'b'}, {"destination", required_argument, NULL, 'd'},
     {"timeout", required_argument, NULL, 't'}, {"json", no_argument, NULL, 'j'},
+    {"broker-transport-option", required_argument, NULL, OPT_BROKER_TRANSPORT_OPTION},
     {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
 };
 
 struct inspect_opts {
     const char *broker;
+    struct redis_transport_options broker_options; /* --broker-transport-option */
     char **destination;        /* owned, n_destination names */
     size_t n_destination;
     double timeout;
@@ -120,6 +129,7 @@ static int parse_inspect_flags(int argc, char **argv, struct inspect_opts *o)
     opterr = 0;
     int opt;
     char *end;
+    struct err e = {0};
     /* options may follow the command, as click allows; its arguments are left in order */
     while ((opt = getopt_long(argc, argv, ":b:d:t:jh", inspect_options, NULL)) != -1) {
         switch (opt) {
@@ -131,6 +141,12 @@ static int parse_inspect_flags(int argc, char **argv, struct inspect_opts *o)
                 return usage_error("bad --timeout", optarg);
             break;
         case 'j': o->json = true; break;
+        case OPT_BROKER_TRANSPORT_OPTION:
+            if (redis_transport_options_set(&o->broker_options, optarg, &e)) {
+                fprintf(stderr, "celeriac: %s (see --help)\n", e.msg);
+                return EXIT_USAGE;
+            }
+            break;
         case 'h': fputs(inspect_usage, stdout); return -1;
         case ':': return usage_error("option needs a value:", argv[optind - 1]);
         default: return usage_error("unknown option", argv[optind - 1]);
@@ -307,6 +323,7 @@ static int print_replies(json_t *replies, bool control, bool as_json)
 static int run(int argc, char **argv, bool control)
 {
     struct inspect_opts o = {0};
+    redis_transport_options_init(&o.broker_options, "--broker-transport-option");
     int rc = parse_inspect_flags(argc, argv, &o);
     if (rc)
         goto out_free_opts;
@@ -327,7 +344,7 @@ static int run(int argc, char **argv, bool control)
         goto out_free_opts;
     }
     struct err e = {0};
-    struct control_client *cl = control_client_open(o.broker, &e);
+    struct control_client *cl = control_client_open(o.broker, &o.broker_options, &e);
     if (!cl) {
         fprintf(stderr, "celeriac: %s\n", e.msg);
         rc = e.code == E_CONFIG || e.code == -EINVAL || e.code == -ENOTSUP ? EXIT_USAGE
@@ -354,6 +371,7 @@ static int run(int argc, char **argv, bool control)
 out_free_args:
     json_decref(arguments);
 out_free_opts:
+    redis_transport_options_release(&o.broker_options);
     for (size_t i = 0; i < o.n_destination; i++)
         free(o.destination[i]);
     free(o.destination);

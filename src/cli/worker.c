@@ -345,68 +345,24 @@ static int set_metrics(struct worker_config *cfg, const char *v, const char *fro
     return 0;
 }
 
-/* True when [key, eq) is exactly name. */
-static bool is_key(const char *key, const char *eq, const char *name)
+/* --broker-transport-option / --result-backend-transport-option KEY=VALUE
+ * (util/url.h, shared with the other commands and the C client). */
+static int set_transport_option(struct redis_transport_options *o, const char *kv)
 {
-    return (size_t)(eq - key) == strlen(name) && !strncmp(key, name, (size_t)(eq - key));
+    struct err e = {0};
+    return redis_transport_options_set(o, kv, &e) ? usage_error("%s", e.msg) : 0;
 }
 
-/* --broker-transport-option / --result-backend-transport-option KEY=VALUE:
- * of kombu's and Celery's transport options master_name, socket_timeout and
- * socket_connect_timeout mean something here; any other key is refused
- * rather than ignored. */
-static int set_transport_option(struct redis_transport_options *o, const char *flag,
-                                const char *v)
-{
-    const char *eq = strchr(v, '=');
-    if (!eq || eq == v)
-        return usage_error("%s wants KEY=VALUE, got '%s'", flag, v);
-    char name[96];
-    snprintf(name, sizeof(name), "%s %.*s", flag, (int)(eq - v > 40 ? 40 : eq - v), v);
-    if (is_key(v, eq, "master_name")) {
-        if (!eq[1] || strlen(eq + 1) > 120)
-            return usage_error("%s wants a name of 1 to 120 bytes", name);
-        set_str(&o->master_name, eq + 1);
-        return 0;
-    }
-    if (is_key(v, eq, "socket_timeout"))
-        return parse_double(name, eq + 1, &o->socket_timeout_s) ? EXIT_USAGE : 0;
-    if (is_key(v, eq, "socket_connect_timeout"))
-        return parse_double(name, eq + 1, &o->connect_timeout_s) ? EXIT_USAGE : 0;
-    return usage_error("%s: unknown option '%.*s' (celeriac knows master_name, socket_timeout "
-                       "and socket_connect_timeout)", flag, (int)(eq - v > 64 ? 64 : eq - v), v);
-}
-
-/* Puts the transport options into the Redis URL they apply to: the
- * master_name option and a sentinel:// URL go together; the timeouts apply to
- * every connection made from u (a sentinel-found master too). */
+/* Puts the transport options into the Redis URL they apply to, or refuses
+ * them for a URL that is not Redis (u NULL). */
 static int attach_transport_options(struct redis_url *u, const struct redis_transport_options *o,
-                                    const char *what, const char *flag)
+                                    const char *what)
 {
-    if (redis_url_is_sentinel(u) && !o->master_name)
-        return usage_error("bad %s URL: sentinel:// needs %s master_name=NAME", what, flag);
-    if (!redis_url_is_sentinel(u) && o->master_name)
-        return usage_error("%s master_name applies to a sentinel:// %s URL only", flag, what);
-    if (o->master_name)
-        u->master_name = xstrdup(o->master_name);
-    if (o->socket_timeout_s > 0)
-        u->socket_timeout_s = o->socket_timeout_s;
-    if (o->connect_timeout_s > 0)
-        u->connect_timeout_s = o->connect_timeout_s;
+    struct err e = {0};
+    if (u ? redis_transport_options_apply(o, u, what, &e)
+          : redis_transport_options_refuse(o, what, &e))
+        return usage_error("%s", e.msg);
     return 0;
-}
-
-/* Transport options given for a URL that is not Redis: refused, not ignored. */
-static int refuse_transport_options(const struct redis_transport_options *o, const char *what,
-                                    const char *flag)
-{
-    const char *key = o->master_name         ? "master_name"
-                      : o->socket_timeout_s  ? "socket_timeout"
-                      : o->connect_timeout_s ? "socket_connect_timeout"
-                                             : NULL;
-    if (!key)
-        return 0;
-    return usage_error("%s %s applies to a redis:// or sentinel:// %s URL only", flag, key, what);
 }
 
 /* Environment first, so flags override it. */
@@ -472,13 +428,11 @@ static int parse_flags(struct worker_config *cfg, int argc, char **argv, const c
             set_str(&cfg->backend_url, optarg);
             break;
         case OPT_BROKER_TRANSPORT_OPTION:
-            if (set_transport_option(&cfg->broker_options, "--broker-transport-option",
-                                     optarg))
+            if (set_transport_option(&cfg->broker_options, optarg))
                 return EXIT_USAGE;
             break;
         case OPT_BACKEND_TRANSPORT_OPTION:
-            if (set_transport_option(&cfg->backend_options,
-                                     "--result-backend-transport-option", optarg))
+            if (set_transport_option(&cfg->backend_options, optarg))
                 return EXIT_USAGE;
             break;
         case OPT_DB:
@@ -734,11 +688,8 @@ static int validate(struct worker_config *cfg, const char *db_url)
         cfg->broker_url = xstrdup("redis://localhost:6379/0");
     if (parse_broker_url(cfg, &e))
         return usage_error("bad broker URL: %s", e.msg);
-    if (cfg->broker.kind == BROKER_REDIS
-            ? attach_transport_options(&cfg->broker.url, &cfg->broker_options, "broker",
-                                       "--broker-transport-option")
-            : refuse_transport_options(&cfg->broker_options, "broker",
-                                       "--broker-transport-option"))
+    if (attach_transport_options(cfg->broker.kind == BROKER_REDIS ? &cfg->broker.url : NULL,
+                                 &cfg->broker_options, "broker"))
         return EXIT_USAGE;
     if (cfg->broker.queue_max_priority && cfg->broker.queue_type &&
         !strcmp(cfg->broker.queue_type, "quorum"))
@@ -763,14 +714,12 @@ static int validate(struct worker_config *cfg, const char *db_url)
     } else if (cfg->backend_url) {
         if (redis_url_parse(&cfg->backend.url, cfg->backend_url, &e))
             return usage_error("bad result backend URL: %s", e.msg);
-        if (attach_transport_options(&cfg->backend.url, &cfg->backend_options,
-                                     "result backend", "--result-backend-transport-option"))
+        if (attach_transport_options(&cfg->backend.url, &cfg->backend_options, "result backend"))
             return EXIT_USAGE;
         cfg->backend.enabled = true;
     }
     if ((!cfg->backend_url || cfg->backend.kind != BACKEND_REDIS) &&
-        refuse_transport_options(&cfg->backend_options, "result backend",
-                                 "--result-backend-transport-option"))
+        attach_transport_options(NULL, &cfg->backend_options, "result backend"))
         return EXIT_USAGE;
     if (db_url) {
         if (db_url_classify(db_url, &cfg->db.kind, &cfg->db.sqlite_path, &e))

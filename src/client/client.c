@@ -77,11 +77,12 @@ static int open_sql(struct celeriac_client *c, const char *broker_url, struct er
     return c->sql_ops->open(broker_url, &c->sql, e);
 }
 
-API struct celeriac_client *celeriac_client_new(const char *broker_url, const char *backend_url,
-                                                char *err, size_t errlen)
+struct celeriac_client *client_new(const char *broker_url, const char *backend_url,
+                                   const struct redis_transport_options *broker_options,
+                                   const struct redis_transport_options *backend_options,
+                                   struct err *e)
 {
     struct celeriac_client *c = xcalloc(1, sizeof(*c));
-    struct err e = {0};
     redis_link_init(&c->broker, "broker");
     redis_link_init(&c->backend, "result backend");
     redis_link_init(&c->sub, "result backend");
@@ -89,29 +90,72 @@ API struct celeriac_client *celeriac_client_new(const char *broker_url, const ch
     if (!broker_url)
         broker_url = "redis://localhost:6379/0";
     c->on_amqp = amqp_url_is_amqp(broker_url);
-    /* NEEDSWORK(#14): the API has no master_name, so a sentinel:// URL
-     * fails to open with a line saying so. */
-    if (sql_broker_url_is_sql(broker_url)) {
-        if (open_sql(c, broker_url, &e))
-            goto out_fail;
-    } else if (c->on_amqp ? amqp_url_parse(&c->amqp_url, broker_url, &e) ||
-                      amqp_link_open(&c->amqp, &c->amqp_url, &e)
-                : redis_url_parse(&c->broker_url, broker_url, &e) ||
-                      redis_link_open(&c->broker, &c->broker_url, &e))
+    bool on_sql = sql_broker_url_is_sql(broker_url);
+    /* every URL and option is checked before anything connects, so a usage
+     * error is told as one whatever the network does */
+    if (on_sql || c->on_amqp ? redis_transport_options_refuse(broker_options, "broker", e)
+                             : redis_url_parse(&c->broker_url, broker_url, e) ||
+                                   redis_transport_options_apply(broker_options, &c->broker_url,
+                                                                 "broker", e))
+        goto out_fail;
+    if (c->on_amqp && amqp_url_parse(&c->amqp_url, broker_url, e))
+        goto out_fail;
+    if (backend_url ? redis_url_parse(&c->backend_url, backend_url, e) ||
+                          redis_transport_options_apply(backend_options, &c->backend_url,
+                                                        "result backend", e)
+                    : redis_transport_options_refuse(backend_options, "result backend", e))
+        goto out_fail;
+    if (on_sql ? open_sql(c, broker_url, e)
+        : c->on_amqp ? amqp_link_open(&c->amqp, &c->amqp_url, e)
+                     : redis_link_open(&c->broker, &c->broker_url, e))
         goto out_fail;
     if (backend_url) {
-        if (redis_url_parse(&c->backend_url, backend_url, &e) ||
-            redis_link_open(&c->backend, &c->backend_url, &e) ||
-            redis_link_open(&c->sub, &c->backend_url, &e))
+        if (redis_link_open(&c->backend, &c->backend_url, e) ||
+            redis_link_open(&c->sub, &c->backend_url, e))
             goto out_fail;
         c->has_backend = true;
     }
     return c;
 
 out_fail:
-    set_err(err, errlen, e.msg);
     celeriac_client_free(c);
     return NULL;
+}
+
+/* A NULL-terminated list of "KEY=VALUE" strings into o. 0 or -EINVAL. */
+static int take_option_list(struct redis_transport_options *o, const char *const *list,
+                            struct err *e)
+{
+    for (; list && *list; list++)
+        if (redis_transport_options_set(o, *list, e))
+            return -EINVAL;
+    return 0;
+}
+
+API struct celeriac_client *celeriac_client_new_with_transport_options(
+    const char *broker_url, const char *backend_url, const char *const *broker_options,
+    const char *const *backend_options, char *err, size_t errlen)
+{
+    struct redis_transport_options broker, backend;
+    redis_transport_options_init(&broker, "broker_transport_options");
+    redis_transport_options_init(&backend, "result_backend_transport_options");
+    struct err e = {0};
+    struct celeriac_client *c = NULL;
+    if (!take_option_list(&broker, broker_options, &e) &&
+        !take_option_list(&backend, backend_options, &e))
+        c = client_new(broker_url, backend_url, &broker, &backend, &e);
+    if (!c)
+        set_err(err, errlen, e.msg);
+    redis_transport_options_release(&broker);
+    redis_transport_options_release(&backend);
+    return c;
+}
+
+API struct celeriac_client *celeriac_client_new(const char *broker_url, const char *backend_url,
+                                                char *err, size_t errlen)
+{
+    return celeriac_client_new_with_transport_options(broker_url, backend_url, NULL, NULL, err,
+                                                      errlen);
 }
 
 static int subscribe(struct celeriac_client *c, const char *id, struct err *e)

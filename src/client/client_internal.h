@@ -21,6 +21,17 @@ int client_task_envelope(struct buf *env, const char *name, const char *args_jso
 
 struct db_conn;
 struct err;
+struct redis_transport_options;
+
+/* celeriac_client_new_with_transport_options with the options parsed
+ * (borrowed, not NULL; util/url.h) and the reason's code in e: -EINVAL for
+ * a bad URL or an option that does not fit it (a usage error), else what
+ * the connection said. `celeriac call` and `celeriac result` open their
+ * client here, so their flags are named in its messages. */
+struct celeriac_client *client_new(const char *broker_url, const char *backend_url,
+                                   const struct redis_transport_options *broker_options,
+                                   const struct redis_transport_options *backend_options,
+                                   struct err *e);
 
 /* ---- the SQL part (libceleriac-client-sql) -------------------------------
  * The core client (client.c, libceleriac-client) links neither libpq nor

@@ -12,6 +12,7 @@
 #include "util/base64.h"
 #include "util/buf.h"
 #include "util/time.h"
+#include "util/url.h"
 #include "util/uuid.h"
 
 /* Replies larger than this are skipped unread (a stats reply is a few KB). */
@@ -23,17 +24,26 @@ struct control_client {
     uint64_t clock;             /* Lamport clock, merged with the replies' */
 };
 
-struct control_client *control_client_open(const char *url, struct err *e)
+struct control_client *control_client_open(const char *url,
+                                           const struct redis_transport_options *options,
+                                           struct err *e)
 {
+    struct redis_transport_options none;
+    redis_transport_options_init(&none, "broker_transport_options");
+    if (!options)
+        options = &none;
     if (sql_broker_url_is_sql(url)) {
         err_set(e, -ENOTSUP, "remote control needs a broker with broadcast (Redis or RabbitMQ); "
                              "kombu's SQL transport has none");
         return NULL;
     }
+    bool on_amqp = amqp_url_is_amqp(url);
+    if (on_amqp && redis_transport_options_refuse(options, "broker", e))
+        return NULL;
     struct control_client *c = xcalloc(1, sizeof(*c));
     uuid_generate(c->oid);
-    c->t = amqp_url_is_amqp(url) ? control_client_amqp_open(url, c->oid, e)
-                                 : control_client_redis_open(url, c->oid, e);
+    c->t = on_amqp ? control_client_amqp_open(url, c->oid, e)
+                   : control_client_redis_open(url, options, c->oid, e);
     if (!c->t) {
         free(c);
         return NULL;

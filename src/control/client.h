@@ -16,11 +16,18 @@
 
 struct control_client;
 
-/* Connects to the broker at url (redis://, rediss://, amqp://, amqps://)
- * and prepares a reply queue named after a fresh oid. NULL with e filled
- * (E_CONN_LOST: unreachable; E_CONFIG: bad URL, refused login; -ENOTSUP: a
- * transport without broadcast). Caller frees with control_client_free. */
-struct control_client *control_client_open(const char *url, struct err *e);
+struct redis_transport_options;
+
+/* Connects to the broker at url (redis://, sentinel://, amqp://, amqps://)
+ * and prepares a reply queue named after a fresh oid. options (borrowed;
+ * NULL = none) are the broker's Redis transport options (util/url.h):
+ * master_name is needed with sentinel://, and any option is refused for
+ * amqp://. NULL with e filled (E_CONN_LOST: unreachable; E_CONFIG or
+ * -EINVAL: bad URL or option, refused login; -ENOTSUP: a transport without
+ * broadcast). Caller frees with control_client_free. */
+struct control_client *control_client_open(const char *url,
+                                           const struct redis_transport_options *options,
+                                           struct err *e);
 
 /* What one broadcast asks. Everything borrowed. */
 struct control_request {

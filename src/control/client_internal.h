@@ -24,9 +24,14 @@ struct control_transport {
     void (*free)(struct control_transport *t);
 };
 
+struct redis_transport_options;
+
 /* Each connects to url and declares the reply queue "<oid>.reply.celery.pidbox"
- * bound with oid (borrowed; outlives t). NULL with e filled. */
-struct control_transport *control_client_redis_open(const char *url, const char *oid, struct err *e);
+ * bound with oid (borrowed; outlives t). Redis takes the broker's transport
+ * options (borrowed, not NULL). NULL with e filled. */
+struct control_transport *control_client_redis_open(const char *url,
+                                                    const struct redis_transport_options *options,
+                                                    const char *oid, struct err *e);
 struct control_transport *control_client_amqp_open(const char *url, const char *oid, struct err *e);
 
 #endif /* CELERIAC_CONTROL_CLIENT_INTERNAL_H */

@@ -80,8 +80,9 @@ static void rc_free(struct control_transport *base)
     free(t);
 }
 
-struct control_transport *control_client_redis_open(const char *url, const char *oid,
-                                                     struct err *e)
+struct control_transport *control_client_redis_open(const char *url,
+                                                    const struct redis_transport_options *options,
+                                                    const char *oid, struct err *e)
 {
     struct redis_client *t = xcalloc(1, sizeof(*t));
     t->base = (struct control_transport){.publish = rc_publish, .next = rc_next,
@@ -91,9 +92,9 @@ struct control_transport *control_client_redis_open(const char *url, const char 
     buf_init(&t->queue);
     buf_addf(&t->queue, "%s." PIDBOX_REPLY_EXCHANGE, oid);
     buf_addf(&t->member, "%s\x06\x16\x06\x16%s", oid, t->queue.data);
-    /* NEEDSWORK(#14): no way to pass master_name yet, so a sentinel://
-     * broker fails here with "needs the master_name transport option". */
-    if (redis_url_parse(&t->url, url, e) || redis_link_open(&t->link, &t->url, e))
+    if (redis_url_parse(&t->url, url, e) ||
+        redis_transport_options_apply(options, &t->url, "broker", e) ||
+        redis_link_open(&t->link, &t->url, e))
         goto out_free;
     redisReply *r = redis_link_command(&t->link, e, "SADD _kombu.binding.%s %b",
                                        PIDBOX_REPLY_EXCHANGE, t->member.data, t->member.len);

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT
- * url.c: parsing redis:// URLs and sentinel:// lists, classifying database URLs, masking passwords.
+ * url.c: parsing redis:// URLs, sentinel:// lists and their transport options,
+ * classifying database URLs, masking passwords.
  */
 #include "common.h"
 #include "util/buf.h"
@@ -220,6 +221,94 @@ int redis_url_parse(struct redis_url *u, const char *s, struct err *e)
         return err_set(e, -EINVAL, "unsupported scheme '%.*s' (want redis:// or sentinel://)",
                        strstr(s, "://") ? (int)(strstr(s, "://") - s) : 16, s);
     return parse_tcp(u, s + 8, e);
+}
+
+void redis_transport_options_init(struct redis_transport_options *o, const char *list)
+{
+    *o = (struct redis_transport_options){.list = list};
+}
+
+void redis_transport_options_release(struct redis_transport_options *o)
+{
+    if (!o)
+        return;
+    free(o->master_name);
+    redis_transport_options_init(o, o->list);
+}
+
+/* True when [key, eq) is exactly name. */
+static bool is_key(const char *key, const char *eq, const char *name)
+{
+    return (size_t)(eq - key) == strlen(name) && !strncmp(key, name, (size_t)(eq - key));
+}
+
+/* A positive number of seconds (fractions allowed) for the option called name. */
+static int parse_seconds(const char *name, const char *s, double *out, struct err *e)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !(v > 0) || v > 1e9)
+        return err_set(e, -EINVAL, "%s wants a positive number of seconds, got '%.100s'", name,
+                       s);
+    *out = v;
+    return 0;
+}
+
+int redis_transport_options_set(struct redis_transport_options *o, const char *kv, struct err *e)
+{
+    const char *eq = strchr(kv, '=');
+    if (!eq || eq == kv)
+        return err_set(e, -EINVAL, "%s wants KEY=VALUE, got '%.100s'", o->list, kv);
+    char name[96];
+    snprintf(name, sizeof(name), "%s %.*s", o->list, (int)(eq - kv > 40 ? 40 : eq - kv), kv);
+    if (is_key(kv, eq, "master_name")) {
+        if (!eq[1] || strlen(eq + 1) > 120)
+            return err_set(e, -EINVAL, "%s wants a name of 1 to 120 bytes", name);
+        free(o->master_name);
+        o->master_name = xstrdup(eq + 1);
+        return 0;
+    }
+    if (is_key(kv, eq, "socket_timeout"))
+        return parse_seconds(name, eq + 1, &o->socket_timeout_s, e);
+    if (is_key(kv, eq, "socket_connect_timeout"))
+        return parse_seconds(name, eq + 1, &o->connect_timeout_s, e);
+    return err_set(e, -EINVAL, "%s: unknown option '%.*s' (celeriac knows master_name, "
+                   "socket_timeout and socket_connect_timeout)", o->list,
+                   (int)(eq - kv > 64 ? 64 : eq - kv), kv);
+}
+
+int redis_transport_options_apply(const struct redis_transport_options *o, struct redis_url *u,
+                                  const char *what, struct err *e)
+{
+    if (redis_url_is_sentinel(u) && !o->master_name)
+        return err_set(e, -EINVAL, "bad %s URL: sentinel:// needs %s master_name=NAME", what,
+                       o->list);
+    if (!redis_url_is_sentinel(u) && o->master_name)
+        return err_set(e, -EINVAL, "%s master_name applies to a sentinel:// %s URL only", o->list,
+                       what);
+    if (o->master_name) {
+        free(u->master_name);
+        u->master_name = xstrdup(o->master_name);
+    }
+    if (o->socket_timeout_s > 0)
+        u->socket_timeout_s = o->socket_timeout_s;
+    if (o->connect_timeout_s > 0)
+        u->connect_timeout_s = o->connect_timeout_s;
+    return 0;
+}
+
+int redis_transport_options_refuse(const struct redis_transport_options *o, const char *what,
+                                   struct err *e)
+{
+    const char *key = o->master_name              ? "master_name"
+                      : o->socket_timeout_s > 0  ? "socket_timeout"
+                      : o->connect_timeout_s > 0 ? "socket_connect_timeout"
+                                                 : NULL;
+    if (!key)
+        return 0;
+    return err_set(e, -EINVAL, "%s %s applies to a redis:// or sentinel:// %s URL only", o->list,
+                   key, what);
 }
 
 int db_url_classify(const char *s, enum db_kind *kind, char **path, struct err *e)

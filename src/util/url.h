@@ -47,6 +47,38 @@ int redis_url_parse(struct redis_url *u, const char *s, struct err *e);
 bool redis_url_is_sentinel(const struct redis_url *u);
 void redis_url_release(struct redis_url *u);
 
+/* kombu's Redis transport options (broker_transport_options) and Celery's
+ * result_backend_transport_options as KEY=VALUE strings, kept until the URL
+ * they apply to is parsed. One parser for the worker's and the other
+ * commands' flags and for the C client's option lists. */
+struct redis_transport_options {
+    const char *list;               /* borrowed: the flag or setting the options come
+                                       from, named in messages ("--broker-transport-option") */
+    char *master_name;              /* owned, or NULL (sentinel:// only) */
+    double socket_timeout_s;        /* socket_timeout; 0 = not given */
+    double connect_timeout_s;       /* socket_connect_timeout; 0 = not given */
+};
+
+/* Empties o; list (borrowed, outlives o) names where its options come from. */
+void redis_transport_options_init(struct redis_transport_options *o, const char *list);
+/* Takes one "KEY=VALUE" into o. master_name (1 to 120 bytes), socket_timeout
+ * and socket_connect_timeout (seconds, > 0) mean something; any other key is
+ * refused rather than ignored. 0, or -EINVAL with a one-line reason naming
+ * o->list in e. */
+int redis_transport_options_set(struct redis_transport_options *o, const char *kv, struct err *e);
+/* Puts o into u, parsed from the URL of the `what` ("broker", "result
+ * backend"): master_name goes with a sentinel:// URL and only with one; the
+ * timeouts replace u's defaults for every connection made from u. 0, or
+ * -EINVAL with the reason in e. */
+int redis_transport_options_apply(const struct redis_transport_options *o, struct redis_url *u,
+                                  const char *what, struct err *e);
+/* For a `what` URL that is not Redis (or absent): -EINVAL with the reason in
+ * e when o holds any option, else 0; refused, not ignored. */
+int redis_transport_options_refuse(const struct redis_transport_options *o, const char *what,
+                                   struct err *e);
+/* Frees what o owns and empties it (o->list kept). NULL-safe. */
+void redis_transport_options_release(struct redis_transport_options *o);
+
 enum db_kind {
     DB_NONE,
     DB_POSTGRES,

@@ -11,6 +11,8 @@ void worker_config_init(struct worker_config *cfg)
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     cfg->concurrency = cpus > 0 ? (int)cpus : 1;
     cfg->log_level = LOG_INFO;
+    redis_transport_options_init(&cfg->broker_options, "--broker-transport-option");
+    redis_transport_options_init(&cfg->backend_options, "--result-backend-transport-option");
     cfg->broker.max_message = MESSAGE_MAX_DEFAULT;
     cfg->backend.expires_s = 86400;
     cfg->db.attempts = 4;
@@ -35,8 +37,8 @@ void worker_config_release(struct worker_config *cfg)
     free(cfg->node_name);
     free(cfg->broker_url);
     free(cfg->backend_url);
-    free(cfg->broker_options.master_name);
-    free(cfg->backend_options.master_name);
+    redis_transport_options_release(&cfg->broker_options);
+    redis_transport_options_release(&cfg->backend_options);
     free(cfg->statedb);
     free(cfg->metrics);
     free(cfg->logfile);

@@ -30,14 +30,6 @@ enum db_budget_mode {
     DB_BUDGET_OFF,         /* no check */
 };
 
-/* kombu's Redis transport options from --broker-transport-option or
- * --result-backend-transport-option, kept until their URL is parsed. */
-struct redis_transport_options {
-    char *master_name;              /* owned, or NULL (sentinel:// only) */
-    double socket_timeout_s;        /* socket_timeout; 0 = not given */
-    double connect_timeout_s;       /* socket_connect_timeout; 0 = not given */
-};
-
 struct worker_config {
     char *app_path;                 /* -A: task library */
     int concurrency;                /* -c: number of children */

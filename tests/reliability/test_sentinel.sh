@@ -10,7 +10,10 @@
 # unacked (restored by the sweep) or acked after its result); each process
 # logs the failover once; the log stays small. Bad input: a master name no
 # sentinel knows (one line, backoff, as for an unreachable Redis), a list
-# mixing schemes and a missing master_name (exit 2, one line).
+# mixing schemes and a missing master_name (exit 2, one line), also for
+# `celeriac call` and `celeriac inspect`. The other clients through the
+# sentinels: `celeriac inspect ping`, `celeriac call --wait` and a C program
+# on celeriac_client_new_with_transport_options (libceleriac-client.a).
 . "$(dirname "$0")/lib.sh"
 
 N=${SENTINEL_TASKS:-2000}
@@ -93,11 +96,11 @@ RESULTS="sentinel://127.0.0.1:${S[0]}/1;sentinel://127.0.0.1:${S[1]}/1;sentinel:
 build_rel_lib || tap_done
 
 # ---- bad input ---------------------------------------------------------------------
-# bad_start NAME WANT FLAGS...: exit 2 and one stderr line containing WANT.
-bad_start() {
+# bad_run NAME WANT ARGS...: `celeriac ARGS...` exits 2 with one stderr line containing WANT.
+bad_run() {
     local name=$1 want=$2 rc
     shift 2
-    "$CELERIAC_BIN" worker -A "$REL_LIB" -c 1 "$@" </dev/null >"$TEST_TMP/bad.out" 2>"$TEST_TMP/bad.err"
+    "$CELERIAC_BIN" "$@" </dev/null >"$TEST_TMP/bad.out" 2>"$TEST_TMP/bad.err"
     rc=$?
     if [[ $rc == 2 && $(wc -l <"$TEST_TMP/bad.err") == 1 ]] && grep -q -- "$want" "$TEST_TMP/bad.err"; then
         ok "$name: exit 2, one line ($(cat "$TEST_TMP/bad.err"))"
@@ -105,6 +108,7 @@ bad_start() {
         not_ok "$name: exit 2 with one line naming '$want'" "exit $rc" "$(cat "$TEST_TMP/bad.err")"
     fi
 }
+bad_start() { bad_run "$1" "$2" worker -A "$REL_LIB" -c 1 "${@:3}"; }
 bad_start "a list mixing sentinel:// and redis://" "mixes 'sentinel://' with 'redis://'" \
     -b "sentinel://127.0.0.1:${S[0]};redis://127.0.0.1:$PM" --broker-transport-option master_name=$NAME
 bad_start "sentinel:// broker without master_name" "needs --broker-transport-option master_name" \
@@ -114,6 +118,16 @@ bad_start "sentinel:// result backend without master_name" \
     -b "$BROKER" --broker-transport-option master_name=$NAME --result-backend "$RESULTS"
 bad_start "an unknown transport option" "unknown option 'visibility'" \
     -b "$BROKER" --broker-transport-option visibility=3
+bad_run "call: a bad socket_timeout" "socket_timeout wants a positive number of seconds, got 'soon'" \
+    call rel.pid 0 -b "$BROKER" --broker-transport-option master_name=$NAME \
+    --broker-transport-option socket_timeout=soon
+bad_run "call --wait: a sentinel:// result backend without master_name" \
+    "needs --result-backend-transport-option master_name" \
+    call rel.pid 0 --wait -b "$BROKER" --broker-transport-option master_name=$NAME --result-backend "$RESULTS"
+bad_run "inspect: an unknown transport option" "unknown option 'visibility'" \
+    inspect ping -b "$BROKER" --broker-transport-option visibility=3
+bad_run "control: sentinel:// without master_name" "needs --broker-transport-option master_name" \
+    control heartbeat -b "$BROKER"
 
 # A name no sentinel knows: like an unreachable Redis, the children retry
 # with backoff and say so once per episode.
@@ -205,6 +219,48 @@ if log_has "redis sentinel: master '$NAME' is at 127.0.0.1:$PM \(from sentinel 1
 else
     not_ok "each process logs where the sentinels put the master" "$(worker_log_tail 10)"
 fi
+
+# ---- the other clients through the sentinels -----------------------------------------
+tc=$(date +%s.%N)
+out=$("$CELERIAC_BIN" inspect ping -b "$BROKER" --broker-transport-option master_name=$NAME \
+    --broker-transport-option socket_timeout=5 -d sentinel@localhost -t 5 2>&1)
+rc=$?
+if [[ $rc == 0 && $out == *"sentinel@localhost: OK"*pong* ]]; then
+    ok "celeriac inspect ping through the sentinels with master_name"
+else
+    not_ok "celeriac inspect ping through the sentinels with master_name" "exit $rc" "$out"
+fi
+out=$(timeout 30 "$CELERIAC_BIN" call rel.pid 0 --wait --timeout 20 -b "$BROKER" \
+    --broker-transport-option master_name=$NAME --result-backend "$RESULTS" \
+    --result-backend-transport-option master_name=$NAME 2>"$TEST_TMP/call.err")
+rc=$?
+if [[ $rc == 0 && $out == '{"pid":'* ]]; then
+    ok "celeriac call --wait through sentinel:// broker and result backend ($out)"
+else
+    not_ok "celeriac call --wait through sentinel:// broker and result backend" "exit $rc" "$out" \
+        "$(cat "$TEST_TMP/call.err")" "$(worker_log_tail 10)"
+fi
+SAN=()
+nm "$BUILD_DIR/libceleriac-client.a" 2>/dev/null | grep -q ' U __asan_' && SAN=(-fsanitize=address,undefined)
+# shellcheck disable=SC2046
+if cc -std=c11 -Wall -Wextra -Werror -O1 -g "${SAN[@]}" -I"$CELERIAC_ROOT/include" \
+    -o "$TEST_TMP/sentinel_client" "$REL_DIR/sentinel_client.c" "$BUILD_DIR/libceleriac-client.a" \
+    $(pkg-config --libs hiredis jansson librabbitmq msgpack openssl) -lm 2>"$TEST_TMP/sc-cc.log"; then
+    # stdout: the program's lines; stderr: the client's log (where the master is)
+    out=$(timeout 30 "$TEST_TMP/sentinel_client" "$BROKER" "$RESULTS" "$NAME" 2>"$TEST_TMP/sc.err")
+    rc=$?
+    expect_eq "C client (celeriac_client_new_with_transport_options): a task through the sentinels, its result SUCCESS" \
+        "0 SUCCESS" "$rc $(sed -n 1p <<<"$out")" "$out" "$(cat "$TEST_TMP/sc.err")" "$(worker_log_tail 10)"
+    expect_eq "... a bad option value: refused with one line" \
+        "refused: broker_transport_options socket_timeout wants a positive number of seconds, got 'soon'" \
+        "$(sed -n 2p <<<"$out")" "$out"
+    expect_eq "... sentinel:// without master_name: refused with one line" \
+        "refused: bad broker URL: sentinel:// needs broker_transport_options master_name=NAME" \
+        "$(sed -n 3p <<<"$out")" "$out"
+else
+    not_ok "build a C program against libceleriac-client.a" "$(cat "$TEST_TMP/sc-cc.log")"
+fi
+diag "$(printf 'inspect, call and the C client through the sentinels: %.1f s' "$(bc <<<"$(date +%s.%N) - $tc")")"
 
 t0=$SECONDS
 pub bulk "$N" "$ids" || not_ok "publish $N tasks through the sentinels"

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT
- * test_url.c: redis_url_parse, db_url_classify and url_mask (util/url.c).
+ * test_url.c: redis_url_parse, the Redis transport options, db_url_classify and
+ * url_mask (util/url.c).
  */
 #include "common.h"
 #include "util/buf.h"
@@ -550,6 +551,76 @@ TEST(mask_sentinel_list)
     char *m = masked("sentinel://:p1@h1:26379;sentinel://u:p2@h2:26379");
     ASSERT_EQ_STR(m, "sentinel://:***@h1:26379;sentinel://u:***@h2:26379");
     free(m);
+}
+
+/* set() expecting -EINVAL with a message holding want. */
+static void option_bad(struct redis_transport_options *o, const char *kv, const char *want)
+{
+    struct err e = {0};
+    ASSERT_EQ_INT(redis_transport_options_set(o, kv, &e), -EINVAL);
+    ASSERT_CONTAINS(e.msg, want);
+}
+
+TEST(transport_options_set_and_apply)
+{
+    struct redis_transport_options o;
+    struct err e = {0};
+    redis_transport_options_init(&o, "--broker-transport-option");
+    ASSERT_EQ_INT(redis_transport_options_set(&o, "master_name=one", &e), 0);
+    ASSERT_EQ_INT(redis_transport_options_set(&o, "master_name=mymaster", &e), 0); /* last wins */
+    ASSERT_EQ_INT(redis_transport_options_set(&o, "socket_timeout=2.5", &e), 0);
+    ASSERT_EQ_INT(redis_transport_options_set(&o, "socket_connect_timeout=1", &e), 0);
+    struct redis_url u;
+    parse_ok(&u, "sentinel://h1;sentinel://h2:26380");
+    ASSERT_EQ_INT(redis_transport_options_apply(&o, &u, "broker", &e), 0);
+    ASSERT_EQ_STR(u.master_name, "mymaster");
+    ASSERT_TRUE(u.socket_timeout_s == 2.5);
+    ASSERT_TRUE(u.connect_timeout_s == 1.0);
+    redis_url_release(&u);
+
+    parse_ok(&u, "redis://h1");
+    ASSERT_EQ_INT(redis_transport_options_apply(&o, &u, "broker", &e), -EINVAL);
+    ASSERT_EQ_STR(e.msg, "--broker-transport-option master_name applies to a sentinel:// broker "
+                         "URL only");
+    redis_url_release(&u);
+    ASSERT_EQ_INT(redis_transport_options_refuse(&o, "broker", &e), -EINVAL);
+    ASSERT_CONTAINS(e.msg, "master_name applies to a redis:// or sentinel:// broker URL only");
+    redis_transport_options_release(&o);
+    ASSERT_NULL(o.master_name);
+    ASSERT_EQ_STR(o.list, "--broker-transport-option");
+    redis_transport_options_release(NULL);
+}
+
+TEST(transport_options_sentinel_needs_master_name)
+{
+    struct redis_transport_options o;
+    struct err e = {0};
+    redis_transport_options_init(&o, "result_backend_transport_options");
+    struct redis_url u;
+    parse_ok(&u, "sentinel://h1/1");
+    ASSERT_EQ_INT(redis_transport_options_apply(&o, &u, "result backend", &e), -EINVAL);
+    ASSERT_EQ_STR(e.msg, "bad result backend URL: sentinel:// needs "
+                         "result_backend_transport_options master_name=NAME");
+    redis_url_release(&u);
+    ASSERT_EQ_INT(redis_transport_options_refuse(&o, "result backend", &e), 0); /* none given */
+}
+
+TEST(transport_options_bad_values)
+{
+    struct redis_transport_options o;
+    redis_transport_options_init(&o, "--broker-transport-option");
+    option_bad(&o, "master_name", "--broker-transport-option wants KEY=VALUE, got 'master_name'");
+    option_bad(&o, "=x", "wants KEY=VALUE");
+    option_bad(&o, "master_name=", "master_name wants a name of 1 to 120 bytes");
+    option_bad(&o, "socket_timeout=abc", "--broker-transport-option socket_timeout wants a "
+                                         "positive number of seconds, got 'abc'");
+    option_bad(&o, "socket_timeout=0", "positive number");
+    option_bad(&o, "socket_connect_timeout=-1", "positive number");
+    option_bad(&o, "socket_connect_timeout=nan", "positive number");
+    option_bad(&o, "visibility_timeout=3", "unknown option 'visibility_timeout' (celeriac knows");
+    ASSERT_NULL(o.master_name);
+    ASSERT_TRUE(o.socket_timeout_s == 0 && o.connect_timeout_s == 0);
+    redis_transport_options_release(&o);
 }
 
 RUN_TESTS()

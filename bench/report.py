@@ -487,6 +487,57 @@ def sql_targets(runs, sruns, lats):
             + "\n".join(out))
 
 
+def perf_targets(runs, aruns, sruns, pruns, lats):
+    """Issue 15: worker CPU at the floor and the queue beside the database,
+    on every broker the run measured."""
+    out = []
+
+    def line(name, measured, ok):
+        out.append(f"| {name} | {measured} | {'**met**' if ok else '**not met**'} |")
+
+    brokers = [(name, r) for name, r in (("Redis", runs), ("RabbitMQ", aruns),
+                                         ("sqla+postgresql", sruns)) if r]
+    for name, bruns in brokers:
+        vals = {}
+        for conc in bench.CONCURRENCIES:
+            cc = median_of(bruns, "cpu_ms_per_task", contender="celeriac", workload="W1",
+                           concurrency=conc)
+            fc = median_of(runs, "cpu_ms_per_task", contender="floor", workload="W1",
+                           concurrency=conc)
+            if cc and fc:
+                vals[conc] = (cc / fc, cc, fc)
+        if vals:
+            line(f"worker CPU per task ≤ 1.3 × the floor's (on Redis), W1 on {name}",
+                 ", ".join(f"c={c}: {v[0]:.2f} ({v[1]:.3f} / {v[2]:.3f} ms)"
+                           for c, v in vals.items()),
+                 all(v[0] <= 1.3 for v in vals.values()))
+    vals = {}
+    for conc in (2, 4):
+        cel = median_of(runs, "rate", contender="celeriac", workload="W1", concurrency=conc)
+        pb = median_of(pruns, "rate", concurrency=conc)
+        if cel and pb:
+            vals[conc] = (cel / pb, cel, pb)
+    if vals:
+        line("celeriac W1 on Redis ≥ 0.9 × pgbench running its statement (c = 2, 4)",
+             ", ".join(f"c={c}: {v[0]:.2f} ({v[1]:.0f} / {v[2]:.0f})" for c, v in vals.items()),
+             all(v[0] >= 0.9 for v in vals.values()))
+    for name, bruns in brokers:
+        child, _ = largest_child(bruns)
+        if child is not None:
+            line(f"child RSS ≤ 4 MB on {name}", f"largest child {mb(child)} MB", child <= 4 * KB)
+    for name, variant in (("Redis", "a"), ("RabbitMQ", None), ("sqla+postgresql", "sa")):
+        row = next((r for r in lats if variant and r["variant"] == variant
+                    and r["contender"] == "celeriac"), None)
+        if row:
+            line(f"p99 send-to-result ≤ 5 ms at half load on {name} (c={row['concurrency']})",
+                 f"{row['p99']:.2f} ms at {row['achieved_rate']:.0f}/s", row["p99"] <= 5)
+        elif variant is None and aruns:
+            line(f"p99 send-to-result ≤ 5 ms at half load on {name}", "not measured by make "
+                 "bench yet", False)
+    return ("| target (issue 15, every broker) | measured in this run | |\n|---|---|---|\n"
+            + "\n".join(out))
+
+
 def sql_throughput_table(runs, sruns, key):
     lines = ["| concurrency | celeriac | celeriac, transactional | Python Celery "
              "| celeriac / Python | transactional / Python | celeriac on Redis "
@@ -756,7 +807,9 @@ def main():
 """ if sruns else ""
     targets_text = "\n\n".join(t for t in (targets(runs, lats) if runs else "",
                                             amqp_targets(runs, aruns) if aruns else "",
-                                            sql_targets(runs, sruns, all_lats) if sruns else "")
+                                            sql_targets(runs, sruns, all_lats) if sruns else "",
+                                            perf_targets(runs, aruns, sruns, pruns, all_lats)
+                                            if runs and pruns else "")
                                  if t)
     redis_text = f"""## W1: the seed workload, `books.get_book_info` (tasks/s)
 

@@ -237,6 +237,11 @@ int db_conn_ready(struct db_conn *c, int64_t limit_ms, volatile sig_atomic_t *st
         if (d->ping(c, timeout, &pe)) {
             snprintf(reason, sizeof(reason), "health check failed: %s", pe.msg);
             why = reason;
+        } else {
+            /* Proven just now: an idle child that checks before every
+             * fetch (a connection the broker shares) pings once per
+             * idle_check_ms, not once per fetch. */
+            c->last_used_ms = time_mono_ms();
         }
     }
     if (!why && db_conn_is_open(c)) {

@@ -319,14 +319,20 @@ static int pop_script(struct broker_redis *b, struct delivery *d, struct err *e)
     return rc < 0 ? rc : 0;
 }
 
+/* How long a blocking pop may wait on the first list: the other lists
+ * (priorities, further queues) are only polled between waits, so with
+ * several of them the wait is kept short. */
+static double block_seconds(const struct broker_redis *b, double timeout_s)
+{
+    return b->n_keys > 2 + 4 && timeout_s > 0.2 ? 0.2 : timeout_s;
+}
+
 /* Blocks until the first queue's base list holds a message, without popping
  * it: BLMOVE of a list onto its own tail changes nothing. Returns 1 when
  * something arrived, 0 on timeout, or a negative code. */
 static int wait_for_message(struct broker_redis *b, double timeout_s, struct err *e)
 {
-    /* The other lists (priorities, further queues) are only polled by the
-     * script, so with several of them the wait is kept short. */
-    double block_s = b->n_keys > 2 + 4 && timeout_s > 0.2 ? 0.2 : timeout_s;
+    double block_s = block_seconds(b, timeout_s);
     char tmo[16];
     snprintf(tmo, sizeof(tmo), "%.2f", block_s);
     const char *argv[] = {"BLMOVE", b->keys[2], b->keys[2], "RIGHT", "RIGHT", tmo};
@@ -454,9 +460,7 @@ static int pop_hand(struct broker_redis *b, double timeout_s, struct delivery *d
             return rc < 0 ? rc : 0;
         }
     }
-    /* The other lists (priorities, further queues) are only polled above, so
-     * with several of them the wait is kept short. */
-    double block_s = b->n_keys > 2 + 4 && timeout_s > 0.2 ? 0.2 : timeout_s;
+    double block_s = block_seconds(b, timeout_s);
     char tmo[16];
     snprintf(tmo, sizeof(tmo), "%.2f", block_s);
     const char *argv[] = {"BLMOVE", b->keys[2], b->hand, "RIGHT", "LEFT", tmo};

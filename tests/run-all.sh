@@ -26,6 +26,9 @@ export BUILD
 FILTER=${TEST_FILTER:-}
 TIMEOUT=${TEST_TIMEOUT:-300}
 VERBOSE=${TEST_VERBOSE:-1}
+# Most files spend their time waiting on a worker, so two run side by side by
+# default (on two cores or more); TEST_JOBS=1 runs them one at a time.
+JOBS=${TEST_JOBS:-$(($(nproc) >= 2 ? 2 : 1))}
 
 RUN_DIR=$(mktemp -d "${TMPDIR:-/tmp}/celeriac-run.XXXXXX")
 trap 'rm -rf "$RUN_DIR"' EXIT
@@ -68,8 +71,12 @@ reap_leftovers() { # pidsfile
     done <"$1"
 }
 
-run_one() { # file
-    local f=$1 out=$RUN_DIR/out pids=$RUN_DIR/pids rc
+# run_file IDX FILE: runs one file under its timeout, in the background when
+# files run side by side. Leaves its output in $RUN_DIR/IDX.out and
+# "STATUS SECONDS" in $RUN_DIR/IDX.done. With one job and TEST_VERBOSE=1 the
+# output also streams as it comes.
+run_file() {
+    local idx=$1 f=$2 out=$RUN_DIR/$1.out pids=$RUN_DIR/$1.pids rc
     local -a cmd
     case "$f" in
     *.sh) cmd=(bash "$f") ;;
@@ -77,9 +84,9 @@ run_one() { # file
     *) cmd=("$f") ;;
     esac
     : >"$pids"
-    echo "== $f"
     local t0=$SECONDS
-    if ((VERBOSE)); then
+    if ((VERBOSE && JOBS == 1)); then
+        echo "== $f"
         CELERIAC_PIDS_FILE=$pids timeout -k 15 "$TIMEOUT" "${cmd[@]}" </dev/null 2>&1 |
             tee "$out" | sed -u 's/^/    /'
         rc=${PIPESTATUS[0]}
@@ -87,9 +94,15 @@ run_one() { # file
         CELERIAC_PIDS_FILE=$pids timeout -k 15 "$TIMEOUT" "${cmd[@]}" </dev/null >"$out" 2>&1
         rc=$?
     fi
-    reap_leftovers "$pids"
+    reap_leftovers "$pids" >>"$out"
+    echo "$rc $((SECONDS - t0))" >"$RUN_DIR/$idx.done"
+}
 
-    # Count this file's cases.
+# tally_file IDX FILE: counts a finished file's cases (in this shell, so the
+# totals add up) and prints its output unless it already streamed.
+tally_file() {
+    local idx=$1 f=$2 out=$RUN_DIR/$1.out rc secs
+    read -r rc secs <"$RUN_DIR/$idx.done"
     local p f_failed names
     p=$(grep -cE '^ok( [0-9]+)? - ' "$out")
     f_failed=$(grep -cE '^not ok( [0-9]+)? - ' "$out")
@@ -115,12 +128,40 @@ run_one() { # file
             failed_names+=("$f: exited with status $rc")
         fi
     fi
-    if ((!VERBOSE && f_failed > 0)); then
-        sed 's/^/    /' "$out"
+    if ((JOBS > 1 || !VERBOSE)); then
+        ((JOBS > 1)) && echo "== $f"
+        if ((VERBOSE || f_failed > 0)); then
+            sed 's/^/    /' "$out"
+        fi
     fi
-    echo "   $f: $p ok, $f_failed not ok, exit $rc, $((SECONDS - t0))s"
+    echo "   $f: $p ok, $f_failed not ok, exit $rc, ${secs}s"
     passed=$((passed + p))
     failed=$((failed + f_failed))
+}
+
+# A file whose checks time things to the second or load both cores says so
+# with a line "# run-all: alone"; it runs with no other file beside it.
+runs_alone() { # file
+    [[ $1 == *.sh || $1 == *.py ]] && grep -q '^# run-all: alone' "$1"
+}
+
+declare -A running=() # idx -> file
+collect_finished() {
+    local idx
+    for idx in "${!running[@]}"; do
+        if [[ -f $RUN_DIR/$idx.done ]]; then
+            wait "${running_pid[$idx]}" 2>/dev/null
+            tally_file "$idx" "${running[$idx]}"
+            unset "running[$idx]" "running_pid[$idx]"
+        fi
+    done
+}
+declare -A running_pid=()
+wait_for_slots() { # how many may still run
+    while collect_finished; ((${#running[@]} > $1)); do
+        # a file's .done may land just after its job was reaped: then poll
+        wait -n 2>/dev/null || sleep 0.2
+    done
 }
 
 ran=0
@@ -129,8 +170,15 @@ for f in "${files[@]}"; do
         continue
     fi
     ran=$((ran + 1))
-    run_one "$f"
+    alone=0
+    runs_alone "$f" && alone=1
+    if ((alone)); then wait_for_slots 0; else wait_for_slots $((JOBS - 1)); fi
+    run_file "$ran" "$f" &
+    running[$ran]=$f
+    running_pid[$ran]=$!
+    if ((alone)); then wait_for_slots 0; fi
 done
+wait_for_slots 0
 
 if ((ran == 0)); then
     echo "no test file matched${FILTER:+ TEST_FILTER='$FILTER'}"

@@ -22,6 +22,9 @@ CFLAGS  ?= -O2 -g
 # -fPIC: the client's objects also go into libceleriac-client(-sql).so.
 CFLAGS  += -std=c11 $(WARN) -fvisibility=hidden -fPIC
 CPPFLAGS += -Iinclude -Isrc -MMD -MP
+# Full RELRO: every symbol of the executable bound at start and its GOT
+# read-only (the worker also binds the libraries at start: util/bind_now.h).
+LDFLAGS += -Wl,-z,now -Wl,-z,relro
 ifneq ($(SANITIZE),)
 CFLAGS  += -fsanitize=$(SANITIZE) -fno-sanitize-recover=all -fno-omit-frame-pointer -g
 LDFLAGS += -fsanitize=$(SANITIZE)

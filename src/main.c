@@ -4,6 +4,7 @@
 #include "common.h"
 #include "celeriac.h"
 #include "cli/cli.h"
+#include "util/bind_now.h"
 #include "util/proctitle.h"
 #include "worker/config.h"
 
@@ -41,6 +42,8 @@ int main(int argc, char **argv)
         return EXIT_OK;
     }
     if (!strcmp(cmd, "worker")) {
+        /* Children are forked, so the master binds every library first. */
+        bind_now_or_reexec(argv);
         /* Only the worker sets titles; its argv strings move to the heap. */
         argv = proctitle_init(argc, argv);
         return cli_worker(argc - 1, argv + 1);

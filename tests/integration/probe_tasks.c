@@ -106,7 +106,25 @@ static int probe_pid(struct celeriac_task *task)
     return celeriac_return_json(task, json);
 }
 
+/* probe.env(name): the value of environment variable `name` in the child
+ * (what a program the task starts would inherit), or null when unset. */
+static int probe_env(struct celeriac_task *task)
+{
+    const char *name = NULL;
+    if (celeriac_arg_str(task, 0, "name", &name, NULL) != CELERIAC_OK)
+        return CELERIAC_FAILED;
+    const char *value = getenv(name);
+    if (!value)
+        return celeriac_return_json(task, "null");
+    char json[256];
+    int n = snprintf(json, sizeof(json), "\"%s\"", value);
+    if (n < 0 || (size_t)n >= sizeof(json) || strpbrk(value, "\"\\"))
+        return celeriac_return_json(task, "\"(unprintable)\"");
+    return celeriac_return_json(task, json);
+}
+
 static const struct celeriac_task_def probe_tasks[] = {
+    {"probe.env", probe_env, 0},
     {"probe.pg", probe_pg, 0},
     {"probe.sqlite", probe_sqlite, 0},
     {"probe.pid", probe_pid, 0},

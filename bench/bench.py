@@ -881,6 +881,65 @@ def latency_paced(contender, rate, seconds):
                         "max_per_second": [round(timeline[k], 1) for k in sorted(timeline)]})
 
 
+def watch_start(name):
+    """Starts bench/latency.c watch (PSUBSCRIBE to the results in Redis db 1);
+    returns (process, output path) once it has subscribed."""
+    out = os.path.join(TMP, f"watch-{name}.txt")
+    ready = out + ".ready"
+    if os.path.exists(ready):
+        os.unlink(ready)
+    sub = subprocess.Popen([os.path.join(BUILD, "bench", "latency"), "watch", "127.0.0.1",
+                            str(REDIS_PORT), out, ready], stdin=subprocess.DEVNULL)
+    for _ in range(200):
+        if os.path.exists(ready):
+            return sub, out
+        time.sleep(0.05)
+    sub.terminate()
+    sub.wait()
+    die("latency watch did not subscribe")
+
+
+def watch_stop(sub):
+    """Tells the watcher every result is in (or stops it); waits for it."""
+    if sub.poll() is None:
+        try:
+            redis(1).publish(META + "__end__", "end")
+            sub.wait(30)
+        finally:
+            if sub.poll() is None:
+                sub.terminate()
+                sub.wait()
+
+
+def watch_latencies(contender, out, sends):
+    """Sorted send-to-result latencies (ms) of the sends {task id: time sent}."""
+    recv = {}
+    with open(out) as f:
+        for line in f:
+            tid, t = line.split()
+            recv[tid] = float(t)
+    missing = [t for t in sends if recv.get(t, 0) <= 0]
+    if missing:
+        die(f"{contender}: {len(missing)} sent tasks never got their result")
+    return sorted(1000 * (recv[t] - ts) for t, ts in sends.items())
+
+
+def paced(rate, count, send):
+    """Calls send(i) for i < count at t0 + i / rate; returns (seconds the
+    schedule took, how many sends were over 1 ms late)."""
+    late = 0
+    t0 = time.monotonic()
+    for i in range(count):
+        target = t0 + i / rate
+        now = time.monotonic()
+        if target > now:
+            time.sleep(target - now)
+        elif now - target > 0.001:
+            late += 1
+        send(i)
+    return time.monotonic() - t0, late
+
+
 def latency_live(contender, rate, seconds):
     """W3b: sent live with Celery's send_task from this process at a steady rate
     (time.time() just before the call); latency.c watch stamps the results."""
@@ -893,79 +952,100 @@ def latency_live(contender, rate, seconds):
     app = Celery("benchsender", broker=BROKER)  # no backend: no per-task SUBSCRIBE
     app.conf.broker_connection_retry = False
     wait_for_quiet()
-    out = os.path.join(TMP, f"watch-{contender}.txt")
-    ready = out + ".ready"
-    if os.path.exists(ready):
-        os.unlink(ready)
-    sub = subprocess.Popen([os.path.join(BUILD, "bench", "latency"), "watch", "127.0.0.1",
-                            str(REDIS_PORT), out, ready], stdin=subprocess.DEVNULL)
+    sub, out = watch_start(contender)
     proc = None
     sends = {}
     try:
-        for _ in range(200):
-            if os.path.exists(ready):
-                break
-            time.sleep(0.05)
-        else:
-            die("latency watch did not subscribe")
         proc = start_worker(contender, LAT_CONCURRENCY, os.path.join(TMP, f"{contender}.log"))
         count = int(rate * seconds)
-        late = 0
         with app.producer_or_acquire() as producer:
             for i in range(WARM):
                 app.send_task("books.get_book_info", args=[i + 1], producer=producer)
             wait_results(r1, proc, contender, WARM)
             time.sleep(0.5)
             m0 = measure_start(proc)
-            t0 = time.monotonic()
-            for i in range(count):
-                target = t0 + i / rate
-                now = time.monotonic()
-                if target > now:
-                    time.sleep(target - now)
-                elif now - target > 0.001:
-                    late += 1
+
+            def send(i):
                 ts = time.time()
                 tid = app.send_task("books.get_book_info", args=[(i * 7919) % BOOKS + 1],
                                     producer=producer).id
                 sends[tid] = ts
-            send_span = time.monotonic() - t0
+
+            send_span, late = paced(rate, count, send)
         wait_results(r1, proc, contender, WARM + count)
         foreign = measure_foreign(proc, m0)
-        r1.publish(META + "__end__", "end")
-        sub.wait(30)
     finally:
         if proc:
             stop_worker(proc)
-        if sub.poll() is None:
-            sub.terminate()
-            sub.wait()
-    recv = {}
-    with open(out) as f:
-        for line in f:
-            tid, t = line.split()
-            recv[tid] = float(t)
-    missing = [t for t in sends if recv.get(t, 0) <= 0]
-    if missing:
-        die(f"{contender}: {len(missing)} live-sent tasks never got their result")
-    lat = sorted(1000 * (recv[t] - ts) for t, ts in sends.items())
+        watch_stop(sub)
+    lat = watch_latencies(contender, out, sends)
     return latency_row(contender, "b", rate, count / send_span, lat,
                        {"late_sends": late, "foreign_cpu": foreign})
 
 
-def latency_sql_paced(contender, rate, seconds):
-    """W3 on the PostgreSQL broker, paced (as W3a): WARM + rate * seconds
-    tasks sent in advance by Celery's send_task on sqla+postgresql into a
-    template table, released into kombu_message on a fixed schedule by
-    bench/latency.c pace-sql (one INSERT per message, as kombu's _put), which
-    stamps each just before its INSERT and each result as it is published."""
-    import uuid
+def latency_amqp_paced(contender, rate, seconds):
+    """W3 on RabbitMQ, paced (as W3a): WARM + rate * seconds messages made in
+    advance by Celery's send_task over AMQP (the W3 template, bodies and
+    properties byte for byte), published from this process on a fixed
+    schedule to the default exchange as Celery's client publishes them (no
+    confirms), each stamped just before its basic_publish; latency.c watch
+    stamps each result as it is published."""
+    import amqp
+    import pickle
 
-    task = TXN_TASK if contender == "celeriac-txn" else TASK_OF["W3"]
+    with open(amqp_template_file("W3"), "rb") as f:
+        msgs = pickle.load(f)
     count = int(rate * seconds)
-    sent = [(str(uuid.uuid4()), task_args("W3", i)) for i in range(WARM + count)]
-    enqueue_sql("W3", sent, task)
-    table = sql_template("W3", task)
+    if len(msgs) < WARM + count:
+        die(f"AMQP W3 template too short: {len(msgs)} < {WARM + count}")
+    r1 = redis(1)
+    r1.flushdb()
+    pg_maintenance()
+    conn = amqp_connect()
+    ch = conn.channel()
+    ch.queue_purge(AMQP_QUEUE)
+    wait_for_quiet()
+    sub, out = watch_start(f"amqp-{contender}")
+    proc = None
+    sends = {}
+
+    def send(i):
+        body, props = msgs[WARM + i]
+        sends[props["correlation_id"]] = time.time()
+        ch.basic_publish(amqp.Message(body, **props), exchange="", routing_key=AMQP_QUEUE)
+
+    try:
+        proc = start_worker(contender, LAT_CONCURRENCY, log_name(contender, "amqp"), "amqp")
+        for body, props in msgs[:WARM]:
+            ch.basic_publish(amqp.Message(body, **props), exchange="", routing_key=AMQP_QUEUE)
+        wait_results(r1, proc, contender, WARM)
+        time.sleep(0.5)
+        m0 = measure_start(proc)
+        send_span, late = paced(rate, count, send)
+        wait_results(r1, proc, contender, WARM + count)
+        foreign = measure_foreign(proc, m0)
+        if not is_running(proc):
+            die(f"{contender} died during the latency run on RabbitMQ")
+    finally:
+        conn.close()
+        if proc:
+            stop_worker(proc)
+        watch_stop(sub)
+    lat = watch_latencies(contender, out, sends)
+    return latency_row(contender, "qa", rate, count / send_span, lat,
+                       {"late_sends": late, "foreign_cpu": foreign, "broker": "amqp"})
+
+
+def sql_pace_run(contender, rate, count):
+    """One paced run on the PostgreSQL broker: WARM messages to warm up, then
+    bench/latency.c pace-sql releases the next count rows of the W3 template
+    (sql_template: made in advance by Celery's send_task on sqla+postgresql)
+    into kombu_message, one INSERT per message in its own transaction, as
+    kombu's _put inserts them, at rate per second on a fixed schedule (as fast
+    as it can when the rate is out of reach), stamping each just before its
+    INSERT and each result as it is published. Returns ([(sent, received)],
+    others' CPU)."""
+    table = sql_template("W3", TXN_TASK if contender == "celeriac-txn" else TASK_OF["W3"])
     r1 = redis(1)
     r1.flushdb()
     conn = pg_connect()
@@ -992,16 +1072,34 @@ def latency_sql_paced(contender, rate, seconds):
     finally:
         conn.close()
         stop_worker(proc)
-    lat = []
+    stamps = []
     with open(out) as f:
         for line in f:
             _, t_sent, t_recv = line.split()
             if float(t_recv) < 0:
                 die(f"{contender}: a paced task never got its result on the PostgreSQL broker")
-            lat.append(1000 * (float(t_recv) - float(t_sent)))
-    lat.sort()
-    return latency_row(contender, "sa", rate, count / seconds, lat,
-                       {"foreign_cpu": foreign, "broker": "sql"})
+            stamps.append((float(t_sent), float(t_recv)))
+    return stamps, foreign
+
+
+def sql_capacity(contender, count):
+    """The rate the whole paced pipeline sustains (pace-sql's INSERTs and
+    commits, the trigger's NOTIFY, the worker, its results), not W1's rate
+    from a queue filled in advance: count messages with no pause between
+    INSERTs, results per second from the first INSERT to the last result."""
+    stamps, _ = sql_pace_run(contender, 1e6, count)
+    rate = count / (max(r for _, r in stamps) - min(s for s, _ in stamps))
+    log(f"W3 capacity of {contender} on sql with the sender in the loop: {rate:.0f} tasks/s")
+    return rate
+
+
+def latency_sql_paced(contender, rate, seconds, variant="sa", extra=None):
+    """W3 on the PostgreSQL broker, paced (as W3a), rate * seconds messages."""
+    count = int(rate * seconds)
+    stamps, foreign = sql_pace_run(contender, rate, count)
+    lat = sorted(1000 * (r - s) for s, r in stamps)
+    return latency_row(contender, variant, rate, count / seconds, lat,
+                       dict(extra or {}, foreign_cpu=foreign, broker="sql"))
 
 
 def latency_sql(contender, rate, seconds):
@@ -1021,63 +1119,34 @@ def latency_sql(contender, rate, seconds):
     task = TXN_TASK if contender == "celeriac-txn" else TASK_OF["W3"]
     send_sql = "SELECT celeriac_enqueue('celery', %s, %s)"
     wait_for_quiet()
-    out = os.path.join(TMP, f"watch-sql-{contender}.txt")
-    ready = out + ".ready"
-    if os.path.exists(ready):
-        os.unlink(ready)
-    sub = subprocess.Popen([os.path.join(BUILD, "bench", "latency"), "watch", "127.0.0.1",
-                            str(REDIS_PORT), out, ready], stdin=subprocess.DEVNULL)
+    sub, out = watch_start(f"sql-{contender}")
     proc = None
     sends, commit_ms = {}, []
+
+    def send(i):
+        ts = time.time()
+        cur.execute(send_sql, (task, json.dumps([(i * 7919) % BOOKS + 1])))
+        tid = cur.fetchone()[0]
+        commit_ms.append(1000 * (time.time() - ts))
+        sends[tid] = ts
+
     try:
-        for _ in range(200):
-            if os.path.exists(ready):
-                break
-            time.sleep(0.05)
-        else:
-            die("latency watch did not subscribe")
         proc = start_worker(contender, LAT_CONCURRENCY, log_name(contender, "sql"), "sql")
         count = int(rate * seconds)
-        late = 0
         for i in range(WARM):
             cur.execute(send_sql, (task, json.dumps([i + 1])))
         wait_results(r1, proc, contender, WARM)
         time.sleep(0.5)
         m0 = measure_start(proc)
-        t0 = time.monotonic()
-        for i in range(count):
-            target = t0 + i / rate
-            now = time.monotonic()
-            if target > now:
-                time.sleep(target - now)
-            elif now - target > 0.001:
-                late += 1
-            ts = time.time()
-            cur.execute(send_sql, (task, json.dumps([(i * 7919) % BOOKS + 1])))
-            tid = cur.fetchone()[0]
-            commit_ms.append(1000 * (time.time() - ts))
-            sends[tid] = ts
-        send_span = time.monotonic() - t0
+        send_span, late = paced(rate, count, send)
         wait_results(r1, proc, contender, WARM + count)
         foreign = measure_foreign(proc, m0)
-        r1.publish(META + "__end__", "end")
-        sub.wait(30)
     finally:
         conn.close()
         if proc:
             stop_worker(proc)
-        if sub.poll() is None:
-            sub.terminate()
-            sub.wait()
-    recv = {}
-    with open(out) as f:
-        for line in f:
-            tid, t = line.split()
-            recv[tid] = float(t)
-    missing = [t for t in sends if recv.get(t, 0) <= 0]
-    if missing:
-        die(f"{contender}: {len(missing)} tasks sent by celeriac_enqueue never got their result")
-    lat = sorted(1000 * (recv[t] - ts) for t, ts in sends.items())
+        watch_stop(sub)
+    lat = watch_latencies(contender, out, sends)
     commit_ms.sort()
     return latency_row(contender, "sb", rate, count / send_span, lat,
                        {"late_sends": late, "foreign_cpu": foreign, "broker": "sql",
@@ -1085,10 +1154,14 @@ def latency_sql(contender, rate, seconds):
 
 
 def latency():
+    import uuid
+
     out = open(os.path.join(TMP, "latency.jsonl"), "w")
     with out:
         if "redis" in BROKERS:
             latency_redis(out)
+        if "amqp" in BROKERS:
+            latency_amqp(out)
         if "sql" in BROKERS:
             # Paced at half of each one's own W1 median on this broker; then
             # celeriac_enqueue live at half of the slowest contender's.
@@ -1100,13 +1173,41 @@ def latency():
                     die(f"no W1 run of {contender} on sql at c={LAT_CONCURRENCY} to take half of")
                 half[contender] = top / 2
             for contender in [c for c in SQL_CONTENDERS if c != "python"]:
-                out.write(json.dumps(latency_sql_paced(contender, half[contender], LAT_SECONDS))
-                          + "\n")
-                out.flush()
+                # "sa" at half of W1 (a queue filled in advance), as before;
+                # "sh" at half of what the pipeline sustains with the sender's
+                # own INSERT and commit per message in it: half load.
+                cap_n = min(SQL_TASKS, 10000)
+                task = TXN_TASK if contender == "celeriac-txn" else TASK_OF["W3"]
+                n = WARM + max(cap_n, int(half[contender] * LAT_SECONDS)) + 10
+                enqueue_sql("W3", [(str(uuid.uuid4()), task_args("W3", i)) for i in range(n)],
+                            task)
+                cap = sql_capacity(contender, cap_n)
+                for variant, rate in (("sa", half[contender]), ("sh", cap / 2)):
+                    out.write(json.dumps(latency_sql_paced(contender, rate, LAT_SECONDS, variant,
+                                                           {"capacity": cap})) + "\n")
+                    out.flush()
             for contender in [c for c in SQL_CONTENDERS if c != "python"]:
                 out.write(json.dumps(latency_sql(contender, min(half.values()), LAT_SECONDS))
                           + "\n")
                 out.flush()
+
+
+def latency_amqp(out):
+    """W3 on RabbitMQ: each contender paced at half its own W1 median there."""
+    import uuid
+
+    runs = load_runs()
+    half = {}
+    for contender in AMQP_CONTENDERS:
+        top = median_rate(runs, contender, "W1", LAT_CONCURRENCY, broker="amqp")
+        if not top:
+            die(f"no W1 run of {contender} on amqp at c={LAT_CONCURRENCY} to take half of")
+        half[contender] = top / 2
+    n = WARM + int(max(half.values()) * LAT_SECONDS) + 10
+    enqueue_amqp("W3", [(str(uuid.uuid4()), task_args("W3", i)) for i in range(n)])
+    for contender in AMQP_CONTENDERS:
+        out.write(json.dumps(latency_amqp_paced(contender, half[contender], LAT_SECONDS)) + "\n")
+        out.flush()
 
 
 def latency_redis(out):

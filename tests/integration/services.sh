@@ -106,6 +106,7 @@ expect_eq() {
 
 # Ends the test file: exit 1 if any case failed, or if none ran.
 tap_done() {
+    TAP_DONE=1
     if ((TAP_PASSED + TAP_FAILED == 0)); then
         echo "not ok - $(basename "$0") ran no case"
         exit 1
@@ -521,6 +522,13 @@ WORKER_LOGS=()
 services_cleanup() {
     local rc=$?
     trap - EXIT
+    # A file that ends anywhere but tap_done did not run its remaining
+    # cases. bash leaves $? at 0 here when a syntax error (in a [[ ]], say)
+    # ends the script, so without this such a file would pass.
+    if [[ -z ${TAP_DONE:-} ]]; then
+        echo "not ok - $(basename "$0") ended before its last case (exit status $rc; a syntax error or an unexpected exit)"
+        ((rc == 0)) && rc=1
+    fi
     stop_worker KILL 5 >/dev/null 2>&1
     local pid kind
     # anything else recorded in the pid file (extra workers, python workers)

@@ -46,7 +46,7 @@ struct amqp_transport {
 
 /* What a delivery owns (struct delivery's owner). */
 struct amqp_owned {
-    struct buf envelope;
+    json_t *envelope;
     uint64_t tag;
 };
 
@@ -93,7 +93,7 @@ static void remember_tag(struct amqp_transport *t, uint64_t tag)
 }
 
 /* The AMQP delivery tag a decoded message carries (properties.delivery_tag,
- * written by amqp_msg_to_envelope from the delivery itself). */
+ * written by amqp_msg_envelope from the delivery itself). */
 static bool parse_tag(const char *s, uint64_t *tag)
 {
     if (!s || !*s)
@@ -239,26 +239,24 @@ static int at_fetch(struct broker *b, double timeout_s, struct delivery *d, stru
     if (rc)
         return rc;
     struct amqp_owned *o = xcalloc(1, sizeof(*o));
-    buf_init(&o->envelope);
     o->tag = ad.env.delivery_tag;
     delivery_queue(t, &ad.env, d->queue, sizeof(d->queue));
     struct err ce = {0};
-    if (amqp_msg_to_envelope(&o->envelope, &ad.env, &ce)) {
+    if (!(o->envelope = amqp_msg_envelope(&ad.env, &ce))) {
         /* Headers JSON cannot carry: rejected, as Celery rejects what it
          * cannot decode. */
         log_error("rejected a message from queue '%s': %s", d->queue, ce.msg);
         rc = amqp_link_reject(&t->link, ad.env.channel, o->tag, false, e);
         follow_channel(t);
         amqp_link_delivery_release(&ad);
-        buf_release(&o->envelope);
         free(o);
         d->queue[0] = '\0';
         return rc == -ESTALE ? 0 : rc;
     }
+    d->len = ad.env.message.body.len;
     amqp_link_delivery_release(&ad);
     remember_tag(t, o->tag);
-    d->raw = o->envelope.data;
-    d->len = o->envelope.len;
+    d->envelope = o->envelope;
     d->owner = o;
     return 0;
 }
@@ -267,11 +265,11 @@ static void at_delivery_release(struct delivery *d)
 {
     struct amqp_owned *o = d->owner;
     if (o) {
-        buf_release(&o->envelope);
+        json_decref(o->envelope);
         free(o);
     }
     d->owner = NULL;
-    d->raw = NULL;
+    d->envelope = NULL;
 }
 
 /* Settles tag on the open channel: ack, or reject (requeue or not). A tag

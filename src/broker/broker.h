@@ -19,6 +19,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include <jansson.h>
+
 #include "db/conn.h"
 #include "util/amqp_url.h"
 #include "util/url.h"
@@ -62,14 +64,22 @@ enum broker_caps {
 
 /* One fetched message, before it is decoded. */
 struct delivery {
-    const char *raw;             /* the envelope as the decoder reads it; NULL: nothing came */
-    size_t len;
+    const char *raw;             /* the envelope as the decoder reads it, or NULL */
+    json_t *envelope;            /* or already as JSON, when the transport built it from
+                                    what it received (AMQP) rather than print and parse it */
+    size_t len;                  /* raw's length; with envelope, the body's */
     char queue[256];             /* queue it came from */
-    void *owner;                 /* the transport's: owns raw */
+    void *owner;                 /* the transport's: owns raw and envelope */
     struct {                     /* Redis: what the pop already wrote to unacked */
         const char *tag, *exchange, *routing_key;
     } recorded;
 };
+
+/* Whether a fetch returned a message (raw and envelope both NULL: none came). */
+static inline bool delivery_came(const struct delivery *d)
+{
+    return d->raw || d->envelope;
+}
 
 /* Who is consuming: a child's place in its worker, which the transport
  * uses to leave what it holds findable by the next process of the slot. */
@@ -112,7 +122,7 @@ struct broker_ops {
     bool (*is_open)(const struct broker *b);
     /* Consume queues[0..n) from the next fetch on. No I/O. */
     void (*consume)(struct broker *b, char *const *queues, size_t n);
-    /* Waits up to timeout_s for the next message; d->raw NULL when none came. */
+    /* Waits up to timeout_s for the next message; see delivery_came. */
     int (*fetch)(struct broker *b, double timeout_s, struct delivery *d, struct err *e);
     void (*delivery_release)(struct delivery *d);
     /* A delivery that will never be decoded: removed for good. */

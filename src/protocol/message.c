@@ -51,10 +51,18 @@ int message_decode_envelope(struct message *m, const char *data, size_t len, con
 {
     json_error_t jerr;
     *settle = SETTLE_DROP;
-    m->envelope = json_loadb(data, len, JSON_REJECT_DUPLICATES, &jerr);
-    if (!m->envelope)
+    json_t *envelope = json_loadb(data, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!envelope)
         return err_set(e, E_PROTOCOL, "envelope is not JSON: %s (at byte %d)", jerr.text,
                        jerr.position);
+    return message_adopt_envelope(m, envelope, queue, settle, e);
+}
+
+int message_adopt_envelope(struct message *m, json_t *envelope, const char *queue,
+                           enum message_settle *settle, struct err *e)
+{
+    *settle = SETTLE_DROP;
+    m->envelope = envelope;
     if (!json_is_object(m->envelope))
         return err_set(e, E_PROTOCOL, "envelope is not a JSON object");
 

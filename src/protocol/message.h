@@ -72,6 +72,12 @@ void message_release(struct message *m);
  * with *settle = SETTLE_DROP and the reason in e. */
 int message_decode_envelope(struct message *m, const char *data, size_t len, const char *queue,
                             enum message_settle *settle, struct err *e);
+/* Step 1 for an envelope a transport built as JSON itself from what it
+ * received (AMQP: properties, headers table and body), so that it is not
+ * printed and parsed again: takes the reference to envelope (released with
+ * m, even on failure) and checks and repairs it as above. */
+int message_adopt_envelope(struct message *m, json_t *envelope, const char *queue,
+                           enum message_settle *settle, struct err *e);
 
 /* Step 2: validates headers and decodes the body into args, kwargs, embed.
  * Returns 0, or a negative code with the reason in e and *settle saying how to

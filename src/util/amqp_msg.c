@@ -255,13 +255,13 @@ static json_t *envelope_properties(const amqp_envelope_t *env)
     return props;
 }
 
-int amqp_msg_to_envelope(struct buf *out, const amqp_envelope_t *env, struct err *e)
+json_t *amqp_msg_envelope(const amqp_envelope_t *env, struct err *e)
 {
     const amqp_basic_properties_t *p = &env->message.properties;
     json_t *headers = p->_flags & AMQP_BASIC_HEADERS_FLAG ? amqp_msg_table_to_json(&p->headers, e)
                                                           : json_object();
     if (!headers)
-        return E_PROTOCOL;
+        return NULL;
     struct buf b64 = BUF_INIT;
     base64_encode(&b64, env->message.body.bytes, env->message.body.len);
     json_t *root = json_object();
@@ -272,6 +272,14 @@ int amqp_msg_to_envelope(struct buf *out, const amqp_envelope_t *env, struct err
                  &p->content_encoding);
     json_object_set_new(root, "headers", headers);
     json_object_set_new(root, "properties", envelope_properties(env));
+    return root;
+}
+
+int amqp_msg_to_envelope(struct buf *out, const amqp_envelope_t *env, struct err *e)
+{
+    json_t *root = amqp_msg_envelope(env, e);
+    if (!root)
+        return E_PROTOCOL;
     char *text = json_dumps(root, JSON_COMPACT);
     json_decref(root);
     if (!text) {

@@ -341,7 +341,7 @@ static void serve(struct child *c)
             continue;
         }
         retry_succeeded(&c->fetch_retry);
-        bool ran = d.raw != NULL;
+        bool ran = delivery_came(&d);
         settle_confirm_results(c); /* its reply has arrived by now: no wait */
         if (!ran)
             loops = 0; /* idle: check the master next time round */

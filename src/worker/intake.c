@@ -13,7 +13,14 @@
 static void drop_oversized(struct child *c, const struct delivery *d)
 {
     char id[64];
-    bool known = message_peek_id(d->raw, d->len, id, sizeof(id));
+    bool known;
+    if (d->envelope) {
+        const char *tid = json_string_value(json_object_get(json_object_get(d->envelope,
+                                                                            "headers"), "id"));
+        known = tid && snprintf(id, sizeof(id), "%s", tid) < (int)sizeof(id);
+    } else {
+        known = message_peek_id(d->raw, d->len, id, sizeof(id));
+    }
     log_error("dropped a message of %zu bytes from queue '%s'%s%s: larger than the %zu byte "
               "limit", d->len, d->queue, known ? " for task " : "", known ? id : "",
               c->cfg->broker.max_message);
@@ -79,7 +86,10 @@ void intake_handle(struct child *c, struct delivery *d)
         drop_oversized(c, d);
         goto out_settle;
     }
-    if (message_decode_envelope(&m, d->raw, d->len, d->queue, &settle, &e)) {
+    int rc = d->envelope ? message_adopt_envelope(&m, json_incref(d->envelope), d->queue,
+                                                  &settle, &e)
+                         : message_decode_envelope(&m, d->raw, d->len, d->queue, &settle, &e);
+    if (rc) {
         log_error("dropped a message from queue '%s': %s", d->queue, e.msg);
         goto out_settle;
     }

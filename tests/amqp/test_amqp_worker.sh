@@ -5,9 +5,10 @@
 # in a throwaway Redis, sent by Debian's Python Celery
 # (amqp_worker_py.py) to the tasks of amqp_tasks.c: results, a failure, a
 # retry, a chain step published by celeriac, ETA held while others run, a
-# late-ack child SIGKILLed mid-task, priorities, a quorum queue, -Q with two
-# queues, -c 2, a bad password, a deleted queue, a connection the server
-# closes while an ETA message is held, warm shutdown with held ETA.
+# late-ack child SIGKILLed mid-task, a body over --max-message-size,
+# priorities, a quorum queue, -Q with two queues, -c 2, a bad password, a
+# deleted queue, a connection the server closes while an ETA message is
+# held, warm shutdown with held ETA.
 . "$(dirname "$0")/lib.sh"
 start_redis
 rabbitmq_test_start
@@ -69,6 +70,22 @@ fi
 sleep 0.5
 got=$(pwait "$(psend amqpt.add '[4, 4]')" 20)
 expect_eq "after the queue was deleted and declared again, tasks still run" "SUCCESS 8" "$got"
+stop_worker TERM 20
+
+# ---- --max-message-size: a body over the limit is not decoded, its client told -----
+worker -c 1 -Q big --max-message-size 2000 -n amqpt-big@localhost
+wait_children 1 20
+big=$(printf 'x%.0s' $(seq 1 5000))
+got=$(pwait "$(psend amqpt.add "[\"$big\", 1]" --queue big)" 20)
+if [[ $got == 'FAILURE "InvalidTaskError('*"exceeds the worker's limit of 2000 bytes"* ]]; then
+    ok "a 5 kB body over --max-message-size 2000: FAILURE InvalidTaskError under its id"
+else
+    not_ok "a 5 kB body over --max-message-size 2000: FAILURE InvalidTaskError under its id" \
+        "$got" "$(worker_log_tail 6)"
+fi
+expect_eq "... the message is removed from the queue" 0 "$(qcount big)"
+got=$(pwait "$(psend amqpt.add '[2, 2]' --queue big)" 20)
+expect_eq "... and the next task of normal size runs" "SUCCESS 4" "$got"
 stop_worker TERM 20
 
 # ---- --prefetch-multiplier: what one child holds unacked -------------------------------

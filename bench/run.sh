@@ -90,7 +90,7 @@ build_tool() { # name pkgs...
             -o "$build/bench/$name" "$root/bench/$name.c" $(pkg-config --libs "$@")
     fi
 }
-build_tool floor hiredis libpq jansson
+build_tool floor hiredis libpq jansson librabbitmq
 build_tool latency hiredis jansson libpq
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/celeriac-bench.XXXXXX")

@@ -478,14 +478,18 @@ static void amqp_check(amqp_rpc_reply_t r, const char *what)
 static void amqp_open(struct child *c)
 {
     struct amqp_connection_info u;
-    char *url = strdup(c->o->broker), slash[] = "/";
+    char *url = strdup(c->o->broker), *path;
     amqp_socket_t *sock;
 
-    if (!url || amqp_parse_url(url, &u) != AMQP_STATUS_OK)
+    if (!url)
+        die("out of memory");
+    /* kombu's rule: a path of "//" or "/" (or none) is the vhost "/"; rabbitmq-c
+     * wants that one written %2f, so it gets no path and takes its default "/". */
+    path = strchr(url + strlen("amqp://"), '/');
+    if (path && (!strcmp(path, "/") || !strcmp(path, "//")))
+        *path = '\0';
+    if (amqp_parse_url(url, &u) != AMQP_STATUS_OK)
         die("bad amqp url '%s'", c->o->broker);
-    /* kombu's rule: "amqp://host:port/" (an empty vhost) means "/", as "//" does. */
-    if (!u.vhost || !*u.vhost)
-        u.vhost = slash;
     c->amqp = amqp_new_connection();
     sock = c->amqp ? amqp_tcp_socket_new(c->amqp) : NULL;
     if (!sock)

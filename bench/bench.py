@@ -56,10 +56,10 @@ LAT_CONTENDERS = [c for c in ENV.get("BENCH_LAT_CONTENDERS", "celeriac python fl
 BROKERS = ENV.get("BENCH_BROKERS", "redis amqp sql").split()
 RABBITMQ_PORT = int(ENV.get("BENCH_RABBITMQ_PORT", "0"))
 RABBITMQ_PID = int(ENV.get("BENCH_RABBITMQ_PID", "0"))
-# On RabbitMQ: celeriac and Python Celery (the floor speaks Redis only); tasks
-# and runs per point default to the Redis part's.
-AMQP_CONTENDERS = [c for c in ENV.get("BENCH_AMQP_CONTENDERS", "celeriac python").split()
-                   if c in ("celeriac", "python")]
+# On RabbitMQ: celeriac, Python Celery and the floor on RabbitMQ (floor-kombu
+# is Redis only); tasks and runs per point default to the Redis part's.
+AMQP_CONTENDERS = [c for c in ENV.get("BENCH_AMQP_CONTENDERS", "celeriac python floor").split()
+                   if c in ("celeriac", "python", "floor")]
 AMQP_TASKS = int(ENV.get("BENCH_AMQP_TASKS", str(TASKS)))
 AMQP_PY_TASKS = int(ENV.get("BENCH_AMQP_PY_TASKS", str(PY_TASKS)))
 AMQP_REPS = int(ENV.get("BENCH_AMQP_REPS", str(REPS)))
@@ -68,9 +68,11 @@ AMQP_PY_REPS = int(ENV.get("BENCH_AMQP_PY_REPS", str(PY_REPS)))
 # variant of W1's task (its UPDATE and its message's DELETE in one transaction),
 # and Python Celery on kombu's own SQL consumer, which polls and serialises every
 # consumer on one row lock: it gets fewer tasks per run (BENCH_SQL_PY_TASKS) so
-# the bench stays bounded.
-SQL_CONTENDERS = [c for c in ENV.get("BENCH_SQL_CONTENDERS", "celeriac celeriac-txn python").split()
-                  if c in ("celeriac", "celeriac-txn", "python")]
+# the bench stays bounded; and the floor on this broker (celeriac's two round
+# trips per message, nothing else).
+SQL_CONTENDERS = [c for c in ENV.get("BENCH_SQL_CONTENDERS",
+                                     "celeriac celeriac-txn python floor").split()
+                  if c in ("celeriac", "celeriac-txn", "python", "floor")]
 SQL_TASKS = int(ENV.get("BENCH_SQL_TASKS", str(TASKS)))
 SQL_PY_TASKS = int(ENV.get("BENCH_SQL_PY_TASKS", str(min(2000, TASKS))))
 SQL_REPS = int(ENV.get("BENCH_SQL_REPS", str(REPS)))
@@ -487,12 +489,14 @@ def worker_cmd(contender, concurrency, broker="redis"):
                  "-c", str(concurrency), "-P", "prefork", "--without-gossip",
                  "--without-mingle", "--without-heartbeat", "-l", "warning"],
                 os.path.join(ROOT, "bench", "pyworker"), env)
-    if contender in ("floor", "floor-kombu") and broker == "redis":
+    if contender == "floor" or (contender == "floor-kombu" and broker == "redis"):
         # --idle-exit 0: stopped with TERM like the others, not by an empty queue.
         # floor-kombu: the floor plus kombu's unacked bookkeeping (optional
-        # contender, BENCH_CONTENDERS="... floor-kombu").
+        # contender, BENCH_CONTENDERS="... floor-kombu"; Redis only). On sql the
+        # broker's connection runs the task's statement too: no --db.
         return ([os.path.join(BUILD, "bench", "floor"), "-c", str(concurrency),
-                 "-b", url, "-r", BACKEND, "--db", PG_URL, "--idle-exit", "0"]
+                 "-b", url, "-r", BACKEND]
+                + ([] if broker == "sql" else ["--db", PG_URL]) + ["--idle-exit", "0"]
                 + (["--kombu-ack"] if contender == "floor-kombu" else []), ROOT, env)
     raise ValueError(contender)
 
@@ -1172,7 +1176,10 @@ def latency():
                 if not top:
                     die(f"no W1 run of {contender} on sql at c={LAT_CONCURRENCY} to take half of")
                 half[contender] = top / 2
-            for contender in [c for c in SQL_CONTENDERS if c != "python"]:
+            # celeriac's own latency (NOTIFY wake-ups, celeriac_enqueue): not
+            # Python's (it polls once a second) nor the floor's (it polls every ms).
+            lat_sql = [c for c in SQL_CONTENDERS if c not in ("python", "floor")]
+            for contender in lat_sql:
                 # "sa" at half of W1 (a queue filled in advance), as before;
                 # "sh" at half of what the pipeline sustains with the sender's
                 # own INSERT and commit per message in it: half load.
@@ -1186,7 +1193,7 @@ def latency():
                     out.write(json.dumps(latency_sql_paced(contender, rate, LAT_SECONDS, variant,
                                                            {"capacity": cap})) + "\n")
                     out.flush()
-            for contender in [c for c in SQL_CONTENDERS if c != "python"]:
+            for contender in lat_sql:
                 out.write(json.dumps(latency_sql(contender, min(half.values()), LAT_SECONDS))
                           + "\n")
                 out.flush()

@@ -340,38 +340,44 @@ def amqp_throughput_table(runs, aruns, workload, key):
     this run."""
     lines = ["| concurrency | celeriac | Python Celery | celeriac / Python "
              "| celeriac on Redis | celeriac RabbitMQ / Redis "
-             "| Python Celery on Redis | Python RabbitMQ / Redis |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| Python Celery on Redis | Python RabbitMQ / Redis "
+             "| floor (C) on RabbitMQ | celeriac / floor |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for conc in bench.CONCURRENCIES:
         kw = dict(workload=workload, concurrency=conc)
         ca = median_of(aruns, key, contender="celeriac", **kw)
         pa = median_of(aruns, key, contender="python", **kw)
         cr = median_of(runs, key, contender="celeriac", **kw)
         pr = median_of(runs, key, contender="python", **kw)
+        fa = median_of(aruns, key, contender="floor", **kw)
         lines.append(
             f"| {conc} | **{fmt(ca)}**{spread(aruns, key, contender='celeriac', **kw)} | "
             f"{fmt(pa)}{spread(aruns, key, contender='python', **kw)} | "
             f"{ratio(ca, pa, '{:.1f}')} | {fmt(cr)} | {ratio(ca, cr)} | {fmt(pr)} | "
-            f"{ratio(pa, pr)} |")
+            f"{ratio(pa, pr)} | {fmt(fa)}{spread(aruns, key, contender='floor', **kw)} | "
+            f"{ratio(ca, fa)} |")
     return "\n".join(lines)
 
 
 def amqp_cpu_table(runs, aruns, workload):
     lines = ["| concurrency | celeriac | Python Celery | celeriac on Redis "
-             "| Python Celery on Redis | RabbitMQ: celeriac / python "
-             "| Redis (results): celeriac / python | PostgreSQL: celeriac / python |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| Python Celery on Redis | floor (C) on RabbitMQ "
+             "| RabbitMQ: celeriac / python / floor "
+             "| Redis (results): celeriac / python / floor "
+             "| PostgreSQL: celeriac / python / floor |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for conc in bench.CONCURRENCIES:
         kw = dict(workload=workload, concurrency=conc)
         cells = [fmt(median_of(aruns, "cpu_ms_per_task", contender=c, **kw), "{:.3f}")
                  for c in ("celeriac", "python")]
         cells += [fmt(median_of(runs, "cpu_ms_per_task", contender=c, **kw), "{:.3f}")
                   for c in ("celeriac", "python")]
+        cells.append(fmt(median_of(aruns, "cpu_ms_per_task", contender="floor", **kw), "{:.3f}"))
         for svc in ("rabbitmq", "redis", "postgres"):
             cells.append(" / ".join(
                 fmt(med([r["svc_cpu_ms_per_task"].get(svc, 0)
                          for r in select(aruns, contender=c, **kw)]), "{:.3f}")
-                for c in ("celeriac", "python")))
+                for c in ("celeriac", "python", "floor")))
         lines.append(f"| {conc} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -465,8 +471,9 @@ def amqp_method(aruns):
   and the template's first N messages are published again byte for byte with py-amqp
   (the default exchange, routing key `celery`, no publisher confirms) until RabbitMQ
   counts N ready messages. Then the worker starts, exactly as on Redis. W3 on RabbitMQ
-  is published on a schedule from such a template (below). Not measured on RabbitMQ:
-  the floors (Redis-only C loops).
+  is published on a schedule from such a template (below). The floor runs here too
+  (`floor -b amqp://…`: rabbitmq-c, prefetch 1 per child, early ack); not measured on
+  RabbitMQ: floor + kombu acks (Redis only).
 """
 
 
@@ -538,6 +545,21 @@ def perf_targets(runs, aruns, sruns, pruns, lats):
                  ", ".join(f"c={c}: {v[0]:.2f} ({v[1]:.3f} / {v[2]:.3f} ms)"
                            for c, v in vals.items()),
                  all(v[0] <= 1.3 for v in vals.values()))
+        if bruns is runs:  # on Redis the line above is already like with like
+            continue
+        vals = {}
+        for conc in bench.CONCURRENCIES:
+            cc = median_of(bruns, "cpu_ms_per_task", contender="celeriac", workload="W1",
+                           concurrency=conc)
+            fc = median_of(bruns, "cpu_ms_per_task", contender="floor", workload="W1",
+                           concurrency=conc)
+            if cc and fc:
+                vals[conc] = (cc / fc, cc, fc)
+        if vals:
+            line(f"worker CPU per task ≤ 1.3 × the floor on the same broker, W1 on {name}",
+                 ", ".join(f"c={c}: {v[0]:.2f} ({v[1]:.3f} / {v[2]:.3f} ms)"
+                           for c, v in vals.items()),
+                 all(v[0] <= 1.3 for v in vals.values()))
     vals = {}
     for conc in (2, 4):
         cel = median_of(runs, "rate", contender="celeriac", workload="W1", concurrency=conc)
@@ -565,28 +587,31 @@ def perf_targets(runs, aruns, sruns, pruns, lats):
 def sql_throughput_table(runs, sruns, key):
     lines = ["| concurrency | celeriac | celeriac, transactional | Python Celery "
              "| celeriac / Python | transactional / Python | celeriac on Redis "
-             "| celeriac sql / Redis | transactional / Redis |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| celeriac sql / Redis | transactional / Redis "
+             "| floor (C) on sql | celeriac / floor |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for conc in bench.CONCURRENCIES:
         kw = dict(workload="W1", concurrency=conc)
         c = median_of(sruns, key, contender="celeriac", **kw)
         t = median_of(sruns, key, contender="celeriac-txn", **kw)
         p = median_of(sruns, key, contender="python", **kw)
         r = median_of(runs, key, contender="celeriac", **kw)
+        f = median_of(sruns, key, contender="floor", **kw)
         lines.append(
             f"| {conc} | **{fmt(c)}**{spread(sruns, key, contender='celeriac', **kw)} | "
             f"**{fmt(t)}**{spread(sruns, key, contender='celeriac-txn', **kw)} | "
             f"{fmt(p)}{spread(sruns, key, contender='python', **kw)} | "
             f"{ratio(c, p, '{:.1f}')} | {ratio(t, p, '{:.1f}')} | {fmt(r)} | {ratio(c, r)} | "
-            f"{ratio(t, r)} |")
+            f"{ratio(t, r)} | {fmt(f)}{spread(sruns, key, contender='floor', **kw)} | "
+            f"{ratio(c, f)} |")
     return "\n".join(lines)
 
 
 def sql_cpu_table(runs, sruns):
-    who = ("celeriac", "celeriac-txn", "python")
-    lines = ["| concurrency | worker: celeriac / transactional / Python "
-             "| PostgreSQL: celeriac / transactional / Python "
-             "| Redis (results): celeriac / transactional / Python "
+    who = ("celeriac", "celeriac-txn", "python", "floor")
+    lines = ["| concurrency | worker: celeriac / transactional / Python / floor "
+             "| PostgreSQL: celeriac / transactional / Python / floor "
+             "| Redis (results): celeriac / transactional / Python / floor "
              "| celeriac on Redis: worker / PostgreSQL / Redis |",
              "|---:|---|---|---|---|"]
     for conc in bench.CONCURRENCIES:
@@ -735,8 +760,11 @@ def sql_method():
   index, its NOTIFY trigger and `celeriac_enqueue()` on first start). The same
   PostgreSQL serves the broker's statements, the task's and, for Python Celery,
   SQLAlchemy's; its CPU is counted as a service, as Redis's. See the section above for
-  how the queue is filled. Not measured on this broker: the floors, W2, and Python
-  Celery's latency (its consumer polls once a second when idle).
+  how the queue is filled. The floor runs here too (`floor -b sqla+postgresql://…`: one
+  connection per child, celeriac's two pipelined round trips per message, then the
+  task's statement on it). Not measured on this broker: floor + kombu acks, W2, and the
+  latency of Python Celery (its consumer polls once a second when idle) and of the floor
+  (it polls every millisecond).
 """
 
 

@@ -21,11 +21,11 @@
 #                             results in Redis; and W3 on that broker)
 #   BENCH_AMQP_TASKS, BENCH_AMQP_REPS, BENCH_AMQP_PY_TASKS, BENCH_AMQP_PY_REPS
 #                             the same for the RabbitMQ runs (default: as on Redis)
-#   BENCH_AMQP_CONTENDERS ("celeriac python")
+#   BENCH_AMQP_CONTENDERS ("celeriac python floor")
 #   BENCH_SQL_TASKS, BENCH_SQL_REPS   the same for the PostgreSQL broker (default: as on Redis)
 #   BENCH_SQL_PY_TASKS (2000), BENCH_SQL_PY_REPS  Python Celery there: kombu's SQL
 #                             consumer is slow, so fewer tasks per run
-#   BENCH_SQL_CONTENDERS ("celeriac celeriac-txn python")
+#   BENCH_SQL_CONTENDERS ("celeriac celeriac-txn python floor")
 #   BENCH_QUICK=1             2000 tasks, 1 rep, 3 s of W3; writes to $BUILD/bench/
 #                             so a smoke run does not replace the committed results
 #   BENCH_OUT                 where RESULTS.md and the PNGs go (default bench/)
@@ -90,7 +90,7 @@ build_tool() { # name pkgs...
             -o "$build/bench/$name" "$root/bench/$name.c" $(pkg-config --libs "$@")
     fi
 }
-build_tool floor hiredis libpq jansson
+build_tool floor hiredis libpq jansson librabbitmq
 build_tool latency hiredis jansson libpq
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/celeriac-bench.XXXXXX")

@@ -915,8 +915,8 @@ def watch_stop(sub):
                 sub.wait()
 
 
-def watch_latencies(contender, out, sends):
-    """Sorted send-to-result latencies (ms) of the sends {task id: time sent}."""
+def watch_stamps(contender, out, sends):
+    """[(sent, received)] of the sends {task id: time sent}, from the watcher's file."""
     recv = {}
     with open(out) as f:
         for line in f:
@@ -925,7 +925,12 @@ def watch_latencies(contender, out, sends):
     missing = [t for t in sends if recv.get(t, 0) <= 0]
     if missing:
         die(f"{contender}: {len(missing)} sent tasks never got their result")
-    return sorted(1000 * (recv[t] - ts) for t, ts in sends.items())
+    return [(ts, recv[t]) for t, ts in sends.items()]
+
+
+def watch_latencies(contender, out, sends):
+    """Sorted send-to-result latencies (ms) of the sends {task id: time sent}."""
+    return sorted(1000 * (r - s) for s, r in watch_stamps(contender, out, sends))
 
 
 def paced(rate, count, send):
@@ -987,19 +992,20 @@ def latency_live(contender, rate, seconds):
                        {"late_sends": late, "foreign_cpu": foreign})
 
 
-def latency_amqp_paced(contender, rate, seconds):
-    """W3 on RabbitMQ, paced (as W3a): WARM + rate * seconds messages made in
-    advance by Celery's send_task over AMQP (the W3 template, bodies and
-    properties byte for byte), published from this process on a fixed
-    schedule to the default exchange as Celery's client publishes them (no
-    confirms), each stamped just before its basic_publish; latency.c watch
-    stamps each result as it is published."""
+def amqp_pace_run(contender, rate, count):
+    """One paced run on RabbitMQ: WARM messages to warm up, then the next
+    count messages of the W3 template (made in advance by Celery's send_task
+    over AMQP; bodies and properties byte for byte) published from this
+    process at rate per second on a fixed schedule (as fast as it can when
+    the rate is out of reach) to the default exchange as Celery's client
+    publishes them (no confirms), each stamped just before its basic_publish;
+    latency.c watch stamps each result as it is published. Returns
+    ([(sent, received)], seconds the schedule took, late sends, others' CPU)."""
     import amqp
     import pickle
 
     with open(amqp_template_file("W3"), "rb") as f:
         msgs = pickle.load(f)
-    count = int(rate * seconds)
     if len(msgs) < WARM + count:
         die(f"AMQP W3 template too short: {len(msgs)} < {WARM + count}")
     r1 = redis(1)
@@ -1035,9 +1041,27 @@ def latency_amqp_paced(contender, rate, seconds):
         if proc:
             stop_worker(proc)
         watch_stop(sub)
-    lat = watch_latencies(contender, out, sends)
-    return latency_row(contender, "qa", rate, count / send_span, lat,
-                       {"late_sends": late, "foreign_cpu": foreign, "broker": "amqp"})
+    return watch_stamps(contender, out, sends), send_span, late, foreign
+
+
+def amqp_capacity(contender, count):
+    """The rate the paced pipeline sustains on RabbitMQ with its sender in
+    the loop (this process publishing, RabbitMQ routing each message, the
+    worker, its results): count messages published with no pause, results
+    per second from the first publish to the last result."""
+    stamps, _, _, _ = amqp_pace_run(contender, 1e6, count)
+    rate = count / (max(r for _, r in stamps) - min(s for s, _ in stamps))
+    log(f"W3 capacity of {contender} on amqp with the sender in the loop: {rate:.0f} tasks/s")
+    return rate
+
+
+def latency_amqp_paced(contender, rate, seconds, variant="qa", extra=None):
+    """W3 on RabbitMQ, paced (as W3a), rate * seconds messages."""
+    count = int(rate * seconds)
+    stamps, send_span, late, foreign = amqp_pace_run(contender, rate, count)
+    lat = sorted(1000 * (r - s) for s, r in stamps)
+    return latency_row(contender, variant, rate, count / send_span, lat,
+                       dict(extra or {}, late_sends=late, foreign_cpu=foreign, broker="amqp"))
 
 
 def sql_pace_run(contender, rate, count):
@@ -1210,11 +1234,17 @@ def latency_amqp(out):
         if not top:
             die(f"no W1 run of {contender} on amqp at c={LAT_CONCURRENCY} to take half of")
         half[contender] = top / 2
-    n = WARM + int(max(half.values()) * LAT_SECONDS) + 10
+    # "qa" at half of W1 (a queue filled in advance); "qh" at half of what
+    # the pipeline sustains with this process publishing into it: half load.
+    cap_n = min(AMQP_TASKS, 10000)
+    n = WARM + max(cap_n, int(max(half.values()) * LAT_SECONDS)) + 10
     enqueue_amqp("W3", [(str(uuid.uuid4()), task_args("W3", i)) for i in range(n)])
     for contender in AMQP_CONTENDERS:
-        out.write(json.dumps(latency_amqp_paced(contender, half[contender], LAT_SECONDS)) + "\n")
-        out.flush()
+        cap = amqp_capacity(contender, cap_n)
+        for variant, rate in (("qa", half[contender]), ("qh", cap / 2)):
+            out.write(json.dumps(latency_amqp_paced(contender, rate, LAT_SECONDS, variant,
+                                                    {"capacity": cap})) + "\n")
+            out.flush()
 
 
 def latency_redis(out):

@@ -195,6 +195,8 @@ ATTR_NORETURN static void leave(struct child *c, int code)
      * died in between gets one reconnect, which sends those commands again. */
     c->broker.ops->leave(&c->broker);
     c->backend.ops->leave(&c->backend);
+    if (!c->backend.ops->has_pending(&c->backend))
+        c->slot->unconfirmed_task_id[0] = '\0'; /* confirmed: nothing for the next child */
     db_conn_close(&c->db, "worker child exiting");
     c->broker.ops->release(&c->broker);
     c->backend.ops->release(&c->backend);
@@ -367,6 +369,7 @@ void child_main(const struct worker_config *cfg, struct scoreboard *sb, struct s
     limits_install(&c);
     signals_child_terminate_on(&slot->revoke_terminate);
     recover_lost_task(&c);
+    recover_unconfirmed_result(&c);
     recover_slot(&c);
     atomic_store(&slot->state, CHILD_IDLE);
     child_title(&c, "idle", NULL);

@@ -145,6 +145,9 @@ void limits_wait_for_rate(struct child *c, const struct celeriac_task_def *def);
 
 /* recover.c */
 void recover_lost_task(struct child *c);
+/* The result the previous process of the slot sent and never saw confirmed:
+ * WorkerLostError unless it arrived. */
+void recover_unconfirmed_result(struct child *c);
 /* What earlier processes of this slot held and never started, back on its
  * queue (with backoff until done or stopping). */
 void recover_slot(struct child *c);

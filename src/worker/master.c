@@ -46,6 +46,8 @@ struct child_entry {
         char task_name[96];
         char tag[40];
         uint64_t hand_settled; /* its slot's hand_settled, for the next child */
+        char unconfirmed_task_id[40]; /* its result's reply never read */
+        char unconfirmed_task_name[96];
     } lost;
     bool hand_check;         /* died and no replacement comes: its task, held
                                 messages or hand are for the salvage process */
@@ -85,6 +87,10 @@ static int pool_target(struct master *m)
 static void pass_lost_task(struct child_entry *ce, struct slot *s)
 {
     atomic_store(&s->lost_hand_settled, ce->lost.hand_settled);
+    memcpy(s->lost_unconfirmed_task_id, ce->lost.unconfirmed_task_id,
+           sizeof(s->lost_unconfirmed_task_id));
+    memcpy(s->lost_unconfirmed_task_name, ce->lost.unconfirmed_task_name,
+           sizeof(s->lost_unconfirmed_task_name));
     if (ce->lost.reason == LOST_NONE)
         return;
     atomic_store(&s->lost_reason, ce->lost.reason);
@@ -116,6 +122,7 @@ static void start_child(struct master *m, int i)
     ce->respawn_at_ms = 0;
     ce->killed_for_limit = false;
     ce->lost.reason = LOST_NONE;
+    ce->lost.unconfirmed_task_id[0] = '\0'; /* the new child's to check now */
     ce->hand_check = false; /* the new child looks in its hand itself */
     atomic_store(&m->sb.slots[i].pid, pid);
     reload_child_forked(&m->reload, i);
@@ -130,6 +137,15 @@ static void remember_lost_task(struct child_entry *ce, struct slot *s, int statu
     ce->lost.hand_settled = atomic_load(&s->hand_settled);
     if (!ce->lost.hand_settled && atomic_load(&s->lost_hand_settled))
         ce->lost.hand_settled = atomic_load(&s->lost_hand_settled); /* never popped */
+    /* Its own unconfirmed result, or one its predecessor left and it died
+     * before checking. */
+    const char *uid = s->unconfirmed_task_id[0] ? s->unconfirmed_task_id
+                                                : s->lost_unconfirmed_task_id;
+    const char *uname = s->unconfirmed_task_id[0] ? s->unconfirmed_task_name
+                                                  : s->lost_unconfirmed_task_name;
+    snprintf(ce->lost.unconfirmed_task_id, sizeof(ce->lost.unconfirmed_task_id), "%.39s", uid);
+    snprintf(ce->lost.unconfirmed_task_name, sizeof(ce->lost.unconfirmed_task_name), "%.95s",
+             uname);
     if (atomic_load(&s->lost_reason) != LOST_NONE) {
         /* It died before settling its predecessor's task: hand that on. */
         ce->lost.reason = atomic_load(&s->lost_reason);

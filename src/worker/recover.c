@@ -204,6 +204,37 @@ bool recover_redelivered(struct child *c, struct message *m)
     return true;
 }
 
+/* The previous process of this slot died with a result sent without
+ * waiting and not yet confirmed (an early-ack task's: its message is gone).
+ * Had the backend got it, it holds SUCCESS, which the store below keeps;
+ * if the backend lost it (it restarted before reading it), the client gets
+ * WorkerLostError, as from Celery when a child dies before its result is
+ * stored, instead of waiting for ever. */
+void recover_unconfirmed_result(struct child *c)
+{
+    struct slot *s = c->slot;
+    if (!s->lost_unconfirmed_task_id[0])
+        return;
+    s->lost_unconfirmed_task_id[sizeof(s->lost_unconfirmed_task_id) - 1] = '\0';
+    s->lost_unconfirmed_task_name[sizeof(s->lost_unconfirmed_task_name) - 1] = '\0';
+    bool settled_as_lost = atomic_load(&s->lost_reason) != LOST_NONE &&
+                           !strcmp(s->lost_task_id, s->lost_unconfirmed_task_id);
+    if (!settled_as_lost) {
+        struct message m;
+        message_init(&m);
+        m.task_id = s->lost_unconfirmed_task_id;
+        m.task_name = s->lost_unconfirmed_task_name;
+        m.redelivered = true; /* a SUCCESS that arrived is kept */
+        log_warning("Task %s[%s]: its process died before the result backend confirmed its "
+                    "result; storing WorkerLostError unless the result arrived", m.task_name,
+                    m.task_id);
+        settle_store_exception(c, &m, "FAILURE", "WorkerLostError", "billiard.exceptions",
+                               "Worker exited prematurely: its process died before its result "
+                               "was confirmed stored.");
+    }
+    s->lost_unconfirmed_task_id[0] = '\0';
+}
+
 void recover_slot(struct child *c)
 {
     struct retry r;

@@ -69,6 +69,12 @@ struct slot {
     char argsrepr_text[200];        /* the sender's repr (Celery's argsrepr), for safe=True */
     char kwargsrepr_text[120];
     char routing_key[64];
+    /* An early-ack task whose result was sent without waiting for the
+     * backend's reply, until that reply is read (at most one at a time: a
+     * store first confirms the one before). If the child dies meanwhile and
+     * the backend never got it (it restarted), the result is lost. */
+    char unconfirmed_task_id[40];
+    char unconfirmed_task_name[96];
 
     /* Written by the master before forking a replacement, read by the new
      * child: the task its predecessor died running, to be settled. */
@@ -80,6 +86,8 @@ struct slot {
     char lost_task_name[96];
     char lost_tag[40];
     _Atomic uint64_t lost_hand_settled; /* the dead child's hand_settled */
+    char lost_unconfirmed_task_id[40];  /* the dead child's unconfirmed_task_* */
+    char lost_unconfirmed_task_name[96];
     _Atomic int hand_check;         /* no replacement comes: the salvage process must
                                        settle lost_*, held tags and this slot's hand */
 };

@@ -104,6 +104,20 @@ int settle_lost(struct child *c, enum broker_lost how, int *losses, struct err *
     return rc;
 }
 
+/* The slot names the result sent without waiting until the backend has
+ * answered for it (see struct slot's unconfirmed_task_id). */
+static void mark_unconfirmed(struct child *c, const struct result_meta *m)
+{
+    struct slot *s = c->slot;
+    if (m && c->backend.ops->has_pending(&c->backend)) {
+        snprintf(s->unconfirmed_task_name, sizeof(s->unconfirmed_task_name), "%s",
+                 m->task_name ? m->task_name : "");
+        snprintf(s->unconfirmed_task_id, sizeof(s->unconfirmed_task_id), "%s", m->task_id);
+    } else if (!c->backend.ops->has_pending(&c->backend)) {
+        s->unconfirmed_task_id[0] = '\0';
+    }
+}
+
 /* Stores m; false when it could not be stored (stopping while Redis
  * refuses writes, or an error reply that retrying cannot fix). */
 bool settle_store(struct child *c, const struct result_meta *m)
@@ -118,6 +132,7 @@ bool settle_store(struct child *c, const struct result_meta *m)
         struct err e = {0};
         int rc = c->backend.ops->store(&c->backend, m, 0, &e);
         if (!rc) {
+            mark_unconfirmed(c, NULL); /* the one before was confirmed first */
             if (failed)
                 retry_succeeded(&r);
             return true;
@@ -142,6 +157,7 @@ void settle_confirm_results(struct child *c)
         return;
     struct err e = {0};
     int rc = c->backend.ops->confirm(&c->backend, &e);
+    mark_unconfirmed(c, NULL);
     if (!rc)
         return;
     struct retry r;
@@ -156,6 +172,7 @@ void settle_confirm_results(struct child *c)
             return;
         rc = c->backend.ops->resend(&c->backend, &e);
     }
+    mark_unconfirmed(c, NULL);
     retry_succeeded(&r);
 }
 
@@ -245,8 +262,10 @@ bool settle_store_sent(struct child *c, const struct result_meta *m)
         return true;
     struct err e = {0};
     if (child_ensure_backend(c) == 0 &&
-        c->backend.ops->store(&c->backend, m, BACKEND_NOWAIT, &e) == 0)
+        c->backend.ops->store(&c->backend, m, BACKEND_NOWAIT, &e) == 0) {
+        mark_unconfirmed(c, m);
         return true;
+    }
     return settle_store(c, m);
 }
 

@@ -1181,6 +1181,18 @@ def latency_sql(contender, rate, seconds):
                         "send_p50": pct(commit_ms, 50), "send_p99": pct(commit_ms, 99)})
 
 
+def half_of_w1(contenders, broker):
+    """{contender: half its W1 median at LAT_CONCURRENCY on broker}."""
+    runs = load_runs()
+    half = {}
+    for contender in contenders:
+        top = median_rate(runs, contender, "W1", LAT_CONCURRENCY, broker=broker)
+        if not top:
+            die(f"no W1 run of {contender} on {broker} at c={LAT_CONCURRENCY} to take half of")
+        half[contender] = top / 2
+    return half
+
+
 def latency():
     import uuid
 
@@ -1193,13 +1205,7 @@ def latency():
         if "sql" in BROKERS:
             # Paced at half of each one's own W1 median on this broker; then
             # celeriac_enqueue live at half of the slowest contender's.
-            runs = load_runs()
-            half = {}
-            for contender in SQL_CONTENDERS:
-                top = median_rate(runs, contender, "W1", LAT_CONCURRENCY, broker="sql")
-                if not top:
-                    die(f"no W1 run of {contender} on sql at c={LAT_CONCURRENCY} to take half of")
-                half[contender] = top / 2
+            half = half_of_w1(SQL_CONTENDERS, "sql")
             # celeriac's own latency (NOTIFY wake-ups, celeriac_enqueue): not
             # Python's (it polls once a second) nor the floor's (it polls every ms).
             lat_sql = [c for c in SQL_CONTENDERS if c not in ("python", "floor")]
@@ -1227,13 +1233,7 @@ def latency_amqp(out):
     """W3 on RabbitMQ: each contender paced at half its own W1 median there."""
     import uuid
 
-    runs = load_runs()
-    half = {}
-    for contender in AMQP_CONTENDERS:
-        top = median_rate(runs, contender, "W1", LAT_CONCURRENCY, broker="amqp")
-        if not top:
-            die(f"no W1 run of {contender} on amqp at c={LAT_CONCURRENCY} to take half of")
-        half[contender] = top / 2
+    half = half_of_w1(AMQP_CONTENDERS, "amqp")
     # "qa" at half of W1 (a queue filled in advance); "qh" at half of what
     # the pipeline sustains with this process publishing into it: half load.
     cap_n = min(AMQP_TASKS, 10000)
@@ -1248,13 +1248,7 @@ def latency_amqp(out):
 
 
 def latency_redis(out):
-    runs = load_runs()
-    half = {}
-    for contender in LAT_CONTENDERS:
-        top = median_rate(runs, contender, "W1", LAT_CONCURRENCY)
-        if not top:
-            die(f"no W1 run of {contender} at c={LAT_CONCURRENCY} to take half of")
-        half[contender] = top / 2
+    half = half_of_w1(LAT_CONTENDERS, "redis")
     # W3a needs WARM + rate * seconds distinct messages for the fastest contender.
     enqueue("W3", WARM + int(max(half.values()) * LAT_SECONDS) + 10)
     live_rate = min(half.values())

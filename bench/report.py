@@ -541,37 +541,29 @@ def perf_targets(runs, aruns, sruns, pruns, lats):
     def line(name, measured, ok):
         out.append(f"| {name} | {measured} | {'**met**' if ok else '**not met**'} |")
 
+    def cpu_line(name, celeriac_runs, floor_runs):
+        """celeriac's W1 CPU per task over the floor's, each concurrency."""
+        vals = {}
+        for conc in bench.CONCURRENCIES:
+            cc = median_of(celeriac_runs, "cpu_ms_per_task", contender="celeriac",
+                           workload="W1", concurrency=conc)
+            fc = median_of(floor_runs, "cpu_ms_per_task", contender="floor", workload="W1",
+                           concurrency=conc)
+            if cc and fc:
+                vals[conc] = (cc / fc, cc, fc)
+        if vals:
+            line(name, ", ".join(f"c={c}: {v[0]:.2f} ({v[1]:.3f} / {v[2]:.3f} ms)"
+                                 for c, v in vals.items()),
+                 all(v[0] <= 1.3 for v in vals.values()))
+
     brokers = [(name, r) for name, r in (("Redis", runs), ("RabbitMQ", aruns),
                                          ("sqla+postgresql", sruns)) if r]
     for name, bruns in brokers:
-        vals = {}
-        for conc in bench.CONCURRENCIES:
-            cc = median_of(bruns, "cpu_ms_per_task", contender="celeriac", workload="W1",
-                           concurrency=conc)
-            fc = median_of(runs, "cpu_ms_per_task", contender="floor", workload="W1",
-                           concurrency=conc)
-            if cc and fc:
-                vals[conc] = (cc / fc, cc, fc)
-        if vals:
-            line(f"worker CPU per task ≤ 1.3 × the floor's (on Redis), W1 on {name}",
-                 ", ".join(f"c={c}: {v[0]:.2f} ({v[1]:.3f} / {v[2]:.3f} ms)"
-                           for c, v in vals.items()),
-                 all(v[0] <= 1.3 for v in vals.values()))
-        if bruns is runs:  # on Redis the line above is already like with like
-            continue
-        vals = {}
-        for conc in bench.CONCURRENCIES:
-            cc = median_of(bruns, "cpu_ms_per_task", contender="celeriac", workload="W1",
-                           concurrency=conc)
-            fc = median_of(bruns, "cpu_ms_per_task", contender="floor", workload="W1",
-                           concurrency=conc)
-            if cc and fc:
-                vals[conc] = (cc / fc, cc, fc)
-        if vals:
-            line(f"worker CPU per task ≤ 1.3 × the floor on the same broker, W1 on {name}",
-                 ", ".join(f"c={c}: {v[0]:.2f} ({v[1]:.3f} / {v[2]:.3f} ms)"
-                           for c, v in vals.items()),
-                 all(v[0] <= 1.3 for v in vals.values()))
+        cpu_line(f"worker CPU per task ≤ 1.3 × the floor's (on Redis), W1 on {name}",
+                 bruns, runs)
+        if bruns is not runs:  # on Redis the line above is already like with like
+            cpu_line(f"worker CPU per task ≤ 1.3 × the floor on the same broker, W1 on {name}",
+                     bruns, bruns)
     vals = {}
     for conc in (2, 4):
         cel = median_of(runs, "rate", contender="celeriac", workload="W1", concurrency=conc)

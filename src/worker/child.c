@@ -195,8 +195,7 @@ ATTR_NORETURN static void leave(struct child *c, int code)
      * died in between gets one reconnect, which sends those commands again. */
     c->broker.ops->leave(&c->broker);
     c->backend.ops->leave(&c->backend);
-    if (!c->backend.ops->has_pending(&c->backend))
-        c->slot->unconfirmed_task_id[0] = '\0'; /* confirmed: nothing for the next child */
+    settle_forget_confirmed(c); /* confirmed: nothing for the next child to check */
     db_conn_close(&c->db, "worker child exiting");
     c->broker.ops->release(&c->broker);
     c->backend.ops->release(&c->backend);

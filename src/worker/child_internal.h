@@ -114,6 +114,9 @@ bool settle_keep(struct child *c, struct message *m, bool acks_late);
 int settle_lost(struct child *c, enum broker_lost how, int *losses, struct err *e);
 bool settle_store(struct child *c, const struct result_meta *m);
 bool settle_store_sent(struct child *c, const struct result_meta *m);
+/* Clears the slot's name of a result sent without waiting once the
+ * backend has nothing unconfirmed. */
+void settle_forget_confirmed(struct child *c);
 void settle_confirm_results(struct child *c);
 int settle_give_back(struct child *c, struct message *m, struct err *e);
 bool settle_store_exception_as(struct child *c, const struct message *m, const char *status,

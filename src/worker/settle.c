@@ -106,16 +106,18 @@ int settle_lost(struct child *c, enum broker_lost how, int *losses, struct err *
 
 /* The slot names the result sent without waiting until the backend has
  * answered for it (see struct slot's unconfirmed_task_id). */
-static void mark_unconfirmed(struct child *c, const struct result_meta *m)
+static void name_unconfirmed(struct child *c, const struct result_meta *m)
 {
     struct slot *s = c->slot;
-    if (m && c->backend.ops->has_pending(&c->backend)) {
-        snprintf(s->unconfirmed_task_name, sizeof(s->unconfirmed_task_name), "%s",
-                 m->task_name ? m->task_name : "");
-        snprintf(s->unconfirmed_task_id, sizeof(s->unconfirmed_task_id), "%s", m->task_id);
-    } else if (!c->backend.ops->has_pending(&c->backend)) {
-        s->unconfirmed_task_id[0] = '\0';
-    }
+    snprintf(s->unconfirmed_task_name, sizeof(s->unconfirmed_task_name), "%s",
+             m->task_name ? m->task_name : "");
+    snprintf(s->unconfirmed_task_id, sizeof(s->unconfirmed_task_id), "%s", m->task_id);
+}
+
+void settle_forget_confirmed(struct child *c)
+{
+    if (!c->backend.ops->has_pending(&c->backend))
+        c->slot->unconfirmed_task_id[0] = '\0';
 }
 
 /* Stores m; false when it could not be stored (stopping while Redis
@@ -132,7 +134,7 @@ bool settle_store(struct child *c, const struct result_meta *m)
         struct err e = {0};
         int rc = c->backend.ops->store(&c->backend, m, 0, &e);
         if (!rc) {
-            mark_unconfirmed(c, NULL); /* the one before was confirmed first */
+            settle_forget_confirmed(c); /* the one before was confirmed first */
             if (failed)
                 retry_succeeded(&r);
             return true;
@@ -157,7 +159,7 @@ void settle_confirm_results(struct child *c)
         return;
     struct err e = {0};
     int rc = c->backend.ops->confirm(&c->backend, &e);
-    mark_unconfirmed(c, NULL);
+    settle_forget_confirmed(c);
     if (!rc)
         return;
     struct retry r;
@@ -172,7 +174,7 @@ void settle_confirm_results(struct child *c)
             return;
         rc = c->backend.ops->resend(&c->backend, &e);
     }
-    mark_unconfirmed(c, NULL);
+    settle_forget_confirmed(c);
     retry_succeeded(&r);
 }
 
@@ -263,7 +265,8 @@ bool settle_store_sent(struct child *c, const struct result_meta *m)
     struct err e = {0};
     if (child_ensure_backend(c) == 0 &&
         c->backend.ops->store(&c->backend, m, BACKEND_NOWAIT, &e) == 0) {
-        mark_unconfirmed(c, m);
+        if (c->backend.ops->has_pending(&c->backend))
+            name_unconfirmed(c, m); /* a backend that waited has nothing to name */
         return true;
     }
     return settle_store(c, m);

@@ -739,6 +739,58 @@ def run_pgbench(concurrency, rep, n):
     return row
 
 
+DURABLE = ENV.get("BENCH_DURABLE", "1") == "1"
+DURABLE_REPS = int(ENV.get("BENCH_DURABLE_REPS", "2"))
+DURABLE_CONCURRENCIES = [c for c in (2, 4) if c in CONCURRENCIES]
+
+
+def pg_set_fsync(on):
+    """Turns PostgreSQL's fsync on or off (a reload, no restart) and waits
+    until a new connection sees it."""
+    want = "on" if on else "off"
+    conn = pg_connect()
+    with conn.cursor() as cur:
+        cur.execute(f"ALTER SYSTEM SET fsync = {want}")
+        cur.execute("SELECT pg_reload_conf()")
+    conn.close()
+    for _ in range(100):
+        conn = pg_connect()
+        with conn.cursor() as cur:
+            cur.execute("SHOW fsync")
+            got = cur.fetchone()[0]
+        conn.close()
+        if got == want:
+            return
+        time.sleep(0.05)
+    die(f"PostgreSQL did not take fsync = {want}")
+
+
+def durable():
+    """W1 on Redis, the floor and pgbench once more, with each commit
+    waiting for the disk (fsync on), as a production database runs: the
+    comparison issue 15 quotes (0.82 x pgbench at c = 2). With fsync off, a
+    commit costs the database almost nothing and no worker that also moves
+    a message and a result per task can come near it."""
+    path = os.path.join(TMP, "durable.jsonl")
+    log("durable: PostgreSQL with fsync on for the next runs")
+    pg_set_fsync(True)
+    try:
+        with open(path, "a") as out:
+            for conc in DURABLE_CONCURRENCIES:
+                for rep in range(DURABLE_REPS):
+                    for contender in ("celeriac", "floor"):
+                        row = run_once(contender, "W1", conc, rep, TASKS)
+                        row["broker"] = "redis-durable"
+                        out.write(json.dumps(row) + "\n")
+                    row = run_pgbench(conc, rep, TASKS)
+                    row["broker"] = "pgbench-durable"
+                    out.write(json.dumps(row) + "\n")
+                    out.flush()
+    finally:
+        pg_set_fsync(False)
+        log("durable: fsync off again")
+
+
 def plan(rep, workload):
     """(broker, contender, tasks) of the runs of repetition rep at one point:
     the Redis contenders, then the RabbitMQ ones, then the PostgreSQL broker's."""
@@ -796,6 +848,10 @@ def throughput():
 def load_runs():
     with open(os.path.join(TMP, "runs.jsonl")) as f:
         runs = [json.loads(line) for line in f]
+    durable_path = os.path.join(TMP, "durable.jsonl")
+    if os.path.exists(durable_path):
+        with open(durable_path) as f:
+            runs += [json.loads(line) for line in f]
     for r in runs:
         r.setdefault("broker", "redis")
     return runs
@@ -1268,6 +1324,9 @@ if __name__ == "__main__":
                                  *((SQL_TASKS, SQL_PY_TASKS) if "sql" in BROKERS else ())))
     elif cmd == "throughput":
         throughput()
+    elif cmd == "durable":
+        if DURABLE and PGBENCH and DURABLE_CONCURRENCIES and "redis" in BROKERS:
+            durable()
     elif cmd == "latency":
         latency()
     elif cmd == "report":
@@ -1275,4 +1334,4 @@ if __name__ == "__main__":
 
         report.main()
     else:
-        die("usage: bench.py enqueue WORKLOAD N | throughput | latency | report")
+        die("usage: bench.py enqueue WORKLOAD N | throughput | durable | latency | report")

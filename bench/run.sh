@@ -26,6 +26,9 @@
 #   BENCH_SQL_PY_TASKS (2000), BENCH_SQL_PY_REPS  Python Celery there: kombu's SQL
 #                             consumer is slow, so fewer tasks per run
 #   BENCH_SQL_CONTENDERS ("celeriac celeriac-txn python floor")
+#   BENCH_DURABLE (1), BENCH_DURABLE_REPS (2)
+#                             W1 on Redis, the floor and pgbench again at c = 2 and 4
+#                             with PostgreSQL's fsync on (commits wait for the disk)
 #   BENCH_QUICK=1             2000 tasks, 1 rep, 3 s of W3; writes to $BUILD/bench/
 #                             so a smoke run does not replace the committed results
 #   BENCH_OUT                 where RESULTS.md and the PNGs go (default bench/)
@@ -41,6 +44,7 @@ pgbin=/usr/lib/postgresql/15/bin
 
 if [[ ${BENCH_QUICK:-0} == 1 ]]; then
     export BENCH_TASKS=${BENCH_TASKS:-2000} BENCH_REPS=${BENCH_REPS:-1}
+    export BENCH_DURABLE_REPS=${BENCH_DURABLE_REPS:-1}
     export BENCH_LATENCY_SECONDS=${BENCH_LATENCY_SECONDS:-3}
     export BENCH_OUT=${BENCH_OUT:-$build/bench}
 fi
@@ -231,6 +235,7 @@ for w in W1 W2; do
     "$python" "$root/bench/bench.py" enqueue "$w" "$BENCH_TASKS"
 done
 "$python" "$root/bench/bench.py" throughput
+"$python" "$root/bench/bench.py" durable
 "$python" "$root/bench/bench.py" latency
 BENCH_ELAPSED=$((SECONDS - start)) PYTHONPATH=$root/bench "$python" "$root/bench/bench.py" report
 

@@ -209,7 +209,7 @@ static void leave_to_salvage(struct master *m, int i, int status)
     /* Only Redis has hands (broker/redis.h). */
     bool hand = !clean && !m->cfg->broker.record_unacked && m->cfg->broker.kind == BROKER_REDIS;
     bool held = atomic_load(&m->sb.held[i].n) > 0;
-    if (!hand && !held && ce->lost.reason == LOST_NONE)
+    if (!hand && !held && ce->lost.reason == LOST_NONE && !ce->lost.unconfirmed_task_id[0])
         return;
     ce->hand_check = true;
     pass_lost_task(ce, &m->sb.slots[i]);
@@ -230,6 +230,8 @@ static void salvage_reaped(struct master *m, int status)
         ce->hand_check = atomic_load(&m->sb.slots[i].hand_check);
         if (atomic_load(&m->sb.slots[i].lost_reason) == LOST_NONE)
             ce->lost.reason = LOST_NONE; /* settled: a child forked later must not again */
+        if (!m->sb.slots[i].lost_unconfirmed_task_id[0])
+            ce->lost.unconfirmed_task_id[0] = '\0';
     }
 }
 

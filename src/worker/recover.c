@@ -7,6 +7,7 @@
  */
 #include "common.h"
 #include "worker/child_internal.h"
+#include "worker/salvage.h"
 #include "worker/signals.h"
 
 #include <math.h>
@@ -229,8 +230,7 @@ void recover_unconfirmed_result(struct child *c)
                     "result; storing WorkerLostError unless the result arrived", m.task_name,
                     m.task_id);
         settle_store_exception(c, &m, "FAILURE", "WorkerLostError", "billiard.exceptions",
-                               "Worker exited prematurely: its process died before its result "
-                               "was confirmed stored.");
+                               UNCONFIRMED_LOST_TEXT);
     }
     s->lost_unconfirmed_task_id[0] = '\0';
 }

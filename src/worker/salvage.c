@@ -119,6 +119,49 @@ void salvage_worker_lost_meta(struct slot *s, struct result_meta *meta, char *te
         .result = message_exception("WorkerLostError", "billiard.exceptions", text)};
 }
 
+bool salvage_unconfirmed_meta(struct slot *s, struct result_meta *meta)
+{
+    s->lost_unconfirmed_task_id[sizeof(s->lost_unconfirmed_task_id) - 1] = '\0';
+    s->lost_unconfirmed_task_name[sizeof(s->lost_unconfirmed_task_name) - 1] = '\0';
+    if (!s->lost_unconfirmed_task_id[0])
+        return false;
+    s->lost_task_id[sizeof(s->lost_task_id) - 1] = '\0';
+    if (atomic_load(&s->lost_reason) != LOST_NONE &&
+        !strcmp(s->lost_task_id, s->lost_unconfirmed_task_id)) {
+        s->lost_unconfirmed_task_id[0] = '\0'; /* settled as the lost task */
+        return false;
+    }
+    log_warning("Task %s[%s]: its process died before the result backend confirmed its "
+                "result; storing WorkerLostError unless the result arrived",
+                s->lost_unconfirmed_task_name, s->lost_unconfirmed_task_id);
+    *meta = (struct result_meta){
+        .status = "FAILURE", .task_id = s->lost_unconfirmed_task_id,
+        .task_name = s->lost_unconfirmed_task_name, .redelivered = true,
+        .result = message_exception("WorkerLostError", "billiard.exceptions",
+                                    UNCONFIRMED_LOST_TEXT)};
+    return true;
+}
+
+void salvage_unconfirmed_done(struct slot *s, struct result_meta *meta, int rc)
+{
+    if (!rc)
+        s->lost_unconfirmed_task_id[0] = '\0';
+    json_decref((json_t *)meta->result);
+}
+
+/* A result the dead child sent without reading the reply. 0, or E_CONN_LOST. */
+static int store_unconfirmed(struct salvage *sv, struct slot *s, struct err *e)
+{
+    struct result_meta meta;
+    if (!sv->cfg->backend.enabled || !salvage_unconfirmed_meta(s, &meta))
+        return 0;
+    int rc = redis_link_is_open(&sv->backend.link) ? 0 : backend_redis_open(&sv->backend, e);
+    if (!rc)
+        rc = backend_redis_store(&sv->backend, &meta, e);
+    salvage_unconfirmed_done(s, &meta, rc);
+    return rc;
+}
+
 void salvage_worker_lost_done(struct slot *s, struct result_meta *meta, const char *text,
                               int rc)
 {
@@ -207,7 +250,16 @@ static int restore_held_of(struct salvage *sv, struct held_board *board)
 static int salvage_slot(struct salvage *sv, int i)
 {
     struct slot *s = &sv->sb->slots[i];
-    int rc = settle_lost(sv, s);
+    struct err ue = {0};
+    int rc = store_unconfirmed(sv, s, &ue);
+    if (rc == E_CONN_LOST) {
+        log_error("salvage: %s", ue.msg);
+        return rc;
+    } else if (rc) {
+        log_error("salvage: storing WorkerLostError for %s: %s", s->lost_unconfirmed_task_id,
+                  ue.msg);
+    }
+    rc = settle_lost(sv, s);
     if (!rc)
         rc = restore_held_of(sv, &sv->sb->held[i]);
     if (!rc && !sv->cfg->broker.record_unacked) {

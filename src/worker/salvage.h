@@ -63,6 +63,20 @@ void salvage_worker_lost_meta(struct slot *s, struct result_meta *meta, char *te
 void salvage_worker_lost_done(struct slot *s, struct result_meta *meta, const char *text,
                               int rc);
 
+/* The WorkerLostError stored for a result a dead child sent without
+ * reading the reply, which the result backend may never have got
+ * (recover_unconfirmed_result; a SUCCESS that did arrive is kept). */
+#define UNCONFIRMED_LOST_TEXT \
+    "Worker exited prematurely: its process died before its result was confirmed stored."
+
+/* That result of slot s's dead child, when one is due (none, or it is the
+ * task settled as lost, which says more: false). Fills meta (redelivered,
+ * so a SUCCESS that arrived is kept) and logs why; then, once the caller
+ * stored it (rc 0) or not, the name cleared on success and the meta's
+ * result freed. Call before the lost task is settled. */
+bool salvage_unconfirmed_meta(struct slot *s, struct result_meta *meta);
+void salvage_unconfirmed_done(struct slot *s, struct result_meta *meta, int rc);
+
 /* The salvage process gives up on an unreachable broker after this long:
  * it runs while the worker stops, which must not hang. */
 #define SALVAGE_PATIENCE_MS 10000

@@ -76,6 +76,22 @@ static int store_worker_lost(struct transport_salvage *ts, struct slot *s, struc
     return rc;
 }
 
+/* A result the dead child sent without reading the reply. 0, or a
+ * negative code. */
+static int store_unconfirmed(struct transport_salvage *ts, struct slot *s, struct err *e)
+{
+    struct result_meta meta;
+    if (!ts->cfg->backend.enabled || !salvage_unconfirmed_meta(s, &meta))
+        return 0;
+    int rc = 0;
+    if (!ts->backend_open && !(rc = ts->backend.ops->open(&ts->backend, e)))
+        ts->backend_open = true;
+    if (!rc)
+        rc = ts->backend.ops->store(&ts->backend, &meta, 0, e);
+    salvage_unconfirmed_done(s, &meta, rc);
+    return rc;
+}
+
 /* The task (or claimed message) the slot's dead child left. */
 static int settle_lost_task(struct transport_salvage *ts, struct slot *s, struct err *e)
 {
@@ -111,6 +127,8 @@ static int salvage_slot(struct transport_salvage *ts, int i, struct err *e)
     int rc = open_slot(ts, e);
     if (rc == -EINVAL)
         return rc; /* nothing set up */
+    if (!rc)
+        rc = store_unconfirmed(ts, s, e);
     if (!rc)
         rc = settle_lost_task(ts, s, e);
     if (!rc && ts->broker_wanted)

@@ -78,37 +78,46 @@ expect_eq "the worker runs the next task" 7 "$(send tasks.add 3 4 --wait --timeo
 stop_worker TERM 20
 
 # ---- no replacement comes (the worker is stopping): the salvage process stores it ----
-start_worker -c 1 -b "$BROKER" --result-backend "$BACKEND" -n unconfirmed3@localhost
-wait_children 1 20 || not_ok "worker started again" "$(worker_log_tail)"
-expect_eq "warm-up task" 9 "$(send tasks.add 4 5 --wait --timeout 20)" "$(worker_log_tail)"
-sleep 2
-kill -STOP "$BACKEND_PID"
-id3=$(send tasks.add 30 12)
-child=$(worker_children)
-sleep 1.5
-# Warm shutdown: the idle child leaves, and leaving reads its replies first,
-# which the stopped server never sends; it dies there.
-kill -TERM "$WORKER_PID"
-sleep 1
-kill -KILL "$child"
-kill -KILL "$BACKEND_PID" 2>/dev/null
-kill -CONT "$BACKEND_PID" 2>/dev/null
-wait_pid_gone 10 "$BACKEND_PID"
-start_backend
-wait_pid_gone 30 "$WORKER_PID"
-got=$(redis-cli -p "$BACKEND_PORT" get "celery-task-meta-$id3")
-if [[ $got == *'"status": "FAILURE"'*WorkerLostError* ]]; then
-    ok "a child dying while the worker stops: the salvage process stores WorkerLostError"
-else
-    not_ok "a child dying while the worker stops: the salvage process stores WorkerLostError" \
-        "stored: ${got:-(nothing)}" "$(worker_log_tail 12)"
-fi
-if grep -q "Salvage.*before the result backend confirmed" "$WORKER_LOG"; then
-    ok "... and the salvage process says so in the log"
-else
-    not_ok "... and the salvage process says so in the log" "$(worker_log_tail 12)"
-fi
-stop_worker TERM 20 # reaped already: collects its exit status
+# on Redis (salvage.c) and on another transport (salvage_transport.c)
+salvage_case() {
+    local broker=$1 label=$2 child id
+    start_worker -c 1 -b "$broker" --result-backend "$BACKEND" -n "unconfirmed-$label@localhost"
+    wait_children 1 20 || not_ok "$label: worker started again" "$(worker_log_tail)"
+    expect_eq "$label: warm-up task" 9 \
+        "$("$CELERIAC_BIN" call tasks.add 4 5 -b "$broker" --result-backend "$BACKEND" --wait \
+            --timeout 20)" "$(worker_log_tail)"
+    sleep 2
+    kill -STOP "$BACKEND_PID"
+    id=$("$CELERIAC_BIN" call tasks.add 30 12 -b "$broker" --result-backend "$BACKEND")
+    child=$(worker_children)
+    sleep 1.5
+    # Warm shutdown: the idle child leaves, and leaving reads its replies
+    # first, which the stopped server never sends; it dies there.
+    kill -TERM "$WORKER_PID"
+    sleep 1
+    kill -KILL "$child"
+    kill -KILL "$BACKEND_PID" 2>/dev/null
+    kill -CONT "$BACKEND_PID" 2>/dev/null
+    wait_pid_gone 10 "$BACKEND_PID"
+    start_backend
+    wait_pid_gone 30 "$WORKER_PID"
+    got=$(redis-cli -p "$BACKEND_PORT" get "celery-task-meta-$id")
+    if [[ $got == *'"status": "FAILURE"'*WorkerLostError* ]]; then
+        ok "$label: a child dying while the worker stops: the salvage process stores WorkerLostError"
+    else
+        not_ok "$label: a child dying while the worker stops: the salvage process stores WorkerLostError" \
+            "stored: ${got:-(nothing)}" "$(worker_log_tail 12)"
+    fi
+    if grep -q "Salvage.*before the result backend confirmed" "$WORKER_LOG"; then
+        ok "$label: ... and the salvage process says so in the log"
+    else
+        not_ok "$label: ... and the salvage process says so in the log" "$(worker_log_tail 12)"
+    fi
+    stop_worker TERM 20 # reaped already: collects its exit status
+}
+salvage_case "$BROKER" redis
+start_pg
+salvage_case "sqla+$PG_URL" sqla+postgresql
 
 # ---- a child that exits on its own reads its replies first ----
 start_worker -c 1 --max-tasks-per-child 1 -b "$BROKER" --result-backend "$BACKEND" \

@@ -109,6 +109,9 @@ enum { BROKER_NOT_HELD = 0, BROKER_RESTORED = 1, BROKER_EXHAUSTED = 2 };
 
 enum broker_ack_flags {
     BROKER_NOWAIT = 1 << 0,      /* send without waiting; broker_flush confirms */
+    BROKER_TAKE_NEXT = 1 << 1,   /* the caller fetches next, with nothing run in between:
+                                    the transport may take the next message in the ack's
+                                    round trip (the SQL transport's transactional ack) */
 };
 
 struct broker;

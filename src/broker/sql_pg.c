@@ -548,6 +548,134 @@ static int pg_settle_locked(struct sql_store *s, int64_t id, const char *stamp, 
     return 0;
 }
 
+/* One command of a pipeline: SQL without parameters, or statement stmt. */
+struct pg_command {
+    const char *sql;             /* or NULL: */
+    enum pg_stmt stmt;
+    int n;
+    const char *const *params;
+};
+
+/* Sends cmds[0..n) in one round trip (libpq's pipeline mode, one sync
+ * point) and reads every answer: results[k] gets command k's (the caller
+ * clears them), NULL when it failed or was skipped after an earlier
+ * failure, whose reason goes to reason. False when the pipeline could not
+ * be used at all (nothing was sent). */
+static bool run_commands(struct sql_store *s, const struct pg_command *cmds, int n,
+                         PGresult **results, char *reason, size_t size)
+{
+    PGconn *conn = pg(s);
+    for (int k = 0; k < n; k++)
+        if (!cmds[k].sql && !stmt_ready(s, cmds[k].stmt, cmds[k].n))
+            return false;
+    if (!PQenterPipelineMode(conn))
+        return false;
+    bool sent = true;
+    for (int k = 0; k < n && sent; k++) {
+        char name[32];
+        snprintf(name, sizeof(name), "celeriac_sql_%d", (int)cmds[k].stmt);
+        sent = cmds[k].sql ? PQsendQueryParams(conn, cmds[k].sql, 0, NULL, NULL, NULL, NULL, 0)
+                           : PQsendQueryPrepared(conn, name, cmds[k].n, cmds[k].params, NULL,
+                                                 NULL, 0);
+    }
+    sent = sent && PQpipelineSync(conn);
+    reason[0] = '\0';
+    for (int k = 0; k < n; k++) {
+        results[k] = NULL;
+        PGresult *r;
+        bool first = true;
+        while (sent && (r = PQgetResult(conn)) != NULL) {
+            ExecStatusType st = PQresultStatus(r);
+            bool good = st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK;
+            if (!good && !reason[0])
+                snprintf(reason, size, "%s", st == PGRES_PIPELINE_ABORTED
+                                                 ? "an earlier command failed"
+                                                 : PQresultErrorMessage(r));
+            if (first && good)
+                results[k] = r;
+            else
+                PQclear(r);
+            first = false;
+        }
+    }
+    for (int guard = 0; sent && guard < 8; guard++) {
+        PGresult *r = PQgetResult(conn);
+        if (!r && PQstatus(conn) == CONNECTION_BAD)
+            break;
+        bool sync = r && PQresultStatus(r) == PGRES_PIPELINE_SYNC;
+        PQclear(r);
+        if (sync)
+            break;
+    }
+    if (!PQexitPipelineMode(conn) && !reason[0])
+        snprintf(reason, size, "%s", PQerrorMessage(conn));
+    if (!sent && !reason[0])
+        snprintf(reason, size, "%s", PQerrorMessage(conn));
+    return true;
+}
+
+/* The transactional ack and the next lock in one round trip: RELEASE (a
+ * task's savepoint), DELETE, COMMIT, then BEGIN, the lock and the
+ * savepoint, as pg_settle_locked and pg_lock send them. */
+static int pg_settle_locked_lock_next(struct sql_store *s, int64_t id, int64_t queue_id,
+                                      struct sql_claim *next, int *acked, struct err *e)
+{
+    char row[24], qid[24];
+    snprintf(row, sizeof(row), "%" PRId64, id);
+    snprintf(qid, sizeof(qid), "%" PRId64, queue_id);
+    const char *row_params[] = {row};
+    const char *queue_params[] = {qid};
+    bool savepoint = s->task_savepoint && pg_in_transaction(s);
+    struct pg_command cmds[6];
+    int n = 0;
+    if (savepoint)
+        cmds[n++] = (struct pg_command){.sql = "RELEASE SAVEPOINT " SQL_TASK_SAVEPOINT};
+    cmds[n++] = (struct pg_command){.stmt = STMT_REMOVE_LOCKED, .n = 1, .params = row_params};
+    int commit = n;
+    cmds[n++] = (struct pg_command){.sql = "COMMIT"};
+    cmds[n++] = (struct pg_command){.sql = "BEGIN"};
+    int lock = n;
+    cmds[n++] = (struct pg_command){.stmt = STMT_LOCK, .n = 1, .params = queue_params};
+    if (s->task_savepoint)
+        cmds[n++] = (struct pg_command){.sql = "SAVEPOINT " SQL_TASK_SAVEPOINT};
+    PGresult *res[6];
+    char reason[ERR_MSG_MAX];
+    *acked = 0;
+    if (!run_commands(s, cmds, n, res, reason, sizeof(reason))) {
+        /* no pipeline here: the two steps one after the other */
+        int rc = pg_settle_locked(s, id, NULL, NULL, e);
+        if (rc)
+            return rc;
+        *acked = 1;
+        rc = pg_lock(s, &queue_id, 1, next, e);
+        return rc;
+    }
+    *acked = res[commit] && !strcmp(PQcmdStatus(res[commit]), "COMMIT");
+    int found = 0;
+    if (!reason[0] && res[lock] && PQntuples(res[lock]) == 1) {
+        fill_claim(res[lock], next);
+        next->redelivered = next->version >= 2; /* as pg_lock */
+        found = 1;
+    }
+    for (int k = 0; k < n; k++)
+        PQclear(res[k]);
+    if (!found && !reason[0]) {
+        pg_rollback(s); /* the queue is empty: end the transaction that found nothing */
+        return 0;
+    }
+    if (!*acked && !reason[0])
+        snprintf(reason, sizeof(reason), "the transaction had failed: the server rolled it back");
+    if (reason[0]) {
+        if (found)
+            free(next->payload);
+        int rc = sql_store_failed(s, *acked ? "taking a message" : "acking a message", reason, e);
+        if (db_conn_is_open(s->conn) && PQtransactionStatus(pg(s)) != PQTRANS_IDLE)
+            pg_rollback(s);
+        return rc;
+    }
+    return found;
+}
+
 static int pg_claim_row(struct sql_store *s, int64_t id, const char *stamp, int *version,
                         struct err *e)
 {
@@ -761,6 +889,11 @@ static bool pg_in_transaction(struct sql_store *s)
     return st == PQTRANS_INTRANS || st == PQTRANS_INERROR;
 }
 
+static bool pg_transaction_usable(struct sql_store *s)
+{
+    return PQtransactionStatus(pg(s)) == PQTRANS_INTRANS;
+}
+
 const struct sql_store_ops sql_pg_store_ops = {
     .prepare = pg_prepare,
     .queue_id = pg_queue_id,
@@ -768,6 +901,8 @@ const struct sql_store_ops sql_pg_store_ops = {
     .claim = pg_claim,
     .lock = pg_lock,
     .settle_locked = pg_settle_locked,
+    .settle_locked_lock_next = pg_settle_locked_lock_next,
+    .transaction_usable = pg_transaction_usable,
     .claim_row = pg_claim_row,
     .wait = pg_wait,
     .remove = pg_remove,

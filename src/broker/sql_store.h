@@ -84,6 +84,14 @@ struct sql_store_ops {
      * (the transaction rolled back). */
     int (*settle_locked)(struct sql_store *s, int64_t id, const char *stamp, int *version,
                          struct err *e);
+    /* settle_locked's ack (no stamp), then lock on queue_id alone in a new
+     * transaction, in one round trip: the ack committed, then 1 with *next
+     * filled and its row held by the open transaction, or 0 (nothing ready:
+     * no transaction left open); < 0 when the ack failed (as settle_locked)
+     * or the lock did (*acked then says whether the ack committed). NULL
+     * where the dialect cannot. */
+    int (*settle_locked_lock_next)(struct sql_store *s, int64_t id, int64_t queue_id,
+                                   struct sql_claim *next, int *acked, struct err *e);
     /* Claims row id as claim does, stamped stamp, if it is ready and no
      * transaction holds it locked: what a lock that ended with its
      * process left (the row is back in its queue, unchanged). 1 with its
@@ -127,6 +135,8 @@ struct sql_store_ops {
     int (*commit)(struct sql_store *s, struct err *e);
     void (*rollback)(struct sql_store *s);
     bool (*in_transaction)(struct sql_store *s);
+    /* In a transaction that has not failed (statements still run in it). */
+    bool (*transaction_usable)(struct sql_store *s);
     /* Undoes what ran since SQL_TASK_SAVEPOINT, keeping the transaction
      * (and its lock) open. 0, or < 0 when there is no such savepoint any
      * more (the task ended the transaction) or it failed. NULL where there

@@ -67,6 +67,11 @@ struct sql_transport {
     bool lock_next;              /* take the next row by lock: the last one was acked
                                     at its start (a late-ack stream claims instead) */
     bool kept;                   /* the current delivery was kept or protected */
+    /* A transactional task's ack (BROKER_TAKE_NEXT) that locked the next
+     * row in the same round trip: the next fetch hands it over, unless the
+     * transaction holding it ended meanwhile (the connection closed) */
+    bool took_next;
+    struct sql_claim next;
     /* The last lock of a dead process claimed by settle_lost (the death is
      * counted, then the message may be settled for good): its lock tag and
      * the claim's tag, which later settlements of the lock tag use. */
@@ -94,6 +99,21 @@ static struct db_conn *conn_of(const struct sql_transport *t)
 static bool session_is_ours(const struct sql_transport *t)
 {
     return db_conn_is_open(conn_of(t)) && (!t->shared || t->shared->attempts == t->shared_open);
+}
+
+/* Forgets a row locked for the next fetch; its transaction ends with
+ * rollback (then the row is in its queue as it was). */
+static void drop_next(struct sql_transport *t, bool rollback)
+{
+    if (!t->took_next)
+        return;
+    t->took_next = false;
+    t->shared->broker_txn = false;
+    free(t->next.payload);
+    t->next.payload = NULL;
+    t->locked = false;
+    if (rollback && session_is_ours(t) && t->store.ops->in_transaction(&t->store))
+        t->store.ops->rollback(&t->store);
 }
 
 void sql_tag_format(char *out, size_t size, int64_t id, int version)
@@ -243,6 +263,7 @@ static void free_queue_set(struct sql_transport *t)
 static void st_consume(struct broker *b, char *const *queues, size_t n)
 {
     struct sql_transport *t = impl(b);
+    drop_next(t, true); /* taken from a queue that may no longer be consumed */
     free_queue_set(t);
     t->queues = xcalloc(n ? n : 1, sizeof(*t->queues));
     t->queue_ids = xcalloc(n ? n : 1, sizeof(*t->queue_ids));
@@ -324,6 +345,17 @@ static int st_fetch(struct broker *b, double timeout_s, struct delivery *d, stru
     int64_t deadline = time_mono_ms() + (int64_t)(timeout_s * 1000);
     struct sql_claim c = {0};
     bool by_lock = t->store.ops->lock && t->lock_next;
+    if (!rc && t->took_next && session_is_ours(t) &&
+        t->store.ops->transaction_usable(&t->store)) {
+        c = t->next; /* locked by the last ack: t->locked already names it */
+        t->next.payload = NULL;
+        t->took_next = false;
+        t->shared->broker_txn = false;
+        by_lock = true;
+        rc = 1;
+    } else {
+        drop_next(t, true);
+    }
     while (!rc) {
         rc = by_lock ? lock_next(t, &c, e) : claim_next(t, &c, e);
         if (rc)
@@ -359,11 +391,43 @@ static void st_delivery_release(struct delivery *d)
     d->raw = NULL;
 }
 
-/* Deletes the locked row and commits: the ack of a locked delivery. */
-static int remove_locked(struct sql_transport *t, struct err *e)
+/* Whether an ack may lock the next row in its round trip: asked for (the
+ * child fetches next, with nothing run in between), on the task's
+ * connection, with one queue (the lock takes from one), and nothing due
+ * that would run on that connection first: the visibility sweep, a recycle. */
+static bool may_take_next(const struct sql_transport *t, unsigned flags)
+{
+    return (flags & BROKER_TAKE_NEXT) && t->shared && t->store.ops->settle_locked_lock_next &&
+           t->store.ops->transaction_usable &&
+           t->n_queues == 1 && t->listening && session_is_ours(t) &&
+           time_mono_ms() < t->next_sweep_ms && !db_conn_recycle_due(t->shared);
+}
+
+/* Deletes the locked row and commits: the ack of a locked delivery; with
+ * may_take_next, the next row is locked in the same round trip (one round
+ * trip of three per transactional task). */
+static int remove_locked(struct sql_transport *t, unsigned flags, struct err *e)
 {
     t->locked = false;
-    return t->store.ops->settle_locked(&t->store, t->locked_id, NULL, NULL, e);
+    if (!may_take_next(t, flags))
+        return t->store.ops->settle_locked(&t->store, t->locked_id, NULL, NULL, e);
+    int acked = 0;
+    struct sql_claim next = {0};
+    int rc = t->store.ops->settle_locked_lock_next(&t->store, t->locked_id, t->queue_ids[0],
+                                                   &next, &acked, e);
+    if (rc < 0 && acked) {
+        log_warning("taking the next message with the ack failed (%s); fetching it anew",
+                    e->msg);
+        return 0; /* the ack committed */
+    }
+    if (rc == 1) {
+        t->locked = true;
+        t->locked_id = next.id;
+        t->next = next;
+        t->took_next = true;
+        t->shared->broker_txn = true;
+    }
+    return rc < 0 ? rc : 0;
 }
 
 /* Claims the locked row as claim_next would and commits, so that it
@@ -402,7 +466,7 @@ static int st_drop(struct broker *b, struct delivery *d, struct err *e)
         return 0;
     int64_t id;
     if (lock_tag_parse(o->tag, &id))
-        return t->locked && id == t->locked_id ? remove_locked(t, e) : 0;
+        return t->locked && id == t->locked_id ? remove_locked(t, 0, e) : 0;
     int rc = t->store.ops->remove(&t->store, o->claim.id, o->claim.version, e);
     return rc < 0 ? rc : 0;
 }
@@ -476,12 +540,11 @@ static int message_claim(const struct message *m, int64_t *id, int *version, str
 
 static int st_ack(struct broker *b, struct message *m, unsigned flags, struct err *e)
 {
-    UNUSED(flags);
     struct sql_transport *t = impl(b);
     int64_t id;
     int version;
     if (holds_lock_of(t, m))
-        return remove_locked(t, e);
+        return remove_locked(t, flags, e);
     if (lock_tag_parse(m->delivery_tag, &id)) {
         log_warning("message %s (row %" PRId64 ") went back to its queue when the broker "
                     "connection closed, before its ack: it may run again",
@@ -521,7 +584,7 @@ static int st_requeue(struct broker *b, struct message *m, struct err *e)
 static void st_done(struct broker *b)
 {
     struct sql_transport *t = impl(b);
-    if (t->locked) {
+    if (t->locked && !t->took_next) {
         log_warning("row %" PRId64 " was left locked after its delivery; rolled back (it runs "
                     "again)", t->locked_id);
         t->locked = false;
@@ -755,6 +818,7 @@ static struct bus *st_bus(struct broker *b)
 
 static void st_leave(struct broker *b)
 {
+    drop_next(impl(b), true);
     db_conn_close(&impl(b)->conn, NULL); /* a shared one is the child's to close */
 }
 
@@ -764,6 +828,7 @@ static void st_release(struct broker *b)
     if (!t)
         return;
     t->events.ops->release(&t->events);
+    drop_next(t, false);
     db_conn_close(&t->conn, NULL);
     forget_queues(t);
     free_queue_set(t);

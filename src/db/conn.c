@@ -51,6 +51,7 @@ void db_conn_close(struct db_conn *c, const char *reason)
     if (c->owner == self_pid() && c->on_close)
         c->on_close(c->hook_arg);
     d->close(c);
+    c->broker_txn = false; /* its transaction ended with it */
     if (reason)
         log_info("database connection to '%s' closed after %.1f s: %s", db_conn_where(c),
                  (double)(time_mono_ms() - c->opened_ms) / 1000.0, reason);
@@ -175,7 +176,7 @@ static bool owned(struct db_conn *c)
 int db_conn_clean(struct db_conn *c, struct err *e)
 {
     const struct db_driver *d = driver_for(c);
-    if (!d || !db_conn_is_open(c) || c->owner != self_pid())
+    if (!d || !db_conn_is_open(c) || c->owner != self_pid() || c->broker_txn)
         return 0;
     int rc = d->reset(c, check_timeout_ms(c, 0), e);
     if (rc)
@@ -207,12 +208,18 @@ bool db_conn_check_lost(struct db_conn *c)
     return true;
 }
 
+bool db_conn_recycle_due(const struct db_conn *c)
+{
+    return (c->recycle_at_ms && time_mono_ms() >= c->recycle_at_ms) ||
+           (c->recycle_after && c->uses >= c->recycle_after);
+}
+
 int db_conn_ready(struct db_conn *c, int64_t limit_ms, volatile sig_atomic_t *stop,
                   struct err *e)
 {
     const struct db_driver *d = driver_for(c);
-    if (!d)
-        return 0;
+    if (!d || (c->broker_txn && db_conn_is_open(c)))
+        return 0; /* just used; the next fetch takes the transaction over */
     int64_t timeout = check_timeout_ms(c, limit_ms);
     const char *why = NULL;
     char reason[ERR_MSG_MAX + 32];
@@ -225,8 +232,7 @@ int db_conn_ready(struct db_conn *c, int64_t limit_ms, volatile sig_atomic_t *st
         why = "inherited from another process";
     } else if (db_conn_is_open(c) && d->is_lost(c)) {
         why = "lost while idle";
-    } else if (db_conn_is_open(c) && ((c->recycle_at_ms && time_mono_ms() >= c->recycle_at_ms) ||
-                                      (c->recycle_after && c->uses >= c->recycle_after))) {
+    } else if (db_conn_is_open(c) && db_conn_recycle_due(c)) {
         /* Planned: close quietly and open a new one, not a "loss". */
         db_conn_close(c, c->recycle_after && c->uses >= c->recycle_after ? "recycled (task count)"
                                                                          : "recycled (age)");

@@ -64,6 +64,9 @@ struct db_conn {
     db_hook_fn on_retry;          /* NULL, or called after each failed connect attempt,
                                      before the wait (its return value is ignored) */
     void *hook_arg;
+    bool broker_txn;              /* the broker holds the open transaction between two
+                                   tasks (a row locked for the next one): db_conn_clean
+                                   and db_conn_ready leave the handle alone meanwhile */
 };
 
 /* Fills c for cfg; opens nothing. */
@@ -97,6 +100,9 @@ int db_conn_ready(struct db_conn *c, int64_t limit_ms, volatile sig_atomic_t *st
  * trip). Returns 0, or E_CONN_LOST (the handle
  * is then closed and db_conn_ready reopens it). */
 int db_conn_clean(struct db_conn *c, struct err *e);
+/* Whether the handle is due to be recycled (max age or max uses reached),
+ * which db_conn_ready does next. */
+bool db_conn_recycle_due(const struct db_conn *c);
 
 /* After a task reported a database failure: true when the connection is
  * gone, or is on a read-only server (a standby, or a primary fenced with

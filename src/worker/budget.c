@@ -141,8 +141,8 @@ void budget_recount(const struct worker_config *cfg, struct db_conn *c, struct s
     const struct db_config *server;
     int64_t now = time_mono_ms();
     if (cfg->db_budget == DB_BUDGET_OFF || now < *next_ms || c->cfg != &cfg->db ||
-        !db_conn_is_open(c))
-        return;
+        !db_conn_is_open(c) || c->broker_txn)
+        return; /* (a transaction the broker holds: the count waits for the next loop) */
     int planned = budget_planned(cfg, &server);
     if (server != &cfg->db || server->pooled)
         return;

@@ -298,6 +298,13 @@ static void open_database(struct child *c)
              "'%s')", db_conn_where(&c->db), (int)getpid(), c->db.app_name);
 }
 
+bool child_fetches_next(const struct child *c)
+{
+    uint64_t limit = c->cfg->max_tasks_per_child;
+    return !sig_stop && c->n_held == 0 &&
+           !(limit && atomic_load(&c->slot->tasks_done) + 1 >= limit);
+}
+
 /* Fetches and handles messages until told to stop (or retired). */
 static void serve(struct child *c)
 {

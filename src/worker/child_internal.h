@@ -130,6 +130,11 @@ void settle_revoked(struct child *c, struct message *m, bool expired);
 void settle_store_invalid(struct child *c, const struct message *m, const char *exc_type,
                           const char *text);
 
+/* Whether the child's next step after the task running now is its next
+ * fetch: it is not stopping or retiring after the task, and holds no ETA
+ * message that could come due first. */
+bool child_fetches_next(const struct child *c);
+
 /* held.c */
 void held_add(struct child *c, struct message *m, const struct celeriac_task_def *def);
 double held_next_due(const struct child *c);

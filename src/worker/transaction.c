@@ -51,8 +51,11 @@ enum transaction_end transaction_commit(struct child *c, struct message *m)
     }
     struct err e = {0};
     if (transaction_holds_delivery(c, m)) {
-        /* the ack of the lock: the row's DELETE and the COMMIT */
-        if (!c->broker.ops->ack(&c->broker, m, 0, &e))
+        /* the ack of the lock: the row's DELETE and the COMMIT (and the
+         * next row's lock, in the same round trip, when nothing else runs
+         * on this connection before the next fetch) */
+        unsigned flags = child_fetches_next(c) ? BROKER_TAKE_NEXT : 0;
+        if (!c->broker.ops->ack(&c->broker, m, flags, &e))
             return TXN_ACKED;
         log_error("task %s[%s]: committing its writes with its ack failed (%s); if the commit "
                   "was lost before it happened, the message runs again", m->task_name,

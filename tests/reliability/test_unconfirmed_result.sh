@@ -7,6 +7,8 @@
 # have no result at all and its client would wait for ever. The slot names
 # such a result until its reply is read; the next child of the slot stores
 # WorkerLostError for it unless the result arrived (a SUCCESS is kept).
+# When no next child comes (the worker is stopping), the salvage process
+# does, on Redis and on another transport (salvage.c, salvage_transport.c).
 # Found by the early-ack chaos run under ASan: 1 task of 2,000 with no result.
 . "$(dirname "$0")/lib.sh"
 

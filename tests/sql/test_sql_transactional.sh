@@ -86,11 +86,12 @@ fi
 stop_worker
 
 # ---- the crash test -------------------------------------------------------------------------------
-# storm TASK [SECONDS [EVERY]]: sends N tasks (each sleeping SECONDS, 0.003),
-# runs a -c 4 worker while a killer SIGKILLs a random child every EVERY
-# seconds (0.2) until every task has a result; sets KILLS and OUT.
+# storm TASK [SECONDS [EVERY [RESTART]]]: sends N tasks (each sleeping
+# SECONDS, 0.003), runs a -c 4 worker while a killer SIGKILLs a random child
+# every EVERY seconds (0.2) until every task has a result (and restarts
+# PostgreSQL, the broker too, RESTART seconds in); sets KILLS and OUT.
 storm() {
-    local task=$1 seconds=${2:-0.003} every=${3:-0.2} ids
+    local task=$1 seconds=${2:-0.003} every=${3:-0.2} restart=${4:-} ids
     rm -f "$TEST_TMP/kills-$task"
     ids=$(sqlc send "$task" --args "[$seconds]" --count "$N")
     start_txn_worker "storm-${task%%.*}" -c 4 --max-worker-lost-requeues 1000
@@ -105,6 +106,7 @@ storm() {
         done
     ) &
     local killer=$!
+    [[ -n $restart ]] && { sleep "$restart"; restart_pg; }
     # shellcheck disable=SC2086
     OUT=$(sqlc wait $ids --timeout 120)
     kill "$killer" 2>/dev/null
@@ -127,15 +129,22 @@ psql_db -c "DELETE FROM ledger" >/dev/null
 
 # Back to back (no sleep in the task): most of a child's time is now the
 # gap between two tasks, where each ack has already locked the next row in
-# its round trip; a death there must hand that row back untouched.
-storm txn.record 0 0.03
-expect_eq "crash test, back to back: $N transactional tasks under $KILLS SIGKILLs all SUCCESS" \
+# its round trip; a death there, or the server's restart, must hand that row
+# back untouched.
+storm txn.record 0 0.03 0.3
+expect_eq "crash test, back to back, PostgreSQL restarted: $N transactional tasks under $KILLS SIGKILLs all SUCCESS" \
     "SUCCESS=$N" "$(states <<<"$OUT")"
 expect_eq "crash test, back to back: every write applied exactly once" "$N|$N" \
     "$(ledger true)" \
     "$(psql_db -c "SELECT task_id, count(*) FROM ledger GROUP BY 1 HAVING count(*) > 1 LIMIT 5")"
 expect_eq "crash test, back to back: no message left in kombu_message" 0 \
     "$(psql_db -c "SELECT count(*) FROM kombu_message")"
+if grep -q "terminating connection due to administrator command" "$WORKER_LOG"; then
+    ok "crash test, back to back: the restart came while tasks ran (their connections were cut)"
+else
+    not_ok "crash test, back to back: the restart came while tasks ran (their connections were cut)" \
+        "$(worker_log_tail 8)"
+fi
 psql_db -c "DELETE FROM ledger" >/dev/null
 
 storm late.record

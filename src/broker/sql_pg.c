@@ -265,6 +265,74 @@ static PGresult *run_stmt(struct sql_store *s, const char *what, enum pg_stmt i,
     return expect(s, exec_stmt(s, i, n, params), what, want, rc, e);
 }
 
+/* One command of a pipeline: SQL without parameters, or statement stmt. */
+struct pg_command {
+    const char *sql;             /* or NULL: */
+    enum pg_stmt stmt;
+    int n;
+    const char *const *params;
+};
+
+/* Sends cmds[0..n) in one round trip (libpq's pipeline mode, one sync
+ * point) and reads every answer: results[k] gets command k's (the caller
+ * clears them), NULL when it failed or was skipped after an earlier
+ * failure, whose reason goes to reason. False when the pipeline could not
+ * be used at all (nothing was sent). */
+static bool run_commands(struct sql_store *s, const struct pg_command *cmds, int n,
+                         PGresult **results, char *reason, size_t size)
+{
+    PGconn *conn = pg(s);
+    for (int k = 0; k < n; k++)
+        if (!cmds[k].sql && !stmt_ready(s, cmds[k].stmt, cmds[k].n))
+            return false;
+    if (!PQenterPipelineMode(conn))
+        return false;
+    bool sent = true;
+    for (int k = 0; k < n && sent; k++) {
+        char name[32];
+        snprintf(name, sizeof(name), "celeriac_sql_%d", (int)cmds[k].stmt);
+        sent = cmds[k].sql ? PQsendQueryParams(conn, cmds[k].sql, 0, NULL, NULL, NULL, NULL, 0)
+                           : PQsendQueryPrepared(conn, name, cmds[k].n, cmds[k].params, NULL,
+                                                 NULL, 0);
+    }
+    sent = sent && PQpipelineSync(conn);
+    reason[0] = '\0';
+    for (int k = 0; k < n; k++) {
+        results[k] = NULL;
+        PGresult *r;
+        bool first = true;
+        while (sent && (r = PQgetResult(conn)) != NULL) {
+            ExecStatusType st = PQresultStatus(r);
+            bool good = st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK;
+            if (!good && !reason[0])
+                snprintf(reason, size, "%s", st == PGRES_PIPELINE_ABORTED
+                                                 ? "an earlier command failed"
+                                                 : PQresultErrorMessage(r));
+            if (first && good)
+                results[k] = r;
+            else
+                PQclear(r);
+            first = false;
+        }
+        if (sent && first && !reason[0])
+            snprintf(reason, size, "%s", PQerrorMessage(conn));
+    }
+    for (int guard = 0; sent && guard < 8; guard++) {
+        PGresult *r = PQgetResult(conn);
+        if (!r && PQstatus(conn) == CONNECTION_BAD)
+            break;
+        bool sync = r && PQresultStatus(r) == PGRES_PIPELINE_SYNC;
+        PQclear(r);
+        if (sync)
+            break;
+    }
+    if (!PQexitPipelineMode(conn) && !reason[0])
+        snprintf(reason, size, "%s", PQerrorMessage(conn));
+    if (!sent && !reason[0])
+        snprintf(reason, size, "%s", PQerrorMessage(conn));
+    return true;
+}
+
 /* Sends `before` (a command without parameters, or NULL), statement i and
  * `after` (likewise) in one round trip (libpq's pipeline mode), and returns
  * statement i's result as run_stmt does. The commands around it must
@@ -274,10 +342,18 @@ static PGresult *run_pipelined(struct sql_store *s, const char *what, const char
                                enum pg_stmt i, int n, const char *const *params,
                                const char *after, ExecStatusType want, int *rc, struct err *e)
 {
-    PGconn *conn = pg(s);
-    char name[32];
-    snprintf(name, sizeof(name), "celeriac_sql_%d", (int)i);
-    if (!stmt_ready(s, i, n) || !PQenterPipelineMode(conn)) {
+    struct pg_command cmds[3];
+    int k = 0;
+    if (before)
+        cmds[k++] = (struct pg_command){.sql = before};
+    int main_at = k;
+    cmds[k++] = (struct pg_command){.stmt = i, .n = n, .params = params};
+    if (after)
+        cmds[k++] = (struct pg_command){.sql = after};
+    PGresult *res[3];
+    char reason[ERR_MSG_MAX];
+    if (!run_commands(s, cmds, k, res, reason, sizeof(reason))) {
+        /* no pipeline here: one after the other */
         if (before) {
             PGresult *b = run(s, what, before, 0, NULL, PGRES_COMMAND_OK, rc, e);
             if (!b)
@@ -299,51 +375,16 @@ static PGresult *run_pipelined(struct sql_store *s, const char *what, const char
         }
         return r;
     }
-    bool sent = (!before || PQsendQueryParams(conn, before, 0, NULL, NULL, NULL, NULL, 0)) &&
-                PQsendQueryPrepared(conn, name, n, params, NULL, NULL, 0) &&
-                (!after || PQsendQueryParams(conn, after, 0, NULL, NULL, NULL, NULL, 0)) &&
-                PQpipelineSync(conn);
-    const char *cmds[3] = {before, name, after};
-    PGresult *main = NULL;
-    char reason[ERR_MSG_MAX] = "";
-    for (int k = 0; k < 3 && sent; k++) {
-        if (!cmds[k])
-            continue;
-        PGresult *r;
-        bool first = true;
-        while ((r = PQgetResult(conn)) != NULL) {
-            ExecStatusType st = PQresultStatus(r);
-            bool good = k == 1 ? st == want : st == PGRES_COMMAND_OK;
-            if (good && k == 2 && !strcmp(after, "COMMIT") && strcmp(PQcmdStatus(r), "COMMIT"))
-                good = false, snprintf(reason, sizeof(reason), "the transaction had failed: "
-                                       "the server rolled it back");
-            if (!good && !reason[0])
-                snprintf(reason, sizeof(reason), "%s",
-                         st == PGRES_PIPELINE_ABORTED ? "an earlier command failed"
-                                                      : PQresultErrorMessage(r));
-            if (first && good && k == 1)
-                main = r;
-            else
-                PQclear(r);
-            first = false;
-        }
-        if (first && !reason[0])
-            snprintf(reason, sizeof(reason), "%s", PQerrorMessage(conn));
-    }
-    /* The sync point ends the pipeline; a dead connection ends it too. */
-    for (int guard = 0; sent && guard < 8; guard++) {
-        PGresult *r = PQgetResult(conn);
-        if (!r && PQstatus(conn) == CONNECTION_BAD)
-            break;
-        bool sync = r && PQresultStatus(r) == PGRES_PIPELINE_SYNC;
-        PQclear(r);
-        if (sync)
-            break;
-    }
-    if (!PQexitPipelineMode(conn) && !reason[0])
-        snprintf(reason, sizeof(reason), "%s", PQerrorMessage(conn));
-    if (!sent && !reason[0])
-        snprintf(reason, sizeof(reason), "%s", PQerrorMessage(conn));
+    PGresult *main = res[main_at];
+    if (!reason[0] && main && PQresultStatus(main) != want)
+        snprintf(reason, sizeof(reason), "unexpected answer: %s",
+                 PQresStatus(PQresultStatus(main)));
+    if (!reason[0] && after && !strcmp(after, "COMMIT") && res[k - 1] &&
+        strcmp(PQcmdStatus(res[k - 1]), "COMMIT"))
+        snprintf(reason, sizeof(reason), "the transaction had failed: the server rolled it back");
+    for (int j = 0; j < k; j++)
+        if (j != main_at)
+            PQclear(res[j]);
     if (reason[0] || !main) {
         PQclear(main);
         if (!reason[0])
@@ -546,72 +587,6 @@ static int pg_settle_locked(struct sql_store *s, int64_t id, const char *stamp, 
         *version = atoi(PQgetvalue(r, 0, 0));
     PQclear(r);
     return 0;
-}
-
-/* One command of a pipeline: SQL without parameters, or statement stmt. */
-struct pg_command {
-    const char *sql;             /* or NULL: */
-    enum pg_stmt stmt;
-    int n;
-    const char *const *params;
-};
-
-/* Sends cmds[0..n) in one round trip (libpq's pipeline mode, one sync
- * point) and reads every answer: results[k] gets command k's (the caller
- * clears them), NULL when it failed or was skipped after an earlier
- * failure, whose reason goes to reason. False when the pipeline could not
- * be used at all (nothing was sent). */
-static bool run_commands(struct sql_store *s, const struct pg_command *cmds, int n,
-                         PGresult **results, char *reason, size_t size)
-{
-    PGconn *conn = pg(s);
-    for (int k = 0; k < n; k++)
-        if (!cmds[k].sql && !stmt_ready(s, cmds[k].stmt, cmds[k].n))
-            return false;
-    if (!PQenterPipelineMode(conn))
-        return false;
-    bool sent = true;
-    for (int k = 0; k < n && sent; k++) {
-        char name[32];
-        snprintf(name, sizeof(name), "celeriac_sql_%d", (int)cmds[k].stmt);
-        sent = cmds[k].sql ? PQsendQueryParams(conn, cmds[k].sql, 0, NULL, NULL, NULL, NULL, 0)
-                           : PQsendQueryPrepared(conn, name, cmds[k].n, cmds[k].params, NULL,
-                                                 NULL, 0);
-    }
-    sent = sent && PQpipelineSync(conn);
-    reason[0] = '\0';
-    for (int k = 0; k < n; k++) {
-        results[k] = NULL;
-        PGresult *r;
-        bool first = true;
-        while (sent && (r = PQgetResult(conn)) != NULL) {
-            ExecStatusType st = PQresultStatus(r);
-            bool good = st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK;
-            if (!good && !reason[0])
-                snprintf(reason, size, "%s", st == PGRES_PIPELINE_ABORTED
-                                                 ? "an earlier command failed"
-                                                 : PQresultErrorMessage(r));
-            if (first && good)
-                results[k] = r;
-            else
-                PQclear(r);
-            first = false;
-        }
-    }
-    for (int guard = 0; sent && guard < 8; guard++) {
-        PGresult *r = PQgetResult(conn);
-        if (!r && PQstatus(conn) == CONNECTION_BAD)
-            break;
-        bool sync = r && PQresultStatus(r) == PGRES_PIPELINE_SYNC;
-        PQclear(r);
-        if (sync)
-            break;
-    }
-    if (!PQexitPipelineMode(conn) && !reason[0])
-        snprintf(reason, size, "%s", PQerrorMessage(conn));
-    if (!sent && !reason[0])
-        snprintf(reason, size, "%s", PQerrorMessage(conn));
-    return true;
 }
 
 /* The transactional ack and the next lock in one round trip: RELEASE (a

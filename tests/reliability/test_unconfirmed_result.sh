@@ -27,6 +27,24 @@ start_backend() {
         { not_ok "setup: the backend redis-server answers"; tap_done; }
 }
 start_backend
+# The stopped backend dies with the bytes it had not read; an empty one
+# takes its place on the same port.
+restart_backend_empty() {
+    kill -KILL "$BACKEND_PID" 2>/dev/null
+    kill -CONT "$BACKEND_PID" 2>/dev/null
+    wait_pid_gone 10 "$BACKEND_PID"
+    start_backend
+}
+# expect_worker_lost ID CASE: the backend holds WorkerLostError under ID.
+expect_worker_lost() {
+    local got
+    got=$(redis-cli -p "$BACKEND_PORT" get "celery-task-meta-$1")
+    if [[ $got == *'"status": "FAILURE"'*WorkerLostError* ]]; then
+        ok "$2"
+    else
+        not_ok "$2" "stored: ${got:-(nothing)}" "$(worker_log_tail 12)"
+    fi
+}
 send() { "$CELERIAC_BIN" call "$@" -b "$BROKER" --result-backend "$BACKEND"; }
 state_of() { "$CELERIAC_BIN" result "$1" -b "$BROKER" --result-backend "$BACKEND" --timeout 10 2>&1; }
 
@@ -43,18 +61,10 @@ child=$(worker_children)
 # server's socket, which takes it: the write does not wait for the reply.
 sleep 1.5
 kill -KILL "$child"
-kill -KILL "$BACKEND_PID" 2>/dev/null
-kill -CONT "$BACKEND_PID" 2>/dev/null
-wait_pid_gone 10 "$BACKEND_PID"
-start_backend # empty: the bytes it had not read are gone
+restart_backend_empty
 wait_for 20 bash -c "[[ -n \$(redis-cli -p $BACKEND_PORT get celery-task-meta-$id) ]]"
-got=$(redis-cli -p "$BACKEND_PORT" get "celery-task-meta-$id")
-if [[ $got == *'"status": "FAILURE"'*WorkerLostError* ]]; then
-    ok "a result the backend never got: the next child stores WorkerLostError under its id"
-else
-    not_ok "a result the backend never got: the next child stores WorkerLostError under its id" \
-        "stored: ${got:-(nothing)}" "$(worker_log_tail 8)"
-fi
+expect_worker_lost "$id" \
+    "a result the backend never got: the next child stores WorkerLostError under its id"
 if log_has "before the result backend confirmed its result"; then
     ok "... and says so in the log"
 else
@@ -98,18 +108,10 @@ salvage_case() {
     kill -TERM "$WORKER_PID"
     sleep 1
     kill -KILL "$child"
-    kill -KILL "$BACKEND_PID" 2>/dev/null
-    kill -CONT "$BACKEND_PID" 2>/dev/null
-    wait_pid_gone 10 "$BACKEND_PID"
-    start_backend
+    restart_backend_empty
     wait_pid_gone 30 "$WORKER_PID"
-    got=$(redis-cli -p "$BACKEND_PORT" get "celery-task-meta-$id")
-    if [[ $got == *'"status": "FAILURE"'*WorkerLostError* ]]; then
-        ok "$label: a child dying while the worker stops: the salvage process stores WorkerLostError"
-    else
-        not_ok "$label: a child dying while the worker stops: the salvage process stores WorkerLostError" \
-            "stored: ${got:-(nothing)}" "$(worker_log_tail 12)"
-    fi
+    expect_worker_lost "$id" \
+        "$label: a child dying while the worker stops: the salvage process stores WorkerLostError"
     if grep -q "Salvage.*before the result backend confirmed" "$WORKER_LOG"; then
         ok "$label: ... and the salvage process says so in the log"
     else

@@ -16,6 +16,7 @@
 #include "util/amqp_msg.h"
 #include "util/buf.h"
 #include "util/log.h"
+#include "util/strcopy.h"
 
 #include <inttypes.h>
 
@@ -209,7 +210,7 @@ static void delivery_queue(const struct amqp_transport *t, const amqp_envelope_t
         const char *tag = t->link.consumers[i].tag;
         if (strlen(tag) == env->consumer_tag.len &&
             !memcmp(tag, env->consumer_tag.bytes, env->consumer_tag.len)) {
-            snprintf(out, size, "%s", t->link.consumers[i].queue);
+            str_copy(out, size, t->link.consumers[i].queue);
             return;
         }
     }

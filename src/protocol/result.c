@@ -92,7 +92,10 @@ void result_meta_encode(struct buf *out, const struct result_meta *m, enum seria
     json_t *v;
     const char *sep = "{";
     json_object_foreach(o, key, v) {
-        buf_addf(out, "%s\"%s\": ", sep, key);
+        buf_adds(out, sep);
+        buf_addch(out, '"');
+        buf_adds(out, key); /* our own key names: nothing to escape */
+        buf_add(out, "\": ", 3);
         serializer_dump(out, s, v);
         sep = ", ";
     }

@@ -423,6 +423,9 @@ struct event {
  * rabbitmq-c's amqp_read_message would allocate whatever it says. */
 #define AMQP_LINK_MAX_BODY ((uint64_t)512 * 1024 * 1024)
 
+/* Page size of a delivery's pool (see read_content). */
+#define DELIVERY_POOL_PAGE 1000
+
 /* Copies what the pool of the connection's frame owns into msg's pool:
  * every flagged bytes field and the headers table. */
 static int clone_properties(const amqp_basic_properties_t *src, amqp_message_t *msg)
@@ -480,7 +483,11 @@ static int read_content(struct amqp_link *l, amqp_channel_t ch, uint64_t max_kee
     }
     if (f.frame_type != AMQP_FRAME_HEADER || f.channel != ch)
         return status_lost(l, AMQP_STATUS_UNEXPECTED_STATE, what, e);
-    init_amqp_pool(&msg->pool, 4096);
+    /* Pages under 1 KiB: glibc serves them from its per-thread cache, while
+     * every request of 1 KiB or more first consolidates the freed small
+     * chunks, a cost paid on every delivery. Celery's headers take two or
+     * three such pages; a larger value gets a block of its own. */
+    init_amqp_pool(&msg->pool, DELIVERY_POOL_PAGE);
     uint64_t size = f.payload.properties.body_size;
     st = clone_properties(f.payload.properties.decoded, msg);
     if (st != AMQP_STATUS_OK)

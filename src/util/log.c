@@ -6,6 +6,7 @@
  */
 #include "common.h"
 #include "util/log.h"
+#include "util/strcopy.h"
 
 #include <fcntl.h>
 #include <strings.h>
@@ -87,8 +88,8 @@ int log_parse_format(const char *name, enum log_format *out)
 
 void log_task_set(const char *id, const char *name)
 {
-    snprintf(task_id, sizeof(task_id), "%s", id ? id : "");
-    snprintf(task_name, sizeof(task_name), "%s", name ? name : "");
+    str_copy(task_id, sizeof(task_id), id ? id : "");
+    str_copy(task_name, sizeof(task_name), name ? name : "");
 }
 
 void log_task_clear(void)

@@ -12,6 +12,7 @@ static char *area;      /* start of argv[0] */
 static size_t area_len; /* contiguous bytes from argv[0] through the last environ string */
 static char **saved_argv; /* the moved argv and environ, kept reachable for leak checkers */
 static char **saved_env;  /* (setenv may replace environ's array) */
+static size_t old_len = SIZE_MAX; /* the length of the title last written; the whole area at first */
 
 char **proctitle_init(int argc, char **argv)
 {
@@ -43,6 +44,20 @@ char **proctitle_init(int argc, char **argv)
     return copy;
 }
 
+/* Writes the title over the area, clearing what an older, longer one left. */
+static void write_area(const char *title, size_t len)
+{
+    if (len > area_len - 1)
+        len = area_len - 1;
+    size_t old = old_len < area_len ? old_len : area_len;
+    memcpy(area, title, len);
+    /* NUL padding: ps shows the title alone, without trailing spaces. */
+    if (old > len)
+        memset(area + len, 0, old - len);
+    area[len] = '\0';
+    old_len = len;
+}
+
 void proctitle_set(const char *fmt, ...)
 {
     if (!area || area_len < 2 || !saved_argv || !saved_env)
@@ -55,9 +70,19 @@ void proctitle_set(const char *fmt, ...)
     if (n < 0)
         return;
     size_t len = (size_t)n < sizeof(title) ? (size_t)n : sizeof(title) - 1;
-    if (len > area_len - 1)
-        len = area_len - 1;
-    memcpy(area, title, len);
-    /* NUL padding: ps shows the title alone, without trailing spaces. */
-    memset(area + len, 0, area_len - len);
+    write_area(title, len);
+}
+
+void proctitle_set_parts(const char *const *parts, size_t n)
+{
+    if (!area || area_len < 2 || !saved_argv || !saved_env)
+        return;
+    char title[512];
+    size_t len = 0;
+    for (size_t i = 0; i < n && len < sizeof(title); i++) {
+        size_t k = strnlen(parts[i], sizeof(title) - len);
+        memcpy(title + len, parts[i], k);
+        len += k;
+    }
+    write_area(title, len);
 }

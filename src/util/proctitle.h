@@ -16,5 +16,9 @@ char **proctitle_init(int argc, char **argv);
  * original command line). No-op before proctitle_init. Not
  * async-signal-safe. Any process; a forked child sets its own copy. */
 void proctitle_set(const char *fmt, ...) ATTR_PRINTF(1, 2);
+/* The same with the title's parts given as strings, joined in order: for a
+ * title set on every task, where parsing a format would cost more than the
+ * rest of the bookkeeping. */
+void proctitle_set_parts(const char *const *parts, size_t n);
 
 #endif /* CELERIAC_PROCTITLE_H */

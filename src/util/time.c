@@ -32,6 +32,16 @@ void time_sleep_ms(int64_t ms, volatile const int *stop)
             return;
 }
 
+/* Writes v (0 <= v < 10^width) as exactly width decimal digits. */
+static char *put_digits(char *p, long v, int width)
+{
+    for (int i = width - 1; i >= 0; i--) {
+        p[i] = (char)('0' + v % 10);
+        v /= 10;
+    }
+    return p + width;
+}
+
 void time_format_iso(struct buf *out, double t, bool with_offset)
 {
     time_t secs = (time_t)t;
@@ -42,8 +52,34 @@ void time_format_iso(struct buf *out, double t, bool with_offset)
     }
     struct tm tm;
     gmtime_r(&secs, &tm);
-    buf_addf(out, "%04d-%02d-%02dT%02d:%02d:%02d.%06ld%s", tm.tm_year + 1900, tm.tm_mon + 1,
-             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, usec, with_offset ? "+00:00" : "");
+    int year = tm.tm_year + 1900;
+    if (year < 0 || year > 9999) {
+        buf_addf(out, "%04d-%02d-%02dT%02d:%02d:%02d.%06ld%s", year, tm.tm_mon + 1, tm.tm_mday,
+                 tm.tm_hour, tm.tm_min, tm.tm_sec, usec, with_offset ? "+00:00" : "");
+        return;
+    }
+    /* Every stored result carries one of these: written digit by digit, as
+     * printf's format parsing costs more than the rest of the result's encoding. */
+    char s[sizeof("YYYY-MM-DDTHH:MM:SS.ffffff+00:00")];
+    char *p = s;
+    p = put_digits(p, year, 4);
+    *p++ = '-';
+    p = put_digits(p, tm.tm_mon + 1, 2);
+    *p++ = '-';
+    p = put_digits(p, tm.tm_mday, 2);
+    *p++ = 'T';
+    p = put_digits(p, tm.tm_hour, 2);
+    *p++ = ':';
+    p = put_digits(p, tm.tm_min, 2);
+    *p++ = ':';
+    p = put_digits(p, tm.tm_sec, 2);
+    *p++ = '.';
+    p = put_digits(p, usec, 6);
+    if (with_offset) {
+        memcpy(p, "+00:00", 6);
+        p += 6;
+    }
+    buf_add(out, s, (size_t)(p - s));
 }
 
 static int read_digits(const char **p, int n, int *out)

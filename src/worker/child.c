@@ -6,6 +6,7 @@
  */
 #include "common.h"
 #include "util/proctitle.h"
+#include "util/strcopy.h"
 #include "util/time.h"
 #include "worker/budget.h"
 #include "worker/child_internal.h"
@@ -61,11 +62,19 @@ static int hook_db_close(void *arg)
 
 void child_title(struct child *c, const char *state, const struct message *m)
 {
-    if (m)
-        proctitle_set("celeriac: worker child %d %s %.96s[%.40s]", c->index, state,
-                      m->task_name ? m->task_name : "?", m->task_id ? m->task_id : "?");
-    else
-        proctitle_set("celeriac: worker child %d %s", c->index, state);
+    /* Twice per task (busy, idle): joined from parts, not formatted. */
+    char index[16];
+    char *p = index + sizeof(index);
+    *--p = '\0';
+    unsigned v = (unsigned)c->index;
+    do
+        *--p = (char)('0' + v % 10);
+    while ((v /= 10) && p > index);
+    char name[97], id[41];
+    str_copy(name, sizeof(name), m && m->task_name ? m->task_name : "?");
+    str_copy(id, sizeof(id), m && m->task_id ? m->task_id : "?");
+    const char *parts[] = {"celeriac: worker child ", p, " ", state, " ", name, "[", id, "]"};
+    proctitle_set_parts(parts, m ? ARRAY_SIZE(parts) : 4);
 }
 
 /* ---- connections */

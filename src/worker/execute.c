@@ -5,6 +5,7 @@
  */
 #include "common.h"
 #include "util/buf.h"
+#include "util/strcopy.h"
 #include "util/time.h"
 #include "worker/child_internal.h"
 #include "worker/signals.h"
@@ -69,24 +70,34 @@ static int run_task(struct child *c, const struct message *m, const struct celer
     }
 }
 
+/* v as compact JSON into dst (size bytes), truncated; empty when v is absent.
+ * Straight into the slot when it fits, which is nearly always. */
+static void dump_repr(char *dst, size_t size, const json_t *v, size_t flags, const char *empty)
+{
+    size_t need = v ? json_dumpb(v, dst, size - 1, flags) : 0;
+    if (need && need < size) {
+        dst[need] = '\0';
+        return;
+    }
+    char *text = v ? json_dumps(v, flags) : NULL;
+    str_copy(dst, size, text ? text : empty);
+    free(text);
+}
+
 /* Describes m in this child's slot for remote control (inspect reserved,
  * then active, and query_task) and for the master. */
 static void slot_describe(struct child *c, const struct message *m)
 {
-    char *args = json_dumps(m->args, JSON_COMPACT | JSON_ENCODE_ANY);
-    char *kwargs = json_dumps(m->kwargs, JSON_COMPACT);
-    snprintf(c->slot->argsrepr, sizeof(c->slot->argsrepr), "%s", args ? args : "[]");
-    snprintf(c->slot->kwargsrepr, sizeof(c->slot->kwargsrepr), "%s", kwargs ? kwargs : "{}");
-    free(args);
-    free(kwargs);
-    snprintf(c->slot->argsrepr_text, sizeof(c->slot->argsrepr_text), "%s",
-             m->argsrepr ? m->argsrepr : c->slot->argsrepr);
-    snprintf(c->slot->kwargsrepr_text, sizeof(c->slot->kwargsrepr_text), "%s",
-             m->kwargsrepr ? m->kwargsrepr : c->slot->kwargsrepr);
-    snprintf(c->slot->routing_key, sizeof(c->slot->routing_key), "%s", m->routing_key);
-    snprintf(c->slot->task_id, sizeof(c->slot->task_id), "%s", m->task_id);
-    snprintf(c->slot->task_name, sizeof(c->slot->task_name), "%s", m->task_name);
-    snprintf(c->slot->delivery_tag, sizeof(c->slot->delivery_tag), "%s", m->delivery_tag);
+    struct slot *s = c->slot;
+    dump_repr(s->argsrepr, sizeof(s->argsrepr), m->args, JSON_COMPACT | JSON_ENCODE_ANY, "[]");
+    dump_repr(s->kwargsrepr, sizeof(s->kwargsrepr), m->kwargs, JSON_COMPACT, "{}");
+    str_copy(s->argsrepr_text, sizeof(s->argsrepr_text), m->argsrepr ? m->argsrepr : s->argsrepr);
+    str_copy(s->kwargsrepr_text, sizeof(s->kwargsrepr_text),
+             m->kwargsrepr ? m->kwargsrepr : s->kwargsrepr);
+    str_copy(s->routing_key, sizeof(s->routing_key), m->routing_key ? m->routing_key : "");
+    str_copy(s->task_id, sizeof(s->task_id), m->task_id ? m->task_id : "");
+    str_copy(s->task_name, sizeof(s->task_name), m->task_name ? m->task_name : "");
+    str_copy(s->delivery_tag, sizeof(s->delivery_tag), m->delivery_tag ? m->delivery_tag : "");
 }
 
 /* The task succeeded: callbacks, the event, the result, the chord part.

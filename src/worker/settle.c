@@ -7,6 +7,7 @@
  */
 #include "common.h"
 #include "util/buf.h"
+#include "util/strcopy.h"
 #include "worker/child_internal.h"
 #include "worker/signals.h"
 
@@ -109,9 +110,9 @@ int settle_lost(struct child *c, enum broker_lost how, int *losses, struct err *
 static void name_unconfirmed(struct child *c, const struct result_meta *m)
 {
     struct slot *s = c->slot;
-    snprintf(s->unconfirmed_task_name, sizeof(s->unconfirmed_task_name), "%s",
+    str_copy(s->unconfirmed_task_name, sizeof(s->unconfirmed_task_name),
              m->task_name ? m->task_name : "");
-    snprintf(s->unconfirmed_task_id, sizeof(s->unconfirmed_task_id), "%s", m->task_id);
+    str_copy(s->unconfirmed_task_id, sizeof(s->unconfirmed_task_id), m->task_id ? m->task_id : "");
 }
 
 void settle_forget_confirmed(struct child *c)

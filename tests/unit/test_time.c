@@ -234,6 +234,18 @@ TEST(format_appends)
     buf_release(&b);
 }
 
+/* Past 9999 the year takes five digits, as Python's would not: the slow path
+ * keeps printf's form rather than writing a wrong date. */
+TEST(format_year_past_9999)
+{
+    struct buf b = BUF_INIT;
+    format(&b, 253402300799.5, true);
+    ASSERT_EQ_STR(b.data, "9999-12-31T23:59:59.500000+00:00");
+    format(&b, 253402300800.25, false);
+    ASSERT_EQ_STR(b.data, "10000-01-01T00:00:00.250000");
+    buf_release(&b);
+}
+
 TEST(format_parse_round_trip)
 {
     struct buf b = BUF_INIT;

@@ -48,6 +48,7 @@ struct amqp_transport {
 /* What a delivery owns (struct delivery's owner). */
 struct amqp_owned {
     json_t *envelope;
+    amqp_bytes_t body; /* taken from the delivery: the decoder reads it as is */
     uint64_t tag;
 };
 
@@ -94,7 +95,7 @@ static void remember_tag(struct amqp_transport *t, uint64_t tag)
 }
 
 /* The AMQP delivery tag a decoded message carries (properties.delivery_tag,
- * written by amqp_msg_envelope from the delivery itself). */
+ * written by amqp_msg_envelope_bodiless from the delivery itself). */
 static bool parse_tag(const char *s, uint64_t *tag)
 {
     if (!s || !*s)
@@ -243,7 +244,7 @@ static int at_fetch(struct broker *b, double timeout_s, struct delivery *d, stru
     o->tag = ad.env.delivery_tag;
     delivery_queue(t, &ad.env, d->queue, sizeof(d->queue));
     struct err ce = {0};
-    if (!(o->envelope = amqp_msg_envelope(&ad.env, &ce))) {
+    if (!(o->envelope = amqp_msg_envelope_bodiless(&ad.env, &ce))) {
         /* Headers JSON cannot carry: rejected, as Celery rejects what it
          * cannot decode. */
         log_error("rejected a message from queue '%s': %s", d->queue, ce.msg);
@@ -255,6 +256,9 @@ static int at_fetch(struct broker *b, double timeout_s, struct delivery *d, stru
         return rc == -ESTALE ? 0 : rc;
     }
     d->len = ad.env.message.body.len;
+    o->body = ad.env.message.body;
+    ad.env.message.body = amqp_empty_bytes;
+    d->body = o->body.len ? o->body.bytes : "";
     amqp_link_delivery_release(&ad);
     remember_tag(t, o->tag);
     d->envelope = o->envelope;
@@ -267,10 +271,12 @@ static void at_delivery_release(struct delivery *d)
     struct amqp_owned *o = d->owner;
     if (o) {
         json_decref(o->envelope);
+        amqp_bytes_free(o->body);
         free(o);
     }
     d->owner = NULL;
     d->envelope = NULL;
+    d->body = NULL;
 }
 
 /* Settles tag on the open channel: ack, or reject (requeue or not). A tag

@@ -68,6 +68,8 @@ struct delivery {
     json_t *envelope;            /* or already as JSON, when the transport built it from
                                     what it received (AMQP) rather than print and parse it */
     size_t len;                  /* raw's length; with envelope, the body's */
+    const char *body;            /* with envelope: the body as received, when the envelope
+                                    has none (AMQP sends it as bytes: no base64 round trip) */
     char queue[256];             /* queue it came from */
     void *owner;                 /* the transport's: owns raw and envelope */
     struct {                     /* Redis: what the pop already wrote to unacked */

@@ -186,9 +186,9 @@ static int decode_headers(struct message *m, json_t *headers, struct err *e)
     return 0;
 }
 
-/* Decodes the body text per properties.body_encoding into out. */
-static int body_bytes(const struct message *m, struct buf *out, enum message_settle *settle,
-                      struct err *e)
+/* Decodes the envelope's body text per properties.body_encoding into out. */
+static int body_decode(const struct message *m, struct buf *out, enum message_settle *settle,
+                       struct err *e)
 {
     json_t *body = json_object_get(m->envelope, "body");
     if (!json_is_string(body)) {
@@ -213,6 +213,22 @@ static int body_bytes(const struct message *m, struct buf *out, enum message_set
     }
     buf_add(out, text, len);
     return 0;
+}
+
+/* The body's bytes: as received (raw_body), or the envelope's body text
+ * decoded per properties.body_encoding into scratch. */
+static int body_bytes(const struct message *m, struct buf *scratch, const char **data,
+                      size_t *len_out, enum message_settle *settle, struct err *e)
+{
+    if (m->raw_body) {
+        *data = m->raw_body;
+        *len_out = m->raw_body_len;
+        return 0;
+    }
+    int rc = body_decode(m, scratch, settle, e);
+    *data = scratch->data;
+    *len_out = scratch->len;
+    return rc;
 }
 
 /* Which serializer the envelope's content-type and content-encoding name;
@@ -247,19 +263,21 @@ static int load_body(struct message *m, json_t **out, enum message_settle *settl
     if (body_serializer(m, &ser, e))
         return E_PROTOCOL;
     m->serializer = ser;
-    struct buf raw = BUF_INIT;
-    int rc = body_bytes(m, &raw, settle, e);
+    struct buf scratch = BUF_INIT;
+    const char *data;
+    size_t len;
+    int rc = body_bytes(m, &scratch, &data, &len, settle, e);
     if (rc) {
-        buf_release(&raw);
+        buf_release(&scratch);
         return rc;
     }
     json_error_t jerr;
     struct err why = {0};
     if (ser == SERIALIZER_MSGPACK)
-        *out = protocol_msgpack_load(raw.data, raw.len, &why);
+        *out = protocol_msgpack_load(data, len, &why);
     else
-        *out = pyjson_loadb(raw.data, raw.len, JSON_DECODE_ANY, &jerr);
-    buf_release(&raw);
+        *out = pyjson_loadb(data, len, JSON_DECODE_ANY, &jerr);
+    buf_release(&scratch);
     if (!*out) {
         *settle = SETTLE_ACK;
         if (ser == SERIALIZER_MSGPACK)

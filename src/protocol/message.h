@@ -28,6 +28,9 @@ enum message_settle {
  * which the struct owns; message_release() frees both. */
 struct message {
     json_t *envelope;          /* the list element as parsed */
+    const char *raw_body;      /* the body as received when the envelope has none (AMQP);
+                                  borrowed from the delivery, read by message_decode_task */
+    size_t raw_body_len;
     json_t *body;              /* [args, kwargs, embed] after base64 + JSON decoding (a
                                   protocol 1 body is converted to this form) */
     json_t *proto1_headers;    /* protocol 1: the v2 headers its body stood for, or NULL */

@@ -242,31 +242,26 @@ static json_t *envelope_properties(const amqp_envelope_t *env)
         json_object_set_new(props, "delivery_mode", json_integer(p->delivery_mode));
     json_object_set_new(props, "priority",
                         json_integer(p->_flags & AMQP_BASIC_PRIORITY_FLAG ? p->priority : 0));
-    json_object_set_new(props, "body_encoding", json_string("base64"));
     char tag[24];
     snprintf(tag, sizeof(tag), "%" PRIu64, env->delivery_tag);
     json_object_set_new(props, "delivery_tag", json_string(tag));
-    json_object_set_new(props, "delivery_info",
-                        json_pack("{s:o, s:o, s:b}", "exchange",
-                                  string_lossy(env->exchange.bytes, env->exchange.len),
-                                  "routing_key",
-                                  string_lossy(env->routing_key.bytes, env->routing_key.len),
-                                  "redelivered", (int)env->redelivered));
+    json_t *info = json_object();
+    json_object_set_new(info, "exchange", string_lossy(env->exchange.bytes, env->exchange.len));
+    json_object_set_new(info, "routing_key",
+                        string_lossy(env->routing_key.bytes, env->routing_key.len));
+    json_object_set_new(info, "redelivered", json_boolean(env->redelivered));
+    json_object_set_new(props, "delivery_info", info);
     return props;
 }
 
-json_t *amqp_msg_envelope(const amqp_envelope_t *env, struct err *e)
+json_t *amqp_msg_envelope_bodiless(const amqp_envelope_t *env, struct err *e)
 {
     const amqp_basic_properties_t *p = &env->message.properties;
     json_t *headers = p->_flags & AMQP_BASIC_HEADERS_FLAG ? amqp_msg_table_to_json(&p->headers, e)
                                                           : json_object();
     if (!headers)
         return NULL;
-    struct buf b64 = BUF_INIT;
-    base64_encode(&b64, env->message.body.bytes, env->message.body.len);
     json_t *root = json_object();
-    json_object_set_new(root, "body", json_stringn(b64.data, b64.len));
-    buf_release(&b64);
     set_prop_str(root, "content-type", p, AMQP_BASIC_CONTENT_TYPE_FLAG, &p->content_type);
     set_prop_str(root, "content-encoding", p, AMQP_BASIC_CONTENT_ENCODING_FLAG,
                  &p->content_encoding);
@@ -275,9 +270,23 @@ json_t *amqp_msg_envelope(const amqp_envelope_t *env, struct err *e)
     return root;
 }
 
+static json_t *envelope_with_body(const amqp_envelope_t *env, struct err *e)
+{
+    json_t *root = amqp_msg_envelope_bodiless(env, e);
+    if (!root)
+        return NULL;
+    struct buf b64 = BUF_INIT;
+    base64_encode(&b64, env->message.body.bytes, env->message.body.len);
+    json_object_set_new(root, "body", json_stringn(b64.data, b64.len));
+    buf_release(&b64);
+    json_object_set_new(json_object_get(root, "properties"), "body_encoding",
+                        json_string("base64"));
+    return root;
+}
+
 int amqp_msg_to_envelope(struct buf *out, const amqp_envelope_t *env, struct err *e)
 {
-    json_t *root = amqp_msg_envelope(env, e);
+    json_t *root = envelope_with_body(env, e);
     if (!root)
         return E_PROTOCOL;
     char *text = json_dumps(root, JSON_COMPACT);

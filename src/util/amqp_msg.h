@@ -47,9 +47,11 @@ int amqp_msg_table_from_json(amqp_table_t *out, const json_t *obj, amqp_pool_t *
  * the AMQP value (RabbitMQ: higher is served first). Returns 0 or E_PROTOCOL
  * (headers not representable), leaving out unchanged on failure. */
 int amqp_msg_to_envelope(struct buf *out, const amqp_envelope_t *env, struct err *e);
-/* The same envelope as a new JSON object (the caller's reference), for a
- * consumer that decodes it at once; NULL with E_PROTOCOL in e as above. */
-json_t *amqp_msg_envelope(const amqp_envelope_t *env, struct err *e);
+/* The same envelope as a new JSON object (the caller's reference), without
+ * "body" and properties.body_encoding, for a consumer that decodes it at
+ * once and keeps the body's bytes beside it (struct delivery.body): no base64
+ * round trip. NULL with E_PROTOCOL in e as above. */
+json_t *amqp_msg_envelope_bodiless(const amqp_envelope_t *env, struct err *e);
 
 /* A message ready for amqp_basic_publish. Every pointer is owned by the
  * struct (body malloc()ed, the rest in pool). */

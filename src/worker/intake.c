@@ -89,6 +89,10 @@ void intake_handle(struct child *c, struct delivery *d)
     int rc = d->envelope ? message_adopt_envelope(&m, json_incref(d->envelope), d->queue,
                                                   &settle, &e)
                          : message_decode_envelope(&m, d->raw, d->len, d->queue, &settle, &e);
+    if (d->envelope && d->body) {
+        m.raw_body = d->body;
+        m.raw_body_len = d->len;
+    }
     if (rc) {
         log_error("dropped a message from queue '%s': %s", d->queue, e.msg);
         goto out_settle;

@@ -9,27 +9,10 @@
 # on a Redis broker the flag falls back to late ack, with a warning. Then the
 # crash test: children SIGKILLed at random instants while transactional tasks
 # run, every task's write applied exactly once; and the same storm over
-# late-ack tasks, which shows duplicate writes (the check can fail).
+# late-ack tasks, which shows duplicate writes (the check can fail). The
+# storm with tasks back to back is test_sql_transactional_storm.sh.
 . "$(dirname "$0")/lib.sh"
-
-N=${TXN_TASKS:-1200}
-start_redis
-start_pg
-SQL_BROKER="sqla+postgresql://postgres@127.0.0.1:$PG_PORT/celeriac"
-TXN_LIB=$TEST_TMP/libtxn.so
-# shellcheck disable=SC2046
-cc -std=c11 -Wall -Wextra -Werror -O1 -g -fPIC -shared -I"$CELERIAC_ROOT/include" \
-    $(pkg-config --cflags libpq) -o "$TXN_LIB" "$SQL_DIR/txn_tasks.c" $(pkg-config --libs libpq) \
-    2>"$TEST_TMP/txn-cc.log" || { not_ok "build txn_tasks.c" "$(cat "$TEST_TMP/txn-cc.log")"; tap_done; }
-psql_db -c "CREATE TABLE ledger (task_id text NOT NULL)" >/dev/null
-ledger() { psql_db -c "SELECT count(*), count(DISTINCT task_id) FROM ledger WHERE $1"; }
-
-start_txn_worker() { # NAME FLAGS...
-    local name=$1
-    shift
-    start_worker -A "$TXN_LIB" -b "$SQL_BROKER" --result-backend "$REDIS_URL" --db "$PG_URL" \
-        -n "$name@localhost" "$@"
-}
+. "$(dirname "$0")/txn_lib.sh"
 
 # ---- one commit for the writes and the ack ----------------------------------------------------
 start_txn_worker txn1 -c 1
@@ -85,36 +68,7 @@ else
 fi
 stop_worker
 
-# ---- the crash test -------------------------------------------------------------------------------
-# storm TASK [SECONDS [EVERY [RESTART]]]: sends N tasks (each sleeping
-# SECONDS, 0.003), runs a -c 4 worker while a killer SIGKILLs a random child
-# every EVERY seconds (0.2) until every task has a result (and restarts
-# PostgreSQL, the broker too, RESTART seconds in); sets KILLS and OUT.
-storm() {
-    local task=$1 seconds=${2:-0.003} every=${3:-0.2} restart=${4:-} ids
-    rm -f "$TEST_TMP/kills-$task"
-    ids=$(sqlc send "$task" --args "[$seconds]" --count "$N")
-    start_txn_worker "storm-${task%%.*}" -c 4 --max-worker-lost-requeues 1000
-    wait_children 4 20
-    KILLS=0
-    (
-        while kill -0 "$WORKER_PID" 2>/dev/null; do
-            sleep "$every"
-            mapfile -t kids < <(worker_children | tr ' ' '\n' | grep .)
-            ((${#kids[@]})) && kill -KILL "${kids[RANDOM % ${#kids[@]}]}" 2>/dev/null &&
-                echo kill >>"$TEST_TMP/kills-$task"
-        done
-    ) &
-    local killer=$!
-    [[ -n $restart ]] && { sleep "$restart"; restart_pg; }
-    # shellcheck disable=SC2086
-    OUT=$(sqlc wait $ids --timeout 120)
-    kill "$killer" 2>/dev/null
-    wait "$killer" 2>/dev/null
-    KILLS=$(wc -l <"$TEST_TMP/kills-$task" 2>/dev/null || echo 0)
-    stop_worker
-}
-
+# ---- the crash test (the back-to-back storm: test_sql_transactional_storm.sh) -----------------
 psql_db -c "DELETE FROM ledger" >/dev/null
 storm txn.record
 expect_eq "crash test: $N transactional tasks under $KILLS SIGKILLs all SUCCESS" "SUCCESS=$N" \
@@ -125,26 +79,6 @@ expect_eq "crash test: every transactional task's write applied exactly once" "$
 if ((KILLS >= 5)); then ok "crash test: $KILLS children killed"; else not_ok "crash test: at least 5 children killed" "$KILLS"; fi
 expect_eq "crash test: no message left in kombu_message" 0 \
     "$(psql_db -c "SELECT count(*) FROM kombu_message")"
-psql_db -c "DELETE FROM ledger" >/dev/null
-
-# Back to back (no sleep in the task): most of a child's time is now the
-# gap between two tasks, where each ack has already locked the next row in
-# its round trip; a death there, or the server's restart, must hand that row
-# back untouched.
-storm txn.record 0 0.03 0.3
-expect_eq "crash test, back to back, PostgreSQL restarted: $N transactional tasks under $KILLS SIGKILLs all SUCCESS" \
-    "SUCCESS=$N" "$(states <<<"$OUT")"
-expect_eq "crash test, back to back: every write applied exactly once" "$N|$N" \
-    "$(ledger true)" \
-    "$(psql_db -c "SELECT task_id, count(*) FROM ledger GROUP BY 1 HAVING count(*) > 1 LIMIT 5")"
-expect_eq "crash test, back to back: no message left in kombu_message" 0 \
-    "$(psql_db -c "SELECT count(*) FROM kombu_message")"
-if grep -q "terminating connection due to administrator command" "$WORKER_LOG"; then
-    ok "crash test, back to back: the restart came while tasks ran (their connections were cut)"
-else
-    not_ok "crash test, back to back: the restart came while tasks ran (their connections were cut)" \
-        "$(worker_log_tail 8)"
-fi
 psql_db -c "DELETE FROM ledger" >/dev/null
 
 storm late.record

@@ -1,0 +1,65 @@
+# SPDX-License-Identifier: MIT
+# txn_lib.sh: sourced (after lib.sh) by the transactional-task tests: Redis
+# for results, PostgreSQL as broker and task database, the txn_tasks.c
+# library, the ledger table its tasks write, and the crash storm.
+
+N=${TXN_TASKS:-1200}
+start_redis
+start_pg
+SQL_BROKER="sqla+postgresql://postgres@127.0.0.1:$PG_PORT/celeriac"
+TXN_LIB=$TEST_TMP/libtxn.so
+# shellcheck disable=SC2046
+cc -std=c11 -Wall -Wextra -Werror -O1 -g -fPIC -shared -I"$CELERIAC_ROOT/include" \
+    $(pkg-config --cflags libpq) -o "$TXN_LIB" "$SQL_DIR/txn_tasks.c" $(pkg-config --libs libpq) \
+    2>"$TEST_TMP/txn-cc.log" || { not_ok "build txn_tasks.c" "$(cat "$TEST_TMP/txn-cc.log")"; tap_done; }
+psql_db -c "CREATE TABLE ledger (task_id text NOT NULL)" >/dev/null
+ledger() { psql_db -c "SELECT count(*), count(DISTINCT task_id) FROM ledger WHERE $1"; }
+
+start_txn_worker() { # NAME FLAGS...
+    local name=$1
+    shift
+    start_worker -A "$TXN_LIB" -b "$SQL_BROKER" --result-backend "$REDIS_URL" --db "$PG_URL" \
+        -n "$name@localhost" "$@"
+}
+
+# A child of a sanitizer build takes about 0.2 s to start: killed more often
+# than that, every child is in the master's crash-loop back-off and the
+# storm makes no progress. Such a build is killed every 0.12 s at most.
+if ldd "$CELERIAC_BIN" 2>/dev/null | grep -q 'libasan\|libubsan'; then
+    STORM_MIN_EVERY=0.12
+else
+    STORM_MIN_EVERY=0
+fi
+
+# storm TASK [SECONDS [EVERY [RESTART]]]: sends N tasks (each sleeping
+# SECONDS, 0.003), runs a -c 4 worker while a killer SIGKILLs a random child
+# every EVERY seconds (0.2; at least STORM_MIN_EVERY) until every task has a
+# result (and restarts PostgreSQL, the broker too, RESTART seconds in); sets
+# KILLS and OUT.
+# shellcheck disable=SC2034 # KILLS and OUT are for the caller
+storm() {
+    local task=$1 seconds=${2:-0.003} every=${3:-0.2} restart=${4:-} ids
+    every=$(awk -v a="$every" -v b="$STORM_MIN_EVERY" 'BEGIN { print (a < b ? b : a) }')
+    rm -f "$TEST_TMP/kills-$task"
+    ids=$(sqlc send "$task" --args "[$seconds]" --count "$N")
+    start_txn_worker "storm-${task%%.*}" -c 4 --max-worker-lost-requeues 1000
+    wait_children 4 20
+    KILLS=0
+    (
+        while kill -0 "$WORKER_PID" 2>/dev/null; do
+            sleep "$every"
+            mapfile -t kids < <(worker_children | tr ' ' '\n' | grep .)
+            ((${#kids[@]})) && kill -KILL "${kids[RANDOM % ${#kids[@]}]}" 2>/dev/null &&
+                echo kill >>"$TEST_TMP/kills-$task"
+        done
+    ) &
+    local killer=$!
+    [[ -n $restart ]] && { sleep "$restart"; restart_pg; }
+    # shellcheck disable=SC2086
+    OUT=$(sqlc wait $ids --timeout 120)
+    kill "$killer" 2>/dev/null
+    wait "$killer" 2>/dev/null
+    KILLS=$(wc -l <"$TEST_TMP/kills-$task" 2>/dev/null || echo 0)
+    stop_worker
+}
+

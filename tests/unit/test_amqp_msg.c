@@ -85,6 +85,19 @@ TEST(too_deep)
 
 /* An envelope celeriac encodes -> publish properties -> a delivery -> the
  * envelope again -> the Celery decoder. */
+/* What rabbitmq-c hands a consumer for o, delivered from queue "pq". */
+static amqp_envelope_t delivery_of(const struct amqp_msg_outgoing *o, uint64_t tag)
+{
+    amqp_envelope_t d = {0};
+    d.channel = 1;
+    d.delivery_tag = tag;
+    d.exchange = amqp_cstring_bytes("");
+    d.routing_key = amqp_cstring_bytes("pq");
+    d.message.properties = o->props;
+    d.message.body = o->body;
+    return d;
+}
+
 TEST(envelope_round_trip)
 {
     json_t *args = json_pack("[i, s]", 1, "\xc3\xa9");
@@ -101,14 +114,8 @@ TEST(envelope_round_trip)
     ASSERT_EQ_MEM(o.props.correlation_id.bytes, o.props.correlation_id.len, id, strlen(id));
     ASSERT_EQ_STR(o.routing_key, "pq");
 
-    amqp_envelope_t d = {0};
-    d.channel = 1;
-    d.delivery_tag = 42;
+    amqp_envelope_t d = delivery_of(&o, 42);
     d.redelivered = 1;
-    d.exchange = amqp_cstring_bytes("");
-    d.routing_key = amqp_cstring_bytes("pq");
-    d.message.properties = o.props;
-    d.message.body = o.body;
     struct buf back = BUF_INIT;
     ASSERT_EQ_INT(amqp_msg_to_envelope(&back, &d, &e), 0);
     struct message m;
@@ -147,13 +154,7 @@ TEST(bodiless_envelope_with_raw_body)
     struct amqp_msg_outgoing o;
     struct err e = {0};
     ASSERT_EQ_INT(amqp_msg_from_envelope(&o, env, &e), 0);
-    amqp_envelope_t d = {0};
-    d.channel = 1;
-    d.delivery_tag = 43;
-    d.exchange = amqp_cstring_bytes("");
-    d.routing_key = amqp_cstring_bytes("pq");
-    d.message.properties = o.props;
-    d.message.body = o.body;
+    amqp_envelope_t d = delivery_of(&o, 43);
 
     json_t *bodiless = amqp_msg_envelope_bodiless(&d, &e);
     ASSERT_TRUE(bodiless != NULL);

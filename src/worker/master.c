@@ -24,7 +24,8 @@
 #include <sys/prctl.h>
 #include <sys/wait.h>
 
-/* A child that lived this long before dying resets its respawn backoff. */
+/* A child that lived this long before dying resets its respawn backoff (as
+ * does one that finished a task). */
 #define HEALTHY_LIFETIME_MS 10000
 
 struct child_entry {
@@ -366,6 +367,8 @@ static void reap(struct master *m)
             continue;
         struct child_entry *ce = &m->children[i];
         int64_t lived = time_mono_ms() - ce->started_ms;
+        /* the slot was zeroed at its start: these are this child's tasks */
+        bool served = atomic_load(&m->sb.slots[i].tasks_done) > 0;
         bool reloading = ce->reloading;
         ce->reloading = false;
         bool handed_on = atomic_load(&m->sb.slots[i].lost_reason) != LOST_NONE;
@@ -401,10 +404,15 @@ static void reap(struct master *m)
             leave_to_salvage(m, i, status);
             continue;
         }
-        if (lived >= HEALTHY_LIFETIME_MS)
+        /* A child that finished a task was no crash loop, whatever killed it
+         * (the OOM killer, an operator, the task after it): replaced at once,
+         * as Celery's pool does. */
+        if (lived >= HEALTHY_LIFETIME_MS || served)
             backoff_reset(&ce->respawn);
         /* The first replacement is immediate; a child that keeps dying young
-         * is replaced ever more slowly instead of fork-bombing the host. */
+         * before finishing a task (a crash at start, a message that kills
+         * every child that takes it) is replaced ever more slowly instead of
+         * fork-bombing the host. */
         int64_t delay = ce->respawn.attempt == 0 ? 0 : backoff_next(&ce->respawn);
         if (ce->respawn.attempt == 0)
             ce->respawn.attempt = 1;

@@ -12,6 +12,7 @@
 #include "worker/spawn.h"
 #include "worker/budget.h"
 
+#include <sys/prctl.h>
 #include <sys/wait.h>
 
 /* Forks with every signal blocked so the child starts with default
@@ -91,6 +92,7 @@ static void run_budget_check(void *arg)
 {
     struct spawn_args *a = arg;
     log_set_process("MainProcess"); /* its one line is the master's to say */
+    prctl(PR_SET_NAME, "celeriac:budget", 0, 0, 0); /* not a pool child to ps */
     _exit(budget_check(a->cfg, a->sb));
 }
 

@@ -347,11 +347,13 @@ start_worker() {
 }
 
 # worker_children [PID]: the pids of the worker's pool children, sorted. The
-# control process (comm "celeriac:control", remote control and heartbeats) and
-# the metrics process are not among them; control_pid finds the former.
+# control process (comm "celeriac:control", remote control and heartbeats),
+# the metrics process, the master's connection-budget check and a fork not yet
+# named (still "celeriac:master") are not among them; control_pid finds the
+# control process.
 worker_children() {
     local pid=${1:-$WORKER_PID}
-    ps -o pid=,comm= --ppid "$pid" 2>/dev/null | awk '$2 !~ /^celeriac:(contr|metri)/ {print $1}' |
+    ps -o pid=,comm= --ppid "$pid" 2>/dev/null | awk '$2 !~ /^celeriac:(contr|metri|budge|maste)/ {print $1}' |
         sort -n | tr '\n' ' ' | sed 's/ $//'
 }
 

@@ -228,5 +228,32 @@ expect_eq "crash loop: the master still stops on SIGTERM with exit 0" 0 "$WORKER
 held=$(($(queue_len) + $(redis_cli hlen unacked)))
 expect_eq "crash loop: the crashing message is kept (queue or unacked), not lost" 1 "$held"
 
+# ---- a child that finished a task is no crash loop -----------------------------------------------
+# Killed young again and again (the OOM killer, an operator), each child
+# having served: each is replaced at once, as Celery's pool does, not ever
+# more slowly.
+redis_cli del celery unacked unacked_index >/dev/null
+start_worker "${W[@]}" -n served@localhost
+wait_children 1 20
+times=
+for round in 1 2 3 4; do
+    m=$(meta_of "$(send rel.pid '[0]')" 10)
+    kid=$(worker_children)
+    [[ $(jget result.pid <<<"$m") == "$kid" ]] || diag "round $round: the task ran in $(jget result.pid <<<"$m"), not $kid"
+    t0=$(date +%s%N)
+    kill -KILL "$kid"
+    _replaced() { local k; k=$(worker_children); [[ -n $k && $k != "$kid" ]]; }
+    wait_for 10 _replaced || times+="never "
+    times+="$((($(date +%s%N) - t0) / 1000000)) "
+done
+# the master logs every delayed replacement ("keeps dying ...; replacing it in N ms")
+if [[ $times != *never* ]] && ! log_has "keeps dying"; then
+    ok "4 children killed young after serving: each replaced at once (${times}ms; no respawn back-off)"
+else
+    not_ok "4 children killed young after serving: each replaced at once" "replaced after: $times ms" \
+        "$(grep 'keeps dying' "$WORKER_LOG" | head -3)"
+fi
+stop_worker TERM 20
+
 check_worker_logs_clean
 tap_done

@@ -70,7 +70,7 @@ stop_worker
 
 # ---- the crash test (the back-to-back storm: test_sql_transactional_storm.sh) -----------------
 psql_db -c "DELETE FROM ledger" >/dev/null
-storm txn.record
+storm txn.record 0.003 0.07
 expect_eq "crash test: $N transactional tasks under $KILLS SIGKILLs all SUCCESS" "SUCCESS=$N" \
     "$(states <<<"$OUT")"
 expect_eq "crash test: every transactional task's write applied exactly once" "$N|$N" \
@@ -81,7 +81,7 @@ expect_eq "crash test: no message left in kombu_message" 0 \
     "$(psql_db -c "SELECT count(*) FROM kombu_message")"
 psql_db -c "DELETE FROM ledger" >/dev/null
 
-storm late.record
+storm late.record 0.003 0.07
 dups=$(psql_db -c "SELECT count(*) - count(DISTINCT task_id) FROM ledger")
 expect_eq "contrast: $N late-ack tasks under $KILLS SIGKILLs all SUCCESS" "SUCCESS=$N" \
     "$(states <<<"$OUT")"

@@ -22,34 +22,42 @@ start_txn_worker() { # NAME FLAGS...
         -n "$name@localhost" "$@"
 }
 
-# A child of a sanitizer build takes about 0.2 s to start: killed more often
-# than that, every child is in the master's crash-loop back-off and the
-# storm makes no progress. Such a build is killed every 0.12 s at most.
+# A child is killed only once it has lived STORM_MIN_AGE_US microseconds (from when
+# the killer first saw it): time to connect and run tasks, so the storm makes
+# progress on a slow machine too. Killed younger, every child could die
+# before finishing a task, and the master's crash-loop back-off (rightly)
+# would stall the slots. A sanitizer build's child takes about 0.2 s to start.
 if ldd "$CELERIAC_BIN" 2>/dev/null | grep -q 'libasan\|libubsan'; then
-    STORM_MIN_EVERY=0.12
+    STORM_MIN_AGE_US=600000
 else
-    STORM_MIN_EVERY=0
+    STORM_MIN_AGE_US=150000
 fi
 
 # storm TASK [SECONDS [EVERY [RESTART]]]: sends N tasks (each sleeping
 # SECONDS, 0.003), runs a -c 4 worker while a killer SIGKILLs a random child
-# every EVERY seconds (0.2; at least STORM_MIN_EVERY) until every task has a
+# at least STORM_MIN_AGE_US old every EVERY seconds (0.2) until every task has a
 # result (and restarts PostgreSQL, the broker too, RESTART seconds in); sets
 # KILLS and OUT.
 # shellcheck disable=SC2034 # KILLS and OUT are for the caller
 storm() {
     local task=$1 seconds=${2:-0.003} every=${3:-0.2} restart=${4:-} ids
-    every=$(awk -v a="$every" -v b="$STORM_MIN_EVERY" 'BEGIN { print (a < b ? b : a) }')
     rm -f "$TEST_TMP/kills-$task"
     ids=$(sqlc send "$task" --args "[$seconds]" --count "$N")
     start_txn_worker "storm-${task%%.*}" -c 4 --max-worker-lost-requeues 1000
     wait_children 4 20
     KILLS=0
     (
+        declare -A seen
+        local kid now old
         while kill -0 "$WORKER_PID" 2>/dev/null; do
             sleep "$every"
-            mapfile -t kids < <(worker_children | tr ' ' '\n' | grep .)
-            ((${#kids[@]})) && kill -KILL "${kids[RANDOM % ${#kids[@]}]}" 2>/dev/null &&
+            now=${EPOCHREALTIME/[.,]/}
+            old=()
+            for kid in $(worker_children); do
+                [[ -n ${seen[$kid]:-} ]] || seen[$kid]=$now
+                ((now - seen[$kid] >= STORM_MIN_AGE_US)) && old+=("$kid")
+            done
+            ((${#old[@]})) && kill -KILL "${old[RANDOM % ${#old[@]}]}" 2>/dev/null &&
                 echo kill >>"$TEST_TMP/kills-$task"
         done
     ) &
@@ -62,4 +70,3 @@ storm() {
     KILLS=$(wc -l <"$TEST_TMP/kills-$task" 2>/dev/null || echo 0)
     stop_worker
 }
-

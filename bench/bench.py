@@ -1316,6 +1316,29 @@ def latency_redis(out):
         out.flush()
 
 
+# ---- the machine's speed ---------------------------------------------------------
+
+def calibrate(label):
+    """CPU time of a fixed piece of pure computation, median of 3, appended to
+    calibration.jsonl. This machine is a VM whose host steals no visible time
+    (/proc reports no steal), yet some runs find every contender 20-50 %
+    slower per task: the same work taking more CPU here is how a run shows it."""
+    import resource
+
+    def once():
+        r0 = resource.getrusage(resource.RUSAGE_SELF)
+        acc = 0
+        for i in range(6_000_000):
+            acc = (acc * 31 + i) % 1_000_003
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+        return (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
+
+    ms = 1000 * statistics.median(once() for _ in range(3))
+    with open(os.path.join(TMP, "calibration.jsonl"), "a") as out:
+        out.write(json.dumps({"label": label, "cpu_ms": ms}) + "\n")
+    log(f"speed check ({label}): the fixed loop took {ms:.0f} ms of CPU")
+
+
 if __name__ == "__main__":
     cmd = sys.argv[1] if len(sys.argv) > 1 else ""
     if cmd == "enqueue" and len(sys.argv) == 4:
@@ -1329,9 +1352,12 @@ if __name__ == "__main__":
             durable()
     elif cmd == "latency":
         latency()
+    elif cmd == "calibrate" and len(sys.argv) == 3:
+        calibrate(sys.argv[2])
     elif cmd == "report":
         import report  # noqa: E402  bench/report.py
 
         report.main()
     else:
-        die("usage: bench.py enqueue WORKLOAD N | throughput | durable | latency | report")
+        die("usage: bench.py enqueue WORKLOAD N | throughput | durable | latency | "
+            "calibrate LABEL | report")

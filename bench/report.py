@@ -85,10 +85,30 @@ def machine():
         ("hiredis / libpq / jansson", " / ".join(
             sh("pkg-config", "--modversion", p) for p in ("hiredis", "libpq", "jansson"))),
     ] + amqp + [
+        ("speed check: CPU time of a fixed loop (bench.py calibrate) at start → end",
+         calibration_text()),
         ("load average (1, 5, 15 min) at start → end",
          f"{os.environ.get('BENCH_LOADAVG_START', '?')} → {load_end} (the machine is shared;"
          " what other processes used during each run is the \"others' CPU\" column)"),
     ]
+
+
+# The speed check on this machine with nothing else running (2026-11-30, after CI).
+CALIBRATION_QUIET_MS = None
+
+
+def calibration_text():
+    """The speed check's figures, or why there are none."""
+    path = os.path.join(os.environ.get("BENCH_TMP", "/tmp"), "calibration.jsonl")
+    try:
+        with open(path) as f:
+            rows = {r["label"]: r["cpu_ms"] for r in map(json.loads, f)}
+    except (OSError, ValueError, KeyError):
+        return "not measured"
+    vals = " → ".join(f"{rows[k]:.0f} ms" for k in ("start", "end") if k in rows)
+    return (f"{vals} (the same work on the same machine: a higher figure means a slower "
+            "machine, from outside this VM when the load average does not show it; "
+            f"{CALIBRATION_QUIET_MS} ms on a quiet day here)")
 
 
 def med(vals):

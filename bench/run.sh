@@ -234,9 +234,11 @@ say "load average at start: $BENCH_LOADAVG_START"
 for w in W1 W2; do
     "$python" "$root/bench/bench.py" enqueue "$w" "$BENCH_TASKS"
 done
+"$python" "$root/bench/bench.py" calibrate start
 "$python" "$root/bench/bench.py" throughput
 "$python" "$root/bench/bench.py" durable
 "$python" "$root/bench/bench.py" latency
+"$python" "$root/bench/bench.py" calibrate end
 BENCH_ELAPSED=$((SECONDS - start)) PYTHONPATH=$root/bench "$python" "$root/bench/bench.py" report
 
 # ---- plots ------------------------------------------------------------------------------

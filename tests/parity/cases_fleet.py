@@ -123,13 +123,15 @@ eq("chain(add(1,1)@conly, add(2)@pyonly, add(3)@conly, add(4)@pyonly) from Pytho
 eq("... its steps ran celeriac, Python, celeriac, Python", [C, P, C, P], [ran_on(s.id, 3) for s in steps])
 
 # ---- revoke reaches both; shutdown one -----------------------------------------------------------------
-r = app.send_task("tasks.add", args=[1, 1], countdown=3, queue="pyonly")
-r2 = app.send_task("tasks.add", args=[1, 1], countdown=3, queue="conly")
+# countdown 6: the revoke goes through `celery control`, a Python start-up of a
+# second or two on a loaded machine
+r = app.send_task("tasks.add", args=[1, 1], countdown=6, queue="pyonly")
+r2 = app.send_task("tasks.add", args=[1, 1], countdown=6, queue="conly")
 time.sleep(0.5)
 rc, doc, text = celery_json("control", "revoke", r.id, r2.id, "-t", "1.5")
 check("celery control revoke is answered by both", set(flatten(doc)) == {C, P}, text)
 eq("the revoked countdown tasks are REVOKED on both kinds of worker", ["REVOKED", "REVOKED"],
-   [(wait_meta(x.id, 8) or {}).get("status") for x in (r, r2)])
+   [(wait_meta(x.id, 12) or {}).get("status") for x in (r, r2)])
 
 rc, out, err = celery("control", "shutdown", "-d", C, "-t", "1")
 eq("celery control shutdown -d celeriac: the celeriac worker exits 0", 0, cw.wait_exit(20), *cw.log_tail())

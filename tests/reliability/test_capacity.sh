@@ -69,7 +69,9 @@ else
     not_ok "the end of the shortage is logged" "$(worker_log_tail 10)"
 fi
 ids=()
-for _ in 1 2 3 4; do ids+=("$(send rel.pid '[2]')"); done
+# each sleeps 4 s: a child that has just reconnected may take a moment to
+# consume on a loaded machine, and must still find a task nobody took
+for _ in 1 2 3 4; do ids+=("$(send rel.pid '[4]')"); done
 pids=$(for id in "${ids[@]}"; do meta_of "$id" 30 | jget result.pid; done | sort -u | wc -l)
 expect_eq "4 tasks sent together run in 4 different children" 4 "$pids"
 stop_worker TERM 20

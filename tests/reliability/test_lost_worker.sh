@@ -235,6 +235,7 @@ expect_eq "crash loop: the crashing message is kept (queue or unacked), not lost
 redis_cli del celery unacked unacked_index >/dev/null
 start_worker "${W[@]}" -n served@localhost
 wait_children 1 20
+_replaced() { local k; k=$(worker_children); [[ -n $k && $k != "$kid" ]]; } # kid: the one killed
 times=
 for round in 1 2 3 4; do
     m=$(meta_of "$(send rel.pid '[0]')" 10)
@@ -242,7 +243,6 @@ for round in 1 2 3 4; do
     [[ $(jget result.pid <<<"$m") == "$kid" ]] || diag "round $round: the task ran in $(jget result.pid <<<"$m"), not $kid"
     t0=$(date +%s%N)
     kill -KILL "$kid"
-    _replaced() { local k; k=$(worker_children); [[ -n $k && $k != "$kid" ]]; }
     wait_for 10 _replaced || times+="never "
     times+="$((($(date +%s%N) - t0) / 1000000)) "
 done

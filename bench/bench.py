@@ -45,6 +45,11 @@ BOOKS = int(ENV.get("BENCH_BOOKS", "10000"))
 CONCURRENCIES = [int(c) for c in ENV.get("BENCH_CONCURRENCY", "1 2 4").split()]
 LAT_SECONDS = float(ENV.get("BENCH_LATENCY_SECONDS", "10"))
 LAT_CONCURRENCY = int(ENV.get("BENCH_LATENCY_CONCURRENCY", "2"))
+# The half-load runs behind the p99 targets are this many windows of
+# LAT_SECONDS each, interleaved across contenders, their percentiles taken over
+# every window's latencies: one window's p99 is mostly whether a burst of
+# foreign load happened to fall inside it.
+LAT_WINDOWS = int(ENV.get("BENCH_LATENCY_WINDOWS", "3"))
 CONTENDERS = ENV.get("BENCH_CONTENDERS", "celeriac python floor floor-kombu").split()
 # W3 for the three the issue names; floor-kombu is a throughput yardstick only.
 LAT_CONTENDERS = [c for c in ENV.get("BENCH_LAT_CONTENDERS", "celeriac python floor").split()
@@ -876,11 +881,39 @@ def latency_row(contender, variant, rate, achieved, lat, extra=None):
     row = {"contender": contender, "variant": variant, "concurrency": LAT_CONCURRENCY,
            "target_rate": rate, "achieved_rate": achieved, "tasks": len(lat),
            "p50": pct(lat, 50), "p90": pct(lat, 90), "p99": pct(lat, 99),
-           "p999": pct(lat, 99.9), "max": lat[-1], "mean": statistics.fmean(lat)}
+           "p999": pct(lat, 99.9), "max": lat[-1], "mean": statistics.fmean(lat),
+           "lat": lat}
     row.update(extra or {})
     log(f"W3{variant} {contender:8s} c={LAT_CONCURRENCY} at {rate:.0f}/s (sent {achieved:.0f}/s): "
         f"p50 {row['p50']:.2f} ms  p99 {row['p99']:.2f} ms  max {row['max']:.2f} ms")
     return row
+
+
+def pool_windows(rows):
+    """One row from windows of the same paced run: percentiles over every
+    latency of every window, each window's p99 and the most foreign CPU any
+    of them saw beside them."""
+    if len(rows) == 1:
+        return rows[0]
+    first = rows[0]
+    lat = sorted(x for r in rows for x in r["lat"])
+    extra = {k: v for k, v in first.items()
+             if k not in ("contender", "variant", "concurrency", "target_rate", "achieved_rate",
+                          "tasks", "p50", "p90", "p99", "p999", "max", "mean", "lat")}
+    extra["windows"] = len(rows)
+    extra["window_p99"] = [r["p99"] for r in rows]
+    extra["foreign_cpu"] = max(r.get("foreign_cpu", 0) for r in rows)
+    if "late_sends" in first:
+        extra["late_sends"] = sum(r["late_sends"] for r in rows)
+    if "max_per_second" in first:
+        extra["max_per_second"] = [x for r in rows for x in r["max_per_second"]]
+    return latency_row(first["contender"], first["variant"], first["target_rate"],
+                       statistics.fmean(r["achieved_rate"] for r in rows), lat, extra)
+
+
+def write_row(out, row):
+    out.write(json.dumps({k: v for k, v in row.items() if k != "lat"}) + "\n")
+    out.flush()
 
 
 def wait_results(r1, proc, contender, want, timeout=60):
@@ -1265,6 +1298,7 @@ def latency():
             # celeriac's own latency (NOTIFY wake-ups, celeriac_enqueue): not
             # Python's (it polls once a second) nor the floor's (it polls every ms).
             lat_sql = [c for c in SQL_CONTENDERS if c not in ("python", "floor")]
+            caps = {}
             for contender in lat_sql:
                 # "sa" at half of W1 (a queue filled in advance), as before;
                 # "sh" at half of what the pipeline sustains with the sender's
@@ -1274,15 +1308,19 @@ def latency():
                 n = WARM + max(cap_n, int(half[contender] * LAT_SECONDS)) + 10
                 enqueue_sql("W3", [(str(uuid.uuid4()), task_args("W3", i)) for i in range(n)],
                             task)
-                cap = sql_capacity(contender, cap_n)
-                for variant, rate in (("sa", half[contender]), ("sh", cap / 2)):
-                    out.write(json.dumps(latency_sql_paced(contender, rate, LAT_SECONDS, variant,
-                                                           {"capacity": cap})) + "\n")
-                    out.flush()
+                caps[contender] = sql_capacity(contender, cap_n)
+                write_row(out, latency_sql_paced(contender, half[contender], LAT_SECONDS, "sa",
+                                                 {"capacity": caps[contender]}))
+            windows = {c: [] for c in lat_sql}
+            for _ in range(LAT_WINDOWS):
+                for contender in lat_sql:
+                    windows[contender].append(latency_sql_paced(
+                        contender, caps[contender] / 2, LAT_SECONDS, "sh",
+                        {"capacity": caps[contender]}))
             for contender in lat_sql:
-                out.write(json.dumps(latency_sql(contender, min(half.values()), LAT_SECONDS))
-                          + "\n")
-                out.flush()
+                write_row(out, pool_windows(windows[contender]))
+            for contender in lat_sql:
+                write_row(out, latency_sql(contender, min(half.values()), LAT_SECONDS))
 
 
 def latency_amqp(out):
@@ -1295,12 +1333,19 @@ def latency_amqp(out):
     cap_n = min(AMQP_TASKS, 10000)
     n = WARM + max(cap_n, int(max(half.values()) * LAT_SECONDS)) + 10
     enqueue_amqp("W3", [(str(uuid.uuid4()), task_args("W3", i)) for i in range(n)])
+    caps = {}
     for contender in AMQP_CONTENDERS:
-        cap = amqp_capacity(contender, cap_n)
-        for variant, rate in (("qa", half[contender]), ("qh", cap / 2)):
-            out.write(json.dumps(latency_amqp_paced(contender, rate, LAT_SECONDS, variant,
-                                                    {"capacity": cap})) + "\n")
-            out.flush()
+        caps[contender] = amqp_capacity(contender, cap_n)
+        write_row(out, latency_amqp_paced(contender, half[contender], LAT_SECONDS, "qa",
+                                          {"capacity": caps[contender]}))
+    windows = {c: [] for c in AMQP_CONTENDERS}
+    for _ in range(LAT_WINDOWS):
+        for contender in AMQP_CONTENDERS:
+            windows[contender].append(latency_amqp_paced(contender, caps[contender] / 2,
+                                                         LAT_SECONDS, "qh",
+                                                         {"capacity": caps[contender]}))
+    for contender in AMQP_CONTENDERS:
+        write_row(out, pool_windows(windows[contender]))
 
 
 def latency_redis(out):
@@ -1308,12 +1353,14 @@ def latency_redis(out):
     # W3a needs WARM + rate * seconds distinct messages for the fastest contender.
     enqueue("W3", WARM + int(max(half.values()) * LAT_SECONDS) + 10)
     live_rate = min(half.values())
+    windows = {c: [] for c in LAT_CONTENDERS}
+    for _ in range(LAT_WINDOWS):
+        for contender in LAT_CONTENDERS:
+            windows[contender].append(latency_paced(contender, half[contender], LAT_SECONDS))
     for contender in LAT_CONTENDERS:
-        out.write(json.dumps(latency_paced(contender, half[contender], LAT_SECONDS)) + "\n")
-        out.flush()
+        write_row(out, pool_windows(windows[contender]))
     for contender in LAT_CONTENDERS:
-        out.write(json.dumps(latency_live(contender, live_rate, LAT_SECONDS)) + "\n")
-        out.flush()
+        write_row(out, latency_live(contender, live_rate, LAT_SECONDS))
 
 
 # ---- the machine's speed ---------------------------------------------------------

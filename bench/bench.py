@@ -911,6 +911,17 @@ def pool_windows(rows):
                        statistics.fmean(r["achieved_rate"] for r in rows), lat, extra)
 
 
+def half_load_windows(out, contenders, run):
+    """LAT_WINDOWS windows of run(contender) for each contender, taken in
+    turn; writes each contender's pooled row."""
+    windows = {c: [] for c in contenders}
+    for _ in range(LAT_WINDOWS):
+        for contender in contenders:
+            windows[contender].append(run(contender))
+    for contender in contenders:
+        write_row(out, pool_windows(windows[contender]))
+
+
 def write_row(out, row):
     out.write(json.dumps({k: v for k, v in row.items() if k != "lat"}) + "\n")
     out.flush()
@@ -1311,14 +1322,8 @@ def latency():
                 caps[contender] = sql_capacity(contender, cap_n)
                 write_row(out, latency_sql_paced(contender, half[contender], LAT_SECONDS, "sa",
                                                  {"capacity": caps[contender]}))
-            windows = {c: [] for c in lat_sql}
-            for _ in range(LAT_WINDOWS):
-                for contender in lat_sql:
-                    windows[contender].append(latency_sql_paced(
-                        contender, caps[contender] / 2, LAT_SECONDS, "sh",
-                        {"capacity": caps[contender]}))
-            for contender in lat_sql:
-                write_row(out, pool_windows(windows[contender]))
+            half_load_windows(out, lat_sql, lambda c: latency_sql_paced(
+                c, caps[c] / 2, LAT_SECONDS, "sh", {"capacity": caps[c]}))
             for contender in lat_sql:
                 write_row(out, latency_sql(contender, min(half.values()), LAT_SECONDS))
 
@@ -1338,14 +1343,8 @@ def latency_amqp(out):
         caps[contender] = amqp_capacity(contender, cap_n)
         write_row(out, latency_amqp_paced(contender, half[contender], LAT_SECONDS, "qa",
                                           {"capacity": caps[contender]}))
-    windows = {c: [] for c in AMQP_CONTENDERS}
-    for _ in range(LAT_WINDOWS):
-        for contender in AMQP_CONTENDERS:
-            windows[contender].append(latency_amqp_paced(contender, caps[contender] / 2,
-                                                         LAT_SECONDS, "qh",
-                                                         {"capacity": caps[contender]}))
-    for contender in AMQP_CONTENDERS:
-        write_row(out, pool_windows(windows[contender]))
+    half_load_windows(out, AMQP_CONTENDERS, lambda c: latency_amqp_paced(
+        c, caps[c] / 2, LAT_SECONDS, "qh", {"capacity": caps[c]}))
 
 
 def latency_redis(out):
@@ -1353,12 +1352,8 @@ def latency_redis(out):
     # W3a needs WARM + rate * seconds distinct messages for the fastest contender.
     enqueue("W3", WARM + int(max(half.values()) * LAT_SECONDS) + 10)
     live_rate = min(half.values())
-    windows = {c: [] for c in LAT_CONTENDERS}
-    for _ in range(LAT_WINDOWS):
-        for contender in LAT_CONTENDERS:
-            windows[contender].append(latency_paced(contender, half[contender], LAT_SECONDS))
-    for contender in LAT_CONTENDERS:
-        write_row(out, pool_windows(windows[contender]))
+    half_load_windows(out, LAT_CONTENDERS,
+                      lambda c: latency_paced(c, half[c], LAT_SECONDS))
     for contender in LAT_CONTENDERS:
         write_row(out, latency_live(contender, live_rate, LAT_SECONDS))
 

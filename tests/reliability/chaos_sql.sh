@@ -62,12 +62,12 @@ broker_after_worker() {
 # database (the restart); anything else is unexplained.
 broker_figures() {
     read -r killed_running killed_unstarted swept dup_ids dup_runs dup_kill dup_restart dup_other \
-        <<<"$("$PY" - "$WORKER_LOG" <<'PYEOF'
+        <<<"$("$PY" - "$WORKER_LOG" "$TEST_TMP/duplicates.txt" <<'PYEOF'
 import collections, re, sys
 line_re = re.compile(r"^\[[^\]]*: \w+/(\S+)\] (.*)$")
 ok_re = re.compile(r"Task [^\[]+\[([0-9a-f-]+)\] succeeded in")
 death_re = re.compile(r"^child (\d+) \(pid \d+\) (killed by signal|exited)")
-events = collections.defaultdict(list)  # slot -> [(line no, kind, task id)]
+events = collections.defaultdict(list)  # slot -> [(line no, kind, task id, text)]
 ok = collections.Counter()
 killed = unstarted = swept = 0
 for no, line in enumerate(open(sys.argv[1], errors="replace")):
@@ -78,7 +78,7 @@ for no, line in enumerate(open(sys.argv[1], errors="replace")):
     if who == "MainProcess":
         d = death_re.match(text)
         if d:
-            events[int(d.group(1))].append((no, "death", None))
+            events[int(d.group(1))].append((no, "death", None, text))
         continue
     if not who.startswith("ForkPoolWorker-") or "already holds a SUCCESS" in text:
         continue
@@ -86,25 +86,31 @@ for no, line in enumerate(open(sys.argv[1], errors="replace")):
     t = ok_re.search(text)
     if t:
         ok[t.group(1)] += 1
-        events[slot].append((no, "ok", t.group(1)))
+        events[slot].append((no, "ok", t.group(1), text))
     elif re.search(r"connection lost|the broker failed|unreachable|database system is shutting"
                    r"|terminating connection|server closed the connection", text):
-        events[slot].append((no, "broker", None))
+        events[slot].append((no, "broker", None, text))
     elif not text.startswith("Task "):
-        events[slot].append((no, "other", None))
+        events[slot].append((no, "other", None, text))
     killed += bool(re.search(r"\]: its process died \(signal \d+\); requeued", text))
     unstarted += "its child died before starting it" in text
     m = re.search(r"gave back (\d+) message", text)
     swept += int(m.group(1)) if m else 0
-runs = collections.defaultdict(list)  # task id -> [(line no, what its slot logged next)]
+runs = collections.defaultdict(list)  # task id -> [(line no, its slot's next event)]
 for slot, evs in events.items():
-    for i, (no, kind, tid) in enumerate(evs):
+    for i, (no, kind, tid, _) in enumerate(evs):
         if kind == "ok" and ok[tid] > 1:
-            runs[tid].append((no, evs[i + 1][1] if i + 1 < len(evs) else "end"))
+            runs[tid].append((no, evs[i + 1] if i + 1 < len(evs) else (None, "end", None, "")))
 why = collections.Counter()
-for tid, rs in runs.items():
-    for no, nxt in sorted(rs)[:-1]:  # the last success is the one acked
-        why["kill" if nxt == "death" else "restart" if nxt == "broker" else "other"] += 1
+with open(sys.argv[2], "w") as detail:  # what followed each duplicate not put down to a kill
+    for tid, rs in runs.items():
+        for no, nxt in sorted(rs)[:-1]:  # the last success is the one acked
+            cause = "kill" if nxt[1] == "death" else "restart" if nxt[1] == "broker" else "other"
+            why[cause] += 1
+            if cause != "kill":
+                print(f"{cause}: {tid} succeeded at log line {no + 1}; its slot next logged, "
+                      f"at line {nxt[0] + 1 if nxt[0] is not None else '-'}: {nxt[3][:160]}",
+                      file=detail)
 dups = {t: n - 1 for t, n in ok.items() if n > 1}
 print(killed, unstarted, swept, len(dups), sum(dups.values()), why["kill"], why["restart"],
       why["other"])
@@ -131,8 +137,10 @@ broker_checks() {
         ok "chaos: duplicates not caused by a kill ($dup_restart + $dup_other) <= $CONC (claims held at the restart)"
     else
         not_ok "chaos: duplicates not caused by a kill <= the claims held at the restart" \
-            "$dup_restart after the restart + $dup_other unexplained > $CONC"
+            "$dup_restart after the restart + $dup_other unexplained > $CONC" \
+            "$(cat "$TEST_TMP/duplicates.txt")"
     fi
+    ((dup_other == 0)) || diag "unexplained duplicates: $(grep '^other' "$TEST_TMP/duplicates.txt")"
 }
 
 broker_keep_note() { echo "kombu_message: $final_detail"; }

@@ -62,8 +62,10 @@ broker_after_worker() {
 # database (the restart); anything else is unexplained.
 broker_figures() {
     read -r killed_running killed_unstarted swept dup_ids dup_runs dup_kill dup_restart dup_other \
-        <<<"$("$PY" - "$WORKER_LOG" "$TEST_TMP/duplicates.txt" <<'PYEOF'
+        <<<"$("$PY" - "$WORKER_LOG" "$TEST_TMP/duplicates.txt" "$REL_DIR" <<'PYEOF'
 import collections, re, sys
+sys.path.insert(0, sys.argv[3])
+import chaos_duplicates
 line_re = re.compile(r"^\[[^\]]*: \w+/(\S+)\] (.*)$")
 ok_re = re.compile(r"Task [^\[]+\[([0-9a-f-]+)\] succeeded in")
 death_re = re.compile(r"^child (\d+) \(pid \d+\) (killed by signal|exited)")
@@ -96,21 +98,7 @@ for no, line in enumerate(open(sys.argv[1], errors="replace")):
     unstarted += "its child died before starting it" in text
     m = re.search(r"gave back (\d+) message", text)
     swept += int(m.group(1)) if m else 0
-runs = collections.defaultdict(list)  # task id -> [(line no, its slot's next event)]
-for slot, evs in events.items():
-    for i, (no, kind, tid, _) in enumerate(evs):
-        if kind == "ok" and ok[tid] > 1:
-            runs[tid].append((no, evs[i + 1] if i + 1 < len(evs) else (None, "end", None, "")))
-why = collections.Counter()
-with open(sys.argv[2], "w") as detail:  # what followed each duplicate not put down to a kill
-    for tid, rs in runs.items():
-        for no, nxt in sorted(rs)[:-1]:  # the last success is the one acked
-            cause = "kill" if nxt[1] == "death" else "restart" if nxt[1] == "broker" else "other"
-            why[cause] += 1
-            if cause != "kill":
-                print(f"{cause}: {tid} succeeded at log line {no + 1}; its slot next logged, "
-                      f"at line {nxt[0] + 1 if nxt[0] is not None else '-'}: {nxt[3][:160]}",
-                      file=detail)
+why = chaos_duplicates.duplicate_causes(events, ok, sys.argv[2])
 dups = {t: n - 1 for t, n in ok.items() if n > 1}
 print(killed, unstarted, swept, len(dups), sum(dups.values()), why["kill"], why["restart"],
       why["other"])

@@ -163,9 +163,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-free_port() {
-    "$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+free_port() { "$python" "$root/tests/lib/free_port.py"; }
 
 # ---- redis ------------------------------------------------------------------------
 for attempt in 1 2 3; do

@@ -116,11 +116,9 @@ tap_done() {
 }
 
 # ---- small helpers ----------------------------------------------------------
-# A TCP port on 127.0.0.1 that nothing listens on right now.
-free_port() {
-    "$PY" -c 'import socket
-s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
+# A TCP port on 127.0.0.1 that nothing listens on right now, below the
+# kernel's ephemeral range (tests/lib/free_port.py says why).
+free_port() { "$PY" "$TESTS_DIR/lib/free_port.py"; }
 
 # wait_for TIMEOUT_SECONDS CMD...: poll CMD every 0.1 s until it succeeds.
 wait_for() {

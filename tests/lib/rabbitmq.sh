@@ -36,10 +36,8 @@ RMQ_EPMD_PID=
 RMQ_DIST_PORT=
 RMQ_EPMD_PORT=
 
-_rmq_free_port() {
-    /usr/bin/python3 -c 'import socket
-s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
+# below the ephemeral range, so that a restart on the same ports finds them free
+_rmq_free_port() { /usr/bin/python3 "$(dirname "${BASH_SOURCE[0]}")/free_port.py"; }
 
 _rmq_record() { # pid kind
     [[ -n ${CELERIAC_PIDS_FILE:-} ]] && echo "$1 $2" >>"$CELERIAC_PIDS_FILE"

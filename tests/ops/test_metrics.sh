@@ -162,7 +162,9 @@ fi
 kill "$SQUATTER"
 wait "$SQUATTER" 2>/dev/null
 if wait_for 20 M check; then ok "once the port is free, metrics are served"; else
-    not_ok "once the port is free, metrics are served" "$(worker_log_tail)"; fi
+    not_ok "once the port is free, metrics are served" "$(grep MetricsProcess "$WORKER_LOG")" \
+        "sockets on the port: $(ss -tanH "( sport = :$TAKEN or dport = :$TAKEN )" 2>&1)"
+fi
 grep -q "serving metrics on '127.0.0.1:$TAKEN' works again after" "$WORKER_LOG" &&
     ok "its recovery is logged once" || not_ok "its recovery is logged once" "$(worker_log_tail)"
 expect_eq "the metrics process was never replaced" "$mp" "$(metrics_pid)"

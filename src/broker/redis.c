@@ -146,7 +146,7 @@ void broker_redis_set_queues(struct broker_redis *b, char *const *queues, size_t
     }
     for (size_t i = 0; i < b->n_keys; i++)
         b->key_lens[i] = strlen(b->keys[i]);
-    b->idle = false;
+    b->waited = false;
 }
 
 /* The list a message of unknown origin goes back to: the first consumed,
@@ -436,9 +436,11 @@ static int move_first(struct broker_redis *b, size_t from, struct delivery *d, s
 }
 
 /* Fills the hand from the lists in kombu's order: a busy worker finds its
- * message with one LMOVE of the first list; otherwise (and straight away
- * after an idle wait) one script looks at every list; when all are empty, a
- * blocking move from the first. */
+ * message with one LMOVE of the first list; otherwise one script looks at
+ * every list; when all are empty, a blocking move from the first. After a
+ * fetch that had to wait, the next starts with the script: at a moderate
+ * rate the lists are empty again by then, and an LMOVE that finds nothing
+ * would cost a round trip per message before the script and the wait. */
 static int pop_hand(struct broker_redis *b, double timeout_s, struct delivery *d, struct err *e)
 {
     if (b->hand_unknown) {
@@ -447,7 +449,7 @@ static int pop_hand(struct broker_redis *b, double timeout_s, struct delivery *d
             return rc;
     }
     size_t from = 2;
-    if (!b->idle || b->n_keys == 3) {
+    if (!b->waited || b->n_keys == 3) {
         int rc = move_one(b, 2, d, e);
         if (rc)
             return rc < 0 ? rc : 0;
@@ -456,7 +458,7 @@ static int pop_hand(struct broker_redis *b, double timeout_s, struct delivery *d
     if (from < b->n_keys) {
         int rc = move_first(b, from, d, e);
         if (rc) {
-            b->idle = false;
+            b->waited = false;
             return rc < 0 ? rc : 0;
         }
     }
@@ -469,11 +471,11 @@ static int pop_hand(struct broker_redis *b, double timeout_s, struct delivery *d
     if (!r)
         return E_CONN_LOST;
     if (r->type == REDIS_REPLY_STRING) {
-        b->idle = false;
+        b->waited = true;
         take_moved(d, r, b->keys[2], b->key_lens[2]);
         return 0;
     }
-    b->idle = r->type == REDIS_REPLY_NIL;
+    b->waited = r->type == REDIS_REPLY_NIL;
     int rc = r->type == REDIS_REPLY_ERROR ? redis_link_reply_error(e, "BLMOVE", r->str) : 0;
     freeReplyObject(r);
     return rc;

@@ -27,7 +27,7 @@ struct broker_redis {
     bool hand_unknown;          /* reconnected: a lost pop may have filled the hand */
     bool record_next;           /* with a hand: pop the next message with kombu's record
                                    (the last one had to be recorded: a late-ack stream) */
-    bool idle;                  /* the last fetch found every list empty */
+    bool waited;                /* the last fetch found every list empty and waited */
 };
 
 void broker_redis_init(struct broker_redis *b, const struct broker_config *cfg);

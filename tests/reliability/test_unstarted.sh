@@ -47,6 +47,25 @@ else
         "$(grep -E '^cmdstat_' <<<"$stats" | cut -d, -f1)"
 fi
 expect_eq "unacked and unacked_index stay empty" "0 0" "$(unacked_count)"
+# One message at a time, each waited for: every fetch after the first found
+# the lists empty and waited, so the next starts with the script over every
+# list, not with an LMOVE of the first list that finds nothing. MONITOR shows
+# what the worker sent apart from what its scripts ran ("lua").
+sleep 0.2 # the child's fetch after the last task, which found nothing, before the watch
+(exec redis-cli -h 127.0.0.1 -p "$REDIS_PORT" monitor >"$TEST_TMP/monitor.txt") &
+monitor=$!
+sleep 0.2
+for _ in 1 2 3 4; do meta_of "$(send rel.pid '[0]')" 10 >/dev/null; done
+kill "$monitor"
+wait "$monitor" 2>/dev/null
+sent=$(grep -v ' lua\]' "$TEST_TMP/monitor.txt")
+lmoves=$(grep -ci '\] "lmove"' <<<"$sent") blmoves=$(grep -ci '\] "blmove"' <<<"$sent")
+if ((lmoves == 0 && blmoves >= 4)); then
+    ok "tasks sent one at a time: each fetch after a wait starts with the script, no LMOVE ($blmoves BLMOVE)"
+else
+    not_ok "tasks sent one at a time: no LMOVE that finds nothing after a wait" \
+        "LMOVE $lmoves, BLMOVE $blmoves" "$(grep -i 'move' <<<"$sent" | cut -c1-120 | head -12)"
+fi
 
 # ---- a started task is settled: killed, it is lost as early ack says, not run again -------
 running=$(send rel.pid '[3]')

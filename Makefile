@@ -165,7 +165,8 @@ bench-idle: deps
 	@BUILD=$(BUILD) bench/idle.sh
 
 # 10,000 late-ack tasks while children are killed and PostgreSQL and the broker
-# restart: Redis, or RabbitMQ with `make chaos CHAOS_BROKER=amqp`.
+# restart: Redis, or CHAOS_BROKER=amqp (RabbitMQ), sql (kombu's SQL transport on
+# PostgreSQL) or sqlite (in an SQLite file, whose write lock another process holds).
 CHAOS_BROKER ?= redis
 chaos: deps
 	@$(MAKE) --no-print-directory all

@@ -73,55 +73,19 @@ broker_after_worker() {
     return 0
 }
 
-# Runs in the log: a successful run per "succeeded" line; a run cut short by
-# a SIGKILL is reported by the replacement child, naming the task; a message
+# Runs in the log, classified by chaos_duplicates.py: a run cut short by a
+# SIGKILL is reported by the replacement child, naming the task; a message
 # whose child died before starting it likewise; an ack of a delivery whose
-# channel has closed since finds nothing to ack. A duplicate (a task that
-# succeeded more than once) is put down to what its slot (ForkPoolWorker-N =
-# child N-1) logged next after the earlier success, before it could ack:
-# its death (the kill), or its broker connection lost (the restart); anything
-# else is unexplained.
+# channel has closed since finds nothing to ack. A duplicate is put down to
+# its slot's death (the kill), its broker connection lost (the restart), or
+# nothing (unexplained).
 broker_figures() {
     read -r killed_running killed_unstarted stale_acks dup_ids dup_runs dup_kill dup_restart \
-        dup_other <<<"$("$PY" - "$WORKER_LOG" "$TEST_TMP/duplicates.txt" "$REL_DIR" <<'PYEOF'
-import collections, re, sys
-sys.path.insert(0, sys.argv[3])
-import chaos_duplicates
-line_re = re.compile(r"^\[[^\]]*: \w+/(\S+)\] (.*)$")
-ok_re = re.compile(r"Task [^\[]+\[([0-9a-f-]+)\] succeeded in")
-death_re = re.compile(r"^child (\d+) \(pid \d+\) (killed by signal|exited)")
-events = collections.defaultdict(list)  # slot -> [(line no, kind, task id, text)]
-ok = collections.Counter()
-killed = unstarted = stale = 0
-for no, line in enumerate(open(sys.argv[1], errors="replace")):
-    m = line_re.match(line)
-    if not m:
-        continue
-    who, text = m.groups()
-    if who == "MainProcess":
-        d = death_re.match(text)
-        if d:
-            events[int(d.group(1))].append((no, "death", None, text))
-        continue
-    if not who.startswith("ForkPoolWorker-") or "already holds a SUCCESS" in text:
-        continue
-    slot = int(who.split("-")[1]) - 1
-    t = ok_re.search(text)
-    if t:
-        ok[t.group(1)] += 1
-        events[slot].append((no, "ok", t.group(1), text))
-    elif re.search(r"broker connection to .* lost|(fetching from|connecting to) the broker failed", text):
-        events[slot].append((no, "broker", None, text))
-    else:
-        events[slot].append((no, "other", None, text))
-    killed += bool(re.search(r"\]: its process died \(signal \d+\); the broker requeued its message", text))
-    unstarted += "its child died before starting it; the broker requeued it" in text
-    stale += "was on a channel that has closed since" in text
-why = chaos_duplicates.duplicate_causes(events, ok, sys.argv[2])
-dups = {t: n - 1 for t, n in ok.items() if n > 1}
-print(killed, unstarted, stale, len(dups), sum(dups.values()), why["kill"], why["restart"], why["other"])
-PYEOF
-)"
+        dup_other <<<"$("$PY" "$REL_DIR/chaos_duplicates.py" "$WORKER_LOG" "$TEST_TMP/duplicates.txt" \
+            --lost "broker connection to .* lost|(fetching from|connecting to) the broker failed" \
+            --count "killed=\]: its process died \(signal \d+\); the broker requeued its message" \
+            --count "unstarted=its child died before starting it; the broker requeued it" \
+            --count "stale=was on a channel that has closed since")"
     duplicate_bound=$((kills + CONC * AMQP_PREFETCH))
     echo "# requeued by the server: $killed_running tasks cut short by a kill (run again), $killed_unstarted unstarted messages of killed children, $stale_acks acks that found their channel closed by the restart (delivered again)"
     echo "# re-runs:          $db_reruns idempotent re-runs after a lost database connection"

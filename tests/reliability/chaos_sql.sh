@@ -39,82 +39,25 @@ kombu_rows() {
                   FROM kombu_message" 2>/dev/null | tr '|' ' ' | grep -E '^[0-9]+ [0-9]+$' ||
         echo "? ?"
 }
-
-broker_progress() {
-    local r
-    read -r -a r <<<"$(kombu_rows)"
-    echo "ready ${r[0]}, claimed ${r[1]}"
+kombu_detail() {
+    psql_db -c "SELECT visible, version, count(*) FROM kombu_message GROUP BY 1, 2 ORDER BY 1, 2"
 }
+# shellcheck source=chaos_kombu.sh
+. "$REL_DIR/chaos_kombu.sh"
 
-broker_settled() { [[ $(kombu_rows) == "0 0" ]]; }
+broker_after_worker() { kombu_final; }
 
-broker_after_worker() {
-    final_rows=$(kombu_rows)
-    final_detail=$(psql_db -c "SELECT visible, version, count(*) FROM kombu_message GROUP BY 1, 2
-                                ORDER BY 1, 2" 2>&1 | tr '\n' ' ')
-    return 0
-}
-
-# Runs in the log, as chaos_amqp.sh counts them: a successful run per
-# "succeeded" line; a duplicate (a task that succeeded more than once) is
-# put down to what its slot (ForkPoolWorker-N = child N-1) logged next after
-# the earlier success: its death (the kill), or a failure of the broker
-# database (the restart); anything else is unexplained.
+# A duplicate is put down to its slot's death (the kill), a failure of the
+# broker database (the restart), or nothing (unexplained).
 broker_figures() {
-    read -r killed_running killed_unstarted swept dup_ids dup_runs dup_kill dup_restart dup_other \
-        <<<"$("$PY" - "$WORKER_LOG" "$TEST_TMP/duplicates.txt" "$REL_DIR" <<'PYEOF'
-import collections, re, sys
-sys.path.insert(0, sys.argv[3])
-import chaos_duplicates
-line_re = re.compile(r"^\[[^\]]*: \w+/(\S+)\] (.*)$")
-ok_re = re.compile(r"Task [^\[]+\[([0-9a-f-]+)\] succeeded in")
-death_re = re.compile(r"^child (\d+) \(pid \d+\) (killed by signal|exited)")
-events = collections.defaultdict(list)  # slot -> [(line no, kind, task id, text)]
-ok = collections.Counter()
-killed = unstarted = swept = 0
-for no, line in enumerate(open(sys.argv[1], errors="replace")):
-    m = line_re.match(line)
-    if not m:
-        continue
-    who, text = m.groups()
-    if who == "MainProcess":
-        d = death_re.match(text)
-        if d:
-            events[int(d.group(1))].append((no, "death", None, text))
-        continue
-    if not who.startswith("ForkPoolWorker-") or "already holds a SUCCESS" in text:
-        continue
-    slot = int(who.split("-")[1]) - 1
-    t = ok_re.search(text)
-    if t:
-        ok[t.group(1)] += 1
-        events[slot].append((no, "ok", t.group(1), text))
-    elif re.search(r"connection lost|the broker failed|unreachable|database system is shutting"
-                   r"|terminating connection|server closed the connection", text):
-        events[slot].append((no, "broker", None, text))
-    elif not text.startswith("Task "):
-        events[slot].append((no, "other", None, text))
-    killed += bool(re.search(r"\]: its process died \(signal \d+\); requeued", text))
-    unstarted += "its child died before starting it" in text
-    m = re.search(r"gave back (\d+) message", text)
-    swept += int(m.group(1)) if m else 0
-why = chaos_duplicates.duplicate_causes(events, ok, sys.argv[2])
-dups = {t: n - 1 for t, n in ok.items() if n > 1}
-print(killed, unstarted, swept, len(dups), sum(dups.values()), why["kill"], why["restart"],
-      why["other"])
-PYEOF
-)"
+    classify_duplicates "connection lost|the broker failed|unreachable|database system is shutting|terminating connection|server closed the connection"
+    dup_restart=$dup_lost
     duplicate_bound=$((kills + CONC))
-    echo "# requeued:         $killed_running tasks cut short by a kill (requeued by the replacement), $killed_unstarted claimed and unstarted by a killed child, $swept claims given back by the visibility sweep (${VT} s)"
-    echo "# re-runs:          $db_reruns idempotent re-runs after a lost database connection"
     echo "# executions:       $runs_ok successful runs for $N tasks: $dup_runs duplicates of $dup_ids tasks ($dup_kill: the child was killed before its ack, $dup_restart: its ack was lost with the PostgreSQL restart, $dup_other unexplained; $duplicates found a SUCCESS already stored and kept it); bound: kills + $CONC claims held at the restart = $duplicate_bound"
 }
 
-broker_final_line() { echo "left in kombu_message: $final_rows (ready, claimed) — $final_detail"; }
-
 broker_checks() {
-    expect_eq "chaos: kombu_message is empty afterwards (ready, claimed)" "0 0" "$final_rows" \
-        "$final_detail"
+    check_kombu_empty
     if ((dup_runs <= duplicate_bound)); then
         ok "chaos: duplicate runs ($dup_runs) <= kills + claims held at the restart ($kills + $CONC)"
     else

@@ -911,15 +911,28 @@ def pool_windows(rows):
                        statistics.fmean(r["achieved_rate"] for r in rows), lat, extra)
 
 
-def half_load_windows(out, contenders, run):
-    """LAT_WINDOWS windows of run(contender) for each contender, taken in
-    turn; writes each contender's pooled row."""
+def half_load_windows(out, contenders, paced, variant, caps):
+    """LAT_WINDOWS windows of each contender paced at half of its capacity
+    (caps) by paced(contender, rate, seconds, variant, extra), taken in turn;
+    writes each contender's pooled row. With celeriac and the floor both in,
+    every window also paces the floor at celeriac's rate (variant SAME_RATE +
+    variant; its own half load is lower): whether a p99 at that rate is the
+    machine's, in the same run, beside celeriac's."""
+    def window(contender, cap, v):
+        return paced(contender, cap / 2, LAT_SECONDS, v, {"capacity": cap})
+
     windows = {c: [] for c in contenders}
+    beside = []
+    both = "celeriac" in contenders and "floor" in contenders
     for _ in range(LAT_WINDOWS):
         for contender in contenders:
-            windows[contender].append(run(contender))
+            windows[contender].append(window(contender, caps[contender], variant))
+        if both:
+            beside.append(window("floor", caps["celeriac"], SAME_RATE + variant))
     for contender in contenders:
         write_row(out, pool_windows(windows[contender]))
+    if beside:
+        write_row(out, pool_windows(beside))
 
 
 def write_row(out, row):
@@ -936,17 +949,22 @@ def wait_results(r1, proc, contender, want, timeout=60):
 
 
 WARM = 50
+# The variant prefix of the floor's half-load windows paced at celeriac's rate
+# ("=h" beside "h"): see half_load_windows.
+SAME_RATE = "="
 
 
-def latency_paced(contender, rate, seconds):
-    """W3a: Celery messages made in advance by send_task, released into the
-    queue on a fixed schedule by bench/latency.c (LMOVE, the LPUSH send_task ends
-    with), which also stamps each result as it is published."""
+def redis_pace_run(contender, rate, count):
+    """One paced run on Redis: WARM messages to warm up, then the next count
+    messages of the W3 template (made in advance by send_task) released into
+    the queue by bench/latency.c on a fixed schedule (LMOVE, the LPUSH
+    send_task ends with; as fast as it can when the rate is out of reach),
+    which also stamps each result as it is published. Returns
+    ([(sent, received)], {second: worst latency ms}, others' CPU)."""
     r0, r1 = redis(0), redis(1)
     r0.flushdb()
     r1.flushdb()
     pg_maintenance()
-    count = int(rate * seconds)
     wait_for_quiet()
     r2 = redis(2)
     r2.execute_command("COPY", template_key("W3"), "bench:pace", "DB", 0)
@@ -968,21 +986,42 @@ def latency_paced(contender, rate, seconds):
             die(f"{contender} died during the latency run")
     finally:
         stop_worker(proc)
-    lat, timeline = [], {}
+    stamps, timeline = [], {}
     with open(out) as f:
         for line in f:
             _, sent, recv = line.split()
             if float(recv) < 0:
                 die(f"{contender}: a paced task never got its result")
-            ms = 1000 * (float(recv) - float(sent))
-            lat.append(ms)
+            stamps.append((float(sent), float(recv)))
             sec = int(float(sent))
-            timeline[sec] = max(timeline.get(sec, 0), ms)
-    lat.sort()
-    span = seconds  # the schedule is fixed: count messages over count / rate seconds
-    return latency_row(contender, "a", rate, count / span, lat,
-                       {"foreign_cpu": foreign,
-                        "max_per_second": [round(timeline[k], 1) for k in sorted(timeline)]})
+            timeline[sec] = max(timeline.get(sec, 0), 1000 * (float(recv) - float(sent)))
+    return stamps, timeline, foreign
+
+
+def latency_paced(contender, rate, seconds, variant="a", extra=None):
+    """W3a (or another variant's rate): paced on Redis, rate * seconds messages."""
+    count = int(rate * seconds)
+    stamps, timeline, foreign = redis_pace_run(contender, rate, count)
+    lat = sorted(1000 * (r - s) for s, r in stamps)
+    # the schedule is fixed: count messages over count / rate seconds
+    return latency_row(contender, variant, rate, count / seconds, lat,
+                       dict(extra or {}, foreign_cpu=foreign,
+                            max_per_second=[round(timeline[k], 1) for k in sorted(timeline)]))
+
+
+def redis_capacity(contender, count):
+    """The rate the paced pipeline sustains on Redis with its sender and the
+    result watcher in the loop: count messages released with no pause,
+    results per second from the first release to the last result."""
+    return pipeline_rate(contender, "redis", redis_pace_run(contender, 1e6, count)[0])
+
+
+def pipeline_rate(contender, broker, stamps):
+    """Results per second of an unpaced run's [(sent, received)], from the
+    first send to the last result; logged as the capacity on broker."""
+    rate = len(stamps) / (max(r for _, r in stamps) - min(s for s, _ in stamps))
+    log(f"W3 capacity of {contender} on {broker} with the sender in the loop: {rate:.0f} tasks/s")
+    return rate
 
 
 def watch_start(name):
@@ -1149,10 +1188,7 @@ def amqp_capacity(contender, count):
     the loop (this process publishing, RabbitMQ routing each message, the
     worker, its results): count messages published with no pause, results
     per second from the first publish to the last result."""
-    stamps, _, _, _ = amqp_pace_run(contender, 1e6, count)
-    rate = count / (max(r for _, r in stamps) - min(s for s, _ in stamps))
-    log(f"W3 capacity of {contender} on amqp with the sender in the loop: {rate:.0f} tasks/s")
-    return rate
+    return pipeline_rate(contender, "amqp", amqp_pace_run(contender, 1e6, count)[0])
 
 
 def latency_amqp_paced(contender, rate, seconds, variant="qa", extra=None):
@@ -1215,10 +1251,7 @@ def sql_capacity(contender, count):
     commits, the trigger's NOTIFY, the worker, its results), not W1's rate
     from a queue filled in advance: count messages with no pause between
     INSERTs, results per second from the first INSERT to the last result."""
-    stamps, _ = sql_pace_run(contender, 1e6, count)
-    rate = count / (max(r for _, r in stamps) - min(s for s, _ in stamps))
-    log(f"W3 capacity of {contender} on sql with the sender in the loop: {rate:.0f} tasks/s")
-    return rate
+    return pipeline_rate(contender, "sql", sql_pace_run(contender, 1e6, count)[0])
 
 
 def latency_sql_paced(contender, rate, seconds, variant="sa", extra=None):
@@ -1306,9 +1339,9 @@ def latency():
             # Paced at half of each one's own W1 median on this broker; then
             # celeriac_enqueue live at half of the slowest contender's.
             half = half_of_w1(SQL_CONTENDERS, "sql")
-            # celeriac's own latency (NOTIFY wake-ups, celeriac_enqueue): not
-            # Python's (it polls once a second) nor the floor's (it polls every ms).
-            lat_sql = [c for c in SQL_CONTENDERS if c not in ("python", "floor")]
+            # Not Python's latency: its consumer polls once a second. The
+            # floor waits for the same trigger's NOTIFY as celeriac's children.
+            lat_sql = [c for c in SQL_CONTENDERS if c != "python"]
             caps = {}
             for contender in lat_sql:
                 # "sa" at half of W1 (a queue filled in advance), as before;
@@ -1322,8 +1355,7 @@ def latency():
                 caps[contender] = sql_capacity(contender, cap_n)
                 write_row(out, latency_sql_paced(contender, half[contender], LAT_SECONDS, "sa",
                                                  {"capacity": caps[contender]}))
-            half_load_windows(out, lat_sql, lambda c: latency_sql_paced(
-                c, caps[c] / 2, LAT_SECONDS, "sh", {"capacity": caps[c]}))
+            half_load_windows(out, lat_sql, latency_sql_paced, "sh", caps)
             for contender in lat_sql:
                 write_row(out, latency_sql(contender, min(half.values()), LAT_SECONDS))
 
@@ -1343,17 +1375,23 @@ def latency_amqp(out):
         caps[contender] = amqp_capacity(contender, cap_n)
         write_row(out, latency_amqp_paced(contender, half[contender], LAT_SECONDS, "qa",
                                           {"capacity": caps[contender]}))
-    half_load_windows(out, AMQP_CONTENDERS, lambda c: latency_amqp_paced(
-        c, caps[c] / 2, LAT_SECONDS, "qh", {"capacity": caps[c]}))
+    half_load_windows(out, AMQP_CONTENDERS, latency_amqp_paced, "qh", caps)
 
 
 def latency_redis(out):
     half = half_of_w1(LAT_CONTENDERS, "redis")
-    # W3a needs WARM + rate * seconds distinct messages for the fastest contender.
-    enqueue("W3", WARM + int(max(half.values()) * LAT_SECONDS) + 10)
+    # "a" at half of W1 (a queue filled in advance), one window; "h" at half
+    # of what the pipeline sustains with latency.c releasing each message and
+    # watching each result on the same two CPUs: half load, as on the other
+    # brokers. Each needs WARM + its messages, distinct, from the template.
+    cap_n = min(TASKS, 10000)
+    enqueue("W3", WARM + max(cap_n, int(max(half.values()) * LAT_SECONDS)) + 10)
     live_rate = min(half.values())
-    half_load_windows(out, LAT_CONTENDERS,
-                      lambda c: latency_paced(c, half[c], LAT_SECONDS))
+    caps = {}
+    for contender in LAT_CONTENDERS:
+        write_row(out, latency_paced(contender, half[contender], LAT_SECONDS))
+        caps[contender] = redis_capacity(contender, cap_n)
+    half_load_windows(out, LAT_CONTENDERS, latency_paced, "h", caps)
     for contender in LAT_CONTENDERS:
         write_row(out, latency_live(contender, live_rate, LAT_SECONDS))
 

@@ -25,8 +25,12 @@
  *                         run shares it; --db is then not taken). Per message the
  *                         two round trips of celeriac's lock path for an early-ack
  *                         task: pipelined BEGIN + SELECT ... FOR UPDATE SKIP LOCKED,
- *                         then pipelined DELETE + COMMIT; an empty queue is polled
- *                         every millisecond.
+ *                         then pipelined DELETE + COMMIT. On an empty queue it
+ *                         waits for the NOTIFY of celeriac's trigger on
+ *                         kombu_message (LISTEN celeriac_q<queue id>, as celeriac's
+ *                         idle children do), so its latency compares with
+ *                         celeriac's; it needs that trigger, which celeriac
+ *                         installs on its first start.
  * --db is required for redis:// and amqp://.
  *
  * --kombu-ack (Redis only) adds what kombu's Redis transport costs per message and
@@ -43,6 +47,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -101,7 +106,7 @@ static void on_stop(int sig)
 
 /* The master's waitpid must see EINTR (no SA_RESTART); a child's hiredis and
  * libpq calls must not (SA_RESTART; BRPOP's 1 s timeout, amqp_consume_message's
- * 1 s timeout and the SQL poll's 1 ms sleep bound the wait). */
+ * 1 s timeout and the SQL wait's 100 ms poll() slice bound the wait). */
 static void install_handlers(bool restart)
 {
     struct sigaction sa;
@@ -646,6 +651,55 @@ static void sql_remove(struct child *c, const char *id)
     PQclear(r);
 }
 
+/* LISTENs on the channel celeriac's trigger NOTIFYs when a row of this queue
+ * becomes ready; dies if the trigger is missing (the floor would then wait
+ * forever on an empty queue where celeriac is woken). */
+static void sql_listen(struct child *c)
+{
+    char sql[64];
+    PGresult *r;
+
+    r = PQexec(c->pg, "SELECT 1 FROM pg_trigger WHERE tgname = 'celeriac_kombu_notify'");
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1)
+        die("no celeriac trigger on kombu_message (run celeriac on this database once): %s",
+            PQerrorMessage(c->pg));
+    PQclear(r);
+    snprintf(sql, sizeof(sql), "LISTEN celeriac_q%s", c->queue_id);
+    r = PQexec(c->pg, sql);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK)
+        die("%s: %s", sql, PQerrorMessage(c->pg));
+    PQclear(r);
+}
+
+/* Drops every notification libpq has read; true if there was one. */
+static bool sql_drain_notifies(struct child *c)
+{
+    PGnotify *n;
+    bool any = false;
+
+    while ((n = PQnotifies(c->pg)) != NULL) {
+        PQfreemem(n);
+        any = true;
+    }
+    return any;
+}
+
+/* Waits up to ms for a NOTIFY: one wake-up is one more try at the lock. A
+ * NOTIFY that came with the empty lock's results is already in libpq's list,
+ * not on the socket, so that list is looked at before poll(). */
+static void sql_wait(struct child *c, int ms)
+{
+    struct pollfd p = {.fd = PQsocket(c->pg), .events = POLLIN};
+
+    if (sql_drain_notifies(c))
+        return;
+    if (poll(&p, 1, ms) < 0 && errno != EINTR)
+        die("poll: %s", strerror(errno));
+    if (!PQconsumeInput(c->pg))
+        die("waiting for a message: %s", PQerrorMessage(c->pg));
+    sql_drain_notifies(c);
+}
+
 static void sql_loop(struct child *c)
 {
     const struct options *o = c->o;
@@ -661,6 +715,7 @@ static void sql_loop(struct child *c)
     PQclear(r);
     pg_prepare(c, SQL_LOCK_STMT, SQL_LOCK_SQL);
     pg_prepare(c, SQL_REMOVE_STMT, SQL_REMOVE_SQL);
+    sql_listen(c);
 
     while (!stop_flag) {
         struct envelope m;
@@ -668,13 +723,12 @@ static void sql_loop(struct child *c)
 
         r = sql_lock(c);
         if (!r) {
-            /* An empty queue: poll again in 1 ms (no LISTEN: the least work). */
-            struct timespec ms = {.tv_sec = 0, .tv_nsec = 1000000};
-
+            /* An empty queue: wait for the trigger's NOTIFY, in slices so
+             * that a stop or the idle exit is seen. */
             if (o->idle_exit_s > 0 && mono_s() - idle_since >= o->idle_exit_s)
                 stop_flag = 1;
             else
-                nanosleep(&ms, NULL);
+                sql_wait(c, 100);
             continue;
         }
         /* column 0: id, 3: payload */

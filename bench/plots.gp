@@ -51,8 +51,8 @@ set ylabel 'fraction of tasks'
 set yrange [0:1]
 set ytics 0.1
 set key bottom right
-set title 'W3a: paced at half of each one''s own W1 maximum'
-plot for [i=1:nl] data.'/lata-'.word(latcontenders, i).'.dat' using 1:2 with lines lw 2 \
+set title 'W3h: paced at half of each one''s capacity with the sender'
+plot for [i=1:nl] data.'/lath-'.word(latcontenders, i).'.dat' using 1:2 with lines lw 2 \
     lc rgb color(word(latcontenders, i)) title label(word(latcontenders, i)).' at '.word(w3rates, i).'/s'
 set title 'W3b: live send\_task, all at the same rate'
 plot for [i=1:nl] data.'/latb-'.word(latcontenders, i).'.dat' using 1:2 with lines lw 2 \

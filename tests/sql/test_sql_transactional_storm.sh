@@ -11,7 +11,10 @@
 # gap between two tasks, where each ack has already locked the next row in
 # its round trip; a death there, or the server's restart, must hand that row
 # back untouched.
-storm txn.record 0 0.03 0.3
+# The restart comes once a tenth of the writes are in: tasks run then, on a
+# quick host and under the sanitizers alike.
+N=${TXN_STORM_TASKS:-3000}
+storm txn.record 0 0.03 $((N / 10))
 expect_eq "crash test, back to back, PostgreSQL restarted: $N transactional tasks under $KILLS SIGKILLs all SUCCESS" \
     "SUCCESS=$N" "$(states <<<"$OUT")"
 expect_eq "crash test, back to back: every write applied exactly once" "$N|$N" \
@@ -19,11 +22,11 @@ expect_eq "crash test, back to back: every write applied exactly once" "$N|$N" \
     "$(psql_db -c "SELECT task_id, count(*) FROM ledger GROUP BY 1 HAVING count(*) > 1 LIMIT 5")"
 expect_eq "crash test, back to back: no message left in kombu_message" 0 \
     "$(psql_db -c "SELECT count(*) FROM kombu_message")"
-if grep -q "terminating connection due to administrator command" "$WORKER_LOG"; then
-    ok "crash test, back to back: the restart came while tasks ran (their connections were cut)"
+if ((LEFT_AT_RESTART > 0)) && grep -q "terminating connection due to administrator command" "$WORKER_LOG"; then
+    ok "crash test, back to back: the restart came while tasks ran ($LEFT_AT_RESTART left; their connections were cut)"
 else
     not_ok "crash test, back to back: the restart came while tasks ran (their connections were cut)" \
-        "$(worker_log_tail 8)"
+        "messages left at the restart: $LEFT_AT_RESTART" "$(worker_log_tail 8)"
 fi
 check_worker_logs_clean
 tap_done

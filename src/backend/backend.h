@@ -52,6 +52,14 @@ struct backend_ops {
      * backend refused it for now; resend sends it again. */
     int (*confirm)(struct backend *b, struct err *e);
     int (*resend)(struct backend *b, struct err *e);
+    /* Holds m's store in this process, nothing sent, until flush_held sends
+     * every held store and confirms them (0; on an error all stay held, and
+     * sending them again is safe) or drop_held forgets them: the results of
+     * a batch of transactional tasks, stored right before its commit. NULL
+     * where a backend cannot hold (then nothing is batched). */
+    int (*hold)(struct backend *b, const struct result_meta *m, struct err *e);
+    int (*flush_held)(struct backend *b, struct err *e);
+    void (*drop_held)(struct backend *b);
     /* A chord of `size` header members joins under group. */
     int (*chord_size)(struct backend *b, const char *group, size_t size, struct err *e);
     /* Adds a member's part [1, task id, state, result] at index (-1:

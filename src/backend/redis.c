@@ -45,9 +45,28 @@ void backend_redis_init(struct backend_redis *b, const struct backend_config *cf
     buf_init(b->key);
 }
 
+/* One result held for a batch's commit (backend_redis_hold). */
+struct held_result {
+    struct buf key, meta;
+    bool check_existing;
+};
+
+void backend_redis_drop_held(struct backend_redis *b)
+{
+    for (size_t i = 0; i < b->n_held; i++) {
+        buf_release(&b->held[i].key);
+        buf_release(&b->held[i].meta);
+    }
+    b->n_held = 0;
+}
+
 void backend_redis_release(struct backend_redis *b, const char *reason)
 {
     redis_link_close(&b->link, reason);
+    backend_redis_drop_held(b);
+    free(b->held);
+    b->held = NULL;
+    b->cap_held = 0;
     if (b->scratch) {
         buf_release(b->scratch);
         free(b->scratch);
@@ -60,49 +79,63 @@ void backend_redis_release(struct backend_redis *b, const char *reason)
     }
 }
 
-/* Appends the store script for the meta in b->scratch under b->key. */
-/* A first delivery cannot find a SUCCESS already stored under its id, so it
- * goes as the plain MULTI SETEX PUBLISH EXEC Celery's writes end with; only a
- * redelivered message pays for the checking script. */
-static int append_store(struct backend_redis *b)
+/* Appends the store of meta under key; *replies gets how many replies it
+ * gives. A first delivery cannot find a SUCCESS already stored under its
+ * id, so it goes as the plain MULTI SETEX PUBLISH EXEC Celery's writes end
+ * with; only a redelivered message (check_existing) pays for the checking
+ * script. */
+static int append_store_of(struct backend_redis *b, const struct buf *key, const struct buf *meta,
+                           bool check_existing, int *replies)
 {
     char ttl[16];
     snprintf(ttl, sizeof(ttl), "%d", b->cfg->expires_s);
-    if (b->check_existing || b->cfg->expires_s <= 0) {
-        const char *args[] = {b->key->data, b->scratch->data, ttl};
-        size_t lens[] = {b->key->len, b->scratch->len, strlen(ttl)};
-        b->replies = 1;
+    if (check_existing || b->cfg->expires_s <= 0) {
+        const char *args[] = {key->data, meta->data, ttl};
+        size_t lens[] = {key->len, meta->len, strlen(ttl)};
+        *replies = 1;
         return redis_link_append_script(&b->link, &store_script, 3, args, lens, 1);
     }
     const char *multi[] = {"MULTI"}, *exec[] = {"EXEC"};
-    const char *setex[] = {"SETEX", b->key->data, ttl, b->scratch->data};
-    size_t setex_lens[] = {5, b->key->len, strlen(ttl), b->scratch->len};
-    const char *publish[] = {"PUBLISH", b->key->data, b->scratch->data};
-    size_t publish_lens[] = {7, b->key->len, b->scratch->len};
-    b->replies = 4;
+    const char *setex[] = {"SETEX", key->data, ttl, meta->data};
+    size_t setex_lens[] = {5, key->len, strlen(ttl), meta->len};
+    const char *publish[] = {"PUBLISH", key->data, meta->data};
+    size_t publish_lens[] = {7, key->len, meta->len};
+    *replies = 4;
     int rc = redis_link_append_argv(&b->link, 1, multi, NULL);
     rc = rc ? rc : redis_link_append_argv(&b->link, 4, setex, setex_lens);
     rc = rc ? rc : redis_link_append_argv(&b->link, 3, publish, publish_lens);
     return rc ? rc : redis_link_append_argv(&b->link, 1, exec, NULL);
 }
 
-static int read_store_reply(struct backend_redis *b, struct err *e)
+/* Appends the store of the meta in b->scratch under b->key. */
+static int append_store(struct backend_redis *b)
+{
+    return append_store_of(b, b->key, b->scratch, b->check_existing, &b->replies);
+}
+
+/* Reads the `replies` replies of one store under key. */
+static int read_replies(struct backend_redis *b, int replies, const char *key, struct err *e)
 {
     int rc = 0;
-    for (int i = 0; i < b->replies; i++) {
+    for (int i = 0; i < replies; i++) {
         redisReply *r = redis_link_read(&b->link, e);
         if (!r)
             return E_CONN_LOST;
         if (r->type == REDIS_REPLY_ERROR && !rc)
             rc = redis_link_reply_error(e, "storing a result", r->str);
-        else if (r->type == REDIS_REPLY_INTEGER && r->integer == 0 && b->replies == 1)
-            log_debug("'%s' already holds a SUCCESS result; kept it", b->key->data);
-        else if (i == b->replies - 1 && b->replies > 1 && r->type != REDIS_REPLY_ARRAY && !rc)
+        else if (r->type == REDIS_REPLY_INTEGER && r->integer == 0 && replies == 1)
+            log_debug("'%s' already holds a SUCCESS result; kept it", key);
+        else if (i == replies - 1 && replies > 1 && r->type != REDIS_REPLY_ARRAY && !rc)
             rc = err_set(e, E_PROTOCOL, "storing result under '%s' failed: transaction aborted",
-                         b->key->data);
+                         key);
         freeReplyObject(r);
     }
     return rc;
+}
+
+static int read_store_reply(struct backend_redis *b, struct err *e)
+{
+    return read_replies(b, b->replies, b->key->data, e);
 }
 
 int backend_redis_confirm(struct backend_redis *b, struct err *e)
@@ -191,6 +224,58 @@ int backend_redis_store(struct backend_redis *b, const struct result_meta *m, st
     rc = read_store_reply(b, e);
     if (rc != E_CONN_LOST)
         b->unconfirmed = false;
+    return rc;
+}
+
+int backend_redis_hold(struct backend_redis *b, const struct result_meta *m)
+{
+    if (!b->cfg->enabled)
+        return 0;
+    if (b->n_held == b->cap_held) {
+        b->cap_held = b->cap_held ? b->cap_held * 2 : 8;
+        b->held = xrealloc(b->held, b->cap_held * sizeof(*b->held));
+    }
+    struct held_result *h = &b->held[b->n_held++];
+    buf_init(&h->key);
+    buf_init(&h->meta);
+    result_meta_encode(&h->meta, m, result_serializer_pick(b->cfg->serializer, m->arrived_in));
+    buf_addf(&h->key, TASK_KEY_PREFIX "%s", m->task_id);
+    h->check_existing = m->redelivered;
+    return 0;
+}
+
+int backend_redis_flush_held(struct backend_redis *b, struct err *e)
+{
+    if (!b->n_held)
+        return 0;
+    int rc = backend_redis_confirm(b, e);
+    if (!rc)
+        rc = backend_redis_resend(b, e);
+    if (rc)
+        return rc;
+    int *replies = xcalloc(b->n_held, sizeof(*replies));
+    for (size_t i = 0; i < b->n_held && !rc; i++)
+        if (append_store_of(b, &b->held[i].key, &b->held[i].meta, b->held[i].check_existing,
+                            &replies[i]))
+            rc = err_set(e, E_CONN_LOST, "result backend connection is not usable");
+    /* every reply is read, so that the connection stays in step; the first
+     * failure is the answer (a stored SUCCESS is never overwritten, so the
+     * caller may send them all again) */
+    bool sent = !rc;
+    for (size_t i = 0; i < b->n_held && sent; i++) {
+        struct err one = {0};
+        int r = read_replies(b, replies[i], b->held[i].key.data, &one);
+        if (r && !rc) {
+            rc = r;
+            if (e)
+                *e = one;
+        }
+        if (r == E_CONN_LOST)
+            break;
+    }
+    free(replies);
+    if (!rc)
+        backend_redis_drop_held(b);
     return rc;
 }
 

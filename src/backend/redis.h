@@ -26,6 +26,8 @@ struct backend_redis {
     bool refused;                       /* the last store was refused (E_REFUSED): it is
                                            sent again before any other */
     int replies;                        /* replies the last store's commands give */
+    struct held_result *held;           /* stores held for a batch's commit */
+    size_t n_held, cap_held;
 };
 
 
@@ -49,6 +51,16 @@ int backend_redis_confirm(struct backend_redis *b, struct err *e);
 /* Sends the refused last store again and waits for it. 0 (also when nothing
  * was refused), E_CONN_LOST or E_REFUSED. */
 int backend_redis_resend(struct backend_redis *b, struct err *e);
+
+/* Holds m's store in this process (encoded, nothing sent) until
+ * backend_redis_flush_held. 0. */
+int backend_redis_hold(struct backend_redis *b, const struct result_meta *m);
+/* Sends every held store in one pipeline and reads every reply: 0 once all
+ * are stored (then none is held), or E_CONN_LOST, E_REFUSED, E_PROTOCOL
+ * with all still held (sending them again is safe). */
+int backend_redis_flush_held(struct backend_redis *b, struct err *e);
+/* Forgets the held stores unsent. */
+void backend_redis_drop_held(struct backend_redis *b);
 
 struct backend;
 /* Redis behind backend.h (redis_backend.c): sets b up over cfg. */

@@ -50,6 +50,22 @@ static int rb_resend(struct backend *b, struct err *e)
     return backend_redis_resend(impl(b), e);
 }
 
+static int rb_hold(struct backend *b, const struct result_meta *m, struct err *e)
+{
+    UNUSED(e);
+    return backend_redis_hold(impl(b), m);
+}
+
+static int rb_flush_held(struct backend *b, struct err *e)
+{
+    return backend_redis_flush_held(impl(b), e);
+}
+
+static void rb_drop_held(struct backend *b)
+{
+    backend_redis_drop_held(impl(b));
+}
+
 static int expires_s(const struct backend *b)
 {
     return b->cfg->expires_s ? b->cfg->expires_s : 86400;
@@ -184,6 +200,9 @@ static const struct backend_ops redis_backend_ops = {
     .has_pending = rb_has_pending,
     .confirm = rb_confirm,
     .resend = rb_resend,
+    .hold = rb_hold,
+    .flush_held = rb_flush_held,
+    .drop_held = rb_drop_held,
     .chord_size = rb_chord_size,
     .chord_part = rb_chord_part,
     .leave = rb_leave,

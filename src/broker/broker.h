@@ -48,6 +48,8 @@ struct broker_config {
     bool record_unacked;         /* Redis: pop and record in kombu's unacked hash in one
                                     step (some task acks late); false: pop into the
                                     child's hand (see broker_redis_set_hand) */
+    int sql_batch;               /* SQL on PostgreSQL: transactional tasks per transaction
+                                    at most (--sql-batch, 1..SQL_BATCH_MAX); 1: one each */
 };
 
 struct held_board;
@@ -96,6 +98,14 @@ struct broker_owner {
     struct db_conn *task_db;     /* the child's task connection (borrowed), when the SQL
                                     broker runs on it instead of a connection of its own
                                     (worker_config.broker_shares_db); NULL otherwise */
+    /* With task_db: called right before the transport commits a transaction
+     * in which transactional tasks ran, with that transaction's epoch (see
+     * sql_broker_txn_epoch). The child stores the results it held back for
+     * them (BROKER_BATCH) and returns 0 once they are confirmed; otherwise
+     * the transaction is rolled back instead and its tasks run again. NULL:
+     * no result is ever held. */
+    int (*before_commit)(void *ctx, uint64_t epoch, struct err *e);
+    void *ctx;                   /* before_commit's */
 };
 
 /* How a message the previous process of a slot left is settled. */
@@ -114,6 +124,10 @@ enum broker_ack_flags {
     BROKER_TAKE_NEXT = 1 << 1,   /* the caller fetches next, with nothing run in between:
                                     the transport may take the next message in the ack's
                                     round trip (the SQL transport's transactional ack) */
+    BROKER_BATCH = 1 << 2,       /* with TAKE_NEXT: m's result is held until before_commit,
+                                    so the transport may leave the commit to a later ack
+                                    of the same transaction (a batch of transactional
+                                    tasks, see --sql-batch) */
 };
 
 struct broker;

@@ -51,6 +51,18 @@ bool sql_broker_is_task_db(const struct broker_config *broker, const struct db_c
  * commits the task's writes. */
 bool sql_broker_holds_in_task_txn(const struct broker *b, const struct message *m);
 
+/* The transactions a batch may span: every transactional task in one is a
+ * subtransaction (its savepoint), and past 64 of them
+ * (PGPROC_MAX_CACHED_SUBXIDS) every other backend's snapshot must read
+ * pg_subtrans, which slows every consumer of the database. */
+#define SQL_BATCH_MAX 64
+
+/* Names the lock transaction b holds open on the task's connection (any
+ * transport: 0 when none): a result held for a task of that transaction
+ * is stored by owner.before_commit of the same epoch, or never (the
+ * transaction rolled back). */
+uint64_t sql_broker_txn_epoch(const struct broker *b);
+
 /* Undoes a task's writes since the lock's savepoint, keeping its message's
  * lock. 0, or < 0 when the task ended the transaction itself. */
 int sql_txn_rollback_to_task(struct db_conn *c, struct err *e);

@@ -145,7 +145,7 @@ static const char *const stmt_sql[STMT_COUNT] = {
     /* The lock path (pg_lock): the row is held by this transaction's lock
      * alone, then deleted (the ack) or claimed as above, and committed. */
     [STMT_LOCK] = "SELECT id, version, queue_id, payload FROM kombu_message"
-                  " WHERE queue_id = $1 AND visible ORDER BY timestamp, id LIMIT 1"
+                  " WHERE queue_id = $1 AND visible ORDER BY timestamp, id LIMIT $2"
                   " FOR UPDATE SKIP LOCKED",
     [STMT_REMOVE_LOCKED] = "DELETE FROM kombu_message WHERE id = $1",
     [STMT_CLAIM_LOCKED] = "UPDATE kombu_message SET visible = false, timestamp = $2::timestamp,"
@@ -492,15 +492,34 @@ static int pg_listen(struct sql_store *s, const int64_t *queue_ids, size_t n, st
     return rc;
 }
 
-/* A claim's row from the answer (id, version, queue_id, payload). */
+/* A claim from row `row` of the answer (id, version, queue_id, payload). */
+static void fill_claim_row(PGresult *r, int row, struct sql_claim *c)
+{
+    c->id = strtoll(PQgetvalue(r, row, 0), NULL, 10);
+    c->version = atoi(PQgetvalue(r, row, 1));
+    c->queue_id = strtoll(PQgetvalue(r, row, 2), NULL, 10);
+    c->len = (size_t)PQgetlength(r, row, 3);
+    c->payload = xmalloc(c->len + 1);
+    memcpy(c->payload, PQgetvalue(r, row, 3), c->len + 1);
+}
+
 static void fill_claim(PGresult *r, struct sql_claim *c)
 {
-    c->id = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
-    c->version = atoi(PQgetvalue(r, 0, 1));
-    c->queue_id = strtoll(PQgetvalue(r, 0, 2), NULL, 10);
-    c->len = (size_t)PQgetlength(r, 0, 3);
-    c->payload = xmalloc(c->len + 1);
-    memcpy(c->payload, PQgetvalue(r, 0, 3), c->len + 1);
+    fill_claim_row(r, 0, c);
+}
+
+/* The rows a lock took (at most max), into c[]; their count. Given back
+ * by celeriac (version >= 2) or by a sweep of a claim: delivered before. */
+static int fill_locked(PGresult *r, size_t max, struct sql_claim *c)
+{
+    int n = PQntuples(r);
+    if (n > (int)max)
+        n = (int)max;
+    for (int k = 0; k < n; k++) {
+        fill_claim_row(r, k, &c[k]);
+        c[k].redelivered = c[k].version >= 2;
+    }
+    return n;
 }
 
 static int pg_claim(struct sql_store *s, const int64_t *queue_ids, size_t n, const char *stamp,
@@ -529,16 +548,18 @@ static int pg_claim(struct sql_store *s, const int64_t *queue_ids, size_t n, con
 static void pg_rollback(struct sql_store *s);
 static bool pg_in_transaction(struct sql_store *s);
 
-static int pg_lock(struct sql_store *s, const int64_t *queue_ids, size_t n, struct sql_claim *c,
-                   struct err *e)
+static int pg_lock(struct sql_store *s, const int64_t *queue_ids, size_t n, size_t max,
+                   struct sql_claim *c, struct err *e)
 {
+    char limit[24];
+    snprintf(limit, sizeof(limit), "%zu", max ? max : 1);
     for (size_t i = 0; i < n; i++) {
         char qid[24];
         snprintf(qid, sizeof(qid), "%" PRId64, queue_ids[i]);
-        const char *params[] = {qid};
+        const char *params[] = {qid, limit};
         int rc;
         PGresult *r = run_pipelined(s, "taking a message", i == 0 ? "BEGIN" : NULL, STMT_LOCK,
-                                    1, params,
+                                    2, params,
                                     s->task_savepoint ? "SAVEPOINT " SQL_TASK_SAVEPOINT : NULL,
                                     PGRES_TUPLES_OK, &rc, e);
         if (!r) {
@@ -546,15 +567,10 @@ static int pg_lock(struct sql_store *s, const int64_t *queue_ids, size_t n, stru
                 pg_rollback(s);
             return rc;
         }
-        if (PQntuples(r) == 1) {
-            fill_claim(r, c);
-            /* given back by celeriac (version >= 2) or by a sweep of a
-             * claim: delivered before */
-            c->redelivered = c->version >= 2;
-            PQclear(r);
-            return 1;
-        }
+        int found = fill_locked(r, max ? max : 1, c);
         PQclear(r);
+        if (found)
+            return found;
     }
     pg_rollback(s);
     return 0;
@@ -589,17 +605,40 @@ static int pg_settle_locked(struct sql_store *s, int64_t id, const char *stamp, 
     return 0;
 }
 
-/* The transactional ack and the next lock in one round trip: RELEASE (a
- * task's savepoint), DELETE, COMMIT, then BEGIN, the lock and the
- * savepoint, as pg_settle_locked and pg_lock send them. */
-static int pg_settle_locked_lock_next(struct sql_store *s, int64_t id, int64_t queue_id,
-                                      struct sql_claim *next, int *acked, struct err *e)
+/* A transactional ack inside a batch, in one round trip: RELEASE (the
+ * task's savepoint), DELETE (in the top-level transaction, as
+ * pg_settle_locked says why), SAVEPOINT for the next task; no commit. */
+static int pg_settle_locked_in_batch(struct sql_store *s, int64_t id, struct err *e)
 {
-    char row[24], qid[24];
+    char row[24];
+    snprintf(row, sizeof(row), "%" PRId64, id);
+    const char *params[] = {row};
+    int rc;
+    PGresult *r = run_pipelined(s, "acking a message", "RELEASE SAVEPOINT " SQL_TASK_SAVEPOINT,
+                                STMT_REMOVE_LOCKED, 1, params, "SAVEPOINT " SQL_TASK_SAVEPOINT,
+                                PGRES_COMMAND_OK, &rc, e);
+    if (!r) {
+        if (db_conn_is_open(s->conn) && PQtransactionStatus(pg(s)) != PQTRANS_IDLE)
+            pg_rollback(s);
+        return rc;
+    }
+    PQclear(r);
+    return 0;
+}
+
+/* The transactional ack and the next lock in one round trip: RELEASE (a
+ * task's savepoint), DELETE, COMMIT, then BEGIN, the lock (up to max rows)
+ * and the savepoint, as pg_settle_locked and pg_lock send them. */
+static int pg_settle_locked_lock_next(struct sql_store *s, int64_t id, int64_t queue_id,
+                                      size_t max, struct sql_claim *next, int *acked,
+                                      struct err *e)
+{
+    char row[24], qid[24], limit[24];
     snprintf(row, sizeof(row), "%" PRId64, id);
     snprintf(qid, sizeof(qid), "%" PRId64, queue_id);
+    snprintf(limit, sizeof(limit), "%zu", max ? max : 1);
     const char *row_params[] = {row};
-    const char *queue_params[] = {qid};
+    const char *queue_params[] = {qid, limit};
     bool savepoint = s->task_savepoint && pg_in_transaction(s);
     struct pg_command cmds[6];
     int n = 0;
@@ -610,7 +649,7 @@ static int pg_settle_locked_lock_next(struct sql_store *s, int64_t id, int64_t q
     cmds[n++] = (struct pg_command){.sql = "COMMIT"};
     cmds[n++] = (struct pg_command){.sql = "BEGIN"};
     int lock = n;
-    cmds[n++] = (struct pg_command){.stmt = STMT_LOCK, .n = 1, .params = queue_params};
+    cmds[n++] = (struct pg_command){.stmt = STMT_LOCK, .n = 2, .params = queue_params};
     if (s->task_savepoint)
         cmds[n++] = (struct pg_command){.sql = "SAVEPOINT " SQL_TASK_SAVEPOINT};
     PGresult *res[6];
@@ -622,16 +661,13 @@ static int pg_settle_locked_lock_next(struct sql_store *s, int64_t id, int64_t q
         if (rc)
             return rc;
         *acked = 1;
-        rc = pg_lock(s, &queue_id, 1, next, e);
+        rc = pg_lock(s, &queue_id, 1, max, next, e);
         return rc;
     }
     *acked = res[commit] && !strcmp(PQcmdStatus(res[commit]), "COMMIT");
     int found = 0;
-    if (!reason[0] && res[lock] && PQntuples(res[lock]) == 1) {
-        fill_claim(res[lock], next);
-        next->redelivered = next->version >= 2; /* as pg_lock */
-        found = 1;
-    }
+    if (!reason[0] && res[lock])
+        found = fill_locked(res[lock], max ? max : 1, next);
     for (int k = 0; k < n; k++)
         PQclear(res[k]);
     if (!found && !reason[0]) {
@@ -641,8 +677,8 @@ static int pg_settle_locked_lock_next(struct sql_store *s, int64_t id, int64_t q
     if (!*acked && !reason[0])
         snprintf(reason, sizeof(reason), "the transaction had failed: the server rolled it back");
     if (reason[0]) {
-        if (found)
-            free(next->payload);
+        for (int k = 0; k < found; k++)
+            free(next[k].payload);
         int rc = sql_store_failed(s, *acked ? "taking a message" : "acking a message", reason, e);
         if (db_conn_is_open(s->conn) && PQtransactionStatus(pg(s)) != PQTRANS_IDLE)
             pg_rollback(s);
@@ -877,6 +913,7 @@ const struct sql_store_ops sql_pg_store_ops = {
     .lock = pg_lock,
     .settle_locked = pg_settle_locked,
     .settle_locked_lock_next = pg_settle_locked_lock_next,
+    .settle_locked_in_batch = pg_settle_locked_in_batch,
     .transaction_usable = pg_transaction_usable,
     .claim_row = pg_claim_row,
     .wait = pg_wait,

@@ -71,13 +71,14 @@ struct sql_store_ops {
     int (*claim)(struct sql_store *s, const int64_t *queue_ids, size_t n, const char *stamp,
                  struct sql_claim *c, struct err *e);
     /* The lock path, where the database has it (NULL otherwise): opens a
-     * transaction and locks the first ready row of any of the queues,
-     * without changing it. 1 with *c filled (c->version the row's own,
-     * positive) and the transaction left open, 0 when none is ready (the
-     * transaction ended), or a negative code. A death of this process
-     * rolls the lock back: the row was never claimed. */
-    int (*lock)(struct sql_store *s, const int64_t *queue_ids, size_t n, struct sql_claim *c,
-                struct err *e);
+     * transaction and locks the first ready rows (up to max, of one queue:
+     * the first of the queues that has any), without changing them. Their
+     * count with c[] filled (each version the row's own, positive) and the
+     * transaction left open, 0 when none is ready (the transaction ended),
+     * or a negative code. A death of this process rolls the lock back: the
+     * rows were never claimed. */
+    int (*lock)(struct sql_store *s, const int64_t *queue_ids, size_t n, size_t max,
+                struct sql_claim *c, struct err *e);
     /* Ends the transaction of a lock with the row deleted (stamp NULL: the
      * ack) or claimed as claim does, stamped stamp, its new version in
      * *version; committed in the same round trip. 0 or a negative code
@@ -85,13 +86,19 @@ struct sql_store_ops {
     int (*settle_locked)(struct sql_store *s, int64_t id, const char *stamp, int *version,
                          struct err *e);
     /* settle_locked's ack (no stamp), then lock on queue_id alone in a new
-     * transaction, in one round trip: the ack committed, then 1 with *next
-     * filled and its row held by the open transaction, or 0 (nothing ready:
-     * no transaction left open); < 0 when the ack failed (as settle_locked)
-     * or the lock did (*acked then says whether the ack committed). NULL
-     * where the dialect cannot. */
+     * transaction, in one round trip: the ack committed, then the count of
+     * rows locked (up to max) with next[] filled and held by the open
+     * transaction, or 0 (nothing ready: no transaction left open); < 0 when
+     * the ack failed (as settle_locked) or the lock did (*acked then says
+     * whether the ack committed). NULL where the dialect cannot. */
     int (*settle_locked_lock_next)(struct sql_store *s, int64_t id, int64_t queue_id,
-                                   struct sql_claim *next, int *acked, struct err *e);
+                                   size_t max, struct sql_claim *next, int *acked,
+                                   struct err *e);
+    /* A transactional task's ack inside a batch (task_savepoint): deletes
+     * the locked row in the open transaction, without committing, and sets
+     * the savepoint for the next task. 0, or a negative code (the
+     * transaction rolled back). NULL where the dialect cannot. */
+    int (*settle_locked_in_batch)(struct sql_store *s, int64_t id, struct err *e);
     /* Claims row id as claim does, stamped stamp, if it is ready and no
      * transaction holds it locked: what a lock that ended with its
      * process left (the row is back in its queue, unchanged). 1 with its

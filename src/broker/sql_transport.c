@@ -67,11 +67,20 @@ struct sql_transport {
     bool lock_next;              /* take the next row by lock: the last one was acked
                                     at its start (a late-ack stream claims instead) */
     bool kept;                   /* the current delivery was kept or protected */
-    /* A transactional task's ack (BROKER_TAKE_NEXT) that locked the next
-     * row in the same round trip: the next fetch hands it over, unless the
-     * transaction holding it ended meanwhile (the connection closed) */
-    bool took_next;
-    struct sql_claim next;
+    /* Rows the open transaction holds locked for the next fetches,
+     * hand[hand_at..hand_n): taken by a transactional task's ack
+     * (BROKER_TAKE_NEXT) in its round trip, or with the lock of a batch.
+     * The next fetches hand them over, unless the transaction holding them
+     * ended meanwhile (then they are in their queue as they were). */
+    struct sql_claim hand[SQL_BATCH_MAX];
+    size_t hand_at, hand_n;
+    /* A batch (BROKER_BATCH, --sql-batch): transactional tasks whose acks
+     * the open transaction holds, uncommitted, their results held by the
+     * child until owner.before_commit. */
+    int batch_acked;
+    bool batching;               /* the last ack was a batch's: locks take up to
+                                    cfg->sql_batch rows */
+    uint64_t txn_epoch;          /* lock transactions begun (sql_broker_txn_epoch) */
     /* The last lock of a dead process claimed by settle_lost (the death is
      * counted, then the message may be settled for good): its lock tag and
      * the claim's tag, which later settlements of the lock tag use. */
@@ -101,19 +110,77 @@ static bool session_is_ours(const struct sql_transport *t)
     return db_conn_is_open(conn_of(t)) && (!t->shared || t->shared->attempts == t->shared_open);
 }
 
-/* Forgets a row locked for the next fetch; its transaction ends with
- * rollback (then the row is in its queue as it was). */
-static void drop_next(struct sql_transport *t, bool rollback)
+static bool hand_has(const struct sql_transport *t)
 {
-    if (!t->took_next)
-        return;
-    t->took_next = false;
-    t->shared->broker_txn = false;
-    free(t->next.payload);
-    t->next.payload = NULL;
+    return t->hand_at < t->hand_n;
+}
+
+/* Whether the connection's open transaction is the broker's: a delivery's
+ * lock, rows locked for the next fetches, or acks not yet committed. */
+static bool txn_is_ours(const struct sql_transport *t)
+{
+    return t->locked || hand_has(t) || t->batch_acked;
+}
+
+/* The broker's transaction has ended (committed or rolled back): the rows
+ * it held for the next fetches are in their queue again, as they were. */
+static void txn_ended(struct sql_transport *t)
+{
+    for (size_t i = t->hand_at; i < t->hand_n; i++) {
+        free(t->hand[i].payload);
+        t->hand[i].payload = NULL;
+    }
+    t->hand_at = t->hand_n = 0;
     t->locked = false;
-    if (rollback && session_is_ours(t) && t->store.ops->in_transaction(&t->store))
+    t->batch_acked = 0;
+    if (t->shared)
+        t->shared->broker_txn = false;
+}
+
+/* Rolls the broker's transaction back (if the session is still ours to
+ * end); a batch's acks are undone with it, and its tasks run again. */
+static void rollback_txn(struct sql_transport *t)
+{
+    if (t->batch_acked)
+        log_warning("%d transactional task(s) done in this transaction are rolled back with it "
+                    "(their writes and acks): they run again", t->batch_acked);
+    txn_ended(t);
+    if (session_is_ours(t) && t->store.ops->in_transaction(&t->store))
         t->store.ops->rollback(&t->store);
+}
+
+/* Right before the broker's transaction commits: the results held for the
+ * transactional tasks in it are stored first (owner.before_commit), so that
+ * none is readable before its writes are. If they cannot be, the
+ * transaction rolls back instead, and its tasks run again. */
+static int results_before_commit(struct sql_transport *t, struct err *e)
+{
+    if (!t->shared || !t->owner.before_commit)
+        return 0;
+    int rc = t->owner.before_commit(t->owner.ctx, t->txn_epoch, e);
+    if (rc)
+        rollback_txn(t);
+    return rc;
+}
+
+/* Ends the broker's transaction between two deliveries: acks it holds
+ * uncommitted commit (their results stored first); rows locked for the
+ * next fetches go back to their queue. */
+static void end_txn(struct sql_transport *t)
+{
+    if (!txn_is_ours(t))
+        return;
+    if (t->batch_acked && !t->locked && session_is_ours(t) &&
+        t->store.ops->transaction_usable(&t->store)) {
+        struct err e = {0};
+        int rc = results_before_commit(t, &e);
+        if (!rc && !(rc = t->store.ops->commit(&t->store, &e))) {
+            txn_ended(t);
+            return;
+        }
+        log_warning("committing a batch of transactional tasks failed: %s", e.msg);
+    }
+    rollback_txn(t);
 }
 
 void sql_tag_format(char *out, size_t size, int64_t id, int version)
@@ -223,7 +290,7 @@ static int st_open(struct broker *b, struct err *e)
 {
     struct sql_transport *t = impl(b);
     forget_queues(t);
-    t->locked = false; /* its transaction ended with the connection */
+    txn_ended(t); /* its transaction ended with the connection */
     int rc;
     if (t->shared) { /* the child's connection: set up again after a reopen */
         rc = db_conn_is_open(t->shared) ? 0 : db_conn_open(t->shared, 1, NULL, e);
@@ -263,7 +330,7 @@ static void free_queue_set(struct sql_transport *t)
 static void st_consume(struct broker *b, char *const *queues, size_t n)
 {
     struct sql_transport *t = impl(b);
-    drop_next(t, true); /* taken from a queue that may no longer be consumed */
+    end_txn(t); /* rows taken from a queue that may no longer be consumed go back */
     free_queue_set(t);
     t->queues = xcalloc(n ? n : 1, sizeof(*t->queues));
     t->queue_ids = xcalloc(n ? n : 1, sizeof(*t->queue_ids));
@@ -319,18 +386,32 @@ static int claim_next(struct sql_transport *t, struct sql_claim *c, struct err *
     return rc;
 }
 
-/* One row locked in a new transaction (the lock path), turning through
- * the queues as claim_next does. Nothing names it in the slot: a death
- * rolls the lock back. */
+/* How many rows a lock takes: a batch's, in a stream of transactional
+ * tasks from one queue (the only stream a batch can continue), else one. */
+static size_t lock_size(const struct sql_transport *t)
+{
+    int k = t->batching && t->n_queues == 1 ? t->cfg->sql_batch : 1;
+    return k < 1 ? 1 : k > SQL_BATCH_MAX ? SQL_BATCH_MAX : (size_t)k;
+}
+
+/* Rows locked in a new transaction (the lock path), turning through the
+ * queues as claim_next does; the first into *c, the rest into the hand.
+ * Nothing names them in the slot: a death rolls the lock back. */
 static int lock_next(struct sql_transport *t, struct sql_claim *c, struct err *e)
 {
     size_t n = t->n_queues;
     for (size_t i = 0; i < n; i++)
         t->order[i] = t->queue_ids[(t->turn + i) % n];
-    int rc = t->store.ops->lock(&t->store, t->order, n, c, e);
+    int rc = t->store.ops->lock(&t->store, t->order, n, lock_size(t), t->hand, e);
     if (rc > 0) {
+        *c = t->hand[0];
+        t->hand[0].payload = NULL;
+        t->hand_at = 1;
+        t->hand_n = (size_t)rc;
         t->locked = true;
         t->locked_id = c->id;
+        t->txn_epoch++;
+        rc = 1;
     }
     if (n)
         t->turn = (t->turn + 1) % n;
@@ -345,16 +426,17 @@ static int st_fetch(struct broker *b, double timeout_s, struct delivery *d, stru
     int64_t deadline = time_mono_ms() + (int64_t)(timeout_s * 1000);
     struct sql_claim c = {0};
     bool by_lock = t->store.ops->lock && t->lock_next;
-    if (!rc && t->took_next && session_is_ours(t) &&
+    if (!rc && hand_has(t) && session_is_ours(t) &&
         t->store.ops->transaction_usable(&t->store)) {
-        c = t->next; /* locked by the last ack: t->locked already names it */
-        t->next.payload = NULL;
-        t->took_next = false;
+        c = t->hand[t->hand_at]; /* locked by the last ack, or with its batch */
+        t->hand[t->hand_at++].payload = NULL;
+        t->locked = true;
+        t->locked_id = c.id;
         t->shared->broker_txn = false;
         by_lock = true;
         rc = 1;
-    } else {
-        drop_next(t, true);
+    } else if (txn_is_ours(t)) {
+        rollback_txn(t); /* the connection was lost or reopened meanwhile */
     }
     while (!rc) {
         rc = by_lock ? lock_next(t, &c, e) : claim_next(t, &c, e);
@@ -403,28 +485,54 @@ static bool may_take_next(const struct sql_transport *t, unsigned flags)
            time_mono_ms() < t->next_sweep_ms && !db_conn_recycle_due(t->shared);
 }
 
+/* Whether a transactional ack may leave its commit to a later ack: its
+ * result is held (BROKER_BATCH), the transaction holds the next rows, and
+ * the batch has room. The last row of a batch commits it. */
+static bool may_defer(struct sql_transport *t, unsigned flags)
+{
+    return (flags & BROKER_BATCH) && hand_has(t) && may_take_next(t, flags) &&
+           t->store.ops->settle_locked_in_batch && t->batch_acked + 1 < t->cfg->sql_batch &&
+           t->store.ops->transaction_usable(&t->store);
+}
+
 /* Deletes the locked row and commits: the ack of a locked delivery; with
- * may_take_next, the next row is locked in the same round trip (one round
- * trip of three per transactional task). */
+ * may_take_next, the next rows are locked in the same round trip (one
+ * round trip of three per transactional task); with may_defer, the commit
+ * is left to the batch's last ack. */
 static int remove_locked(struct sql_transport *t, unsigned flags, struct err *e)
 {
     t->locked = false;
-    if (!may_take_next(t, flags))
-        return t->store.ops->settle_locked(&t->store, t->locked_id, NULL, NULL, e);
+    t->batching = (flags & BROKER_BATCH) != 0;
+    int rc;
+    if (may_defer(t, flags)) {
+        rc = t->store.ops->settle_locked_in_batch(&t->store, t->locked_id, e);
+        if (rc) {
+            rollback_txn(t);
+            return rc;
+        }
+        t->batch_acked++;
+        t->shared->broker_txn = true; /* the next fetch takes the transaction over */
+        return 0;
+    }
+    if ((rc = results_before_commit(t, e)))
+        return rc;
+    bool take_next = may_take_next(t, flags);
+    int64_t id = t->locked_id;
+    txn_ended(t); /* the commit ends it, and with it the rest of the hand's locks */
+    if (!take_next)
+        return t->store.ops->settle_locked(&t->store, id, NULL, NULL, e);
     int acked = 0;
-    struct sql_claim next = {0};
-    int rc = t->store.ops->settle_locked_lock_next(&t->store, t->locked_id, t->queue_ids[0],
-                                                   &next, &acked, e);
+    rc = t->store.ops->settle_locked_lock_next(&t->store, id, t->queue_ids[0], lock_size(t),
+                                               t->hand, &acked, e);
     if (rc < 0 && acked) {
         log_warning("taking the next message with the ack failed (%s); fetching it anew",
                     e->msg);
         return 0; /* the ack committed */
     }
-    if (rc == 1) {
-        t->locked = true;
-        t->locked_id = next.id;
-        t->next = next;
-        t->took_next = true;
+    if (rc > 0) {
+        t->hand_at = 0;
+        t->hand_n = (size_t)rc;
+        t->txn_epoch++;
         t->shared->broker_txn = true;
     }
     return rc < 0 ? rc : 0;
@@ -441,13 +549,16 @@ static int claim_locked(struct sql_transport *t, char *tag, size_t size, struct 
     char *slot_tag = t->owner.slot->popped_tag;
     snprintf(slot_tag, sizeof(t->owner.slot->popped_tag), "@%s", stamp);
     int version = 0;
-    t->locked = false;
-    int rc = t->store.ops->settle_locked(&t->store, t->locked_id, stamp, &version, e);
+    int rc = results_before_commit(t, e);
+    int64_t id = t->locked_id;
+    txn_ended(t); /* the commit ends it */
+    if (!rc)
+        rc = t->store.ops->settle_locked(&t->store, id, stamp, &version, e);
     if (rc) {
         slot_tag[0] = '\0';
         return rc;
     }
-    sql_tag_format(tag, size, t->locked_id, version);
+    sql_tag_format(tag, size, id, version);
     snprintf(slot_tag, sizeof(t->owner.slot->popped_tag), "%s", tag);
     return 0;
 }
@@ -456,6 +567,12 @@ bool sql_broker_holds_in_task_txn(const struct broker *b, const struct message *
 {
     const struct sql_transport *t = b->ops == &sql_transport_ops ? impl(b) : NULL;
     return t && t->shared && holds_lock_of(t, m);
+}
+
+uint64_t sql_broker_txn_epoch(const struct broker *b)
+{
+    const struct sql_transport *t = b->ops == &sql_transport_ops ? impl(b) : NULL;
+    return t && txn_is_ours(t) ? t->txn_epoch : 0;
 }
 
 static int st_drop(struct broker *b, struct delivery *d, struct err *e)
@@ -567,8 +684,22 @@ static int st_requeue(struct broker *b, struct message *m, struct err *e)
     int64_t id;
     int version;
     if (holds_lock_of(t, m)) {
-        t->locked = false;
-        t->store.ops->rollback(&t->store); /* unchanged, at the front of its queue */
+        if (t->batch_acked) {
+            /* in a batch: this task's writes undone, the earlier tasks'
+             * committed; the row's lock ends with the commit, unchanged */
+            int rc = t->store.ops->rollback_to_task(&t->store, e);
+            if (!rc)
+                rc = results_before_commit(t, e);
+            if (!rc) {
+                t->locked = false;
+                rc = t->store.ops->commit(&t->store, e);
+            }
+            if (rc)
+                rollback_txn(t);
+            txn_ended(t);
+            return rc;
+        }
+        rollback_txn(t); /* unchanged, at the front of its queue */
         return db_conn_is_open(conn_of(t)) ? 0 : err_set(e, E_CONN_LOST, "rolling back a lock");
     }
     if (lock_tag_parse(m->delivery_tag, &id))
@@ -584,11 +715,10 @@ static int st_requeue(struct broker *b, struct message *m, struct err *e)
 static void st_done(struct broker *b)
 {
     struct sql_transport *t = impl(b);
-    if (t->locked && !t->took_next) {
+    if (t->locked) {
         log_warning("row %" PRId64 " was left locked after its delivery; rolled back (it runs "
                     "again)", t->locked_id);
-        t->locked = false;
-        t->store.ops->rollback(&t->store);
+        rollback_txn(t);
     }
     /* What this delivery needed predicts the next: a stream of early-ack
      * tasks is taken by lock, one of late-ack tasks claimed at once. */
@@ -600,7 +730,7 @@ static void st_done(struct broker *b)
 static int st_keepalive(struct broker *b, struct message *const *held, size_t n, struct err *e)
 {
     struct sql_transport *t = impl(b);
-    if (t->locked)
+    if (txn_is_ours(t))
         return 0; /* not inside a delivery's transaction: the next call touches them */
     int64_t *ids = xcalloc(n ? n : 1, sizeof(*ids));
     int *versions = xcalloc(n ? n : 1, sizeof(*versions));
@@ -630,7 +760,7 @@ static void st_maintain(struct broker *b)
 {
     struct sql_transport *t = impl(b);
     int64_t now = time_mono_ms();
-    if (now < t->next_sweep_ms || !session_is_ours(t) || t->locked)
+    if (now < t->next_sweep_ms || !session_is_ours(t) || txn_is_ours(t))
         return;
     int64_t interval = (int64_t)t->owner.sweep_interval_s * 1000;
     t->next_sweep_ms = now + interval / 2 + (int64_t)(getpid() % 1000) * interval / 2000;
@@ -818,7 +948,7 @@ static struct bus *st_bus(struct broker *b)
 
 static void st_leave(struct broker *b)
 {
-    drop_next(impl(b), true);
+    end_txn(impl(b));
     db_conn_close(&impl(b)->conn, NULL); /* a shared one is the child's to close */
 }
 
@@ -828,7 +958,7 @@ static void st_release(struct broker *b)
     if (!t)
         return;
     t->events.ops->release(&t->events);
-    drop_next(t, false);
+    txn_ended(t); /* no I/O: the connection's close ends the transaction */
     db_conn_close(&t->conn, NULL);
     forget_queues(t);
     free_queue_set(t);

@@ -37,6 +37,7 @@ enum {
     OPT_NO_REJECT_ON_WORKER_LOST,
     OPT_MAX_WORKER_LOST_REQUEUES,
     OPT_PREFETCH_MULTIPLIER,
+    OPT_SQL_BATCH,
     OPT_QUEUE_TYPE,
     OPT_QUEUE_MAX_PRIORITY,
     OPT_MAX_TASKS_PER_CHILD,
@@ -83,6 +84,7 @@ static const struct option options[] = {
     {"time-limit", required_argument, NULL, OPT_TIME_LIMIT},
     {"soft-time-limit", required_argument, NULL, OPT_SOFT_TIME_LIMIT},
     {"visibility-timeout", required_argument, NULL, OPT_VISIBILITY_TIMEOUT},
+    {"sql-batch", required_argument, NULL, OPT_SQL_BATCH},
     {"no-reject-on-worker-lost", no_argument, NULL, OPT_NO_REJECT_ON_WORKER_LOST},
     {"max-worker-lost-requeues", required_argument, NULL, OPT_MAX_WORKER_LOST_REQUEUES},
     {"prefetch-multiplier", required_argument, NULL, OPT_PREFETCH_MULTIPLIER},
@@ -182,6 +184,9 @@ static const char usage_text[] =
     "      --prefetch-multiplier N amqp://: messages each child may hold unacked per\n"
     "                              queue, beyond the ETA messages it holds (Celery's\n"
     "                              worker_prefetch_multiplier; 0 = no limit; default: 1)\n"
+    "      --sql-batch N           sqla+postgresql:// as the task database: transactional\n"
+    "                              tasks that may share one commit, their results stored\n"
+    "                              just before it (1-64; 1 = a commit per task; default: 16)\n"
     "      --queue-type classic|quorum\n"
     "                              amqp://: x-queue-type of the queues it declares (Celery's\n"
     "                              task_default_queue_type; a queue that exists is used as\n"
@@ -519,6 +524,11 @@ static int parse_flags(struct worker_config *cfg, int argc, char **argv, const c
             if (parse_long("--max-worker-lost-requeues", optarg, 0, 1000000, &n))
                 return EXIT_USAGE;
             cfg->max_worker_lost_requeues = (int)n;
+            break;
+        case OPT_SQL_BATCH:
+            if (parse_long("--sql-batch", optarg, 1, SQL_BATCH_MAX, &n))
+                return EXIT_USAGE;
+            cfg->broker.sql_batch = (int)n;
             break;
         case OPT_PREFETCH_MULTIPLIER:
             if (parse_long("--prefetch-multiplier", optarg, 0, 65535, &n))

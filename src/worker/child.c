@@ -259,7 +259,9 @@ static void child_setup(struct child *c, const struct worker_config *cfg, struct
                                  .index = index, .slot = slot, .held_board = &sb->held[index],
                                  .sweep_interval_s = cfg->sweep_interval_s,
                                  .visibility_timeout = cfg->visibility_timeout,
-                                 .task_db = cfg->broker_shares_db ? &c->db : NULL};
+                                 .task_db = cfg->broker_shares_db ? &c->db : NULL,
+                                 .before_commit = transaction_before_commit,
+                                 .ctx = c};
     struct err e = {0};
     if (broker_init(&c->broker, &cfg->broker, &owner, &e)) {
         log_critical("cannot serve: %s", e.msg); /* the CLI checked the URL first */

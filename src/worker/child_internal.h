@@ -51,6 +51,8 @@ struct child {
     int64_t budget_next_ms;         /* child 0: when to count the server's sessions again
                                        (worker/budget.h); monotonic, 0 = at once */
     uint64_t queues_gen;            /* generation of the queue set the broker consumes */
+    int results_held;               /* results of a batch held for its commit (BROKER_BATCH) */
+    uint64_t results_held_epoch;    /* the lock transaction they belong to */
     struct {                        /* db counters already added to the slot's tally */
         unsigned reconnects;
         uint64_t attempts;
@@ -113,6 +115,9 @@ bool settle_keep(struct child *c, struct message *m, bool acks_late);
 /* Settles the message the previous process of the slot left (its token). */
 int settle_lost(struct child *c, enum broker_lost how, int *losses, struct err *e);
 bool settle_store(struct child *c, const struct result_meta *m);
+/* Stores the n results the backend holds (backend_ops.hold), retrying with
+ * backoff as settle_store does; false when they could not be stored. */
+bool settle_store_held(struct child *c, int n);
 bool settle_store_sent(struct child *c, const struct result_meta *m);
 /* Clears the slot's name of a result sent without waiting once the
  * backend has nothing unconfirmed. */
@@ -178,8 +183,24 @@ enum transaction_end {
     TXN_NOT_OURS,                /* the claim was lost: rolled back, someone else runs it */
     TXN_UNKNOWN,                 /* the commit failed: it may or may not have happened */
 };
-/* After a success: deletes m's row and commits (logging what went wrong). */
-enum transaction_end transaction_commit(struct child *c, struct message *m);
+/* Whether m's result may wait for its batch's commit (--sql-batch): a
+ * transactional task in its message's lock, with a result backend that can
+ * hold results (or no result to store), and not a chord member (its part
+ * is counted in Redis at once, which no rollback would undo). */
+bool transaction_may_batch(const struct child *c, const struct message *m, bool chord);
+/* Holds meta until the commit of the transaction m's lock is in (see
+ * transaction_before_commit). False when it could not be held (store it
+ * now instead). */
+bool transaction_hold_result(struct child *c, const struct result_meta *meta);
+/* broker_owner.before_commit: stores the results held for the transaction
+ * of `epoch`, confirmed (with backoff while the backend is down); results
+ * held for an earlier transaction are forgotten (it rolled back, and its
+ * tasks run again). 0, or an error: the transaction must roll back. */
+int transaction_before_commit(void *ctx, uint64_t epoch, struct err *e);
+/* After a success: deletes m's row and commits (logging what went wrong);
+ * with batch (its result held), the commit may be left to a later task of
+ * the same transaction. */
+enum transaction_end transaction_commit(struct child *c, struct message *m, bool batch);
 /* After a failure or a retry: the task's writes are undone (m's lock, if
  * the transaction holds one, is kept). */
 void transaction_rollback(struct child *c, const struct message *m);

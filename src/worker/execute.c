@@ -100,10 +100,17 @@ static void slot_describe(struct child *c, const struct message *m)
     str_copy(s->delivery_tag, sizeof(s->delivery_tag), m->delivery_tag ? m->delivery_tag : "");
 }
 
-/* The task succeeded: callbacks, the event, the result, the chord part.
- * False when the result could not be stored. */
+/* Whether m is a member of a chord (its outcome is counted in the join). */
+static bool chord_member(const struct message *m)
+{
+    return m->group && m->embed && json_is_object(json_object_get(m->embed, "chord"));
+}
+
+/* The task succeeded: callbacks, the event, the result (held for its
+ * batch's commit with *batch, which says false if it could not be), the
+ * chord part. False when the result could not be stored. */
 static bool on_success(struct child *c, const struct message *m, bool acks_late,
-                       bool ignore_result, double secs)
+                       bool ignore_result, double secs, bool *batch)
 {
     log_debug("Task %s[%s] succeeded in %.4fs", m->task_name, m->task_id, secs);
     struct err e = {0};
@@ -118,8 +125,14 @@ static bool on_success(struct child *c, const struct message *m, bool acks_late,
                     json_pack("{s:s, s:f}", "result", r ? r : "null", "runtime", secs));
         free(r);
     }
-    bool chord = m->group && m->embed && json_is_object(json_object_get(m->embed, "chord"));
-    if (!ignore_result) {
+    bool chord = chord_member(m);
+    if (*batch && !ignore_result && !transaction_hold_result(c, &(struct result_meta){
+            .status = "SUCCESS", .result = c->task.result, .redelivered = m->redelivered,
+            .children = children, .task_id = m->task_id, .parent_id = m->parent_id,
+            .group_id = m->group, .arrived_in = m->serializer, .reply_to = m->reply_to,
+            .correlation_id = m->correlation_id}))
+        *batch = false;
+    if (!ignore_result && !*batch) {
         struct result_meta meta = {.status = "SUCCESS", .result = c->task.result,
                                    .redelivered = m->redelivered, .children = children,
                                    .task_id = m->task_id, .parent_id = m->parent_id,
@@ -154,7 +167,7 @@ static bool on_failure(struct child *c, const struct message *m,
     /* Errors are stored even with ignore_result in the message, as Celery
      * 5.2 does; a task that ignores results ignores its errors too. */
     bool stored = true;
-    bool chord = m->group && m->embed && json_is_object(json_object_get(m->embed, "chord"));
+    bool chord = chord_member(m);
     const char *module = strcmp(c->task.exc_type, "SoftTimeLimitExceeded")
                              ? NULL
                              : "billiard.exceptions";
@@ -225,9 +238,9 @@ static void give_back_uncommitted(struct child *c, struct message *m)
  * message still needs the ordinary late ack (the task ended the
  * transaction itself); a commit that may not have happened gives the
  * message back (if it did, the row is gone and nothing runs again). */
-static bool settle_transaction(struct child *c, struct message *m)
+static bool settle_transaction(struct child *c, struct message *m, bool batch)
 {
-    enum transaction_end end = transaction_commit(c, m);
+    enum transaction_end end = transaction_commit(c, m, batch);
     if (end == TXN_UNKNOWN)
         give_back_uncommitted(c, m); /* rolls back nothing: the transaction has ended */
     return end == TXN_ENDED_BY_TASK;
@@ -283,6 +296,8 @@ static void execute(struct child *c, struct message *m, const struct celeriac_ta
         transaction_rollback(c, m); /* before the failure or the retry is reported */
     const struct celeriac_retry_options *retry = task_retry_pick(c, m, def, rc);
     bool stored = true;
+    /* its result held until its batch commits (--sql-batch) */
+    bool batch = txn && rc == CELERIAC_OK && transaction_may_batch(c, m, chord_member(m));
     if (retry && task_retry_send(c, m, retry)) {
         atomic_fetch_add(&tally->retried, 1); /* settled by the retry */
     } else if (rc == CELERIAC_OK) {
@@ -293,13 +308,13 @@ static void execute(struct child *c, struct message *m, const struct celeriac_ta
          * earlier run stored, as that run's writes were rolled back. */
         if (txn)
             m->redelivered = false;
-        stored = on_success(c, m, acks_late, ignore_result, (double)(t1 - t0) / 1000.0);
+        stored = on_success(c, m, acks_late, ignore_result, (double)(t1 - t0) / 1000.0, &batch);
     } else { /* a failure, or a retry that could not be sent (as Celery's Reject) */
         atomic_fetch_add(&tally->failed, 1);
         tally_observe(tally, (double)(t1 - t0) / 1000.0);
         stored = on_failure(c, m, def, acks_late);
     }
-    if (txn && rc == CELERIAC_OK && stored && !settle_transaction(c, m))
+    if (txn && rc == CELERIAC_OK && stored && !settle_transaction(c, m, batch))
         acks_late = false; /* acked by the commit, or not this process's to ack */
     else if (txn && rc == CELERIAC_OK && !stored)
         give_back_uncommitted(c, m);

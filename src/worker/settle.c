@@ -151,6 +151,32 @@ bool settle_store(struct child *c, const struct result_meta *m)
     }
 }
 
+bool settle_store_held(struct child *c, int n)
+{
+    struct retry r;
+    bool failed = false;
+    for (;;) {
+        if (child_ensure_backend(c))
+            return false;
+        struct err e = {0};
+        int rc = c->backend.ops->flush_held(&c->backend, &e);
+        if (!rc) {
+            settle_forget_confirmed(c);
+            if (failed)
+                retry_succeeded(&r);
+            return true;
+        }
+        if (!settle_worth_retrying(c, rc)) {
+            log_error("results of %d transactional task(s) not stored: %s", n, e.msg);
+            return false;
+        }
+        if (!failed)
+            retry_init(&r, 100, 5000, "storing the results of %d transactional task(s)", n);
+        failed = true;
+        retry_wait(&r, LOG_WARNING, &e, &sig_stop);
+    }
+}
+
 /* The reply of a result sent without waiting: read it; after a lost
  * connection reopen, which sends that result again; while Redis refuses it,
  * send it again with backoff (the child pulls nothing meanwhile). */

@@ -42,11 +42,62 @@ int transaction_begin(struct child *c, const struct message *m)
     return celeriac_fail_db(&c->task, text);
 }
 
-enum transaction_end transaction_commit(struct child *c, struct message *m)
+bool transaction_may_batch(const struct child *c, const struct message *m, bool chord)
+{
+    return !chord && c->cfg->broker.sql_batch > 1 && transaction_holds_delivery(c, m) &&
+           (!c->cfg->backend.enabled || c->backend.ops->hold);
+}
+
+/* Forgets the results held for a transaction that did not commit. */
+static void forget_held(struct child *c)
+{
+    if (c->results_held)
+        c->backend.ops->drop_held(&c->backend);
+    c->results_held = 0;
+}
+
+bool transaction_hold_result(struct child *c, const struct result_meta *meta)
+{
+    uint64_t epoch = sql_broker_txn_epoch(&c->broker);
+    if (c->results_held_epoch != epoch)
+        forget_held(c);
+    if (!c->cfg->backend.enabled)
+        return true;
+    struct err e = {0};
+    if (c->backend.ops->hold(&c->backend, meta, &e))
+        return false;
+    c->results_held++;
+    c->results_held_epoch = epoch;
+    return true;
+}
+
+int transaction_before_commit(void *ctx, uint64_t epoch, struct err *e)
+{
+    struct child *c = ctx;
+    if (!c->results_held)
+        return 0;
+    if (c->results_held_epoch != epoch) {
+        forget_held(c);
+        return 0;
+    }
+    int n = c->results_held;
+    bool stored = settle_store_held(c, n);
+    forget_held(c);
+    if (!stored)
+        return err_set(e, E_PROTOCOL, "the results of %d transactional task(s) could not be "
+                       "stored before their commit", n);
+    return 0;
+}
+
+enum transaction_end transaction_commit(struct child *c, struct message *m, bool batch)
 {
     if (!sql_txn_is_open(&c->db)) {
         log_warning("task %s[%s] is transactional but ended the transaction itself: its "
                     "writes and its ack were not one commit", m->task_name, m->task_id);
+        /* whatever its batch's earlier tasks held is decided now: stored */
+        struct err e = {0};
+        if (c->results_held && transaction_before_commit(c, c->results_held_epoch, &e))
+            log_error("%s", e.msg);
         return TXN_ENDED_BY_TASK;
     }
     struct err e = {0};
@@ -55,6 +106,8 @@ enum transaction_end transaction_commit(struct child *c, struct message *m)
          * next row's lock, in the same round trip, when nothing else runs
          * on this connection before the next fetch) */
         unsigned flags = child_fetches_next(c) ? BROKER_TAKE_NEXT : 0;
+        if (batch && flags)
+            flags |= BROKER_BATCH;
         if (!c->broker.ops->ack(&c->broker, m, flags, &e))
             return TXN_ACKED;
         log_error("task %s[%s]: committing its writes with its ack failed (%s); if the commit "

@@ -4,7 +4,7 @@ tests/sql/*.sh. Tasks are sent with send_task() exactly as an application on
 broker_url='sqla+...' sends them; results are read from the result backend.
 
     sql_client.py send NAME [--args JSON] [--each JSON_LIST] [--countdown S]
-                        [--queue Q]                       -> one task id a line
+                        [--expires S] [--queue Q]         -> one task id a line
     sql_client.py chain --each JSON_LIST --queues Q1,Q2   -> tasks.add(a, b) on Q1, then
                                                              tasks.add(c) on Q2, for each
                                                              [a, b, c]: the last step's id
@@ -41,6 +41,8 @@ def cmd_send(app, a):
     opts = {}
     if a.countdown:
         opts["countdown"] = a.countdown
+    if a.expires:
+        opts["expires"] = a.expires
     if a.queue:
         opts["queue"] = a.queue
     with app.producer_or_acquire() as producer:
@@ -67,7 +69,7 @@ def cmd_wait(app, a):
             left = max(0.1, deadline - time.monotonic())
             out["result"] = r.get(timeout=left, propagate=False, interval=0.05)
             out["state"] = r.state
-            if r.state == "FAILURE":
+            if r.state == "FAILURE" or isinstance(out["result"], BaseException):
                 out["result"] = "%s: %s" % (type(r.result).__name__, r.result)
         except Exception as exc:  # a timeout is an answer here
             out["state"] = "TIMEOUT:%s" % type(exc).__name__
@@ -103,6 +105,7 @@ def main():
     s.add_argument("--each")
     s.add_argument("--count", type=int, default=1)
     s.add_argument("--countdown", type=float)
+    s.add_argument("--expires", type=float)
     s.add_argument("--queue")
     c = sub.add_parser("chain")
     c.add_argument("--each", required=True)

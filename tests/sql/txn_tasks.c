@@ -11,7 +11,9 @@
  *   txn.commits transactional, but COMMITs itself (the worker says so);
  *   txn.crash   transactional, writes then kills its own process: a poison
  *               task, whose deaths must be counted though its message's
- *               lock leaves the row unchanged.
+ *               lock leaves the row unchanged;
+ *   plain.crash the same, an ordinary (early-ack) task: acked before it
+ *               runs, so its write is in the ledger once, never twice.
  */
 #include <celeriac.h>
 
@@ -89,6 +91,7 @@ static const struct celeriac_task_def txn_tasks[] = {
     {"txn.fail", txn_fail, CELERIAC_TRANSACTIONAL},
     {"txn.commits", txn_commits, CELERIAC_TRANSACTIONAL},
     {"txn.crash", txn_crash, CELERIAC_TRANSACTIONAL},
+    {"plain.crash", txn_crash, 0},
     {NULL, NULL, 0},
 };
 

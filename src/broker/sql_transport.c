@@ -696,7 +696,8 @@ static int st_requeue(struct broker *b, struct message *m, struct err *e)
             }
             if (rc)
                 rollback_txn(t);
-            txn_ended(t);
+            else
+                txn_ended(t);
             return rc;
         }
         rollback_txn(t); /* unchanged, at the front of its queue */

@@ -123,17 +123,24 @@ void settle_forget_confirmed(struct child *c)
 
 /* Stores m; false when it could not be stored (stopping while Redis
  * refuses writes, or an error reply that retrying cannot fix). */
-bool settle_store(struct child *c, const struct result_meta *m)
+/* One attempt at storing: a result (m), or every held one (m NULL). */
+static int store_once(struct child *c, const struct result_meta *m, struct err *e)
 {
-    if (!c->cfg->backend.enabled)
-        return true;
+    return m ? c->backend.ops->store(&c->backend, m, 0, e)
+             : c->backend.ops->flush_held(&c->backend, e);
+}
+
+/* Runs store_once until it succeeds, reconnecting and backing off while the
+ * backend is lost or refuses; what names the store in the log. */
+static bool store_with_retry(struct child *c, const struct result_meta *m, const char *what)
+{
     struct retry r;
     bool failed = false; /* r is set up at the first failure: none on the task path */
     for (;;) {
         if (child_ensure_backend(c))
             return false;
         struct err e = {0};
-        int rc = c->backend.ops->store(&c->backend, m, 0, &e);
+        int rc = store_once(c, m, &e);
         if (!rc) {
             settle_forget_confirmed(c); /* the one before was confirmed first */
             if (failed)
@@ -141,40 +148,30 @@ bool settle_store(struct child *c, const struct result_meta *m)
             return true;
         }
         if (!settle_worth_retrying(c, rc)) {
-            log_error("result of %s not stored: %s", m->task_id, e.msg);
+            log_error("%s not stored: %s", what, e.msg);
             return false;
         }
         if (!failed)
-            retry_init(&r, 100, 5000, "storing the result of %s", m->task_id);
+            retry_init(&r, 100, 5000, "storing the %s", what);
         failed = true;
         retry_wait(&r, LOG_WARNING, &e, &sig_stop);
     }
 }
 
+bool settle_store(struct child *c, const struct result_meta *m)
+{
+    if (!c->cfg->backend.enabled)
+        return true;
+    char what[128];
+    snprintf(what, sizeof(what), "result of %s", m->task_id);
+    return store_with_retry(c, m, what);
+}
+
 bool settle_store_held(struct child *c, int n)
 {
-    struct retry r;
-    bool failed = false;
-    for (;;) {
-        if (child_ensure_backend(c))
-            return false;
-        struct err e = {0};
-        int rc = c->backend.ops->flush_held(&c->backend, &e);
-        if (!rc) {
-            settle_forget_confirmed(c);
-            if (failed)
-                retry_succeeded(&r);
-            return true;
-        }
-        if (!settle_worth_retrying(c, rc)) {
-            log_error("results of %d transactional task(s) not stored: %s", n, e.msg);
-            return false;
-        }
-        if (!failed)
-            retry_init(&r, 100, 5000, "storing the results of %d transactional task(s)", n);
-        failed = true;
-        retry_wait(&r, LOG_WARNING, &e, &sig_stop);
-    }
+    char what[64];
+    snprintf(what, sizeof(what), "results of %d transactional task(s)", n);
+    return store_with_retry(c, NULL, what);
 }
 
 /* The reply of a result sent without waiting: read it; after a lost

@@ -50,6 +50,9 @@ struct broker_config {
                                     child's hand (see broker_redis_set_hand) */
     int sql_batch;               /* SQL on PostgreSQL: transactional tasks per transaction
                                     at most (--sql-batch, 1..SQL_BATCH_MAX); 1: one each */
+    int sql_batch_ms;            /* ... and no task joins a batch open longer than this
+                                    (--sql-batch-ms): bounds how long a result and the
+                                    rows in hand wait for the batch's commit */
 };
 
 struct held_board;

@@ -81,6 +81,7 @@ struct sql_transport {
     bool batching;               /* the last ack was a batch's: locks take up to
                                     cfg->sql_batch rows */
     uint64_t txn_epoch;          /* lock transactions begun (sql_broker_txn_epoch) */
+    int64_t txn_locked_ms;       /* when the current one took its rows (a batch's age) */
     /* The last lock of a dead process claimed by settle_lost (the death is
      * counted, then the message may be settled for good): its lock tag and
      * the claim's tag, which later settlements of the lock tag use. */
@@ -411,6 +412,7 @@ static int lock_next(struct sql_transport *t, struct sql_claim *c, struct err *e
         t->locked = true;
         t->locked_id = c->id;
         t->txn_epoch++;
+        t->txn_locked_ms = time_mono_ms();
         rc = 1;
     }
     if (n)
@@ -487,11 +489,15 @@ static bool may_take_next(const struct sql_transport *t, unsigned flags)
 
 /* Whether a transactional ack may leave its commit to a later ack: its
  * result is held (BROKER_BATCH), the transaction holds the next rows, and
- * the batch has room. The last row of a batch commits it. */
+ * the batch has room and is young enough. The last row of a batch commits
+ * it; so does the first ack after --sql-batch-ms, so that a slow task holds
+ * its batch's results, and the rows locked in hand (which other consumers
+ * skip, or wait for), back by one task's run at most. */
 static bool may_defer(struct sql_transport *t, unsigned flags)
 {
     return (flags & BROKER_BATCH) && hand_has(t) && may_take_next(t, flags) &&
            t->store.ops->settle_locked_in_batch && t->batch_acked + 1 < t->cfg->sql_batch &&
+           time_mono_ms() - t->txn_locked_ms < t->cfg->sql_batch_ms &&
            t->store.ops->transaction_usable(&t->store);
 }
 
@@ -533,6 +539,7 @@ static int remove_locked(struct sql_transport *t, unsigned flags, struct err *e)
         t->hand_at = 0;
         t->hand_n = (size_t)rc;
         t->txn_epoch++;
+        t->txn_locked_ms = time_mono_ms();
         t->shared->broker_txn = true;
     }
     return rc < 0 ? rc : 0;

@@ -38,6 +38,7 @@ enum {
     OPT_MAX_WORKER_LOST_REQUEUES,
     OPT_PREFETCH_MULTIPLIER,
     OPT_SQL_BATCH,
+    OPT_SQL_BATCH_MS,
     OPT_QUEUE_TYPE,
     OPT_QUEUE_MAX_PRIORITY,
     OPT_MAX_TASKS_PER_CHILD,
@@ -85,6 +86,7 @@ static const struct option options[] = {
     {"soft-time-limit", required_argument, NULL, OPT_SOFT_TIME_LIMIT},
     {"visibility-timeout", required_argument, NULL, OPT_VISIBILITY_TIMEOUT},
     {"sql-batch", required_argument, NULL, OPT_SQL_BATCH},
+    {"sql-batch-ms", required_argument, NULL, OPT_SQL_BATCH_MS},
     {"no-reject-on-worker-lost", no_argument, NULL, OPT_NO_REJECT_ON_WORKER_LOST},
     {"max-worker-lost-requeues", required_argument, NULL, OPT_MAX_WORKER_LOST_REQUEUES},
     {"prefetch-multiplier", required_argument, NULL, OPT_PREFETCH_MULTIPLIER},
@@ -187,6 +189,9 @@ static const char usage_text[] =
     "      --sql-batch N           sqla+postgresql:// as the task database: transactional\n"
     "                              tasks that may share one commit, their results stored\n"
     "                              just before it (1-64; 1 = a commit per task; default: 16)\n"
+    "      --sql-batch-ms MS       no task joins a batch open longer than MS: how long a\n"
+    "                              result may wait for its batch's commit, beyond its\n"
+    "                              last neighbour's run (1-60000; default: 50)\n"
     "      --queue-type classic|quorum\n"
     "                              amqp://: x-queue-type of the queues it declares (Celery's\n"
     "                              task_default_queue_type; a queue that exists is used as\n"
@@ -529,6 +534,11 @@ static int parse_flags(struct worker_config *cfg, int argc, char **argv, const c
             if (parse_long("--sql-batch", optarg, 1, SQL_BATCH_MAX, &n))
                 return EXIT_USAGE;
             cfg->broker.sql_batch = (int)n;
+            break;
+        case OPT_SQL_BATCH_MS:
+            if (parse_long("--sql-batch-ms", optarg, 1, 60000, &n))
+                return EXIT_USAGE;
+            cfg->broker.sql_batch_ms = (int)n;
             break;
         case OPT_PREFETCH_MULTIPLIER:
             if (parse_long("--prefetch-multiplier", optarg, 0, 65535, &n))

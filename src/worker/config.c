@@ -25,6 +25,7 @@ void worker_config_init(struct worker_config *cfg)
     cfg->max_worker_lost_requeues = 3;
     cfg->broker.prefetch = 1; /* Celery's worker_prefetch_multiplier is 4; 1 is fairer */
     cfg->broker.sql_batch = 16;
+    cfg->broker.sql_batch_ms = 50;
     cfg->remote_control = true;
     cfg->visibility_timeout = 3600;
     cfg->sweep_interval_s = 60;

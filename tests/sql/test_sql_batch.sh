@@ -9,6 +9,7 @@
 #   - a result is never readable long before its task's write: a fast task
 #     whose batch waits for a slow neighbour shows its SUCCESS with its write,
 #     not a second before it;
+#   - no task joins a batch open longer than --sql-batch-ms;
 #   - a task that kills its process in a batch uses up only its own requeues
 #     (--max-worker-lost-requeues), and its neighbours' writes land once;
 #   - an ordinary (early-ack) task in a batch's rows is acked (the batch
@@ -47,6 +48,32 @@ expect_eq "--sql-batch 1: 400 transactional tasks all SUCCESS" SUCCESS=400 "$st1
 if ((c1 >= 400)); then ok "... in $c1 commits (one per task)"; else
     not_ok "... one commit per task" "$c1 commits"; fi
 
+# first_seen RESULT_ID ROW_ID...: watches Redis and the ledger from now on,
+# every 5 ms for up to 30 s, and prints when RESULT_ID's result and then each
+# ROW_ID's ledger row were first seen (seconds, -1 = never).
+first_seen() {
+    PG_URL=$PG_URL REDIS_URL=$REDIS_URL "$PY" - "$@" <<'PY'
+import os, sys, time
+import psycopg2, redis
+result_id, rows = sys.argv[1], sys.argv[2:]
+r = redis.Redis.from_url(os.environ["REDIS_URL"])
+db = psycopg2.connect(os.environ["PG_URL"])
+db.autocommit = True
+cur = db.cursor()
+t0 = time.monotonic()
+seen = {}
+while time.monotonic() - t0 < 30 and len(seen) < 1 + len(rows):
+    now = time.monotonic() - t0
+    if "result" not in seen and r.get("celery-task-meta-" + result_id):
+        seen["result"] = now
+    cur.execute("SELECT task_id FROM ledger WHERE task_id = ANY(%s)", (rows,))
+    for (t,) in cur.fetchall():
+        seen.setdefault(t, now)
+    time.sleep(0.005)
+print(" ".join("%.3f" % seen.get(k, -1) for k in ["result"] + rows))
+PY
+}
+
 # ---- a result is not readable long before its write ---------------------------------------------
 # X's ack locks the next rows: A (fast) and B (1.5 s) share one transaction.
 # A's SUCCESS must appear with A's write, at B's commit, not when A ended.
@@ -55,30 +82,7 @@ x=$(sqlc send txn.record --args '[0]')
 a=$(sqlc send txn.record --args '[0]')
 b=$(sqlc send txn.record --args '[1.5]')
 start_txn_worker batch-hold -c 1
-watch=$(PG_URL=$PG_URL REDIS_URL=$REDIS_URL "$PY" - "$a" "$b" <<'PY'
-import os, sys, time
-import psycopg2, redis
-a, b = sys.argv[1], sys.argv[2]
-r = redis.Redis.from_url(os.environ["REDIS_URL"])
-db = psycopg2.connect(os.environ["PG_URL"])
-db.autocommit = True
-cur = db.cursor()
-t0 = time.monotonic()
-seen = {}
-while time.monotonic() - t0 < 30 and len(seen) < 3:
-    now = time.monotonic() - t0
-    if "result" not in seen and r.get("celery-task-meta-" + a):
-        seen["result"] = now
-    cur.execute("SELECT task_id FROM ledger WHERE task_id IN (%s, %s)", (a, b))
-    rows = {t for (t,) in cur.fetchall()}
-    if "a_row" not in seen and a in rows:
-        seen["a_row"] = now
-    if "b_row" not in seen and b in rows:
-        seen["b_row"] = now
-    time.sleep(0.005)
-print("%.3f %.3f %.3f" % (seen.get("result", -1), seen.get("a_row", -1), seen.get("b_row", -1)))
-PY
-)
+watch=$(first_seen "$a" "$a" "$b")
 read -r t_result t_arow t_brow <<<"$watch"
 out=$(sqlc wait "$x" "$a" "$b" --timeout 20)
 expect_eq "a fast and a slow task in one batch: all SUCCESS" SUCCESS=3 "$(states <<<"$out")"
@@ -94,6 +98,50 @@ if "$PY" -c "import sys; r, a = map(float, sys.argv[1:]); sys.exit(not (a >= 0 a
 else
     not_ok "... the fast one's SUCCESS is not readable before its batch commits" \
         "result, A's row, B's row first seen at (s): $watch"
+fi
+stop_worker
+
+# ---- no task joins a batch older than --sql-batch-ms --------------------------------------------
+# X's ack locks F (fast) and S1, S2, S3 (0.4 s each) into one hand. Unbounded,
+# the four would commit together when S3 ends (1.2 s after F). With the
+# bound (50 ms by default) S1's ack finds its batch too old and commits F
+# and S1; S2 and S3 then commit one by one.
+psql_db -c "DELETE FROM ledger" >/dev/null
+x=$(sqlc send txn.record --args '[0]')
+f=$(sqlc send txn.record --args '[0]')
+s1=$(sqlc send txn.record --args '[0.4]')
+s2=$(sqlc send txn.record --args '[0.4]')
+s3=$(sqlc send txn.record --args '[0.4]')
+start_txn_worker batch-age -c 1
+watch=$(first_seen "$f" "$f" "$s1" "$s2" "$s3")
+read -r t_result t_f t_s1 t_s2 t_s3 <<<"$watch"
+out=$(sqlc wait "$x" "$f" "$s1" "$s2" "$s3" --timeout 20)
+expect_eq "a fast task before three slow ones: all SUCCESS" SUCCESS=5 "$(states <<<"$out")"
+if "$PY" -c "import sys; r, f, s1, s2, s3 = map(float, sys.argv[1:]); sys.exit(not (min(r, f, s1, s2, s3) >= 0 and abs(f - s1) < 0.2 and s2 - s1 > 0.25 and s3 - s2 > 0.25 and r > f - 0.3))" \
+    "$t_result" "$t_f" "$t_s1" "$t_s2" "$t_s3"; then
+    ok "... the batch ends at the first ack past --sql-batch-ms (F with S1 at ${t_s1} s, S2 at ${t_s2} s, S3 at ${t_s3} s)"
+else
+    not_ok "... the batch ends at the first ack past --sql-batch-ms" \
+        "F's result, F, S1, S2, S3 first seen at (s): $watch"
+fi
+stop_worker
+# ... and with a bound longer than the batch, the four commit together.
+psql_db -c "DELETE FROM ledger" >/dev/null
+x=$(sqlc send txn.record --args '[0]')
+f=$(sqlc send txn.record --args '[0]')
+s1=$(sqlc send txn.record --args '[0.4]')
+s2=$(sqlc send txn.record --args '[0.4]')
+s3=$(sqlc send txn.record --args '[0.4]')
+start_txn_worker batch-age-long -c 1 --sql-batch-ms 5000
+watch=$(first_seen "$f" "$f" "$s1" "$s2" "$s3")
+read -r t_result t_f t_s1 t_s2 t_s3 <<<"$watch"
+out=$(sqlc wait "$x" "$f" "$s1" "$s2" "$s3" --timeout 20)
+expect_eq "--sql-batch-ms 5000: all SUCCESS" SUCCESS=5 "$(states <<<"$out")"
+if "$PY" -c "import sys; v = list(map(float, sys.argv[1:])); sys.exit(not (min(v) >= 0 and max(v[1:]) - min(v[1:]) < 0.2))" \
+    "$t_result" "$t_f" "$t_s1" "$t_s2" "$t_s3"; then
+    ok "... the four commit together (at ${t_f} s)"
+else
+    not_ok "... the four commit together" "F's result, F, S1, S2, S3 first seen at (s): $watch"
 fi
 stop_worker
 

@@ -102,48 +102,47 @@ fi
 stop_worker
 
 # ---- no task joins a batch older than --sql-batch-ms --------------------------------------------
-# X's ack locks F (fast) and S1, S2, S3 (0.4 s each) into one hand. Unbounded,
-# the four would commit together when S3 ends (1.2 s after F). With the
-# bound (50 ms by default) S1's ack finds its batch too old and commits F
-# and S1; S2 and S3 then commit one by one.
-psql_db -c "DELETE FROM ledger" >/dev/null
-x=$(sqlc send txn.record --args '[0]')
-f=$(sqlc send txn.record --args '[0]')
-s1=$(sqlc send txn.record --args '[0.4]')
-s2=$(sqlc send txn.record --args '[0.4]')
-s3=$(sqlc send txn.record --args '[0.4]')
-start_txn_worker batch-age -c 1
-watch=$(first_seen "$f" "$f" "$s1" "$s2" "$s3")
-read -r t_result t_f t_s1 t_s2 t_s3 <<<"$watch"
-out=$(sqlc wait "$x" "$f" "$s1" "$s2" "$s3" --timeout 20)
-expect_eq "a fast task before three slow ones: all SUCCESS" SUCCESS=5 "$(states <<<"$out")"
+# age_run NAME [WORKER ARGS...]: X, then F (fast) and S1, S2, S3 (0.4 s each),
+# for a -c 1 worker; X's ack locks the other four into one hand. Sets
+# AGE_STATES (their states) and AGE_WATCH (first_seen of F's result, F, S1,
+# S2 and S3).
+age_run() {
+    local name=$1 x f s1 s2 s3
+    shift
+    psql_db -c "DELETE FROM ledger" >/dev/null
+    x=$(sqlc send txn.record --args '[0]')
+    f=$(sqlc send txn.record --args '[0]')
+    s1=$(sqlc send txn.record --args '[0.4]')
+    s2=$(sqlc send txn.record --args '[0.4]')
+    s3=$(sqlc send txn.record --args '[0.4]')
+    start_txn_worker "$name" -c 1 "$@"
+    AGE_WATCH=$(first_seen "$f" "$f" "$s1" "$s2" "$s3")
+    AGE_STATES=$(sqlc wait "$x" "$f" "$s1" "$s2" "$s3" --timeout 20 | states)
+    stop_worker
+}
+# Unbounded, the four would commit together when S3 ends (1.2 s after F).
+# With the bound (50 ms by default) S1's ack finds its batch too old and
+# commits F and S1; S2 and S3 then commit one by one.
+age_run batch-age
+read -r t_result t_f t_s1 t_s2 t_s3 <<<"$AGE_WATCH"
+expect_eq "a fast task before three slow ones: all SUCCESS" SUCCESS=5 "$AGE_STATES"
 if "$PY" -c "import sys; r, f, s1, s2, s3 = map(float, sys.argv[1:]); sys.exit(not (min(r, f, s1, s2, s3) >= 0 and abs(f - s1) < 0.2 and s2 - s1 > 0.25 and s3 - s2 > 0.25 and r > f - 0.3))" \
     "$t_result" "$t_f" "$t_s1" "$t_s2" "$t_s3"; then
     ok "... the batch ends at the first ack past --sql-batch-ms (F with S1 at ${t_s1} s, S2 at ${t_s2} s, S3 at ${t_s3} s)"
 else
     not_ok "... the batch ends at the first ack past --sql-batch-ms" \
-        "F's result, F, S1, S2, S3 first seen at (s): $watch"
+        "F's result, F, S1, S2, S3 first seen at (s): $AGE_WATCH"
 fi
-stop_worker
 # ... and with a bound longer than the batch, the four commit together.
-psql_db -c "DELETE FROM ledger" >/dev/null
-x=$(sqlc send txn.record --args '[0]')
-f=$(sqlc send txn.record --args '[0]')
-s1=$(sqlc send txn.record --args '[0.4]')
-s2=$(sqlc send txn.record --args '[0.4]')
-s3=$(sqlc send txn.record --args '[0.4]')
-start_txn_worker batch-age-long -c 1 --sql-batch-ms 5000
-watch=$(first_seen "$f" "$f" "$s1" "$s2" "$s3")
-read -r t_result t_f t_s1 t_s2 t_s3 <<<"$watch"
-out=$(sqlc wait "$x" "$f" "$s1" "$s2" "$s3" --timeout 20)
-expect_eq "--sql-batch-ms 5000: all SUCCESS" SUCCESS=5 "$(states <<<"$out")"
+age_run batch-age-long --sql-batch-ms 5000
+read -r t_result t_f t_s1 t_s2 t_s3 <<<"$AGE_WATCH"
+expect_eq "--sql-batch-ms 5000: all SUCCESS" SUCCESS=5 "$AGE_STATES"
 if "$PY" -c "import sys; v = list(map(float, sys.argv[1:])); sys.exit(not (min(v) >= 0 and max(v[1:]) - min(v[1:]) < 0.2))" \
     "$t_result" "$t_f" "$t_s1" "$t_s2" "$t_s3"; then
     ok "... the four commit together (at ${t_f} s)"
 else
-    not_ok "... the four commit together" "F's result, F, S1, S2, S3 first seen at (s): $watch"
+    not_ok "... the four commit together" "F's result, F, S1, S2, S3 first seen at (s): $AGE_WATCH"
 fi
-stop_worker
 
 # ---- a task that kills its process, in a batch -------------------------------------------------
 psql_db -c "DELETE FROM ledger" >/dev/null
